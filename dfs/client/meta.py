@@ -1,0 +1,317 @@
+"""MetaClient: the namespace API over any transport (async core, sync facade).
+
+It routes every operation to its shard (inode ids carry their shard; a new
+directory's shard is a hash of parent and name), gives each logical operation
+one request id that its retries reuse, and turns wire results into typed
+records. It knows nothing of Raft or of how a transport reaches a leader.
+
+Imports: dfs.common only (and a transport given to it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from dfs.common import errors as err
+from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
+from dfs.common.limits import NAME_MAX
+from dfs.common.ops import (
+    SET_ATIME,
+    SET_ATIME_NOW,
+    SET_GID,
+    SET_MODE,
+    SET_MTIME,
+    SET_MTIME_NOW,
+    SET_SIZE,
+    SET_UID,
+    Op,
+)
+from dfs.common.records import ROOT, Attr, Caller, DirEntry, StatFs
+
+T = TypeVar("T")
+
+
+class Transport(Protocol):
+    """Delivers one operation to the leader of a shard, retrying what is retryable."""
+
+    nshards: int
+
+    async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"") -> Any:
+        """The op's result; raises a (non-retryable) DfsError."""
+
+    async def call_many(self, shard: int, ops: list[tuple[Op, Caller, list, bytes]]) -> list[Any]:
+        """Several ops in one request; each item is a result or a DfsError."""
+
+    async def close(self) -> None: ...
+
+
+def _rid() -> bytes:
+    return uuid.uuid4().bytes
+
+
+def _enc(name: str | bytes) -> bytes:
+    return os.fsencode(name) if isinstance(name, str) else name
+
+
+class MetaClient:
+    def __init__(self, transport: Transport, caller: Caller = ROOT) -> None:
+        self.t = transport
+        self.caller = caller
+
+    @property
+    def nshards(self) -> int:
+        return self.t.nshards
+
+    async def close(self) -> None:
+        await self.t.close()
+
+    async def _call(self, shard: int, op: Op, args: list, caller: Caller | None, mutating: bool = False):
+        return await self.t.call(shard, op, caller or self.caller, args, _rid() if mutating else b"")
+
+    async def _attr_of(self, ino: int, wire: list | None, caller: Caller | None) -> Attr:
+        if wire is None:
+            wire = await self._call(shard_of(ino), Op.GETATTR, [ino], caller)
+        return Attr.from_wire(wire)
+
+    # ------------------------------------------------------------------ reads
+    async def lookup(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> Attr:
+        name = _enc(name)
+        ino, _mode, wire = await self._call(shard_of(parent), Op.LOOKUP, [parent, name], caller)
+        return await self._attr_of(ino, wire, caller)
+
+    async def getattr(self, ino: int, *, caller: Caller | None = None) -> Attr:
+        return Attr.from_wire(await self._call(shard_of(ino), Op.GETATTR, [ino], caller))
+
+    async def getattrs(self, inos: list[int], *, caller: Caller | None = None) -> dict[int, Attr | err.DfsError]:
+        """Attributes of many inodes: one request per shard, in parallel."""
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for ino in inos:
+            by_shard[shard_of(ino)].append(ino)
+
+        async def one(shard: int, group: list[int]):
+            res = await self._call(shard, Op.GETATTRS, [group], caller)
+            return zip(group, res)
+
+        out: dict[int, Attr | err.DfsError] = {}
+        for pairs in await asyncio.gather(*(one(s, g) for s, g in by_shard.items())):
+            for ino, r in pairs:
+                out[ino] = err.error_for(r) if isinstance(r, int) else Attr.from_wire(r)
+        return out
+
+    async def readdir(self, ino: int, cookie: int = 0, limit: int = 1000, *, plus: bool = True,
+                      caller: Caller | None = None) -> tuple[list[DirEntry], bool]:
+        """One page of entries after ``cookie`` and whether it is the last page."""
+        rows, eof = await self._call(shard_of(ino), Op.READDIR, [ino, cookie, limit, plus], caller)
+        missing = [r[1] for r in rows if plus and r[4] is None]
+        attrs = await self.getattrs(missing, caller=caller) if missing else {}
+        out = []
+        for name, cino, mode, next_cookie, wire in rows:
+            a = Attr.from_wire(wire) if wire is not None else attrs.get(cino)
+            out.append(DirEntry(name, cino, mode, next_cookie, a if isinstance(a, Attr) else None))
+        return out, eof
+
+    async def iterdir(self, ino: int, *, plus: bool = True, page: int = 1000,
+                      caller: Caller | None = None) -> AsyncIterator[DirEntry]:
+        cookie = 0
+        while True:
+            entries, eof = await self.readdir(ino, cookie, page, plus=plus, caller=caller)
+            for e in entries:
+                yield e
+            if eof or not entries:
+                return
+            cookie = entries[-1].cookie
+
+    async def listdir(self, ino: int, *, plus: bool = False, caller: Caller | None = None) -> list[DirEntry]:
+        return [e async for e in self.iterdir(ino, plus=plus, caller=caller)]
+
+    async def readlink(self, ino: int, *, caller: Caller | None = None) -> bytes:
+        return await self._call(shard_of(ino), Op.READLINK, [ino], caller)
+
+    async def getxattr(self, ino: int, name: str | bytes, *, caller: Caller | None = None) -> bytes:
+        return await self._call(shard_of(ino), Op.GETXATTR, [ino, _enc(name)], caller)
+
+    async def listxattr(self, ino: int, *, caller: Caller | None = None) -> list[bytes]:
+        return await self._call(shard_of(ino), Op.LISTXATTR, [ino], caller)
+
+    async def statfs(self, *, caller: Caller | None = None) -> StatFs:
+        counts = await asyncio.gather(*(self._call(s, Op.STATFS, [], caller) for s in range(self.nshards)))
+        files = sum(c[0] for c in counts)
+        total_files = max(1 << 32, files * 2)
+        # Capacity comes from the data servers (a later part); until then a nominal 1 PiB.
+        block = 4096
+        blocks = (1 << 50) // block
+        return StatFs(block, blocks, blocks, total_files, total_files - files, NAME_MAX)
+
+    # ------------------------------------------------------------------ mutations
+    async def create(self, parent: int, name: str | bytes, mode: int = 0o644, *, excl: bool = True,
+                     umask: int = 0, caller: Caller | None = None) -> tuple[Attr, bool]:
+        """Create a regular file; with ``excl=False`` an existing one is returned.
+
+        Returns (attr, created)."""
+        name = _enc(name)
+        wire, created, ino = await self._call(
+            shard_of(parent), Op.CREATE, [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None],
+            caller, True)
+        return await self._attr_of(ino, wire, caller), created
+
+    async def mknod(self, parent: int, name: str | bytes, mode: int, rdev: int = 0, *, umask: int = 0,
+                    caller: Caller | None = None) -> Attr:
+        if stat.S_ISDIR(mode):
+            return await self.mkdir(parent, name, mode, umask=umask, caller=caller)
+        if stat.S_IFMT(mode) == 0:
+            mode |= stat.S_IFREG
+        wire, _, ino = await self._call(shard_of(parent), Op.CREATE,
+                                        [parent, _enc(name), mode, rdev, True, umask, None], caller, True)
+        return await self._attr_of(ino, wire, caller)
+
+    async def symlink(self, parent: int, name: str | bytes, target: str | bytes, *,
+                      caller: Caller | None = None) -> Attr:
+        wire, _, ino = await self._call(shard_of(parent), Op.CREATE,
+                                        [parent, _enc(name), stat.S_IFLNK | 0o777, 0, True, 0, _enc(target)],
+                                        caller, True)
+        return await self._attr_of(ino, wire, caller)
+
+    async def mkdir(self, parent: int, name: str | bytes, mode: int = 0o755, *, umask: int = 0,
+                    caller: Caller | None = None) -> Attr:
+        name = _enc(name)
+        if len(name) > NAME_MAX:
+            raise err.NameTooLong()
+        home = dir_home_shard(parent, name, self.nshards)
+        return Attr.from_wire(await self._call(home, Op.MKDIR, [parent, name, mode, umask], caller, True))
+
+    async def unlink(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> None:
+        await self._call(shard_of(parent), Op.UNLINK, [parent, _enc(name)], caller, True)
+
+    async def rmdir(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> None:
+        await self._call(shard_of(parent), Op.RMDIR, [parent, _enc(name)], caller, True)
+
+    async def rename(self, sparent: int, sname: str | bytes, dparent: int, dname: str | bytes, flags: int = 0,
+                     *, caller: Caller | None = None) -> None:
+        await self._call(shard_of(sparent), Op.RENAME, [sparent, _enc(sname), dparent, _enc(dname), flags],
+                         caller, True)
+
+    async def link(self, ino: int, parent: int, name: str | bytes, *, caller: Caller | None = None) -> Attr:
+        return Attr.from_wire(await self._call(shard_of(parent), Op.LINK, [ino, parent, _enc(name)], caller, True))
+
+    async def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                      size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+                      atime_now: bool = False, mtime_now: bool = False, caller: Caller | None = None) -> Attr:
+        valid = 0
+        if mode is not None:
+            valid |= SET_MODE
+        if uid is not None and uid != -1:
+            valid |= SET_UID
+        if gid is not None and gid != -1:
+            valid |= SET_GID
+        if size is not None:
+            valid |= SET_SIZE
+        if atime_ns is not None:
+            valid |= SET_ATIME
+        if mtime_ns is not None:
+            valid |= SET_MTIME
+        if atime_now:
+            valid |= SET_ATIME | SET_ATIME_NOW
+        if mtime_now:
+            valid |= SET_MTIME | SET_MTIME_NOW
+        args = [ino, valid, mode or 0, uid if valid & SET_UID else 0, gid if valid & SET_GID else 0, size or 0,
+                atime_ns or 0, mtime_ns or 0]
+        return Attr.from_wire(await self._call(shard_of(ino), Op.SETATTR, args, caller, True))
+
+    async def setxattr(self, ino: int, name: str | bytes, value: bytes, flags: int = 0, *,
+                       caller: Caller | None = None) -> None:
+        await self._call(shard_of(ino), Op.SETXATTR, [ino, _enc(name), bytes(value), flags], caller, True)
+
+    async def removexattr(self, ino: int, name: str | bytes, *, caller: Caller | None = None) -> None:
+        await self._call(shard_of(ino), Op.REMOVEXATTR, [ino, _enc(name)], caller, True)
+
+    # ------------------------------------------------------------------ batches
+    async def create_many(self, parent: int, names: list[str | bytes], mode: int = 0o644, *,
+                          caller: Caller | None = None) -> list[Attr | err.DfsError]:
+        """Create many files in one directory with one request (one shard)."""
+        c = caller or self.caller
+        ops = [(Op.CREATE, c, [parent, _enc(n), stat.S_IFREG | mode, 0, True, 0, None], _rid()) for n in names]
+        res = await self.t.call_many(shard_of(parent), ops)
+        return [r if isinstance(r, err.DfsError) else Attr.from_wire(r[0]) for r in res]
+
+    async def getattr_many(self, inos: list[int], *, caller: Caller | None = None) -> list[Attr | err.DfsError]:
+        got = await self.getattrs(inos, caller=caller)
+        return [got[i] for i in inos]
+
+    # ------------------------------------------------------------------ paths
+    async def resolve(self, path: str | bytes, *, caller: Caller | None = None) -> Attr:
+        """Attributes of an absolute path (no symlink following)."""
+        attr: Attr | None = None
+        ino = ROOT_INO
+        for part in _enc(path).split(b"/"):
+            if not part or part == b".":
+                continue
+            if part == b"..":
+                raise err.InvalidArgument("'..' in a path given to resolve()")
+            attr = await self.lookup(ino, part, caller=caller)
+            ino = attr.ino
+        return attr if attr is not None else await self.getattr(ROOT_INO, caller=caller)
+
+    async def resolve_parent(self, path: str | bytes, *, caller: Caller | None = None) -> tuple[int, bytes]:
+        p = _enc(path).rstrip(b"/")
+        head, _, name = p.rpartition(b"/")
+        if not name:
+            raise err.InvalidArgument("path has no last component")
+        parent = await self.resolve(head or b"/", caller=caller)
+        if not parent.is_dir():
+            raise err.NotADirectory()
+        return parent.ino, name
+
+
+class SyncMetaClient:
+    """The synchronous facade: every MetaClient method, run on a private loop thread."""
+
+    def __init__(self, make_client: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dfs-client-loop", daemon=True)
+        self._thread.start()
+        self.aio: MetaClient = self._run(self._make(make_client))
+
+    @staticmethod
+    async def _make(make_client):
+        c = make_client()
+        if asyncio.iscoroutine(c):
+            c = await c
+        return c
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.aio, name)
+        if not asyncio.iscoroutinefunction(fn):
+            return fn
+
+        def call(*a, **kw):
+            return self._run(fn(*a, **kw))
+
+        call.__name__ = name
+        return call
+
+    def listdir(self, ino: int, **kw) -> list[DirEntry]:
+        return self._run(self.aio.listdir(ino, **kw))
+
+    def close(self) -> None:
+        try:
+            self._run(self.aio.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+    def __enter__(self) -> SyncMetaClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Pieces every layer shares: ids, records, errors, limits. Imports nothing of dfs."""

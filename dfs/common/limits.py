@@ -1,0 +1,8 @@
+"""POSIX limits dfs enforces everywhere."""
+
+NAME_MAX = 255
+PATH_MAX = 4096
+SYMLINK_MAX = 4095
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+LINK_MAX = 65000

@@ -1,0 +1,102 @@
+"""Op codes of the metadata protocol and the layout of their msgpack bodies.
+
+A request body is ``[arg, ...]`` in the order given here; a reply body is
+the op's result. The same command bytes travel client -> leader -> Raft log,
+with the leader prefixing the header (request id, timestamp, caller).
+
+    reads (served by the shard leader, never logged)
+      LOOKUP      parent, name                      -> attr
+      GETATTR     ino                               -> attr
+      READDIR     ino, cookie, limit, plus          -> [[name, ino, type, next_cookie, attr|nil]...], eof
+      READLINK    ino                               -> target
+      GETXATTR    ino, name                         -> value
+      LISTXATTR   ino                               -> [name...]
+      STATFS                                        -> [files, ...]
+      GETATTRS    [ino...]                          -> [attr|errno ...]   (batch getattr, one shard)
+      OPSTATUS    op_id                             -> "P" | "C" | ""     (internal, 2PC recovery)
+      DIRPARENT   ino                               -> parent ino         (internal, lock-aware)
+      RENAMEEPOCH                                   -> n                  (internal, shard 0)
+      REQSTATUS   request_id                        -> [status, result] | nil (internal)
+    single-shard mutations (group-committed through Raft)
+      CREATE      parent, name, mode, rdev, excl, umask, target -> attr, created
+      SETATTR     ino, valid, mode, uid, gid, size, atime, mtime -> attr
+      SETXATTR    ino, name, value, flags           -> nil
+      REMOVEXATTR ino, name                         -> nil
+    namespace operations that may span shards (run by the coordinator)
+      MKDIR       parent, name, mode, umask         -> attr
+      RMDIR       parent, name                      -> nil
+      UNLINK      parent, name                      -> nil
+      RENAME      sparent, sname, dparent, dname, flags -> nil
+      LINK        ino, parent, name                 -> attr
+    two-phase primitives (internal, shard to shard)
+      ONEPHASE    op_id, actions                    -> result
+      PREPARE     op_id, coord, actions, parts      -> prepare result
+      COMMIT      op_id, reply                      -> result
+      ABORT       op_id                             -> nil
+      FORGET      op_id                             -> nil
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Op(enum.IntEnum):
+    LOOKUP = 1
+    GETATTR = 2
+    READDIR = 3
+    READLINK = 4
+    GETXATTR = 5
+    LISTXATTR = 6
+    STATFS = 7
+    GETATTRS = 8
+    OPSTATUS = 9
+    DIRPARENT = 10
+    RENAMEEPOCH = 11
+    REQSTATUS = 12
+
+    CREATE = 20
+    SETATTR = 21
+    SETXATTR = 22
+    REMOVEXATTR = 23
+
+    MKDIR = 40
+    RMDIR = 41
+    UNLINK = 42
+    RENAME = 43
+    LINK = 44
+
+    ONEPHASE = 60
+    PREPARE = 61
+    COMMIT = 62
+    ABORT = 63
+    FORGET = 64
+
+
+READS = frozenset({Op.LOOKUP, Op.GETATTR, Op.READDIR, Op.READLINK, Op.GETXATTR, Op.LISTXATTR,
+                   Op.STATFS, Op.GETATTRS, Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH,
+                   Op.REQSTATUS})
+LOGGED = frozenset({Op.CREATE, Op.SETATTR, Op.SETXATTR, Op.REMOVEXATTR,
+                    Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT, Op.FORGET})
+COORDINATED = frozenset({Op.MKDIR, Op.RMDIR, Op.UNLINK, Op.RENAME, Op.LINK})
+INTERNAL = frozenset({Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH, Op.REQSTATUS, Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT,
+                      Op.FORGET})
+
+# setattr 'valid' bits (as FUSE's SETATTR_*)
+SET_MODE = 1 << 0
+SET_UID = 1 << 1
+SET_GID = 1 << 2
+SET_SIZE = 1 << 3
+SET_ATIME = 1 << 4
+SET_MTIME = 1 << 5
+SET_ATIME_NOW = 1 << 7
+SET_MTIME_NOW = 1 << 8
+SET_CTIME = 1 << 10
+
+# rename flags (as Linux renameat2)
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+# setxattr flags
+XATTR_CREATE = 1
+XATTR_REPLACE = 2

@@ -1,0 +1,65 @@
+"""Typed records that clients see. Protobuf and msgpack stay at the edges."""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def from_wire(cls, w: list) -> Attr:
+        return cls(*w)
+
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: bytes
+    ino: int
+    type: int  # S_IFMT bits of the entry's mode
+    cookie: int  # pass to readdir to continue after this entry
+    attr: Attr | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+
+    def in_group(self, gid: int) -> bool:
+        return gid == self.gid or gid in self.groups
+
+
+ROOT = Caller(0, 0, ())
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    block_size: int
+    blocks: int
+    blocks_free: int
+    files: int
+    files_free: int
+    name_max: int = 255

@@ -1,0 +1,1 @@
+"""Raft-replicated state machine hosting (pysyncobj lives only in here)."""

@@ -1,0 +1,504 @@
+"""RaftHost: a :class:`~dfs.consensus.api.StateMachine` replicated by pysyncobj.
+
+pysyncobj lives only in this module. What the host adds on top of it:
+
+* **Group commit.** ``submit`` queues the command; a flusher on the asyncio
+  loop packs everything queued (up to ``max_batch`` commands / ``max_batch_bytes``)
+  into ONE Raft entry - a msgpack list of commands - with at most
+  ``max_inflight`` entries in flight; while they are in flight new commands
+  gather into the next batch. ``group_commit=False`` sends one entry per
+  command with no in-flight cap (for comparison in benchmarks).
+* **Exactly-once apply.** The replicated method computes the entry's Raft
+  index (``raftLastApplied + 1``) and skips entries at or below
+  ``sm.applied_index()`` (journal replay after a restart); the state machine
+  stores the index atomically with the effects.
+* **Snapshots are the state machine's own** (RocksDB checkpoints): the custom
+  pysyncobj serializer writes one uncompressed tar holding ``meta.pickle``
+  (pysyncobj's ``(lastEntry, prevEntry, clusterNodes)`` tuple plus the state
+  machine's applied index) and the ``state/`` directory from
+  ``sm.snapshot``. The deserializer restores the state machine from it only
+  when the snapshot is ahead of the state machine (a wiped or lagging replica
+  receiving the leader's snapshot); at a restart the local state is already at
+  or past the local dump and is kept.
+* **Deadlines and leadership loss.** pysyncobj may never call back (on a leader
+  change, or for entries covered by an installed snapshot), so every submit
+  has a deadline (``Unavailable``), and every pending command fails with
+  ``NotLeader`` when the node stops being leader. A command that failed that
+  way may still have been applied: callers retry with the same request id.
+
+Threads: pysyncobj runs its own tick thread (``autoTick``); ``sm.apply``,
+``sm.snapshot`` and ``sm.restore`` run on it. Futures are resolved on the
+asyncio loop via ``call_soon_threadsafe``. pysyncobj's tick thread exits when
+the thread that constructed the host exits, so construct the host on a
+long-lived thread (normally the main thread running the event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import io
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+from dfs.common.errors import InvalidArgument, NotLeader, Unavailable
+from dfs.consensus.api import Log, StateMachine
+
+__all__ = ["RaftHost", "encode_entry", "decode_entry"]
+
+log = logging.getLogger(__name__)
+
+_ROLE = {0: "follower", 1: "candidate", 2: "leader"}
+_LEADER_STATE = 2
+
+JOURNAL_FILE = "raft.journal"
+DUMP_FILE = "raft.dump"
+SNAP_TMP_DIR = "snap-tmp"
+_META_MEMBER = "meta.pickle"
+_STATE_MEMBER = "state"
+_SNAPSHOT_FORMAT = 1
+
+
+def encode_entry(commands: list[bytes]) -> bytes:
+    """The payload of one Raft entry: a msgpack list of commands."""
+    return msgpack.packb(commands, use_bin_type=True)
+
+
+def decode_entry(payload: bytes) -> list[bytes]:
+    return msgpack.unpackb(payload, raw=False)
+
+
+class _Node(SyncObj):
+    """The pysyncobj object: one replicated method, which applies one entry."""
+
+    def __init__(self, host: RaftHost, self_address: str, peers: list[str], conf: SyncObjConf) -> None:
+        self._dfs_host = host
+        super().__init__(self_address, peers, conf)
+
+    @replicated
+    def _apply_entry(self, payload: bytes) -> list[bytes] | None:
+        return self._dfs_host._apply_entry(self.raftLastApplied + 1, payload)
+
+
+@dataclass(eq=False)
+class _Pending:
+    command: bytes
+    future: asyncio.Future
+
+
+@dataclass(eq=False)
+class _Batch:
+    items: list[_Pending]
+    term: int
+    timer: asyncio.TimerHandle | None = None
+    done: bool = field(default=False)
+
+
+class RaftHost(Log):
+    """One replica of a Raft group hosting ``sm``.
+
+    ``self_address`` and ``peers`` are Raft ``host:port`` addresses (``peers``
+    may include ``self_address``); the node binds only ``self_address``.
+    Everything pysyncobj stores (journal, dump, snapshot scratch space) goes
+    under ``data_dir``; the state machine keeps its own files elsewhere.
+    """
+
+    def __init__(
+        self,
+        sm: StateMachine,
+        self_address: str,
+        peers: list[str],
+        data_dir: str,
+        *,
+        password: str | None = None,
+        election_timeout: tuple[float, float] = (0.4, 0.8),
+        heartbeat: float = 0.1,
+        leader_fallback_timeout: float = 1.0,
+        connection_timeout: float = 60.0,
+        connection_retry: float = 0.5,
+        group_commit: bool = True,
+        max_batch: int = 1024,
+        max_batch_bytes: int = 1 << 20,
+        max_inflight: int = 2,
+        default_timeout: float = 10.0,
+        log_compaction_min_entries: int = 5000,
+        log_compaction_min_time: float = 300.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if max_batch < 1 or max_inflight < 1:
+            raise ValueError("max_batch and max_inflight must be >= 1")
+        self.sm = sm
+        self.self_address = self_address
+        self.peers = [p for p in peers if p != self_address]
+        self.data_dir = os.path.abspath(data_dir)
+        self.group_commit = group_commit
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self.max_inflight = max_inflight
+        self.default_timeout = default_timeout
+        self._loop = loop
+
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._snap_dir = os.path.join(self.data_dir, SNAP_TMP_DIR)
+        shutil.rmtree(self._snap_dir, ignore_errors=True)  # leftovers of a crash
+        os.makedirs(self._snap_dir)
+
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._inflight: set[_Batch] = set()
+        self._flush_scheduled = False
+        self._closed = False
+        self._fatal: BaseException | None = None
+        self.stats = {
+            "entries": 0,  # entries handed to pysyncobj
+            "commands": 0,  # commands in them
+            "snapshots_taken": 0,
+            "snapshots_restored": 0,
+            "skipped_on_replay": 0,
+        }
+        self._stats_lock = threading.Lock()
+
+        lo, hi = election_timeout
+        # Entries must stay below appendEntriesBatchSizeBytes: pysyncobj sends a
+        # bigger single entry in a chunked "transmission" whose end test compares
+        # against the command length instead of the pickled length.
+        batch_bytes = max(4 * max_batch_bytes, 4 << 20)
+        self._max_command = batch_bytes // 2
+        conf = SyncObjConf(
+            password=password,
+            autoTick=True,
+            bindAddress=self_address,
+            journalFile=os.path.join(self.data_dir, JOURNAL_FILE),
+            fullDumpFile=os.path.join(self.data_dir, DUMP_FILE),
+            serializer=self._serialize,
+            deserializer=self._deserialize,
+            raftMinTimeout=lo,
+            raftMaxTimeout=hi,
+            appendEntriesPeriod=heartbeat,
+            appendEntriesUseBatch=False,
+            appendEntriesBatchSizeBytes=batch_bytes,
+            connectionTimeout=max(connection_timeout, hi),
+            connectionRetryTime=connection_retry,
+            leaderFallbackTimeout=leader_fallback_timeout,
+            commandsWaitLeader=False,
+            dynamicMembershipChange=True,
+            logCompactionMinEntries=log_compaction_min_entries,
+            logCompactionMinTime=log_compaction_min_time,
+            onStateChanged=self._on_state_changed,
+        )
+        self._node = _Node(self, self_address, self.peers, conf)
+
+    # ----------------------------------------------------------------- apply
+
+    def _apply_entry(self, index: int, payload: bytes) -> list[bytes] | None:
+        """Runs on pysyncobj's thread for every committed entry of ours."""
+        if index <= self.sm.applied_index():
+            with self._stats_lock:
+                self.stats["skipped_on_replay"] += 1
+            return None
+        try:
+            return self.sm.apply(index, decode_entry(payload))
+        except BaseException as e:  # a non-deterministic failure: this replica is stuck
+            self._fatal = e
+            log.critical("state machine failed to apply entry %d; replica halted", index, exc_info=True)
+            raise
+
+    # -------------------------------------------------------------- snapshots
+
+    def _serialize(self, tmp_filename: str, data: tuple) -> None:
+        """pysyncobj's log compaction: ``data`` is (lastEntry, prevEntry, nodes)."""
+        work = tempfile.mkdtemp(dir=self._snap_dir)
+        try:
+            state = os.path.join(work, _STATE_MEMBER)
+            applied = self.sm.applied_index()  # same thread as apply: consistent
+            self.sm.snapshot(state)
+            meta = pickle.dumps(
+                {"format": _SNAPSHOT_FORMAT, "data": tuple(data), "sm_applied": applied},
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+            with open(tmp_filename, "wb") as f:
+                with tarfile.open(fileobj=f, mode="w") as tar:
+                    info = tarfile.TarInfo(_META_MEMBER)
+                    info.size = len(meta)
+                    info.mtime = int(time.time())
+                    tar.addfile(info, io.BytesIO(meta))
+                    tar.add(state, arcname=_STATE_MEMBER)
+                f.flush()
+                os.fsync(f.fileno())
+            with self._stats_lock:
+                self.stats["snapshots_taken"] += 1
+        except BaseException:
+            log.exception("snapshot failed")
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _deserialize(self, filename: str) -> tuple:
+        """Load a dump (at startup, or one received from the leader)."""
+        with tarfile.open(filename, mode="r") as tar:
+            meta = pickle.loads(tar.extractfile(_META_MEMBER).read())
+            if meta.get("format") != _SNAPSHOT_FORMAT:
+                raise ValueError(f"unknown snapshot format {meta.get('format')!r}")
+            if meta["sm_applied"] > self.sm.applied_index():
+                work = tempfile.mkdtemp(dir=self._snap_dir)
+                try:
+                    members = [
+                        m for m in tar.getmembers()
+                        if m.name == _STATE_MEMBER or m.name.startswith(_STATE_MEMBER + "/")
+                    ]
+                    tar.extractall(work, members=members, filter="data")
+                    log.info(
+                        "restoring state machine from snapshot (applied %d -> %d)",
+                        self.sm.applied_index(), meta["sm_applied"],
+                    )
+                    # restore() may move the directory away; whatever is left is removed.
+                    self.sm.restore(os.path.join(work, _STATE_MEMBER))
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                with self._stats_lock:
+                    self.stats["snapshots_restored"] += 1
+        return meta["data"]
+
+    # ----------------------------------------------------------------- submit
+
+    async def submit(self, command: bytes, timeout: float | None = None) -> bytes:
+        if self._closed:
+            raise Unavailable("raft host closed")
+        if self._fatal is not None:
+            raise Unavailable(f"replica halted: {self._fatal!r}")
+        if not self.is_leader:
+            raise NotLeader(leader=self.leader or "")
+        if len(command) > self._max_command:
+            raise InvalidArgument(f"command of {len(command)} bytes exceeds {self._max_command}")
+        loop = self._get_loop()
+        fut = loop.create_future()
+        p = _Pending(bytes(command), fut)
+        if self.group_commit:
+            self._queue.append(p)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        else:
+            self._send(loop, [p])
+        try:
+            return await asyncio.wait_for(fut, self.default_timeout if timeout is None else timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable("no commit before the deadline") from None
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._queue:
+            return
+        if not self.is_leader:
+            self._fail_queued(NotLeader, self.leader or "")
+            return
+        loop = self._get_loop()
+        while self._queue and len(self._inflight) < self.max_inflight:
+            items: list[_Pending] = []
+            size = 0
+            while self._queue and len(items) < self.max_batch:
+                p = self._queue[0]
+                if p.future.done():  # timed out or cancelled before it was sent
+                    self._queue.popleft()
+                    continue
+                if items and size + len(p.command) > self.max_batch_bytes:
+                    break
+                self._queue.popleft()
+                items.append(p)
+                size += len(p.command) + 8
+            if items:
+                self._send(loop, items)
+
+    def _send(self, loop: asyncio.AbstractEventLoop, items: list[_Pending]) -> None:
+        batch = _Batch(items, self.term)
+        self._inflight.add(batch)
+        # Free the slot at the latest deadline even if pysyncobj never calls back.
+        batch.timer = loop.call_later(self.default_timeout + 1.0, self._release, batch)
+        for p in items:
+            p.future.add_done_callback(lambda _f, b=batch: self._maybe_release(b))
+        with self._stats_lock:
+            self.stats["entries"] += 1
+            self.stats["commands"] += len(items)
+
+        def callback(res: Any, err: int) -> None:  # pysyncobj's thread
+            try:
+                loop.call_soon_threadsafe(self._on_batch_done, batch, res, err)
+            except RuntimeError:  # loop closed
+                pass
+
+        payload = encode_entry([p.command for p in items])
+        try:
+            self._node._apply_entry(payload, callback=callback)
+        except BlockingIOError:
+            pass  # the wake-up pipe is full: the command is queued and the tick thread is awake
+
+    def _on_batch_done(self, batch: _Batch, res: Any, err: int) -> None:
+        if batch.done:
+            return
+        if err == FAIL_REASON.SUCCESS and isinstance(res, list) and len(res) == len(batch.items):
+            for p, r in zip(batch.items, res):
+                if not p.future.done():
+                    p.future.set_result(r)
+        elif err == FAIL_REASON.SUCCESS:
+            self._fail_batch(batch, Unavailable, "entry applied without results")
+        elif not self.is_leader:
+            self._fail_batch(batch, NotLeader, self.leader or "")
+        else:
+            self._fail_batch(batch, Unavailable, f"pysyncobj fail reason {err}")
+        self._release(batch)
+
+    def _fail_batch(self, batch: _Batch, exc: type, detail: str) -> None:
+        for p in batch.items:
+            if not p.future.done():
+                p.future.set_exception(self._make_exc(exc, detail))
+
+    @staticmethod
+    def _make_exc(exc: type, detail: str) -> Exception:
+        if exc is NotLeader:
+            return NotLeader("leadership lost; outcome unknown", leader=detail)
+        return exc(detail)
+
+    def _maybe_release(self, batch: _Batch) -> None:
+        if not batch.done and all(p.future.done() for p in batch.items):
+            self._release(batch)
+
+    def _release(self, batch: _Batch) -> None:
+        if batch.done:
+            return
+        batch.done = True
+        if batch.timer is not None:
+            batch.timer.cancel()
+        self._inflight.discard(batch)
+        if self._queue and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._get_loop().call_soon(self._flush)
+
+    def _fail_queued(self, exc: type, detail: str) -> None:
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(self._make_exc(exc, detail))
+
+    def _fail_all(self, exc: type, detail: str) -> None:
+        for batch in list(self._inflight):
+            self._fail_batch(batch, exc, detail)
+            self._release(batch)
+        self._fail_queued(exc, detail)
+
+    def _on_state_changed(self, old: int, new: int) -> None:  # pysyncobj's thread
+        if old == _LEADER_STATE and new != _LEADER_STATE and self._loop is not None:
+            log.info("%s stepped down (term %d)", self.self_address, self.term)
+            try:
+                self._loop.call_soon_threadsafe(self._on_lost_leadership)
+            except RuntimeError:
+                pass
+
+    def _on_lost_leadership(self) -> None:
+        if not self.is_leader:
+            self._fail_all(NotLeader, self.leader or "")
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def is_leader(self) -> bool:
+        return self._node._isLeader()
+
+    @property
+    def leader(self) -> str | None:
+        node = self._node._getLeader()
+        return None if node is None else node.address
+
+    @property
+    def term(self) -> int:
+        return self._node.raftCurrentTerm
+
+    @property
+    def commit_index(self) -> int:
+        return self._node.raftCommitIndex
+
+    @property
+    def applied_index(self) -> int:
+        """pysyncobj's last applied Raft index (includes no-op entries)."""
+        return self._node.raftLastApplied
+
+    @property
+    def role(self) -> str:
+        return _ROLE.get(getattr(self._node, "_SyncObj__raftState"), "unknown")
+
+    def status(self) -> dict:
+        st = self._node.getStatus()
+        with self._stats_lock:
+            stats = dict(self.stats)
+        return {
+            "self": self.self_address,
+            "role": self.role,
+            "leader": self.leader,
+            "term": self.term,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "sm_applied_index": self.sm.applied_index(),
+            "log_len": st["log_len"],
+            "has_quorum": st["has_quorum"],
+            "peers": {
+                str(k[len("partner_node_status_server_"):]): v == 2
+                for k, v in st.items() if k.startswith("partner_node_status_server_")
+            },
+            "queued": len(self._queue),
+            "inflight": len(self._inflight),
+            "halted": self._fatal is not None,
+            **stats,
+        }
+
+    async def wait_leader(self, timeout: float = 10.0) -> str:
+        """Wait until a leader is known (to this node); return its address."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = self.leader
+            if leader is not None:
+                return leader
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"no leader within {timeout}s")
+            await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------ close
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop pysyncobj (tick thread, sockets, journal) and fail pending submits."""
+        if self._closed:
+            return
+        self._closed = True
+        self._node.destroy()
+        thread = getattr(self._node, "_SyncObj__thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._fail_all(Unavailable, "raft host closed")
+        else:
+            try:
+                loop.call_soon_threadsafe(self._fail_all, Unavailable, "raft host closed")
+            except RuntimeError:
+                pass
+
+    destroy = close

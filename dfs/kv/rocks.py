@@ -1,0 +1,56 @@
+"""RocksDB engine (rocksdict in raw mode: keys and values are plain bytes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import rocksdict
+
+from dfs.kv.base import KV, WriteBatch
+
+
+def _options() -> rocksdict.Options:
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_max_background_jobs(2)
+    opts.increase_parallelism(2)
+    return opts
+
+
+class RocksKV(KV):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = rocksdict.Rdict(path, options=_options())
+        self._wopt_sync = rocksdict.WriteOptions()
+        self._wopt_sync.sync = True
+        self._wopt = rocksdict.WriteOptions()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._db.get(key)
+
+    def scan(self, start: bytes, end: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        it = self._db.iter()
+        it.seek(start)
+        n = 0
+        while it.valid():
+            k = it.key()
+            if k >= end or (limit is not None and n >= limit):
+                break
+            yield k, it.value()
+            n += 1
+            it.next()
+
+    def write(self, batch: WriteBatch, sync: bool = False) -> None:
+        wb = rocksdict.WriteBatch(raw_mode=True)
+        for k, v in batch.ops:
+            if v is None:
+                wb.delete(k)
+            else:
+                wb.put(k, v)
+        self._db.write(wb, self._wopt_sync if sync else self._wopt)
+
+    def checkpoint(self, path: str) -> None:
+        rocksdict.Checkpoint(self._db).create_checkpoint(path)
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,1 @@
+"""Metadata shards: key schema, state machine, cross-shard coordinator, service, server."""

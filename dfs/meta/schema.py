@@ -1,0 +1,150 @@
+"""Key schema of a metadata shard: every key prefix is registered here.
+
+All integers are big-endian so that keys sort numerically. One shard's RocksDB
+holds:
+
+    I <ino:8>                       -> inode record (INODE struct below)
+    D <parent:8> <hash:8> <name>    -> <child ino:8><child type:1>   (entries, in readdir order)
+    L <ino:8>                       -> symlink target
+    X <ino:8> <name>                -> xattr value
+    R <request id>                  -> idempotency record: <ts:8><result>
+    Y <ts:8> <request id>           -> expiry index of the R records
+    P <op id>                       -> cross-shard operation record (prepared / coordinator intent)
+    K <lock key>                    -> lock held by prepared cross-shard operations
+    M <name>                        -> shard bookkeeping (applied index, id counter, counts)
+
+A directory's entries and its inode live on the directory's home shard; a
+file's inode lives on the shard of the directory it was created in.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+
+from dfs.common.ids import name_hash
+from dfs.common.records import Attr
+
+P_INODE = b"I"
+P_DENTRY = b"D"
+P_SYMLINK = b"L"
+P_XATTR = b"X"
+P_REQUEST = b"R"
+P_EXPIRY = b"Y"
+P_OP = b"P"
+P_LOCK = b"K"
+P_META = b"M"
+
+K_APPLIED = P_META + b"applied"
+K_NEXT_INO = P_META + b"next_ino"
+K_NINODES = P_META + b"ninodes"
+K_SHARD = P_META + b"shard"
+K_RENAME_EPOCH = P_META + b"rename_epoch"  # bumped each time a directory rename completes
+
+_Q = struct.Struct(">Q")
+
+
+def u64(n: int) -> bytes:
+    return _Q.pack(n)
+
+
+def from_u64(b: bytes) -> int:
+    return _Q.unpack(b)[0]
+
+
+def inode_key(ino: int) -> bytes:
+    return P_INODE + _Q.pack(ino)
+
+
+def dentry_prefix(parent: int) -> bytes:
+    return P_DENTRY + _Q.pack(parent)
+
+
+def dentry_key(parent: int, name: bytes) -> bytes:
+    return P_DENTRY + _Q.pack(parent) + _Q.pack(name_hash(name)) + name
+
+
+def dentry_cookie_key(parent: int, cookie: int) -> bytes:
+    return P_DENTRY + _Q.pack(parent) + _Q.pack(cookie)
+
+
+def split_dentry_key(key: bytes) -> tuple[int, int, bytes]:
+    """(parent, hash, name) of a dentry key."""
+    return _Q.unpack_from(key, 1)[0], _Q.unpack_from(key, 9)[0], key[17:]
+
+
+_DENT = struct.Struct(">QB")
+
+
+def dentry_value(ino: int, mode: int) -> bytes:
+    return _DENT.pack(ino, stat.S_IFMT(mode) >> 12)
+
+
+def split_dentry_value(v: bytes) -> tuple[int, int]:
+    ino, t = _DENT.unpack(v)
+    return ino, t << 12
+
+
+def symlink_key(ino: int) -> bytes:
+    return P_SYMLINK + _Q.pack(ino)
+
+
+def xattr_prefix(ino: int) -> bytes:
+    return P_XATTR + _Q.pack(ino)
+
+
+def xattr_key(ino: int, name: bytes) -> bytes:
+    return P_XATTR + _Q.pack(ino) + name
+
+
+def lock_key_inode(ino: int) -> bytes:
+    return b"i" + _Q.pack(ino)
+
+
+def lock_key_dentry(parent: int, name: bytes) -> bytes:
+    return b"d" + _Q.pack(parent) + name
+
+
+LOCK_RENAME = b"g:rename"  # the cluster-wide ordering point of directory renames (shard 0)
+
+
+class Inode:
+    """A mutable inode record, used inside the state machine only."""
+
+    __slots__ = ("ino", "mode", "nlink", "uid", "gid", "rdev", "size",
+                 "atime", "mtime", "ctime", "parent", "flags")
+
+    _S = struct.Struct(">QIIIIQQqqqQI")
+
+    def __init__(self, ino: int, mode: int, nlink: int, uid: int, gid: int, rdev: int, size: int,
+                 atime: int, mtime: int, ctime: int, parent: int = 0, flags: int = 0) -> None:
+        self.ino = ino
+        self.mode = mode
+        self.nlink = nlink
+        self.uid = uid
+        self.gid = gid
+        self.rdev = rdev
+        self.size = size
+        self.atime = atime
+        self.mtime = mtime
+        self.ctime = ctime
+        self.parent = parent  # directories: the parent directory (for '..' and cycle checks)
+        self.flags = flags  # reserved: layout / inline data / snapshot bits in later versions
+
+    def pack(self) -> bytes:
+        return self._S.pack(self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev,
+                            self.size, self.atime, self.mtime, self.ctime, self.parent, self.flags)
+
+    @classmethod
+    def unpack(cls, b: bytes) -> Inode:
+        return cls(*cls._S.unpack(b))
+
+    def wire(self) -> list:
+        return [self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size,
+                self.atime, self.mtime, self.ctime]
+
+    def attr(self) -> Attr:
+        return Attr(*self.wire())
+
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)

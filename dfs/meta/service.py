@@ -1,0 +1,133 @@
+"""A metadata shard's request handling, independent of the transport.
+
+``ShardService.execute`` takes one decoded operation and returns its result or
+raises a ``DfsError``: reads are served from applied state on the leader,
+single-shard mutations go through the log (group-committed), cross-shard
+operations through the coordinator. The gRPC server (``dfs.meta.server``) and
+the in-process engine (``dfs.meta.local``) both call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from typing import Any
+
+import msgpack
+
+from dfs.common import errors as err
+from dfs.common.records import Caller
+from dfs.consensus.api import Log
+from dfs.meta.coordinator import Coordinator, Recovery
+from dfs.common.ops import COORDINATED, LOGGED, READS, Op
+from dfs.meta.store import MetaStore, encode_command, unpackb
+
+log = logging.getLogger(__name__)
+
+
+class PeerRouter:
+    """How a shard reaches the leaders of the other shards."""
+
+    nshards: int
+
+    async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"",
+                   ts: int | None = None) -> Any:
+        raise NotImplementedError
+
+
+class _Shards:
+    """The coordinator's view: this shard directly, the others through the router."""
+
+    def __init__(self, svc: ShardService, peers: PeerRouter) -> None:
+        self.svc = svc
+        self.peers = peers
+        self.nshards = svc.store.nshards
+
+    async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"",
+                   ts: int | None = None) -> Any:
+        if shard == self.svc.shard:
+            return await self.svc.execute(op, rid, caller, args, ts=ts)
+        return await self.peers.call(shard, op, caller, args, rid=rid, ts=ts)
+
+    async def pending(self, shard: int) -> list:
+        assert shard == self.svc.shard
+        return self.svc.store.pending_ops()
+
+
+class ShardService:
+    def __init__(self, store: MetaStore, log_: Log, peers: PeerRouter, clock=time.time_ns,
+                 submit_timeout: float = 5.0) -> None:
+        self.store = store
+        self.shard = store.shard
+        self.log = log_
+        self.clock = clock
+        self.submit_timeout = submit_timeout
+        self.coordinator = Coordinator(self.shard, _Shards(self, peers), clock)
+        self.recovery = Recovery(self.coordinator)
+        self._recovery_task: asyncio.Task | None = None
+        self.stats: dict[str, int] = {}
+
+    def _check_leader(self) -> None:
+        if not self.log.is_leader:
+            raise err.NotLeader(leader=self.log.leader or "")
+
+    async def execute(self, op: int, rid: bytes, caller: Caller, args: list, ts: int | None = None) -> Any:
+        try:
+            op = Op(op)
+        except ValueError:
+            raise err.InvalidArgument(f"unknown op {op}") from None
+        if not isinstance(args, list):
+            raise err.InvalidArgument("arguments must be a list")
+        self._check_leader()
+        if op in READS:
+            return self.store.read(op, caller, args)
+        if op in LOGGED:
+            cmd = encode_command(op, rid, ts or self.clock(), caller, args)
+            raw = await self.log.submit(cmd, timeout=self.submit_timeout)
+            status, payload = unpackb(raw)
+            if status:
+                raise err.error_for(status, payload)
+            return payload
+        if op in COORDINATED:
+            return await self.coordinator.run(op, rid, caller, args)
+        raise err.InvalidArgument(f"op {op!r} is not served here")
+
+    async def execute_wire(self, op: int, rid: bytes, caller: Caller, body: bytes) -> tuple[int, str, bytes]:
+        """(status, message, body) for the transport: never raises for bad input."""
+        try:
+            args = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=False) if body else []
+        except Exception:
+            return errno.EINVAL, "malformed body", b""
+        try:
+            res = await self.execute(op, rid, caller, args)
+        except err.DfsError as e:
+            return e.errno, e.detail or "", b""
+        return 0, "", msgpack.packb(res)
+
+    # ------------------------------------------------------------ recovery
+    def start_recovery(self, interval: float = 0.5) -> None:
+        if self._recovery_task is None:
+            self._recovery_task = asyncio.get_running_loop().create_task(self._recovery_loop(interval))
+
+    async def _recovery_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if not self.log.is_leader:
+                continue
+            try:
+                await self.recovery.sweep()
+            except err.DfsError as e:
+                log.info("recovery sweep: %s", e)
+            except Exception:
+                log.exception("recovery sweep failed")
+
+    async def stop(self) -> None:
+        if self._recovery_task is not None:
+            self._recovery_task.cancel()
+            try:
+                await self._recovery_task
+            except asyncio.CancelledError:
+                pass
+            self._recovery_task = None

@@ -1,0 +1,946 @@
+"""The metadata shard's state machine: namespace rules over a KV engine.
+
+``MetaStore.apply`` is the only writer. It is deterministic (time, caller and
+request id come inside each command), applies one Raft entry of many commands
+in one atomic write batch together with the entry's index, answers repeated
+request ids from their idempotency records, and never raises: every command
+gets a result, ``[0, payload]`` or ``[errno, message]``.
+
+Reads (``MetaStore.read``) run on the leader against applied state.
+
+Cross-shard operations reach a shard as *actions* (see ``_validate_action``)
+inside PREPARE / COMMIT / ABORT / ONEPHASE commands; ``dfs.meta.coordinator``
+decides which actions go where. This module may not import grpc, pysyncobj or
+anything above ``dfs.kv``.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import logging
+import os
+import shutil
+import stat
+from collections.abc import Callable
+
+import msgpack
+
+from dfs.common import errors as err
+from dfs.common.ids import ROOT_INO, LOCAL_MASK, make_ino, shard_of
+from dfs.common.limits import LINK_MAX, NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX
+from dfs.common.records import Caller
+from dfs.consensus.api import StateMachine
+from dfs.kv import KV
+from dfs.kv.overlay import Overlay
+from dfs.meta import schema as S
+from dfs.common.ops import (
+    RENAME_EXCHANGE,
+    SET_ATIME,
+    SET_ATIME_NOW,
+    SET_CTIME,
+    SET_GID,
+    SET_MODE,
+    SET_MTIME,
+    SET_MTIME_NOW,
+    SET_SIZE,
+    SET_UID,
+    XATTR_CREATE,
+    XATTR_REPLACE,
+    Op,
+)
+from dfs.meta.schema import Inode
+
+log = logging.getLogger(__name__)
+
+packb = msgpack.packb
+
+
+def unpackb(b: bytes):
+    return msgpack.unpackb(b, raw=False, use_list=True, strict_map_key=False)
+
+
+IDEMPOTENCY_TTL_NS = 15 * 60 * 10**9  # a retry older than this is a new request
+PRUNE_PER_ENTRY = 64
+
+R_OK, R_W, R_X = 4, 2, 1
+
+
+def encode_command(op: int, rid: bytes, ts: int, caller: Caller, args: list) -> bytes:
+    return packb([int(op), rid, ts, caller.uid, caller.gid, list(caller.groups), args])
+
+
+def ok(payload=None) -> bytes:
+    return packb([0, payload])
+
+
+def fail(code: int, message: str = "") -> bytes:
+    return packb([code, message])
+
+
+# ------------------------------------------------------------------ checks
+
+def check_name(name: bytes) -> None:
+    if not isinstance(name, bytes) or not name or name in (b".", b".."):
+        raise err.InvalidArgument("bad name")
+    if len(name) > NAME_MAX:
+        raise err.NameTooLong()
+    if b"/" in name or b"\0" in name:
+        raise err.InvalidArgument("name contains '/' or NUL")
+
+
+def check_access(ino: Inode, caller: Caller, mask: int) -> None:
+    if not mask:
+        return
+    if caller.uid == 0:
+        if mask & R_X and not ino.is_dir() and not ino.mode & 0o111:
+            raise err.PermissionDenied()
+        return
+    if caller.uid == ino.uid:
+        bits = (ino.mode >> 6) & 7
+    elif caller.in_group(ino.gid):
+        bits = (ino.mode >> 3) & 7
+    else:
+        bits = ino.mode & 7
+    if mask & ~bits:
+        raise err.PermissionDenied()
+
+
+def check_sticky(parent: Inode, child_uid: int, caller: Caller) -> None:
+    if parent.mode & stat.S_ISVTX and caller.uid not in (0, parent.uid, child_uid):
+        raise err.NotPermitted("sticky directory")
+
+
+class Ctx:
+    """One command's view: its overlay, time, caller."""
+
+    __slots__ = ("ov", "ts", "caller", "rid", "store")
+
+    def __init__(self, store: MetaStore, ov: Overlay, ts: int, caller: Caller, rid: bytes) -> None:
+        self.store = store
+        self.ov = ov
+        self.ts = ts
+        self.caller = caller
+        self.rid = rid
+
+    # inodes
+    def inode(self, ino: int) -> Inode:
+        self.store.check_owned(ino)
+        b = self.ov.get(S.inode_key(ino))
+        if b is None:
+            raise err.NotFound(f"inode {ino:#x}")
+        return Inode.unpack(b)
+
+    def maybe_inode(self, ino: int) -> Inode | None:
+        b = self.ov.get(S.inode_key(ino))
+        return None if b is None else Inode.unpack(b)
+
+    def dir(self, ino: int) -> Inode:
+        i = self.inode(ino)
+        if not i.is_dir():
+            raise err.NotADirectory()
+        return i
+
+    def put(self, i: Inode) -> None:
+        self.ov.put(S.inode_key(i.ino), i.pack())
+
+    def alloc_ino(self) -> int:
+        ov = self.ov
+        b = ov.get(S.K_NEXT_INO)
+        n = S.from_u64(b) if b else (2 if self.store.shard == 0 else 1)
+        ov.put(S.K_NEXT_INO, S.u64(n + 1))
+        return make_ino(self.store.shard, n & LOCAL_MASK)
+
+    def count_inodes(self, delta: int) -> None:
+        b = self.ov.get(S.K_NINODES)
+        self.ov.put(S.K_NINODES, S.u64((S.from_u64(b) if b else 0) + delta))
+
+    def delete_inode(self, i: Inode) -> None:
+        ov = self.ov
+        ov.delete(S.inode_key(i.ino))
+        if stat.S_ISLNK(i.mode):
+            ov.delete(S.symlink_key(i.ino))
+        for k, _ in list(ov.scan_prefix(S.xattr_prefix(i.ino))):
+            ov.delete(k)
+        self.count_inodes(-1)
+
+    # entries
+    def dentry(self, parent: int, name: bytes) -> tuple[int, int] | None:
+        v = self.ov.get(S.dentry_key(parent, name))
+        return None if v is None else S.split_dentry_value(v)
+
+    def touch_dir(self, parent: Inode, nlink_delta: int = 0) -> None:
+        parent.mtime = parent.ctime = self.ts
+        parent.nlink += nlink_delta
+        self.put(parent)
+
+    # locks
+    def lock_holders(self, key: bytes) -> tuple[str, list[bytes]]:
+        v = self.ov.get(S.P_LOCK + key)
+        if v is None:
+            return "", []
+        mode, holders = unpackb(v)
+        return mode, holders
+
+    def check_lock(self, key: bytes, mode: str, op_id: bytes | None = None) -> None:
+        held, holders = self.lock_holders(key)
+        others = [h for h in holders if h != op_id]
+        if others and (mode == "X" or held == "X"):
+            raise err.Locked()
+
+    def take_lock(self, key: bytes, mode: str, op_id: bytes) -> None:
+        held, holders = self.lock_holders(key)
+        if op_id in holders:
+            mode = "X" if "X" in (mode, held) else "S"
+        else:
+            holders.append(op_id)
+            if held == "X":
+                mode = "X"
+        self.ov.put(S.P_LOCK + key, packb([mode, holders]))
+
+    def release_lock(self, key: bytes, op_id: bytes) -> None:
+        held, holders = self.lock_holders(key)
+        if op_id not in holders:
+            return
+        holders.remove(op_id)
+        if holders:
+            self.ov.put(S.P_LOCK + key, packb([held, holders]))
+        else:
+            self.ov.delete(S.P_LOCK + key)
+            if key[:1] == b"i":  # an inode whose last link went while it was held
+                i = self.maybe_inode(S.from_u64(key[1:9]))
+                if i is not None and i.nlink <= 0 and not i.is_dir():
+                    self.delete_inode(i)
+
+
+class MetaStore(StateMachine):
+    def __init__(self, shard: int, nshards: int, path: str | None = None,
+                 kv_factory: Callable[[str | None], KV] | None = None) -> None:
+        from dfs.kv import open_kv
+
+        self.shard = shard
+        self.nshards = nshards
+        self.path = path  # directory holding db-<n> generations, or None for memory
+        self._open = kv_factory or open_kv
+        self.kv = self._open(self._current_db_path())
+        self._applied = self._read_applied()
+        if self._applied == 0 and self.kv.get(S.K_SHARD) is None:
+            self._bootstrap()
+
+    # ----------------------------------------------------------- lifecycle
+    def _current_db_path(self) -> str | None:
+        if self.path is None:
+            return None
+        os.makedirs(self.path, exist_ok=True)
+        cur = os.path.join(self.path, "CURRENT_DB")
+        name = open(cur).read().strip() if os.path.exists(cur) else "db-0"
+        return os.path.join(self.path, name)
+
+    def _read_applied(self) -> int:
+        b = self.kv.get(S.K_APPLIED)
+        return S.from_u64(b) if b else 0
+
+    def _bootstrap(self) -> None:
+        """Shard 0 holds the root directory from its first moment."""
+        from dfs.kv import WriteBatch
+
+        b = WriteBatch()
+        b.put(S.K_SHARD, S.u64(self.shard))
+        if self.shard == 0:
+            root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, ROOT_INO)
+            b.put(S.inode_key(ROOT_INO), root.pack())
+            b.put(S.K_NINODES, S.u64(1))
+        self.kv.write(b, sync=True)
+
+    def close(self) -> None:
+        self.kv.close()
+
+    def check_owned(self, ino: int) -> None:
+        if shard_of(ino) != self.shard:
+            raise err.WrongShard(f"inode {ino:#x} belongs to shard {shard_of(ino)}, not {self.shard}")
+
+    # ----------------------------------------------------------- snapshots
+    def snapshot(self, path: str) -> None:
+        self.kv.checkpoint(path)
+
+    def restore(self, path: str) -> None:
+        if self.path is None:
+            old = self.kv
+            self.kv = self._open(None)
+            from dfs.kv import MemoryKV, WriteBatch
+
+            src = MemoryKV(path)
+            b = WriteBatch()
+            b.ops.extend(src.items())
+            self.kv.write(b)
+            old.close()
+        else:
+            cur = self._current_db_path()
+            gen = int(os.path.basename(cur).split("-")[1]) + 1
+            new = os.path.join(self.path, f"db-{gen}")
+            shutil.rmtree(new, ignore_errors=True)
+            shutil.copytree(path, new)
+            newkv = self._open(new)
+            tmp = os.path.join(self.path, "CURRENT_DB.tmp")
+            with open(tmp, "w") as f:
+                f.write(f"db-{gen}")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(self.path, "CURRENT_DB"))
+            old, self.kv = self.kv, newkv
+            old.close()
+            shutil.rmtree(cur, ignore_errors=True)
+        self._applied = self._read_applied()
+
+    # ----------------------------------------------------------- apply
+    def applied_index(self) -> int:
+        return self._applied
+
+    def apply(self, index: int, commands: list[bytes]) -> list[bytes]:
+        entry = Overlay(self.kv)
+        results = []
+        min_ts = None
+        for raw in commands:
+            res = self._apply_one(entry, raw)
+            results.append(res)
+        # prune expired idempotency records, a bounded number per entry
+        if commands:
+            try:
+                min_ts = unpackb(commands[-1])[2] - IDEMPOTENCY_TTL_NS
+            except Exception:
+                min_ts = None
+        if min_ts is not None and min_ts > 0:
+            for k, _ in list(entry.scan(S.P_EXPIRY, S.P_EXPIRY + S.u64(min_ts), PRUNE_PER_ENTRY)):
+                entry.delete(k)
+                entry.delete(S.P_REQUEST + k[9:])
+        entry.put(S.K_APPLIED, S.u64(index))
+        self.kv.write(entry.to_batch())
+        self._applied = index
+        return results
+
+    def _apply_one(self, entry: Overlay, raw: bytes) -> bytes:
+        try:
+            op, rid, ts, uid, gid, groups, args = unpackb(raw)
+        except Exception:
+            return fail(E.EINVAL, "malformed command")
+        if rid:
+            prev = entry.get(S.P_REQUEST + rid)
+            if prev is not None:
+                return prev[8:]
+        ov = Overlay(entry)
+        ctx = Ctx(self, ov, ts, Caller(uid, gid, tuple(groups)), rid)
+        try:
+            fn = self._MUTATIONS.get(op)
+            if fn is None:
+                raise err.InvalidArgument(f"unknown op {op}")
+            res = ok(fn(self, ctx, *args))
+        except err.Retryable as e:
+            return fail(e.errno, str(e))  # not remembered: a retry must run again
+        except err.DfsError as e:
+            res = fail(e.errno, e.detail or "")
+            ov = None
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
+            res = fail(E.EINVAL, f"bad arguments: {e}")
+            ov = None
+        except Exception as e:  # a bug: deterministic on every replica, so still consistent
+            log.exception("op %s failed", op)
+            res = fail(E.EIO, repr(e))
+            ov = None
+        if ov is not None:
+            ov.merge_into(entry)
+        if rid:
+            entry.put(S.P_REQUEST + rid, S.u64(ts) + res)
+            entry.put(S.P_EXPIRY + S.u64(ts) + rid, b"")
+        return res
+
+    # ----------------------------------------------------------- single-shard mutations
+    def _create(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int, excl: bool,
+                umask: int, target: bytes | None):
+        check_name(name)
+        fmt = stat.S_IFMT(mode) or stat.S_IFREG
+        if fmt == stat.S_IFDIR:
+            raise err.InvalidArgument("use MKDIR for directories")
+        if fmt not in (stat.S_IFREG, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise err.InvalidArgument("bad file type")
+        p = ctx.dir(parent)
+        ctx.check_lock(S.lock_key_dentry(parent, name), "X")
+        ctx.check_lock(S.lock_key_inode(parent), "S")
+        existing = ctx.dentry(parent, name)
+        if existing is not None:
+            if excl or fmt != stat.S_IFREG:
+                raise err.Exists()
+            ino, _ = existing
+            if shard_of(ino) != self.shard:
+                return [None, False, ino]  # the caller fetches the remote inode
+            return [ctx.inode(ino).wire(), False, ino]
+        check_access(p, ctx.caller, R_W | R_X)
+        if fmt in (stat.S_IFCHR, stat.S_IFBLK) and ctx.caller.uid != 0:
+            raise err.NotPermitted("mknod of a device needs root")
+        perm = 0o777 if fmt == stat.S_IFLNK else (mode & 0o7777 & ~umask)
+        if fmt == stat.S_IFLNK:
+            if not target or len(target) > SYMLINK_MAX or b"\0" in target:
+                raise err.NameTooLong() if target and len(target) > SYMLINK_MAX else err.InvalidArgument()
+        gid = ctx.caller.gid
+        if p.mode & stat.S_ISGID:
+            gid = p.gid
+        if perm & stat.S_ISGID and ctx.caller.uid != 0 and not ctx.caller.in_group(gid):
+            perm &= ~stat.S_ISGID
+        ino = ctx.alloc_ino()
+        size = len(target) if fmt == stat.S_IFLNK else 0
+        i = Inode(ino, fmt | perm, 1, ctx.caller.uid, gid, rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0,
+                  size, ctx.ts, ctx.ts, ctx.ts)
+        ctx.put(i)
+        if fmt == stat.S_IFLNK:
+            ctx.ov.put(S.symlink_key(ino), target)
+        ctx.ov.put(S.dentry_key(parent, name), S.dentry_value(ino, i.mode))
+        ctx.touch_dir(p)
+        ctx.count_inodes(1)
+        return [i.wire(), True, ino]
+
+    def _setattr(self, ctx: Ctx, ino: int, valid: int, mode: int, uid: int, gid: int, size: int,
+                 atime: int, mtime: int):
+        i = ctx.inode(ino)
+        ctx.check_lock(S.lock_key_inode(ino), "S")
+        c = ctx.caller
+        root = c.uid == 0
+        owner = root or c.uid == i.uid
+        changed = False
+        if valid & (SET_UID | SET_GID):
+            new_uid = uid if valid & SET_UID else i.uid
+            new_gid = gid if valid & SET_GID else i.gid
+            if not root:
+                if new_uid != i.uid or c.uid != i.uid:
+                    if new_uid != i.uid or not owner:
+                        raise err.NotPermitted("chown")
+                if new_gid != i.gid and not c.in_group(new_gid):
+                    raise err.NotPermitted("chgrp to a group the caller is not in")
+            if new_uid != i.uid or new_gid != i.gid or not root:
+                if not i.is_dir():
+                    # Linux: chown clears set-user-id, and set-group-id if group-executable
+                    if i.mode & stat.S_ISUID:
+                        i.mode &= ~stat.S_ISUID
+                    if i.mode & stat.S_ISGID and i.mode & stat.S_IXGRP:
+                        i.mode &= ~stat.S_ISGID
+            i.uid, i.gid = new_uid, new_gid
+            changed = True
+        if valid & SET_MODE:
+            if not owner:
+                raise err.NotPermitted("chmod")
+            new = mode & 0o7777
+            if not root and new & stat.S_ISGID and not c.in_group(i.gid):
+                new &= ~stat.S_ISGID
+            if not root and not i.is_dir() and new & stat.S_ISVTX:
+                new &= ~stat.S_ISVTX  # Linux ignores the sticky bit on files for non-root
+            i.mode = stat.S_IFMT(i.mode) | new
+            changed = True
+        if valid & SET_SIZE:
+            if i.is_dir():
+                raise err.IsADirectory()
+            if not stat.S_ISREG(i.mode):
+                raise err.InvalidArgument("truncate of a special file")
+            if size < 0 or size > (1 << 62):
+                raise err.InvalidArgument("size")
+            check_access(i, c, R_W)
+            i.size = size
+            i.mtime = ctx.ts
+            if not root:
+                i.mode &= ~stat.S_ISUID
+                if i.mode & stat.S_IXGRP:
+                    i.mode &= ~stat.S_ISGID
+            changed = True
+        if valid & (SET_ATIME | SET_MTIME | SET_ATIME_NOW | SET_MTIME_NOW):
+            explicit = (valid & SET_ATIME and not valid & SET_ATIME_NOW) or (
+                valid & SET_MTIME and not valid & SET_MTIME_NOW)
+            if not owner:
+                if explicit:
+                    raise err.NotPermitted("utimes")
+                check_access(i, c, R_W)
+            if valid & SET_ATIME_NOW:
+                i.atime = ctx.ts
+            elif valid & SET_ATIME:
+                i.atime = atime
+            if valid & SET_MTIME_NOW:
+                i.mtime = ctx.ts
+            elif valid & SET_MTIME:
+                i.mtime = mtime
+            changed = True
+        if changed or valid & SET_CTIME:
+            i.ctime = ctx.ts
+        ctx.put(i)
+        return i.wire()
+
+    def _xattr_check(self, ctx: Ctx, i: Inode, name: bytes, write: bool) -> None:
+        if not name or len(name) > XATTR_NAME_MAX or b"\0" in name:
+            raise err.DfsError("xattr name", code=E.ERANGE if name else E.EINVAL)
+        ns = name.split(b".", 1)[0]
+        if b"." not in name:
+            raise err.DfsError("xattr namespace", code=E.EOPNOTSUPP)
+        if ns == b"user":
+            if not (stat.S_ISREG(i.mode) or stat.S_ISDIR(i.mode)):
+                raise err.NotPermitted("user xattrs only on files and directories") if write else err.NoData()
+            if write and i.is_dir() and i.mode & stat.S_ISVTX and ctx.caller.uid not in (0, i.uid):
+                raise err.NotPermitted()
+            check_access(i, ctx.caller, R_W if write else R_R)
+        elif ns == b"trusted":
+            if ctx.caller.uid != 0:
+                raise err.NotPermitted() if write else err.NoData()
+        elif ns == b"security":
+            if write and ctx.caller.uid != 0:
+                raise err.NotPermitted()
+        else:
+            raise err.DfsError("xattr namespace", code=E.EOPNOTSUPP)
+
+    def _setxattr(self, ctx: Ctx, ino: int, name: bytes, value: bytes, flags: int):
+        i = ctx.inode(ino)
+        ctx.check_lock(S.lock_key_inode(ino), "S")
+        self._xattr_check(ctx, i, name, True)
+        if len(value) > XATTR_SIZE_MAX:
+            raise err.DfsError("xattr value", code=E.E2BIG)
+        if flags & ~(XATTR_CREATE | XATTR_REPLACE) or flags == XATTR_CREATE | XATTR_REPLACE:
+            raise err.InvalidArgument("xattr flags")
+        k = S.xattr_key(ino, name)
+        exists = ctx.ov.get(k) is not None
+        if flags & XATTR_CREATE and exists:
+            raise err.Exists()
+        if flags & XATTR_REPLACE and not exists:
+            raise err.NoData()
+        ctx.ov.put(k, value)
+        i.ctime = ctx.ts
+        ctx.put(i)
+        return None
+
+    def _removexattr(self, ctx: Ctx, ino: int, name: bytes):
+        i = ctx.inode(ino)
+        ctx.check_lock(S.lock_key_inode(ino), "S")
+        self._xattr_check(ctx, i, name, True)
+        k = S.xattr_key(ino, name)
+        if ctx.ov.get(k) is None:
+            raise err.NoData()
+        ctx.ov.delete(k)
+        i.ctime = ctx.ts
+        ctx.put(i)
+        return None
+
+    # ----------------------------------------------------------- actions (cross-shard building blocks)
+    #
+    # An action is [kind, args...]. _validate_action checks its preconditions
+    # against current state and names the locks it needs; _commit_action makes
+    # its change. A prepared action's locks keep its preconditions true until
+    # commit or abort.
+
+    def _validate_action(self, ctx: Ctx, a: list, op_id: bytes | None, state: dict) -> list[tuple[bytes, str]]:
+        kind = a[0]
+        c = ctx.caller
+        if kind == "dir":  # ino is a directory the caller may (mask) use; it stays alive
+            _, ino, mask = a
+            d = ctx.dir(ino)
+            check_access(d, c, mask)
+            return [(S.lock_key_inode(ino), "S")]
+        if kind == "sticky":
+            _, dino, child_uid = a
+            check_sticky(ctx.dir(dino), child_uid, c)
+            return []
+        if kind == "dput":  # entry parent/name -> ino; expect: ino it must map to now, 0 = absent
+            _, parent, name, ino, mode, expect = a
+            check_name(name)
+            ctx.dir(parent)
+            cur = ctx.dentry(parent, name)
+            if expect == 0 and cur is not None:
+                raise err.Exists()
+            if expect != 0 and (cur is None or cur[0] != expect):
+                raise err.Locked("entry changed")  # the coordinator re-reads and retries
+            return [(S.lock_key_dentry(parent, name), "X"), (S.lock_key_inode(parent), "S")]
+        if kind == "ddel":
+            _, parent, name, expect = a
+            ctx.dir(parent)
+            cur = ctx.dentry(parent, name)
+            if cur is None or cur[0] != expect:
+                raise err.Locked("entry changed")
+            return [(S.lock_key_dentry(parent, name), "X"), (S.lock_key_inode(parent), "S")]
+        if kind == "nlink":  # ino's link count changes by delta (a file losing/gaining a name)
+            _, ino, delta, forbid_dir = a
+            i = ctx.inode(ino)
+            if forbid_dir and i.is_dir():
+                raise err.NotPermitted("hard link to a directory")
+            if delta > 0 and i.nlink + delta > LINK_MAX:
+                raise err.DfsError(code=E.EMLINK)
+            last = delta < 0 and i.nlink + delta <= 0
+            return [(S.lock_key_inode(ino), "X" if last else "S")]
+        if kind == "dirnlink":  # a parent directory gains or loses a subdirectory
+            _, ino, delta = a
+            ctx.dir(ino)
+            return [(S.lock_key_inode(ino), "S")]
+        if kind == "mkdir":
+            _, ino, mode, uid, gid, parent = a
+            if ino == 0:
+                ino = state.get("new_ino") or ctx.alloc_ino()
+                state["new_ino"] = ino
+            else:
+                self.check_owned(ino)
+            return [(S.lock_key_inode(ino), "X")]
+        if kind == "rmdir":
+            _, ino = a
+            if ino == ROOT_INO:
+                raise err.DfsError("root", code=E.EBUSY)
+            d = ctx.dir(ino)
+            if next(iter(ctx.ov.scan_prefix(S.dentry_prefix(ino), 1)), None) is not None:
+                raise err.NotEmpty()
+            del d
+            return [(S.lock_key_inode(ino), "X")]
+        if kind == "reparent":
+            _, ino, parent = a
+            ctx.dir(ino)
+            return [(S.lock_key_inode(ino), "X")]
+        if kind == "touch":
+            _, ino = a
+            ctx.inode(ino)
+            return [(S.lock_key_inode(ino), "S")]
+        if kind == "renlock":  # the directory-rename ordering point (shard 0)
+            _, epoch = a
+            if self.shard != 0:
+                raise err.InvalidArgument("renlock outside shard 0")
+            if self._rename_epoch(ctx.ov) != epoch:
+                raise err.Locked("a directory rename finished since the ancestry walk")
+            return [(S.LOCK_RENAME, "X")]
+        raise err.InvalidArgument(f"unknown action {kind!r}")
+
+    def _commit_action(self, ctx: Ctx, a: list, state: dict, touched: dict) -> None:
+        kind = a[0]
+        ts = ctx.ts
+        if kind == "dput":
+            _, parent, name, ino, mode, expect = a
+            if ino == 0:
+                ino = state["new_ino"]
+            ctx.ov.put(S.dentry_key(parent, name), S.dentry_value(ino, mode))
+            p = ctx.inode(parent)
+            ctx.touch_dir(p)
+            touched[parent] = p
+        elif kind == "ddel":
+            _, parent, name, expect = a
+            ctx.ov.delete(S.dentry_key(parent, name))
+            p = ctx.inode(parent)
+            ctx.touch_dir(p)
+            touched[parent] = p
+        elif kind == "nlink":
+            _, ino, delta, forbid_dir = a
+            i = ctx.maybe_inode(ino)
+            if i is None:
+                return
+            i.nlink += delta
+            i.ctime = ts
+            if i.nlink <= 0 and not i.is_dir():
+                held, holders = ctx.lock_holders(S.lock_key_inode(ino))
+                if not holders or holders == [state.get("op_id")]:
+                    ctx.delete_inode(i)
+                    touched.pop(ino, None)
+                    return
+            ctx.put(i)
+            touched[ino] = i
+        elif kind == "dirnlink":
+            _, ino, delta = a
+            i = ctx.inode(ino)
+            i.nlink += delta
+            i.mtime = i.ctime = ts
+            ctx.put(i)
+            touched[ino] = i
+        elif kind == "mkdir":
+            _, ino, mode, uid, gid, parent = a
+            ino = ino or state["new_ino"]
+            i = Inode(ino, stat.S_IFDIR | (mode & 0o7777), 2, uid, gid, 0, 0, ts, ts, ts, parent)
+            ctx.put(i)
+            ctx.count_inodes(1)
+            touched[ino] = i
+        elif kind == "rmdir":
+            _, ino = a
+            i = ctx.maybe_inode(ino)
+            if i is not None:
+                ctx.delete_inode(i)
+        elif kind == "reparent":
+            _, ino, parent = a
+            i = ctx.inode(ino)
+            i.parent = parent
+            i.ctime = ts
+            ctx.put(i)
+            touched[ino] = i
+        elif kind == "renlock":
+            if state.get("mode") == "onephase":
+                self._bump_rename_epoch(ctx.ov)
+        elif kind == "touch":
+            _, ino = a
+            i = ctx.maybe_inode(ino)
+            if i is not None:
+                i.ctime = ts
+                ctx.put(i)
+                touched[ino] = i
+
+    def _run_validation(self, ctx: Ctx, actions: list, op_id: bytes | None, state: dict) -> list:
+        locks = []
+        for a in actions:
+            locks.extend(self._validate_action(ctx, a, op_id, state))
+        for key, mode in locks:
+            ctx.check_lock(key, mode, op_id)
+        return locks
+
+    def _commit_actions(self, ctx: Ctx, actions: list, state: dict) -> list:
+        touched: dict[int, Inode] = {}
+        for a in actions:
+            self._commit_action(ctx, a, state, touched)
+        return [i.wire() for i in touched.values()]
+
+    @staticmethod
+    def _rename_epoch(ov) -> int:
+        b = ov.get(S.K_RENAME_EPOCH)
+        return S.from_u64(b) if b else 0
+
+    def _bump_rename_epoch(self, ov) -> None:
+        ov.put(S.K_RENAME_EPOCH, S.u64(self._rename_epoch(ov) + 1))
+
+    def _release_all(self, ctx: Ctx, op_id: bytes, locks: list) -> None:
+        for k, _ in locks:
+            ctx.release_lock(k, op_id)
+            if k == S.LOCK_RENAME:
+                self._bump_rename_epoch(ctx.ov)
+
+    def _onephase(self, ctx: Ctx, op_id: bytes, actions: list):
+        state: dict = {"op_id": op_id, "mode": "onephase"}
+        self._run_validation(ctx, actions, op_id, state)
+        return [state.get("new_ino", 0), self._commit_actions(ctx, actions, state)]
+
+    def _prepare(self, ctx: Ctx, op_id: bytes, coord: int, actions: list, parts: list):
+        key = S.P_OP + op_id
+        prev = ctx.ov.get(key)
+        if prev is not None:
+            rec = unpackb(prev)
+            return rec["res"]
+        state: dict = {"op_id": op_id}
+        locks = self._run_validation(ctx, actions, op_id, state)
+        for k, mode in locks:
+            ctx.take_lock(k, mode, op_id)
+        res = [state.get("new_ino", 0)]
+        rec = {"c": coord, "a": actions, "t": ctx.ts, "s": "P", "res": res, "st": state,
+               "l": [[k, m] for k, m in locks], "rid": ctx.rid}
+        if coord == self.shard:
+            rec["parts"] = parts
+        ctx.ov.put(key, packb(rec))
+        return res
+
+    def _commit(self, ctx: Ctx, op_id: bytes, reply):
+        key = S.P_OP + op_id
+        prev = ctx.ov.get(key)
+        if prev is None:
+            return None  # committed (and forgotten) before: a repeat
+        rec = unpackb(prev)
+        if rec["s"] == "C":
+            return None
+        state = rec["st"]
+        state["op_id"] = op_id
+        res = self._commit_actions(ctx, rec["a"], state)
+        if "parts" in rec:
+            # The coordinator keeps the rename lock until FORGET, i.e. until
+            # every participant has committed; its other locks go now.
+            keep = [[k, m] for k, m in rec["l"] if k == S.LOCK_RENAME]
+            self._release_all(ctx, op_id, [x for x in rec["l"] if x[0] != S.LOCK_RENAME])
+        else:
+            # Participants commit with shard 0 last, so shard 0 releasing the
+            # rename lock here means every other participant has committed.
+            self._release_all(ctx, op_id, rec["l"])
+        if "parts" in rec:  # the coordinator remembers the decision until FORGET
+            rec["s"] = "C"
+            rec["l"] = keep
+            rec["reply"] = reply
+            ctx.ov.put(key, packb(rec))
+            if rec.get("rid"):
+                # the client's request id: a retry gets the decided reply
+                ctx.ov.put(S.P_REQUEST + rec["rid"], S.u64(ctx.ts) + ok(reply))
+                ctx.ov.put(S.P_EXPIRY + S.u64(ctx.ts) + rec["rid"], b"")
+        else:
+            ctx.ov.delete(key)
+        return res
+
+    def _abort(self, ctx: Ctx, op_id: bytes):
+        key = S.P_OP + op_id
+        prev = ctx.ov.get(key)
+        if prev is None:
+            return "A"
+        rec = unpackb(prev)
+        if rec["s"] == "C":
+            return "C"  # decided: too late to abort
+        self._release_all(ctx, op_id, rec["l"])
+        ctx.ov.delete(key)
+        return "A"
+
+    def _forget(self, ctx: Ctx, op_id: bytes):
+        key = S.P_OP + op_id
+        prev = ctx.ov.get(key)
+        if prev is None:
+            return None
+        rec = unpackb(prev)
+        self._release_all(ctx, op_id, rec["l"])
+        ctx.ov.delete(key)
+        return None
+
+    _MUTATIONS = {
+        Op.CREATE: _create,
+        Op.SETATTR: _setattr,
+        Op.SETXATTR: _setxattr,
+        Op.REMOVEXATTR: _removexattr,
+        Op.ONEPHASE: _onephase,
+        Op.PREPARE: _prepare,
+        Op.COMMIT: _commit,
+        Op.ABORT: _abort,
+        Op.FORGET: _forget,
+    }
+
+    # ----------------------------------------------------------- reads
+    def read(self, op: int, caller: Caller, args: list):
+        """Serve a read against applied state; raises DfsError."""
+        fn = self._READS.get(op)
+        if fn is None:
+            raise err.InvalidArgument(f"unknown read op {op}")
+        try:
+            return fn(self, caller, *args)
+        except err.DfsError:
+            raise
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
+            raise err.InvalidArgument(f"bad arguments: {e}") from None
+
+    def _r_inode(self, ino: int) -> Inode:
+        self.check_owned(ino)
+        b = self.kv.get(S.inode_key(ino))
+        if b is None:
+            raise err.NotFound(f"inode {ino:#x}")
+        return Inode.unpack(b)
+
+    def _r_locked(self, key: bytes) -> bool:
+        v = self.kv.get(S.P_LOCK + key)
+        return v is not None and unpackb(v)[0] == "X"
+
+    def _lookup(self, caller: Caller, parent: int, name: bytes):
+        check_name(name)
+        p = self._r_inode(parent)
+        if not p.is_dir():
+            raise err.NotADirectory()
+        check_access(p, caller, R_X)
+        if self._r_locked(S.lock_key_dentry(parent, name)):
+            raise err.Locked()
+        v = self.kv.get(S.dentry_key(parent, name))
+        if v is None:
+            raise err.NotFound()
+        ino, mode = S.split_dentry_value(v)
+        if shard_of(ino) != self.shard:
+            return [ino, mode, None]
+        b = self.kv.get(S.inode_key(ino))
+        return [ino, mode, None if b is None else Inode.unpack(b).wire()]
+
+    def _getattr(self, caller: Caller, ino: int):
+        if self._r_locked(S.lock_key_inode(ino)):
+            raise err.Locked()
+        return self._r_inode(ino).wire()
+
+    def _getattrs(self, caller: Caller, inos: list):
+        out = []
+        for ino in inos:
+            try:
+                out.append(self._r_inode(ino).wire())
+            except err.DfsError as e:
+                out.append(e.errno)
+        return out
+
+    def _readdir(self, caller: Caller, ino: int, cookie: int, limit: int, plus: bool):
+        d = self._r_inode(ino)
+        if not d.is_dir():
+            raise err.NotADirectory()
+        check_access(d, caller, R_R)
+        limit = max(1, min(int(limit), 10000))
+        start = S.dentry_cookie_key(ino, cookie)
+        end = S.dentry_prefix(ino + 1)
+        out = []
+        last_hash = -1
+        eof = True
+        kv = self.kv
+        for k, v in kv.scan(start, end):
+            _, h, name = S.split_dentry_key(k)
+            if len(out) >= limit and h != last_hash:
+                eof = False
+                break
+            cino, mode = S.split_dentry_value(v)
+            attr = None
+            if plus and shard_of(cino) == self.shard:
+                b = kv.get(S.inode_key(cino))
+                attr = None if b is None else Inode.unpack(b).wire()
+            out.append([name, cino, mode, h + 1, attr])
+            last_hash = h
+        return [out, eof]
+
+    def _readlink(self, caller: Caller, ino: int):
+        i = self._r_inode(ino)
+        if not stat.S_ISLNK(i.mode):
+            raise err.InvalidArgument("not a symlink")
+        return self.kv.get(S.symlink_key(ino))
+
+    def _getxattr(self, caller: Caller, ino: int, name: bytes):
+        i = self._r_inode(ino)
+        ctx = Ctx(self, Overlay(self.kv), 0, caller, b"")
+        self._xattr_check(ctx, i, name, False)
+        v = self.kv.get(S.xattr_key(ino, name))
+        if v is None:
+            raise err.NoData()
+        return v
+
+    def _listxattr(self, caller: Caller, ino: int):
+        self._r_inode(ino)
+        p = S.xattr_prefix(ino)
+        names = [k[len(p):] for k, _ in self.kv.scan_prefix(p)]
+        if caller.uid != 0:
+            names = [n for n in names if not n.startswith(b"trusted.")]
+        return names
+
+    def _statfs(self, caller: Caller):
+        b = self.kv.get(S.K_NINODES)
+        return [S.from_u64(b) if b else 0]
+
+    def _renameepoch(self, caller: Caller):
+        return self._rename_epoch(self.kv)
+
+    def _reqstatus(self, caller: Caller, rid: bytes):
+        v = self.kv.get(S.P_REQUEST + rid)
+        return None if v is None else unpackb(v[8:])
+
+    def _opstatus(self, caller: Caller, op_id: bytes):
+        v = self.kv.get(S.P_OP + op_id)
+        if v is None:
+            return ""
+        return unpackb(v)["s"]
+
+    def _dirparent(self, caller: Caller, ino: int):
+        if self._r_locked(S.lock_key_inode(ino)):
+            raise err.Locked()
+        i = self._r_inode(ino)
+        if not i.is_dir():
+            raise err.NotADirectory()
+        return i.parent
+
+    _READS = {
+        Op.LOOKUP: _lookup,
+        Op.GETATTR: _getattr,
+        Op.GETATTRS: _getattrs,
+        Op.READDIR: _readdir,
+        Op.READLINK: _readlink,
+        Op.GETXATTR: _getxattr,
+        Op.LISTXATTR: _listxattr,
+        Op.STATFS: _statfs,
+        Op.OPSTATUS: _opstatus,
+        Op.DIRPARENT: _dirparent,
+        Op.RENAMEEPOCH: _renameepoch,
+        Op.REQSTATUS: _reqstatus,
+    }
+
+    # ----------------------------------------------------------- recovery support
+    def pending_ops(self) -> list[tuple[bytes, dict]]:
+        """Cross-shard operation records on this shard (for the recovery task)."""
+        out = []
+        for k, v in self.kv.scan_prefix(S.P_OP):
+            out.append((k[1:], unpackb(v)))
+        return out
+
+
+R_R = R_OK

@@ -1,0 +1,270 @@
+"""RaftHost with 1 or 3 replicas inside this process (real pysyncobj over loopback TCP)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+
+from dfs.common.errors import NotLeader, Unavailable
+from dfs.consensus.raft import RaftHost, decode_entry, encode_entry
+from dfs.consensus.testing import CounterSM, add_cmd, put_cmd
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def until(cond, timeout: float = 10.0, what: str = "condition"):
+    """Poll ``cond`` until true or the deadline passes (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Cluster:
+    def __init__(self, root, n: int = 3, memory: bool = False, **kw) -> None:
+        self.root = str(root)
+        self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(n)]
+        self.kw = kw
+        self.memory = memory
+        self.sms: list[CounterSM | None] = [None] * n
+        self.hosts: list[RaftHost | None] = [None] * n
+        for i in range(n):
+            self.start(i)
+
+    def start(self, i: int) -> RaftHost:
+        sm = CounterSM(None if self.memory else os.path.join(self.root, f"sm{i}"))
+        self.sms[i] = sm
+        self.hosts[i] = RaftHost(sm, self.addrs[i], self.addrs, os.path.join(self.root, f"raft{i}"), **self.kw)
+        return self.hosts[i]
+
+    def stop(self, i: int) -> None:
+        h, sm = self.hosts[i], self.sms[i]
+        self.hosts[i] = self.sms[i] = None
+        if h is not None:
+            h.close()
+        if sm is not None:
+            sm.close()
+
+    def close(self) -> None:
+        for i in range(len(self.hosts)):
+            self.stop(i)
+
+    def live(self) -> list[RaftHost]:
+        return [h for h in self.hosts if h is not None]
+
+    async def leader(self, timeout: float = 10.0) -> RaftHost:
+        return await until(
+            lambda: next((h for h in self.live() if h.is_leader), None), timeout, "a leader"
+        )
+
+
+@pytest.fixture
+def cluster_factory(tmp_path):
+    made: list[Cluster] = []
+
+    def make(**kw) -> Cluster:
+        c = Cluster(tmp_path / f"c{len(made)}", **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_entry_codec_roundtrip():
+    cmds = [b"", b"a", bytes(range(256)) * 3]
+    assert decode_entry(encode_entry(cmds)) == cmds
+
+
+def test_single_node_group_commits_and_applies(tmp_path):
+    async def main():
+        sm = CounterSM(str(tmp_path / "sm"))
+        addr = f"127.0.0.1:{free_port()}"
+        h = RaftHost(sm, addr, [addr], str(tmp_path / "raft"))
+        try:
+            assert await h.wait_leader(10) == addr
+            await until(lambda: h.is_leader)
+            assert await h.submit(add_cmd("x")) == b"1"
+            res = await asyncio.gather(*(h.submit(add_cmd(f"r{i}")) for i in range(100)))
+            assert sorted(int(r) for r in res) == list(range(2, 102))
+            c = sm.counters()
+            assert c["commands"] == 101 and c["entries"] < 101 and c["dups"] == 0
+            assert h.role == "leader" and h.status()["sm_applied_index"] == sm.applied_index()
+        finally:
+            h.close()
+            sm.close()
+
+    asyncio.run(main())
+
+
+def test_concurrent_submits_are_batched(cluster_factory):
+    async def main():
+        c = cluster_factory()
+        leader = await c.leader()
+        await leader.submit(add_cmd("warmup"))
+        before = leader.sm.counters()
+        n = 640
+        sem = asyncio.Semaphore(64)
+
+        async def one(i):
+            async with sem:
+                return await leader.submit(add_cmd(f"c{i}"))
+
+        res = await asyncio.gather(*(one(i) for i in range(n)))
+        assert sorted(int(r) for r in res) == list(range(2, n + 2))  # each got its own result
+        after = leader.sm.counters()
+        entries, commands = after["entries"] - before["entries"], after["commands"] - before["commands"]
+        assert commands == n and entries < commands / 4, (entries, commands)
+        # every replica converges to the same state
+        await until(lambda: all(sm.applied_index() == leader.sm.applied_index() for sm in c.sms), what="convergence")
+        assert len({tuple(sm.digest()) for sm in c.sms}) == 1
+        assert all(sm.counters()["dups"] == 0 for sm in c.sms)
+
+    asyncio.run(main())
+
+
+def test_group_commit_off_one_entry_per_command(cluster_factory):
+    async def main():
+        c = cluster_factory(group_commit=False)
+        leader = await c.leader()
+        before = leader.sm.counters()
+        res = await asyncio.gather(*(leader.submit(put_cmd(b"k%d" % i, b"v")) for i in range(50)))
+        assert res == [b"ok"] * 50
+        after = leader.sm.counters()
+        assert after["entries"] - before["entries"] == 50
+
+    asyncio.run(main())
+
+
+def test_submit_on_follower_fails_fast_with_leader_hint(cluster_factory):
+    async def main():
+        c = cluster_factory()
+        leader = await c.leader()
+        await leader.submit(add_cmd("a"))  # followers have heard from the leader
+        follower = next(h for h in c.live() if not h.is_leader)
+        await until(lambda: follower.leader == leader.self_address, what="follower knows leader")
+        t0 = time.monotonic()
+        with pytest.raises(NotLeader) as ei:
+            await follower.submit(add_cmd("b"))
+        assert time.monotonic() - t0 < 0.1
+        assert ei.value.leader == leader.self_address
+        assert follower.role == "follower" and follower.leader == leader.self_address
+
+    asyncio.run(main())
+
+
+def test_lost_majority_fails_pending_and_deadline(cluster_factory):
+    async def main():
+        c = cluster_factory(leader_fallback_timeout=1.0)
+        leader = await c.leader()
+        await leader.submit(add_cmd("a"))
+        for i, h in enumerate(c.hosts):
+            if h is not leader:
+                c.stop(i)
+        # A short deadline: Unavailable, while it is still (nominally) leader.
+        with pytest.raises(Unavailable):
+            await leader.submit(add_cmd("b"), timeout=0.2)
+        # A long deadline: the leader steps down (no majority) and fails it long before 30 s.
+        t0 = time.monotonic()
+        with pytest.raises((NotLeader, Unavailable)):
+            await leader.submit(add_cmd("c"), timeout=30)
+        assert time.monotonic() - t0 < 5
+        await until(lambda: not leader.is_leader, what="step down")
+        with pytest.raises(NotLeader):
+            await leader.submit(add_cmd("d"))
+        assert leader.status()["queued"] == 0 and leader.status()["inflight"] == 0
+
+    asyncio.run(main())
+
+
+def test_restart_keeps_state_without_double_apply(cluster_factory):
+    async def main():
+        c = cluster_factory(log_compaction_min_entries=20)
+        leader = await c.leader()
+        for k in range(60):  # > compaction threshold: dump files exist at restart
+            await asyncio.gather(*(leader.submit(add_cmd(f"r{k}-{j}")) for j in range(3)))
+        await until(lambda: len({sm.applied_index() for sm in c.sms}) == 1, what="convergence")
+        before = [sm.counters() for sm in c.sms]
+        digests = [sm.digest() for sm in c.sms]
+        assert all(h.status()["snapshots_taken"] > 0 for h in c.live())
+        for i in range(3):
+            c.stop(i)
+        for i in range(3):
+            c.start(i)
+        leader = await c.leader()
+        # replay of journal/dump must not re-apply or restore anything
+        assert [sm.counters() for sm in c.sms] == before
+        assert [sm.digest() for sm in c.sms] == digests
+        assert all(sm.restores == 0 for sm in c.sms)
+        assert int(await leader.submit(add_cmd("after"))) == before[0]["seq"] + 1
+        await until(lambda: all(sm.counters()["seq"] == before[0]["seq"] + 1 for sm in c.sms), what="apply")
+        assert all(sm.counters()["dups"] == 0 for sm in c.sms)
+        # the journal tail after each node's dump was replayed and skipped, not re-applied
+        assert all(h.status()["skipped_on_replay"] > 0 for h in c.live())
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("memory", [False, True], ids=["rocks", "memory"])
+def test_wiped_follower_catches_up_by_snapshot(cluster_factory, memory):
+    async def main():
+        c = cluster_factory(log_compaction_min_entries=10, memory=memory)
+        leader = await c.leader()
+        li = c.hosts.index(leader)
+        fi = (li + 1) % 3
+        await leader.submit(add_cmd("first"))
+        c.stop(fi)
+        import shutil
+
+        shutil.rmtree(os.path.join(c.root, f"raft{fi}"), ignore_errors=True)
+        shutil.rmtree(os.path.join(c.root, f"sm{fi}"), ignore_errors=True)
+        for k in range(40):
+            await asyncio.gather(*(leader.submit(add_cmd(f"w{k}-{j}")) for j in range(4)))
+        await until(lambda: leader.status()["snapshots_taken"] > 0 and leader.status()["log_len"] < 30,
+                    what="leader compaction")
+        f = c.start(fi)
+        await until(lambda: c.sms[fi].applied_index() >= leader.sm.applied_index(), 20, "catch up")
+        assert c.sms[fi].restores == 1
+        assert f.status()["snapshots_restored"] == 1
+        assert c.sms[fi].digest() == leader.sm.digest()
+        assert c.sms[fi].counters()["seq"] == 161
+        # and it keeps following
+        await leader.submit(add_cmd("later"))
+        await until(lambda: c.sms[fi].counters()["seq"] == 162, what="follow after snapshot")
+
+    asyncio.run(main())
+
+
+def test_close_fails_pending(tmp_path):
+    async def main():
+        sm = CounterSM(None)
+        a, b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        h = RaftHost(sm, a, [a, b], str(tmp_path / "raft"))  # peer never starts: no leader
+        try:
+            with pytest.raises(NotLeader) as ei:
+                await h.submit(add_cmd("x"))
+            assert ei.value.leader == ""
+            assert h.leader is None and h.role in ("follower", "candidate")
+            with pytest.raises(Unavailable):
+                await h.wait_leader(0.3)
+        finally:
+            h.close()
+        with pytest.raises(Unavailable):
+            await h.submit(add_cmd("y"))
+
+    asyncio.run(main())
