@@ -264,6 +264,66 @@ class Control:
             pass
 
 
+def bench(args: argparse.Namespace) -> None:
+    """Start 3 replica processes on loopback and measure commits/s of the leader."""
+    import re
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    root = tempfile.mkdtemp(prefix="raftbench-")
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    procs, ctls = [], []
+    try:
+        for i, a in enumerate(addrs):
+            logf = os.path.join(root, f"n{i}.log")
+            cmd = [sys.executable, "-m", "dfs.consensus.testing", "serve", "--self", a,
+                   "--peers", ",".join(addrs), "--data", os.path.join(root, f"n{i}")]
+            if args.no_group_commit:
+                cmd.append("--no-group-commit")
+            with open(logf, "wb") as out:
+                procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + 20
+            while not (m := re.search(rb"READY (\d+)", open(logf, "rb").read())):
+                if time.monotonic() > deadline or procs[-1].poll() is not None:
+                    raise SystemExit(f"replica {i} failed to start")
+                time.sleep(0.02)
+            ctls.append(Control(int(m.group(1))))
+        deadline = time.monotonic() + 20
+        leader = None
+        while leader is None:
+            leader = next((c for c in ctls if c.call(op="status")["raft"]["role"] == "leader"), None)
+            if time.monotonic() > deadline:
+                raise SystemExit("no leader")
+            time.sleep(0.02)
+        leader.call(op="bulk", n=200, size=args.size, concurrency=args.concurrency)  # warm up
+        s0 = leader.call(op="status")["sm"]
+        r = leader.call(op="bulk", n=args.n, size=args.size, concurrency=args.concurrency)
+        s1 = leader.call(op="status")["sm"]
+        entries = s1["entries"] - s0["entries"]
+        print(json.dumps({
+            "group_commit": not args.no_group_commit, "concurrency": args.concurrency,
+            "commands": args.n, "seconds": round(r["seconds"], 3), "errors": r["errors"],
+            "commits_per_s": round(args.n / r["seconds"]), "entries": entries,
+            "commands_per_entry": round(args.n / max(entries, 1), 1),
+        }))
+    finally:
+        for c in ctls:
+            c.close()
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m dfs.consensus.testing")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -276,9 +336,16 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--election-max", type=float, default=0.8)
     s.add_argument("--heartbeat", type=float, default=0.1)
     s.add_argument("--no-group-commit", action="store_true")
+    b = sub.add_parser("bench", help="3 local replica processes; commits/s at the leader")
+    b.add_argument("--n", type=int, default=5000)
+    b.add_argument("--concurrency", type=int, default=64)
+    b.add_argument("--size", type=int, default=64, help="bytes written per command")
+    b.add_argument("--no-group-commit", action="store_true")
     args = p.parse_args(argv)
     if args.cmd == "serve":
         asyncio.run(serve(args))
+    elif args.cmd == "bench":
+        bench(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""Shared fixtures: the engines the namespace conformance suite runs against."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from dfs.client.meta import MetaClient, SyncMetaClient
+from dfs.common.ids import ROOT_INO
+
+_counter = itertools.count()
+
+
+@dataclass
+class NS:
+    c: SyncMetaClient
+    top: int
+
+    def run(self, coro):
+        return self.c._run(coro)
+
+
+def _engines() -> list[str]:
+    wanted = os.environ.get("DFS_TEST_ENGINES", "memory,cluster")
+    return [e for e in wanted.split(",") if e]
+
+
+@pytest.fixture(params=_engines())
+def ns(request):
+    if request.param == "memory":
+        from dfs.meta.local import LocalEngine
+
+        c = SyncMetaClient(lambda: MetaClient(LocalEngine(3)))
+        try:
+            top = c.mkdir(ROOT_INO, "t").ino
+            yield NS(c, top)
+        finally:
+            c.close()
+    else:
+        cluster = request.getfixturevalue("shared_cluster")
+        c = cluster.client()
+        try:
+            top = c.mkdir(ROOT_INO, f"t{next(_counter)}-{request.node.name[:100]}").ino
+            yield NS(c, top)
+        finally:
+            c.close()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(tmp_path_factory):
+    """One real cluster (mgmt + 2 shards x 3 replicas, separate processes) for the session."""
+    from dfs.testing.cluster import LocalCluster
+
+    cluster = LocalCluster(str(tmp_path_factory.mktemp("cluster")), shards=2, replicas=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
