@@ -441,7 +441,13 @@ class RaftHost(Log):
         return _ROLE.get(getattr(self._node, "_SyncObj__raftState"), "unknown")
 
     def status(self) -> dict:
-        st = self._node.getStatus()
+        for attempt in range(5):  # getStatus iterates dicts the tick thread may be changing
+            try:
+                st = self._node.getStatus()
+                break
+            except RuntimeError:
+                if attempt == 4:
+                    raise
         with self._stats_lock:
             stats = dict(self.stats)
         return {

@@ -1,0 +1,142 @@
+"""A metadata replica process: one (shard, replica) of the cluster file.
+
+    python -m dfs.meta.server --config cluster.toml --shard 0 --replica 1 --data DIR
+
+It hosts the shard's MetaStore (RocksDB under DIR/db) in a RaftHost (journal
+and snapshots under DIR/raft) and serves MetaService over gRPC. Only the
+leader answers; a follower replies NOT_LEADER with the leader's gRPC address.
+This module is the thin gRPC edge: protobuf does not pass beyond it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import grpc
+import msgpack
+
+from dfs._proto import meta_pb2 as pb
+from dfs._proto import meta_pb2_grpc as pbg
+from dfs.common import errors as err
+from dfs.common.config import ClusterConfig
+from dfs.common.ops import INTERNAL
+from dfs.common.records import Caller
+from dfs.consensus.raft import RaftHost
+from dfs.meta.service import ShardService
+from dfs.meta.store import MetaStore
+from dfs.rpc.transport import ClusterMap, GrpcTransport
+
+log = logging.getLogger("dfs.meta.server")
+
+
+class MetaServicer(pbg.MetaServiceServicer):
+    def __init__(self, svc: ShardService, host: RaftHost, cfg: ClusterConfig, shard: int, replica: int) -> None:
+        self.svc = svc
+        self.host = host
+        self.shard = shard
+        self.replica = replica
+        self._raft_to_grpc = {r.raft: r.address for r in cfg.shard(shard).replicas}
+
+    def leader_address(self) -> str:
+        lead = self.host.leader
+        return self._raft_to_grpc.get(lead, "") if lead else ""
+
+    async def _one(self, req: pb.OpRequest) -> pb.OpReply:
+        if req.shard != self.shard:
+            return pb.OpReply(status=err.WRONG_SHARD, message=f"this is shard {self.shard}")
+        if not self.host.is_leader:
+            return pb.OpReply(status=err.NOT_LEADER, leader=self.leader_address())
+        caller = Caller(req.caller.uid, req.caller.gid, tuple(req.caller.groups))
+        ts = req.ts if req.ts and req.op in INTERNAL else None
+        try:
+            args = msgpack.unpackb(req.body, raw=False, use_list=True, strict_map_key=False) if req.body else []
+        except Exception:
+            return pb.OpReply(status=22, message="malformed body")
+        try:
+            res = await self.svc.execute(req.op, req.request_id, caller, args, ts=ts)
+        except err.NotLeader:
+            return pb.OpReply(status=err.NOT_LEADER, leader=self.leader_address())
+        except err.DfsError as e:
+            return pb.OpReply(status=e.errno, message=e.detail or "")
+        except Exception as e:  # never let a bug kill the stream; the caller sees EIO
+            log.exception("op %s failed", req.op)
+            return pb.OpReply(status=5, message=repr(e))
+        return pb.OpReply(status=0, body=msgpack.packb(res))
+
+    async def Execute(self, request, context):
+        return await self._one(request)
+
+    async def ExecuteBatch(self, request, context):
+        replies = await asyncio.gather(*(self._one(r) for r in request.ops))
+        return pb.BatchReply(replies=replies)
+
+    async def Status(self, request, context):
+        st = self.host.status()
+        return pb.ShardStatus(shard=self.shard, replica=self.replica, role=self.host.role,
+                              leader=self.leader_address(), term=st.get("term", 0),
+                              commit_index=st.get("commit_index", 0),
+                              applied_index=self.svc.store.applied_index())
+
+
+class PeerTransport(GrpcTransport):
+    """Peer shards, reached with the addresses of the cluster file (no mgmt round trip)."""
+
+    def __init__(self, cfg: ClusterConfig) -> None:
+        cmap = ClusterMap(0, [[r.address for r in s.replicas] for s in cfg.shards], [m.address for m in cfg.mgmt])
+        super().__init__(cmap.mgmt, cmap=cmap, deadline=10.0, attempt_timeout=4.0)
+
+
+async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None:
+    me = cfg.shard(shard).replicas[replica]
+    store = MetaStore(shard, cfg.nshards, os.path.join(data, "db"))
+    o = cfg.raft
+    host = RaftHost(store, me.raft, [r.raft for r in cfg.shard(shard).replicas], os.path.join(data, "raft"),
+                    password=cfg.raft_password, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
+                    leader_fallback_timeout=o.leader_fallback_timeout, group_commit=o.group_commit,
+                    max_batch=o.max_batch, max_inflight=o.max_inflight,
+                    log_compaction_min_entries=o.log_compaction_min_entries,
+                    log_compaction_min_time=o.log_compaction_min_time, loop=asyncio.get_running_loop())
+    peers = PeerTransport(cfg)
+    svc = ShardService(store, host, peers)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
+                                      ("grpc.max_send_message_length", 64 << 20),
+                                      ("grpc.so_reuseport", 0)])
+    pbg.add_MetaServiceServicer_to_server(MetaServicer(svc, host, cfg, shard, replica), server)
+    server.add_insecure_port(me.address)
+    await server.start()
+    svc.start_recovery()
+    log.info("shard %d replica %d serving on %s (raft %s)", shard, replica, me.address, me.raft)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await server.stop(1.0)
+    await svc.stop()
+    await peers.close()
+    host.close()
+    store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dfs-meta")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--shard", type=int, required=True)
+    ap.add_argument("--replica", type=int, required=True)
+    ap.add_argument("--data", required=True)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s meta[{a.shard}.{a.replica}] %(levelname)s %(name)s: %(message)s")
+    cfg = ClusterConfig.load(a.config)
+    asyncio.run(serve(cfg, a.shard, a.replica, a.data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

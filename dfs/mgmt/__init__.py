@@ -1,0 +1,1 @@
+"""The cluster map service: a small Raft group holding shards, replicas, addresses and the epoch."""

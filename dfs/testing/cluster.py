@@ -1,0 +1,244 @@
+"""A real cluster on this machine: mgmt and metadata replicas as separate OS
+processes on loopback, under one data folder. Used by the integration and
+fault tests, the demo and the benchmarks.
+
+    c = LocalCluster("/tmp/x", shards=2, replicas=3).start()
+    with c.client() as fs: ...
+    c.kill(c.leader_of(0))        # kill -9
+    c.restart(proc)
+    c.stop()
+
+Processes are tracked by PID; ``stop`` ends exactly the processes this object
+started (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from dfs._proto import meta_pb2 as pb
+from dfs._proto import meta_pb2_grpc as pbg
+from dfs.client.meta import MetaClient, SyncMetaClient
+from dfs.common.config import ClusterConfig, RaftOptions, ReplicaAddr, ShardConfig
+from dfs.rpc.transport import GrpcTransport
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Proc:
+    role: str  # "mgmt" | "meta"
+    shard: int  # -1 for mgmt
+    replica: int
+    address: str
+    data: str
+    log: str
+    popen: subprocess.Popen | None = None
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def name(self) -> str:
+        return f"mgmt.{self.replica}" if self.role == "mgmt" else f"meta.{self.shard}.{self.replica}"
+
+
+class LocalCluster:
+    def __init__(self, root: str, shards: int = 2, replicas: int = 3, mgmt_replicas: int = 3,
+                 raft: RaftOptions | None = None, host: str = "127.0.0.1") -> None:
+        self.root = os.path.abspath(root)
+        self.config_path = os.path.join(self.root, "cluster.toml")
+        if os.path.exists(self.config_path):
+            self.cfg = ClusterConfig.load(self.config_path)  # the same cluster again
+        else:
+            os.makedirs(self.root, exist_ok=True)
+            n = mgmt_replicas * 2 + shards * replicas * 2
+            ports = iter(free_ports(n, host))
+
+            def rep(i: int) -> ReplicaAddr:
+                return ReplicaAddr(i, f"{host}:{next(ports)}", f"{host}:{next(ports)}")
+
+            self.cfg = ClusterConfig(
+                cluster_id=secrets.token_hex(4), raft_password=secrets.token_hex(16),
+                mgmt=tuple(rep(i) for i in range(mgmt_replicas)),
+                shards=tuple(ShardConfig(s, tuple(rep(i) for i in range(replicas))) for s in range(shards)),
+                raft=raft or RaftOptions())
+            self.cfg.save(self.config_path)
+        self.procs: list[Proc] = []
+        for m in self.cfg.mgmt:
+            d = os.path.join(self.root, f"mgmt{m.id}")
+            self.procs.append(Proc("mgmt", -1, m.id, m.address, d, d + ".log"))
+        for s in self.cfg.shards:
+            for r in s.replicas:
+                d = os.path.join(self.root, f"shard{s.id}", f"r{r.id}")
+                self.procs.append(Proc("meta", s.id, r.id, r.address, d, d + ".log"))
+
+    # ------------------------------------------------------------------ life cycle
+    def _argv(self, p: Proc) -> list[str]:
+        if p.role == "mgmt":
+            return [sys.executable, "-m", "dfs.mgmt.server", "--config", self.config_path,
+                    "--replica", str(p.replica), "--data", p.data]
+        return [sys.executable, "-m", "dfs.meta.server", "--config", self.config_path,
+                "--shard", str(p.shard), "--replica", str(p.replica), "--data", p.data]
+
+    def spawn(self, p: Proc) -> None:
+        assert not p.alive, f"{p.name} is running"
+        os.makedirs(p.data, exist_ok=True)
+        logf = open(p.log, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        p.popen = subprocess.Popen(self._argv(p), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, start_new_session=True)
+        logf.close()
+
+    def start(self, timeout: float = 60.0) -> LocalCluster:
+        try:
+            for p in self.procs:
+                if not p.alive:
+                    self.spawn(p)
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        for p in self.procs:
+            if p.alive:
+                p.popen.send_signal(signal.SIGTERM)
+        end = time.monotonic() + grace
+        for p in self.procs:
+            if p.popen is None:
+                continue
+            try:
+                p.popen.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.popen.wait()
+
+    def kill(self, p: Proc) -> None:
+        """kill -9, and reap."""
+        if p.alive:
+            p.popen.send_signal(signal.SIGKILL)
+            p.popen.wait()
+
+    def restart(self, p: Proc) -> None:
+        self.kill(p)
+        self.spawn(p)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ inspection
+    def meta_procs(self, shard: int | None = None) -> list[Proc]:
+        return [p for p in self.procs if p.role == "meta" and (shard is None or p.shard == shard)]
+
+    def mgmt_procs(self) -> list[Proc]:
+        return [p for p in self.procs if p.role == "mgmt"]
+
+    def _run(self, coro):
+        return asyncio.run(coro)
+
+    async def _statuses(self, procs: list[Proc]) -> list[pb.ShardStatus | None]:
+        async def one(p: Proc):
+            if not p.alive:
+                return None
+            async with grpc.aio.insecure_channel(p.address) as ch:
+                try:
+                    return await pbg.MetaServiceStub(ch).Status(pb.ShardStatusRequest(), timeout=2.0)
+                except grpc.aio.AioRpcError:
+                    return None
+
+        return list(await asyncio.gather(*(one(p) for p in procs)))
+
+    def statuses(self, shard: int) -> list[pb.ShardStatus | None]:
+        return self._run(self._statuses(self.meta_procs(shard)))
+
+    def leader_of(self, shard: int) -> Proc | None:
+        for p, st in zip(self.meta_procs(shard), self.statuses(shard)):
+            if st is not None and st.role == "leader":
+                return p
+        return None
+
+    async def _mgmt_ready(self) -> bool:
+        for p in self.mgmt_procs():
+            if not p.alive:
+                continue
+            async with grpc.aio.insecure_channel(p.address) as ch:
+                try:
+                    rep = await pbg.MgmtServiceStub(ch).GetClusterMap(pb.GetClusterMapRequest(), timeout=2.0)
+                except grpc.aio.AioRpcError:
+                    continue
+                if rep.status == 0:
+                    return True
+        return False
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Until mgmt serves the map and every shard has a leader whose peers are alive and caught up."""
+        end = time.monotonic() + timeout
+        while True:
+            dead = [p.name for p in self.procs if p.popen is not None and p.popen.poll() is not None]
+            ok = not dead and self._run(self._mgmt_ready())
+            if ok:
+                for s in range(self.cfg.nshards):
+                    if self.leader_of(s) is None:
+                        ok = False
+                        break
+            if ok:
+                return
+            if time.monotonic() > end:
+                raise TimeoutError(f"cluster not healthy after {timeout}s (dead: {dead}); logs in {self.root}")
+            time.sleep(0.05)
+
+    def wait_converged(self, shard: int, timeout: float = 30.0) -> int:
+        """Until every live replica of ``shard`` has applied the same index; returns it."""
+        end = time.monotonic() + timeout
+        while True:
+            sts = [s for p, s in zip(self.meta_procs(shard), self.statuses(shard)) if p.alive]
+            idx = {s.applied_index for s in sts if s is not None}
+            if sts and None not in sts and len(idx) == 1:
+                return idx.pop()
+            if time.monotonic() > end:
+                raise TimeoutError(f"shard {shard} replicas did not converge: {sts}")
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------------ clients
+    @property
+    def mgmt_addresses(self) -> list[str]:
+        return [m.address for m in self.cfg.mgmt]
+
+    async def aclient(self) -> MetaClient:
+        return MetaClient(await GrpcTransport(self.mgmt_addresses).connect())
+
+    def client(self) -> SyncMetaClient:
+        return SyncMetaClient(self.aclient)
