@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -43,7 +44,8 @@ def ns(request):
         cluster = request.getfixturevalue("shared_cluster")
         c = cluster.client()
         try:
-            top = c.mkdir(ROOT_INO, f"t{next(_counter)}-{request.node.name[:100]}").ino
+            label = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:100]
+            top = c.mkdir(ROOT_INO, f"t{next(_counter)}-{label}").ino
             yield NS(c, top)
         finally:
             c.close()
