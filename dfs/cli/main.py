@@ -1,20 +1,24 @@
-"""Command-line entry point (`dfs`). Placeholder: the real CLI replaces this."""
+"""The `dfs` command. One module per subcommand; this file only assembles them."""
+
 from __future__ import annotations
 
 import click
 
+from dfs.cli import cluster as cluster_cmd
+from dfs.cli import demo as demo_cmd
+from dfs.cli import servers as servers_cmd
 
-@click.group()
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dfs")
 def cli() -> None:
-    """dfs command-line tool."""
+    """dfs: a metadata-scalable distributed file system for AI data pipelines."""
 
 
-@cli.command()
-@click.argument("args", nargs=-1)
-def demo(args: tuple[str, ...]) -> None:
-    """Run the demo (not implemented yet)."""
-    raise click.ClickException("demo is not implemented yet")
+cli.add_command(demo_cmd.demo)
+cli.add_command(cluster_cmd.cluster)
+cli.add_command(servers_cmd.meta_server)
+cli.add_command(servers_cmd.mgmt_server)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +33,3 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("Aborted!", err=True)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -748,10 +748,12 @@ class MetaStore(StateMachine):
             rec["l"] = keep
             rec["reply"] = reply
             ctx.ov.put(key, packb(rec))
-            if rec.get("rid"):
-                # the client's request id: a retry gets the decided reply
-                ctx.ov.put(S.P_REQUEST + rec["rid"], S.u64(ctx.ts) + ok(reply))
-                ctx.ov.put(S.P_EXPIRY + S.u64(ctx.ts) + rec["rid"], b"")
+            # The client's request id (the operation id: the coordinator's own
+            # PREPARE carries no request id of its command): a retry gets the
+            # decided reply, also after FORGET.
+            rid = rec.get("rid") or op_id
+            ctx.ov.put(S.P_REQUEST + rid, S.u64(ctx.ts) + ok(reply))
+            ctx.ov.put(S.P_EXPIRY + S.u64(ctx.ts) + rid, b"")
         else:
             ctx.ov.delete(key)
         return res

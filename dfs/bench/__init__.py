@@ -1,0 +1,1 @@
+"""Benchmark drivers (``dfs bench ...``): real clusters on loopback, measured end to end."""

@@ -1,0 +1,5 @@
+import sys
+
+from dfs.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""The `dfs` command as a user runs it: the demo, and a local cluster's life cycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+DFS = [sys.executable, "-m", "dfs.cli"]
+
+
+def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*DFS, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _runs_dfs(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"dfs." in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_demo_runs_and_reports(tmp_path):
+    r = run("demo", "--data", str(tmp_path / "demo"), "--files", "200")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for expected in ("healthy after", "created 200 files", "rename shard", "NotEmpty errno 39",
+                     "committed by the new leader", "all processes stopped"):
+        assert expected in r.stdout, r.stdout
+
+
+@pytest.mark.slow
+def test_cluster_up_status_down_up_again(tmp_path):
+    data = str(tmp_path / "c")
+    try:
+        r = run("cluster", "up", "--data", data, "--shards", "2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert run("cluster", "up", "--data", data).returncode != 0, "a second up on a running cluster is refused"
+        st = json.loads(run("cluster", "status", "--data", data, "--json").stdout)
+        assert {p["role"] for p in st} == {"mgmt", "meta"} and all(p["alive"] for p in st)
+        assert sum(p["raft_role"] == "leader" for p in st) == 2
+        r = run("cluster", "down", "--data", data)
+        assert r.returncode == 0 and "stopped 9 processes" in r.stdout
+        assert not [p for p in st if _runs_dfs(p["pid"])], "down stopped every process up started"
+        r = run("cluster", "up", "--data", data)  # the same cluster again
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        run("cluster", "down", "--data", data)
