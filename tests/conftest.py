@@ -19,6 +19,7 @@ _counter = itertools.count()
 class NS:
     c: SyncMetaClient
     top: int
+    engine: str = "memory"
 
     def run(self, coro):
         return self.c._run(coro)
@@ -46,7 +47,7 @@ def ns(request):
         try:
             label = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:100]
             top = c.mkdir(ROOT_INO, f"t{next(_counter)}-{label}").ino
-            yield NS(c, top)
+            yield NS(c, top, "cluster")
         finally:
             c.close()
 

@@ -62,6 +62,14 @@ class ClusterConfig:
     raft: RaftOptions = field(default_factory=RaftOptions)
 
     @property
+    def internal_token(self) -> str:
+        """What shard servers show each other for internal (two-phase) operations."""
+        import hashlib
+        import hmac
+
+        return hmac.new(self.raft_password.encode(), b"dfs-internal-ops", hashlib.sha256).hexdigest()
+
+    @property
     def nshards(self) -> int:
         return len(self.shards)
 

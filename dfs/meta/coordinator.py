@@ -153,7 +153,10 @@ class Coordinator:
                 raise
             reply = reply_of(new_ino) if reply_of else [new_ino, []]
             await self._c(self.shard, Op.COMMIT, [op_id, reply], ts=ts)  # the decision
-            await self._finish(op_id, others, ts)
+            try:
+                await self._finish(op_id, others, ts)
+            except err.DfsError as e:  # decided and durable: recovery completes it
+                log.warning("operation %s committed, completion deferred to recovery: %s", op_id.hex(), e)
             return reply
         finally:
             self.active.discard(op_id)

@@ -33,6 +33,8 @@ from dfs.rpc.transport import ClusterMap, GrpcTransport
 
 log = logging.getLogger("dfs.meta.server")
 
+INTERNAL_HEADER = "x-dfs-internal"
+
 
 class MetaServicer(pbg.MetaServiceServicer):
     def __init__(self, svc: ShardService, host: RaftHost, cfg: ClusterConfig, shard: int, replica: int) -> None:
@@ -41,12 +43,18 @@ class MetaServicer(pbg.MetaServiceServicer):
         self.shard = shard
         self.replica = replica
         self._raft_to_grpc = {r.raft: r.address for r in cfg.shard(shard).replicas}
+        self._internal = (INTERNAL_HEADER, cfg.internal_token)
 
     def leader_address(self) -> str:
         lead = self.host.leader
         return self._raft_to_grpc.get(lead, "") if lead else ""
 
-    async def _one(self, req: pb.OpRequest) -> pb.OpReply:
+    def _is_peer(self, context) -> bool:
+        return self._internal in tuple(context.invocation_metadata() or ())
+
+    async def _one(self, req: pb.OpRequest, peer: bool) -> pb.OpReply:
+        if req.op in INTERNAL and not peer:
+            return pb.OpReply(status=1, message="internal operation: shard servers only")  # EPERM
         if req.shard != self.shard:
             return pb.OpReply(status=err.WRONG_SHARD, message=f"this is shard {self.shard}")
         if not self.host.is_leader:
@@ -69,10 +77,11 @@ class MetaServicer(pbg.MetaServiceServicer):
         return pb.OpReply(status=0, body=msgpack.packb(res))
 
     async def Execute(self, request, context):
-        return await self._one(request)
+        return await self._one(request, self._is_peer(context))
 
     async def ExecuteBatch(self, request, context):
-        replies = await asyncio.gather(*(self._one(r) for r in request.ops))
+        peer = self._is_peer(context)
+        replies = await asyncio.gather(*(self._one(r, peer) for r in request.ops))
         return pb.BatchReply(replies=replies)
 
     async def Status(self, request, context):
@@ -88,7 +97,8 @@ class PeerTransport(GrpcTransport):
 
     def __init__(self, cfg: ClusterConfig) -> None:
         cmap = ClusterMap(0, [[r.address for r in s.replicas] for s in cfg.shards], [m.address for m in cfg.mgmt])
-        super().__init__(cmap.mgmt, cmap=cmap, deadline=10.0, attempt_timeout=4.0)
+        super().__init__(cmap.mgmt, cmap=cmap, deadline=10.0, attempt_timeout=4.0,
+                         metadata=((INTERNAL_HEADER, cfg.internal_token),))
 
 
 async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None:

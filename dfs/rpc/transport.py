@@ -62,8 +62,9 @@ class GrpcTransport:
     """A MetaClient transport (and a shard server's peer router) over gRPC."""
 
     def __init__(self, mgmt: list[str], *, deadline: float = 30.0, attempt_timeout: float = 6.0,
-                 cmap: ClusterMap | None = None) -> None:
+                 cmap: ClusterMap | None = None, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.mgmt_addrs = list(mgmt)
+        self.metadata = metadata or None
         self.deadline = deadline
         self.attempt_timeout = attempt_timeout
         self.map: ClusterMap | None = cmap
@@ -138,7 +139,7 @@ class GrpcTransport:
     async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"",
                    ts: int | None = None) -> Any:
         req = self._request(shard, op, caller, args, rid, ts)
-        rep = await self._send(shard, lambda stub, t: stub.Execute(req, timeout=t))
+        rep = await self._send(shard, lambda stub, t: stub.Execute(req, timeout=t, metadata=self.metadata))
         return self._result(rep)
 
     @staticmethod
@@ -154,7 +155,7 @@ class GrpcTransport:
         end = loop.time() + self.deadline
         while todo:
             req = pb.BatchRequest(ops=[self._request(shard, *ops[i], None) for i in todo])
-            rep = await self._send(shard, lambda stub, t: stub.ExecuteBatch(req, timeout=t))
+            rep = await self._send(shard, lambda stub, t: stub.ExecuteBatch(req, timeout=t, metadata=self.metadata))
             again = []
             for i, r in zip(todo, rep.replies):
                 try:

@@ -598,3 +598,17 @@ def test_malformed_requests_refused(ns):
     expect_errno(errno.EINVAL, ns.run, t.call(shard_of(top), Op.GETATTR, c.aio.caller, ["x", 1, 2]))
     expect_errno(errno.EINVAL, ns.run, t.call(shard_of(top), 999, c.aio.caller, []))
     assert names(c, top) == []
+
+
+def test_internal_operations_refused_from_clients(ns):
+    """Two-phase primitives carry actions without permission checks: only shard servers may send them."""
+    from dfs.common.ops import Op
+
+    if ns.engine != "cluster":
+        pytest.skip("the in-process engine has no client/server boundary")
+    c, top = ns.c, ns.top
+    t = c.aio.t
+    act = [["dput", top, b"sneaky", top, stat.S_IFDIR, 0]]
+    expect_errno(errno.EPERM, ns.run, t.call(shard_of(top), Op.ONEPHASE, c.aio.caller, [b"x" * 16, act], b"i" * 16))
+    expect_errno(errno.EPERM, ns.run, t.call(shard_of(top), Op.PREPARE, c.aio.caller, [b"y" * 16, 0, act, []]))
+    assert names(c, top) == []

@@ -75,7 +75,12 @@ class FaultyShards:
         if fire and p.mode == "lost_request":
             p.fired = True
             raise err.Unavailable(f"request {p.k} lost")
-        res = await self.inner.call(shard, op, caller, args, rid=rid, ts=ts)
+        try:
+            res = await self.inner.call(shard, op, caller, args, rid=rid, ts=ts)
+        except err.DfsError:
+            if not fire:
+                raise
+            res = None  # the call took effect (with an error answer) and then the reply was lost
         if fire and p.mode == "crash_after":
             p.fired = True
             raise Crash(f"after call {p.k}: {Op(op).name} on shard {shard}")
