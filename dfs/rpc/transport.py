@@ -71,6 +71,7 @@ class GrpcTransport:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pbg.MetaServiceStub] = {}
         self._leader: dict[int, str] = {}
+        self._map_refreshed = 0.0
 
     @property
     def nshards(self) -> int:
@@ -180,6 +181,7 @@ class GrpcTransport:
         last: Exception | None = None
         while True:
             progressed = False
+            unreachable = False  # some replica did not answer or did not know a leader
             for addr in self._candidates(shard):
                 remaining = end - loop.time()
                 if remaining <= 0:
@@ -190,6 +192,7 @@ class GrpcTransport:
                     if e.code() not in _RETRYABLE_GRPC:
                         raise err.DfsError(f"{addr}: {e.code().name}: {e.details()}") from None
                     last = e
+                    unreachable = True
                     if self._leader.get(shard) == addr:
                         del self._leader[shard]
                     continue
@@ -203,6 +206,7 @@ class GrpcTransport:
                         self._leader[shard] = hint
                         progressed = True
                         break
+                    unreachable = True
                     if self._leader.get(shard) == addr:
                         del self._leader[shard]
                     continue
@@ -217,5 +221,21 @@ class GrpcTransport:
                     raise last
                 raise err.Unavailable(f"shard {shard}: no answer before the deadline ({last})")
             if not progressed:
+                if unreachable:
+                    await self._maybe_refresh_map()
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.2)
+
+    async def _maybe_refresh_map(self) -> None:
+        """No replica of a shard could serve: the map may be stale (replicas moved)."""
+        loop = asyncio.get_running_loop()
+        if not self.mgmt_addrs or loop.time() - self._map_refreshed < 1.0:
+            return
+        self._map_refreshed = loop.time()
+        saved, self.deadline = self.deadline, min(self.deadline, 2.0)
+        try:
+            await self.refresh_map()
+        except err.DfsError as e:
+            log.debug("cluster map refresh failed: %s", e)
+        finally:
+            self.deadline = saved
