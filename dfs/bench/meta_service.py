@@ -204,7 +204,8 @@ class _PySpy:
 
     def __init__(self, pid: int, out: str, rate: int = 200) -> None:
         exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
-        self.p = subprocess.Popen([exe, "record", "-p", str(pid), "-o", out, "--format", "speedscope",
+        fmt = "raw" if out.endswith(".txt") else "speedscope"  # raw = collapsed stacks, one per line
+        self.p = subprocess.Popen([exe, "record", "-p", str(pid), "-o", out, "--format", fmt, "--threads",
                                    "-r", str(rate), "--nonblocking"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
@@ -449,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--py-spy", default=None, metavar="CASE/cN/pN",
                     help="record this case with py-spy, e.g. create/c16/p1 (needs py-spy)")
     ap.add_argument("--py-spy-target", choices=("leader", "client"), default="leader")
-    ap.add_argument("--py-spy-out", default="/tmp/dfs-bench-profile.json")
+    ap.add_argument("--py-spy-out", default="/tmp/dfs-bench-profile.json",
+                    help="speedscope JSON, or collapsed stacks if the name ends in .txt")
     ap.add_argument("--json", default=None, help="write results and machine facts to this file")
     a = ap.parse_args(argv)
     gcs = {"on": (True,), "off": (False,), "both": (True, False)}[a.group_commit]

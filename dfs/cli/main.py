@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from dfs.cli import bench as bench_cmd
 from dfs.cli import cluster as cluster_cmd
 from dfs.cli import demo as demo_cmd
 from dfs.cli import servers as servers_cmd
@@ -16,6 +17,7 @@ def cli() -> None:
 
 
 cli.add_command(demo_cmd.demo)
+cli.add_command(bench_cmd.bench)
 cli.add_command(cluster_cmd.cluster)
 cli.add_command(servers_cmd.meta_server)
 cli.add_command(servers_cmd.mgmt_server)

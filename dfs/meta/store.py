@@ -34,7 +34,6 @@ from dfs.kv import KV
 from dfs.kv.overlay import Overlay
 from dfs.meta import schema as S
 from dfs.common.ops import (
-    RENAME_EXCHANGE,
     SET_ATIME,
     SET_ATIME_NOW,
     SET_CTIME,
@@ -63,6 +62,7 @@ IDEMPOTENCY_TTL_NS = 15 * 60 * 10**9  # a retry older than this is a new request
 PRUNE_PER_ENTRY = 64
 
 R_OK, R_W, R_X = 4, 2, 1
+R_R = R_OK
 
 
 def encode_command(op: int, rid: bytes, ts: int, caller: Caller, args: list) -> bytes:
@@ -944,5 +944,3 @@ class MetaStore(StateMachine):
             out.append((k[1:], unpackb(v)))
         return out
 
-
-R_R = R_OK

@@ -156,7 +156,7 @@ class GrpcTransport:
         end = loop.time() + self.deadline
         while todo:
             req = pb.BatchRequest(ops=[self._request(shard, *ops[i], None) for i in todo])
-            rep = await self._send(shard, lambda stub, t: stub.ExecuteBatch(req, timeout=t, metadata=self.metadata))
+            rep = await self._send(shard, lambda stub, t, req=req: stub.ExecuteBatch(req, timeout=t, metadata=self.metadata))
             again = []
             for i, r in zip(todo, rep.replies):
                 try:
