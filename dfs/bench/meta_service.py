@@ -139,7 +139,7 @@ def _worker(mgmt: list[str], kind: str, parent: int, items: list, callers: int, 
 
     try:
         out.put(asyncio.run(go()))
-    except BaseException as e:  # report instead of hanging the driver
+    except Exception as e:  # noqa: BLE001 - report any failure instead of hanging the driver
         out.put({"error": repr(e)})
 
 
@@ -259,7 +259,7 @@ async def _failover(cluster: LocalCluster, client: MetaClient, gc: bool, reps: i
         stop = asyncio.Event()
         nerr = 0
 
-        async def loop(rep: int = rep) -> None:
+        async def loop(rep: int = rep, stop: asyncio.Event = stop, acks: list[float] = acks) -> None:
             nonlocal nerr
             i = 0
             while not stop.is_set():
@@ -406,8 +406,8 @@ def _fmt_row(r: Result) -> str:
 
 
 def markdown_table(results: list[Result]) -> str:
-    rows = ["| case | group commit | client procs | callers (in flight) | ops | errors | ops/s | p50 ms | p99 ms "
-            "| cmds/entry |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| case | group commit | client procs | callers (in flight) | ops | errors | ops/s | p50 ms | p99 ms "
+             "| cmds/entry |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         gc = "on" if r.group_commit else "off"
         ratio = f"{r.cmds_per_entry:.1f}" if r.cmds_per_entry else "-"
