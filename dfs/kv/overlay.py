@@ -1,7 +1,8 @@
 """A write overlay over a KV: reads see the overlay's own writes, nothing
-reaches the base until ``flush``. State machines apply each command in a
-child overlay (dropped if the command fails) of the entry's overlay (flushed
-to the engine in one atomic batch with the applied index)."""
+reaches the base until it is turned into a write batch. State machines apply
+a Raft entry in one overlay (written to the engine in one atomic batch with
+the applied index) and each command under a savepoint (rolled back if the
+command fails)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,33 @@ class Readable(Protocol):
 _END = object()
 
 
+_ABSENT = object()
+
+
 class Overlay:
-    __slots__ = ("base", "w")
+    __slots__ = ("base", "w", "_undo")
 
     def __init__(self, base: Readable) -> None:
         self.base = base
         self.w: SortedDict = SortedDict()  # key -> value, or None for a delete
+        self._undo: list | None = None
+
+    # A savepoint lets one command write straight into the entry's overlay and
+    # be undone if it fails, without a per-command overlay to merge.
+    def savepoint(self) -> None:
+        self._undo = []
+
+    def release(self) -> None:
+        self._undo = None
+
+    def rollback(self) -> None:
+        w = self.w
+        for key, old in reversed(self._undo or ()):
+            if old is _ABSENT:
+                del w[key]
+            else:
+                w[key] = old
+        self._undo = None
 
     def get(self, key: bytes) -> bytes | None:
         w = self.w
@@ -35,9 +57,13 @@ class Overlay:
         return self.base.get(key)
 
     def put(self, key: bytes, value: bytes) -> None:
+        if self._undo is not None:
+            self._undo.append((key, self.w.get(key, _ABSENT)))
         self.w[key] = value
 
     def delete(self, key: bytes) -> None:
+        if self._undo is not None:
+            self._undo.append((key, self.w.get(key, _ABSENT)))
         self.w[key] = None
 
     def scan(self, start: bytes, end: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:

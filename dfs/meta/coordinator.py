@@ -86,18 +86,18 @@ class Coordinator:
         rid = rid or uuid.uuid4().bytes
         if rid in self.active:
             raise err.Locked("operation already running")
+        rec = await self._c(self.shard, Op.OPSTATUS, [rid])
+        if rec:
+            # An earlier attempt of this very request is stuck: finish it (if
+            # decided) or undo it before answering, so that a retry's success
+            # means every participant has committed.
+            await Recovery(self).resolve_local(rid)
         prev = await self._c(self.shard, Op.REQSTATUS, [rid])
         if prev is not None:
             status, payload = prev
             if status:
                 raise err.error_for(status, payload)
             return _reply(op, payload, self._target(op, args))
-        rec = await self._c(self.shard, Op.OPSTATUS, [rid])
-        if rec:  # an earlier attempt of this very request is in flight or stuck
-            await Recovery(self).resolve_local(rid)
-            prev = await self._c(self.shard, Op.REQSTATUS, [rid])
-            if prev is not None and not prev[0]:
-                return _reply(op, prev[1], self._target(op, args))
         fn = self._OPS[op]
         delay = 0.002
         for _ in range(MAX_ATTEMPTS):
@@ -145,8 +145,12 @@ class Coordinator:
                 new_ino = res[0]
                 for s in others:
                     acts = [self._fill(a, new_ino) for a in plan[s]]
-                    r = await self._c(s, Op.PREPARE, [op_id, self.shard, acts, []], caller, ts=ts)
+                    # Counted as prepared before the answer: a PREPARE whose
+                    # reply was lost (deadline) may have taken effect, and must
+                    # be aborted too, or a retry with the same op id would
+                    # find that stale record (ABORT of nothing is harmless).
                     prepared.append(s)
+                    r = await self._c(s, Op.PREPARE, [op_id, self.shard, acts, []], caller, ts=ts)
                     new_ino = new_ino or r[0]
             except err.DfsError:
                 await self._abort(op_id, prepared)

@@ -108,6 +108,9 @@ def lock_key_dentry(parent: int, name: bytes) -> bytes:
 LOCK_RENAME = b"g:rename"  # the cluster-wide ordering point of directory renames (shard 0)
 
 
+FLAG_XATTRS = 1  # the inode has (or had) extended attributes
+
+
 class Inode:
     """A mutable inode record, used inside the state machine only."""
 

@@ -81,7 +81,37 @@ class MetaServicer(pbg.MetaServiceServicer):
 
     async def ExecuteBatch(self, request, context):
         peer = self._is_peer(context)
-        replies = await asyncio.gather(*(self._one(r, peer) for r in request.ops))
+        ops = request.ops
+        if not self.host.is_leader:
+            lead = self.leader_address()
+            return pb.BatchReply(replies=[pb.OpReply(status=err.NOT_LEADER, leader=lead) for _ in ops])
+        replies: list[pb.OpReply | None] = [None] * len(ops)
+        items, where = [], []
+        for i, r in enumerate(ops):
+            if r.op in INTERNAL and not peer:
+                replies[i] = pb.OpReply(status=1, message="internal operation: shard servers only")
+            elif r.shard != self.shard:
+                replies[i] = pb.OpReply(status=err.WRONG_SHARD, message=f"this is shard {self.shard}")
+            else:
+                try:
+                    args = msgpack.unpackb(r.body, raw=False, use_list=True, strict_map_key=False) if r.body else []
+                except Exception:
+                    replies[i] = pb.OpReply(status=22, message="malformed body")
+                    continue
+                items.append((r.op, r.request_id, Caller(r.caller.uid, r.caller.gid, tuple(r.caller.groups)), args))
+                where.append(i)
+        if items:
+            try:
+                results = await self.svc.execute_batch(items)
+            except err.NotLeader:
+                results = [err.NotLeader()] * len(items)
+            for i, res in zip(where, results):
+                if isinstance(res, err.NotLeader):
+                    replies[i] = pb.OpReply(status=err.NOT_LEADER, leader=self.leader_address())
+                elif isinstance(res, err.DfsError):
+                    replies[i] = pb.OpReply(status=res.errno, message=res.detail or "")
+                else:
+                    replies[i] = pb.OpReply(status=0, body=msgpack.packb(res))
         return pb.BatchReply(replies=replies)
 
     async def Status(self, request, context):

@@ -94,6 +94,66 @@ class ShardService:
             return await self.coordinator.run(op, rid, caller, args)
         raise err.InvalidArgument(f"op {op!r} is not served here")
 
+    async def execute_batch(self, items: list[tuple[int, bytes, Caller, list]]) -> list[Any]:
+        """Many operations at once, answered in order (a result or a DfsError each).
+
+        Single-shard mutations are encoded together and handed to the log in
+        one call, so they share Raft entries without a waiter per operation;
+        reads are served at once; cross-shard operations run concurrently."""
+        self._check_leader()
+        out: list[Any] = [None] * len(items)
+        logged: list[int] = []
+        cmds: list[bytes] = []
+        others = []
+        now = self.clock()
+        for i, (op, rid, caller, args) in enumerate(items):
+            try:
+                op = Op(op)
+                if not isinstance(args, list):
+                    raise err.InvalidArgument("arguments must be a list")
+                if op in READS:
+                    out[i] = self.store.read(op, caller, args)
+                elif op in LOGGED:
+                    logged.append(i)
+                    cmds.append(encode_command(op, rid, now, caller, args))
+                elif op in COORDINATED:
+                    others.append(i)
+                else:
+                    raise err.InvalidArgument(f"op {op!r} is not served here")
+            except ValueError:
+                out[i] = err.InvalidArgument(f"unknown op {op}")
+            except err.DfsError as e:
+                out[i] = e
+
+        async def coordinated(i: int) -> None:
+            op, rid, caller, args = items[i]
+            try:
+                out[i] = await self.coordinator.run(Op(op), rid, caller, args)
+            except err.DfsError as e:
+                out[i] = e
+
+        tasks = [asyncio.ensure_future(coordinated(i)) for i in others]
+        if cmds:
+            submit_many = getattr(self.log, "submit_many", None)
+            if submit_many is not None:
+                raws = await submit_many(cmds, timeout=self.submit_timeout)
+            else:
+                raws = []
+                for c in cmds:
+                    try:
+                        raws.append(await self.log.submit(c, timeout=self.submit_timeout))
+                    except err.DfsError as e:
+                        raws.append(e)
+            for i, raw in zip(logged, raws):
+                if isinstance(raw, Exception):
+                    out[i] = raw if isinstance(raw, err.DfsError) else err.DfsError(repr(raw))
+                    continue
+                status, payload = unpackb(raw)
+                out[i] = err.error_for(status, payload) if status else payload
+        if tasks:
+            await asyncio.gather(*tasks)
+        return out
+
     async def execute_wire(self, op: int, rid: bytes, caller: Caller, body: bytes) -> tuple[int, str, bytes]:
         """(status, message, body) for the transport: never raises for bad input."""
         try:

@@ -159,8 +159,9 @@ class Ctx:
         ov.delete(S.inode_key(i.ino))
         if stat.S_ISLNK(i.mode):
             ov.delete(S.symlink_key(i.ino))
-        for k, _ in list(ov.scan_prefix(S.xattr_prefix(i.ino))):
-            ov.delete(k)
+        if i.flags & S.FLAG_XATTRS:
+            for k, _ in list(ov.scan_prefix(S.xattr_prefix(i.ino))):
+                ov.delete(k)
         self.count_inodes(-1)
 
     # entries
@@ -182,12 +183,15 @@ class Ctx:
         return mode, holders
 
     def check_lock(self, key: bytes, mode: str, op_id: bytes | None = None) -> None:
+        if not self.store._locks_present:
+            return  # no cross-shard operation holds anything on this shard
         held, holders = self.lock_holders(key)
         others = [h for h in holders if h != op_id]
         if others and (mode == "X" or held == "X"):
             raise err.Locked()
 
     def take_lock(self, key: bytes, mode: str, op_id: bytes) -> None:
+        self.store._locks_present = True
         held, holders = self.lock_holders(key)
         if op_id in holders:
             mode = "X" if "X" in (mode, held) else "S"
@@ -222,6 +226,8 @@ class MetaStore(StateMachine):
         self.path = path  # directory holding db-<n> generations, or None for memory
         self._open = kv_factory or open_kv
         self.kv = self._open(self._current_db_path())
+        self._last_ts = 0
+        self._locks_present = True  # until the first entry looks
         self._applied = self._read_applied()
         if self._applied == 0 and self.kv.get(S.K_SHARD) is None:
             self._bootstrap()
@@ -234,6 +240,10 @@ class MetaStore(StateMachine):
         cur = os.path.join(self.path, "CURRENT_DB")
         name = open(cur).read().strip() if os.path.exists(cur) else "db-0"
         return os.path.join(self.path, name)
+
+    @staticmethod
+    def _any_lock(kv) -> bool:
+        return next(iter(kv.scan_prefix(S.P_LOCK, 1)), None) is not None
 
     def _read_applied(self) -> int:
         b = self.kv.get(S.K_APPLIED)
@@ -297,24 +307,20 @@ class MetaStore(StateMachine):
 
     def apply(self, index: int, commands: list[bytes]) -> list[bytes]:
         entry = Overlay(self.kv)
-        results = []
-        min_ts = None
-        for raw in commands:
-            res = self._apply_one(entry, raw)
-            results.append(res)
+        self._last_ts = 0
+        self._locks_present = self._any_lock(self.kv)
+        results = [self._apply_one(entry, raw) for raw in commands]
         # prune expired idempotency records, a bounded number per entry
-        if commands:
-            try:
-                min_ts = unpackb(commands[-1])[2] - IDEMPOTENCY_TTL_NS
-            except Exception:
-                min_ts = None
-        if min_ts is not None and min_ts > 0:
+        min_ts = self._last_ts - IDEMPOTENCY_TTL_NS
+        if min_ts > 0:
             for k, _ in list(entry.scan(S.P_EXPIRY, S.P_EXPIRY + S.u64(min_ts), PRUNE_PER_ENTRY)):
                 entry.delete(k)
                 entry.delete(S.P_REQUEST + k[9:])
         entry.put(S.K_APPLIED, S.u64(index))
         self.kv.write(entry.to_batch())
         self._applied = index
+        if self._locks_present:
+            self._locks_present = self._any_lock(self.kv)
         return results
 
     def _apply_one(self, entry: Overlay, raw: bytes) -> bytes:
@@ -322,31 +328,35 @@ class MetaStore(StateMachine):
             op, rid, ts, uid, gid, groups, args = unpackb(raw)
         except Exception:
             return fail(E.EINVAL, "malformed command")
+        if isinstance(ts, int) and ts > self._last_ts:
+            self._last_ts = ts
         if rid:
             prev = entry.get(S.P_REQUEST + rid)
             if prev is not None:
                 return prev[8:]
-        ov = Overlay(entry)
-        ctx = Ctx(self, ov, ts, Caller(uid, gid, tuple(groups)), rid)
+        entry.savepoint()
+        ctx = Ctx(self, entry, ts, Caller(uid, gid, tuple(groups)), rid)
+        failed = True
         try:
             fn = self._MUTATIONS.get(op)
             if fn is None:
                 raise err.InvalidArgument(f"unknown op {op}")
             res = ok(fn(self, ctx, *args))
+            failed = False
         except err.Retryable as e:
+            entry.rollback()
             return fail(e.errno, str(e))  # not remembered: a retry must run again
         except err.DfsError as e:
             res = fail(e.errno, e.detail or "")
-            ov = None
         except (TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
             res = fail(E.EINVAL, f"bad arguments: {e}")
-            ov = None
         except Exception as e:  # a bug: deterministic on every replica, so still consistent
             log.exception("op %s failed", op)
             res = fail(E.EIO, repr(e))
-            ov = None
-        if ov is not None:
-            ov.merge_into(entry)
+        if failed:
+            entry.rollback()
+        else:
+            entry.release()
         if rid:
             entry.put(S.P_REQUEST + rid, S.u64(ts) + res)
             entry.put(S.P_EXPIRY + S.u64(ts) + rid, b"")
@@ -364,7 +374,9 @@ class MetaStore(StateMachine):
         p = ctx.dir(parent)
         ctx.check_lock(S.lock_key_dentry(parent, name), "X")
         ctx.check_lock(S.lock_key_inode(parent), "S")
-        existing = ctx.dentry(parent, name)
+        dkey = S.dentry_key(parent, name)
+        v = ctx.ov.get(dkey)
+        existing = None if v is None else S.split_dentry_value(v)
         if existing is not None:
             if excl or fmt != stat.S_IFREG:
                 raise err.Exists()
@@ -391,7 +403,7 @@ class MetaStore(StateMachine):
         ctx.put(i)
         if fmt == stat.S_IFLNK:
             ctx.ov.put(S.symlink_key(ino), target)
-        ctx.ov.put(S.dentry_key(parent, name), S.dentry_value(ino, i.mode))
+        ctx.ov.put(dkey, S.dentry_value(ino, i.mode))
         ctx.touch_dir(p)
         ctx.count_inodes(1)
         return [i.wire(), True, ino]
@@ -505,6 +517,7 @@ class MetaStore(StateMachine):
             raise err.NoData()
         ctx.ov.put(k, value)
         i.ctime = ctx.ts
+        i.flags |= S.FLAG_XATTRS
         ctx.put(i)
         return None
 
@@ -813,6 +826,8 @@ class MetaStore(StateMachine):
         return Inode.unpack(b)
 
     def _r_locked(self, key: bytes) -> bool:
+        if not self._locks_present:
+            return False
         v = self.kv.get(S.P_LOCK + key)
         return v is not None and unpackb(v)[0] == "X"
 

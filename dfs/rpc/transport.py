@@ -224,7 +224,7 @@ class GrpcTransport:
                 if unreachable:
                     await self._maybe_refresh_map()
                 await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.2)
+                delay = min(delay * 2, 0.05)
 
     async def _maybe_refresh_map(self) -> None:
         """No replica of a shard could serve: the map may be stale (replicas moved)."""
