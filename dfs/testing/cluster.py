@@ -242,3 +242,60 @@ class LocalCluster:
 
     def client(self) -> SyncMetaClient:
         return SyncMetaClient(self.aclient)
+
+    # ------------------------------------------------------------------ fault-test helpers (read-only)
+    def db_path(self, p: Proc) -> str:
+        """The RocksDB directory a meta replica currently uses (``<data>/db/<CURRENT_DB or db-0>``)."""
+        assert p.role == "meta", p.name
+        root = os.path.join(p.data, "db")
+        cur = os.path.join(root, "CURRENT_DB")
+        name = open(cur).read().strip() if os.path.exists(cur) else "db-0"
+        return os.path.join(root, name)
+
+    def read_replica(self, p: Proc, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Pairs under ``prefix`` in a meta replica's RocksDB, opened read-only.
+
+        Works on a running replica too (RocksDB's read-only mode takes no lock
+        and sees what the process wrote, its WAL included, as of the open)."""
+        import rocksdict
+
+        from dfs.kv import prefix_end
+
+        path = self.db_path(p)
+        if not os.path.exists(os.path.join(path, "CURRENT")):
+            return []
+        db = rocksdict.Rdict(path, options=rocksdict.Options(raw_mode=True),
+                             access_type=rocksdict.AccessType.read_only())
+        try:
+            it = db.iter()
+            it.seek(prefix)
+            end = prefix_end(prefix) if prefix else None
+            out = []
+            while it.valid():
+                k = it.key()
+                if end is not None and k >= end:
+                    break
+                out.append((k, it.value()))
+                it.next()
+            del it
+            return out
+        finally:
+            db.close()
+
+    def pending_records(self) -> dict[str, list[bytes]]:
+        """Cross-shard op records ('P') and locks ('K') left on live meta replicas, by replica name."""
+        out: dict[str, list[bytes]] = {}
+        for p in self.meta_procs():
+            if not p.alive:
+                continue
+            keys = [k for k, _ in self.read_replica(p, b"P")] + [k for k, _ in self.read_replica(p, b"K")]
+            if keys:
+                out[p.name] = keys
+        return out
+
+    def wait_all_converged(self, timeout: float = 60.0) -> None:
+        """wait_healthy, then wait_converged on every shard."""
+        end = time.monotonic() + timeout
+        self.wait_healthy(timeout)
+        for s in range(self.cfg.nshards):
+            self.wait_converged(s, max(1.0, end - time.monotonic()))
