@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import stat
 import time
@@ -41,6 +42,7 @@ from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
 from dfs.common.records import Caller
 from dfs.common.ops import RENAME_EXCHANGE, RENAME_NOREPLACE, Op
+from dfs.meta.schema import LOCK_RENAME
 from dfs.meta.store import R_W, R_X, check_access, check_name
 
 log = logging.getLogger(__name__)
@@ -86,12 +88,12 @@ class Coordinator:
         rid = rid or uuid.uuid4().bytes
         if rid in self.active:
             raise err.Locked("operation already running")
-        rec = await self._c(self.shard, Op.OPSTATUS, [rid])
-        if rec:
-            # An earlier attempt of this very request is stuck: finish it (if
-            # decided) or undo it before answering, so that a retry's success
-            # means every participant has committed.
-            await Recovery(self).resolve_local(rid)
+        for op_id, rec in await self.shards.pending(self.shard):
+            if rec.get("rid") == rid and "parts" in rec:
+                # An earlier attempt of this very request is stuck: finish it
+                # (if decided) or undo it before answering, so that a retry's
+                # success means every participant has committed.
+                await Recovery(self).resolve_local(op_id)
         prev = await self._c(self.shard, Op.REQSTATUS, [rid])
         if prev is not None:
             status, payload = prev
@@ -127,19 +129,24 @@ class Coordinator:
             return None
 
     # ------------------------------------------------------------ execution
-    async def _execute(self, op_id: bytes, caller: Caller, ts: int, plan: dict[int, list],
+    async def _execute(self, rid: bytes, caller: Caller, ts: int, plan: dict[int, list],
                        reply_of=None) -> list:
         """Apply ``plan`` (shard -> actions) atomically; returns [new_ino, [attr...]]."""
         plan = {s: a for s, a in plan.items() if a}
         if set(plan) == {self.shard}:
-            return await self._c(self.shard, Op.ONEPHASE, [op_id, plan[self.shard]], caller, rid=op_id, ts=ts)
+            return await self._c(self.shard, Op.ONEPHASE, [rid, plan[self.shard]], caller, rid=rid, ts=ts)
         plan.setdefault(self.shard, [])
         others = sorted(s for s in plan if s != self.shard)
+        # Each attempt has its own operation id, so a participant's record left
+        # by an earlier, aborted attempt can never be mistaken for this one's
+        # (recovery clears it: its coordinator has no record of it).
+        op_id = rid + os.urandom(8)
+        self.active.add(rid)
         self.active.add(op_id)
         prepared: list[int] = []
         try:
             try:
-                res = await self._c(self.shard, Op.PREPARE, [op_id, self.shard, plan[self.shard], others],
+                res = await self._c(self.shard, Op.PREPARE, [op_id, self.shard, plan[self.shard], others, rid],
                                     caller, ts=ts)
                 prepared.append(self.shard)
                 new_ino = res[0]
@@ -164,6 +171,7 @@ class Coordinator:
             return reply
         finally:
             self.active.discard(op_id)
+            self.active.discard(rid)
 
     @staticmethod
     def _fill(action: list, new_ino: int) -> list:
@@ -396,6 +404,8 @@ class Recovery:
         c = self.coord
         st = await c._c(rec["c"], Op.OPSTATUS, [op_id])
         if st == "C":
+            if any(k == LOCK_RENAME for k, _ in rec.get("l", ())):
+                return  # shard 0 commits last: the coordinator's recovery sends it in order
             await c._c(c.shard, Op.COMMIT, [op_id, None])
         elif st == "":  # presumed abort: no intent means it was never decided
             await c._c(c.shard, Op.ABORT, [op_id])

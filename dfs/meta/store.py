@@ -718,7 +718,7 @@ class MetaStore(StateMachine):
         self._run_validation(ctx, actions, op_id, state)
         return [state.get("new_ino", 0), self._commit_actions(ctx, actions, state)]
 
-    def _prepare(self, ctx: Ctx, op_id: bytes, coord: int, actions: list, parts: list):
+    def _prepare(self, ctx: Ctx, op_id: bytes, coord: int, actions: list, parts: list, rid: bytes = b""):
         key = S.P_OP + op_id
         prev = ctx.ov.get(key)
         if prev is not None:
@@ -730,7 +730,7 @@ class MetaStore(StateMachine):
             ctx.take_lock(k, mode, op_id)
         res = [state.get("new_ino", 0)]
         rec = {"c": coord, "a": actions, "t": ctx.ts, "s": "P", "res": res, "st": state,
-               "l": [[k, m] for k, m in locks], "rid": ctx.rid}
+               "l": [[k, m] for k, m in locks], "rid": rid}
         if coord == self.shard:
             rec["parts"] = parts
         ctx.ov.put(key, packb(rec))
