@@ -372,6 +372,43 @@ async def _bench_one(gc: bool, *, shards: int, replicas: int, ops: int, serial_o
     return results
 
 
+def _local_baseline(folder: str, ops: int, log) -> list[Result]:
+    """The physical reference: the same create / stat workload on a local
+    directory of the same disk (the kernel's own file system), 1 and 16 threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    out = []
+    for callers in (1, 16):
+        d = tempfile.mkdtemp(prefix=f"local-c{callers}-", dir=folder)
+        names = [os.path.join(d, f"f{i}") for i in range(ops)]
+        for kind in ("create", "stat"):
+            lat: list[float] = []
+
+            def work(chunk: list[str], kind: str = kind) -> list[float]:
+                mine = []
+                for n in chunk:
+                    t = time.perf_counter()
+                    if kind == "create":
+                        os.close(os.open(n, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                    else:
+                        os.stat(n)
+                    mine.append(time.perf_counter() - t)
+                return mine
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(callers) as ex:
+                for part in ex.map(work, [names[i::callers] for i in range(callers)]):
+                    lat += part
+            dt = time.perf_counter() - t0
+            lat.sort()
+            r = Result(f"local {kind}", False, 1, callers, ops, 0, dt, ops / dt, _pct(lat, 0.5),
+                       _pct(lat, 0.99), None, "op", {"dir": folder})
+            log(_fmt_row(r))
+            out.append(r)
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
 async def run(*, shards: int = 1, replicas: int = 3, group_commit: tuple[bool, ...] = (True, False),
               ops: int = 20000, serial_ops: int = 2000, batch_ops: int = 100000, batch_size: int = 256,
               client_procs: tuple[int, ...] = (1, 2), failover_reps: int = 5, cases: tuple[str, ...] = CASES,
@@ -380,6 +417,11 @@ async def run(*, shards: int = 1, replicas: int = 3, group_commit: tuple[bool, .
     """Every case for each group-commit setting (a fresh cluster per setting)."""
     out: list[Result] = []
     log(_HEADER)
+    base = root or tempfile.mkdtemp(prefix="dfs-bench-local-")
+    os.makedirs(base, exist_ok=True)
+    out += _local_baseline(base, ops, log)
+    if root is None:
+        shutil.rmtree(base, ignore_errors=True)
     for gc in group_commit:
         out += await _bench_one(gc, shards=shards, replicas=replicas, ops=ops, serial_ops=serial_ops,
                                 batch_ops=batch_ops, batch_size=batch_size, client_procs=list(client_procs),
@@ -417,6 +459,8 @@ def markdown_table(results: list[Result]) -> str:
                         f"| {r.p50_ms:.0f} ms | {r.p99_ms:.0f} ms (max) | - |")
             continue
         per = " (per batch)" if r.unit == "batch" else ""
+        if r.case.startswith("local"):
+            gc = "-"
         rows.append(f"| {r.case} | {gc} | {r.procs} | {r.callers} | {r.ops} | {r.errors} | {r.ops_per_s:,.0f} "
                     f"| {r.p50_ms:.2f}{per} | {r.p99_ms:.2f}{per} | {ratio} |")
     return "\n".join(rows)
