@@ -17,6 +17,9 @@ local disk.
           +-- InvalidArgument          EINVAL
           +-- NameTooLong              ENAMETOOLONG
           +-- NoData                   ENODATA  (missing xattr)
+          +-- NoSpace                  ENOSPC
+          +-- Stale                    ESTALE   (stale chain version: refresh the map)
+          +-- ChecksumError            EIO      (a block failed its CRC)
           +-- CrossDevice, Busy, NoSpace, TooManyLinks, ...
           +-- Retryable                internal: EAGAIN-class, retried by clients
                +-- NotLeader           carries the leader hint
@@ -41,6 +44,9 @@ __all__ = [
     "InvalidArgument",
     "NameTooLong",
     "NoData",
+    "NoSpace",
+    "Stale",
+    "ChecksumError",
     "Retryable",
     "NotLeader",
     "Locked",
@@ -88,6 +94,18 @@ NotEmpty = _cls("NotEmpty", E.ENOTEMPTY)
 InvalidArgument = _cls("InvalidArgument", E.EINVAL)
 NameTooLong = _cls("NameTooLong", E.ENAMETOOLONG)
 NoData = _cls("NoData", E.ENODATA)
+NoSpace = _cls("NoSpace", E.ENOSPC)
+Stale = _cls("Stale", E.ESTALE)
+
+
+class ChecksumError(DfsError):
+    """Stored data does not match its checksum (a bad block on a target)."""
+
+    errno_value = E.EIO
+
+    def __init__(self, message: str | None = None, *, block: int = -1, code: int | None = None):
+        super().__init__(message, code=code)
+        self.block = block
 
 
 class Retryable(DfsError):
@@ -124,7 +142,7 @@ _BY_CODE: dict[int, type[DfsError]] = {
     cls.errno_value: cls
     for cls in (
         NotFound, Exists, NotADirectory, IsADirectory, PermissionDenied, NotPermitted,
-        NotEmpty, InvalidArgument, NameTooLong, NoData, NotLeader, Locked, Unavailable,
+        NotEmpty, InvalidArgument, NameTooLong, NoData, NoSpace, Stale, NotLeader, Locked, Unavailable,
         StaleEpoch, WrongShard,
     )
 }
