@@ -1,0 +1,291 @@
+"""The file I/O core: an open file's reads and writes, striped over chains.
+
+``FileHandle`` turns byte ranges into chunk pieces (``dfs.common.layout``),
+sends them to a ``ChunkIO`` (the data client over the data plane, or the
+in-memory engine of the tests) in parallel, and keeps the metadata service
+told about the size at the points close-to-open consistency needs: ``flush``,
+``fsync``, ``close`` and ``truncate``.
+
+* Write-behind: writes are buffered per chunk; a chunk's buffer is sent when
+  it is full or when the buffered total passes the window, with at most
+  ``max_inflight`` chunk writes on the wire. ``flush`` sends what is left and
+  waits for all of it; the first failure is raised there (and by later
+  calls), like a local file system's deferred write errors.
+* Readahead: after two reads in sequence the handle prefetches the next
+  chunks (up to ``readahead`` chunks) and serves later reads from them.
+* Reads see this handle's own writes (it flushes overlapping buffers first).
+  Holes and chunks never written read as zeros up to the file size.
+
+Memory is bounded by ``window`` (write buffers) plus ``readahead`` chunks.
+Imports: dfs.common and this package only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from dfs.common import errors as err
+from dfs.common.layout import DEFAULT_LAYOUT, Layout, pieces
+from dfs.common.records import Attr
+
+
+class ChunkIO(Protocol):
+    """Where chunk bytes live (one implementation per engine)."""
+
+    async def write(self, ino: int, index: int, offset: int, data: bytes | memoryview, layout: Layout) -> None: ...
+
+    async def read(self, ino: int, index: int, offset: int, length: int, layout: Layout) -> bytes:
+        """The stored bytes of the range; shorter (or empty) where the chunk ends."""
+
+    async def truncate(self, ino: int, index: int, length: int, layout: Layout) -> None:
+        """Cut chunk ``index`` to ``length`` bytes; 0 removes it."""
+
+
+class SizeSink(Protocol):
+    async def setattr(self, ino: int, *, size: int | None = ..., mtime_now: bool = ...) -> Attr: ...
+
+
+class MemoryChunks:
+    """The in-memory ChunkIO: chunks in a dict (unit tests, the local engine)."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[tuple[int, int], bytearray] = {}
+
+    async def write(self, ino, index, offset, data, layout) -> None:
+        if offset + len(data) > layout.chunk_size:
+            raise err.InvalidArgument("write beyond the chunk")
+        c = self.chunks.setdefault((ino, index), bytearray())
+        if len(c) < offset:
+            c.extend(bytes(offset - len(c)))
+        c[offset:offset + len(data)] = data
+
+    async def read(self, ino, index, offset, length, layout) -> bytes:
+        c = self.chunks.get((ino, index))
+        return b"" if c is None else bytes(c[offset:offset + length])
+
+    async def truncate(self, ino, index, length, layout) -> None:
+        if length == 0:
+            self.chunks.pop((ino, index), None)
+        elif (ino, index) in self.chunks:
+            c = self.chunks[(ino, index)]
+            if len(c) > length:
+                del c[length:]
+
+    async def remove_inode(self, ino, layout, size) -> None:
+        for k in [k for k in self.chunks if k[0] == ino]:
+            del self.chunks[k]
+
+
+class FileHandle:
+    def __init__(self, meta: SizeSink, data: ChunkIO, attr: Attr, *, writable: bool = True,
+                 append: bool = False, window: int | None = None, max_inflight: int = 8,
+                 readahead: int | None = None, layout: Layout | None = None) -> None:
+        self.meta = meta
+        self.data = data
+        self.ino = attr.ino
+        packed = getattr(attr, "layout", 0)
+        self.layout = layout or (Layout.unpack(packed) if packed else DEFAULT_LAYOUT)
+        self.cs = self.layout.chunk_size
+        self.size = attr.size  # this handle's view: the size at open, grown by its writes
+        self.writable = writable
+        self.append = append
+        self.window = window if window is not None else 4 * self.cs
+        self.readahead = readahead if readahead is not None else self.layout.stripe
+        self._sem = asyncio.Semaphore(max_inflight)
+        self._bufs: dict[int, list[tuple[int, bytearray]]] = {}  # chunk -> [(offset, bytes)] coalesced runs
+        self._buffered = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._error: BaseException | None = None
+        self._dirty_size = False
+        self._closed = False
+        self._next_seq = -1  # offset a sequential reader would ask for next
+        self._seq_hits = 0
+        self._ra: dict[int, asyncio.Task] = {}  # chunk -> prefetch task
+
+    # ------------------------------------------------------------------ writes
+    async def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> int:
+        self._check_open()
+        if not self.writable:
+            raise err.DfsError("not open for writing", code=9)  # EBADF
+        self._raise_deferred()
+        if self.append:
+            offset = self.size
+        if offset < 0:
+            raise err.InvalidArgument("negative offset")
+        n = len(data)
+        if n == 0:
+            return 0
+        mv = memoryview(data).cast("B")
+        self._drop_readahead(offset, n)
+        for index, coff, length, boff in pieces(offset, n, self.cs):
+            self._buffer(index, coff, mv[boff:boff + length])
+        end = offset + n
+        if end > self.size:
+            self.size = end
+        self._dirty_size = True
+        await self._push(full_only=self._buffered <= self.window)
+        return n
+
+    def _buffer(self, index: int, coff: int, data: memoryview) -> None:
+        runs = self._bufs.setdefault(index, [])
+        if runs:
+            start, buf = runs[-1]
+            if start + len(buf) == coff:  # the common case: appending to the last run
+                buf += data
+                self._buffered += len(data)
+                return
+        # overlapping or out-of-order: merge into the runs so later bytes win
+        new = bytearray(data)
+        merged: list[tuple[int, bytearray]] = []
+        lo, hi = coff, coff + len(new)
+        for s, b in runs:
+            e = s + len(b)
+            if e < lo or s > hi:
+                merged.append((s, b))
+                continue
+            # overlap or adjacency: fold into [lo, hi)
+            nlo, nhi = min(s, lo), max(e, hi)
+            buf = bytearray(nhi - nlo)
+            buf[s - nlo:e - nlo] = b
+            buf[lo - nlo:hi - nlo] = new
+            self._buffered -= len(b)
+            lo, hi, new = nlo, nhi, buf
+        merged.append((lo, new))
+        merged.sort(key=lambda r: r[0])
+        self._bufs[index] = merged
+        self._buffered += len(new)
+
+    async def _push(self, full_only: bool) -> None:
+        """Send buffered chunks: only full ones while under the window, else all."""
+        for index in sorted(self._bufs):
+            runs = self._bufs[index]
+            if full_only and not (len(runs) == 1 and runs[0][0] == 0 and len(runs[0][1]) == self.cs):
+                continue
+            del self._bufs[index]
+            for start, buf in runs:
+                self._buffered -= len(buf)
+                await self._sem.acquire()
+                t = asyncio.ensure_future(self._send(index, start, buf))
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
+
+    async def _send(self, index: int, start: int, buf: bytearray) -> None:
+        try:
+            await self.data.write(self.ino, index, start, buf, self.layout)
+        except BaseException as e:  # deferred: reported by the next call and by flush/close
+            if self._error is None:
+                self._error = e
+        finally:
+            self._sem.release()
+
+    async def flush(self) -> None:
+        """Send every buffered write, wait for all, then publish the size (close-to-open)."""
+        await self._drain()
+        self._raise_deferred()
+        if self._dirty_size:
+            await self.meta.setattr(self.ino, size=self.size, mtime_now=True)
+            self._dirty_size = False
+
+    async def _drain(self) -> None:
+        await self._push(full_only=False)
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def fsync(self) -> None:
+        await self.flush()
+
+    async def truncate(self, size: int) -> None:
+        self._check_open()
+        if size < 0:
+            raise err.InvalidArgument("negative size")
+        await self._drain()
+        self._raise_deferred()
+        self._cancel_readahead()
+        old = self.size
+        await self.meta.setattr(self.ino, size=size)  # the metadata is the truth of the size
+        self.size = size
+        self._dirty_size = False
+        if size < old:
+            cs = self.cs
+            first = size // cs
+            cut = [(first, size - first * cs)] if size % cs else []
+            gone = range(first + (1 if size % cs else 0), (old + cs - 1) // cs)
+            await asyncio.gather(*(self.data.truncate(self.ino, i, n, self.layout) for i, n in cut),
+                                 *(self.data.truncate(self.ino, i, 0, self.layout) for i in gone))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            self._cancel_readahead()
+
+    # ------------------------------------------------------------------ reads
+    async def pread(self, offset: int, length: int) -> bytes:
+        self._check_open()
+        if offset < 0 or length < 0:
+            raise err.InvalidArgument("negative offset or length")
+        if self._bufs or self._tasks:
+            await self._drain()  # reads see this handle's writes
+        self._raise_deferred()
+        end = min(offset + length, self.size)
+        if end <= offset:
+            return b""
+        out = bytearray(end - offset)
+        ps = pieces(offset, end - offset, self.cs)
+        self._note_access(offset, end)
+        got = await asyncio.gather(*(self._read_piece(i, co, n) for i, co, n, _ in ps))
+        for (_, _, _, boff), data in zip(ps, got):
+            out[boff:boff + len(data)] = data  # short reads leave zeros: holes
+        return bytes(out)
+
+    async def _read_piece(self, index: int, coff: int, n: int) -> bytes:
+        t = self._ra.get(index)
+        if t is not None:
+            try:
+                whole = await t
+            except err.DfsError:
+                self._ra.pop(index, None)
+            else:
+                return whole[coff:coff + n]
+        return await self.data.read(self.ino, index, coff, n, self.layout)
+
+    def _note_access(self, offset: int, end: int) -> None:
+        if offset == self._next_seq:
+            self._seq_hits += 1
+        else:
+            self._seq_hits = 0
+            self._cancel_readahead()
+        self._next_seq = end
+        if self._seq_hits >= 1 and self.readahead > 0:
+            first = end // self.cs
+            last = min((self.size - 1) // self.cs, first + self.readahead)
+            for done in [i for i in self._ra if i < first - 1]:
+                self._ra.pop(done).cancel()
+            for i in range(first, last + 1):
+                if i not in self._ra:
+                    self._ra[i] = asyncio.ensure_future(self.data.read(self.ino, i, 0, self.cs, self.layout))
+
+    def _drop_readahead(self, offset: int, n: int) -> None:
+        for i in range(offset // self.cs, (offset + n - 1) // self.cs + 1):
+            t = self._ra.pop(i, None)
+            if t is not None:
+                t.cancel()
+
+    def _cancel_readahead(self) -> None:
+        for t in self._ra.values():
+            t.cancel()
+        self._ra.clear()
+
+    # ------------------------------------------------------------------ helpers
+    def _check_open(self) -> None:
+        if self._closed:
+            raise err.DfsError("file is closed", code=9)  # EBADF
+
+    def _raise_deferred(self) -> None:
+        if self._error is not None:
+            e = self._error
+            raise e
