@@ -1,13 +1,16 @@
 """Build glue for dfs; project metadata lives in pyproject.toml.
 
-Two generated artefacts, both produced by every build (``pip install .``,
+Generated artefacts, all produced by every build (``pip install .``,
 ``pip install -e .``, ``python -m build``):
 
 * ``dfs/_proto/`` -- protobuf/gRPC modules generated from proto/dfs/v1/*.proto
   by the ``build_proto`` command, which runs first in ``build_py``.  The logic
   lives in scripts/gen_proto.py (also runnable by hand).  Never committed.
 * ``dfs._native.crc32c`` -- Cython extension from native/crc32c.pyx, -O3.
-  Set DFS_NO_NATIVE=1 to skip it (dfs.common.checksum then uses pure Python).
+* ``dfs._native.datapath`` -- Cython extension from native/datapath.pyx, -O3
+  (block CRCs, layout arithmetic, buffer copies for dfs.common.blocks/layout).
+  Set DFS_NO_NATIVE=1 to skip both (dfs.common.checksum, .blocks and .layout
+  then use pure Python).
 """
 from __future__ import annotations
 
@@ -64,8 +67,13 @@ def _ext_modules():
         sources=["native/crc32c.pyx"],
         extra_compile_args=["-O3"],
     )
+    datapath = Extension(
+        "dfs._native.datapath",
+        sources=["native/datapath.pyx"],
+        extra_compile_args=["-O3"],
+    )
     return cythonize(
-        [ext],
+        [ext, datapath],
         compiler_directives={"language_level": "3"},
         build_dir="build/cython",  # keep generated .c out of the source tree
         quiet=True,

@@ -33,5 +33,12 @@ def first_bad_block_py(data, crcs: bytes, block_size: int = BLOCK_SIZE) -> int:
     return -1
 
 
-block_crcs = block_crcs_py
-first_bad_block = first_bad_block_py
+try:
+    from dfs._native.datapath import block_crcs as _native_block_crcs
+    from dfs._native.datapath import first_bad_block as _native_first_bad_block
+except ImportError:  # extension not built (e.g. DFS_NO_NATIVE=1)
+    _native_block_crcs = _native_first_bad_block = None
+
+NATIVE: bool = _native_block_crcs is not None
+block_crcs = _native_block_crcs if _native_block_crcs is not None else block_crcs_py
+first_bad_block = _native_first_bad_block if _native_first_bad_block is not None else first_bad_block_py
