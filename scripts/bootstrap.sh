@@ -73,13 +73,13 @@ inputs_hash() {
 STAMP=.venv/.dfs-bootstrap-stamp
 want=$(inputs_hash)
 if [[ -z ${DFS_BOOTSTRAP_FORCE:-} && -f $STAMP && "$(cat "$STAMP")" == "$want" ]] &&
-   .venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c' 2>/dev/null; then
+   .venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c, dfs._native.datapath' 2>/dev/null; then
   log "up to date"
   exit 0
 fi
 log "installing dfs (editable) with test extras"
 rm -f "$STAMP"
 .venv/bin/python -m pip install -q -e '.[test]'
-.venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c'
+.venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c, dfs._native.datapath'
 echo "$want" > "$STAMP"
 log "done"
