@@ -16,6 +16,7 @@ ALLOWED = {
     "consensus": {"common", "kv"},
     "mgmt": {"common", "kv", "consensus"},
     "meta": {"common", "kv", "consensus", "rpc"},
+    "data": {"common", "kv", "rpc"},
     "rpc": {"common"},
     "client": {"common", "rpc"},
 }
