@@ -231,6 +231,11 @@ class MetaClient:
     async def removexattr(self, ino: int, name: str | bytes, *, caller: Caller | None = None) -> None:
         await self._call(shard_of(ino), Op.REMOVEXATTR, [ino, _enc(name)], caller, True)
 
+    async def setlayout(self, ino: int, layout: int, *, caller: Caller | None = None) -> Attr:
+        """Set directory ``ino``'s default layout (a packed ``dfs.common.layout.Layout``; 0 = the
+        default): new files and subdirectories inherit it, existing files keep theirs."""
+        return Attr.from_wire(await self._call(shard_of(ino), Op.SETLAYOUT, [ino, int(layout)], caller, True))
+
     # ------------------------------------------------------------------ batches
     async def create_many(self, parent: int, names: list[str | bytes], mode: int = 0o644, *,
                           caller: Caller | None = None) -> list[Attr | err.DfsError]:

@@ -15,6 +15,16 @@
     address = "127.0.0.1:7010"
     raft = "127.0.0.1:7110"
 
+    [[data]]                       # data servers (optional)
+    id = 0
+    address = "127.0.0.1:7200"     # data plane host:port
+    [[data.targets]]               # one directory on a local disk each
+    id = 1                         # cluster-wide unique u32
+    path = "/srv/dfs/t1"
+
+    chain_replicas = 3             # targets per chain (capped at the number of data servers)
+    target_timeout = 3.0           # seconds without a heartbeat before mgmt takes a target out
+
     [raft]                         # optional tuning
     election_timeout = [0.4, 0.8]
     group_commit = true
@@ -41,6 +51,31 @@ class ShardConfig:
     replicas: tuple[ReplicaAddr, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    id: int  # cluster-wide unique u32
+    path: str  # the target's directory on the data server's machine
+
+
+@dataclass(frozen=True, slots=True)
+class DataServerConfig:
+    id: int
+    address: str  # data plane host:port
+    targets: tuple[TargetConfig, ...]
+
+
+def _check_hostport(what: str, addr: str) -> None:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what}: address must be host:port, not {addr!r}")
+
+
+def _as_int(what: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{what} must be an integer, not {v!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class RaftOptions:
     election_timeout: tuple[float, float] = (0.4, 0.8)
@@ -60,6 +95,45 @@ class ClusterConfig:
     mgmt: tuple[ReplicaAddr, ...]
     shards: tuple[ShardConfig, ...]
     raft: RaftOptions = field(default_factory=RaftOptions)
+    data: tuple[DataServerConfig, ...] = ()
+    chain_replicas: int = 3
+    target_timeout: float = 3.0
+
+    def __post_init__(self) -> None:
+        servers: set[int] = set()
+        targets: set[int] = set()
+        for d in self.data:
+            if not isinstance(d.id, int) or d.id < 0:
+                raise ValueError(f"data server id must be a non-negative int, not {d.id!r}")
+            if d.id in servers:
+                raise ValueError(f"data server id {d.id} appears twice")
+            servers.add(d.id)
+            _check_hostport(f"data server {d.id}", d.address)
+            if not d.targets:
+                raise ValueError(f"data server {d.id}: at least one [[data.targets]]")
+            for t in d.targets:
+                if not isinstance(t.id, int) or not 0 <= t.id < 2**32:
+                    raise ValueError(f"data server {d.id}: target id must be a u32, not {t.id!r}")
+                if t.id in targets:
+                    raise ValueError(f"target id {t.id} appears twice (target ids are cluster-wide)")
+                targets.add(t.id)
+                if not t.path:
+                    raise ValueError(f"target {t.id}: empty path")
+        if not isinstance(self.chain_replicas, int) or not 1 <= self.chain_replicas <= 255:
+            raise ValueError(f"chain_replicas must be in 1..255, not {self.chain_replicas!r}")
+        if not self.target_timeout > 0:
+            raise ValueError(f"target_timeout must be positive, not {self.target_timeout!r}")
+
+    @property
+    def replicas_per_chain(self) -> int:
+        """chain_replicas capped at the number of data servers (at least 1)."""
+        return max(1, min(self.chain_replicas, len(self.data)))
+
+    def data_server(self, sid: int) -> DataServerConfig:
+        for d in self.data:
+            if d.id == sid:
+                return d
+        raise KeyError(f"no data server {sid}")
 
     @property
     def internal_token(self) -> str:
@@ -81,9 +155,11 @@ class ClusterConfig:
             return {"id": r.id, "address": r.address, "raft": r.raft}
 
         o = self.raft
-        return {
+        d = {
             "cluster_id": self.cluster_id,
             "raft_password": self.raft_password,
+            "chain_replicas": self.chain_replicas,
+            "target_timeout": self.target_timeout,
             "mgmt": [rep(r) for r in self.mgmt],
             "shards": [{"id": s.id, "replicas": [rep(r) for r in s.replicas]} for s in self.shards],
             "raft": {
@@ -97,6 +173,10 @@ class ClusterConfig:
                 "log_compaction_min_time": o.log_compaction_min_time,
             },
         }
+        if self.data:
+            d["data"] = [{"id": x.id, "address": x.address,
+                          "targets": [{"id": t.id, "path": t.path} for t in x.targets]} for x in self.data]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ClusterConfig:
@@ -111,7 +191,19 @@ class ClusterConfig:
                 raise ValueError(f"shard {s.id}: 1, 3 or 5 replicas")
         r = d.get("raft", {})
         opts = RaftOptions(**{k: (tuple(v) if k == "election_timeout" else v) for k, v in r.items()})
-        return cls(str(d["cluster_id"]), str(d["raft_password"]), tuple(rep(m) for m in d["mgmt"]), shards, opts)
+        data = []
+        for x in d.get("data", []):
+            if "id" not in x or "address" not in x:
+                raise ValueError(f"[[data]] needs id and address: {x!r}")
+            tg = []
+            for t in x.get("targets", []):
+                if "id" not in t or "path" not in t:
+                    raise ValueError(f"[[data.targets]] needs id and path: {t!r}")
+                tg.append(TargetConfig(_as_int("target id", t["id"]), str(t["path"])))
+            data.append(DataServerConfig(_as_int("data server id", x["id"]), str(x["address"]), tuple(tg)))
+        return cls(str(d["cluster_id"]), str(d["raft_password"]), tuple(rep(m) for m in d["mgmt"]), shards, opts,
+                   data=tuple(data), chain_replicas=_as_int("chain_replicas", d.get("chain_replicas", 3)),
+                   target_timeout=float(d.get("target_timeout", 3.0)))
 
     def save(self, path: str) -> None:
         with open(path, "wb") as f:

@@ -17,11 +17,16 @@ with the leader prefixing the header (request id, timestamp, caller).
       DIRPARENT   ino                               -> parent ino         (internal, lock-aware)
       RENAMEEPOCH                                   -> n                  (internal, shard 0)
       REQSTATUS   request_id                        -> [status, result] | nil (internal)
+      ORPHANS     limit                             -> [[ino, layout, size]...] (internal: deleted
+                                                       files whose chunks are still to free)
     single-shard mutations (group-committed through Raft)
       CREATE      parent, name, mode, rdev, excl, umask, target -> attr, created
       SETATTR     ino, valid, mode, uid, gid, size, atime, mtime -> attr
       SETXATTR    ino, name, value, flags           -> nil
       REMOVEXATTR ino, name                         -> nil
+      SETLAYOUT   ino, layout                       -> attr  (directories; owner or root; packed
+                                                       dfs.common.layout.Layout, 0 = default)
+      ORPHANDONE  ino                               -> nil   (internal: the orphan's chunks are freed)
     namespace operations that may span shards (run by the coordinator)
       MKDIR       parent, name, mode, umask         -> attr
       RMDIR       parent, name                      -> nil
@@ -54,11 +59,14 @@ class Op(enum.IntEnum):
     DIRPARENT = 10
     RENAMEEPOCH = 11
     REQSTATUS = 12
+    ORPHANS = 13
 
     CREATE = 20
     SETATTR = 21
     SETXATTR = 22
     REMOVEXATTR = 23
+    SETLAYOUT = 24
+    ORPHANDONE = 25
 
     MKDIR = 40
     RMDIR = 41
@@ -75,12 +83,12 @@ class Op(enum.IntEnum):
 
 READS = frozenset({Op.LOOKUP, Op.GETATTR, Op.READDIR, Op.READLINK, Op.GETXATTR, Op.LISTXATTR,
                    Op.STATFS, Op.GETATTRS, Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH,
-                   Op.REQSTATUS})
-LOGGED = frozenset({Op.CREATE, Op.SETATTR, Op.SETXATTR, Op.REMOVEXATTR,
+                   Op.REQSTATUS, Op.ORPHANS})
+LOGGED = frozenset({Op.CREATE, Op.SETATTR, Op.SETXATTR, Op.REMOVEXATTR, Op.SETLAYOUT, Op.ORPHANDONE,
                     Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT, Op.FORGET})
 COORDINATED = frozenset({Op.MKDIR, Op.RMDIR, Op.UNLINK, Op.RENAME, Op.LINK})
 INTERNAL = frozenset({Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH, Op.REQSTATUS, Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT,
-                      Op.FORGET})
+                      Op.FORGET, Op.ORPHANS, Op.ORPHANDONE})
 
 # setattr 'valid' bits (as FUSE's SETATTR_*)
 SET_MODE = 1 << 0

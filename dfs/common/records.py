@@ -18,6 +18,7 @@ class Attr:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    layout: int = 0  # the packed dfs.common.layout.Layout (0 = the default)
 
     @classmethod
     def from_wire(cls, w: list) -> Attr:

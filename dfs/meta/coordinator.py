@@ -209,13 +209,14 @@ class Coordinator:
             perm |= stat.S_ISGID
         ts = self.clock()
         plan: dict[int, list] = defaultdict(list)
-        plan[home].append(["mkdir", 0, perm, caller.uid, gid, parent])
+        layout = p[10] if len(p) > 10 else 0  # a new directory inherits its parent's default layout
+        plan[home].append(["mkdir", 0, perm, caller.uid, gid, parent, layout])
         ps = shard_of(parent)
         plan[ps] += [["dir", parent, R_W | R_X], ["dput", parent, name, 0, stat.S_IFDIR, 0],
                      ["dirnlink", parent, 1]]
 
         def reply_of(new_ino: int) -> list:
-            return [new_ino, [[new_ino, stat.S_IFDIR | perm, 2, caller.uid, gid, 0, 0, ts, ts, ts]]]
+            return [new_ino, [[new_ino, stat.S_IFDIR | perm, 2, caller.uid, gid, 0, 0, ts, ts, ts, layout]]]
 
         raw = await self._execute(rid, caller, ts, plan, reply_of)
         return _reply(Op.MKDIR, raw, 0)
@@ -366,7 +367,7 @@ class Coordinator:
 def check_access_wire(attr: list, caller: Caller, mask: int) -> None:
     from dfs.meta.schema import Inode
 
-    check_access(Inode(*attr), caller, mask)
+    check_access(Inode(*attr[:10]), caller, mask)
 
 
 class Recovery:

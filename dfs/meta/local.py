@@ -14,7 +14,7 @@ from dfs.common import errors as err
 from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.consensus.api import DirectLog
-from dfs.meta.service import PeerRouter, ShardService
+from dfs.meta.service import ChunkRemover, PeerRouter, ShardService
 from dfs.meta.store import MetaStore
 
 RETRY_DEADLINE = 30.0
@@ -38,12 +38,13 @@ async def call_with_retry(fn, deadline: float = RETRY_DEADLINE):
 class LocalEngine(PeerRouter):
     """A transport for MetaClient that is also the shards' peer router."""
 
-    def __init__(self, nshards: int = 2, path: str | None = None) -> None:
+    def __init__(self, nshards: int = 2, path: str | None = None, *,
+                 chunk_remover: ChunkRemover | None = None) -> None:
         self.nshards = nshards
         self.services: list[ShardService] = []
         for s in range(nshards):
             store = MetaStore(s, nshards, None if path is None else os.path.join(path, f"shard{s}"))
-            self.services.append(ShardService(store, DirectLog(store), self))
+            self.services.append(ShardService(store, DirectLog(store), self, chunk_remover=chunk_remover))
 
     async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"",
                    ts: int | None = None) -> Any:
@@ -64,6 +65,10 @@ class LocalEngine(PeerRouter):
     async def sweep(self) -> int:
         """Run recovery once on every shard (tests)."""
         return sum([await s.recovery.sweep(grace_ns=0) for s in self.services])
+
+    async def orphan_sweep(self) -> int:
+        """Free orphans once on every shard (tests); see ShardService.orphan_sweep."""
+        return sum([await s.orphan_sweep() for s in self.services])
 
     async def close(self) -> None:
         for s in self.services:

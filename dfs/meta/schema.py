@@ -11,6 +11,8 @@ holds:
     Y <ts:8> <request id>           -> expiry index of the R records
     P <op id>                       -> cross-shard operation record (prepared / coordinator intent)
     K <lock key>                    -> lock held by prepared cross-shard operations
+    O <ino:8>                       -> orphan: a deleted regular file whose chunks are still to free,
+                                       msgpack [layout, size]
     M <name>                        -> shard bookkeeping (applied index, id counter, counts)
 
 A directory's entries and its inode live on the directory's home shard; a
@@ -33,6 +35,7 @@ P_REQUEST = b"R"
 P_EXPIRY = b"Y"
 P_OP = b"P"
 P_LOCK = b"K"
+P_ORPHAN = b"O"
 P_META = b"M"
 
 K_APPLIED = P_META + b"applied"
@@ -97,6 +100,10 @@ def xattr_key(ino: int, name: bytes) -> bytes:
     return P_XATTR + _Q.pack(ino) + name
 
 
+def orphan_key(ino: int) -> bytes:
+    return P_ORPHAN + _Q.pack(ino)
+
+
 def lock_key_inode(ino: int) -> bytes:
     return b"i" + _Q.pack(ino)
 
@@ -115,12 +122,13 @@ class Inode:
     """A mutable inode record, used inside the state machine only."""
 
     __slots__ = ("ino", "mode", "nlink", "uid", "gid", "rdev", "size",
-                 "atime", "mtime", "ctime", "parent", "flags")
+                 "atime", "mtime", "ctime", "parent", "flags", "layout")
 
-    _S = struct.Struct(">QIIIIQQqqqQI")
+    _S = struct.Struct(">QIIIIQQqqqQII")
+    _S_V1 = struct.Struct(">QIIIIQQqqqQI")  # before the layout field (read as layout 0)
 
     def __init__(self, ino: int, mode: int, nlink: int, uid: int, gid: int, rdev: int, size: int,
-                 atime: int, mtime: int, ctime: int, parent: int = 0, flags: int = 0) -> None:
+                 atime: int, mtime: int, ctime: int, parent: int = 0, flags: int = 0, layout: int = 0) -> None:
         self.ino = ino
         self.mode = mode
         self.nlink = nlink
@@ -132,19 +140,25 @@ class Inode:
         self.mtime = mtime
         self.ctime = ctime
         self.parent = parent  # directories: the parent directory (for '..' and cycle checks)
-        self.flags = flags  # reserved: layout / inline data / snapshot bits in later versions
+        self.flags = flags  # FLAG_* bits; reserved: inline data / snapshot bits in later versions
+        # The packed dfs.common.layout.Layout (0 = the default). Files: fixed at
+        # create (the parent's); directories: the default their new children inherit.
+        self.layout = layout
 
     def pack(self) -> bytes:
         return self._S.pack(self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev,
-                            self.size, self.atime, self.mtime, self.ctime, self.parent, self.flags)
+                            self.size, self.atime, self.mtime, self.ctime, self.parent, self.flags, self.layout)
 
     @classmethod
     def unpack(cls, b: bytes) -> Inode:
+        if len(b) == cls._S_V1.size:
+            return cls(*cls._S_V1.unpack(b))
         return cls(*cls._S.unpack(b))
 
     def wire(self) -> list:
+        """The client-visible attributes: the fields of ``Attr``, in order."""
         return [self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size,
-                self.atime, self.mtime, self.ctime]
+                self.atime, self.mtime, self.ctime, self.layout]
 
     def attr(self) -> Attr:
         return Attr(*self.wire())

@@ -5,6 +5,15 @@ raises a ``DfsError``: reads are served from applied state on the leader,
 single-shard mutations go through the log (group-committed), cross-shard
 operations through the coordinator. The gRPC server (``dfs.meta.server``) and
 the in-process engine (``dfs.meta.local``) both call it.
+
+Freeing space: deleting a regular file's last link leaves an orphan record
+(``O`` ino -> [layout, size]) in the same command. With a ``chunk_remover``
+(``async (ino, layout, size) -> None``, which removes the inode's chunks on
+every chain of its layout), a task on the leader takes orphan records,
+awaits the remover and then deletes the record through the log
+(``ORPHANDONE``); a remover that raises leaves the record for the next pass.
+Without a remover (``None``: no data servers, or a server not wired to them
+yet) the records stay, to be freed by a later run that has one.
 """
 
 from __future__ import annotations
@@ -13,16 +22,19 @@ import asyncio
 import errno
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
 
 from dfs.common import errors as err
+from dfs.common.ops import COORDINATED, LOGGED, READS, Op
 from dfs.common.records import Caller
 from dfs.consensus.api import Log
 from dfs.meta.coordinator import Coordinator, Recovery
-from dfs.common.ops import COORDINATED, LOGGED, READS, Op
 from dfs.meta.store import MetaStore, encode_command, unpackb
+
+ChunkRemover = Callable[[int, int, int], Awaitable[None]]  # (ino, packed layout, size)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +70,7 @@ class _Shards:
 
 class ShardService:
     def __init__(self, store: MetaStore, log_: Log, peers: PeerRouter, clock=time.time_ns,
-                 submit_timeout: float = 5.0) -> None:
+                 submit_timeout: float = 5.0, chunk_remover: ChunkRemover | None = None) -> None:
         self.store = store
         self.shard = store.shard
         self.log = log_
@@ -67,6 +79,8 @@ class ShardService:
         self.coordinator = Coordinator(self.shard, _Shards(self, peers), clock)
         self.recovery = Recovery(self.coordinator)
         self._recovery_task: asyncio.Task | None = None
+        self.chunk_remover = chunk_remover
+        self._orphan_task: asyncio.Task | None = None
         self.stats: dict[str, int] = {}
 
     def _check_leader(self) -> None:
@@ -168,8 +182,44 @@ class ShardService:
 
     # ------------------------------------------------------------ recovery
     def start_recovery(self, interval: float = 0.5) -> None:
+        """Start the leader's background tasks: 2PC recovery, and freeing orphans (with a chunk_remover)."""
         if self._recovery_task is None:
             self._recovery_task = asyncio.get_running_loop().create_task(self._recovery_loop(interval))
+        self.start_orphans(interval)
+
+    def start_orphans(self, interval: float = 0.5) -> None:
+        if self._orphan_task is None and self.chunk_remover is not None:
+            self._orphan_task = asyncio.get_running_loop().create_task(self._orphan_loop(interval))
+
+    async def orphan_sweep(self, limit: int = 256) -> int:
+        """Free the chunks of up to ``limit`` orphans; returns how many records were cleared.
+        Leader only; a no-op without a chunk_remover."""
+        if self.chunk_remover is None or not self.log.is_leader:
+            return 0
+        done = 0
+        for ino, layout, size in self.store.orphans(limit):
+            try:
+                await self.chunk_remover(ino, layout, size)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the record stays: the next pass tries again
+                log.info("freeing the chunks of inode %#x: %s", ino, e)
+                continue
+            await self.execute(Op.ORPHANDONE, b"", Caller(0, 0, ()), [ino])
+            done += 1
+        return done
+
+    async def _orphan_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if not self.log.is_leader:
+                continue
+            try:
+                await self.orphan_sweep()
+            except err.DfsError as e:
+                log.info("orphan sweep: %s", e)
+            except Exception:
+                log.exception("orphan sweep failed")
 
     async def _recovery_loop(self, interval: float) -> None:
         while True:
@@ -184,10 +234,12 @@ class ShardService:
                 log.exception("recovery sweep failed")
 
     async def stop(self) -> None:
-        if self._recovery_task is not None:
-            self._recovery_task.cancel()
-            try:
-                await self._recovery_task
-            except asyncio.CancelledError:
-                pass
-            self._recovery_task = None
+        for name in ("_recovery_task", "_orphan_task"):
+            t = getattr(self, name)
+            if t is not None:
+                t.cancel()
+                try:
+                    await t
+                except asyncio.CancelledError:
+                    pass
+                setattr(self, name, None)

@@ -27,6 +27,7 @@ import msgpack
 
 from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO, LOCAL_MASK, make_ino, shard_of
+from dfs.common.layout import DEFAULT_LAYOUT, Layout
 from dfs.common.limits import LINK_MAX, NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX
 from dfs.common.records import Caller
 from dfs.consensus.api import StateMachine
@@ -157,6 +158,8 @@ class Ctx:
     def delete_inode(self, i: Inode) -> None:
         ov = self.ov
         ov.delete(S.inode_key(i.ino))
+        if stat.S_ISREG(i.mode):  # its chunks are freed later, by the orphan task of the leader
+            ov.put(S.orphan_key(i.ino), packb([i.layout, i.size]))
         if stat.S_ISLNK(i.mode):
             ov.delete(S.symlink_key(i.ino))
         if i.flags & S.FLAG_XATTRS:
@@ -256,7 +259,8 @@ class MetaStore(StateMachine):
         b = WriteBatch()
         b.put(S.K_SHARD, S.u64(self.shard))
         if self.shard == 0:
-            root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, ROOT_INO)
+            root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, ROOT_INO,
+                         layout=DEFAULT_LAYOUT.pack())
             b.put(S.inode_key(ROOT_INO), root.pack())
             b.put(S.K_NINODES, S.u64(1))
         self.kv.write(b, sync=True)
@@ -398,8 +402,10 @@ class MetaStore(StateMachine):
             perm &= ~stat.S_ISGID
         ino = ctx.alloc_ino()
         size = len(target) if fmt == stat.S_IFLNK else 0
+        # a regular file's layout is fixed here: the parent's default, made explicit
+        layout = (p.layout or DEFAULT_LAYOUT.pack()) if fmt == stat.S_IFREG else 0
         i = Inode(ino, fmt | perm, 1, ctx.caller.uid, gid, rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0,
-                  size, ctx.ts, ctx.ts, ctx.ts)
+                  size, ctx.ts, ctx.ts, ctx.ts, layout=layout)
         ctx.put(i)
         if fmt == stat.S_IFLNK:
             ctx.ov.put(S.symlink_key(ino), target)
@@ -533,6 +539,25 @@ class MetaStore(StateMachine):
         ctx.put(i)
         return None
 
+    def _setlayout(self, ctx: Ctx, ino: int, layout: int):
+        """The default layout new files and subdirectories of directory ``ino`` inherit."""
+        i = ctx.inode(ino)
+        ctx.check_lock(S.lock_key_inode(ino), "S")
+        if not i.is_dir():
+            raise err.NotADirectory("a layout is set on directories")
+        if ctx.caller.uid not in (0, i.uid):
+            raise err.NotPermitted("setlayout: owner or root only")
+        Layout.unpack(layout)  # EINVAL if malformed
+        i.layout = layout
+        i.ctime = ctx.ts
+        ctx.put(i)
+        return i.wire()
+
+    def _orphandone(self, ctx: Ctx, ino: int):
+        """The orphan's chunks are gone: forget it (internal)."""
+        ctx.ov.delete(S.orphan_key(ino))
+        return None
+
     # ----------------------------------------------------------- actions (cross-shard building blocks)
     #
     # An action is [kind, args...]. _validate_action checks its preconditions
@@ -582,8 +607,8 @@ class MetaStore(StateMachine):
             _, ino, delta = a
             ctx.dir(ino)
             return [(S.lock_key_inode(ino), "S")]
-        if kind == "mkdir":
-            _, ino, mode, uid, gid, parent = a
+        if kind == "mkdir":  # [mkdir, ino, mode, uid, gid, parent, layout] (layout optional)
+            ino = a[1]
             if ino == 0:
                 ino = state.get("new_ino") or ctx.alloc_ino()
                 state["new_ino"] = ino
@@ -656,9 +681,10 @@ class MetaStore(StateMachine):
             ctx.put(i)
             touched[ino] = i
         elif kind == "mkdir":
-            _, ino, mode, uid, gid, parent = a
+            _, ino, mode, uid, gid, parent = a[:6]
+            layout = a[6] if len(a) > 6 else 0
             ino = ino or state["new_ino"]
-            i = Inode(ino, stat.S_IFDIR | (mode & 0o7777), 2, uid, gid, 0, 0, ts, ts, ts, parent)
+            i = Inode(ino, stat.S_IFDIR | (mode & 0o7777), 2, uid, gid, 0, 0, ts, ts, ts, parent, layout=layout)
             ctx.put(i)
             ctx.count_inodes(1)
             touched[ino] = i
@@ -798,6 +824,8 @@ class MetaStore(StateMachine):
         Op.SETATTR: _setattr,
         Op.SETXATTR: _setxattr,
         Op.REMOVEXATTR: _removexattr,
+        Op.SETLAYOUT: _setlayout,
+        Op.ORPHANDONE: _orphandone,
         Op.ONEPHASE: _onephase,
         Op.PREPARE: _prepare,
         Op.COMMIT: _commit,
@@ -936,6 +964,9 @@ class MetaStore(StateMachine):
             raise err.NotADirectory()
         return i.parent
 
+    def _orphans(self, caller: Caller, limit: int = 1000):
+        return [[ino, layout, size] for ino, layout, size in self.orphans(limit)]
+
     _READS = {
         Op.LOOKUP: _lookup,
         Op.GETATTR: _getattr,
@@ -949,7 +980,17 @@ class MetaStore(StateMachine):
         Op.DIRPARENT: _dirparent,
         Op.RENAMEEPOCH: _renameepoch,
         Op.REQSTATUS: _reqstatus,
+        Op.ORPHANS: _orphans,
     }
+
+    # ----------------------------------------------------------- orphans
+    def orphans(self, limit: int = 1000) -> list[tuple[int, int, int]]:
+        """(ino, packed layout, size) of deleted regular files whose chunks are still to free."""
+        out = []
+        for k, v in self.kv.scan_prefix(S.P_ORPHAN, max(1, int(limit))):
+            layout, size = unpackb(v)
+            out.append((S.from_u64(k[1:9]), layout, size))
+        return out
 
     # ----------------------------------------------------------- recovery support
     def pending_ops(self) -> list[tuple[bytes, dict]]:

@@ -4,7 +4,15 @@
 
 Any replica answers GetClusterMap from its applied state (the epoch tells the
 reader how fresh it is); changes go through the leader. The first leader
-initialises the map from the cluster file.
+initialises the map from the cluster file (shards, mgmt, data targets and
+the initial chain table).
+
+Failure detection runs on the leader: data servers send Heartbeat with their
+targets' state; the leader remembers when it last heard of each target (in
+memory), brings an offline target back (``target_up``), records finished
+resyncs (``chain_synced``) and capacity, and a monitor task takes a target
+silent for more than ``target_timeout`` seconds out of its chains
+(``target_down``). A new leader treats every target as just seen.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common.config import ClusterConfig
 from dfs.consensus.raft import RaftHost
-from dfs.mgmt.store import MgmtStore
+from dfs.mgmt.store import OFFLINE, MgmtStore, build_chains, targets_from_servers
 
 log = logging.getLogger("dfs.mgmt.server")
 
@@ -33,16 +41,27 @@ def map_from_config(cfg: ClusterConfig) -> dict:
     def rep(r):
         return {"id": r.id, "address": r.address, "raft": r.raft}
 
+    servers = [(d.id, d.address, [t.id for t in d.targets]) for d in cfg.data]
     return {"cluster_id": cfg.cluster_id, "mgmt": [rep(m) for m in cfg.mgmt],
-            "shards": [[rep(r) for r in s.replicas] for s in cfg.shards]}
+            "shards": [[rep(r) for r in s.replicas] for s in cfg.shards],
+            "targets": targets_from_servers(servers),
+            "chains": build_chains([(sid, tids) for sid, _, tids in servers], cfg.chain_replicas)}
 
 
 def map_to_pb(m: dict) -> pb.ClusterMap:
     def rep(r):
         return pb.Replica(id=r["id"], address=r["address"], raft_address=r["raft"])
 
+    targets = [pb.TargetInfo(id=tid, server=t["server"], address=t["address"], state=t["state"],
+                             total=t["total"], free=t["free"]) for tid, t in sorted(m.get("targets", {}).items())]
+    chains = [pb.ChainInfo(id=c["id"], version=c["version"], members=c["members"], serving=c["serving"],
+                           syncing=c["syncing"]) for c in m.get("chains", [])]
     return pb.ClusterMap(epoch=m["epoch"], cluster_id=m["cluster_id"], mgmt=[rep(r) for r in m["mgmt"]],
-                         shards=[pb.ShardInfo(shard=i, replicas=[rep(r) for r in s]) for i, s in enumerate(m["shards"])])
+                         shards=[pb.ShardInfo(shard=i, replicas=[rep(r) for r in s]) for i, s in enumerate(m["shards"])],
+                         targets=targets, chains=chains)
+
+
+CAPACITY_INTERVAL = 5.0  # at most one capacity record per target per this many seconds (unless new)
 
 
 class MgmtServicer(pbg.MgmtServiceServicer):
@@ -50,6 +69,10 @@ class MgmtServicer(pbg.MgmtServiceServicer):
         self.store = store
         self.host = host
         self._raft_to_grpc = {m.raft: m.address for m in cfg.mgmt}
+        self.target_timeout = cfg.target_timeout
+        self._seen: dict[int, float] = {}  # target -> loop time of its last heartbeat (leader only)
+        self._capacity_sent: dict[int, float] = {}
+        self._leading = False
 
     def _leader(self) -> str:
         return self._raft_to_grpc.get(self.host.leader or "", "")
@@ -74,9 +97,63 @@ class MgmtServicer(pbg.MgmtServiceServicer):
             return pb.GetClusterMapReply(status=e.errno, leader=self._leader())
         return await self.GetClusterMap(None, context)
 
+    async def _submit(self, *cmd) -> None:
+        await self.host.submit(msgpack.packb(list(cmd)), timeout=5.0)
+
     async def Heartbeat(self, request, context):
+        if not self.host.is_leader:
+            return pb.HeartbeatReply(status=err.NOT_LEADER, leader=self._leader())
+        m = self.store.cluster_map()
+        if m is None:
+            return pb.HeartbeatReply(status=err.UNAVAILABLE, leader=self._leader())
+        now = asyncio.get_running_loop().time()
+        try:
+            for ts in request.targets:
+                t = m["targets"].get(ts.id)
+                if t is None:
+                    log.warning("heartbeat from server %d names unknown target %d", request.server, ts.id)
+                    continue
+                self._seen[ts.id] = now
+                if t["state"] == OFFLINE:
+                    log.info("target %d is back", ts.id)
+                    await self._submit("target_up", ts.id)
+                for cid in ts.synced_chains:
+                    if 0 <= cid < len(m["chains"]) and ts.id in m["chains"][cid]["syncing"]:
+                        log.info("target %d synced into chain %d", ts.id, cid)
+                        await self._submit("chain_synced", cid, ts.id)
+                if ((ts.total, ts.free) != (t["total"], t["free"])
+                        and now - self._capacity_sent.get(ts.id, -1e9) >= CAPACITY_INTERVAL):
+                    self._capacity_sent[ts.id] = now
+                    await self._submit("capacity", ts.id, ts.total, ts.free)
+        except err.DfsError as e:
+            return pb.HeartbeatReply(status=e.errno, leader=self._leader())
         m = self.store.cluster_map()
         return pb.HeartbeatReply(status=0, epoch=m["epoch"] if m else 0, leader=self._leader())
+
+    async def monitor(self, interval: float | None = None) -> None:
+        """On the leader: take targets silent for longer than target_timeout out of their chains."""
+        interval = interval or max(0.05, min(0.5, self.target_timeout / 6))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if not self.host.is_leader:
+                self._leading = False
+                continue
+            m = self.store.cluster_map()
+            if m is None:
+                continue
+            now = loop.time()
+            if not self._leading:  # just became leader: everyone counts as just seen
+                self._leading = True
+                self._seen = {tid: now for tid in m["targets"]}
+            for tid, t in m["targets"].items():
+                seen = self._seen.setdefault(tid, now)
+                if t["state"] != OFFLINE and now - seen > self.target_timeout:
+                    log.info("target %d silent for %.1fs: down", tid, now - seen)
+                    try:
+                        await self._submit("target_down", tid)
+                    except err.DfsError as e:
+                        log.info("target_down %d: %s", tid, e)
 
 
 async def _initialise(store: MgmtStore, host: RaftHost, cfg: ClusterConfig) -> None:
@@ -98,10 +175,12 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
                     password=cfg.raft_password, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
                     leader_fallback_timeout=o.leader_fallback_timeout, loop=asyncio.get_running_loop())
     server = grpc.aio.server()
-    pbg.add_MgmtServiceServicer_to_server(MgmtServicer(store, host, cfg), server)
+    servicer = MgmtServicer(store, host, cfg)
+    pbg.add_MgmtServiceServicer_to_server(servicer, server)
     server.add_insecure_port(me.address)
     await server.start()
     init = asyncio.get_running_loop().create_task(_initialise(store, host, cfg))
+    monitor = asyncio.get_running_loop().create_task(servicer.monitor())
     log.info("mgmt replica %d serving on %s (raft %s)", replica, me.address, me.raft)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,6 +188,7 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     init.cancel()
+    monitor.cancel()
     await server.stop(1.0)
     host.close()
     store.kv.close()

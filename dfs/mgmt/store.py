@@ -1,8 +1,44 @@
-"""The cluster map state machine. Commands (msgpack): ["init", map] sets the
-map if there is none yet; ["set", map] replaces it and bumps the epoch.
-The map is a plain dict: {"epoch", "cluster_id", "shards": [[{id,address,raft}...]...], "mgmt": [...]}."""
+"""The cluster map state machine.
+
+The map is a plain dict::
+
+    {"epoch": n, "cluster_id": str,
+     "mgmt":   [{id, address, raft}...],
+     "shards": [[{id, address, raft}...]...],
+     "targets": {target_id: {"server", "address", "state", "total", "free"}},
+     "chains":  [{"id", "version", "members", "serving", "syncing"}...]}
+
+A target's ``state`` is "serving", "syncing" or "offline". A chain's
+``members`` are its configured targets in configured order; ``serving`` the
+members that serve, head -> tail; ``syncing`` the members being resynced
+(they receive forwarded writes after the tail, serve no reads). A chain's id
+is its position in the chain table (``chains[i]["id"] == i``); its
+``version`` is bumped whenever ``serving`` or ``syncing`` change.
+
+Commands (msgpack arrays), each deterministic, each answered ``[0, epoch]``
+or ``[errno, message]``; every command that changes something other than
+capacity bumps the epoch by one:
+
+* ``["init", map]`` sets the map if there is none yet (else a no-op);
+* ``["set", map]`` replaces the map (keeping targets and chains when the new
+  map has none) and bumps the epoch;
+* ``["target_down", id]``: the target leaves ``serving``/``syncing`` of every
+  chain (those chains' versions bump) and becomes "offline". The last serving
+  member of a chain is never removed: it stays (offline) so that clients see
+  errors instead of the only copy silently disappearing;
+* ``["target_up", id]``: an offline target is back: "syncing", appended to
+  ``syncing`` of every chain it is a member of and not serving in (if it is
+  still serving in all of them, it is "serving" at once);
+* ``["chain_synced", chain_id, target_id]``: a syncing target finished its
+  resync into a chain: it moves to the tail of ``serving``; the target is
+  "serving" once it serves in all its chains;
+* ``["capacity", id, total, free]``: capacity report, no epoch bump.
+"""
 
 from __future__ import annotations
+
+import copy
+import errno
 
 import msgpack
 
@@ -11,6 +47,127 @@ from dfs.kv import KV, MemoryKV, RocksKV, WriteBatch
 
 K_APPLIED = b"M:applied"
 K_MAP = b"C:map"
+
+SERVING = "serving"
+SYNCING = "syncing"
+OFFLINE = "offline"
+
+
+def _unpack(b: bytes):
+    return msgpack.unpackb(b, raw=False, strict_map_key=False)
+
+
+def order_targets(servers: list[tuple[int, list[int]]]) -> list[int]:
+    """Target ids round-robin over servers (sorted by id): consecutive targets
+    are on different servers whenever the counts allow it."""
+    per = [sorted(ts) for _, ts in sorted(servers)]
+    out = []
+    for r in range(max((len(t) for t in per), default=0)):
+        out.extend(t[r] for t in per if r < len(t))
+    return out
+
+
+def build_chains(servers: list[tuple[int, list[int]]], replicas: int) -> list[dict]:
+    """The initial chain table: N targets -> N chains, chain j = ordered[j .. j+R-1 mod N]
+    with R = replicas capped at the number of servers (and of targets)."""
+    order = order_targets(servers)
+    n = len(order)
+    if n == 0:
+        return []
+    nservers = sum(1 for _, ts in servers if ts)
+    r = max(1, min(replicas, nservers, n))
+    chains = []
+    for j in range(n):
+        members = [order[(j + k) % n] for k in range(r)]
+        chains.append({"id": j, "version": 1, "members": members, "serving": list(members), "syncing": []})
+    return chains
+
+
+def targets_from_servers(servers: list[tuple[int, str, list[int]]]) -> dict[int, dict]:
+    """The initial target table: every target serving, capacity unknown (0)."""
+    return {tid: {"server": sid, "address": addr, "state": SERVING, "total": 0, "free": 0}
+            for sid, addr, tids in servers for tid in tids}
+
+
+class CommandError(Exception):
+    pass
+
+
+# ------------------------------------------------------------------ commands
+# Each takes the (private copy of the) map and returns (changed, bump epoch).
+
+def _target(m: dict, tid) -> dict:
+    t = m["targets"].get(tid) if isinstance(tid, int) else None
+    if t is None:
+        raise CommandError(f"no target {tid!r}")
+    return t
+
+
+def _serving_everywhere(m: dict, tid: int) -> bool:
+    return all(tid in c["serving"] for c in m["chains"] if tid in c["members"])
+
+
+def _target_down(m: dict, tid: int) -> tuple[bool, bool]:
+    t = _target(m, tid)
+    changed = False
+    for c in m["chains"]:
+        touched = False
+        if tid in c["syncing"]:
+            c["syncing"].remove(tid)
+            touched = True
+        if tid in c["serving"] and len(c["serving"]) > 1:
+            c["serving"].remove(tid)
+            touched = True
+        if touched:
+            c["version"] += 1
+            changed = True
+    if t["state"] != OFFLINE:
+        t["state"] = OFFLINE
+        changed = True
+    return changed, changed
+
+
+def _target_up(m: dict, tid: int) -> tuple[bool, bool]:
+    t = _target(m, tid)
+    if t["state"] != OFFLINE:
+        return False, False
+    for c in m["chains"]:
+        if tid in c["members"] and tid not in c["serving"] and tid not in c["syncing"]:
+            c["syncing"].append(tid)
+            c["version"] += 1
+    t["state"] = SERVING if _serving_everywhere(m, tid) else SYNCING
+    return True, True
+
+
+def _chain_synced(m: dict, cid: int, tid: int) -> tuple[bool, bool]:
+    t = _target(m, tid)
+    if not isinstance(cid, int) or not 0 <= cid < len(m["chains"]):
+        raise CommandError(f"no chain {cid!r}")
+    c = m["chains"][cid]
+    if tid not in c["syncing"]:
+        return False, False  # a repeat, or the target went down meanwhile
+    c["syncing"].remove(tid)
+    c["serving"].append(tid)
+    c["version"] += 1
+    if _serving_everywhere(m, tid):
+        t["state"] = SERVING
+    return True, True
+
+
+def _capacity(m: dict, tid: int, total: int, free: int) -> tuple[bool, bool]:
+    t = _target(m, tid)
+    if (t["total"], t["free"]) == (total, free):
+        return False, False
+    t["total"], t["free"] = int(total), int(free)
+    return True, False
+
+
+COMMANDS = {
+    "target_down": _target_down,
+    "target_up": _target_up,
+    "chain_synced": _chain_synced,
+    "capacity": _capacity,
+}
 
 
 class MgmtStore(StateMachine):
@@ -25,32 +182,61 @@ class MgmtStore(StateMachine):
 
     def cluster_map(self) -> dict | None:
         b = self.kv.get(K_MAP)
-        return None if b is None else msgpack.unpackb(b, raw=False)
+        if b is None:
+            return None
+        m = _unpack(b)
+        m.setdefault("targets", {})
+        m.setdefault("chains", [])
+        return m
 
     def apply(self, index: int, commands: list[bytes]) -> list[bytes]:
         batch = WriteBatch()
         results = []
         cur = self.cluster_map()
+        dirty = False
         for raw in commands:
             try:
-                kind, m = msgpack.unpackb(raw, raw=False)
+                cmd = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+                kind, args = cmd[0], cmd[1:]
                 if kind == "init" and cur is not None:
                     results.append(msgpack.packb([0, cur["epoch"]]))
                     continue
-                if kind not in ("init", "set"):
-                    raise ValueError(kind)
-                m = dict(m)
-                m["epoch"] = (cur["epoch"] if cur else 0) + 1
-                cur = m
-                batch.put(K_MAP, msgpack.packb(m))
-                results.append(msgpack.packb([0, m["epoch"]]))
+                if kind in ("init", "set"):
+                    (m,) = args
+                    m = dict(m)
+                    if cur is not None and "targets" not in m:
+                        m["targets"] = cur.get("targets", {})
+                        m["chains"] = cur.get("chains", [])
+                    m.setdefault("targets", {})
+                    m.setdefault("chains", [])
+                    m["epoch"] = (cur["epoch"] if cur else 0) + 1
+                    cur = m
+                    dirty = True
+                    results.append(msgpack.packb([0, m["epoch"]]))
+                    continue
+                if cur is None:
+                    raise CommandError("no cluster map yet")
+                fn = COMMANDS.get(kind)
+                if fn is None:
+                    raise CommandError(f"unknown command {kind!r}")
+                new = copy.deepcopy(cur)  # a failing command leaves no trace
+                changed, bump = fn(new, *args)
+                if changed:
+                    if bump:
+                        new["epoch"] += 1
+                    cur = new
+                    dirty = True
+                results.append(msgpack.packb([0, cur["epoch"]]))
             except Exception as e:  # deterministic: same on every replica
-                results.append(msgpack.packb([22, str(e)]))
+                results.append(msgpack.packb([errno.EINVAL, str(e)]))
+        if dirty:
+            batch.put(K_MAP, msgpack.packb(cur))
         batch.put(K_APPLIED, index.to_bytes(8, "big"))
         self.kv.write(batch)
         self._applied = index
         return results
 
+    # ------------------------------------------------------------------ snapshots
     def snapshot(self, path: str) -> None:
         self.kv.checkpoint(path)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -44,18 +45,59 @@ def _unpack(b: bytes) -> Any:
     return msgpack.unpackb(b, raw=False, use_list=True, strict_map_key=False)
 
 
-class ClusterMap:
-    """What a client knows of the cluster: shard -> replica gRPC addresses, the epoch."""
+@dataclass(frozen=True, slots=True)
+class TargetInfo:
+    """A data target as mgmt sees it; state: "serving" | "syncing" | "offline"."""
 
-    def __init__(self, epoch: int, shards: list[list[str]], mgmt: list[str]) -> None:
+    id: int
+    server: int
+    address: str  # the owning data server's data-plane host:port
+    state: str
+    total: int = 0
+    free: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChainInfo:
+    """A replication chain. ``targets``: the serving members, head -> tail;
+    ``syncing``: members being resynced (they follow the tail, serve no reads);
+    ``members``: the configured targets in configured order. ``id`` is the
+    chain's position in the chain table."""
+
+    id: int
+    version: int
+    targets: tuple[int, ...]
+    syncing: tuple[int, ...] = ()
+    members: tuple[int, ...] = ()
+
+    @property
+    def head(self) -> int | None:
+        return self.targets[0] if self.targets else None
+
+    @property
+    def tail(self) -> int | None:
+        return self.targets[-1] if self.targets else None
+
+
+class ClusterMap:
+    """What a client knows of the cluster: shard -> replica gRPC addresses, the
+    data targets and the chain table, the epoch."""
+
+    def __init__(self, epoch: int, shards: list[list[str]], mgmt: list[str],
+                 targets: dict[int, TargetInfo] | None = None, chains: list[ChainInfo] | None = None) -> None:
         self.epoch = epoch
         self.shards = shards
         self.mgmt = mgmt
+        self.targets: dict[int, TargetInfo] = targets or {}
+        self.chains: list[ChainInfo] = chains or []
 
     @classmethod
     def from_pb(cls, m: pb.ClusterMap) -> ClusterMap:
         shards = [[r.address for r in sorted(s.replicas, key=lambda r: r.id)] for s in sorted(m.shards, key=lambda s: s.shard)]
-        return cls(m.epoch, shards, [r.address for r in m.mgmt])
+        targets = {t.id: TargetInfo(t.id, t.server, t.address, t.state, t.total, t.free) for t in m.targets}
+        chains = [ChainInfo(c.id, c.version, tuple(c.serving), tuple(c.syncing), tuple(c.members))
+                  for c in sorted(m.chains, key=lambda c: c.id)]
+        return cls(m.epoch, shards, [r.address for r in m.mgmt], targets, chains)
 
 
 class GrpcTransport:

@@ -1,8 +1,9 @@
-"""A real cluster on this machine: mgmt and metadata replicas as separate OS
-processes on loopback, under one data folder. Used by the integration and
-fault tests, the demo and the benchmarks.
+"""A real cluster on this machine: mgmt and metadata replicas (and, when
+asked, data servers) as separate OS processes on loopback, under one data
+folder. Used by the integration and fault tests, the demo and the benchmarks.
 
     c = LocalCluster("/tmp/x", shards=2, replicas=3).start()
+    c = LocalCluster("/tmp/y", data_servers=3, targets_per_server=2).start()
     with c.client() as fs: ...
     c.kill(c.leader_of(0))        # kill -9
     c.restart(proc)
@@ -29,8 +30,15 @@ import grpc
 from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.client.meta import MetaClient, SyncMetaClient
-from dfs.common.config import ClusterConfig, RaftOptions, ReplicaAddr, ShardConfig
-from dfs.rpc.transport import GrpcTransport
+from dfs.common.config import (
+    ClusterConfig,
+    DataServerConfig,
+    RaftOptions,
+    ReplicaAddr,
+    ShardConfig,
+    TargetConfig,
+)
+from dfs.rpc.transport import ClusterMap, GrpcTransport
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -49,8 +57,9 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 @dataclass
 class Proc:
-    role: str  # "mgmt" | "meta"
-    shard: int  # -1 for mgmt
+    role: str  # "mgmt" | "meta" | "data"
+    shard: int  # -1 for mgmt and data servers
+    # replica: the mgmt replica, the shard replica, or the data server id
     replica: int
     address: str
     data: str
@@ -68,29 +77,42 @@ class Proc:
 
     @property
     def name(self) -> str:
-        return f"mgmt.{self.replica}" if self.role == "mgmt" else f"meta.{self.shard}.{self.replica}"
+        if self.role == "meta":
+            return f"meta.{self.shard}.{self.replica}"
+        return f"{self.role}.{self.replica}"
 
 
 class LocalCluster:
     def __init__(self, root: str, shards: int = 2, replicas: int = 3, mgmt_replicas: int = 3,
-                 raft: RaftOptions | None = None, host: str = "127.0.0.1") -> None:
+                 raft: RaftOptions | None = None, host: str = "127.0.0.1", *, data_servers: int = 0,
+                 targets_per_server: int = 1, chain_replicas: int = 3, target_timeout: float = 3.0,
+                 spawn_data: bool = True) -> None:
+        """``spawn_data=False``: the data servers are in the cluster file, but this object
+        does not run them (a test plays their part, e.g. sends their heartbeats)."""
         self.root = os.path.abspath(root)
         self.config_path = os.path.join(self.root, "cluster.toml")
         if os.path.exists(self.config_path):
             self.cfg = ClusterConfig.load(self.config_path)  # the same cluster again
         else:
             os.makedirs(self.root, exist_ok=True)
-            n = mgmt_replicas * 2 + shards * replicas * 2
+            n = mgmt_replicas * 2 + shards * replicas * 2 + data_servers
             ports = iter(free_ports(n, host))
 
             def rep(i: int) -> ReplicaAddr:
                 return ReplicaAddr(i, f"{host}:{next(ports)}", f"{host}:{next(ports)}")
 
+            mgmt = tuple(rep(i) for i in range(mgmt_replicas))
+            shard_cfgs = tuple(ShardConfig(s, tuple(rep(i) for i in range(replicas))) for s in range(shards))
+            # target ids are 1-based and cluster-wide: server S, target T -> S * targets_per_server + T + 1
+            data = tuple(
+                DataServerConfig(d, f"{host}:{next(ports)}", tuple(
+                    TargetConfig(d * targets_per_server + t + 1, os.path.join(self.root, f"data{d}", f"t{t}"))
+                    for t in range(targets_per_server)))
+                for d in range(data_servers))
             self.cfg = ClusterConfig(
                 cluster_id=secrets.token_hex(4), raft_password=secrets.token_hex(16),
-                mgmt=tuple(rep(i) for i in range(mgmt_replicas)),
-                shards=tuple(ShardConfig(s, tuple(rep(i) for i in range(replicas))) for s in range(shards)),
-                raft=raft or RaftOptions())
+                mgmt=mgmt, shards=shard_cfgs, raft=raft or RaftOptions(), data=data,
+                chain_replicas=chain_replicas, target_timeout=target_timeout)
             self.cfg.save(self.config_path)
         self.procs: list[Proc] = []
         for m in self.cfg.mgmt:
@@ -100,12 +122,18 @@ class LocalCluster:
             for r in s.replicas:
                 d = os.path.join(self.root, f"shard{s.id}", f"r{r.id}")
                 self.procs.append(Proc("meta", s.id, r.id, r.address, d, d + ".log"))
+        for ds in self.cfg.data if spawn_data else ():
+            d = os.path.join(self.root, f"data{ds.id}")
+            self.procs.append(Proc("data", -1, ds.id, ds.address, d, d + ".log"))
 
     # ------------------------------------------------------------------ life cycle
     def _argv(self, p: Proc) -> list[str]:
         if p.role == "mgmt":
             return [sys.executable, "-m", "dfs.mgmt.server", "--config", self.config_path,
                     "--replica", str(p.replica), "--data", p.data]
+        if p.role == "data":
+            return [sys.executable, "-m", "dfs.data.server", "--config", self.config_path,
+                    "--server", str(p.replica)]
         return [sys.executable, "-m", "dfs.meta.server", "--config", self.config_path,
                 "--shard", str(p.shard), "--replica", str(p.replica), "--data", p.data]
 
@@ -166,6 +194,9 @@ class LocalCluster:
     def mgmt_procs(self) -> list[Proc]:
         return [p for p in self.procs if p.role == "mgmt"]
 
+    def data_procs(self) -> list[Proc]:
+        return [p for p in self.procs if p.role == "data"]
+
     def _run(self, coro):
         return asyncio.run(coro)
 
@@ -190,7 +221,7 @@ class LocalCluster:
                 return p
         return None
 
-    async def _mgmt_ready(self) -> bool:
+    async def _cluster_map(self) -> ClusterMap | None:
         for p in self.mgmt_procs():
             if not p.alive:
                 continue
@@ -200,11 +231,25 @@ class LocalCluster:
                 except grpc.aio.AioRpcError:
                     continue
                 if rep.status == 0:
-                    return True
-        return False
+                    return ClusterMap.from_pb(rep.map)
+        return None
+
+    async def _mgmt_ready(self) -> bool:
+        m = await self._cluster_map()
+        if m is None:
+            return False
+        if self.data_procs():  # and every target of the data servers we run serving
+            want = {t.id for d in self.cfg.data for t in d.targets}
+            return want <= {tid for tid, t in m.targets.items() if t.state == "serving"}
+        return True
+
+    def cluster_map(self) -> ClusterMap | None:
+        """The cluster map as the first mgmt replica that answers has it applied (None: none answers)."""
+        return self._run(self._cluster_map())
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        """Until mgmt serves the map and every shard has a leader whose peers are alive and caught up."""
+        """Until mgmt serves the map (with every data target serving, if there are data servers)
+        and every shard has a leader."""
         end = time.monotonic() + timeout
         while True:
             dead = [p.name for p in self.procs if p.popen is not None and p.popen.poll() is not None]

@@ -612,3 +612,72 @@ def test_internal_operations_refused_from_clients(ns):
     expect_errno(errno.EPERM, ns.run, t.call(shard_of(top), Op.ONEPHASE, c.aio.caller, [b"x" * 16, act], b"i" * 16))
     expect_errno(errno.EPERM, ns.run, t.call(shard_of(top), Op.PREPARE, c.aio.caller, [b"y" * 16, 0, act, []]))
     assert names(c, top) == []
+
+
+# ---------------------------------------------------------------- layouts
+
+def test_layout_root_default(ns):
+    from dfs.common.ids import ROOT_INO
+    from dfs.common.layout import DEFAULT_LAYOUT, Layout
+
+    c, top = ns.c, ns.top
+    assert Layout.unpack(c.getattr(ROOT_INO).layout) == DEFAULT_LAYOUT
+    assert Layout.unpack(c.getattr(top).layout) == DEFAULT_LAYOUT
+    f, _ = c.create(top, "f")
+    assert f.layout == DEFAULT_LAYOUT.pack()  # a file's layout is explicit from its creation
+    assert c.lookup(top, "f").layout == f.layout == c.getattr(f.ino).layout
+
+
+def test_layout_inherited_by_files_and_subdirectories(ns):
+    from dfs.common.layout import Layout
+
+    c, top = ns.c, ns.top
+    old, _ = c.create(top, "before")
+    lay = Layout(chunk_size=1 << 20, stripe=8, replicas=2).pack()
+    a = c.setlayout(top, lay)
+    assert a.layout == lay and c.getattr(top).layout == lay
+    assert c.getattr(old.ino).layout != lay  # existing files keep theirs
+    f, _ = c.create(top, "f")
+    assert f.layout == lay and c.getattr(f.ino).layout == lay
+    # subdirectories inherit, also when they live on another shard than their parent
+    subs = [c.mkdir(top, f"d{i}") for i in range(12)]
+    assert {shard_of(d.ino) for d in subs} - {shard_of(top)}, "no subdirectory landed on another shard"
+    for d in subs:
+        assert d.layout == lay and c.getattr(d.ino).layout == lay
+        g, _ = c.create(d.ino, "g")
+        assert g.layout == lay
+        assert c.mkdir(d.ino, "deeper").layout == lay
+    # a subdirectory's own setting applies below it only
+    lay2 = Layout(chunk_size=64 << 10, stripe=1, replicas=1).pack()
+    c.setlayout(subs[0].ino, lay2)
+    assert c.create(subs[0].ino, "h")[0].layout == lay2
+    assert c.create(top, "h")[0].layout == lay
+    # renames and links keep a file's layout
+    c.rename(top, "f", subs[0].ino, "f2")
+    assert c.lookup(subs[0].ino, "f2").layout == lay
+    assert c.link(f.ino, subs[1].ino, "f3").layout == lay
+    # non-regular files carry none
+    assert c.symlink(top, "s", "f").layout == 0
+
+
+def test_setlayout_permissions_and_validation(ns):
+    from dfs.common.layout import Layout
+
+    c, top = ns.c, ns.top
+    c.setattr(top, mode=0o777)
+    d = c.mkdir(top, "alice", caller=ALICE)
+    f, _ = c.create(top, "file")
+    lay = Layout(chunk_size=8 << 20, stripe=2, replicas=3).pack()
+    expect_errno(errno.ENOTDIR, c.setlayout, f.ino, lay)
+    expect_errno(errno.EPERM, c.setlayout, d.ino, lay, caller=BOB)
+    expect_errno(errno.EPERM, c.setlayout, top, lay, caller=ALICE)
+    expect_errno(errno.EINVAL, c.setlayout, d.ino, 0x01000103)  # chunk shift 1
+    expect_errno(errno.EINVAL, c.setlayout, d.ino, 0x14000003)  # stripe 0
+    before = c.getattr(d.ino)
+    a = c.setlayout(d.ino, lay, caller=ALICE)  # the owner may
+    assert a.layout == lay and a.ctime_ns > before.ctime_ns and a.mtime_ns == before.mtime_ns
+    assert c.setlayout(d.ino, lay).layout == lay  # and root
+    assert c.setlayout(d.ino, 0).layout == 0  # back to the default
+    from dfs.common.layout import DEFAULT_LAYOUT
+
+    assert c.create(d.ino, "g", caller=ALICE)[0].layout == DEFAULT_LAYOUT.pack()
