@@ -142,7 +142,22 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
                     log_compaction_min_entries=o.log_compaction_min_entries,
                     log_compaction_min_time=o.log_compaction_min_time, loop=asyncio.get_running_loop())
     peers = PeerTransport(cfg)
-    svc = ShardService(store, host, peers)
+    data_client = None
+    remover = None
+    if cfg.data:
+        # Chunks of deleted files are freed through the data plane, from the
+        # cluster map of mgmt (which knows the chains as they are now).
+        from dfs.common.layout import Layout
+        from dfs.rpc.data import DataClient
+
+        async def remover(ino: int, layout: int, size: int) -> None:
+            nonlocal data_client
+            if data_client is None:
+                cmap = await peers.refresh_map()
+                data_client = DataClient(cmap, peers.refresh_map)
+            await data_client.remove_inode(ino, Layout.unpack(layout), size)
+
+    svc = ShardService(store, host, peers, chunk_remover=remover)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                       ("grpc.max_send_message_length", 64 << 20),
                                       ("grpc.so_reuseport", 0)])
@@ -159,6 +174,8 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
     log.info("stopping")
     await server.stop(1.0)
     await svc.stop()
+    if data_client is not None:
+        await data_client.close()
     await peers.close()
     host.close()
     store.close()

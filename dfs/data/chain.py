@@ -1,0 +1,631 @@
+"""Chain replication and resync on a data server.
+
+``ChainService.handle(header, payload)`` serves one data-plane request for one
+of this server's targets (``header.target``) and returns the reply
+``(header, payload)``. See docs/design/data.md ("Chain replication",
+"Failure and resync") for the protocol; in short:
+
+* **Mutations** (WRITE, TRUNCATE, REMOVE, REMOVE_INODE) from a client go to
+  the chain head, routed with ``(chain_id, chain_version)``; a server whose map
+  has another version for the chain (after one map refresh) answers ESTALE.
+  The head takes a per-chunk lock, assigns ``version = stored + 1``, applies
+  locally, forwards (``F_FORWARD``, same version) to the next member (serving
+  targets head -> tail, then the syncing ones), waits for the ack, commits,
+  releases the lock and answers. A member that receives a forwarded
+  WRITE/TRUNCATE applies it only on top of ``version - 1``; otherwise (it
+  missed writes, or holds a version that never committed) it answers
+  ``NEED_INSTALL`` and its predecessor sends its whole chunk (INSTALL), which
+  the member installs and forwards as INSTALL too.
+* A downstream **serving** target that cannot be reached fails the write
+  (EAGAIN; the client refreshes the map and retries: mgmt takes the dead
+  target out within ``target_timeout``). A **syncing** target that cannot be
+  reached is skipped (it will resync from scratch when it comes back); one
+  that answers an error fails the write like a serving one.
+* **Reads** are served by serving members when the chunk has no write in
+  flight (``committed == version``) — the tail always (it has everything
+  that is acknowledged); otherwise EAGAIN. A bad block answers EIO
+  ("checksum ...") and schedules a repair of the chunk from a peer.
+* **Chunk -> chain index.** A chunk's meta does not say which chain it
+  belongs to (the layout is per file and unknown here), so each target keeps
+  a sidecar RocksDB ``<target>/chains`` owned by this module:
+  ``c chain ino index`` and ``i ino index -> chain``, written before the
+  chunk's first apply on that target (a stale entry without a chunk is
+  harmless and skipped). SYNC_LIST pages through ``c chain``.
+* **Resync.** A target listed in a chain's ``syncing`` lists the chunks of
+  the chain on the chain's tail (SYNC_LIST: id, version, digest of length and
+  CRCs), fetches every one whose (version, digest) differs (SYNC_FETCH) and
+  installs it unless it meanwhile got a newer version by forwarding; then
+  removes its chunks of the chain the tail does not have (unless a forwarded
+  op touched them since the resync began). It repeats until a pass changes
+  nothing, then reports the chain in ``synced_chains``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as E
+import logging
+import struct
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
+
+from dfs.common import errors as err
+from dfs.common.checksum import crc32c
+from dfs.kv import RocksKV, WriteBatch
+from dfs.rpc import dataplane as dp
+from dfs.rpc.data import Pool
+
+log = logging.getLogger("dfs.data.chain")
+
+MAX_CHUNK = 64 << 20
+SYNC_PAGE = 2048
+_CK = struct.Struct(">IQI")
+_IK = struct.Struct(">QI")
+
+
+class NeedInstall(Exception):
+    pass
+
+
+def chunk_size_of(arg: int) -> int:
+    """The chunk size from a packed layout in a header's arg (64 MiB when not given)."""
+    shift = arg >> 24
+    return 1 << shift if 16 <= shift <= 26 else MAX_CHUNK
+
+
+def digest(meta) -> int:
+    return crc32c(meta.crcs, meta.length & 0xFFFFFFFF) if meta is not None else 0
+
+
+class ChainIndex:
+    """Sidecar: which chain each chunk on a target was written through."""
+
+    def __init__(self, path: str) -> None:
+        self.kv = RocksKV(path)
+
+    def add(self, chain: int, ino: int, index: int) -> None:
+        cur = self.kv.get(b"i" + _IK.pack(ino, index))
+        if cur is not None and int.from_bytes(cur, "big") == chain:
+            return
+        b = WriteBatch()
+        if cur is not None:
+            b.delete(b"c" + _CK.pack(int.from_bytes(cur, "big"), ino, index))
+        b.put(b"c" + _CK.pack(chain, ino, index), b"")
+        b.put(b"i" + _IK.pack(ino, index), chain.to_bytes(4, "big"))
+        self.kv.write(b)
+
+    def remove(self, ino: int, index: int) -> None:
+        cur = self.kv.get(b"i" + _IK.pack(ino, index))
+        if cur is None:
+            return
+        b = WriteBatch()
+        b.delete(b"c" + _CK.pack(int.from_bytes(cur, "big"), ino, index))
+        b.delete(b"i" + _IK.pack(ino, index))
+        self.kv.write(b)
+
+    def remove_inode(self, ino: int) -> None:
+        b = WriteBatch()
+        for k, v in self.kv.scan_prefix(b"i" + ino.to_bytes(8, "big")):
+            _, index = _IK.unpack(k[1:])
+            b.delete(k)
+            b.delete(b"c" + _CK.pack(int.from_bytes(v, "big"), ino, index))
+        if len(b):
+            self.kv.write(b)
+
+    def chunks(self, chain: int, after: tuple[int, int] | None = None, limit: int | None = None):
+        prefix = b"c" + chain.to_bytes(4, "big")
+        start = prefix if after is None else b"c" + _CK.pack(chain, after[0], after[1] + 1)
+        from dfs.kv import prefix_end
+
+        for k, _ in self.kv.scan(start, prefix_end(prefix), limit):
+            _, ino, index = _CK.unpack(k[1:])
+            yield ino, index
+
+    def close(self) -> None:
+        self.kv.close()
+
+
+class Target:
+    """One target of this server: its store, chain index and a thread pool for disk I/O."""
+
+    def __init__(self, tid: int, store, index: ChainIndex, threads: int = 4) -> None:
+        self.id = tid
+        self.store = store
+        self.index = index
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"t{tid}")
+
+    async def run(self, fn: Callable, *args, **kw):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kw))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.index.close()
+        self.store.close()
+
+
+class KeyedLocks:
+    def __init__(self) -> None:
+        self._locks: dict[tuple, list] = {}
+
+    def __call__(self, key: tuple):
+        return _Held(self, key)
+
+
+class _Held:
+    __slots__ = ("entry", "key", "locks")
+
+    def __init__(self, locks: KeyedLocks, key: tuple) -> None:
+        self.locks, self.key = locks, key
+
+    async def __aenter__(self):
+        e = self.locks._locks.get(self.key)
+        if e is None:
+            e = self.locks._locks[self.key] = [asyncio.Lock(), 0]
+        e[1] += 1
+        self.entry = e
+        await e[0].acquire()
+
+    async def __aexit__(self, *exc):
+        e = self.entry
+        e[0].release()
+        e[1] -= 1
+        if e[1] == 0:
+            self.locks._locks.pop(self.key, None)
+
+
+class ChainService:
+    """The data-plane request handlers of one data server (all its targets)."""
+
+    def __init__(self, targets: dict[int, Target], peers: Pool, *, get_map: Callable, refresh_map: Callable,
+                 forward_timeout: float = 10.0) -> None:
+        self.targets = targets
+        self.peers = peers
+        self.get_map = get_map          # () -> ClusterMap | None
+        self.refresh_map = refresh_map  # async () -> None (rate-limited by the caller)
+        self.forward_timeout = forward_timeout
+        self.locks = KeyedLocks()       # (target, ino, index): head ordering, local apply/install ordering
+        self.counters = {"checksum_errors": 0, "repairs": 0, "installs_forwarded": 0, "resync_copied": 0,
+                         "resync_removed": 0}
+        self.touched: dict[tuple[int, int], set] = {}   # (target, chain) under resync -> chunks touched by forwards
+        self.synced: dict[tuple[int, int], int] = {}    # (target, chain) -> chain version resynced at
+        self._resyncs: dict[tuple[int, int], asyncio.Task] = {}
+        self._repairs: set[tuple[int, int, int]] = set()
+        self._bg: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------ map helpers
+    def _chain(self, cid: int):
+        m = self.get_map()
+        if m is None or not 0 <= cid < len(m.chains):
+            return None
+        return m.chains[cid]
+
+    async def _checked_chain(self, h: dp.Header):
+        """The chain at the version the request was routed with, else Stale (after one refresh)."""
+        ch = self._chain(h.chain_id)
+        if ch is None or ch.version != h.chain_version:
+            if ch is None or h.chain_version > ch.version:
+                await self.refresh_map()
+                ch = self._chain(h.chain_id)
+            if ch is None or ch.version != h.chain_version:
+                have = ch.version if ch else None
+                raise err.Stale(f"chain {h.chain_id} version {h.chain_version}, server has {have}")
+        return ch
+
+    def _addr(self, tid: int) -> str:
+        m = self.get_map()
+        t = m.targets.get(tid) if m else None
+        if t is None:
+            raise ConnectionError(f"target {tid} not in the map")
+        return t.address
+
+    # ------------------------------------------------------------------ dispatch
+    async def handle(self, h: dp.Header, payload) -> tuple[dp.Header, bytes]:
+        try:
+            tgt = self.targets.get(h.target)
+            if tgt is None:
+                raise err.InvalidArgument(f"target {h.target} is not on this server")
+            op = h.op
+            if op == dp.READ:
+                return await self.read(tgt, h)
+            if op in (dp.WRITE, dp.TRUNCATE, dp.INSTALL):
+                return dp.reply_to(h, version=await self.mutate(tgt, h, payload)), b""
+            if op == dp.REMOVE:
+                await self.remove(tgt, h)
+                return dp.reply_to(h), b""
+            if op == dp.REMOVE_INODE:
+                return dp.reply_to(h, offset=await self.remove_inode(tgt, h)), b""
+            if op == dp.STAT:
+                m = await tgt.run(tgt.store.stat, h.ino, h.index)
+                if m is None:
+                    raise err.NotFound(f"chunk {h.ino:x}.{h.index}")
+                return dp.reply_to(h, version=m.version), msgpack.packb([m.version, m.committed, m.length, m.crcs])
+            if op == dp.SYNC_LIST:
+                return await self.sync_list(tgt, h)
+            if op == dp.SYNC_FETCH:
+                return await self.sync_fetch(tgt, h)
+            if op == dp.PING:
+                return dp.reply_to(h), b""
+            raise err.InvalidArgument(f"unknown op {op}")
+        except NeedInstall:
+            return dp.reply_to(h, status=dp.NEED_INSTALL), b""
+        except err.ChecksumError as e:
+            self.counters["checksum_errors"] += 1
+            msg = e.detail or "checksum mismatch"
+            if "checksum" not in msg:
+                msg = "checksum: " + msg
+            return dp.reply_to(h, status=E.EIO), msg.encode()
+        except (err.DfsError, OSError) as e:
+            return dp.reply_to(h, status=dp.status_of(e)), dp.error_payload(e)
+        except Exception as e:  # a bug: answer EIO, keep serving
+            log.exception("%s failed", h.name)
+            return dp.reply_to(h, status=E.EIO), repr(e).encode()
+
+    # ------------------------------------------------------------------ mutations
+    def _members(self, ch) -> tuple[int, ...]:
+        return tuple(ch.targets) + tuple(t for t in ch.syncing if t not in ch.targets)
+
+    async def mutate(self, tgt: Target, h: dp.Header, payload) -> int:
+        ch = await self._checked_chain(h)
+        members = self._members(ch)
+        if tgt.id not in members:
+            raise err.Stale(f"target {tgt.id} is not in chain {ch.id} v{ch.version}")
+        pos = members.index(tgt.id)
+        forwarded = bool(h.flags & dp.F_FORWARD)
+        if not forwarded and (pos != 0 or h.op == dp.INSTALL):
+            raise err.Stale(f"target {tgt.id} is not the head of chain {ch.id} v{ch.version}")
+        key = (tgt.id, h.ino, h.index)
+        self._touch(tgt.id, ch.id, h.ino, h.index)
+        async with self.locks(key):
+            store = tgt.store
+            if forwarded:
+                v = h.version
+                if h.op == dp.INSTALL:
+                    cur = await tgt.run(store.stat, h.ino, h.index)
+                    if cur is not None and cur.version > v:
+                        return cur.version  # cannot happen while the head holds the chunk; be safe
+                    await tgt.run(tgt.index.add, ch.id, h.ino, h.index)
+                    await tgt.run(store.install, h.ino, h.index, payload, v, committed=cur.committed if cur else 0)
+                else:
+                    cur = await tgt.run(store.stat, h.ino, h.index)
+                    if (cur.version if cur else 0) != v - 1:
+                        raise NeedInstall()
+                    await self._apply(tgt, ch.id, h, payload, v, cur)
+            else:
+                cur = await tgt.run(store.stat, h.ino, h.index)
+                v = (cur.version if cur else 0) + 1
+                try:
+                    await self._apply(tgt, ch.id, h, payload, v, cur)
+                except err.ChecksumError:
+                    # a partial-block write over a bad block: repair the chunk from a peer, then retry once
+                    if not await self._repair_now(tgt, ch, h.ino, h.index):
+                        raise
+                    cur = await tgt.run(store.stat, h.ino, h.index)
+                    v = (cur.version if cur else 0) + 1
+                    await self._apply(tgt, ch.id, h, payload, v, cur)
+            await self._forward(tgt, ch, members, pos, h._replace(version=v), payload)
+            await tgt.run(store.commit, h.ino, h.index, v)
+            return v
+
+    async def _apply(self, tgt: Target, cid: int, h: dp.Header, payload, v: int, cur) -> None:
+        store = tgt.store
+        if cur is None:
+            await tgt.run(tgt.index.add, cid, h.ino, h.index)
+        if h.op == dp.WRITE:
+            try:
+                await tgt.run(store.write, h.ino, h.index, h.offset, payload, v, chunk_size=chunk_size_of(h.arg))
+            except err.ChecksumError:
+                if h.flags & dp.F_FORWARD:
+                    raise NeedInstall() from None  # the predecessor's whole chunk replaces the bad one
+                raise
+        else:  # TRUNCATE: offset is the new length
+            try:
+                await tgt.run(store.truncate, h.ino, h.index, h.offset, v, chunk_size=chunk_size_of(h.arg))
+            except err.ChecksumError:
+                if h.flags & dp.F_FORWARD:
+                    raise NeedInstall() from None
+                raise
+
+    async def _forward(self, tgt: Target, ch, members: tuple[int, ...], pos: int, h: dp.Header, payload) -> None:
+        if pos + 1 >= len(members):
+            return
+        nxt = members[pos + 1]
+        syncing = nxt not in ch.targets
+        fh = h._replace(flags=dp.F_FORWARD, target=nxt, chain_id=ch.id, chain_version=ch.version)
+        try:
+            addr = self._addr(nxt)
+            rh, rp = await self.peers.call(addr, fh, payload, self.forward_timeout)
+            if rh.status == dp.NEED_INSTALL and h.op in (dp.WRITE, dp.TRUNCATE, dp.INSTALL):
+                self.counters["installs_forwarded"] += 1
+                m, data = await tgt.run(self._whole, tgt.store, h.ino, h.index)
+                ih = fh._replace(op=dp.INSTALL, offset=0, version=m.version if m else h.version)
+                rh, rp = await self.peers.call(addr, ih, data, self.forward_timeout)
+        except (ConnectionError, TimeoutError, OSError) as e:
+            if syncing:
+                log.info("chain %d: syncing target %d unreachable (%s); skipped", ch.id, nxt, e)
+                return
+            raise err.Retryable(f"chain {ch.id}: downstream target {nxt} failed: {e}") from None
+        if rh.status:
+            msg = bytes(rp).decode(errors="replace")
+            if rh.status == E.ESTALE:
+                await self.refresh_map()
+            code = rh.status if rh.status in (E.ESTALE, E.ENOSPC, E.EINVAL) else E.EAGAIN
+            raise err.error_for(code, f"chain {ch.id}: downstream target {nxt}: {msg or rh.status}")
+
+    @staticmethod
+    def _whole(store, ino: int, index: int):
+        m = store.stat(ino, index)
+        if m is None:
+            return None, b""
+        return m, store.read(ino, index, 0, m.length)
+
+    async def remove(self, tgt: Target, h: dp.Header) -> None:
+        ch = await self._checked_chain(h)
+        members = self._members(ch)
+        if tgt.id not in members:
+            raise err.Stale(f"target {tgt.id} is not in chain {ch.id} v{ch.version}")
+        pos = members.index(tgt.id)
+        if not h.flags & dp.F_FORWARD and pos != 0:
+            raise err.Stale(f"target {tgt.id} is not the head of chain {ch.id}")
+        self._touch(tgt.id, ch.id, h.ino, h.index)
+        async with self.locks((tgt.id, h.ino, h.index)):
+            await tgt.run(tgt.store.remove, h.ino, h.index)
+            await tgt.run(tgt.index.remove, h.ino, h.index)
+            await self._forward(tgt, ch, members, pos, h, b"")
+
+    async def remove_inode(self, tgt: Target, h: dp.Header) -> int:
+        ch = await self._checked_chain(h)
+        members = self._members(ch)
+        if tgt.id not in members:
+            raise err.Stale(f"target {tgt.id} is not in chain {ch.id} v{ch.version}")
+        pos = members.index(tgt.id)
+        if not h.flags & dp.F_FORWARD and pos != 0:
+            raise err.Stale(f"target {tgt.id} is not the head of chain {ch.id}")
+        n = await tgt.run(tgt.store.remove_inode, h.ino)
+        await tgt.run(tgt.index.remove_inode, h.ino)
+        await self._forward(tgt, ch, members, pos, h, b"")
+        return n
+
+    def _touch(self, tid: int, cid: int, ino: int, index: int) -> None:
+        s = self.touched.get((tid, cid))
+        if s is not None:
+            s.add((ino, index))
+
+    # ------------------------------------------------------------------ reads
+    @staticmethod
+    def _read_consistent(store, ino: int, index: int, offset: int, length: int):
+        """(meta before, data, meta after): equal metas mean no write landed in between."""
+        a = store.stat(ino, index)
+        data = store.read(ino, index, offset, length) if a is not None else b""
+        b = store.stat(ino, index)
+        return a, data, b
+
+    async def read(self, tgt: Target, h: dp.Header):
+        anyrole = bool(h.flags & dp.F_ANY)
+        ch = None
+        if not anyrole:
+            ch = await self._checked_chain(h)
+            if tgt.id not in ch.targets:
+                raise err.Stale(f"target {tgt.id} does not serve chain {ch.id} v{ch.version}")
+        try:
+            a, data, b = await tgt.run(self._read_consistent, tgt.store, h.ino, h.index, h.offset, h.arg)
+        except err.ChecksumError:
+            self._schedule_repair(tgt, h.ino, h.index)
+            raise
+        if a is None:
+            return dp.reply_to(h, version=0), b""
+        if not anyrole:
+            is_tail = ch.targets[-1] == tgt.id
+            if a != b or (a.committed != a.version and not is_tail):
+                raise err.Retryable(f"chunk {h.ino:x}.{h.index}: write in flight on target {tgt.id}")
+        return dp.reply_to(h, version=a.version), data
+
+    # ------------------------------------------------------------------ repair
+    def _schedule_repair(self, tgt: Target, ino: int, index: int) -> None:
+        key = (tgt.id, ino, index)
+        if key in self._repairs:
+            return
+        self._repairs.add(key)
+
+        async def run():
+            try:
+                await self.repair_chunk(tgt.id, ino, index)
+            except Exception as e:  # noqa: BLE001 - best effort; the next bad read schedules it again
+                log.warning("repair of %x.%d on target %d failed: %s", ino, index, tgt.id, e)
+            finally:
+                self._repairs.discard(key)
+
+        self._spawn(run())
+
+    async def repair_chunk(self, tid: int, ino: int, index: int) -> bool:
+        """Repair a damaged chunk of target ``tid`` from a peer of its chain (the scrubber's repair callback)."""
+        tgt = self.targets[tid]
+        idx = await tgt.run(tgt.index.kv.get, b"i" + _IK.pack(ino, index))
+        ch = self._chain(int.from_bytes(idx, "big")) if idx is not None else None
+        if ch is None:
+            return False
+        async with self.locks((tid, ino, index)):
+            return await self._repair_now(tgt, ch, ino, index)
+
+    async def _repair_now(self, tgt: Target, ch, ino: int, index: int) -> bool:
+        """Replace a damaged local chunk with a peer's copy of the same version (caller holds the chunk lock)."""
+        cur = await tgt.run(tgt.store.stat, ino, index)
+        if cur is None:
+            return False
+        for peer in ch.targets:
+            if peer == tgt.id:
+                continue
+            try:
+                rh, rp = await self.peers.call(self._addr(peer), dp.Header(dp.SYNC_FETCH, ino=ino, index=index,
+                                                                           target=peer), b"", self.forward_timeout)
+            except (ConnectionError, TimeoutError, OSError):
+                continue
+            if rh.status or rh.version != cur.version:
+                continue
+            await tgt.run(tgt.store.install, ino, index, rp, cur.version, committed=cur.committed)
+            self.counters["repairs"] += 1
+            log.info("repaired chunk %x.%d on target %d from target %d (v%d)", ino, index, tgt.id, peer, cur.version)
+            return True
+        return False
+
+    # ------------------------------------------------------------------ resync (serving side)
+    async def sync_list(self, tgt: Target, h: dp.Header):
+        after = (h.ino, h.index) if h.flags & dp.F_CURSOR else None
+
+        def page():
+            out = []
+            ids = list(tgt.index.chunks(h.chain_id, after, SYNC_PAGE + 1))
+            more = len(ids) > SYNC_PAGE
+            for ino, index in ids[:SYNC_PAGE]:
+                m = tgt.store.stat(ino, index)
+                if m is not None:
+                    out.append([ino, index, m.version, digest(m)])
+            last = ids[SYNC_PAGE - 1] if more else None
+            return out, more, last
+
+        out, more, last = await tgt.run(page)
+        rh = dp.reply_to(h, flags=dp.F_MORE if more else 0)
+        if last is not None:
+            rh = rh._replace(ino=last[0], index=last[1])
+        return rh, msgpack.packb(out)
+
+    async def sync_fetch(self, tgt: Target, h: dp.Header):
+        m, data = await tgt.run(self._whole, tgt.store, h.ino, h.index)
+        if m is None:
+            raise err.NotFound(f"chunk {h.ino:x}.{h.index}")
+        return dp.reply_to(h, version=m.version, offset=m.committed & 0xFFFFFFFF), data
+
+    # ------------------------------------------------------------------ resync (syncing side)
+    def on_map(self, m) -> None:
+        """Start a resync for every (local target, chain) where the target is syncing."""
+        if m is None:
+            return
+        for ch in m.chains:
+            for tid in ch.syncing:
+                if tid not in self.targets:
+                    continue
+                key = (tid, ch.id)
+                if self.synced.get(key) == ch.version:
+                    continue
+                t = self._resyncs.get(key)
+                if t is None or t.done():
+                    self.touched[key] = set()
+                    self.synced.pop(key, None)
+                    self._resyncs[key] = self._spawn(self._resync(self.targets[tid], ch.id))
+        # forget finished resyncs of chains where the target is no longer syncing
+        for key in list(self.synced):
+            tid, cid = key
+            if cid >= len(m.chains) or tid not in m.chains[cid].syncing:
+                self.synced.pop(key, None)
+                self.touched.pop(key, None)
+
+    def synced_chains(self, tid: int) -> list[int]:
+        m = self.get_map()
+        if m is None:
+            return []
+        return [cid for (t, cid), v in self.synced.items()
+                if t == tid and cid < len(m.chains) and tid in m.chains[cid].syncing]
+
+    async def _resync(self, tgt: Target, cid: int) -> None:
+        key = (tgt.id, cid)
+        delay = 0.05
+        while True:
+            ch = self._chain(cid)
+            if ch is None or tgt.id not in ch.syncing:
+                self.touched.pop(key, None)
+                return
+            if not ch.targets or ch.targets[-1] == tgt.id:
+                await asyncio.sleep(0.2)
+                continue
+            src = ch.targets[-1]
+            try:
+                changed = await self._resync_pass(tgt, cid, src)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure: log and start the pass again
+                log.info("resync of chain %d into target %d from %d: %s; again", cid, tgt.id, src, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if changed == 0:
+                ch2 = self._chain(cid)
+                if ch2 is not None and tgt.id in ch2.syncing:
+                    self.synced[key] = ch2.version
+                    log.info("target %d resynced into chain %d (v%d) from target %d", tgt.id, cid, ch2.version, src)
+                return
+            log.info("resync of chain %d into target %d: %d changes; another pass", cid, tgt.id, changed)
+
+    async def _resync_pass(self, tgt: Target, cid: int, src: int) -> int:
+        addr = self._addr(src)
+        remote: set[tuple[int, int]] = set()
+        touched = self.touched.setdefault((tgt.id, cid), set())
+        changed = 0  # copies of chunks no forwarded op has touched since the resync began
+        cursor = None
+        while True:
+            h = dp.Header(dp.SYNC_LIST, chain_id=cid, target=src)
+            if cursor is not None:
+                h = h._replace(flags=dp.F_CURSOR, ino=cursor[0], index=cursor[1])
+            rh, rp = await self.peers.call(addr, h, b"", self.forward_timeout)
+            dp.raise_for(rh, rp)
+            for ino, index, version, dg in msgpack.unpackb(bytes(rp)):
+                remote.add((ino, index))
+                local = await tgt.run(tgt.store.stat, ino, index)
+                if local is not None and (local.version > version or
+                                          (local.version == version and digest(local) == dg)):
+                    continue
+                if await self._fetch_install(tgt, cid, src, addr, ino, index) and (ino, index) not in touched:
+                    changed += 1
+            if not rh.flags & dp.F_MORE:
+                break
+            cursor = (rh.ino, rh.index)
+        local_ids = await tgt.run(lambda: list(tgt.index.chunks(cid)))
+        for ino, index in local_ids:
+            if (ino, index) in remote or (ino, index) in touched:
+                continue
+            async with self.locks((tgt.id, ino, index)):
+                if (ino, index) in touched:
+                    continue
+                await tgt.run(tgt.store.remove, ino, index)
+                await tgt.run(tgt.index.remove, ino, index)
+            self.counters["resync_removed"] += 1
+            changed += 1
+        return changed
+
+    async def _fetch_install(self, tgt: Target, cid: int, src: int, addr: str, ino: int, index: int) -> bool:
+        rh, rp = await self.peers.call(addr, dp.Header(dp.SYNC_FETCH, ino=ino, index=index, target=src), b"",
+                                       self.forward_timeout)
+        if rh.status == E.ENOENT:
+            return False  # removed meanwhile (the remove is forwarded to us as well)
+        dp.raise_for(rh, rp)
+        async with self.locks((tgt.id, ino, index)):
+            local = await tgt.run(tgt.store.stat, ino, index)
+            if local is not None and local.version > rh.version:
+                return False
+            if local is not None and local.version == rh.version:
+                from dfs.common.blocks import block_crcs
+
+                same = local.length == len(rp) and local.crcs == block_crcs(rp, tgt.store.block_size)
+                if same:
+                    return False
+            await tgt.run(tgt.index.add, cid, ino, index)
+            await tgt.run(tgt.store.install, ino, index, rp, rh.version, committed=rh.version)
+        self.counters["resync_copied"] += 1
+        return True
+
+    # ------------------------------------------------------------------ tasks
+    def _spawn(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+        return t
+
+    async def stop(self) -> None:
+        for t in list(self._bg):
+            t.cancel()
+        for t in list(self._bg):
+            try:
+                await t
+            except BaseException:  # noqa: BLE001, S110 - stopping: outcomes of cancelled tasks do not matter
+                pass

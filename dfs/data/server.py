@@ -1,0 +1,262 @@
+"""A data server process: the targets of one ``[[data]]`` entry of the cluster file.
+
+    python -m dfs.data.server --config cluster.toml --server 0
+
+It opens a ChunkStore (and the chain index sidecar, ``dfs.data.chain``) per
+target at the target's path, serves the data plane (``dfs.rpc.dataplane``) on
+the server's address (bound there only), heartbeats to the mgmt leader every
+0.5 s with each target's state, capacity and finished resyncs, and refreshes
+its cluster map when the epoch in a heartbeat reply grows (or when a request
+names a newer chain version than it knows). Requests on a connection are
+handled concurrently (pipelining), at most ``MAX_CONN_REQUESTS`` at a time.
+SIGTERM/SIGINT: stop accepting, let requests in flight finish (up to a few
+seconds), close the stores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+
+import grpc
+
+from dfs._proto import meta_pb2 as pb
+from dfs._proto import meta_pb2_grpc as pbg
+from dfs.common import errors as err
+from dfs.common.config import ClusterConfig
+from dfs.data.chain import ChainIndex, ChainService, Target
+from dfs.data.store import ChunkStore
+from dfs.rpc import dataplane as dp
+from dfs.rpc.data import Pool
+from dfs.rpc.transport import CHANNEL_OPTIONS, ClusterMap, GrpcTransport
+
+log = logging.getLogger("dfs.data.server")
+
+HEARTBEAT_INTERVAL = 0.5
+SCRUB_INTERVAL = 3600.0          # seconds between scrub passes of a target
+SCRUB_RATE = 64 << 20            # bytes per second a scrub pass reads
+MAX_CONN_REQUESTS = 256
+
+
+class DataServer:
+    def __init__(self, cfg: ClusterConfig, server_id: int) -> None:
+        self.cfg = cfg
+        self.id = server_id
+        self.me = cfg.data_server(server_id)
+        self.targets: dict[int, Target] = {}
+        for t in self.me.targets:
+            os.makedirs(t.path, exist_ok=True)
+            store = ChunkStore(t.path, t.id)
+            self.targets[t.id] = Target(t.id, store, ChainIndex(os.path.join(t.path, "chains")))
+        self.map: ClusterMap | None = None
+        self.transport = GrpcTransport([m.address for m in cfg.mgmt], deadline=5.0, attempt_timeout=2.0)
+        self.peers = Pool()
+        self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map)
+        self._refresh_task: asyncio.Task | None = None
+        self._last_refresh = -1e9
+        self._conns: set[asyncio.Task] = set()
+        self._mgmt_leader: str | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    # ------------------------------------------------------------------ cluster map
+    async def _do_refresh(self) -> None:
+        m = await self.transport.refresh_map()
+        if self.map is None or m.epoch >= self.map.epoch:
+            if self.map is None or m.epoch > self.map.epoch:
+                log.info("cluster map epoch %d: chains %s", m.epoch,
+                         [(c.id, c.version, c.targets, c.syncing) for c in m.chains])
+            self.map = m
+            self.svc.on_map(m)
+
+    async def refresh_map(self, min_interval: float = 0.05) -> None:
+        """Fetch the map (one fetch at a time; callers arriving during one wait for it)."""
+        loop = asyncio.get_running_loop()
+        if self._refresh_task is None or self._refresh_task.done():
+            if loop.time() - self._last_refresh < min_interval:
+                return
+            self._last_refresh = loop.time()
+            self._refresh_task = loop.create_task(self._do_refresh())
+        try:
+            await asyncio.shield(self._refresh_task)
+        except (err.DfsError, grpc.aio.AioRpcError) as e:
+            log.info("map refresh failed: %s", e)
+
+    # ------------------------------------------------------------------ heartbeats
+    def _stub(self, addr: str) -> pbg.MgmtServiceStub:
+        ch = self._channels.get(addr)
+        if ch is None:
+            ch = self._channels[addr] = grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+        return pbg.MgmtServiceStub(ch)
+
+    def _target_states(self) -> list[pb.TargetState]:
+        out = []
+        for tid, t in self.targets.items():
+            try:
+                total, free = t.store.capacity()
+            except OSError:
+                total, free = 0, 0
+            state = "serving"
+            if self.map is not None and any(tid in c.syncing for c in self.map.chains):
+                state = "syncing"
+            out.append(pb.TargetState(id=tid, state=state, total=total, free=free,
+                                      synced_chains=self.svc.synced_chains(tid)))
+        return out
+
+    async def heartbeat_once(self) -> bool:
+        req = pb.HeartbeatRequest(role="data", server=self.id, address=self.me.address, state="up",
+                                  targets=self._target_states())
+        addrs = [m.address for m in self.cfg.mgmt]
+        if self._mgmt_leader in addrs:
+            addrs.remove(self._mgmt_leader)
+            addrs.insert(0, self._mgmt_leader)
+        for addr in addrs:
+            try:
+                rep = await self._stub(addr).Heartbeat(req, timeout=2.0)
+            except grpc.aio.AioRpcError:
+                continue
+            if rep.status == err.NOT_LEADER:
+                if rep.leader and rep.leader != addr:
+                    try:
+                        rep = await self._stub(rep.leader).Heartbeat(req, timeout=2.0)
+                        addr = rep.leader or addr
+                    except grpc.aio.AioRpcError:
+                        continue
+                else:
+                    continue
+            if rep.status != 0:
+                continue
+            self._mgmt_leader = addr
+            if self.map is None or rep.epoch > self.map.epoch:
+                await self.refresh_map(0)
+            return True
+        return False
+
+    async def heartbeats(self) -> None:
+        while True:
+            try:
+                await self.heartbeat_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat")
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def scrub_loop(self, tid: int) -> None:
+        from dfs.data.scrub import Scrubber
+
+        t = self.targets[tid]
+        s = Scrubber(t.store, lambda ino, index: self.svc.repair_chunk(tid, ino, index), SCRUB_RATE)
+        while True:
+            await asyncio.sleep(SCRUB_INTERVAL * (0.5 + random.random()))
+            try:
+                st = await s.run_once()
+                log.info("scrub of target %d: %d chunks, %d bad, %d repaired", tid, st.chunks, st.bad_chunks,
+                         st.repaired)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scrub of target %d", tid)
+
+    # ------------------------------------------------------------------ data plane
+    async def serve_conn(self, sock: socket.socket) -> None:
+        reader = dp.FrameReader(sock)
+        writer = dp.FrameWriter(sock)
+        sem = asyncio.Semaphore(MAX_CONN_REQUESTS)
+        tasks: set[asyncio.Task] = set()
+
+        async def one(h: dp.Header, payload) -> None:
+            try:
+                rh, rp = await self.svc.handle(h, payload)
+                await writer.send(rh, rp)
+            except OSError:
+                pass
+            finally:
+                sem.release()
+
+        try:
+            while True:
+                await sem.acquire()
+                try:
+                    h, payload = await reader.read_frame()
+                except dp.PayloadChecksumError as e:
+                    sem.release()
+                    await writer.send(dp.reply_to(e.header, status=5), b"payload checksum mismatch")
+                    continue
+                except BaseException:
+                    sem.release()
+                    raise
+                t = asyncio.get_running_loop().create_task(one(h, payload))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+        except (ConnectionError, dp.ProtocolError, OSError) as e:
+            log.debug("connection closed: %s", e)
+        finally:
+            if tasks:
+                await asyncio.wait(tasks, timeout=5.0)
+            sock.close()
+
+    async def accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(lsock)
+            dp.tune(conn)
+            t = loop.create_task(self.serve_conn(conn))
+            self._conns.add(t)
+            t.add_done_callback(self._conns.discard)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = dp.split_address(self.me.address)
+        lsock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind((host, port))
+        lsock.listen(1024)
+        lsock.setblocking(False)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        hb = loop.create_task(self.heartbeats())
+        acc = loop.create_task(self.accept_loop(lsock))
+        scrubs = [loop.create_task(self.scrub_loop(tid)) for tid in self.targets]
+        log.info("data server %d serving targets %s on %s", self.id, sorted(self.targets), self.me.address)
+        await stop.wait()
+        log.info("stopping")
+        acc.cancel()
+        hb.cancel()
+        for t in scrubs:
+            t.cancel()
+        lsock.close()
+        await self.svc.stop()
+        conns = list(self._conns)
+        for t in conns:
+            t.cancel()
+        if conns:
+            await asyncio.wait(conns, timeout=5.0)
+        await self.peers.close()
+        await self.transport.close()
+        for ch in self._channels.values():
+            await ch.close()
+        for t in self.targets.values():
+            t.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dfs-data")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--server", type=int, required=True)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s data[{a.server}] %(levelname)s %(name)s: %(message)s")
+    cfg = ClusterConfig.load(a.config)
+    asyncio.run(DataServer(cfg, a.server).run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

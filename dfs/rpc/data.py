@@ -1,0 +1,364 @@
+"""The client side of the data plane: connections, chain writes, replica reads.
+
+``Connection`` is one TCP connection to a data server with pipelined requests
+(request id -> future; one reader task dispatches replies). ``Pool`` keeps one
+connection per address. ``DataClient`` routes chunk operations with the
+cluster map: writes (and truncates, removes) to the head of the chunk's chain,
+reads to any serving replica.
+
+Retries (until ``deadline``):
+
+* ``ESTALE`` (the server's chain version differs from ours), a connection
+  error, a timeout, ``EAGAIN`` or ``EIO`` from the head (a downstream target
+  failed): refresh the map (``refresh()``, at most every ``refresh_interval``
+  unless the answer was ESTALE) and send again. A re-sent write is applied
+  again as a new version: chunk writes are idempotent in content (same bytes
+  at the same offset).
+* Reads: a random serving replica first, then the others, the tail last;
+  ``EAGAIN`` (a write in flight there) and ``EIO`` (a bad block there; the
+  server repairs it from a peer) move on to the next replica.
+
+Bounded buffers: at most ``max_inflight`` payload bytes are outstanding per
+connection (a semaphore of bytes); a caller beyond that waits.
+
+Imports: dfs.common (and msgpack) only; the map is ``dfs.rpc.transport.ClusterMap``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno as E
+import itertools
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+
+from dfs.common import errors as err
+from dfs.rpc import dataplane as dp
+from dfs.rpc.transport import ClusterMap
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK = 64 << 20
+
+
+class ByteSemaphore:
+    """Admits callers while the sum of their sizes stays under ``limit`` (one oversize caller alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class Connection:
+    """One pipelined data-plane connection."""
+
+    def __init__(self, addr: str, sock: socket.socket, max_inflight: int = 64 << 20) -> None:
+        self.addr = addr
+        self.sock = sock
+        self.reader = dp.FrameReader(sock)
+        self.writer = dp.FrameWriter(sock)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.ids = itertools.count(1)
+        self.budget = ByteSemaphore(max_inflight)
+        self.closed = False
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @classmethod
+    async def open(cls, addr: str, timeout: float = 5.0, max_inflight: int = 64 << 20) -> Connection:
+        return cls(addr, await dp.open_connection(addr, timeout), max_inflight)
+
+    async def _read_loop(self) -> None:
+        exc: BaseException = ConnectionError(f"{self.addr}: connection closed")
+        try:
+            while True:
+                try:
+                    h, payload = await self.reader.read_frame()
+                except dp.PayloadChecksumError as e:
+                    h, payload = e.header._replace(status=E.EIO), memoryview(b"payload checksum mismatch")
+                fut = self.pending.pop(h.req_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((h, payload))
+        except asyncio.CancelledError:
+            exc = ConnectionError(f"{self.addr}: connection closed")
+        except (OSError, dp.ProtocolError) as e:
+            exc = ConnectionError(f"{self.addr}: {e}")
+        finally:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        pending, self.pending = self.pending, {}
+        for f in pending.values():
+            if not f.done():
+                f.set_exception(exc)
+
+    async def call(self, h: dp.Header, payload=b"", timeout: float = 10.0) -> tuple[dp.Header, memoryview]:
+        """Send a request; its reply (header, payload). Error statuses are returned, not raised."""
+        if self.closed:
+            raise ConnectionError(f"{self.addr}: connection closed")
+        n = len(payload) + (h.arg if h.op == dp.READ else MAX_CHUNK if h.op == dp.SYNC_FETCH else 0)
+        await self.budget.acquire(n)
+        rid = next(self.ids)
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[rid] = fut
+        try:
+            await self.writer.send(h._replace(req_id=rid, flags=h.flags & ~dp.F_REPLY), payload)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{self.addr}: {h.name} timed out after {timeout}s") from None
+        except OSError as e:
+            if not self.closed:
+                self._task.cancel()
+            raise ConnectionError(f"{self.addr}: {e}") from None
+        finally:
+            self.pending.pop(rid, None)
+            await self.budget.release(n)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except BaseException:  # noqa: BLE001, S110 - the reader task ends with the connection
+            pass
+
+
+class Pool:
+    """One connection per address, opened on first use, replaced when it breaks."""
+
+    def __init__(self, *, connect_timeout: float = 3.0, max_inflight: int = 64 << 20) -> None:
+        self.conns: dict[str, Connection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.connect_timeout = connect_timeout
+        self.max_inflight = max_inflight
+
+    async def get(self, addr: str) -> Connection:
+        c = self.conns.get(addr)
+        if c is not None and not c.closed:
+            return c
+        lock = self._locks.setdefault(addr, asyncio.Lock())
+        async with lock:
+            c = self.conns.get(addr)
+            if c is None or c.closed:
+                c = self.conns[addr] = await Connection.open(addr, self.connect_timeout, self.max_inflight)
+            return c
+
+    async def call(self, addr: str, h: dp.Header, payload=b"", timeout: float = 10.0):
+        c = await self.get(addr)
+        return await c.call(h, payload, timeout)
+
+    async def close(self) -> None:
+        conns, self.conns = list(self.conns.values()), {}
+        for c in conns:
+            await c.close()
+
+
+_RETRY_STATUSES = {E.ESTALE, E.EAGAIN, E.EIO, err.UNAVAILABLE}
+
+
+class DataClient:
+    """Chunk I/O against the data servers of a cluster map.
+
+    ``cmap``: the current map; ``refresh``: ``async () -> ClusterMap`` (e.g.
+    ``GrpcTransport.refresh_map``)."""
+
+    def __init__(self, cmap: ClusterMap, refresh: Callable[[], Awaitable[ClusterMap]] | None = None, *,
+                 deadline: float = 30.0, attempt_timeout: float = 10.0, refresh_interval: float = 0.2,
+                 max_inflight: int = 64 << 20) -> None:
+        self.map = cmap
+        self._refresh = refresh
+        self.deadline = deadline
+        self.attempt_timeout = attempt_timeout
+        self.refresh_interval = refresh_interval
+        self.pool = Pool(max_inflight=max_inflight)
+        self._last_refresh = -1e9
+        self._refreshing: asyncio.Task | None = None
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # ------------------------------------------------------------------ map
+    async def refresh(self, force: bool = False) -> ClusterMap:
+        loop = asyncio.get_running_loop()
+        if self._refresh is None:
+            return self.map
+        if not force and loop.time() - self._last_refresh < self.refresh_interval:
+            return self.map
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = loop.create_task(self._refresh())
+        try:
+            m = await asyncio.shield(self._refreshing)
+        except err.DfsError as e:
+            log.debug("map refresh: %s", e)
+            return self.map
+        self._last_refresh = loop.time()
+        if m.epoch >= self.map.epoch:
+            self.map = m
+        return self.map
+
+    def chain_for(self, ino: int, index: int, layout) -> Any:
+        from dfs.common.layout import chain_of
+
+        n = len(self.map.chains)
+        if n == 0:
+            raise err.Unavailable("no chains in the cluster map")
+        return self.map.chains[chain_of(ino, index, layout, n)]
+
+    def _addr(self, tid: int) -> str:
+        t = self.map.targets.get(tid)
+        if t is None:
+            raise err.Unavailable(f"target {tid} not in the map")
+        return t.address
+
+    # ------------------------------------------------------------------ chain ops
+    async def _to_head(self, make: Callable[[Any], dp.Header], payload=b"", *, chain_pos: Callable[[], Any]) \
+            -> tuple[dp.Header, memoryview]:
+        """Send a mutation to the head of the chain ``chain_pos()`` picks, with retries."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.deadline
+        delay = 0.01
+        last: BaseException | None = None
+        while True:
+            force = False
+            try:
+                ch = chain_pos()
+                if not ch.targets:
+                    raise err.Unavailable(f"chain {ch.id} has no serving target")
+                head = ch.targets[0]
+                h = make(ch)._replace(chain_id=ch.id, chain_version=ch.version, target=head)
+                rh, rp = await self.pool.call(self._addr(head), h, payload,
+                                              min(self.attempt_timeout, max(0.1, end - loop.time())))
+                if rh.status == 0:
+                    return rh, rp
+                if rh.status not in _RETRY_STATUSES:
+                    dp.raise_for(rh, rp)
+                last = err.error_for(rh.status, bytes(rp).decode(errors="replace"))
+                force = rh.status == E.ESTALE
+            except (ConnectionError, TimeoutError, err.Unavailable) as e:
+                last = e
+            if loop.time() >= end:
+                if isinstance(last, err.DfsError):
+                    raise last
+                raise err.Unavailable(f"no answer before the deadline: {last}")
+            await self.refresh(force)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.2)
+
+    async def write(self, ino: int, index: int, offset: int, data, layout) -> int:
+        """Write ``data`` at ``offset`` of chunk ``index``; returns the chunk's new version."""
+        if offset < 0 or offset + len(data) > layout.chunk_size:
+            raise err.InvalidArgument(f"write [{offset}, {offset + len(data)}) outside chunk of {layout.chunk_size}")
+        rh, _ = await self._to_head(lambda ch: dp.Header(dp.WRITE, ino=ino, index=index, offset=offset,
+                                                         arg=layout.pack()),
+                                    data, chain_pos=lambda: self.chain_for(ino, index, layout))
+        return rh.version
+
+    async def truncate(self, ino: int, index: int, length: int, layout) -> int:
+        """Set chunk ``index``'s length (a missing chunk is created with that length)."""
+        rh, _ = await self._to_head(lambda ch: dp.Header(dp.TRUNCATE, ino=ino, index=index, offset=length,
+                                                         arg=layout.pack()),
+                                    chain_pos=lambda: self.chain_for(ino, index, layout))
+        return rh.version
+
+    async def remove(self, ino: int, index: int, layout) -> None:
+        await self._to_head(lambda ch: dp.Header(dp.REMOVE, ino=ino, index=index),
+                            chain_pos=lambda: self.chain_for(ino, index, layout))
+
+    async def remove_inode(self, ino: int, layout, size: int = 0) -> int:
+        """Remove every chunk of ``ino`` on every chain its layout maps it to (each head and its
+        chain remove all the inode's chunks they hold). Returns how many chunks the heads removed."""
+        from dfs.common.layout import chain_of
+
+        n = len(self.map.chains)
+        if n == 0:
+            return 0
+        positions = sorted({chain_of(ino, k, layout, n) for k in range(min(layout.stripe, n))})
+        total = 0
+        for pos in positions:
+            rh, _ = await self._to_head(lambda ch: dp.Header(dp.REMOVE_INODE, ino=ino),
+                                        chain_pos=lambda pos=pos: self.map.chains[pos])
+            total += rh.offset
+        return total
+
+    # ------------------------------------------------------------------ reads
+    async def read(self, ino: int, index: int, offset: int, length: int, layout) -> bytes:
+        """Up to ``length`` bytes of chunk ``index`` from ``offset`` (b"" past its end or if it does not exist)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.deadline
+        delay = 0.01
+        last: BaseException | None = None
+        while True:
+            force = False
+            ch = None
+            try:
+                ch = self.chain_for(ino, index, layout)
+                order = list(ch.targets)
+                if not order:
+                    raise err.Unavailable(f"chain {ch.id} has no serving target")
+                tail = order.pop()
+                random.shuffle(order)
+                order.append(tail)
+            except err.Unavailable as e:
+                last, order = e, []
+            for tid in order:
+                h = dp.Header(dp.READ, ino=ino, index=index, offset=offset, arg=length,
+                              chain_id=ch.id, chain_version=ch.version, target=tid)
+                try:
+                    rh, rp = await self.pool.call(self._addr(tid), h, b"",
+                                                  min(self.attempt_timeout, max(0.1, end - loop.time())))
+                except (ConnectionError, TimeoutError, err.Unavailable) as e:
+                    last = e
+                    continue
+                if rh.status == 0:
+                    return bytes(rp)
+                last = err.error_for(rh.status, bytes(rp).decode(errors="replace"))
+                if rh.status == E.ESTALE:
+                    force = True
+                    break
+                if rh.status not in _RETRY_STATUSES:
+                    dp.raise_for(rh, rp)
+            if loop.time() >= end:
+                if isinstance(last, err.DfsError):
+                    raise last
+                raise err.Unavailable(f"read: no replica answered before the deadline: {last}")
+            await self.refresh(force)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.2)
+
+    # ------------------------------------------------------------------ one target (tests, tools)
+    async def read_target(self, tid: int, ino: int, index: int, offset: int = 0, length: int = MAX_CHUNK) \
+            -> tuple[int, bytes]:
+        """(version, bytes) from one target, whatever its role; raises on error (ChecksumError for a bad block)."""
+        h = dp.Header(dp.READ, flags=dp.F_ANY, ino=ino, index=index, offset=offset, arg=length, target=tid)
+        rh, rp = await self.pool.call(self._addr(tid), h, b"", self.attempt_timeout)
+        dp.raise_for(rh, rp)
+        return rh.version, bytes(rp)
+
+    async def stat_target(self, tid: int, ino: int, index: int) -> tuple[int, int, int, bytes] | None:
+        """(version, committed, length, crcs) of a chunk on one target, or None."""
+        h = dp.Header(dp.STAT, ino=ino, index=index, target=tid)
+        rh, rp = await self.pool.call(self._addr(tid), h, b"", self.attempt_timeout)
+        if rh.status == E.ENOENT:
+            return None
+        dp.raise_for(rh, rp)
+        v, c, n, crcs = msgpack.unpackb(bytes(rp))
+        return v, c, n, crcs

@@ -1,0 +1,290 @@
+"""The data-plane wire format: fixed 64-byte frame headers + payload, over TCP.
+
+    magic u32 | op u8 | flags u8 | status i16 | req_id u64 | ino u64 | index u32 |
+    chain_id u32 | chain_version u32 | offset u32 | length u32 | version u64 |
+    payload_crc u32 | arg u32 | target u32
+
+All little-endian (``struct`` format ``<IBBhQQIIIIIQII I``), 64 bytes. ``length``
+payload bytes follow; ``payload_crc`` is the CRC32C of the payload (0 for an
+empty one) and the receiver checks it. ``status`` is 0 or an errno (or one of
+dfs's internal statuses, see ``dfs.common.errors``; they fit an i16 only as
+``NEED_INSTALL``, the one the data plane uses); an error reply carries the
+message as its UTF-8 payload. ``length`` is always the payload length.
+``target`` is the 4 bytes the design left ``reserved``: the target a request
+is for (a data server may own several targets, even two of one chain).
+``arg`` (the design's ``token``) is a per-op argument: the packed layout for
+WRITE/TRUNCATE (the server learns the chunk size from it), the byte count for
+READ.
+
+Per-op use of the fields is in ``docs/design/data.md`` ("Data plane").
+
+I/O: **raw non-blocking sockets** driven by the event loop
+(``loop.sock_recv_into`` / ``sock.sendmsg``), not asyncio streams. A
+``StreamReader`` copies every byte at least twice (into its own buffer, then
+into a fresh ``bytes`` per ``readexactly``) and cannot receive into a buffer
+we choose; here ``FrameReader`` receives headers and small payloads into one
+reused ``bytearray`` (many frames per ``recv`` when they are pipelined) and a
+large payload straight into the buffer that is handed to the request's handler
+(which has to own it anyway: requests on one connection run concurrently, so a
+payload cannot live in a buffer the next frame overwrites). Sends are one
+scatter/gather ``sendmsg([header, payload])`` (no concatenation copy), falling
+back to ``loop.sock_sendall`` for the rest when the socket buffer is full.
+``loop.sock_sendfile`` is available on the same sockets for chunk files.
+
+Imports: dfs.common only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import NamedTuple
+
+from dfs.common import errors as err
+from dfs.common.checksum import crc32c
+
+MAGIC = 0x31534644  # b"DFS1" little-endian
+HEADER = struct.Struct("<IBBhQQIIIIIQIII")
+HEADER_SIZE = HEADER.size
+assert HEADER_SIZE == 64
+
+MAX_PAYLOAD = (64 << 20) + (1 << 20)  # a whole 64 MiB chunk plus room for listings
+NO_TARGET = 0xFFFFFFFF
+
+# ops
+WRITE = 1          # offset, length=len(data), version (forwarded) -> reply version
+READ = 2           # offset, length -> payload (<= length bytes; b"" past the end), version
+TRUNCATE = 3       # offset = new length, version (forwarded)
+REMOVE = 4         # one chunk
+REMOVE_INODE = 5   # every chunk of ino on the target; reply offset = chunks removed
+STAT = 6           # -> version, offset=committed, length=0, payload = msgpack [version, committed, length, crcs]
+SYNC_LIST = 7      # chain_id, cursor (ino, index exclusive start; flags CURSOR) -> msgpack [[ino, index, version, digest]...]
+SYNC_FETCH = 8     # (ino, index) -> whole chunk payload, version
+INSTALL = 9        # forwarded whole-chunk replace at version (repairs a replica that missed writes)
+PING = 10
+
+OP_NAMES = {WRITE: "WRITE", READ: "READ", TRUNCATE: "TRUNCATE", REMOVE: "REMOVE", REMOVE_INODE: "REMOVE_INODE",
+            STAT: "STAT", SYNC_LIST: "SYNC_LIST", SYNC_FETCH: "SYNC_FETCH", INSTALL: "INSTALL", PING: "PING"}
+
+# flags
+F_REPLY = 0x01      # a reply (req_id matches the request)
+F_FORWARD = 0x02    # sent by the chain predecessor: version is assigned, apply it as is
+F_MORE = 0x04       # SYNC_LIST reply: more entries after the last one
+F_CURSOR = 0x08     # SYNC_LIST request: start after (ino, index)
+F_ANY = 0x10        # READ: serve even if not the tail / a write is in flight (repair, tests)
+
+# internal status (fits an i16): a forwarded WRITE/TRUNCATE found a version gap;
+# the predecessor answers it with an INSTALL of its whole chunk.
+NEED_INSTALL = 1001
+
+
+class Header(NamedTuple):
+    op: int
+    flags: int = 0
+    status: int = 0
+    req_id: int = 0
+    ino: int = 0
+    index: int = 0
+    chain_id: int = 0
+    chain_version: int = 0
+    offset: int = 0
+    length: int = 0
+    version: int = 0
+    payload_crc: int = 0
+    arg: int = 0
+    target: int = NO_TARGET
+
+    @property
+    def name(self) -> str:
+        return OP_NAMES.get(self.op, str(self.op))
+
+
+class ProtocolError(ConnectionError):
+    """The byte stream is not a frame stream (bad magic, absurd length): drop the connection."""
+
+
+class PayloadChecksumError(Exception):
+    """A well-formed frame whose payload does not match its CRC: reply EIO to ``header``."""
+
+    def __init__(self, header: Header) -> None:
+        super().__init__(f"{header.name} req {header.req_id}: payload CRC mismatch")
+        self.header = header
+
+
+def encode(h: Header, payload=b"") -> bytes:
+    """The header bytes for ``h`` with ``length`` and ``payload_crc`` set from ``payload``."""
+    n = len(payload)
+    return HEADER.pack(MAGIC, h.op, h.flags, h.status, h.req_id, h.ino, h.index, h.chain_id, h.chain_version,
+                       h.offset, n, h.version, crc32c(payload) if n else 0, h.arg, h.target)
+
+
+def decode(b) -> Header:
+    """Parse 64 header bytes; ``ProtocolError`` on bad magic or a length over ``MAX_PAYLOAD``."""
+    t = HEADER.unpack_from(b)
+    if t[0] != MAGIC:
+        raise ProtocolError(f"bad magic {t[0]:#x}")
+    h = Header(*t[1:])
+    if h.length > MAX_PAYLOAD:
+        raise ProtocolError(f"payload length {h.length} over {MAX_PAYLOAD}")
+    return h
+
+
+def check_payload(h: Header, payload) -> None:
+    if (crc32c(payload) if len(payload) else 0) != h.payload_crc:
+        raise PayloadChecksumError(h)
+
+
+def reply_to(h: Header, *, status: int = 0, version: int | None = None, offset: int | None = None,
+             flags: int = 0) -> Header:
+    """The reply header to request ``h`` (same ids, F_REPLY)."""
+    return h._replace(flags=F_REPLY | flags, status=status, version=h.version if version is None else version,
+                      offset=h.offset if offset is None else offset, length=0, payload_crc=0)
+
+
+def error_payload(e: BaseException) -> bytes:
+    msg = e.detail if isinstance(e, err.DfsError) and e.detail else str(e)
+    return msg.encode("utf-8", "replace")[:4096]
+
+
+def status_of(e: BaseException) -> int:
+    if isinstance(e, err.DfsError):
+        code = e.errno or 5
+        return code if code < 32768 else 5
+    if isinstance(e, OSError) and e.errno:
+        return e.errno
+    return 5  # EIO
+
+
+def raise_for(h: Header, payload) -> None:
+    """Raise the ``DfsError`` an error reply stands for (ChecksumError for EIO 'checksum ...')."""
+    if not h.status:
+        return
+    msg = bytes(payload).decode("utf-8", "replace") or None
+    if h.status == 5 and msg and "checksum" in msg:
+        raise err.ChecksumError(msg)
+    raise err.error_for(h.status, msg)
+
+
+# ---------------------------------------------------------------------- socket I/O
+class FrameReader:
+    """Reads frames from a non-blocking socket into a reused buffer.
+
+    ``await read_frame()`` -> ``(Header, payload)``: ``payload`` is a memoryview
+    the caller owns (small payloads are copied out of the shared buffer, large
+    ones are received directly into their own bytearray). Raises
+    ``ConnectionError`` at EOF, ``ProtocolError`` on garbage and
+    ``PayloadChecksumError`` (the stream stays usable) on a CRC mismatch.
+    """
+
+    SMALL = 64 << 10
+
+    def __init__(self, sock: socket.socket, bufsize: int = 256 << 10) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.buf = bytearray(bufsize)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.small = min(self.SMALL, bufsize // 2)
+
+    async def _fill(self, need: int) -> None:
+        """Until at least ``need`` bytes are buffered (need <= len(buf))."""
+        if self.start + need > len(self.buf):
+            n = self.end - self.start
+            self.buf[:n] = self.view[self.start:self.end]
+            self.start, self.end = 0, n
+        while self.end - self.start < need:
+            got = await self.loop.sock_recv_into(self.sock, self.view[self.end:])
+            if not got:
+                raise ConnectionError("connection closed")
+            self.end += got
+
+    async def read_frame(self) -> tuple[Header, memoryview]:
+        await self._fill(HEADER_SIZE)
+        h = decode(self.view[self.start:self.start + HEADER_SIZE])
+        self.start += HEADER_SIZE
+        n = h.length
+        if n == 0:
+            payload = memoryview(b"")
+        elif n <= self.small:
+            await self._fill(n)
+            payload = memoryview(bytes(self.view[self.start:self.start + n]))
+            self.start += n
+        else:
+            out = bytearray(n)
+            mv = memoryview(out)
+            have = min(n, self.end - self.start)
+            mv[:have] = self.view[self.start:self.start + have]
+            self.start += have
+            pos = have
+            while pos < n:
+                got = await self.loop.sock_recv_into(self.sock, mv[pos:])
+                if not got:
+                    raise ConnectionError("connection closed")
+                pos += got
+            payload = mv
+        if self.start == self.end:
+            self.start = self.end = 0
+        check_payload(h, payload)
+        return h, payload
+
+
+class FrameWriter:
+    """Sends frames on a non-blocking socket; one frame at a time (a lock), whole frames."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()
+
+    async def send(self, h: Header, payload=b"") -> None:
+        hb = encode(h, payload)
+        async with self.lock:
+            bufs = [hb, payload] if len(payload) else [hb]
+            total = sum(len(b) for b in bufs)
+            try:
+                sent = self.sock.sendmsg(bufs)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent < total:
+                if sent < len(hb):
+                    await self.loop.sock_sendall(self.sock, hb[sent:])
+                    if len(payload):
+                        await self.loop.sock_sendall(self.sock, payload)
+                else:
+                    await self.loop.sock_sendall(self.sock, memoryview(payload)[sent - len(hb):])
+
+
+def tune(sock: socket.socket) -> socket.socket:
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        except OSError:
+            pass
+    return sock
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def open_connection(addr: str, timeout: float = 5.0) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    host, port = split_address(addr)
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: Exception | None = None
+    for family, type_, proto, _, sa in infos:
+        s = socket.socket(family, type_, proto)
+        s.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(s, sa), timeout)
+        except (OSError, TimeoutError) as e:
+            s.close()
+            last = e
+            continue
+        return tune(s)
+    raise ConnectionError(f"cannot connect to {addr}: {last}")

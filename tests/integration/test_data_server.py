@@ -1,0 +1,238 @@
+"""Data servers as real processes: chain writes, replica reads, bad blocks, kill -9 and resync.
+
+Each test runs its own LocalCluster (1 mgmt, 1 metadata shard, 3 data servers
+with one target each: 3 chains of 3 targets) and talks to the data plane with
+``DataClient``. Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import random
+import time
+
+import pytest
+
+from dfs.common import errors as err
+from dfs.common.layout import Layout
+from dfs.rpc.data import DataClient
+from dfs.rpc.transport import GrpcTransport
+from dfs.testing.cluster import LocalCluster
+
+LAYOUT = Layout(chunk_size=1 << 20, stripe=3, replicas=3)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=1, mgmt_replicas=1, data_servers=3,
+                     target_timeout=1.5)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+async def _client(c: LocalCluster) -> tuple[GrpcTransport, DataClient]:
+    tr = await GrpcTransport(c.mgmt_addresses, deadline=10.0).connect()
+    return tr, DataClient(tr.map, tr.refresh_map, deadline=30.0, attempt_timeout=5.0)
+
+
+async def _until(pred, timeout: float, what: str, interval: float = 0.05):
+    end = time.monotonic() + timeout
+    while True:
+        r = await pred()
+        if r:
+            return r
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what} not within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+async def _replicas_agree(dc: DataClient, ino: int, index: int, want: bytes) -> bool:
+    """Every serving target of the chunk's chain has it: same version, committed, CRCs and bytes."""
+    ch = dc.chain_for(ino, index, LAYOUT)
+    metas = set()
+    for tid in ch.targets:
+        st = await dc.stat_target(tid, ino, index)
+        if st is None:
+            return False
+        v, committed, n, crcs = st
+        if committed != v:
+            return False
+        ver, data = await dc.read_target(tid, ino, index)
+        if data != want or ver != v:
+            return False
+        metas.add((v, n, bytes(crcs)))
+    return len(metas) == 1
+
+
+def _chunk_file(c: LocalCluster, tid: int, ino: int, index: int) -> str:
+    path = next(t.path for d in c.cfg.data for t in d.targets if t.id == tid)
+    hits = glob.glob(os.path.join(path, "chunks", "*", f"{ino:016x}.{index:08x}"))
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def _flip_byte(path: str, pos: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_chain_write_read_round_trip(cluster):
+    async def main():
+        tr, dc = await _client(cluster)
+        try:
+            assert len(dc.map.chains) == 3 and all(len(ch.targets) == 3 for ch in dc.map.chains)
+            rnd = random.Random(1)
+            want = {}
+            for ino in (11, 12, 13):
+                for index in range(3):  # stripe 3 over 3 chains: every chain gets chunks
+                    data = bytearray(rnd.randbytes(300_000))
+                    await dc.write(ino, index, 0, data, LAYOUT)
+                    patch = rnd.randbytes(70_000)  # an unaligned overwrite that also extends the chunk
+                    await dc.write(ino, index, 250_000, patch, LAYOUT)
+                    data[250_000:] = patch
+                    want[(ino, index)] = bytes(data)
+            assert {dc.chain_for(i, k, LAYOUT).id for i, k in want} == {0, 1, 2}
+            for (ino, index), data in want.items():
+                assert await dc.read(ino, index, 0, 1 << 20, LAYOUT) == data
+                assert await dc.read(ino, index, 1000, 5000, LAYOUT) == data[1000:6000]
+                assert await dc.read(ino, index, 400_000, 10, LAYOUT) == b""  # past the end
+                assert await _replicas_agree(dc, ino, index, data)
+                ch = dc.chain_for(ino, index, LAYOUT)
+                assert {(await dc.stat_target(t, ino, index))[0] for t in ch.targets} == {2}
+            assert await dc.read(99, 0, 0, 100, LAYOUT) == b""  # no such chunk
+            # truncate and remove go down the chain too
+            await dc.truncate(11, 0, 1000, LAYOUT)
+            assert await _replicas_agree(dc, 11, 0, want[(11, 0)][:1000])
+            await dc.remove(11, 1, LAYOUT)
+            for t in dc.chain_for(11, 1, LAYOUT).targets:
+                assert await dc.stat_target(t, 11, 1) is None
+            assert await dc.remove_inode(12, LAYOUT) == 3  # the first head held all three
+            for k in range(3):
+                assert await dc.read(12, k, 0, 100, LAYOUT) == b""
+                for t in dc.map.targets:
+                    assert await dc.stat_target(t, 12, k) is None
+            assert await dc.read(13, 2, 0, 1 << 20, LAYOUT) == want[(13, 2)]
+            with pytest.raises(err.InvalidArgument):
+                await dc.write(11, 0, (1 << 20) - 10, b"x" * 11, LAYOUT)
+        finally:
+            await dc.close()
+            await tr.close()
+
+    asyncio.run(main())
+
+
+def test_bad_block_on_one_replica(cluster):
+    async def main():
+        tr, dc = await _client(cluster)
+        try:
+            data = random.Random(2).randbytes(256 * 1024)
+            ino, index = 21, 0
+            await dc.write(ino, index, 0, data, LAYOUT)
+            ch = dc.chain_for(ino, index, LAYOUT)
+            bad = ch.targets[1]
+            _flip_byte(_chunk_file(cluster, bad, ino, index), 70_000)  # in block 1
+            with pytest.raises(err.ChecksumError):
+                await dc.read_target(bad, ino, index)
+            for _ in range(20):  # random replicas first: some land on the bad one
+                assert await dc.read(ino, index, 0, 1 << 20, LAYOUT) == data
+                assert await dc.read(ino, index, 65_000, 10_000, LAYOUT) == data[65_000:75_000]
+
+            async def repaired():
+                try:
+                    return (await dc.read_target(bad, ino, index))[1] == data
+                except err.ChecksumError:
+                    return False
+
+            await _until(repaired, 10, "repair of the bad replica from a peer")
+            assert await _replicas_agree(dc, ino, index, data)
+        finally:
+            await dc.close()
+            await tr.close()
+
+    asyncio.run(main())
+
+
+def test_kill_data_server_during_writes_then_resync(cluster):
+    c = cluster
+    victim = c.data_procs()[1]
+    vt = c.cfg.data[1].targets[0].id
+
+    async def main():
+        tr, dc = await _client(c)
+        try:
+            model: dict[tuple[int, int], bytearray] = {}
+            acked = 0
+            stop = asyncio.Event()
+
+            async def writer(w: int):
+                nonlocal acked
+                r = random.Random(w)
+                chunks = [(100 + w, k) for k in range(3)]
+                while not stop.is_set():
+                    ino, index = r.choice(chunks)
+                    cur = model.setdefault((ino, index), bytearray())
+                    off = r.randrange(0, len(cur) + 1) if cur else 0
+                    off = min(off, LAYOUT.chunk_size - 1)
+                    n = min(r.randrange(1, 200_000), LAYOUT.chunk_size - off)
+                    data = r.randbytes(n)
+                    await dc.write(ino, index, off, data, LAYOUT)  # retries until acknowledged (or raises)
+                    if off > len(cur):
+                        cur.extend(bytes(off - len(cur)))
+                    cur[off:off + n] = data
+                    acked += 1
+
+            tasks = [asyncio.get_running_loop().create_task(writer(w)) for w in range(4)]
+            await _until(lambda: _ret(acked >= 40), 30, "writes before the kill")
+            c.kill(victim)  # kill -9 in the middle of the stream
+            killed_at = acked
+
+            async def dropped():
+                m = await tr.refresh_map()
+                return all(vt not in ch.targets for ch in m.chains)
+
+            await _until(dropped, 15, "mgmt takes the dead target out of its chains")
+            await _until(lambda: _ret(acked >= killed_at + 60), 60, "writes with the target down")
+            stop.set()
+            await asyncio.gather(*tasks)
+            dc.map = await tr.refresh_map()
+
+            # every acknowledged write reads back with the server down
+            for (ino, index), want in model.items():
+                assert await dc.read(ino, index, 0, 1 << 20, LAYOUT) == bytes(want)
+                assert await _replicas_agree(dc, ino, index, bytes(want))
+
+            # restart: it comes back syncing, resyncs from the tails and becomes a full member again
+            c.spawn(victim)
+            more = [asyncio.get_running_loop().create_task(writer(w)) for w in range(2)]  # writes during resync
+            stop.clear()
+
+            async def back():
+                m = await tr.refresh_map()
+                return m.targets[vt].state == "serving" and all(len(ch.targets) == 3 for ch in m.chains)
+
+            await _until(back, 30, "the restarted target serving in all its chains again")
+            stop.set()
+            await asyncio.gather(*more)
+            dc.map = await tr.refresh_map()
+            for (ino, index), want in model.items():
+                assert await dc.read(ino, index, 0, 1 << 20, LAYOUT) == bytes(want)
+                assert await _replicas_agree(dc, ino, index, bytes(want)), (ino, index)
+                _, data = await dc.read_target(vt, ino, index)
+                assert data == bytes(want)
+        finally:
+            await dc.close()
+            await tr.close()
+
+    asyncio.run(main())
+
+
+async def _ret(v):
+    return v
