@@ -43,7 +43,11 @@ class ChunkIO(Protocol):
 
 
 class SizeSink(Protocol):
-    async def setattr(self, ino: int, *, size: int | None = ..., mtime_now: bool = ...) -> Attr: ...
+    """The metadata side a file handle needs (MetaClient)."""
+
+    async def extend(self, ino: int, size: int) -> Attr: ...
+
+    async def setattr(self, ino: int, *, size: int | None = ...) -> Attr: ...
 
 
 class MemoryChunks:
@@ -184,7 +188,7 @@ class FileHandle:
         await self._drain()
         self._raise_deferred()
         if self._dirty_size:
-            await self.meta.setattr(self.ino, size=self.size, mtime_now=True)
+            await self.meta.extend(self.ino, self.size)
             self._dirty_size = False
 
     async def _drain(self) -> None:

@@ -224,6 +224,10 @@ class MetaClient:
                 atime_ns or 0, mtime_ns or 0]
         return Attr.from_wire(await self._call(shard_of(ino), Op.SETATTR, args, caller, True))
 
+    async def extend(self, ino: int, size: int, *, caller: Caller | None = None) -> Attr:
+        """A writer publishes its size (grow only) and mtime: close-to-open's close."""
+        return Attr.from_wire(await self._call(shard_of(ino), Op.EXTEND, [ino, size], caller, True))
+
     async def setxattr(self, ino: int, name: str | bytes, value: bytes, flags: int = 0, *,
                        caller: Caller | None = None) -> None:
         await self._call(shard_of(ino), Op.SETXATTR, [ino, _enc(name), bytes(value), flags], caller, True)

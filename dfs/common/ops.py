@@ -27,6 +27,9 @@ with the leader prefixing the header (request id, timestamp, caller).
       SETLAYOUT   ino, layout                       -> attr  (directories; owner or root; packed
                                                        dfs.common.layout.Layout, 0 = default)
       ORPHANDONE  ino                               -> nil   (internal: the orphan's chunks are freed)
+      EXTEND      ino, size                         -> attr  (a writer's close/fsync: size = max(size, n),
+                                                       mtime = ctime = now; regular files; the writer's
+                                                       open already checked its access)
     namespace operations that may span shards (run by the coordinator)
       MKDIR       parent, name, mode, umask         -> attr
       RMDIR       parent, name                      -> nil
@@ -67,6 +70,7 @@ class Op(enum.IntEnum):
     REMOVEXATTR = 23
     SETLAYOUT = 24
     ORPHANDONE = 25
+    EXTEND = 26
 
     MKDIR = 40
     RMDIR = 41
@@ -84,7 +88,7 @@ class Op(enum.IntEnum):
 READS = frozenset({Op.LOOKUP, Op.GETATTR, Op.READDIR, Op.READLINK, Op.GETXATTR, Op.LISTXATTR,
                    Op.STATFS, Op.GETATTRS, Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH,
                    Op.REQSTATUS, Op.ORPHANS})
-LOGGED = frozenset({Op.CREATE, Op.SETATTR, Op.SETXATTR, Op.REMOVEXATTR, Op.SETLAYOUT, Op.ORPHANDONE,
+LOGGED = frozenset({Op.CREATE, Op.SETATTR, Op.SETXATTR, Op.REMOVEXATTR, Op.SETLAYOUT, Op.ORPHANDONE, Op.EXTEND,
                     Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT, Op.FORGET})
 COORDINATED = frozenset({Op.MKDIR, Op.RMDIR, Op.UNLINK, Op.RENAME, Op.LINK})
 INTERNAL = frozenset({Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH, Op.REQSTATUS, Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT,

@@ -553,6 +553,25 @@ class MetaStore(StateMachine):
         ctx.put(i)
         return i.wire()
 
+    def _extend(self, ctx: Ctx, ino: int, size: int):
+        """Publish a writer's size on close/fsync: never shrinks (two writers of one
+        file each publish what they wrote; truncation is SETATTR's job)."""
+        i = ctx.inode(ino)
+        ctx.check_lock(S.lock_key_inode(ino), "S")
+        if not stat.S_ISREG(i.mode):
+            raise err.InvalidArgument("extend of a non-regular file")
+        if not isinstance(size, int) or size < 0 or size > (1 << 62):
+            raise err.InvalidArgument("size")
+        if size > i.size:
+            i.size = size
+        i.mtime = i.ctime = ctx.ts
+        if ctx.caller.uid != 0:  # a write by a non-root caller clears set-user-id (and set-group-id if g+x)
+            i.mode &= ~stat.S_ISUID
+            if i.mode & stat.S_IXGRP:
+                i.mode &= ~stat.S_ISGID
+        ctx.put(i)
+        return i.wire()
+
     def _orphandone(self, ctx: Ctx, ino: int):
         """The orphan's chunks are gone: forget it (internal)."""
         ctx.ov.delete(S.orphan_key(ino))
@@ -826,6 +845,7 @@ class MetaStore(StateMachine):
         Op.REMOVEXATTR: _removexattr,
         Op.SETLAYOUT: _setlayout,
         Op.ORPHANDONE: _orphandone,
+        Op.EXTEND: _extend,
         Op.ONEPHASE: _onephase,
         Op.PREPARE: _prepare,
         Op.COMMIT: _commit,

@@ -681,3 +681,19 @@ def test_setlayout_permissions_and_validation(ns):
     from dfs.common.layout import DEFAULT_LAYOUT
 
     assert c.create(d.ino, "g", caller=ALICE)[0].layout == DEFAULT_LAYOUT.pack()
+
+
+def test_extend_grows_never_shrinks(ns):
+    """A writer's close publishes its size: the larger of the two wins, mtime moves."""
+    c, top = ns.c, ns.top
+    c.setattr(top, mode=0o777)
+    f, _ = c.create(top, "f", 0o644, caller=ALICE)
+    a = c.extend(f.ino, 1000, caller=ALICE)
+    assert a.size == 1000 and a.mtime_ns > f.mtime_ns
+    b = c.extend(f.ino, 10, caller=ALICE)
+    assert b.size == 1000 and b.mtime_ns >= a.mtime_ns
+    c.setattr(f.ino, mode=0o444, caller=ALICE)
+    assert c.extend(f.ino, 2000, caller=ALICE).size == 2000  # an open writer keeps writing after chmod
+    d = c.mkdir(top, "d")
+    expect_errno(errno.EINVAL, c.extend, d.ino, 5)
+    expect_errno(errno.EINVAL, c.extend, f.ino, -1)
