@@ -63,3 +63,17 @@ def shared_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def data_cluster(tmp_path_factory):
+    """A real cluster with data: 2 shards x 3 replicas, 3 data servers, chains of 3."""
+    from dfs.testing.cluster import LocalCluster
+
+    cluster = LocalCluster(str(tmp_path_factory.mktemp("datacluster")), shards=2, replicas=3, mgmt_replicas=1,
+                           data_servers=3, chain_replicas=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

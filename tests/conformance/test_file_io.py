@@ -84,6 +84,59 @@ def test_random_io_matches_reference_memory(script):
     asyncio.run(go())
 
 
+_names = iter(range(10**9))
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=ops)
+def test_random_io_matches_reference_cluster(data_cluster, script):
+    """The same, through a real cluster: 3 data servers, chains of 3 replicas, 2 metadata shards."""
+    from dfs.rpc.data import DataClient
+    from dfs.rpc.transport import GrpcTransport
+
+    async def go():
+        t = await GrpcTransport(data_cluster.mgmt_addresses).connect()
+        env = Env(MetaClient(t), DataClient(t.map, t.refresh_map))
+        try:
+            await check(env, script, f"f{next(_names)}")
+        finally:
+            await env.data.close()
+            await env.meta.close()
+    asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_replicas_hold_identical_chunks(data_cluster):
+    """After writes through the client core, every replica of every chunk has the same version and bytes."""
+    from dfs.common.layout import chain_of
+    from dfs.rpc.data import DataClient
+    from dfs.rpc.transport import GrpcTransport
+
+    async def go():
+        t = await GrpcTransport(data_cluster.mgmt_addresses).connect()
+        meta, data = MetaClient(t), DataClient(t.map, t.refresh_map)
+        try:
+            attr, _ = await meta.create(ROOT_INO, f"replicated{next(_names)}")
+            fh = FileHandle(meta, data, attr, layout=LAYOUT)
+            blob = bytes((i * 7) & 0xFF for i in range(4 * CHUNK + 999))
+            await fh.pwrite(0, blob)
+            await fh.pwrite(CHUNK + 5, b"overwrite")
+            await fh.close()
+            nchains = len(data.map.chains)
+            for index in range(5):
+                chain = data.map.chains[chain_of(attr.ino, index, LAYOUT, nchains)]
+                copies = {tid: await data.read_target(tid, attr.ino, index) for tid in chain.targets}
+                metas = {tid: await data.stat_target(tid, attr.ino, index) for tid in chain.targets}
+                assert len(chain.targets) == 3
+                assert len(set(copies.values())) == 1, f"chunk {index} differs between replicas"
+                assert len(set(metas.values())) == 1, f"chunk {index} meta differs: {metas}"
+        finally:
+            await data.close()
+            await meta.close()
+    asyncio.run(go())
+
+
 def test_sequential_write_then_read_with_readahead():
     async def go():
         env = memory_env()
