@@ -50,7 +50,10 @@ def cluster() -> None:
 @click.option("--shards", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--replicas", default=3, show_default=True, type=click.Choice(["1", "3", "5"]))
 @click.option("--mgmt-replicas", default=3, show_default=True, type=click.Choice(["1", "3", "5"]))
-def up(data: str, shards: int, replicas: str, mgmt_replicas: str) -> None:
+@click.option("--data-servers", default=3, show_default=True, type=click.IntRange(0, 64))
+@click.option("--targets-per-server", default=1, show_default=True, type=click.IntRange(1, 16))
+def up(data: str, shards: int, replicas: str, mgmt_replicas: str, data_servers: int,
+       targets_per_server: int) -> None:
     """Start (or restart) the local cluster in DATA."""
     from dfs.testing.cluster import LocalCluster
 
@@ -59,7 +62,8 @@ def up(data: str, shards: int, replicas: str, mgmt_replicas: str) -> None:
         running = [p for p in json.load(open(pf)) if _alive(p["pid"]) and "dfs." in _cmdline(p["pid"])]
         if running:
             raise click.ClickException(f"a cluster is already running from {data} ({len(running)} processes)")
-    c = LocalCluster(data, shards=shards, replicas=int(replicas), mgmt_replicas=int(mgmt_replicas))
+    c = LocalCluster(data, shards=shards, replicas=int(replicas), mgmt_replicas=int(mgmt_replicas),
+                     data_servers=data_servers, targets_per_server=targets_per_server)
     t0 = time.monotonic()
     c.start()
     procs = [{"name": p.name, "role": p.role, "shard": p.shard, "replica": p.replica, "address": p.address,
@@ -67,7 +71,8 @@ def up(data: str, shards: int, replicas: str, mgmt_replicas: str) -> None:
     with open(pf, "w") as f:
         json.dump(procs, f, indent=1)
     click.echo(f"cluster {c.cfg.cluster_id} up in {time.monotonic() - t0:.1f}s: "
-               f"{c.cfg.nshards} shards x {len(c.cfg.shards[0].replicas)} replicas, {len(c.cfg.mgmt)} mgmt")
+               f"{c.cfg.nshards} shards x {len(c.cfg.shards[0].replicas)} replicas, {len(c.cfg.mgmt)} mgmt, "
+               f"{len(c.cfg.data)} data servers")
     click.echo(f"cluster file: {c.config_path}")
     click.echo(f"connect:      dfs.connect(mgmt={c.mgmt_addresses!r})")
 
@@ -112,13 +117,49 @@ def status(data: str, as_json: bool) -> None:
     for p in procs:
         p["alive"] = _alive(p["pid"])
         p["raft_role"] = roles.get(p["name"], "")
+    cmap = _fetch_map(c.mgmt_addresses) if any(p["alive"] for p in procs if p["role"] == "mgmt") else None
+    want = c.cfg.replicas_per_chain if c.cfg.data else 0
+    chains = [] if cmap is None else [
+        {"id": ch.id, "version": ch.version, "serving": list(ch.targets), "syncing": list(ch.syncing),
+         "degraded": len(ch.targets) < want} for ch in cmap.chains]
+    targets = [] if cmap is None else [
+        {"id": t.id, "server": t.server, "address": t.address, "state": t.state, "total": t.total, "free": t.free}
+        for t in sorted(cmap.targets.values(), key=lambda t: t.id)]
     if as_json:
-        click.echo(json.dumps(procs, indent=1))
+        click.echo(json.dumps({"processes": procs, "targets": targets, "chains": chains,
+                               "epoch": cmap.epoch if cmap else None}, indent=1))
         return
     click.echo(f"{'process':<12} {'pid':>8} {'address':<22} {'state':<10}")
     for p in procs:
         click.echo(f"{p['name']:<12} {p['pid']:>8} {p['address']:<22} "
                    f"{(p['raft_role'] or ('up' if p['alive'] else 'down')):<10}")
+    if targets:
+        click.echo(f"\n{'target':<8} {'server':>6} {'state':<9} {'free GiB':>9}")
+        for t in targets:
+            click.echo(f"{t['id']:<8} {t['server']:>6} {t['state']:<9} {t['free'] / 2**30:>9.1f}")
+        bad = [ch for ch in chains if ch["degraded"] or ch["syncing"]]
+        click.echo(f"\nchains: {len(chains)}, degraded: {sum(ch['degraded'] for ch in chains)}")
+        for ch in bad:
+            click.echo(f"  chain {ch['id']} v{ch['version']}: serving {ch['serving']} syncing {ch['syncing']}"
+                       + ("  DEGRADED" if ch["degraded"] else ""))
+
+
+def _fetch_map(mgmt: list[str]):
+    import asyncio
+
+    from dfs.common import errors
+    from dfs.rpc.transport import GrpcTransport
+
+    async def go():
+        t = GrpcTransport(mgmt, deadline=3.0, attempt_timeout=1.0)
+        try:
+            return await t.refresh_map()
+        except errors.DfsError:
+            return None
+        finally:
+            await t.close()
+
+    return asyncio.run(go())
 
 
 class _as_alive:

@@ -39,11 +39,14 @@ def test_cluster_up_status_down_up_again(tmp_path):
         r = run("cluster", "up", "--data", data, "--shards", "2")
         assert r.returncode == 0, r.stdout + r.stderr
         assert run("cluster", "up", "--data", data).returncode != 0, "a second up on a running cluster is refused"
-        st = json.loads(run("cluster", "status", "--data", data, "--json").stdout)
-        assert {p["role"] for p in st} == {"mgmt", "meta"} and all(p["alive"] for p in st)
+        out = json.loads(run("cluster", "status", "--data", data, "--json").stdout)
+        st = out["processes"]
+        assert {p["role"] for p in st} == {"mgmt", "meta", "data"} and all(p["alive"] for p in st)
         assert sum(p["raft_role"] == "leader" for p in st) == 2
+        assert len(out["targets"]) == 3 and all(t["state"] == "serving" for t in out["targets"])
+        assert len(out["chains"]) == 3 and not any(ch["degraded"] for ch in out["chains"])
         r = run("cluster", "down", "--data", data)
-        assert r.returncode == 0 and "stopped 9 processes" in r.stdout
+        assert r.returncode == 0 and "stopped 12 processes" in r.stdout
         assert not [p for p in st if _runs_dfs(p["pid"])], "down stopped every process up started"
         r = run("cluster", "up", "--data", data)  # the same cluster again
         assert r.returncode == 0, r.stdout + r.stderr
