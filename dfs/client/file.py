@@ -228,25 +228,37 @@ class FileHandle:
             self._cancel_readahead()
 
     # ------------------------------------------------------------------ reads
-    async def pread(self, offset: int, length: int) -> bytes:
-        self._check_open()
+    async def pread(self, offset: int, length: int) -> bytes | bytearray:
+        """Up to ``length`` bytes at ``offset`` (fewer at the end of the file)."""
         if offset < 0 or length < 0:
             raise err.InvalidArgument("negative offset or length")
+        n = max(0, min(length, self.size - offset))
+        buf = bytearray(n)
+        got = await self.preadinto(offset, buf)
+        return buf if got == n else buf[:got]
+
+    async def preadinto(self, offset: int, buf) -> int:
+        """Read into ``buf`` (any writable buffer) at ``offset``; the byte count.
+
+        Pieces are received from the data servers straight into ``buf``; holes
+        are zero-filled."""
+        self._check_open()
+        if offset < 0:
+            raise err.InvalidArgument("negative offset")
         if self._bufs or self._tasks:
             await self._drain()  # reads see this handle's writes
         self._raise_deferred()
-        end = min(offset + length, self.size)
+        out = memoryview(buf).cast("B")
+        end = min(offset + len(out), self.size)
         if end <= offset:
-            return b""
-        out = bytearray(end - offset)
+            return 0
         ps = pieces(offset, end - offset, self.cs)
         self._note_access(offset, end)
-        got = await asyncio.gather(*(self._read_piece(i, co, n) for i, co, n, _ in ps))
-        for (_, _, _, boff), data in zip(ps, got):
-            out[boff:boff + len(data)] = data  # short reads leave zeros: holes
-        return bytes(out)
+        await asyncio.gather(*(self._read_piece(i, co, out[boff:boff + n]) for i, co, n, boff in ps))
+        return end - offset
 
-    async def _read_piece(self, index: int, coff: int, n: int) -> bytes:
+    async def _read_piece(self, index: int, coff: int, dst: memoryview) -> None:
+        n = len(dst)
         t = self._ra.get(index)
         if t is not None:
             try:
@@ -254,8 +266,20 @@ class FileHandle:
             except err.DfsError:
                 self._ra.pop(index, None)
             else:
-                return whole[coff:coff + n]
-        return await self.data.read(self.ino, index, coff, n, self.layout)
+                got = whole[coff:coff + n]
+                dst[:len(got)] = got
+                if len(got) < n:
+                    dst[len(got):] = bytes(n - len(got))  # a hole or the chunk's end
+                return
+        read_into = getattr(self.data, "read_into", None)
+        if read_into is not None:
+            got_n = await read_into(self.ino, index, coff, dst, self.layout)
+        else:
+            got = await self.data.read(self.ino, index, coff, n, self.layout)
+            got_n = len(got)
+            dst[:got_n] = got
+        if got_n < n:
+            dst[got_n:] = bytes(n - got_n)  # a hole or the chunk's end
 
     def _note_access(self, offset: int, end: int) -> None:
         if offset == self._next_seq:

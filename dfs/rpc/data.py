@@ -74,6 +74,7 @@ class Connection:
         self.reader = dp.FrameReader(sock)
         self.writer = dp.FrameWriter(sock)
         self.pending: dict[int, asyncio.Future] = {}
+        self.dests: dict[int, memoryview] = {}  # request id -> where its reply payload goes
         self.ids = itertools.count(1)
         self.budget = ByteSemaphore(max_inflight)
         self.closed = False
@@ -88,7 +89,7 @@ class Connection:
         try:
             while True:
                 try:
-                    h, payload = await self.reader.read_frame()
+                    h, payload = await self.reader.read_frame(self._dest)
                 except dp.PayloadChecksumError as e:
                     h, payload = e.header._replace(status=E.EIO), memoryview(b"payload checksum mismatch")
                 fut = self.pending.pop(h.req_id, None)
@@ -101,6 +102,9 @@ class Connection:
         finally:
             self._fail(exc)
 
+    def _dest(self, h: dp.Header) -> memoryview | None:
+        return self.dests.pop(h.req_id, None) if h.status == 0 else None
+
     def _fail(self, exc: BaseException) -> None:
         self.closed = True
         try:
@@ -112,8 +116,12 @@ class Connection:
             if not f.done():
                 f.set_exception(exc)
 
-    async def call(self, h: dp.Header, payload=b"", timeout: float = 10.0) -> tuple[dp.Header, memoryview]:
-        """Send a request; its reply (header, payload). Error statuses are returned, not raised."""
+    async def call(self, h: dp.Header, payload=b"", timeout: float = 10.0,
+                   into: memoryview | None = None) -> tuple[dp.Header, memoryview]:
+        """Send a request; its reply (header, payload). Error statuses are returned, not raised.
+
+        With ``into``, a successful reply's payload is received straight into it
+        (the returned payload is then a slice of ``into``)."""
         if self.closed:
             raise ConnectionError(f"{self.addr}: connection closed")
         n = len(payload) + (h.arg if h.op == dp.READ else MAX_CHUNK if h.op == dp.SYNC_FETCH else 0)
@@ -121,10 +129,17 @@ class Connection:
         rid = next(self.ids)
         fut = asyncio.get_running_loop().create_future()
         self.pending[rid] = fut
+        if into is not None:
+            self.dests[rid] = into
         try:
             await self.writer.send(h._replace(req_id=rid, flags=h.flags & ~dp.F_REPLY), payload)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
+            if into is not None and not self.closed:
+                # the reader may be filling the caller's buffer right now: abandon
+                # the connection rather than let a late reply write into memory
+                # the caller has taken back
+                self._task.cancel()
             raise TimeoutError(f"{self.addr}: {h.name} timed out after {timeout}s") from None
         except OSError as e:
             if not self.closed:
@@ -132,6 +147,7 @@ class Connection:
             raise ConnectionError(f"{self.addr}: {e}") from None
         finally:
             self.pending.pop(rid, None)
+            self.dests.pop(rid, None)
             await self.budget.release(n)
 
     async def close(self) -> None:
@@ -162,9 +178,9 @@ class Pool:
                 c = self.conns[addr] = await Connection.open(addr, self.connect_timeout, self.max_inflight)
             return c
 
-    async def call(self, addr: str, h: dp.Header, payload=b"", timeout: float = 10.0):
+    async def call(self, addr: str, h: dp.Header, payload=b"", timeout: float = 10.0, into=None):
         c = await self.get(addr)
-        return await c.call(h, payload, timeout)
+        return await c.call(h, payload, timeout, into)
 
     async def close(self) -> None:
         conns, self.conns = list(self.conns.values()), {}
@@ -300,8 +316,19 @@ class DataClient:
         return total
 
     # ------------------------------------------------------------------ reads
-    async def read(self, ino: int, index: int, offset: int, length: int, layout) -> bytes:
-        """Up to ``length`` bytes of chunk ``index`` from ``offset`` (b"" past its end or if it does not exist)."""
+    async def read(self, ino: int, index: int, offset: int, length: int, layout) -> memoryview:
+        """Up to ``length`` bytes of chunk ``index`` from ``offset`` (empty past its end or if it does not exist)."""
+        return await self._read(ino, index, offset, length, layout, None)
+
+    async def read_into(self, ino: int, index: int, offset: int, buf: memoryview, layout) -> int:
+        """Read up to ``len(buf)`` bytes of chunk ``index`` from ``offset`` straight into ``buf``
+        (received from the socket into it); returns how many bytes arrived."""
+        got = await self._read(ino, index, offset, len(buf), layout, buf)
+        if got.obj is not buf.obj:  # small replies come through the frame buffer
+            buf[:len(got)] = got
+        return len(got)
+
+    async def _read(self, ino: int, index: int, offset: int, length: int, layout, into) -> memoryview:
         loop = asyncio.get_running_loop()
         end = loop.time() + self.deadline
         delay = 0.01
@@ -324,12 +351,12 @@ class DataClient:
                               chain_id=ch.id, chain_version=ch.version, target=tid)
                 try:
                     rh, rp = await self.pool.call(self._addr(tid), h, b"",
-                                                  min(self.attempt_timeout, max(0.1, end - loop.time())))
+                                                  min(self.attempt_timeout, max(0.1, end - loop.time())), into)
                 except (ConnectionError, TimeoutError, err.Unavailable) as e:
                     last = e
                     continue
                 if rh.status == 0:
-                    return bytes(rp)
+                    return rp
                 last = err.error_for(rh.status, bytes(rp).decode(errors="replace"))
                 if rh.status == E.ESTALE:
                     force = True

@@ -200,7 +200,10 @@ class FrameReader:
                 raise ConnectionError("connection closed")
             self.end += got
 
-    async def read_frame(self) -> tuple[Header, memoryview]:
+    async def read_frame(self, dest=None) -> tuple[Header, memoryview]:
+        """The next frame. ``dest(header)`` may name a writable buffer that a
+        large payload is received into directly (a read straight into the
+        caller's memory: no copy after the socket)."""
         await self._fill(HEADER_SIZE)
         h = decode(self.view[self.start:self.start + HEADER_SIZE])
         self.start += HEADER_SIZE
@@ -212,8 +215,11 @@ class FrameReader:
             payload = memoryview(bytes(self.view[self.start:self.start + n]))
             self.start += n
         else:
-            out = bytearray(n)
-            mv = memoryview(out)
+            mv = dest(h) if dest is not None else None
+            if mv is None or len(mv) < n:
+                mv = memoryview(bytearray(n))
+            else:
+                mv = mv[:n]
             have = min(n, self.end - self.start)
             mv[:have] = self.view[self.start:self.start + have]
             self.start += have
