@@ -24,6 +24,10 @@
 
     chain_replicas = 3             # targets per chain (capped at the number of data servers)
     target_timeout = 3.0           # seconds without a heartbeat before mgmt takes a target out
+    scrub_interval = 3600.0        # data servers: seconds between scrub passes of a target
+    scrub_rate = 67108864          # data servers: bytes/s a scrub pass reads (0: unlimited)
+    orphan_scan_interval = 600.0   # data servers: seconds between orphan scans of a target
+    orphan_grace = 3600.0          # data servers: an orphan scan leaves chunks younger than this (s)
 
     [raft]                         # optional tuning
     election_timeout = [0.4, 0.8]
@@ -98,6 +102,10 @@ class ClusterConfig:
     data: tuple[DataServerConfig, ...] = ()
     chain_replicas: int = 3
     target_timeout: float = 3.0
+    scrub_interval: float = 3600.0  # data servers: seconds between scrub passes of a target
+    scrub_rate: int = 64 << 20  # data servers: bytes/s a scrub pass reads; 0 = unlimited
+    orphan_scan_interval: float = 600.0  # data servers: seconds between orphan scans of a target
+    orphan_grace: float = 3600.0  # data servers: chunks younger than this are never orphan-scanned away
 
     def __post_init__(self) -> None:
         servers: set[int] = set()
@@ -123,6 +131,14 @@ class ClusterConfig:
             raise ValueError(f"chain_replicas must be in 1..255, not {self.chain_replicas!r}")
         if not self.target_timeout > 0:
             raise ValueError(f"target_timeout must be positive, not {self.target_timeout!r}")
+        if not self.scrub_interval > 0:
+            raise ValueError(f"scrub_interval must be positive, not {self.scrub_interval!r}")
+        if isinstance(self.scrub_rate, bool) or not isinstance(self.scrub_rate, int) or self.scrub_rate < 0:
+            raise ValueError(f"scrub_rate must be a non-negative integer (bytes/s), not {self.scrub_rate!r}")
+        if not self.orphan_scan_interval > 0:
+            raise ValueError(f"orphan_scan_interval must be positive, not {self.orphan_scan_interval!r}")
+        if not self.orphan_grace >= 0:
+            raise ValueError(f"orphan_grace must not be negative, not {self.orphan_grace!r}")
 
     @property
     def replicas_per_chain(self) -> int:
@@ -160,6 +176,10 @@ class ClusterConfig:
             "raft_password": self.raft_password,
             "chain_replicas": self.chain_replicas,
             "target_timeout": self.target_timeout,
+            "scrub_interval": self.scrub_interval,
+            "scrub_rate": self.scrub_rate,
+            "orphan_scan_interval": self.orphan_scan_interval,
+            "orphan_grace": self.orphan_grace,
             "mgmt": [rep(r) for r in self.mgmt],
             "shards": [{"id": s.id, "replicas": [rep(r) for r in s.replicas]} for s in self.shards],
             "raft": {
@@ -203,7 +223,11 @@ class ClusterConfig:
             data.append(DataServerConfig(_as_int("data server id", x["id"]), str(x["address"]), tuple(tg)))
         return cls(str(d["cluster_id"]), str(d["raft_password"]), tuple(rep(m) for m in d["mgmt"]), shards, opts,
                    data=tuple(data), chain_replicas=_as_int("chain_replicas", d.get("chain_replicas", 3)),
-                   target_timeout=float(d.get("target_timeout", 3.0)))
+                   target_timeout=float(d.get("target_timeout", 3.0)),
+                   scrub_interval=float(d.get("scrub_interval", 3600.0)),
+                   scrub_rate=_as_int("scrub_rate", d.get("scrub_rate", 64 << 20)),
+                   orphan_scan_interval=float(d.get("orphan_scan_interval", 600.0)),
+                   orphan_grace=float(d.get("orphan_grace", 3600.0)))
 
     def save(self, path: str) -> None:
         with open(path, "wb") as f:

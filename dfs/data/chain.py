@@ -336,7 +336,9 @@ class ChainService:
         fh = h._replace(flags=dp.F_FORWARD, target=nxt, chain_id=ch.id, chain_version=ch.version)
         try:
             addr = self._addr(nxt)
-            rh, rp = await self.peers.call(addr, fh, payload, self.forward_timeout)
+            # the payload arrived with this CRC and was checked against it: pass it on
+            rh, rp = await self.peers.call(addr, fh, payload, self.forward_timeout,
+                                           crc=h.payload_crc if len(payload) else None)
             if rh.status == dp.NEED_INSTALL and h.op in (dp.WRITE, dp.TRUNCATE, dp.INSTALL):
                 self.counters["installs_forwarded"] += 1
                 m, data = await tgt.run(self._whole, tgt.store, h.ino, h.index)

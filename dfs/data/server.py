@@ -9,6 +9,12 @@ the server's address (bound there only), heartbeats to the mgmt leader every
 its cluster map when the epoch in a heartbeat reply grows (or when a request
 names a newer chain version than it knows). Requests on a connection are
 handled concurrently (pipelining), at most ``MAX_CONN_REQUESTS`` at a time.
+Background work per target: a scrub pass (``dfs.data.scrub``) about every
+``scrub_interval`` seconds at ``scrub_rate`` bytes/s, and an orphan scan
+(``dfs.data.orphans``) about every ``orphan_scan_interval`` seconds that
+removes this target's chunks of inodes their metadata shard does not have
+(older than ``orphan_grace``); all four come from the cluster file. Each pass
+logs one line with its counts.
 SIGTERM/SIGINT: stop accepting, let requests in flight finish (up to a few
 seconds), close the stores.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno as E
 import logging
 import os
 import random
@@ -30,6 +37,9 @@ from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common.config import ClusterConfig
+from dfs.common.ids import shard_of
+from dfs.common.ops import Op
+from dfs.common.records import Caller
 from dfs.data.chain import ChainIndex, ChainService, Target
 from dfs.data.store import ChunkStore
 from dfs.rpc import dataplane as dp
@@ -39,9 +49,19 @@ from dfs.rpc.transport import CHANNEL_OPTIONS, ClusterMap, GrpcTransport
 log = logging.getLogger("dfs.data.server")
 
 HEARTBEAT_INTERVAL = 0.5
-SCRUB_INTERVAL = 3600.0          # seconds between scrub passes of a target
-SCRUB_RATE = 64 << 20            # bytes per second a scrub pass reads
 MAX_CONN_REQUESTS = 256
+ORPHAN_BATCH = 256               # inodes per existence check (one GETATTRS per shard)
+ROOT = Caller(0, 0, ())          # internal caller of the metadata checks
+RESERVE_MAX = 64 << 20           # chunk writes leave 1/64 of a target's file system, at most this, free
+
+
+def target_reserve(path: str) -> int:
+    """Bytes of a target's file system that chunk data may not use: room for the
+    target's RocksDB (chunk meta, chain index) to go on writing when chunks have
+    filled the disk, so a full target answers ENOSPC and recovers once chunks are
+    removed, rather than wedging its database on a failed WAL write."""
+    st = os.statvfs(path)
+    return min(RESERVE_MAX, st.f_blocks * st.f_frsize // 64)
 
 
 class DataServer:
@@ -52,7 +72,7 @@ class DataServer:
         self.targets: dict[int, Target] = {}
         for t in self.me.targets:
             os.makedirs(t.path, exist_ok=True)
-            store = ChunkStore(t.path, t.id)
+            store = ChunkStore(t.path, t.id, reserve=target_reserve(t.path))
             self.targets[t.id] = Target(t.id, store, ChainIndex(os.path.join(t.path, "chains")))
         self.map: ClusterMap | None = None
         self.transport = GrpcTransport([m.address for m in cfg.mgmt], deadline=5.0, attempt_timeout=2.0)
@@ -63,6 +83,8 @@ class DataServer:
         self._conns: set[asyncio.Task] = set()
         self._mgmt_leader: str | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.scrubbers: dict = {}          # target -> dfs.data.scrub.Scrubber (its stats)
+        self.orphan_scanners: dict = {}    # target -> dfs.data.orphans.OrphanScanner (its totals)
 
     # ------------------------------------------------------------------ cluster map
     async def _do_refresh(self) -> None:
@@ -151,17 +173,76 @@ class DataServer:
         from dfs.data.scrub import Scrubber
 
         t = self.targets[tid]
-        s = Scrubber(t.store, lambda ino, index: self.svc.repair_chunk(tid, ino, index), SCRUB_RATE)
+        rate = self.cfg.scrub_rate or None  # 0: unlimited
+        s = Scrubber(t.store, lambda ino, index: self.svc.repair_chunk(tid, ino, index), rate)
+        self.scrubbers[tid] = s
         while True:
-            await asyncio.sleep(SCRUB_INTERVAL * (0.5 + random.random()))
+            await asyncio.sleep(self.cfg.scrub_interval * (0.5 + random.random()))
             try:
                 st = await s.run_once()
-                log.info("scrub of target %d: %d chunks, %d bad, %d repaired", tid, st.chunks, st.bad_chunks,
-                         st.repaired)
+                # running totals since the server started
+                log.info("scrub of target %d: pass %d, %d chunks, %d bad, %d repaired, %d repair failures",
+                         tid, st.passes, st.chunks, st.bad_chunks, st.repaired, st.repair_failures)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("scrub of target %d", tid)
+
+    # ------------------------------------------------------------------ orphan scan
+    async def inodes_exist(self, inos: list[int]) -> dict[int, bool | None]:
+        """Whether each inode exists, asking its shard (GETATTRS, root caller): True, False
+        (ENOENT), or None (any other answer or error: unknown)."""
+        out: dict[int, bool | None] = {}
+        if self.transport.map is None:
+            await self.refresh_map(0)
+        nshards = len(self.transport.map.shards) if self.transport.map is not None else 0
+        by_shard: dict[int, list[int]] = {}
+        for ino in inos:
+            sh = shard_of(ino)
+            if sh < nshards:
+                by_shard.setdefault(sh, []).append(ino)
+            else:
+                out[ino] = None
+        for sh, group in by_shard.items():
+            for i in range(0, len(group), ORPHAN_BATCH):
+                part = group[i:i + ORPHAN_BATCH]
+                try:
+                    res = await self.transport.call(sh, Op.GETATTRS, ROOT, [part])
+                except (err.DfsError, grpc.aio.AioRpcError) as e:
+                    log.info("orphan scan: shard %d did not answer: %s", sh, e)
+                    res = None
+                if not isinstance(res, list) or len(res) != len(part):
+                    out.update(dict.fromkeys(part))
+                    continue
+                for ino, r in zip(part, res):
+                    out[ino] = (False if r == E.ENOENT else None) if isinstance(r, int) else True
+        return out
+
+    async def _remove_orphan(self, tid: int, ino: int) -> int:
+        """Drop this target's chunks of ``ino`` (and their chain index entries); local only."""
+        t = self.targets[tid]
+        n = await t.run(t.store.remove_inode, ino)
+        await t.run(t.index.remove_inode, ino)
+        return n
+
+    async def orphan_loop(self, tid: int) -> None:
+        from dfs.data.orphans import OrphanScanner
+
+        t = self.targets[tid]
+        s = OrphanScanner(t.store, self.inodes_exist, self.cfg.orphan_grace,
+                          remove=lambda ino: self._remove_orphan(tid, ino), run=t.run)
+        self.orphan_scanners[tid] = s
+        while True:
+            await asyncio.sleep(self.cfg.orphan_scan_interval * (0.5 + random.random()))
+            try:
+                st = await s.run_once()
+                log.info("orphan scan of target %d: pass %d, %d inodes, %d live, %d unknown, %d young, "
+                         "%d removed (%d chunks), %d errors", tid, s.passes, st.inodes, st.live, st.unknown,
+                         st.young, st.removed_inodes, st.removed_chunks, st.errors)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("orphan scan of target %d", tid)
 
     # ------------------------------------------------------------------ data plane
     async def serve_conn(self, sock: socket.socket) -> None:
@@ -224,6 +305,7 @@ class DataServer:
         hb = loop.create_task(self.heartbeats())
         acc = loop.create_task(self.accept_loop(lsock))
         scrubs = [loop.create_task(self.scrub_loop(tid)) for tid in self.targets]
+        scrubs += [loop.create_task(self.orphan_loop(tid)) for tid in self.targets]
         log.info("data server %d serving targets %s on %s", self.id, sorted(self.targets), self.me.address)
         await stop.wait()
         log.info("stopping")
@@ -231,6 +313,7 @@ class DataServer:
         hb.cancel()
         for t in scrubs:
             t.cancel()
+        await asyncio.wait(scrubs, timeout=5.0)
         lsock.close()
         await self.svc.stop()
         conns = list(self._conns)

@@ -117,7 +117,7 @@ class Connection:
                 f.set_exception(exc)
 
     async def call(self, h: dp.Header, payload=b"", timeout: float = 10.0,
-                   into: memoryview | None = None) -> tuple[dp.Header, memoryview]:
+                   into: memoryview | None = None, crc: int | None = None) -> tuple[dp.Header, memoryview]:
         """Send a request; its reply (header, payload). Error statuses are returned, not raised.
 
         With ``into``, a successful reply's payload is received straight into it
@@ -132,7 +132,7 @@ class Connection:
         if into is not None:
             self.dests[rid] = into
         try:
-            await self.writer.send(h._replace(req_id=rid, flags=h.flags & ~dp.F_REPLY), payload)
+            await self.writer.send(h._replace(req_id=rid, flags=h.flags & ~dp.F_REPLY), payload, crc)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             if into is not None and not self.closed:
@@ -178,9 +178,10 @@ class Pool:
                 c = self.conns[addr] = await Connection.open(addr, self.connect_timeout, self.max_inflight)
             return c
 
-    async def call(self, addr: str, h: dp.Header, payload=b"", timeout: float = 10.0, into=None):
+    async def call(self, addr: str, h: dp.Header, payload=b"", timeout: float = 10.0, into=None,
+                   crc: int | None = None):
         c = await self.get(addr)
-        return await c.call(h, payload, timeout, into)
+        return await c.call(h, payload, timeout, into, crc)
 
     async def close(self) -> None:
         conns, self.conns = list(self.conns.values()), {}

@@ -112,11 +112,18 @@ class PayloadChecksumError(Exception):
         self.header = header
 
 
-def encode(h: Header, payload=b"") -> bytes:
-    """The header bytes for ``h`` with ``length`` and ``payload_crc`` set from ``payload``."""
+def encode(h: Header, payload=b"", crc: int | None = None) -> bytes:
+    """The header bytes for ``h`` with ``length`` and ``payload_crc`` set from ``payload``.
+
+    ``crc``: the payload's CRC when the caller already has it (a forwarded
+    write carries on the CRC it arrived with and was checked against)."""
     n = len(payload)
+    if not n:
+        crc = 0
+    elif crc is None:
+        crc = crc32c(payload)
     return HEADER.pack(MAGIC, h.op, h.flags, h.status, h.req_id, h.ino, h.index, h.chain_id, h.chain_version,
-                       h.offset, n, h.version, crc32c(payload) if n else 0, h.arg, h.target)
+                       h.offset, n, h.version, crc, h.arg, h.target)
 
 
 def decode(b) -> Header:
@@ -244,8 +251,8 @@ class FrameWriter:
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()
 
-    async def send(self, h: Header, payload=b"") -> None:
-        hb = encode(h, payload)
+    async def send(self, h: Header, payload=b"", crc: int | None = None) -> None:
+        hb = encode(h, payload, crc)
         async with self.lock:
             bufs = [hb, payload] if len(payload) else [hb]
             total = sum(len(b) for b in bufs)

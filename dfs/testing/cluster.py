@@ -86,9 +86,12 @@ class LocalCluster:
     def __init__(self, root: str, shards: int = 2, replicas: int = 3, mgmt_replicas: int = 3,
                  raft: RaftOptions | None = None, host: str = "127.0.0.1", *, data_servers: int = 0,
                  targets_per_server: int = 1, chain_replicas: int = 3, target_timeout: float = 3.0,
-                 spawn_data: bool = True) -> None:
+                 spawn_data: bool = True, scrub_interval: float | None = None, scrub_rate: int | None = None,
+                 orphan_scan_interval: float | None = None, orphan_grace: float | None = None) -> None:
         """``spawn_data=False``: the data servers are in the cluster file, but this object
-        does not run them (a test plays their part, e.g. sends their heartbeats)."""
+        does not run them (a test plays their part, e.g. sends their heartbeats).
+        ``scrub_interval``, ``scrub_rate``, ``orphan_scan_interval``, ``orphan_grace``: the
+        data servers' options of the cluster file (None: the cluster file's default)."""
         self.root = os.path.abspath(root)
         self.config_path = os.path.join(self.root, "cluster.toml")
         if os.path.exists(self.config_path):
@@ -112,7 +115,10 @@ class LocalCluster:
             self.cfg = ClusterConfig(
                 cluster_id=secrets.token_hex(4), raft_password=secrets.token_hex(16),
                 mgmt=mgmt, shards=shard_cfgs, raft=raft or RaftOptions(), data=data,
-                chain_replicas=chain_replicas, target_timeout=target_timeout)
+                chain_replicas=chain_replicas, target_timeout=target_timeout,
+                **{k: v for k, v in (("scrub_interval", scrub_interval), ("scrub_rate", scrub_rate),
+                                     ("orphan_scan_interval", orphan_scan_interval),
+                                     ("orphan_grace", orphan_grace)) if v is not None})
             self.cfg.save(self.config_path)
         self.procs: list[Proc] = []
         for m in self.cfg.mgmt:
