@@ -66,11 +66,15 @@ def _ext_modules():
         "dfs._native.crc32c",
         sources=["native/crc32c.pyx"],
         extra_compile_args=["-O3"],
+        include_dirs=["native"],
+        depends=["native/crc32c_impl.h"],
     )
     datapath = Extension(
         "dfs._native.datapath",
         sources=["native/datapath.pyx"],
         extra_compile_args=["-O3"],
+        include_dirs=["native"],
+        depends=["native/crc32c_impl.h"],
     )
     return cythonize(
         [ext, datapath],
