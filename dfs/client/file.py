@@ -16,6 +16,16 @@ told about the size at the points close-to-open consistency needs: ``flush``,
 * Reads see this handle's own writes (it flushes overlapping buffers first).
   Holes and chunks never written read as zeros up to the file size.
 
+* Inline files (``Attr.flags & FLAG_INLINE``, docs/design/data.md "Small
+  files inline"): while every byte written lies below ``INLINE_MAX`` the
+  handle sends nothing to the data servers; ``flush`` sends all its buffered
+  runs, the size and mtime in one ``WRITEINLINE`` command, and reads fetch the
+  stored bytes with one ``READINLINE`` (kept for the handle's later reads,
+  with its unflushed writes laid over them). A write reaching past
+  ``INLINE_MAX`` first migrates the file: the stored bytes are copied to
+  chunks, then ``MIGRATE`` clears the flag (the inline bytes stay the truth
+  until then), and the handle goes on as for any other file.
+
 Memory is bounded by ``window`` (write buffers) plus ``readahead`` chunks.
 Imports: dfs.common and this package only.
 """
@@ -23,11 +33,14 @@ Imports: dfs.common and this package only.
 from __future__ import annotations
 
 import asyncio
+import errno as E
 from typing import Protocol
 
 from dfs.common import errors as err
 from dfs.common.layout import DEFAULT_LAYOUT, Layout, pieces
-from dfs.common.records import Attr
+from dfs.common.limits import INLINE_MAX
+from dfs.common.ops import inline_digest
+from dfs.common.records import FLAG_INLINE, Attr
 
 
 class ChunkIO(Protocol):
@@ -48,6 +61,13 @@ class SizeSink(Protocol):
     async def extend(self, ino: int, size: int) -> Attr: ...
 
     async def setattr(self, ino: int, *, size: int | None = ...) -> Attr: ...
+
+    # inline files only
+    async def read_inline(self, ino: int) -> tuple[bytes, int]: ...
+
+    async def write_inline(self, ino: int, runs: list[tuple[int, bytes]], size: int) -> Attr: ...
+
+    async def migrate_inline(self, ino: int, expect: bytes | None) -> Attr: ...
 
 
 class MemoryChunks:
@@ -84,7 +104,8 @@ class MemoryChunks:
 class FileHandle:
     def __init__(self, meta: SizeSink, data: ChunkIO, attr: Attr, *, writable: bool = True,
                  append: bool = False, window: int | None = None, max_inflight: int = 8,
-                 readahead: int | None = None, layout: Layout | None = None) -> None:
+                 readahead: int | None = None, layout: Layout | None = None,
+                 inline_max: int | None = None) -> None:
         self.meta = meta
         self.data = data
         self.ino = attr.ino
@@ -106,6 +127,12 @@ class FileHandle:
         self._next_seq = -1  # offset a sequential reader would ask for next
         self._seq_hits = 0
         self._ra: dict[int, asyncio.Task] = {}  # chunk -> prefetch task
+        # inline mode: bytes stay in the metadata shard while all writes end below inline_max
+        # (a smaller inline_max, e.g. 0, moves the file to the data servers at its first write)
+        self.inline_max = INLINE_MAX if inline_max is None else max(0, min(inline_max, INLINE_MAX))
+        self.inline = bool(getattr(attr, "flags", 0) & FLAG_INLINE)
+        self._inline_cache: bytes | None = None  # the stored bytes, as read_inline returned them
+        self._inline_written = attr.size > 0  # the file may have a B record (see _migrate)
 
     # ------------------------------------------------------------------ writes
     async def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> int:
@@ -121,6 +148,8 @@ class FileHandle:
         if n == 0:
             return 0
         mv = memoryview(data).cast("B")
+        if self.inline and offset + n > self.inline_max:
+            await self._migrate()
         self._drop_readahead(offset, n)
         for index, coff, length, boff in pieces(offset, n, self.cs):
             self._buffer(index, coff, mv[boff:boff + length])
@@ -128,11 +157,17 @@ class FileHandle:
         if end > self.size:
             self.size = end
         self._dirty_size = True
-        await self._push(full_only=self._buffered <= self.window)
+        if not self.inline:
+            await self._push(full_only=self._buffered <= self.window)
         return n
 
     def _buffer(self, index: int, coff: int, data: memoryview) -> None:
         runs = self._bufs.setdefault(index, [])
+        if not runs and coff == 0 and len(data) == self.cs and isinstance(data.obj, bytes):
+            # a whole chunk of immutable bytes: send it as it is, no copy
+            runs.append((0, data))
+            self._buffered += len(data)
+            return
         if runs:
             start, buf = runs[-1]
             if start + len(buf) == coff:  # the common case: appending to the last run
@@ -162,6 +197,8 @@ class FileHandle:
 
     async def _push(self, full_only: bool) -> None:
         """Send buffered chunks: only full ones while under the window, else all."""
+        if self.inline:
+            return  # the buffers go to the metadata shard at flush
         for index in sorted(self._bufs):
             runs = self._bufs[index]
             if full_only and not (len(runs) == 1 and runs[0][0] == 0 and len(runs[0][1]) == self.cs):
@@ -185,6 +222,25 @@ class FileHandle:
 
     async def flush(self) -> None:
         """Send every buffered write, wait for all, then publish the size (close-to-open)."""
+        if self.inline:
+            if not (self._bufs or self._dirty_size):
+                return
+            try:  # data, size and mtime in one command
+                await self.meta.write_inline(self.ino, self._inline_runs(), self.size)
+            except err.DfsError as e:
+                if e.errno == E.EFBIG:  # cannot happen from this handle's writes; be safe
+                    await self._migrate()
+                elif e.errno == E.ENOTSUP:  # another writer moved the file to the data servers
+                    self.inline = False
+                else:
+                    raise
+            else:
+                self._bufs.clear()
+                self._buffered = 0
+                self._dirty_size = False
+                self._inline_written = True
+                self._inline_cache = None
+                return
         await self._drain()
         self._raise_deferred()
         if self._dirty_size:
@@ -203,13 +259,27 @@ class FileHandle:
         self._check_open()
         if size < 0:
             raise err.InvalidArgument("negative size")
-        await self._drain()
-        self._raise_deferred()
-        self._cancel_readahead()
-        old = self.size
-        await self.meta.setattr(self.ino, size=size)  # the metadata is the truth of the size
-        self.size = size
-        self._dirty_size = False
+        if self.inline:
+            # Unsent writes below the new size survive it; the shard cuts its stored bytes.
+            self._trim_buffers(size)
+            old = self.size
+            a = await self.meta.setattr(self.ino, size=size)
+            self.size = size
+            self._inline_cache = None
+            self._dirty_size = bool(self._bufs)
+            if getattr(a, "flags", 0) & FLAG_INLINE:
+                return
+            # moved to the data servers by another writer meanwhile: cut its chunks too
+            self.inline = False
+            old = max(old, INLINE_MAX)
+        else:
+            await self._drain()
+            self._raise_deferred()
+            self._cancel_readahead()
+            old = self.size
+            await self.meta.setattr(self.ino, size=size)  # the metadata is the truth of the size
+            self.size = size
+            self._dirty_size = False
         if size < old:
             cs = self.cs
             first = size // cs
@@ -245,10 +315,16 @@ class FileHandle:
         self._check_open()
         if offset < 0:
             raise err.InvalidArgument("negative offset")
+        out = memoryview(buf).cast("B")
+        if self.inline:
+            end = min(offset + len(out), self.size)
+            if end <= offset:
+                return 0
+            if await self._inline_read(offset, end, out):
+                return end - offset
         if self._bufs or self._tasks:
             await self._drain()  # reads see this handle's writes
         self._raise_deferred()
-        out = memoryview(buf).cast("B")
         end = min(offset + len(out), self.size)
         if end <= offset:
             return 0
@@ -307,6 +383,94 @@ class FileHandle:
         for t in self._ra.values():
             t.cancel()
         self._ra.clear()
+
+    # ------------------------------------------------------------------ inline files
+    def _inline_runs(self) -> list[tuple[int, bytes]]:
+        """The buffered writes as (file offset, bytes), in file order."""
+        cs = self.cs
+        return [(index * cs + start, bytes(buf)) for index in sorted(self._bufs) for start, buf in self._bufs[index]]
+
+    def _trim_buffers(self, size: int) -> None:
+        cs = self.cs
+        for index in list(self._bufs):
+            kept = []
+            for start, buf in self._bufs[index]:
+                off = index * cs + start
+                if off + len(buf) > size:
+                    cut = max(0, size - off)
+                    self._buffered -= len(buf) - cut
+                    del buf[cut:]
+                if buf:
+                    kept.append((start, buf))
+            if kept:
+                self._bufs[index] = kept
+            else:
+                del self._bufs[index]
+
+    async def _inline_read(self, offset: int, end: int, out: memoryview) -> bool:
+        """Bytes [offset, end) of an inline file into ``out`` (False: it is not inline any more)."""
+        if self._inline_cache is None:
+            try:
+                data, _ = await self.meta.read_inline(self.ino)
+            except err.DfsError as e:
+                if e.errno != E.ENOTSUP:
+                    raise
+                self.inline = False  # another writer moved it to the data servers
+                return False
+            self._inline_cache = data
+        d = self._inline_cache
+        have = max(0, min(end, len(d)) - offset)
+        if have:
+            out[:have] = d[offset:offset + have]
+        if have < end - offset:
+            out[have:end - offset] = bytes(end - offset - have)  # zeros up to the size
+        cs = self.cs
+        for index, runs in self._bufs.items():  # this handle's unsent writes
+            for start, b in runs:
+                off = index * cs + start
+                lo, hi = max(off, offset), min(off + len(b), end)
+                if lo < hi:
+                    out[lo - offset:hi - offset] = b[lo - off:hi - off]
+        return True
+
+    async def _migrate(self) -> None:
+        """Move the file's bytes to the data servers: copy, then clear the flag (MIGRATE).
+
+        Until MIGRATE commits the inline bytes stay the truth, so a crash anywhere
+        leaves the file readable. A copy covers the bytes' high water (zeros past the
+        current bytes), which overwrites whatever an earlier, failed copy left."""
+        self._inline_cache = None
+        if not self._inline_written:  # a file that never had inline bytes: nothing to copy
+            try:
+                await self.meta.migrate_inline(self.ino, None)
+                self.inline = False
+                return
+            except err.DfsError as e:
+                if e.errno != E.ECANCELED:
+                    raise
+                self._inline_written = True
+        for _ in range(100):
+            try:
+                data, hw = await self.meta.read_inline(self.ino)
+            except err.DfsError as e:
+                if e.errno != E.ENOTSUP:
+                    raise
+                self.inline = False
+                return
+            copy = memoryview(bytes(data) + bytes(max(0, hw - len(data))))
+            if len(copy):
+                await asyncio.gather(*(self.data.write(self.ino, index, coff, copy[boff:boff + n], self.layout)
+                                       for index, coff, n, boff in pieces(0, len(copy), self.cs)))
+            try:
+                # hw 0: no bytes were ever stored (no B record), nothing to compare
+                await self.meta.migrate_inline(self.ino, inline_digest(data) if hw else None)
+            except err.DfsError as e:
+                if e.errno != E.ECANCELED:
+                    raise
+                continue  # written meanwhile: copy again
+            self.inline = False
+            return
+        raise err.Unavailable("inline data keeps changing during migration")
 
     # ------------------------------------------------------------------ helpers
     def _check_open(self) -> None:

@@ -151,14 +151,18 @@ class MetaClient:
 
     # ------------------------------------------------------------------ mutations
     async def create(self, parent: int, name: str | bytes, mode: int = 0o644, *, excl: bool = True,
-                     umask: int = 0, caller: Caller | None = None) -> tuple[Attr, bool]:
+                     umask: int = 0, inline: bool | None = None,
+                     caller: Caller | None = None) -> tuple[Attr, bool]:
         """Create a regular file; with ``excl=False`` an existing one is returned.
 
-        Returns (attr, created)."""
+        ``inline``: whether the new file keeps its bytes in the metadata shard while
+        they fit under ``INLINE_MAX`` (None: as its directory's policy says, see
+        ``setlayout``). Returns (attr, created)."""
         name = _enc(name)
-        wire, created, ino = await self._call(
-            shard_of(parent), Op.CREATE, [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None],
-            caller, True)
+        args = [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None]
+        if inline is not None:
+            args.append(bool(inline))
+        wire, created, ino = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
         return await self._attr_of(ino, wire, caller), created
 
     async def mknod(self, parent: int, name: str | bytes, mode: int, rdev: int = 0, *, umask: int = 0,
@@ -228,6 +232,26 @@ class MetaClient:
         """A writer publishes its size (grow only) and mtime: close-to-open's close."""
         return Attr.from_wire(await self._call(shard_of(ino), Op.EXTEND, [ino, size], caller, True))
 
+    async def read_inline(self, ino: int, *, caller: Caller | None = None) -> tuple[bytes, int]:
+        """An inline file's stored bytes (the file is those, then zeros up to its size) and
+        their high water (the longest they ever were). ENOTSUP: the file is not inline."""
+        data, hw = await self._call(shard_of(ino), Op.READINLINE, [ino], caller)
+        return data, hw
+
+    async def write_inline(self, ino: int, runs: list[tuple[int, bytes]], size: int, *,
+                           caller: Caller | None = None) -> Attr:
+        """Write runs ``(offset, bytes)`` (in order, later ones win) into an inline file and
+        publish ``size`` (grow only) and mtime: one logged command. ENOTSUP: not inline
+        (any more); EFBIG: a run ends past INLINE_MAX."""
+        body = [[off, bytes(b)] for off, b in runs]
+        return Attr.from_wire(await self._call(shard_of(ino), Op.WRITEINLINE, [ino, body, size], caller, True))
+
+    async def migrate_inline(self, ino: int, expect: bytes | None, *, caller: Caller | None = None) -> Attr:
+        """Declare an inline file's bytes copied to the data servers (``expect``: their
+        ``inline_digest``, None for a file that never had inline bytes); ECANCELED if
+        they changed meanwhile. A file already not inline is left as it is."""
+        return Attr.from_wire(await self._call(shard_of(ino), Op.MIGRATE, [ino, expect], caller, True))
+
     async def setxattr(self, ino: int, name: str | bytes, value: bytes, flags: int = 0, *,
                        caller: Caller | None = None) -> None:
         await self._call(shard_of(ino), Op.SETXATTR, [ino, _enc(name), bytes(value), flags], caller, True)
@@ -235,10 +259,15 @@ class MetaClient:
     async def removexattr(self, ino: int, name: str | bytes, *, caller: Caller | None = None) -> None:
         await self._call(shard_of(ino), Op.REMOVEXATTR, [ino, _enc(name)], caller, True)
 
-    async def setlayout(self, ino: int, layout: int, *, caller: Caller | None = None) -> Attr:
+    async def setlayout(self, ino: int, layout: int, *, inline: bool | None = None,
+                        caller: Caller | None = None) -> Attr:
         """Set directory ``ino``'s default layout (a packed ``dfs.common.layout.Layout``; 0 = the
-        default): new files and subdirectories inherit it, existing files keep theirs."""
-        return Attr.from_wire(await self._call(shard_of(ino), Op.SETLAYOUT, [ino, int(layout)], caller, True))
+        default): new files and subdirectories inherit it, existing files keep theirs.
+        ``inline`` (if given) sets its small-files policy (``Attr.flags & FLAG_INLINE`` on a
+        directory): new regular files in it keep their bytes inline while they fit under
+        ``INLINE_MAX``; new subdirectories inherit the policy."""
+        args = [ino, int(layout)] if inline is None else [ino, int(layout), bool(inline)]
+        return Attr.from_wire(await self._call(shard_of(ino), Op.SETLAYOUT, args, caller, True))
 
     # ------------------------------------------------------------------ batches
     async def create_many(self, parent: int, names: list[str | bytes], mode: int = 0o644, *,

@@ -19,13 +19,20 @@ with the leader prefixing the header (request id, timestamp, caller).
       REQSTATUS   request_id                        -> [status, result] | nil (internal)
       ORPHANS     limit                             -> [[ino, layout, size]...] (internal: deleted
                                                        files whose chunks are still to free)
+      READINLINE  ino                               -> [data, high_water] (an inline file's bytes:
+                                                       data, then zeros up to its size; ENOTSUP if
+                                                       the file is not inline; owner, root or r)
     single-shard mutations (group-committed through Raft)
-      CREATE      parent, name, mode, rdev, excl, umask, target -> attr, created
+      CREATE      parent, name, mode, rdev, excl, umask, target[, inline] -> attr, created
+                                                    (a new regular file is inline (FLAG_INLINE) if
+                                                     inline, or, without it, if its directory is)
       SETATTR     ino, valid, mode, uid, gid, size, atime, mtime -> attr
       SETXATTR    ino, name, value, flags           -> nil
       REMOVEXATTR ino, name                         -> nil
-      SETLAYOUT   ino, layout                       -> attr  (directories; owner or root; packed
-                                                       dfs.common.layout.Layout, 0 = default)
+      SETLAYOUT   ino, layout[, inline]             -> attr  (directories; owner or root; packed
+                                                       dfs.common.layout.Layout, 0 = default;
+                                                       inline: the directory's small-files policy,
+                                                       FLAG_INLINE, inherited by new files/subdirs)
       ORPHANDONE  ino                               -> nil   (internal: the orphan's chunks are freed)
       EXTEND      ino, size                         -> attr  (a writer's close/fsync: size = max(size, n),
                                                        mtime = ctime = now; regular files; the writer's
@@ -47,6 +54,7 @@ with the leader prefixing the header (request id, timestamp, caller).
 from __future__ import annotations
 
 import enum
+import hashlib
 
 
 class Op(enum.IntEnum):
@@ -63,6 +71,7 @@ class Op(enum.IntEnum):
     RENAMEEPOCH = 11
     REQSTATUS = 12
     ORPHANS = 13
+    READINLINE = 14
 
     CREATE = 20
     SETATTR = 21
@@ -71,6 +80,8 @@ class Op(enum.IntEnum):
     SETLAYOUT = 24
     ORPHANDONE = 25
     EXTEND = 26
+    WRITEINLINE = 27
+    MIGRATE = 28
 
     MKDIR = 40
     RMDIR = 41
@@ -87,12 +98,20 @@ class Op(enum.IntEnum):
 
 READS = frozenset({Op.LOOKUP, Op.GETATTR, Op.READDIR, Op.READLINK, Op.GETXATTR, Op.LISTXATTR,
                    Op.STATFS, Op.GETATTRS, Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH,
-                   Op.REQSTATUS, Op.ORPHANS})
+                   Op.REQSTATUS, Op.ORPHANS, Op.READINLINE})
 LOGGED = frozenset({Op.CREATE, Op.SETATTR, Op.SETXATTR, Op.REMOVEXATTR, Op.SETLAYOUT, Op.ORPHANDONE, Op.EXTEND,
+                    Op.WRITEINLINE, Op.MIGRATE,
                     Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT, Op.FORGET})
 COORDINATED = frozenset({Op.MKDIR, Op.RMDIR, Op.UNLINK, Op.RENAME, Op.LINK})
 INTERNAL = frozenset({Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH, Op.REQSTATUS, Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT,
                       Op.FORGET, Op.ORPHANS, Op.ORPHANDONE})
+
+
+
+def inline_digest(data: bytes) -> bytes:
+    """What MIGRATE compares: the inline bytes a migrating writer copied."""
+    return hashlib.blake2b(bytes(data), digest_size=16).digest()
+
 
 # setattr 'valid' bits (as FUSE's SETATTR_*)
 SET_MODE = 1 << 0

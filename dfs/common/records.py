@@ -5,6 +5,9 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass
 
+# Attr.flags bits (the client-visible part of the inode's flags word)
+FLAG_INLINE = 2  # the file's bytes live in its metadata shard (``B`` record), not on data servers
+
 
 @dataclass(frozen=True, slots=True)
 class Attr:
@@ -19,6 +22,7 @@ class Attr:
     mtime_ns: int
     ctime_ns: int
     layout: int = 0  # the packed dfs.common.layout.Layout (0 = the default)
+    flags: int = 0  # FLAG_* bits (FLAG_INLINE)
 
     @classmethod
     def from_wire(cls, w: list) -> Attr:
@@ -32,6 +36,9 @@ class Attr:
 
     def is_lnk(self) -> bool:
         return stat.S_ISLNK(self.mode)
+
+    def is_inline(self) -> bool:
+        return bool(self.flags & FLAG_INLINE)
 
 
 @dataclass(frozen=True, slots=True)

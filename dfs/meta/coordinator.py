@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
-from dfs.common.records import Caller
+from dfs.common.records import FLAG_INLINE, Caller
 from dfs.common.ops import RENAME_EXCHANGE, RENAME_NOREPLACE, Op
 from dfs.meta.schema import LOCK_RENAME
 from dfs.meta.store import R_W, R_X, check_access, check_name
@@ -210,13 +210,14 @@ class Coordinator:
         ts = self.clock()
         plan: dict[int, list] = defaultdict(list)
         layout = p[10] if len(p) > 10 else 0  # a new directory inherits its parent's default layout
-        plan[home].append(["mkdir", 0, perm, caller.uid, gid, parent, layout])
+        flags = p[11] & FLAG_INLINE if len(p) > 11 else 0  # and its inline-files policy
+        plan[home].append(["mkdir", 0, perm, caller.uid, gid, parent, layout, flags])
         ps = shard_of(parent)
         plan[ps] += [["dir", parent, R_W | R_X], ["dput", parent, name, 0, stat.S_IFDIR, 0],
                      ["dirnlink", parent, 1]]
 
         def reply_of(new_ino: int) -> list:
-            return [new_ino, [[new_ino, stat.S_IFDIR | perm, 2, caller.uid, gid, 0, 0, ts, ts, ts, layout]]]
+            return [new_ino, [[new_ino, stat.S_IFDIR | perm, 2, caller.uid, gid, 0, 0, ts, ts, ts, layout, flags]]]
 
         raw = await self._execute(rid, caller, ts, plan, reply_of)
         return _reply(Op.MKDIR, raw, 0)

@@ -13,6 +13,9 @@ holds:
     K <lock key>                    -> lock held by prepared cross-shard operations
     O <ino:8>                       -> orphan: a deleted regular file whose chunks are still to free,
                                        msgpack [layout, size]
+    B <ino:8>                       -> inline data of a FLAG_INLINE file: <high water:4><bytes>; the
+                                       file's content is the bytes, then zeros up to its size; high
+                                       water = the longest the bytes ever were (absent: never written)
     M <name>                        -> shard bookkeeping (applied index, id counter, counts)
 
 A directory's entries and its inode live on the directory's home shard; a
@@ -25,7 +28,7 @@ import stat
 import struct
 
 from dfs.common.ids import name_hash
-from dfs.common.records import Attr
+from dfs.common.records import FLAG_INLINE, Attr
 
 P_INODE = b"I"
 P_DENTRY = b"D"
@@ -36,6 +39,7 @@ P_EXPIRY = b"Y"
 P_OP = b"P"
 P_LOCK = b"K"
 P_ORPHAN = b"O"
+P_INLINE = b"B"
 P_META = b"M"
 
 K_APPLIED = P_META + b"applied"
@@ -104,6 +108,22 @@ def orphan_key(ino: int) -> bytes:
     return P_ORPHAN + _Q.pack(ino)
 
 
+def inline_key(ino: int) -> bytes:
+    return P_INLINE + _Q.pack(ino)
+
+
+_HW = struct.Struct(">I")
+
+
+def inline_value(data: bytes, high_water: int) -> bytes:
+    return _HW.pack(max(high_water, len(data))) + data
+
+
+def split_inline_value(v: bytes) -> tuple[bytes, int]:
+    """(data, high water) of a B record."""
+    return v[4:], _HW.unpack_from(v)[0]
+
+
 def lock_key_inode(ino: int) -> bytes:
     return b"i" + _Q.pack(ino)
 
@@ -116,6 +136,8 @@ LOCK_RENAME = b"g:rename"  # the cluster-wide ordering point of directory rename
 
 
 FLAG_XATTRS = 1  # the inode has (or had) extended attributes
+# FLAG_INLINE = 2 (from dfs.common.records): a regular file whose bytes are in its B record
+CLIENT_FLAGS = FLAG_INLINE  # the bits Attr.flags shows
 
 
 class Inode:
@@ -140,7 +162,7 @@ class Inode:
         self.mtime = mtime
         self.ctime = ctime
         self.parent = parent  # directories: the parent directory (for '..' and cycle checks)
-        self.flags = flags  # FLAG_* bits; reserved: inline data / snapshot bits in later versions
+        self.flags = flags  # FLAG_* bits; reserved: snapshot bits in later versions
         # The packed dfs.common.layout.Layout (0 = the default). Files: fixed at
         # create (the parent's); directories: the default their new children inherit.
         self.layout = layout
@@ -158,7 +180,7 @@ class Inode:
     def wire(self) -> list:
         """The client-visible attributes: the fields of ``Attr``, in order."""
         return [self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size,
-                self.atime, self.mtime, self.ctime, self.layout]
+                self.atime, self.mtime, self.ctime, self.layout, self.flags & CLIENT_FLAGS]
 
     def attr(self) -> Attr:
         return Attr(*self.wire())

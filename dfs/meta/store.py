@@ -28,7 +28,7 @@ import msgpack
 from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO, LOCAL_MASK, make_ino, shard_of
 from dfs.common.layout import DEFAULT_LAYOUT, Layout
-from dfs.common.limits import LINK_MAX, NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX
+from dfs.common.limits import INLINE_MAX, LINK_MAX, NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX
 from dfs.common.records import Caller
 from dfs.consensus.api import StateMachine
 from dfs.kv import KV
@@ -47,6 +47,7 @@ from dfs.common.ops import (
     XATTR_CREATE,
     XATTR_REPLACE,
     Op,
+    inline_digest,
 )
 from dfs.meta.schema import Inode
 
@@ -158,7 +159,11 @@ class Ctx:
     def delete_inode(self, i: Inode) -> None:
         ov = self.ov
         ov.delete(S.inode_key(i.ino))
-        if stat.S_ISREG(i.mode):  # its chunks are freed later, by the orphan task of the leader
+        if i.flags & S.FLAG_INLINE:
+            # Its bytes go with it; it has no chunks (a copy a failed migration left
+            # on the data servers is the data servers' orphan scan's to remove).
+            ov.delete(S.inline_key(i.ino))
+        elif stat.S_ISREG(i.mode):  # its chunks are freed later, by the orphan task of the leader
             ov.put(S.orphan_key(i.ino), packb([i.layout, i.size]))
         if stat.S_ISLNK(i.mode):
             ov.delete(S.symlink_key(i.ino))
@@ -368,7 +373,7 @@ class MetaStore(StateMachine):
 
     # ----------------------------------------------------------- single-shard mutations
     def _create(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int, excl: bool,
-                umask: int, target: bytes | None):
+                umask: int, target: bytes | None, inline: bool | None = None):
         check_name(name)
         fmt = stat.S_IFMT(mode) or stat.S_IFREG
         if fmt == stat.S_IFDIR:
@@ -404,8 +409,13 @@ class MetaStore(StateMachine):
         size = len(target) if fmt == stat.S_IFLNK else 0
         # a regular file's layout is fixed here: the parent's default, made explicit
         layout = (p.layout or DEFAULT_LAYOUT.pack()) if fmt == stat.S_IFREG else 0
+        # A new regular file keeps its bytes inline until they reach past INLINE_MAX when
+        # its directory says so (FLAG_INLINE on a directory: the policy), or the caller asks.
+        if inline is None:
+            inline = bool(p.flags & S.FLAG_INLINE)
+        flags = S.FLAG_INLINE if fmt == stat.S_IFREG and inline else 0
         i = Inode(ino, fmt | perm, 1, ctx.caller.uid, gid, rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0,
-                  size, ctx.ts, ctx.ts, ctx.ts, layout=layout)
+                  size, ctx.ts, ctx.ts, ctx.ts, flags=flags, layout=layout)
         ctx.put(i)
         if fmt == stat.S_IFLNK:
             ctx.ov.put(S.symlink_key(ino), target)
@@ -458,6 +468,8 @@ class MetaStore(StateMachine):
             if size < 0 or size > (1 << 62):
                 raise err.InvalidArgument("size")
             check_access(i, c, R_W)
+            if i.flags & S.FLAG_INLINE and size < i.size:
+                self._cut_inline(ctx, ino, size)
             i.size = size
             i.mtime = ctx.ts
             if not root:
@@ -539,8 +551,9 @@ class MetaStore(StateMachine):
         ctx.put(i)
         return None
 
-    def _setlayout(self, ctx: Ctx, ino: int, layout: int):
-        """The default layout new files and subdirectories of directory ``ino`` inherit."""
+    def _setlayout(self, ctx: Ctx, ino: int, layout: int, inline: bool | None = None):
+        """The default layout new files and subdirectories of directory ``ino`` inherit;
+        ``inline`` (if given): whether its new regular files keep small contents inline."""
         i = ctx.inode(ino)
         ctx.check_lock(S.lock_key_inode(ino), "S")
         if not i.is_dir():
@@ -549,6 +562,8 @@ class MetaStore(StateMachine):
             raise err.NotPermitted("setlayout: owner or root only")
         Layout.unpack(layout)  # EINVAL if malformed
         i.layout = layout
+        if inline is not None:
+            i.flags = (i.flags | S.FLAG_INLINE) if inline else (i.flags & ~S.FLAG_INLINE)
         i.ctime = ctx.ts
         ctx.put(i)
         return i.wire()
@@ -569,6 +584,90 @@ class MetaStore(StateMachine):
             i.mode &= ~stat.S_ISUID
             if i.mode & stat.S_IXGRP:
                 i.mode &= ~stat.S_ISGID
+        ctx.put(i)
+        return i.wire()
+
+    # ----------------------------------------------------------- inline data (Data-on-MDT)
+    @staticmethod
+    def _inline_access(i: Inode, caller: Caller, mask: int) -> None:
+        """Owner and root always (a writer's open checked, like EXTEND; a file created
+        0444 stays writable through its creator's descriptor); others need the mode bits."""
+        if caller.uid in (0, i.uid):
+            return
+        check_access(i, caller, mask)
+
+    def _inline_inode(self, i: Inode) -> None:
+        if i.is_dir():
+            raise err.IsADirectory()
+        if not stat.S_ISREG(i.mode):
+            raise err.InvalidArgument("inline data of a non-regular file")
+        if not i.flags & S.FLAG_INLINE:
+            raise err.DfsError("not inline", code=E.ENOTSUP)
+
+    def _cut_inline(self, ctx: Ctx, ino: int, size: int) -> None:
+        v = ctx.ov.get(S.inline_key(ino))
+        if v is not None:
+            data, hw = S.split_inline_value(v)
+            if len(data) > size:
+                ctx.ov.put(S.inline_key(ino), S.inline_value(data[:size], hw))
+
+    def _writeinline(self, ctx: Ctx, ino: int, runs: list, size: int):
+        """An inline file's writer flushes: its runs and its size in one command."""
+        i = ctx.inode(ino)
+        ctx.check_lock(S.lock_key_inode(ino), "S")
+        self._inline_inode(i)
+        self._inline_access(i, ctx.caller, R_W)
+        if not isinstance(size, int) or size < 0 or size > (1 << 62):
+            raise err.InvalidArgument("size")
+        key = S.inline_key(ino)
+        v = ctx.ov.get(key)
+        data, hw = (b"", 0) if v is None else S.split_inline_value(v)
+        if runs:
+            buf = bytearray(data)
+            for off, b in runs:
+                if not isinstance(off, int) or off < 0 or not isinstance(b, bytes):
+                    raise err.InvalidArgument("inline run")
+                end = off + len(b)
+                if end > INLINE_MAX:
+                    raise err.DfsError(f"inline data ends at {end} > {INLINE_MAX}", code=E.EFBIG)
+                if len(buf) < off:
+                    buf.extend(bytes(off - len(buf)))
+                buf[off:end] = b
+                size = max(size, end)
+            # bytes past the size (a concurrent truncate) are not part of the file
+            keep = max(size, i.size)
+            ctx.ov.put(key, S.inline_value(bytes(buf[:keep]), hw))
+        if size > i.size:
+            i.size = size
+        i.mtime = i.ctime = ctx.ts
+        if ctx.caller.uid != 0:  # as EXTEND: a write clears set-user-id (and set-group-id if g+x)
+            i.mode &= ~stat.S_ISUID
+            if i.mode & stat.S_IXGRP:
+                i.mode &= ~stat.S_ISGID
+        ctx.put(i)
+        return i.wire()
+
+    def _migrate(self, ctx: Ctx, ino: int, expect: bytes | None):
+        """The writer copied the inline bytes to the data servers: they are the file's now."""
+        i = ctx.inode(ino)
+        ctx.check_lock(S.lock_key_inode(ino), "S")
+        if not stat.S_ISREG(i.mode):
+            raise err.InvalidArgument("migrate of a non-regular file")
+        self._inline_access(i, ctx.caller, R_W)
+        if not i.flags & S.FLAG_INLINE:
+            return i.wire()  # another writer migrated it first
+        key = S.inline_key(ino)
+        v = ctx.ov.get(key)
+        have = None
+        if v is not None:
+            data, hw = S.split_inline_value(v)
+            have = inline_digest(data) if hw else None
+        if have != expect:
+            raise err.DfsError("inline data changed since it was copied", code=E.ECANCELED)
+        if v is not None:
+            ctx.ov.delete(key)
+        i.flags &= ~S.FLAG_INLINE
+        i.ctime = ctx.ts
         ctx.put(i)
         return i.wire()
 
@@ -626,7 +725,7 @@ class MetaStore(StateMachine):
             _, ino, delta = a
             ctx.dir(ino)
             return [(S.lock_key_inode(ino), "S")]
-        if kind == "mkdir":  # [mkdir, ino, mode, uid, gid, parent, layout] (layout optional)
+        if kind == "mkdir":  # [mkdir, ino, mode, uid, gid, parent, layout, flags] (layout, flags optional)
             ino = a[1]
             if ino == 0:
                 ino = state.get("new_ino") or ctx.alloc_ino()
@@ -702,8 +801,10 @@ class MetaStore(StateMachine):
         elif kind == "mkdir":
             _, ino, mode, uid, gid, parent = a[:6]
             layout = a[6] if len(a) > 6 else 0
+            flags = (a[7] if len(a) > 7 else 0) & S.FLAG_INLINE  # inherited policies
             ino = ino or state["new_ino"]
-            i = Inode(ino, stat.S_IFDIR | (mode & 0o7777), 2, uid, gid, 0, 0, ts, ts, ts, parent, layout=layout)
+            i = Inode(ino, stat.S_IFDIR | (mode & 0o7777), 2, uid, gid, 0, 0, ts, ts, ts, parent, flags=flags,
+                      layout=layout)
             ctx.put(i)
             ctx.count_inodes(1)
             touched[ino] = i
@@ -846,6 +947,8 @@ class MetaStore(StateMachine):
         Op.SETLAYOUT: _setlayout,
         Op.ORPHANDONE: _orphandone,
         Op.EXTEND: _extend,
+        Op.WRITEINLINE: _writeinline,
+        Op.MIGRATE: _migrate,
         Op.ONEPHASE: _onephase,
         Op.PREPARE: _prepare,
         Op.COMMIT: _commit,
@@ -984,6 +1087,16 @@ class MetaStore(StateMachine):
             raise err.NotADirectory()
         return i.parent
 
+    def _readinline(self, caller: Caller, ino: int):
+        i = self._r_inode(ino)
+        self._inline_inode(i)
+        self._inline_access(i, caller, R_R)
+        v = self.kv.get(S.inline_key(ino))
+        if v is None:
+            return [b"", 0]
+        data, hw = S.split_inline_value(v)
+        return [data[:i.size], hw]
+
     def _orphans(self, caller: Caller, limit: int = 1000):
         return [[ino, layout, size] for ino, layout, size in self.orphans(limit)]
 
@@ -1001,6 +1114,7 @@ class MetaStore(StateMachine):
         Op.RENAMEEPOCH: _renameepoch,
         Op.REQSTATUS: _reqstatus,
         Op.ORPHANS: _orphans,
+        Op.READINLINE: _readinline,
     }
 
     # ----------------------------------------------------------- orphans
