@@ -45,8 +45,10 @@ from __future__ import annotations
 import asyncio
 import errno as E
 import logging
+import os
 import struct
 from collections.abc import Callable
+from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
 
 import msgpack
@@ -174,6 +176,15 @@ class _Held:
         e[1] -= 1
         if e[1] == 0:
             self.locks._locks.pop(self.key, None)
+
+
+class Extent(NamedTuple):
+    """A READ reply to send from a file (see FrameWriter.send_extent); the sender closes fd."""
+
+    fd: int
+    start: int
+    count: int
+    crcs: bytes
 
 
 class ChainService:
@@ -411,6 +422,8 @@ class ChainService:
             ch = await self._checked_chain(h)
             if tgt.id not in ch.targets:
                 raise err.Stale(f"target {tgt.id} does not serve chain {ch.id} v{ch.version}")
+        if h.flags & dp.F_BLOCKS and tgt.store.block_size == dp.BLOCK_SIZE:
+            return await self._read_blocks(tgt, h, ch, anyrole)
         try:
             a, data, b = await tgt.run(self._read_consistent, tgt.store, h.ino, h.index, h.offset, h.arg)
         except err.ChecksumError:
@@ -423,6 +436,25 @@ class ChainService:
             if a != b or (a.committed != a.version and not is_tail):
                 raise err.Retryable(f"chunk {h.ino:x}.{h.index}: write in flight on target {tgt.id}")
         return dp.reply_to(h, version=a.version), data
+
+    async def _read_blocks(self, tgt: Target, h: dp.Header, ch, anyrole: bool):
+        """Zero-copy read: whole blocks sent from the chunk file with their stored
+        CRCs; the reader verifies them. The CRCs are those of one committed
+        version: bytes a concurrent write changes fail the reader's check, and it
+        reads again."""
+        try:
+            ext = await tgt.run(tgt.store.block_extent, h.ino, h.index, h.offset, h.arg)
+        except err.ChecksumError:
+            self._schedule_repair(tgt, h.ino, h.index)
+            raise
+        if ext is None:
+            m = await tgt.run(tgt.store.stat, h.ino, h.index)
+            return dp.reply_to(h, version=m.version if m else 0), b""
+        m, fd, start, count, crcs = ext
+        if not anyrole and m.committed != m.version and ch.targets[-1] != tgt.id:
+            os.close(fd)
+            raise err.Retryable(f"chunk {h.ino:x}.{h.index}: write in flight on target {tgt.id}")
+        return dp.reply_to(h, version=m.version, offset=start), Extent(fd, start, count, crcs)
 
     # ------------------------------------------------------------------ repair
     def _schedule_repair(self, tgt: Target, ino: int, index: int) -> None:

@@ -40,7 +40,7 @@ from dfs.common.config import ClusterConfig
 from dfs.common.ids import shard_of
 from dfs.common.ops import Op
 from dfs.common.records import Caller
-from dfs.data.chain import ChainIndex, ChainService, Target
+from dfs.data.chain import ChainIndex, ChainService, Extent, Target
 from dfs.data.store import ChunkStore
 from dfs.rpc import dataplane as dp
 from dfs.rpc.data import Pool
@@ -254,7 +254,15 @@ class DataServer:
         async def one(h: dp.Header, payload) -> None:
             try:
                 rh, rp = await self.svc.handle(h, payload)
-                await writer.send(rh, rp)
+                if isinstance(rp, Extent):
+                    try:
+                        await writer.send_extent(rh, rp.crcs, rp.fd, rp.start, rp.count)
+                    finally:
+                        os.close(rp.fd)
+                else:
+                    await writer.send(rh, rp)
+            except ConnectionError:
+                sock.close()  # a frame could not be completed: the stream is unusable
             except OSError:
                 pass
             finally:

@@ -420,6 +420,33 @@ class ChunkStore:
             assert fd is not None  # a missing file fails verification (length > 0)
             return (fd, offset, end - offset)
 
+    def block_extent(self, ino: int, index: int, offset: int, length: int):
+        """For a zero-copy read checked by the reader: ``(meta, fd, start, count, crcs)``
+        covering whole blocks from the block holding ``offset`` to the one holding
+        the range's end (or the chunk's end), with the stored CRCs of exactly those
+        blocks, or None when there is nothing to send. Nothing is verified here:
+        the reader checks every block against ``crcs``. The fd is new; the caller
+        closes it."""
+        _check_id(ino, index)
+        if offset < 0 or length < 0:
+            raise err.InvalidArgument(f"bad read range {offset}+{length}")
+        with self._lock(ino, index):
+            m = self._get(ino, index)
+            if m is None or offset >= m.length or length == 0:
+                return None
+            bs = self.block_size
+            first = offset // bs
+            last = (min(offset + length, m.length) - 1) // bs
+            start = first * bs
+            count = min(m.length, (last + 1) * bs) - start
+            fd = self._open_ro(ino, index)
+            if fd is None:
+                raise self._bad(ino, index, first, "chunk file missing")
+            if os.fstat(fd).st_size < start + count:
+                os.close(fd)
+                raise self._bad(ino, index, first, "chunk file too short")
+            return m, fd, start, count, m.crcs[4 * first:4 * (last + 1)]
+
     def commit(self, ino: int, index: int, version: int) -> None:
         """Record that ``version`` is committed (no-op for a missing chunk)."""
         _check_id(ino, index)

@@ -37,11 +37,13 @@ Imports: dfs.common only.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from typing import NamedTuple
 
 from dfs.common import errors as err
+from dfs.common.blocks import BLOCK_SIZE, first_bad_block
 from dfs.common.checksum import crc32c
 
 MAGIC = 0x31534644  # b"DFS1" little-endian
@@ -73,6 +75,9 @@ F_FORWARD = 0x02    # sent by the chain predecessor: version is assigned, apply 
 F_MORE = 0x04       # SYNC_LIST reply: more entries after the last one
 F_CURSOR = 0x08     # SYNC_LIST request: start after (ino, index)
 F_ANY = 0x10        # READ: serve even if not the tail / a write is in flight (repair, tests)
+F_BLOCKS = 0x20     # READ request: reply with whole blocks and their stored CRCs (zero-copy send)
+F_BLOCKCRC = 0x40   # READ reply: payload = CRCs (arg bytes, one u32 per block) + whole blocks from
+                    # offset; payload_crc unused: the reader checks every block (end to end)
 
 # internal status (fits an i16): a forwarded WRITE/TRUNCATE found a version gap;
 # the predecessor answers it with an INSTALL of its whole chunk.
@@ -102,6 +107,15 @@ class Header(NamedTuple):
 
 class ProtocolError(ConnectionError):
     """The byte stream is not a frame stream (bad magic, absurd length): drop the connection."""
+
+
+class BlockChecksumError(Exception):
+    """A block of an F_BLOCKCRC reply does not match its stored CRC."""
+
+    def __init__(self, header: Header, block: int) -> None:
+        super().__init__(f"{header.name} req {header.req_id}: block {block} checksum mismatch")
+        self.header = header
+        self.block = block
 
 
 class PayloadChecksumError(Exception):
@@ -214,6 +228,14 @@ class FrameReader:
         await self._fill(HEADER_SIZE)
         h = decode(self.view[self.start:self.start + HEADER_SIZE])
         self.start += HEADER_SIZE
+        crcs = b""
+        if h.flags & F_BLOCKCRC:
+            if h.arg > h.length or h.arg > self.small:
+                raise ProtocolError(f"bad block CRC length {h.arg}")
+            await self._fill(h.arg)
+            crcs = bytes(self.view[self.start:self.start + h.arg])
+            self.start += h.arg
+            h = h._replace(length=h.length - h.arg)
         n = h.length
         if n == 0:
             payload = memoryview(b"")
@@ -239,8 +261,23 @@ class FrameReader:
             payload = mv
         if self.start == self.end:
             self.start = self.end = 0
-        check_payload(h, payload)
+        if h.flags & F_BLOCKCRC:
+            bad = first_bad_block(payload, crcs, BLOCK_SIZE)
+            if bad >= 0:
+                raise BlockChecksumError(h, bad)
+        else:
+            check_payload(h, payload)
         return h, payload
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    fut = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await fut
+    finally:
+        loop.remove_writer(fd)
 
 
 class FrameWriter:
@@ -250,6 +287,24 @@ class FrameWriter:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()
+
+    async def send_extent(self, h: Header, crcs: bytes, fd: int, offset: int, count: int) -> None:
+        """A READ reply of whole blocks straight from a chunk file (``os.sendfile``):
+        the header and the blocks' stored CRCs, then ``count`` bytes of ``fd``."""
+        hb = HEADER.pack(MAGIC, h.op, h.flags | F_BLOCKCRC, h.status, h.req_id, h.ino, h.index, h.chain_id,
+                         h.chain_version, h.offset, len(crcs) + count, h.version, 0, len(crcs), h.target)
+        async with self.lock:
+            await self.loop.sock_sendall(self.sock, hb + crcs)
+            sent = 0
+            while sent < count:
+                try:
+                    n = os.sendfile(self.sock.fileno(), fd, offset + sent, count - sent)
+                except (BlockingIOError, InterruptedError):
+                    await _writable(self.loop, self.sock)
+                    continue
+                if n == 0:  # the file shrank under us: the frame cannot be completed
+                    raise ConnectionError("chunk file ended during sendfile")
+                sent += n
 
     async def send(self, h: Header, payload=b"", crc: int | None = None) -> None:
         hb = encode(h, payload, crc)
