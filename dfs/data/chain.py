@@ -303,22 +303,42 @@ class ChainService:
                     cur = await tgt.run(store.stat, h.ino, h.index)
                     if (cur.version if cur else 0) != v - 1:
                         raise NeedInstall()
-                    await self._apply(tgt, ch.id, h, payload, v, cur)
+                    await self._apply_and_forward(tgt, ch, members, pos, h, payload, v, cur)
+                    await tgt.run(store.commit, h.ino, h.index, v)
+                    return v
             else:
                 cur = await tgt.run(store.stat, h.ino, h.index)
                 v = (cur.version if cur else 0) + 1
                 try:
-                    await self._apply(tgt, ch.id, h, payload, v, cur)
+                    await self._apply_and_forward(tgt, ch, members, pos, h, payload, v, cur)
                 except err.ChecksumError:
-                    # a partial-block write over a bad block: repair the chunk from a peer, then retry once
+                    # a partial-block write over a bad block: repair the chunk from a peer, then
+                    # once more (a successor that got version v already answers NEED_INSTALL and
+                    # receives the whole chunk)
                     if not await self._repair_now(tgt, ch, h.ino, h.index):
                         raise
                     cur = await tgt.run(store.stat, h.ino, h.index)
                     v = (cur.version if cur else 0) + 1
-                    await self._apply(tgt, ch.id, h, payload, v, cur)
+                    await self._apply_and_forward(tgt, ch, members, pos, h, payload, v, cur)
+                await tgt.run(store.commit, h.ino, h.index, v)
+                return v
             await self._forward(tgt, ch, members, pos, h._replace(version=v), payload)
             await tgt.run(store.commit, h.ino, h.index, v)
             return v
+
+    async def _apply_and_forward(self, tgt: Target, ch, members, pos: int, h: dp.Header, payload, v: int,
+                                 cur) -> None:
+        """Apply locally and send down the chain at the same time: the data goes to
+        the next target while this one writes it (the chain's latency is one hop's
+        transfer plus the slowest write, not the sum). If the local apply fails
+        after the successor took version v, the successor is ahead; the next write
+        finds it there and it answers NEED_INSTALL, so the chain converges."""
+        apply = asyncio.ensure_future(self._apply(tgt, ch.id, h, payload, v, cur))
+        fwd = asyncio.ensure_future(self._forward(tgt, ch, members, pos, h._replace(version=v), payload))
+        done = await asyncio.gather(apply, fwd, return_exceptions=True)
+        for r in done:
+            if isinstance(r, BaseException):
+                raise r
 
     async def _apply(self, tgt: Target, cid: int, h: dp.Header, payload, v: int, cur) -> None:
         store = tgt.store
