@@ -303,9 +303,35 @@ class FileHandle:
         if offset < 0 or length < 0:
             raise err.InvalidArgument("negative offset or length")
         n = max(0, min(length, self.size - offset))
+        whole = await self._prefetched_chunk(offset, n)
+        if whole is not None:
+            return whole
         buf = bytearray(n)
         got = await self.preadinto(offset, buf)
         return buf if got == n else buf[:got]
+
+    async def _prefetched_chunk(self, offset: int, n: int):
+        """A read of exactly one chunk that readahead already fetched: hand over
+        the fetched buffer itself instead of copying it (sequential readers of
+        whole chunks, e.g. model loading with 4 MiB reads)."""
+        if n == 0 or offset % self.cs or n != min(self.cs, self.size - offset) or self._bufs or self._tasks:
+            return None
+        self._check_open()
+        self._raise_deferred()
+        index = offset // self.cs
+        t = self._ra.get(index)
+        if t is None or self.inline:
+            return None
+        try:
+            got = await t
+        except err.DfsError:
+            return None
+        obj = getattr(got, "obj", got)
+        if not isinstance(obj, bytearray) or len(obj) != n or len(got) != n:
+            return None
+        self._ra.pop(index, None)
+        self._note_access(offset, offset + n)
+        return obj
 
     async def preadinto(self, offset: int, buf) -> int:
         """Read into ``buf`` (any writable buffer) at ``offset``; the byte count.
