@@ -81,7 +81,7 @@ def _step(title: str) -> None:
               help="size of the file written and read through the data servers")
 @click.option("--keep", is_flag=True, help="leave the cluster running afterwards")
 def demo(data: str | None, shards: int, files: int, data_mib: int, keep: bool) -> None:
-    """Start a local metadata cluster and run a short namespace demonstration."""
+    """Start a local cluster and run a short demonstration (namespace, failover, data)."""
     from dfs.common import errors
     from dfs.common.ids import ROOT_INO, shard_of
     from dfs.common.ops import RENAME_EXCHANGE

@@ -21,6 +21,7 @@ cli.add_command(bench_cmd.bench)
 cli.add_command(cluster_cmd.cluster)
 cli.add_command(servers_cmd.meta_server)
 cli.add_command(servers_cmd.mgmt_server)
+cli.add_command(servers_cmd.data_server)
 
 
 def main(argv: list[str] | None = None) -> int:

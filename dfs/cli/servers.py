@@ -26,3 +26,13 @@ def mgmt_server(config: str, replica: int, data: str) -> None:
     from dfs.mgmt.server import main
 
     raise SystemExit(main(["--config", config, "--replica", str(replica), "--data", data]))
+
+
+@click.command("data-server")
+@click.option("--config", required=True, type=click.Path(exists=True, dir_okay=False), help="cluster file")
+@click.option("--server", required=True, type=int, help="this data server's id in the cluster file")
+def data_server(config: str, server: int) -> None:
+    """Run one data server (its targets come from the cluster file)."""
+    from dfs.data.server import main
+
+    raise SystemExit(main(["--config", config, "--server", str(server)]))
