@@ -279,14 +279,8 @@ class ChainService:
         return tuple(ch.targets) + tuple(t for t in ch.syncing if t not in ch.targets)
 
     async def mutate(self, tgt: Target, h: dp.Header, payload) -> int:
-        ch = await self._checked_chain(h)
-        members = self._members(ch)
-        if tgt.id not in members:
-            raise err.Stale(f"target {tgt.id} is not in chain {ch.id} v{ch.version}")
-        pos = members.index(tgt.id)
+        ch, members, pos = await self._place(tgt, h)
         forwarded = bool(h.flags & dp.F_FORWARD)
-        if not forwarded and (pos != 0 or h.op == dp.INSTALL):
-            raise err.Stale(f"target {tgt.id} is not the head of chain {ch.id} v{ch.version}")
         key = (tgt.id, h.ino, h.index)
         self._touch(tgt.id, ch.id, h.ino, h.index)
         async with self.locks(key):
@@ -334,7 +328,8 @@ class ChainService:
         after the successor took version v, the successor is ahead; the next write
         finds it there and it answers NEED_INSTALL, so the chain converges."""
         apply = asyncio.ensure_future(self._apply(tgt, ch.id, h, payload, v, cur))
-        fwd = asyncio.ensure_future(self._forward(tgt, ch, members, pos, h._replace(version=v), payload))
+        fwd = asyncio.ensure_future(self._forward(tgt, ch, members, pos, h._replace(version=v), payload,
+                                                  applied=apply))
         done = await asyncio.gather(apply, fwd, return_exceptions=True)
         for r in done:
             if isinstance(r, BaseException):
@@ -359,7 +354,11 @@ class ChainService:
                     raise NeedInstall() from None
                 raise
 
-    async def _forward(self, tgt: Target, ch, members: tuple[int, ...], pos: int, h: dp.Header, payload) -> None:
+    async def _forward(self, tgt: Target, ch, members: tuple[int, ...], pos: int, h: dp.Header, payload,
+                       applied: asyncio.Future | None = None) -> None:
+        """Send ``h`` to the next member. ``applied``: the local apply running
+        alongside; a successor that needs the whole chunk gets it only after that
+        apply is done, so it receives this version, not the one before."""
         if pos + 1 >= len(members):
             return
         nxt = members[pos + 1]
@@ -371,6 +370,8 @@ class ChainService:
             rh, rp = await self.peers.call(addr, fh, payload, self.forward_timeout,
                                            crc=h.payload_crc if len(payload) else None)
             if rh.status == dp.NEED_INSTALL and h.op in (dp.WRITE, dp.TRUNCATE, dp.INSTALL):
+                if applied is not None:
+                    await applied  # the local apply failing fails the write: no install then
                 self.counters["installs_forwarded"] += 1
                 m, data = await tgt.run(self._whole, tgt.store, h.ino, h.index)
                 ih = fh._replace(op=dp.INSTALL, offset=0, version=m.version if m else h.version)
@@ -394,14 +395,20 @@ class ChainService:
             return None, b""
         return m, store.read(ino, index, 0, m.length)
 
-    async def remove(self, tgt: Target, h: dp.Header) -> None:
+    async def _place(self, tgt: Target, h: dp.Header):
+        """(chain, members, position of ``tgt``) for a mutation: ESTALE unless the
+        target is in the chain, and is its head when the request is not forwarded."""
         ch = await self._checked_chain(h)
         members = self._members(ch)
         if tgt.id not in members:
             raise err.Stale(f"target {tgt.id} is not in chain {ch.id} v{ch.version}")
         pos = members.index(tgt.id)
-        if not h.flags & dp.F_FORWARD and pos != 0:
-            raise err.Stale(f"target {tgt.id} is not the head of chain {ch.id}")
+        if not h.flags & dp.F_FORWARD and (pos != 0 or h.op == dp.INSTALL):
+            raise err.Stale(f"target {tgt.id} is not the head of chain {ch.id} v{ch.version}")
+        return ch, members, pos
+
+    async def remove(self, tgt: Target, h: dp.Header) -> None:
+        ch, members, pos = await self._place(tgt, h)
         self._touch(tgt.id, ch.id, h.ino, h.index)
         async with self.locks((tgt.id, h.ino, h.index)):
             await tgt.run(tgt.store.remove, h.ino, h.index)
@@ -409,13 +416,7 @@ class ChainService:
             await self._forward(tgt, ch, members, pos, h, b"")
 
     async def remove_inode(self, tgt: Target, h: dp.Header) -> int:
-        ch = await self._checked_chain(h)
-        members = self._members(ch)
-        if tgt.id not in members:
-            raise err.Stale(f"target {tgt.id} is not in chain {ch.id} v{ch.version}")
-        pos = members.index(tgt.id)
-        if not h.flags & dp.F_FORWARD and pos != 0:
-            raise err.Stale(f"target {tgt.id} is not the head of chain {ch.id}")
+        ch, members, pos = await self._place(tgt, h)
         n = await tgt.run(tgt.store.remove_inode, h.ino)
         await tgt.run(tgt.index.remove_inode, h.ino)
         await self._forward(tgt, ch, members, pos, h, b"")
