@@ -157,7 +157,8 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
                 data_client = DataClient(cmap, peers.refresh_map)
             await data_client.remove_inode(ino, Layout.unpack(layout), size)
 
-    svc = ShardService(store, host, peers, chunk_remover=remover)
+    svc = ShardService(store, host, peers, chunk_remover=remover,
+                       chain_replicas=cfg.replicas_per_chain if cfg.data else None)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                       ("grpc.max_send_message_length", 64 << 20),
                                       ("grpc.so_reuseport", 0)])

@@ -70,8 +70,12 @@ class _Shards:
 
 class ShardService:
     def __init__(self, store: MetaStore, log_: Log, peers: PeerRouter, clock=time.time_ns,
-                 submit_timeout: float = 5.0, chunk_remover: ChunkRemover | None = None) -> None:
+                 submit_timeout: float = 5.0, chunk_remover: ChunkRemover | None = None,
+                 chain_replicas: int | None = None) -> None:
         self.store = store
+        # The cluster has one chain table, all of whose chains have this many
+        # targets; a layout asking for another count would not get it.
+        self.chain_replicas = chain_replicas
         self.shard = store.shard
         self.log = log_
         self.clock = clock
@@ -82,6 +86,16 @@ class ShardService:
         self.chunk_remover = chunk_remover
         self._orphan_task: asyncio.Task | None = None
         self.stats: dict[str, int] = {}
+
+    def _check_layout(self, args: list) -> None:
+        from dfs.common.layout import Layout
+
+        if self.chain_replicas is None or len(args) < 2 or not isinstance(args[1], int) or args[1] == 0:
+            return
+        want = Layout.unpack(args[1]).replicas
+        if want != self.chain_replicas:
+            raise err.InvalidArgument(f"this cluster's chains have {self.chain_replicas} replicas, "
+                                      f"not {want} (one chain table)")
 
     def _check_leader(self) -> None:
         if not self.log.is_leader:
@@ -98,6 +112,8 @@ class ShardService:
         if op in READS:
             return self.store.read(op, caller, args)
         if op in LOGGED:
+            if op == Op.SETLAYOUT:
+                self._check_layout(args)
             cmd = encode_command(op, rid, ts or self.clock(), caller, args)
             raw = await self.log.submit(cmd, timeout=self.submit_timeout)
             status, payload = unpackb(raw)
@@ -128,6 +144,8 @@ class ShardService:
                 if op in READS:
                     out[i] = self.store.read(op, caller, args)
                 elif op in LOGGED:
+                    if op == Op.SETLAYOUT:
+                        self._check_layout(args)
                     logged.append(i)
                     cmds.append(encode_command(op, rid, now, caller, args))
                 elif op in COORDINATED:

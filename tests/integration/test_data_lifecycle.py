@@ -410,3 +410,25 @@ def test_orphan_scanner_paging_grace_and_unknowns(tmp_path, monkeypatch):
         asyncio.run(main())
     finally:
         store.close()
+
+
+def test_layout_replicas_must_match_the_chain_table(tmp_path):
+    """One chain table: a layout that asks for another replica count is refused (EINVAL), not silently ignored."""
+    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=1, mgmt_replicas=1, data_servers=3, chain_replicas=3)
+    c.start()
+    try:
+        async def go():
+            meta = MetaClient(await GrpcTransport(c.mgmt_addresses).connect())
+            try:
+                d = await meta.mkdir(ROOT_INO, "d")
+                await meta.setlayout(d.ino, Layout(chunk_size=1 << 20, stripe=2, replicas=3).pack())
+                with pytest.raises(OSError) as ei:
+                    await meta.setlayout(d.ino, Layout(chunk_size=1 << 20, stripe=2, replicas=2).pack())
+                assert ei.value.errno == errno.EINVAL
+                assert Layout.unpack((await meta.getattr(d.ino)).layout).replicas == 3
+            finally:
+                await meta.close()
+
+        asyncio.run(go())
+    finally:
+        c.stop()
