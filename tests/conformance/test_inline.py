@@ -26,6 +26,7 @@ from dfs.meta.local import LocalEngine
 
 CHUNK = 64 * 1024
 LAYOUT = Layout(chunk_size=CHUNK, stripe=3, replicas=1)
+CLUSTER_LAYOUT = Layout(chunk_size=CHUNK, stripe=3, replicas=3)  # the data_cluster's chains have 3 targets
 ALICE = Caller(1000, 1000)
 BOB = Caller(2000, 2000)
 
@@ -439,7 +440,7 @@ def test_inline_on_a_real_cluster(data_cluster):
         meta, data = MetaClient(t), DataClient(t.map, t.refresh_map)
         try:
             d = await meta.mkdir(ROOT_INO, f"inl{next(_names)}")
-            await meta.setlayout(d.ino, LAYOUT.pack(), inline=True)
+            await meta.setlayout(d.ino, CLUSTER_LAYOUT.pack(), inline=True)
             files = {}
             for i, n in enumerate((1, 4096, 16 << 10, INLINE_MAX)):
                 a, _ = await meta.create(d.ino, f"s{i}")
