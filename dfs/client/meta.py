@@ -23,6 +23,7 @@ from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
 from dfs.common.limits import NAME_MAX
 from dfs.common.ops import (
+    DEFAULT_LEASE_S,
     SET_ATIME,
     SET_ATIME_NOW,
     SET_GID,
@@ -268,6 +269,42 @@ class MetaClient:
         ``INLINE_MAX``; new subdirectories inherit the policy."""
         args = [ino, int(layout)] if inline is None else [ino, int(layout), bool(inline)]
         return Attr.from_wire(await self._call(shard_of(ino), Op.SETLAYOUT, args, caller, True))
+
+    # ------------------------------------------------------------------ open handles
+    async def open_handle(self, ino: int, lease_s: float = DEFAULT_LEASE_S, *, handle: bytes | None = None,
+                          caller: Caller | None = None) -> bytes:
+        """Register an open of regular file ``ino``: while the handle lives the file stays
+        (readable, writable, its size and data kept) even if its last name goes. Returns the
+        handle id (16 random bytes; pass ``handle`` to re-open one that was lost). The
+        handle lives ``lease_s`` seconds: the caller renews it (``renew_handles``) every
+        ``lease_s / 3`` and closes it (``close_handle``). EISDIR, EINVAL (not a regular
+        file), ENOENT (no such inode, e.g. unlinked and deleted since the lookup)."""
+        h = handle if handle is not None else os.urandom(16)
+        await self._call(shard_of(ino), Op.OPEN, [ino, h, float(lease_s)], caller, True)
+        return h
+
+    async def renew_handles(self, pairs: list[tuple[int, bytes]], lease_s: float = DEFAULT_LEASE_S, *,
+                            caller: Caller | None = None) -> list[tuple[int, bytes]]:
+        """Extend handles ``(ino, handle)`` to now + ``lease_s`` (one request per shard, in
+        parallel). Returns the pairs that are gone (closed or expired): a file that still has a
+        name can be opened again (``open_handle(ino, handle=h)``); one that does not is lost."""
+        by_shard: dict[int, list[list]] = defaultdict(list)
+        for ino, h in pairs:
+            by_shard[shard_of(ino)].append([ino, h])
+
+        async def one(shard: int, group: list[list]):
+            res = await self._call(shard, Op.RENEW, [group, float(lease_s)], caller, True)
+            return [(ino, h) for (ino, h), e in zip(group, res) if e]
+
+        gone: list[tuple[int, bytes]] = []
+        for g in await asyncio.gather(*(one(s, g) for s, g in by_shard.items())):
+            gone.extend(g)
+        return gone
+
+    async def close_handle(self, ino: int, handle: bytes, *, caller: Caller | None = None) -> bool:
+        """Drop a handle (a gone one is fine). The last handle of a file without a name
+        deletes it; returns whether this close did."""
+        return bool(await self._call(shard_of(ino), Op.CLOSE, [ino, handle], caller, True))
 
     # ------------------------------------------------------------------ batches
     async def create_many(self, parent: int, names: list[str | bytes], mode: int = 0o644, *,

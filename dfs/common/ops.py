@@ -37,6 +37,17 @@ with the leader prefixing the header (request id, timestamp, caller).
       EXTEND      ino, size                         -> attr  (a writer's close/fsync: size = max(size, n),
                                                        mtime = ctime = now; regular files; the writer's
                                                        open already checked its access)
+      OPEN        ino, handle, lease_s              -> attr  (regular files: records open handle
+                                                       `handle` (client-chosen, 16 random bytes) until
+                                                       ts + lease; a repeat extends it; EISDIR,
+                                                       EINVAL other types, ENOENT no such inode)
+      RENEW       [[ino, handle]...], lease_s       -> [errno...]  (per pair: 0 = extended to
+                                                       ts + lease, ENOENT = the handle is gone)
+      CLOSE       ino, handle                       -> deleted (bool: this close freed the inode:
+                                                       it had no link and no other handle)
+      EXPIREHANDLES [limit]                         -> [expired, freed]  (internal: drops handles
+                                                       whose expiry < the command's ts, then frees
+                                                       link-less inodes left without handles)
     namespace operations that may span shards (run by the coordinator)
       MKDIR       parent, name, mode, umask         -> attr
       RMDIR       parent, name                      -> nil
@@ -82,6 +93,10 @@ class Op(enum.IntEnum):
     EXTEND = 26
     WRITEINLINE = 27
     MIGRATE = 28
+    OPEN = 29
+    RENEW = 30
+    CLOSE = 31
+    EXPIREHANDLES = 32
 
     MKDIR = 40
     RMDIR = 41
@@ -100,17 +115,23 @@ READS = frozenset({Op.LOOKUP, Op.GETATTR, Op.READDIR, Op.READLINK, Op.GETXATTR, 
                    Op.STATFS, Op.GETATTRS, Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH,
                    Op.REQSTATUS, Op.ORPHANS, Op.READINLINE})
 LOGGED = frozenset({Op.CREATE, Op.SETATTR, Op.SETXATTR, Op.REMOVEXATTR, Op.SETLAYOUT, Op.ORPHANDONE, Op.EXTEND,
-                    Op.WRITEINLINE, Op.MIGRATE,
+                    Op.WRITEINLINE, Op.MIGRATE, Op.OPEN, Op.RENEW, Op.CLOSE, Op.EXPIREHANDLES,
                     Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT, Op.FORGET})
 COORDINATED = frozenset({Op.MKDIR, Op.RMDIR, Op.UNLINK, Op.RENAME, Op.LINK})
 INTERNAL = frozenset({Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH, Op.REQSTATUS, Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT,
-                      Op.FORGET, Op.ORPHANS, Op.ORPHANDONE})
+                      Op.FORGET, Op.ORPHANS, Op.ORPHANDONE, Op.EXPIREHANDLES})
 
 
 
 def inline_digest(data: bytes) -> bytes:
     """What MIGRATE compares: the inline bytes a migrating writer copied."""
     return hashlib.blake2b(bytes(data), digest_size=16).digest()
+
+
+# open handles (OPEN / RENEW): the default lease and the longest one a shard grants
+DEFAULT_LEASE_S = 30.0
+MAX_LEASE_S = 3600.0
+HANDLE_MAX = 64  # bytes of a handle id (clients use 16 random bytes)
 
 
 # setattr 'valid' bits (as FUSE's SETATTR_*)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from typing import Any
 
 from dfs.common import errors as err
@@ -39,12 +40,13 @@ class LocalEngine(PeerRouter):
     """A transport for MetaClient that is also the shards' peer router."""
 
     def __init__(self, nshards: int = 2, path: str | None = None, *,
-                 chunk_remover: ChunkRemover | None = None) -> None:
+                 chunk_remover: ChunkRemover | None = None, clock=time.time_ns) -> None:
         self.nshards = nshards
         self.services: list[ShardService] = []
         for s in range(nshards):
             store = MetaStore(s, nshards, None if path is None else os.path.join(path, f"shard{s}"))
-            self.services.append(ShardService(store, DirectLog(store), self, chunk_remover=chunk_remover))
+            self.services.append(ShardService(store, DirectLog(store), self, clock=clock,
+                                              chunk_remover=chunk_remover))
 
     async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"",
                    ts: int | None = None) -> Any:
@@ -69,6 +71,10 @@ class LocalEngine(PeerRouter):
     async def orphan_sweep(self) -> int:
         """Free orphans once on every shard (tests); see ShardService.orphan_sweep."""
         return sum([await s.orphan_sweep() for s in self.services])
+
+    async def expire_handles(self) -> int:
+        """Expire lapsed open handles once on every shard (tests); see ShardService.expire_handles."""
+        return sum([await s.expire_handles() for s in self.services])
 
     async def close(self) -> None:
         for s in self.services:

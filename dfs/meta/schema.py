@@ -16,6 +16,8 @@ holds:
     B <ino:8>                       -> inline data of a FLAG_INLINE file: <high water:4><bytes>; the
                                        file's content is the bytes, then zeros up to its size; high
                                        water = the longest the bytes ever were (absent: never written)
+    H <ino:8> <handle>              -> an open handle of a regular file: msgpack [expiry ns]
+    J <expiry:8> <ino:8> <handle>   -> expiry index of the H records (empty value)
     M <name>                        -> shard bookkeeping (applied index, id counter, counts)
 
 A directory's entries and its inode live on the directory's home shard; a
@@ -40,6 +42,8 @@ P_OP = b"P"
 P_LOCK = b"K"
 P_ORPHAN = b"O"
 P_INLINE = b"B"
+P_HANDLE = b"H"
+P_HANDLE_EXPIRY = b"J"
 P_META = b"M"
 
 K_APPLIED = P_META + b"applied"
@@ -110,6 +114,23 @@ def orphan_key(ino: int) -> bytes:
 
 def inline_key(ino: int) -> bytes:
     return P_INLINE + _Q.pack(ino)
+
+
+def handle_prefix(ino: int) -> bytes:
+    return P_HANDLE + _Q.pack(ino)
+
+
+def handle_key(ino: int, handle: bytes) -> bytes:
+    return P_HANDLE + _Q.pack(ino) + handle
+
+
+def handle_expiry_key(expiry: int, ino: int, handle: bytes) -> bytes:
+    return P_HANDLE_EXPIRY + _Q.pack(expiry) + _Q.pack(ino) + handle
+
+
+def split_handle_expiry_key(key: bytes) -> tuple[int, int, bytes]:
+    """(expiry, ino, handle) of a J key."""
+    return _Q.unpack_from(key, 1)[0], _Q.unpack_from(key, 9)[0], key[17:]
 
 
 _HW = struct.Struct(">I")

@@ -14,6 +14,13 @@ awaits the remover and then deletes the record through the log
 (``ORPHANDONE``); a remover that raises leaves the record for the next pass.
 Without a remover (``None``: no data servers, or a server not wired to them
 yet) the records stay, to be freed by a later run that has one.
+
+Open handles: a client's OPEN keeps a regular file alive (also after its last
+link went) until its lease runs out; a task on the leader submits
+``EXPIREHANDLES`` whenever the earliest expiry on the shard has passed, which
+drops expired handles and deletes the link-less files they kept. A new leader
+waits ``handle_grace`` seconds (one default lease) before it expires anything,
+so that clients cut off by a failover or a restart get to renew first.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 import msgpack
 
 from dfs.common import errors as err
-from dfs.common.ops import COORDINATED, LOGGED, READS, Op
+from dfs.common.ops import COORDINATED, DEFAULT_LEASE_S, LOGGED, READS, Op
 from dfs.common.records import Caller
 from dfs.consensus.api import Log
 from dfs.meta.coordinator import Coordinator, Recovery
@@ -71,7 +78,7 @@ class _Shards:
 class ShardService:
     def __init__(self, store: MetaStore, log_: Log, peers: PeerRouter, clock=time.time_ns,
                  submit_timeout: float = 5.0, chunk_remover: ChunkRemover | None = None,
-                 chain_replicas: int | None = None) -> None:
+                 chain_replicas: int | None = None, handle_grace: float = DEFAULT_LEASE_S) -> None:
         self.store = store
         # The cluster has one chain table, all of whose chains have this many
         # targets; a layout asking for another count would not get it.
@@ -85,6 +92,8 @@ class ShardService:
         self._recovery_task: asyncio.Task | None = None
         self.chunk_remover = chunk_remover
         self._orphan_task: asyncio.Task | None = None
+        self.handle_grace = handle_grace
+        self._handle_task: asyncio.Task | None = None
         self.stats: dict[str, int] = {}
 
     def _check_layout(self, args: list) -> None:
@@ -204,6 +213,46 @@ class ShardService:
         if self._recovery_task is None:
             self._recovery_task = asyncio.get_running_loop().create_task(self._recovery_loop(interval))
         self.start_orphans(interval)
+        self.start_handles(interval)
+
+    def start_handles(self, interval: float = 0.5) -> None:
+        if self._handle_task is None:
+            self._handle_task = asyncio.get_running_loop().create_task(self._handle_loop(interval))
+
+    async def expire_handles(self, limit: int = 1000) -> int:
+        """Expire the open handles whose lease ran out (by this leader's clock, stamped into
+        the EXPIREHANDLES command); returns how many. Leader only; no command is logged
+        while nothing has expired."""
+        if not self.log.is_leader:
+            return 0
+        total = 0
+        while True:
+            nxt = self.store.next_handle_expiry()
+            if nxt is None or nxt >= self.clock():
+                return total
+            expired, _freed = await self.execute(Op.EXPIREHANDLES, b"", Caller(0, 0, ()), [limit])
+            total += expired
+            if expired < limit:
+                return total
+
+    async def _handle_loop(self, interval: float) -> None:
+        leader_since: float | None = None
+        while True:
+            await asyncio.sleep(interval)
+            if not self.log.is_leader:
+                leader_since = None
+                continue
+            now = time.monotonic()
+            if leader_since is None:
+                leader_since = now
+            if now - leader_since < self.handle_grace:
+                continue  # a new leader: clients get one lease to renew first
+            try:
+                await self.expire_handles()
+            except err.DfsError as e:
+                log.info("handle expiry: %s", e)
+            except Exception:
+                log.exception("handle expiry failed")
 
     def start_orphans(self, interval: float = 0.5) -> None:
         if self._orphan_task is None and self.chunk_remover is not None:
@@ -252,7 +301,7 @@ class ShardService:
                 log.exception("recovery sweep failed")
 
     async def stop(self) -> None:
-        for name in ("_recovery_task", "_orphan_task"):
+        for name in ("_recovery_task", "_orphan_task", "_handle_task"):
             t = getattr(self, name)
             if t is not None:
                 t.cancel()

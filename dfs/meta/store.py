@@ -35,6 +35,8 @@ from dfs.kv import KV
 from dfs.kv.overlay import Overlay
 from dfs.meta import schema as S
 from dfs.common.ops import (
+    HANDLE_MAX,
+    MAX_LEASE_S,
     SET_ATIME,
     SET_ATIME_NOW,
     SET_CTIME,
@@ -172,6 +174,26 @@ class Ctx:
                 ov.delete(k)
         self.count_inodes(-1)
 
+    def has_handles(self, ino: int) -> bool:
+        """Whether some client holds ``ino`` open: an H record (one past its expiry counts until EXPIREHANDLES drops it)."""
+        return next(iter(self.ov.scan_prefix(S.handle_prefix(ino), 1)), None) is not None
+
+    def reap_unlinked(self, i: Inode, op_id: bytes | None = None) -> bool:
+        """The one way a file whose last link went is deleted (unlink, rename over it,
+        a released lock, the last CLOSE, an expired handle): delete it (and write its orphan
+        record) unless it is still open (H records) or another operation holds a lock on
+        it (whose release comes back here). Returns whether it was deleted; a kept inode
+        stays with nlink 0, reachable by inode number only."""
+        if i.nlink > 0 or i.is_dir():
+            return False
+        _, holders = self.lock_holders(S.lock_key_inode(i.ino))
+        if any(h != op_id for h in holders):
+            return False
+        if self.has_handles(i.ino):
+            return False
+        self.delete_inode(i)
+        return True
+
     # entries
     def dentry(self, parent: int, name: bytes) -> tuple[int, int] | None:
         v = self.ov.get(S.dentry_key(parent, name))
@@ -221,7 +243,7 @@ class Ctx:
             if key[:1] == b"i":  # an inode whose last link went while it was held
                 i = self.maybe_inode(S.from_u64(key[1:9]))
                 if i is not None and i.nlink <= 0 and not i.is_dir():
-                    self.delete_inode(i)
+                    self.reap_unlinked(i)
 
 
 class MetaStore(StateMachine):
@@ -676,6 +698,104 @@ class MetaStore(StateMachine):
         ctx.ov.delete(S.orphan_key(ino))
         return None
 
+    # ----------------------------------------------------------- open handles
+    #
+    # H <ino> <handle> -> [expiry]; J <expiry> <ino> <handle> indexes them by expiry.
+    # Expiries are command timestamps plus the lease: every replica computes the same.
+
+    @staticmethod
+    def _lease_ns(lease_s) -> int:
+        if isinstance(lease_s, bool) or not isinstance(lease_s, (int, float)) or not 0 < lease_s <= MAX_LEASE_S:
+            raise err.InvalidArgument(f"lease must be in (0, {MAX_LEASE_S}] seconds")
+        return int(lease_s * 1_000_000_000)
+
+    @staticmethod
+    def _check_handle(handle) -> None:
+        if not isinstance(handle, bytes) or not 0 < len(handle) <= HANDLE_MAX:
+            raise err.InvalidArgument("handle id: 1 to 64 bytes")
+
+    @staticmethod
+    def _set_handle(ctx: Ctx, ino: int, handle: bytes, expiry: int) -> None:
+        """Record (or extend: never shorten) a handle's expiry."""
+        expiry = max(0, expiry)
+        key = S.handle_key(ino, handle)
+        v = ctx.ov.get(key)
+        if v is not None:
+            old = unpackb(v)[0]
+            if old >= expiry:
+                return
+            ctx.ov.delete(S.handle_expiry_key(old, ino, handle))
+        ctx.ov.put(key, packb([expiry]))
+        ctx.ov.put(S.handle_expiry_key(expiry, ino, handle), b"")
+
+    def _open(self, ctx: Ctx, ino: int, handle: bytes, lease_s):
+        """A client opened regular file ``ino``: keep it alive until ts + lease (renewable),
+        even if its last link goes. The same handle again extends it (a retry)."""
+        self._check_handle(handle)
+        lease = self._lease_ns(lease_s)
+        i = ctx.inode(ino)
+        ctx.check_lock(S.lock_key_inode(ino), "S")
+        if i.is_dir():
+            raise err.IsADirectory()
+        if not stat.S_ISREG(i.mode):
+            raise err.InvalidArgument("open handles are for regular files")
+        self._set_handle(ctx, ino, handle, ctx.ts + lease)
+        return i.wire()
+
+    def _renew(self, ctx: Ctx, pairs: list, lease_s):
+        """Extend many handles to ts + lease; per pair 0, or ENOENT if the handle is gone
+        (closed or expired: the client may OPEN it again while the file has a link)."""
+        lease = self._lease_ns(lease_s)
+        if not isinstance(pairs, list):
+            raise err.InvalidArgument("pairs")
+        out = []
+        for ino, handle in pairs:
+            self._check_handle(handle)
+            self.check_owned(ino)
+            if ctx.ov.get(S.handle_key(ino, handle)) is None:
+                out.append(E.ENOENT)
+                continue
+            self._set_handle(ctx, ino, handle, ctx.ts + lease)
+            out.append(0)
+        return out
+
+    def _close(self, ctx: Ctx, ino: int, handle: bytes):
+        """Drop a handle (a missing one is not an error: closed before, or expired); the
+        last handle of a link-less file deletes it. Returns whether this close deleted it."""
+        self._check_handle(handle)
+        self.check_owned(ino)
+        key = S.handle_key(ino, handle)
+        v = ctx.ov.get(key)
+        if v is None:
+            return False
+        ctx.ov.delete(key)
+        ctx.ov.delete(S.handle_expiry_key(unpackb(v)[0], ino, handle))
+        i = ctx.maybe_inode(ino)
+        return i is not None and ctx.reap_unlinked(i)
+
+    def _expirehandles(self, ctx: Ctx, limit: int = 1000):
+        """Internal (the leader's handle task): drop up to ``limit`` handles whose expiry is
+        before this command's ts, then delete the link-less files left without a handle."""
+        limit = max(1, min(int(limit), 10000))
+        end = S.P_HANDLE_EXPIRY + S.u64(max(0, ctx.ts))  # every J key with expiry < ts sorts before
+        expired = 0
+        inos: dict[int, None] = {}
+        for k, _ in list(ctx.ov.scan(S.P_HANDLE_EXPIRY, end, limit)):
+            expiry, ino, handle = S.split_handle_expiry_key(k)
+            ctx.ov.delete(k)
+            hk = S.handle_key(ino, handle)
+            v = ctx.ov.get(hk)
+            if v is not None and unpackb(v)[0] == expiry:
+                ctx.ov.delete(hk)
+            expired += 1
+            inos[ino] = None
+        freed = 0
+        for ino in inos:
+            i = ctx.maybe_inode(ino)
+            if i is not None and ctx.reap_unlinked(i):
+                freed += 1
+        return [expired, freed]
+
     # ----------------------------------------------------------- actions (cross-shard building blocks)
     #
     # An action is [kind, args...]. _validate_action checks its preconditions
@@ -719,6 +839,8 @@ class MetaStore(StateMachine):
                 raise err.NotPermitted("hard link to a directory")
             if delta > 0 and i.nlink + delta > LINK_MAX:
                 raise err.DfsError(code=E.EMLINK)
+            if delta > 0 and i.nlink <= 0 and not i.is_dir():
+                raise err.NotFound("no link to an unlinked (open) file")  # as Linux linkat
             last = delta < 0 and i.nlink + delta <= 0
             return [(S.lock_key_inode(ino), "X" if last else "S")]
         if kind == "dirnlink":  # a parent directory gains or loses a subdirectory
@@ -783,13 +905,10 @@ class MetaStore(StateMachine):
                 return
             i.nlink += delta
             i.ctime = ts
-            if i.nlink <= 0 and not i.is_dir():
-                held, holders = ctx.lock_holders(S.lock_key_inode(ino))
-                if not holders or holders == [state.get("op_id")]:
-                    ctx.delete_inode(i)
-                    touched.pop(ino, None)
-                    return
-            ctx.put(i)
+            if i.nlink <= 0 and not i.is_dir() and ctx.reap_unlinked(i, state.get("op_id")):
+                touched.pop(ino, None)
+                return
+            ctx.put(i)  # alive, or link-less but still open / locked by another operation
             touched[ino] = i
         elif kind == "dirnlink":
             _, ino, delta = a
@@ -949,6 +1068,10 @@ class MetaStore(StateMachine):
         Op.EXTEND: _extend,
         Op.WRITEINLINE: _writeinline,
         Op.MIGRATE: _migrate,
+        Op.OPEN: _open,
+        Op.RENEW: _renew,
+        Op.CLOSE: _close,
+        Op.EXPIREHANDLES: _expirehandles,
         Op.ONEPHASE: _onephase,
         Op.PREPARE: _prepare,
         Op.COMMIT: _commit,
@@ -1125,6 +1248,17 @@ class MetaStore(StateMachine):
             layout, size = unpackb(v)
             out.append((S.from_u64(k[1:9]), layout, size))
         return out
+
+    # ----------------------------------------------------------- open handles
+    def handles(self, ino: int | None = None) -> list[tuple[int, bytes, int]]:
+        """(ino, handle, expiry ns) of the open handles on this shard (of one inode)."""
+        prefix = S.P_HANDLE if ino is None else S.handle_prefix(ino)
+        return [(S.from_u64(k[1:9]), k[9:], unpackb(v)[0]) for k, v in self.kv.scan_prefix(prefix)]
+
+    def next_handle_expiry(self) -> int | None:
+        """The earliest expiry of an open handle on this shard (None: no handles)."""
+        first = next(iter(self.kv.scan_prefix(S.P_HANDLE_EXPIRY, 1)), None)
+        return None if first is None else S.split_handle_expiry_key(first[0])[0]
 
     # ----------------------------------------------------------- recovery support
     def pending_ops(self) -> list[tuple[bytes, dict]]:
