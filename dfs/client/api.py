@@ -307,6 +307,49 @@ class _SyncView:
 
 
 # ---------------------------------------------------------------------- the async core
+class _Leases:
+    """Server-side open handles of this client's open files (see MetaClient.open_handle):
+    a file unlinked while open here stays alive until it is closed here, in any
+    other client too. Renewed in the background every third of the lease; a
+    client that dies stops renewing and its handles expire."""
+
+    def __init__(self, meta: MetaClient, lease_s: float = 30.0) -> None:
+        self.meta = meta
+        self.lease = lease_s
+        self.held: dict[bytes, int] = {}
+        self._task: asyncio.Task | None = None
+
+    async def acquire(self, ino: int) -> bytes:
+        h = await self.meta.open_handle(ino, self.lease)
+        self.held[h] = ino
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._renew())
+        return h
+
+    async def release(self, ino: int, h: bytes) -> None:
+        self.held.pop(h, None)
+        try:
+            await self.meta.close_handle(ino, h)
+        except err.DfsError:
+            pass  # expired or the cluster is unreachable: the lease ends it anyway
+
+    async def _renew(self) -> None:
+        while self.held:
+            await asyncio.sleep(self.lease / 3)
+            pairs = [(ino, h) for h, ino in list(self.held.items())]
+            if pairs:
+                try:
+                    await self.meta.renew_handles(pairs, self.lease)
+                except err.DfsError:
+                    pass  # tried again at the next tick, well before the lease ends
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for h, ino in list(self.held.items()):
+            await self.release(ino, h)
+
+
 class AsyncClient:
     """The client core: a namespace on paths over a MetaClient and a ChunkIO."""
 
@@ -319,6 +362,7 @@ class AsyncClient:
         self.cwd = b"/"
         self._on_close = on_close
         self._links: OrderedDict[int, bytes] = OrderedDict()  # symlink targets never change
+        self.leases = _Leases(meta)
 
     @property
     def caller(self) -> Caller:
@@ -348,6 +392,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         try:
+            await self.leases.close()
             if self._on_close is not None:
                 await self._on_close()
         finally:
@@ -779,11 +824,13 @@ class AsyncClient:
                 e.filename = path
                 raise
         fh = FileHandle(self.meta, self.data, attr, writable=writable, append=bool(flags & os.O_APPEND))
+        fh.lease = await self.leases.acquire(attr.ino)
         if flags & os.O_TRUNC and writable and not created:
             try:
                 await fh.truncate(0)
             except BaseException:
                 await fh.close()
+                await self.leases.release(attr.ino, fh.lease)
                 raise
             finally:
                 self.mode.forget_attr(attr.ino)
@@ -875,6 +922,10 @@ class _FileCore:
         try:
             await self.fh.close()
         finally:
+            lease = getattr(self.fh, "lease", None)
+            if lease is not None:
+                self.fh.lease = None
+                await self.client.leases.release(self.fh.ino, lease)
             self.client._closed_file(self.fh.ino, self.wrote)
 
 

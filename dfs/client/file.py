@@ -109,6 +109,7 @@ class FileHandle:
         self.meta = meta
         self.data = data
         self.ino = attr.ino
+        self.lease: bytes | None = None  # the server-side open handle, when the opener took one
         packed = getattr(attr, "layout", 0)
         self.layout = layout or (Layout.unpack(packed) if packed else DEFAULT_LAYOUT)
         self.cs = self.layout.chunk_size

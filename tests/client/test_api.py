@@ -283,6 +283,24 @@ def test_xattrs_and_statfs(fs):
     assert s.f_bsize > 0 and s.f_namemax == 255 and s.f_files >= s.f_ffree
 
 
+def test_open_unlinked_file_lives_until_close(fs):
+    """POSIX: unlink removes the name; the open file stays readable and writable until closed."""
+    with fs.open("doomed", "wb") as f:
+        f.write(b"before")
+    f = fs.open("doomed", "r+b")
+    ino = fs.stat("doomed").st_ino
+    fs.remove("doomed")
+    assert not fs.exists("doomed")
+    f.seek(0, 2)
+    f.write(b"+after")
+    f.flush()
+    f.seek(0)
+    assert f.read() == b"before+after"
+    f.close()
+    with pytest.raises(FileNotFoundError):
+        fs._run(fs.aio.meta.getattr(ino))
+
+
 def test_large_file_across_chunks(fs):
     data = os.urandom(3 * (1 << 20) + 12345)
     with fs.open("big", "wb") as f:
