@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 log() { echo "bootstrap: $*" >&2; }
 
 # --- 1. system packages ------------------------------------------------------
-APT_PKGS=(fuse3 libfuse3-dev pkg-config iproute2 build-essential python3-venv python3-dev)
+APT_PKGS=(fuse3 libfuse3-dev pkg-config iproute2 build-essential python3-venv python3-dev rsync git)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -7,6 +7,7 @@ import click
 from dfs.cli import bench as bench_cmd
 from dfs.cli import cluster as cluster_cmd
 from dfs.cli import demo as demo_cmd
+from dfs.cli import mount as mount_cmd
 from dfs.cli import servers as servers_cmd
 
 
@@ -22,6 +23,8 @@ cli.add_command(cluster_cmd.cluster)
 cli.add_command(servers_cmd.meta_server)
 cli.add_command(servers_cmd.mgmt_server)
 cli.add_command(servers_cmd.data_server)
+cli.add_command(mount_cmd.mount)
+cli.add_command(mount_cmd.umount)
 
 
 def main(argv: list[str] | None = None) -> int:

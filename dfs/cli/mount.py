@@ -1,0 +1,215 @@
+"""`dfs mount MOUNTPOINT` / `dfs umount MOUNTPOINT`: a cluster as a FUSE mount.
+
+`mount` runs in the background by default: it starts a detached copy of
+itself with --foreground and a log file, and returns once the mount is live
+(or fails with the log's tail). `umount` unmounts with fusermount3 (lazily as
+a fallback) and waits for the serving process to end; it also clears the
+mount point a crashed process left behind ("Transport endpoint is not
+connected").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+from dfs.cli.cluster import DEFAULT_DATA, _alive, _cmdline
+
+STATE_DIR = os.path.expanduser("~/.local/share/dfs/mounts")
+
+
+def _canon(path: str) -> str:
+    """The absolute path with its parent's symlinks resolved; the last component is never
+    looked up (a lookup on a hung or crashed mount would block or fail)."""
+    a = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(a)), os.path.basename(a))
+
+
+def _state_path(mountpoint: str) -> str:
+    key = hashlib.sha1(mountpoint.encode()).hexdigest()[:16]
+    return os.path.join(STATE_DIR, f"{key}.json")
+
+
+def _default_log(mountpoint: str) -> str:
+    return _state_path(mountpoint)[:-5] + ".log"
+
+
+def _read_state(mountpoint: str) -> dict | None:
+    try:
+        with open(_state_path(mountpoint)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _resolve_mgmt(mgmt: tuple[str, ...], cluster_path: str) -> list[str]:
+    if mgmt:
+        return [a for m in mgmt for a in m.split(",") if a]
+    from dfs.common.config import ClusterConfig
+
+    path = os.path.join(cluster_path, "cluster.toml") if os.path.isdir(cluster_path) else cluster_path
+    if not os.path.exists(path):
+        raise click.ClickException(f"no cluster file {path}: give --mgmt or --cluster")
+    return [m.address for m in ClusterConfig.load(path).mgmt]
+
+
+def _tail(path: str, n: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--mgmt", multiple=True, help="mgmt replica address(es) host:port (repeat or comma-separate)")
+@click.option("--cluster", "cluster_path", default=DEFAULT_DATA, show_default=True,
+              help="a cluster.toml or the folder holding it (used without --mgmt)")
+@click.option("-f", "--foreground", is_flag=True, help="serve in this process (debugging)")
+@click.option("--log-file", default=None, help="log file [default: ~/.local/share/dfs/mounts/<id>.log]")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--entry-timeout", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="seconds the kernel caches names (0 makes ls -l of large directories ~100x slower)")
+@click.option("--attr-timeout", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="seconds the kernel caches attributes")
+@click.option("--negative-timeout", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="seconds the kernel caches 'no such name'")
+@click.option("--writeback-cache", is_flag=True, help="let the kernel buffer and merge writes (page cache)")
+@click.option("--direct-io", is_flag=True, help="bypass the page cache (reads arrive as 1 MiB requests)")
+@click.option("--read-ahead-kb", default=4096, show_default=True, type=click.IntRange(0),
+              help="raise the mount's read_ahead_kb (buffered read size); 0 leaves it")
+@click.option("-o", "options", multiple=True, help="extra FUSE mount options (comma-separated)")
+@click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for the mount to be live")
+def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, foreground: bool, log_file: str | None,
+          log_level: str, entry_timeout: float, attr_timeout: float, negative_timeout: float,
+          writeback_cache: bool, direct_io: bool, read_ahead_kb: int, options: tuple[str, ...],
+          timeout: float) -> None:
+    """Mount the cluster at MOUNTPOINT (in the background unless --foreground)."""
+    from dfs.fuse.mount import is_mounted
+
+    mp = _canon(mountpoint)
+    if not os.path.isdir(mp):
+        raise click.ClickException(f"{mountpoint}: not a directory")
+    if is_mounted(mp):
+        raise click.ClickException(f"{mountpoint} is already mounted (dfs umount {mountpoint})")
+    addrs = _resolve_mgmt(mgmt, cluster_path)
+    extra = tuple(o for opt in options for o in opt.split(",") if o)
+    os.makedirs(STATE_DIR, exist_ok=True)
+    if foreground:  # logs to stderr unless --log-file
+        _serve(mp, addrs, os.path.abspath(log_file) if log_file else None, log_level, entry_timeout=entry_timeout, attr_timeout=attr_timeout,
+               negative_timeout=negative_timeout, writeback_cache=writeback_cache, direct_io=direct_io,
+               read_ahead_kb=read_ahead_kb, options=extra)
+        return
+    log_file = os.path.abspath(log_file or _default_log(mp))
+    argv = [sys.executable, "-m", "dfs.cli", "mount", mp, "--foreground", "--mgmt", ",".join(addrs),
+            "--log-file", log_file, "--log-level", log_level, "--entry-timeout", str(entry_timeout),
+            "--attr-timeout", str(attr_timeout), "--negative-timeout", str(negative_timeout),
+            "--read-ahead-kb", str(read_ahead_kb)]
+    if writeback_cache:
+        argv.append("--writeback-cache")
+    if direct_io:
+        argv.append("--direct-io")
+    if extra:
+        argv += ["-o", ",".join(extra)]
+    with open(log_file, "ab") as lf:
+        start = lf.tell()
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True,
+                             close_fds=True, cwd="/")
+    deadline = time.monotonic() + timeout
+    while not is_mounted(mp):
+        if p.poll() is not None:
+            raise click.ClickException(f"mount of {mountpoint} failed (exit {p.returncode}); log {log_file}:\n"
+                                       + _tail_from(log_file, start))
+        if time.monotonic() > deadline:
+            p.terminate()
+            raise click.ClickException(f"{mountpoint} not mounted after {timeout:.0f}s; log {log_file}:\n"
+                                       + _tail_from(log_file, start))
+        time.sleep(0.02)
+    click.echo(f"mounted {mp} (pid {p.pid}, log {log_file})")
+
+
+def _tail_from(path: str, start: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read()[-4000:].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _serve(mp: str, addrs: list[str], log_file: str | None, log_level: str, **kw) -> None:
+    import asyncio
+
+    from dfs.fuse.mount import run_mount
+
+    handlers: list[logging.Handler] = [logging.FileHandler(log_file) if log_file else logging.StreamHandler()]
+    logging.basicConfig(level=getattr(logging, log_level.upper()), handlers=handlers, force=True,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    state = _state_path(mp)
+
+    def mounted() -> None:
+        with open(state + ".tmp", "w") as f:
+            json.dump({"mountpoint": mp, "pid": os.getpid(), "log": log_file, "mgmt": addrs}, f)
+        os.replace(state + ".tmp", state)
+
+    try:
+        asyncio.run(run_mount(mp, addrs, on_mounted=mounted, **kw))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        st = _read_state(mp)
+        if st and st.get("pid") == os.getpid():
+            try:
+                os.unlink(state)
+            except OSError:
+                pass
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path())
+@click.option("--timeout", default=15.0, show_default=True, help="seconds to wait for the mount process to end")
+def umount(mountpoint: str, timeout: float) -> None:
+    """Unmount MOUNTPOINT (also one whose mount process crashed)."""
+    from dfs.fuse.mount import is_mounted
+
+    mp = _canon(mountpoint)
+    st = _read_state(mp)
+    was = is_mounted(mp)
+    if was:
+        errs = []
+        for cmd in (["fusermount3", "-u", mp], ["fusermount3", "-uz", mp], ["umount", "-l", mp]):
+            if shutil.which(cmd[0]) is None:
+                continue
+            r = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            if r.returncode == 0 and not is_mounted(mp):
+                break
+            errs.append(f"{' '.join(cmd)}: {r.stderr.strip()}")
+        else:
+            raise click.ClickException(f"cannot unmount {mountpoint}:\n" + "\n".join(errs))
+    pid = st.get("pid") if st else None
+    if pid and _alive(pid) and "dfs" in _cmdline(pid):
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
+    elif not was:
+        raise click.ClickException(f"{mountpoint} is not mounted")
+    if st:
+        try:
+            os.unlink(_state_path(mp))
+        except OSError:
+            pass
+    click.echo(f"unmounted {mp}")
+

@@ -1,0 +1,151 @@
+"""Serving a mount: connect to the cluster, mount, run pyfuse3 on the asyncio loop.
+
+pyfuse3 runs in asyncio mode so its request tasks share one event loop with
+grpc.aio (the metadata transport) and the data client. ``run_mount`` serves in
+the calling process until the file system is unmounted (``dfs umount``,
+``fusermount3 -u``) or the process gets SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from dfs.fuse.ops import DfsOperations
+
+log = logging.getLogger("dfs.fuse")
+
+DEFAULT_READ_AHEAD_KB = 4096
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """The "major:minor" of the file system mounted at ``mountpoint`` (an absolute,
+    canonical path). From /proc/self/mountinfo, never a stat: in the serving
+    process any lookup on the mount point is a FUSE request it would wait for
+    itself (before ``main`` runs even os.path.realpath deadlocks)."""
+    mp = mountpoint
+    dev = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 4 and _unescape(parts[4]) == mp:
+                    dev = parts[2]  # the last (topmost) mount wins
+    except OSError:
+        return None
+    return dev
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def is_mounted(mountpoint: str, fstype_prefix: str = "fuse") -> bool:
+    """Whether a FUSE file system is mounted at ``mountpoint`` (absolute and canonical)."""
+    mp = mountpoint
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                parts = left.split()
+                if len(parts) > 4 and _unescape(parts[4]) == mp and right.startswith(fstype_prefix):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def raise_read_ahead(mountpoint: str, kb: int) -> bool:
+    """Buffered reads reach the file system in read_ahead_kb pieces (128 KiB by
+    default): raise the mount's bdi setting (needs root)."""
+    dev = mount_device(mountpoint)
+    if dev is None or kb <= 0:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+        return True
+    except OSError as e:
+        log.info("read_ahead_kb of %s not raised: %s", dev, e)
+        return False
+
+
+def mount_options(*, allow_other: bool | None = None, extra: tuple[str, ...] = ()) -> set[str]:
+    opts = set(pyfuse3.default_options) | {"fsname=dfs", "subtype=dfs"}
+    if "no_default_permissions" not in extra:
+        opts.add("default_permissions")
+    if allow_other is None:
+        allow_other = os.geteuid() == 0
+    if allow_other:
+        opts.add("allow_other")
+    for o in extra:
+        if o == "no_default_permissions":
+            continue
+        if o.startswith("max_read"):
+            raise ValueError("max_read breaks the session with pyfuse3 3.5; not supported")
+        opts.add(o)
+    return opts
+
+
+async def connect(mgmt: list[str]):
+    from dfs.client.meta import MetaClient
+    from dfs.rpc.data import DataClient
+    from dfs.rpc.transport import GrpcTransport
+
+    t = await GrpcTransport(mgmt).connect()
+    return MetaClient(t), DataClient(t.map, t.refresh_map)
+
+
+async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_ahead_kb: int,
+                on_mounted=None) -> None:
+    pyfuse3.init(ops, mountpoint, options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, pyfuse3.terminate)
+    try:
+        if read_ahead_kb:
+            raise_read_ahead(mountpoint, read_ahead_kb)
+        log.info("mounted %s (options %s)", mountpoint, ",".join(sorted(options)))
+        if on_mounted is not None:
+            on_mounted()
+        await pyfuse3.main()
+    except BaseException:
+        log.exception("serving %s failed", mountpoint)
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        try:
+            await asyncio.wait_for(ops.close_all(), 30)
+        except Exception as e:  # noqa: BLE001 - unmount anyway
+            log.warning("closing open files at unmount: %s", e)
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", mountpoint)
+
+
+async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
+                    negative_timeout: float = 1.0, writeback_cache: bool = False, direct_io: bool = False,
+                    read_ahead_kb: int = DEFAULT_READ_AHEAD_KB, options: tuple[str, ...] = (),
+                    allow_other: bool | None = None, on_mounted=None) -> None:
+    """Connect to the cluster whose mgmt replicas are ``mgmt`` and serve it at ``mountpoint``
+    until unmounted."""
+    if not os.path.isabs(mountpoint):
+        raise ValueError("the mount point must be an absolute path")
+    pyfuse3.asyncio.enable()
+    opts = mount_options(allow_other=allow_other, extra=options)
+    t0 = time.monotonic()
+    meta, data = await connect(mgmt)
+    log.info("connected to %s in %.2fs", mgmt, time.monotonic() - t0)
+    ops = DfsOperations(meta, data, entry_timeout=entry_timeout, attr_timeout=attr_timeout,
+                        negative_timeout=negative_timeout, writeback_cache=writeback_cache, direct_io=direct_io)
+    try:
+        await serve(ops, mountpoint, opts, read_ahead_kb=read_ahead_kb, on_mounted=on_mounted)
+    finally:
+        await data.close()
+        await meta.close()
