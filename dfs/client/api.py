@@ -46,6 +46,7 @@ from dfs.client.file import ChunkIO, FileHandle
 from dfs.client.meta import MetaClient
 from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO
+from dfs.common.perm import check_mode
 from dfs.common.records import Attr, Caller, DirEntry
 
 T = TypeVar("T")
@@ -194,20 +195,9 @@ def _stat_result(a: Attr) -> os.stat_result:
 
 
 def _check_access(a: Attr, caller: Caller, mask: int) -> None:
-    """The mode-bit check of open(2) (the service checks every namespace operation;
-    this one is the client's until the service has an OPEN operation)."""
-    if not mask:
-        return
-    if caller.uid == 0:
-        return
-    if caller.uid == a.uid:
-        bits = (a.mode >> 6) & 7
-    elif caller.in_group(a.gid):
-        bits = (a.mode >> 3) & 7
-    else:
-        bits = a.mode & 7
-    if mask & ~bits:
-        raise err.PermissionDenied()
+    """The mode-bit check of open(2), done here with fresh attributes (the service
+    checks every namespace operation; opening a file is not one of them yet)."""
+    check_mode(a.mode, a.uid, a.gid, caller, mask)
 
 
 def parse_mode(mode: str) -> tuple[int, bool, bool]:

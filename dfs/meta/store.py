@@ -26,14 +26,16 @@ from collections.abc import Callable
 import msgpack
 
 from dfs.common import errors as err
-from dfs.common.ids import ROOT_INO, LOCAL_MASK, make_ino, shard_of
+from dfs.common.ids import LOCAL_MASK, ROOT_INO, make_ino, shard_of
 from dfs.common.layout import DEFAULT_LAYOUT, Layout
-from dfs.common.limits import INLINE_MAX, LINK_MAX, NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_SIZE_MAX
-from dfs.common.records import Caller
-from dfs.consensus.api import StateMachine
-from dfs.kv import KV
-from dfs.kv.overlay import Overlay
-from dfs.meta import schema as S
+from dfs.common.limits import (
+    INLINE_MAX,
+    LINK_MAX,
+    NAME_MAX,
+    SYMLINK_MAX,
+    XATTR_NAME_MAX,
+    XATTR_SIZE_MAX,
+)
 from dfs.common.ops import (
     HANDLE_MAX,
     MAX_LEASE_S,
@@ -51,6 +53,12 @@ from dfs.common.ops import (
     Op,
     inline_digest,
 )
+from dfs.common.perm import check_mode
+from dfs.common.records import Caller
+from dfs.consensus.api import StateMachine
+from dfs.kv import KV
+from dfs.kv.overlay import Overlay
+from dfs.meta import schema as S
 from dfs.meta.schema import Inode
 
 log = logging.getLogger(__name__)
@@ -93,20 +101,7 @@ def check_name(name: bytes) -> None:
 
 
 def check_access(ino: Inode, caller: Caller, mask: int) -> None:
-    if not mask:
-        return
-    if caller.uid == 0:
-        if mask & R_X and not ino.is_dir() and not ino.mode & 0o111:
-            raise err.PermissionDenied()
-        return
-    if caller.uid == ino.uid:
-        bits = (ino.mode >> 6) & 7
-    elif caller.in_group(ino.gid):
-        bits = (ino.mode >> 3) & 7
-    else:
-        bits = ino.mode & 7
-    if mask & ~bits:
-        raise err.PermissionDenied()
+    check_mode(ino.mode, ino.uid, ino.gid, caller, mask)
 
 
 def check_sticky(parent: Inode, child_uid: int, caller: Caller) -> None:
