@@ -19,6 +19,7 @@ ALLOWED = {
     "data": {"common", "kv", "rpc"},
     "rpc": {"common"},
     "client": {"common", "rpc"},
+    "fuse": {"common", "rpc", "client"},
 }
 
 
