@@ -276,13 +276,19 @@ class DataClient:
                 force = rh.status == E.ESTALE
             except (ConnectionError, TimeoutError, err.Unavailable) as e:
                 last = e
-            if loop.time() >= end:
-                if isinstance(last, err.DfsError):
-                    raise last
-                raise err.Unavailable(f"no answer before the deadline: {last}")
-            await self.refresh(force)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.2)
+            delay = await self._retry_pause(end, last, force, delay, "no answer before the deadline")
+
+    async def _retry_pause(self, end: float, last: BaseException | None, force: bool, delay: float,
+                           what: str) -> float:
+        """Between two rounds of a retried request: give up at the deadline (with the last
+        error), else refresh the map and back off; returns the next delay."""
+        if asyncio.get_running_loop().time() >= end:
+            if isinstance(last, err.DfsError):
+                raise last
+            raise err.Unavailable(f"{what}: {last}")
+        await self.refresh(force)
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        return min(delay * 2, 0.2)
 
     async def write(self, ino: int, index: int, offset: int, data, layout) -> int:
         """Write ``data`` at ``offset`` of chunk ``index``; returns the chunk's new version."""
@@ -376,13 +382,7 @@ class DataClient:
                     break
                 if rh.status not in _RETRY_STATUSES:
                     dp.raise_for(rh, rp)
-            if loop.time() >= end:
-                if isinstance(last, err.DfsError):
-                    raise last
-                raise err.Unavailable(f"read: no replica answered before the deadline: {last}")
-            await self.refresh(force)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 0.2)
+            delay = await self._retry_pause(end, last, force, delay, "read: no replica answered before the deadline")
 
     def _verify_on(self, tid: int, ch, ino: int, index: int) -> None:
         """A block from ``tid`` failed our check: ask it for a read it verifies
