@@ -301,27 +301,49 @@ class _Leases:
     """Server-side open handles of this client's open files (see MetaClient.open_handle):
     a file unlinked while open here stays alive until it is closed here, in any
     other client too. Renewed in the background every third of the lease; a
-    client that dies stops renewing and its handles expire."""
+    client that dies stops renewing and its handles expire. Closes go out in the
+    background, batched per shard (a file's close does not wait a Raft round);
+    ``drain`` waits for them."""
 
     def __init__(self, meta: MetaClient, lease_s: float = 30.0) -> None:
         self.meta = meta
         self.lease = lease_s
         self.held: dict[bytes, int] = {}
         self._task: asyncio.Task | None = None
+        self._closing: list[tuple[int, bytes]] = []
+        self._closer: asyncio.Task | None = None
 
-    async def acquire(self, ino: int) -> bytes:
-        h = await self.meta.open_handle(ino, self.lease)
+    async def open(self, ino: int, access: int = 0) -> tuple[Attr, bytes]:
+        """OPEN ``ino`` (checking ``access`` on the service): its fresh attributes and the handle."""
+        attr, h = await self.meta.open_file(ino, self.lease, access=access)
+        self.adopt(ino, h)
+        return attr, h
+
+    def adopt(self, ino: int, h: bytes) -> None:
+        """Track (renew, close) a handle registered elsewhere, e.g. by create_open."""
         self.held[h] = ino
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._renew())
-        return h
 
-    async def release(self, ino: int, h: bytes) -> None:
+    def release(self, ino: int, h: bytes) -> None:
+        """Close the handle, in the background."""
         self.held.pop(h, None)
-        try:
-            await self.meta.close_handle(ino, h)
-        except err.DfsError:
-            pass  # expired or the cluster is unreachable: the lease ends it anyway
+        self._closing.append((ino, h))
+        if self._closer is None or self._closer.done():
+            self._closer = asyncio.get_running_loop().create_task(self._close_pending())
+
+    async def _close_pending(self) -> None:
+        while self._closing:
+            batch, self._closing = self._closing, []
+            try:
+                await self.meta.close_handles(batch)
+            except err.DfsError:
+                pass  # expired or the cluster is unreachable: the lease ends it anyway
+
+    async def drain(self) -> None:
+        """Wait until every released handle is closed on the service."""
+        while self._closer is not None and not self._closer.done():
+            await asyncio.shield(self._closer)
 
     async def _renew(self) -> None:
         while self.held:
@@ -337,7 +359,8 @@ class _Leases:
         if self._task is not None:
             self._task.cancel()
         for h, ino in list(self.held.items()):
-            await self.release(ino, h)
+            self.release(ino, h)
+        await self.drain()
 
 
 class AsyncClient:
@@ -787,14 +810,16 @@ class AsyncClient:
                 raise _oserror(E.ENOENT, path)
             if _fs(path).endswith(b"/"):
                 raise _oserror(E.EISDIR, path)
-            try:
-                attr, created = await self.meta.create(r.parent.ino, r.name, mode & 0o7777,
-                                                       excl=bool(flags & os.O_EXCL), umask=self.umask)
+            try:  # create and open: one command
+                attr, created, lease = await self.meta.create_open(
+                    r.parent.ino, r.name, mode & 0o7777, excl=bool(flags & os.O_EXCL), umask=self.umask,
+                    lease_s=self.leases.lease)
             except err.DfsError as e:
                 e.filename = path
                 raise
             finally:
                 self._changed(r.parent.ino, r.name)
+            self.leases.adopt(attr.ino, lease)
             self.mode.remember(r.parent.ino, r.name, attr)
         else:
             attr = r.attr
@@ -806,21 +831,23 @@ class AsyncClient:
                 raise _oserror(E.ELOOP, path)  # O_NOFOLLOW on a symlink
             if not attr.is_reg():
                 raise _oserror(E.ENXIO, path)
-            if fresh:
-                attr = await self._getattr(attr.ino, fresh=True)
+            # The service checks the access and answers the attributes as of the open
+            # (fresh: close-to-open) with the handle, in one command.
+            access = (4 if readable else 0) | (2 if writable or flags & os.O_TRUNC else 0)
             try:
-                _check_access(attr, self.caller, (4 if readable else 0) | (2 if writable or flags & os.O_TRUNC else 0))
+                attr, lease = await self.leases.open(attr.ino, access)
             except err.DfsError as e:
                 e.filename = path
                 raise
+            self.mode.remember_attr(attr)
         fh = FileHandle(self.meta, self.data, attr, writable=writable, append=bool(flags & os.O_APPEND))
-        fh.lease = await self.leases.acquire(attr.ino)
+        fh.lease = lease
         if flags & os.O_TRUNC and writable and not created:
             try:
                 await fh.truncate(0)
             except BaseException:
                 await fh.close()
-                await self.leases.release(attr.ino, fh.lease)
+                self.leases.release(attr.ino, fh.lease)
                 raise
             finally:
                 self.mode.forget_attr(attr.ino)
@@ -915,7 +942,7 @@ class _FileCore:
             lease = getattr(self.fh, "lease", None)
             if lease is not None:
                 self.fh.lease = None
-                await self.client.leases.release(self.fh.ino, lease)
+                self.client.leases.release(self.fh.ino, lease)
             self.client._closed_file(self.fh.ino, self.wrote)
 
 

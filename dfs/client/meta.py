@@ -163,8 +163,22 @@ class MetaClient:
         args = [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None]
         if inline is not None:
             args.append(bool(inline))
-        wire, created, ino = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
+        wire, created, ino, _ = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
         return await self._attr_of(ino, wire, caller), created
+
+    async def create_open(self, parent: int, name: str | bytes, mode: int = 0o644, *, excl: bool = True,
+                          umask: int = 0, lease_s: float = DEFAULT_LEASE_S, inline: bool | None = None,
+                          caller: Caller | None = None) -> tuple[Attr, bool, bytes]:
+        """``create`` and ``open_handle`` in one command (one Raft round): returns (attr,
+        created, handle). An existing file (``excl=False``) is opened too."""
+        name = _enc(name)
+        h = os.urandom(16)
+        args = [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None, inline, h, float(lease_s)]
+        wire, created, ino, opened = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
+        if opened:
+            return Attr.from_wire(wire), created, h
+        attr, _ = await self.open_file(ino, lease_s, handle=h, caller=caller)  # a hard link on another shard
+        return attr, created, h
 
     async def mknod(self, parent: int, name: str | bytes, mode: int, rdev: int = 0, *, umask: int = 0,
                     caller: Caller | None = None) -> Attr:
@@ -172,13 +186,13 @@ class MetaClient:
             return await self.mkdir(parent, name, mode, umask=umask, caller=caller)
         if stat.S_IFMT(mode) == 0:
             mode |= stat.S_IFREG
-        wire, _, ino = await self._call(shard_of(parent), Op.CREATE,
+        wire, _, ino, _ = await self._call(shard_of(parent), Op.CREATE,
                                         [parent, _enc(name), mode, rdev, True, umask, None], caller, True)
         return await self._attr_of(ino, wire, caller)
 
     async def symlink(self, parent: int, name: str | bytes, target: str | bytes, *,
                       caller: Caller | None = None) -> Attr:
-        wire, _, ino = await self._call(shard_of(parent), Op.CREATE,
+        wire, _, ino, _ = await self._call(shard_of(parent), Op.CREATE,
                                         [parent, _enc(name), stat.S_IFLNK | 0o777, 0, True, 0, _enc(target)],
                                         caller, True)
         return await self._attr_of(ino, wire, caller)
@@ -279,9 +293,17 @@ class MetaClient:
         handle lives ``lease_s`` seconds: the caller renews it (``renew_handles``) every
         ``lease_s / 3`` and closes it (``close_handle``). EISDIR, EINVAL (not a regular
         file), ENOENT (no such inode, e.g. unlinked and deleted since the lookup)."""
+        return (await self.open_file(ino, lease_s, handle=handle, caller=caller))[1]
+
+    async def open_file(self, ino: int, lease_s: float = DEFAULT_LEASE_S, *, access: int = 0,
+                        handle: bytes | None = None, caller: Caller | None = None) -> tuple[Attr, bytes]:
+        """``open_handle`` that also returns the file's attributes as of the open (fresh, for
+        close-to-open) and checks ``access`` (os.R_OK | os.W_OK) for the caller on the
+        service: EACCES changes nothing."""
         h = handle if handle is not None else os.urandom(16)
-        await self._call(shard_of(ino), Op.OPEN, [ino, h, float(lease_s)], caller, True)
-        return h
+        args = [ino, h, float(lease_s)] + ([int(access)] if access else [])
+        wire = await self._call(shard_of(ino), Op.OPEN, args, caller, True)
+        return Attr.from_wire(wire), h
 
     async def renew_handles(self, pairs: list[tuple[int, bytes]], lease_s: float = DEFAULT_LEASE_S, *,
                             caller: Caller | None = None) -> list[tuple[int, bytes]]:
@@ -305,6 +327,17 @@ class MetaClient:
         """Drop a handle (a gone one is fine). The last handle of a file without a name
         deletes it; returns whether this close did."""
         return bool(await self._call(shard_of(ino), Op.CLOSE, [ino, handle], caller, True))
+
+    async def close_handles(self, pairs: list[tuple[int, bytes]], *, caller: Caller | None = None) -> None:
+        """``close_handle`` for many handles: one batch request per shard, in parallel."""
+        c = caller or self.caller
+        by_shard: dict[int, list] = defaultdict(list)
+        for ino, h in pairs:
+            by_shard[shard_of(ino)].append((Op.CLOSE, c, [ino, h], _rid()))
+        for res in await asyncio.gather(*(self.t.call_many(s, ops) for s, ops in by_shard.items())):
+            for r in res:
+                if isinstance(r, err.DfsError) and r.errno != errno.ENOENT:
+                    raise r
 
     # ------------------------------------------------------------------ batches
     async def create_many(self, parent: int, names: list[str | bytes], mode: int = 0o644, *,

@@ -123,6 +123,7 @@ class DfsOperations(pyfuse3.Operations):
         self.lease_s = 30.0
         self._server_handles = hasattr(meta, "open_handle")
         self._renewer: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ helpers
     def _caller(self, ctx) -> Caller:
@@ -344,34 +345,53 @@ class DfsOperations(pyfuse3.Operations):
             raise
 
     # ------------------------------------------------------------------ files
-    async def _open_ino(self, a: Attr) -> _Open:
-        pending = self.closing.get(a.ino)
-        if pending is not None:
-            await asyncio.shield(pending)
+    async def _open_ino(self, a: Attr, sh: bytes | None = None) -> _Open:
+        """The shared open state of ``a.ino`` with one more reference. ``sh``: a server open
+        handle the caller already registered (CREATE or OPEN with the attributes)."""
         o = self.files.get(a.ino)
         if o is None:
             o = self.files[a.ino] = _Open(FileHandle(self.meta, self.data, a))
-            if self._server_handles and a.is_reg():
+            if sh is not None:
+                self._held(a.ino, o, sh)
+            elif self._server_handles and a.is_reg():
                 await self._hold(a.ino, o)
-        elif not o.dirty() and a.size != o.handle.size:
-            o.handle.size = a.size  # changed elsewhere since (close-to-open)
+        else:
+            if sh is not None:  # a concurrent open of the same file won: one handle is enough
+                self._spawn(self.meta.close_handle(a.ino, sh))
+            if not o.dirty() and a.size != o.handle.size:
+                o.handle.size = a.size  # changed elsewhere since (close-to-open)
         o.refs += 1
         return o
+
+    async def _settled(self, ino: int) -> None:
+        """Wait for the last close of ``ino`` still flushing (a reopen sees its writes)."""
+        pending = self.closing.get(ino)
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    def _held(self, ino: int, o: _Open, sh: bytes) -> None:
+        o.sh = sh
+        self.held[ino] = sh
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
 
     async def _hold(self, ino: int, o: _Open) -> None:
         """Register the open with the metadata service (it keeps an unlinked file until
         the handle closes); without that (an older service) unlink falls back to hiding."""
         try:
-            o.sh = await self.meta.open_handle(ino, self.lease_s)
+            sh = await self.meta.open_handle(ino, self.lease_s)
         except err.DfsError as e:
             if e.errno in (errno.ENOENT, errno.EISDIR):
                 raise
             log.warning("open handles unavailable (%s): open-unlinked files are renamed instead", e)
             self._server_handles = False
             return
-        self.held[ino] = o.sh
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+        self._held(ino, o, sh)
 
     async def _renew_loop(self) -> None:
         while self.held:
@@ -397,8 +417,14 @@ class DfsOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def open(self, inode, flags, ctx):
-        a = await self.meta.getattr(inode, caller=self._caller(ctx))
-        o = await self._open_ino(a)
+        caller = self._caller(ctx)
+        await self._settled(inode)
+        if inode not in self.files and self._server_handles:
+            # the attributes (fresh: close-to-open) and the server handle in one command
+            a, sh = await self.meta.open_file(inode, self.lease_s, caller=caller)
+            o = await self._open_ino(a, sh)
+        else:
+            o = await self._open_ino(await self.meta.getattr(inode, caller=caller))
         try:
             if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
                 async with o.lock:
@@ -410,9 +436,18 @@ class DfsOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
-        a, created = await self.meta.create(parent_inode, name, mode, excl=bool(flags & os.O_EXCL),
-                                            umask=ctx.umask, caller=self._caller(ctx))
-        o = await self._open_ino(a)
+        caller = self._caller(ctx)
+        excl = bool(flags & os.O_EXCL)
+        if self._server_handles:  # create and open: one command
+            a, created, sh = await self.meta.create_open(parent_inode, name, mode, excl=excl, umask=ctx.umask,
+                                                         lease_s=self.lease_s, caller=caller)
+            await self._settled(a.ino)
+        else:
+            a, created = await self.meta.create(parent_inode, name, mode, excl=excl, umask=ctx.umask,
+                                                caller=caller)
+            sh = None
+            await self._settled(a.ino)
+        o = await self._open_ino(a, sh)
         try:
             if not created and flags & os.O_TRUNC:
                 async with o.lock:

@@ -160,7 +160,10 @@ class Ctx:
             # Its bytes go with it; it has no chunks (a copy a failed migration left
             # on the data servers is the data servers' orphan scan's to remove).
             ov.delete(S.inline_key(i.ino))
-        elif stat.S_ISREG(i.mode):  # its chunks are freed later, by the orphan task of the leader
+        elif stat.S_ISREG(i.mode) and i.size > 0:
+            # Its chunks are freed later, by the orphan task of the leader. A file of size 0
+            # has none, but for bytes a writer sent without publishing a size yet: those are
+            # the data servers' orphan scan's (after its grace), not worth a record here.
             ov.put(S.orphan_key(i.ino), packb([i.layout, i.size]))
         if stat.S_ISLNK(i.mode):
             ov.delete(S.symlink_key(i.ino))
@@ -390,7 +393,24 @@ class MetaStore(StateMachine):
 
     # ----------------------------------------------------------- single-shard mutations
     def _create(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int, excl: bool,
-                umask: int, target: bytes | None, inline: bool | None = None):
+                umask: int, target: bytes | None, inline: bool | None = None,
+                handle: bytes | None = None, lease_s=None):
+        """CREATE (regular files, symlinks, nodes). With ``handle`` (regular files only) the
+        file is opened in the same command: create-and-open is one Raft round. Returns
+        [wire attr | None, created, ino, opened]; an existing file on another shard (a hard
+        link) comes back unopened (None, the caller OPENs it there)."""
+        if handle is not None:
+            self._check_handle(handle)
+            lease = self._lease_ns(lease_s)
+        res = self._create_entry(ctx, parent, name, mode, rdev, excl, umask, target, inline)
+        if handle is None or res[0] is None:
+            return [*res, False]
+        ctx.check_lock(S.lock_key_inode(res[2]), "S")
+        self._set_handle(ctx, res[2], handle, ctx.ts + lease)
+        return [*res, True]
+
+    def _create_entry(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int, excl: bool,
+                      umask: int, target: bytes | None, inline: bool | None):
         check_name(name)
         fmt = stat.S_IFMT(mode) or stat.S_IFREG
         if fmt == stat.S_IFDIR:
@@ -723,9 +743,10 @@ class MetaStore(StateMachine):
         ctx.ov.put(key, packb([expiry]))
         ctx.ov.put(S.handle_expiry_key(expiry, ino, handle), b"")
 
-    def _open(self, ctx: Ctx, ino: int, handle: bytes, lease_s):
+    def _open(self, ctx: Ctx, ino: int, handle: bytes, lease_s, access: int = 0):
         """A client opened regular file ``ino``: keep it alive until ts + lease (renewable),
-        even if its last link goes. The same handle again extends it (a retry)."""
+        even if its last link goes. The same handle again extends it (a retry). ``access``
+        (R_OK 4 | W_OK 2) is checked against the caller first. Returns the attributes."""
         self._check_handle(handle)
         lease = self._lease_ns(lease_s)
         i = ctx.inode(ino)
@@ -734,6 +755,10 @@ class MetaStore(StateMachine):
             raise err.IsADirectory()
         if not stat.S_ISREG(i.mode):
             raise err.InvalidArgument("open handles are for regular files")
+        if access:
+            if not isinstance(access, int) or access & ~6:
+                raise err.InvalidArgument("access: R_OK | W_OK")
+            check_access(i, ctx.caller, access)
         self._set_handle(ctx, ino, handle, ctx.ts + lease)
         return i.wire()
 

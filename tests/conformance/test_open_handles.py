@@ -97,6 +97,55 @@ def test_unlink_while_open_keeps_the_file(ns):
     assert c.close_handle(a.ino, h) is False  # closing again is harmless
 
 
+def test_create_open_is_create_and_open_in_one(ns):
+    c, top = ns.c, ns.top
+    a, created, h = c.create_open(top, "f", 0o644)
+    assert created and stat.S_ISREG(a.mode) and isinstance(h, bytes)
+    c.unlink(top, "f")
+    assert c.getattr(a.ino).nlink == 0  # the handle from CREATE keeps it
+    assert c.close_handle(a.ino, h) is True
+    expect_errno(errno.ENOENT, c.getattr, a.ino)
+    # an existing file (excl=False) is opened too; O_EXCL still refuses it
+    b, _ = c.create(top, "g")
+    b2, created, h2 = c.create_open(top, "g", excl=False)
+    assert not created and b2.ino == b.ino
+    expect_errno(errno.EEXIST, c.create_open, top, "g")
+    c.unlink(top, "g")
+    assert c.getattr(b.ino).nlink == 0
+    c.close_handles([(b.ino, h2)])
+    expect_errno(errno.ENOENT, c.getattr, b.ino)
+
+
+def test_create_open_of_a_hard_link_on_another_shard(ns):
+    c, top = ns.c, ns.top
+    if c.nshards < 2:
+        pytest.skip("one shard")
+    d = other_shard_dir(c, top, "far")
+    a, _ = c.create(d, "f")
+    c.link(a.ino, top, "near")  # the name on top's shard, the inode on d's
+    b, created, h = c.create_open(top, "near", excl=False)
+    assert not created and b.ino == a.ino
+    c.unlink(top, "near")
+    c.unlink(d, "f")
+    assert c.getattr(a.ino).nlink == 0
+    assert c.close_handle(a.ino, h) is True
+
+
+def test_open_checks_access_on_the_service(ns):
+    c, top = ns.c, ns.top
+    a, _ = c.create(top, "f", 0o640)
+    attr, h = c.open_file(a.ino, access=4 | 2)  # the owner
+    assert attr.ino == a.ino and attr.mode & 0o777 == 0o640
+    c.close_handle(a.ino, h)
+    expect_errno(errno.EACCES, c.open_file, a.ino, access=4, caller=ALICE)
+    c.unlink(top, "f")
+    expect_errno(errno.ENOENT, c.getattr, a.ino)  # the refused open left no handle behind
+    b, _ = c.create(top, "g", 0o644)
+    c.close_handle(b.ino, c.open_file(b.ino, access=4, caller=ALICE)[1])  # others may read
+    expect_errno(errno.EACCES, c.open_file, b.ino, access=2, caller=ALICE)
+    expect_errno(errno.EINVAL, c.open_file, b.ino, access=1)
+
+
 def test_open_unlinked_file_across_clients(ns, request):
     c, top = ns.c, ns.top
     a, _ = c.create(top, "f", 0o666)
@@ -338,6 +387,7 @@ def test_expire_command_uses_its_own_timestamp():
     """The decision is the command's ts (stamped by the leader), not a replica's clock."""
     async def t(eng, c, top, clock):
         a, _ = await c.create(top, "f")
+        await c.setattr(a.ino, size=1)  # chunks to free: an orphan record
         h1 = await c.open_handle(a.ino, 10)
         h2 = await c.open_handle(a.ino, 20)
         await c.unlink(top, "f")
@@ -347,7 +397,7 @@ def test_expire_command_uses_its_own_timestamp():
         assert await svc.execute(Op.EXPIREHANDLES, b"", root, [], ts=clock.now + 15 * S) == [1, 0]
         assert [x[1] for x in handles(eng)] == [h2]
         assert await svc.execute(Op.EXPIREHANDLES, b"", root, [], ts=clock.now + 25 * S) == [1, 1]
-        assert orphans(eng) == [(a.ino, a.layout, 0)]
+        assert orphans(eng) == [(a.ino, a.layout, 1)]
         assert await c.close_handle(a.ino, h1) is False
     run(t)
 
@@ -357,6 +407,7 @@ def test_expiry_in_batches():
         inos = []
         for k in range(7):
             a, _ = await c.create(top, f"f{k}")
+            await c.setattr(a.ino, size=1)
             await c.open_handle(a.ino, 1)
             await c.unlink(top, f"f{k}")
             inos.append(a.ino)
@@ -384,6 +435,7 @@ def test_renewal_moves_the_expiry_index():
 def test_background_task_expires_after_grace():
     async def t(eng, c, top, clock):
         a, _ = await c.create(top, "f")
+        await c.setattr(a.ino, size=1)  # chunks to free: an orphan record
         await c.open_handle(a.ino, 1)
         await c.unlink(top, "f")
         for svc in eng.services:
@@ -397,17 +449,18 @@ def test_background_task_expires_after_grace():
         while not orphans(eng):
             assert loop.time() < end, "the handle did not expire"
             await asyncio.sleep(0.01)
-        assert orphans(eng) == [(a.ino, a.layout, 0)]
+        assert orphans(eng) == [(a.ino, a.layout, 1)]
     run(t)
 
 
 def test_hard_link_unlink_leaves_no_orphan():
     async def t(eng, c, top, clock):
         a, _ = await c.create(top, "f")
+        await c.setattr(a.ino, size=1)  # chunks to free: an orphan record
         await c.link(a.ino, top, "g")
         await c.unlink(top, "f")
         assert orphans(eng) == [] and handles(eng) == []
         assert (await c.getattr(a.ino)).nlink == 1
         await c.unlink(top, "g")  # no handle: deleted at once, as before
-        assert orphans(eng) == [(a.ino, a.layout, 0)]
+        assert orphans(eng) == [(a.ino, a.layout, 1)]
     run(t)

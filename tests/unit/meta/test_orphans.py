@@ -40,8 +40,13 @@ async def _unlink_leaves_record():
         # a rename over a file orphans the replaced one
         await c.create(top, "x")
         y, _ = await c.create(top, "y")
+        await c.setattr(y.ino, size=7)
         await c.rename(top, "x", top, "y")
-        assert orphans(eng) == sorted([(a.ino, lay, 12345), (y.ino, lay, 0)])
+        assert orphans(eng) == sorted([(a.ino, lay, 12345), (y.ino, lay, 7)])
+        # a file of size 0 has no chunks to free: no record
+        z, _ = await c.create(top, "z")
+        await c.unlink(top, "z")
+        assert len(orphans(eng)) == 2
         # without a remover nothing frees them
         assert await eng.orphan_sweep() == 0
         assert len(orphans(eng)) == 2
@@ -70,6 +75,7 @@ async def _remover_clears():
             svc.start_recovery(interval=0.01)
         top = (await c.mkdir(ROOT_INO, "t")).ino
         a, _ = await c.create(top, "a")
+        await c.setattr(a.ino, size=1)
         b, _ = await c.create(top, "b")
         await c.setattr(b.ino, size=7)
         await c.unlink(top, "a")
@@ -80,7 +86,7 @@ async def _remover_clears():
             assert loop.time() < end, f"orphans not freed: {orphans(eng)}"
             await asyncio.sleep(0.01)
         lay = a.layout
-        assert sorted(removed) == sorted([(a.ino, lay, 0), (b.ino, lay, 7)])  # once each, after a failed try
+        assert sorted(removed) == sorted([(a.ino, lay, 1), (b.ino, lay, 7)])  # once each, after a failed try
         c2, _ = await c.create(top, "c")
         await c.link(c2.ino, top, "c2")
         await c.unlink(top, "c")
