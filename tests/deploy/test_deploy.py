@@ -90,10 +90,15 @@ def test_unit_files_are_the_ones_bootstrap_installs():
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_units_verify(tmp_path):
-    # verify wants ExecStart's binary to exist: install the units for this
-    # checkout, whose .venv/bin/dfs is real, as bootstrap --prefix does
-    assert os.access(os.path.join(REPO, ".venv", "bin", "dfs"), os.X_OK)
-    _install_units(tmp_path, REPO)
+    # verify wants ExecStart's binary to exist: install the units under a
+    # prefix whose .venv/bin/dfs is this environment's real one, as
+    # bootstrap --prefix does
+    real = os.path.join(os.path.dirname(sys.executable), "dfs")
+    assert os.access(real, os.X_OK)
+    prefix = tmp_path / "prefix"
+    (prefix / ".venv" / "bin").mkdir(parents=True)
+    (prefix / ".venv" / "bin" / "dfs").symlink_to(real)
+    _install_units(tmp_path, str(prefix))
     names = ["dfs.target"] + [t.replace("@.", f"@{i}.") for t, i in INSTANCES.items()]
     r = subprocess.run(["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True,
                        timeout=60, check=False)
