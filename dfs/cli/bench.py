@@ -27,3 +27,5 @@ _passthrough("service", "dfs.bench.meta_service",
 _passthrough("data", "dfs.bench.data_path",
              "Data path: sequential write and read through the file I/O core next to the local disk.")
 _passthrough("inline", "dfs.bench.inline", "Small files inline in the metadata vs on data servers.")
+_passthrough("client", "dfs.bench.client_paths",
+             "The FUSE mount, the Python library and the local disk: metadata ops, ls -l, small and large reads.")

@@ -46,7 +46,6 @@ from dfs.client.file import ChunkIO, FileHandle
 from dfs.client.meta import MetaClient
 from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO
-from dfs.common.perm import check_mode
 from dfs.common.records import Attr, Caller, DirEntry
 
 T = TypeVar("T")
@@ -192,12 +191,6 @@ def _stat_result(a: Attr) -> os.stat_result:
         {"st_atime": a.atime_ns / 1e9, "st_mtime": a.mtime_ns / 1e9, "st_ctime": a.ctime_ns / 1e9,
          "st_atime_ns": a.atime_ns, "st_mtime_ns": a.mtime_ns, "st_ctime_ns": a.ctime_ns,
          "st_blksize": 1 << 20, "st_blocks": blocks, "st_rdev": a.rdev})
-
-
-def _check_access(a: Attr, caller: Caller, mask: int) -> None:
-    """The mode-bit check of open(2), done here with fresh attributes (the service
-    checks every namespace operation; opening a file is not one of them yet)."""
-    check_mode(a.mode, a.uid, a.gid, caller, mask)
 
 
 def parse_mode(mode: str) -> tuple[int, bool, bool]:
@@ -811,7 +804,7 @@ class AsyncClient:
             if _fs(path).endswith(b"/"):
                 raise _oserror(E.EISDIR, path)
             try:  # create and open: one command
-                attr, created, lease = await self.meta.create_open(
+                attr, created, lease, _ = await self.meta.create_open(
                     r.parent.ino, r.name, mode & 0o7777, excl=bool(flags & os.O_EXCL), umask=self.umask,
                     lease_s=self.leases.lease)
             except err.DfsError as e:

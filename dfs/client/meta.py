@@ -163,22 +163,23 @@ class MetaClient:
         args = [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None]
         if inline is not None:
             args.append(bool(inline))
-        wire, created, ino, _ = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
+        wire, created, ino, *_ = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
         return await self._attr_of(ino, wire, caller), created
 
     async def create_open(self, parent: int, name: str | bytes, mode: int = 0o644, *, excl: bool = True,
                           umask: int = 0, lease_s: float = DEFAULT_LEASE_S, inline: bool | None = None,
-                          caller: Caller | None = None) -> tuple[Attr, bool, bytes]:
+                          caller: Caller | None = None) -> tuple[Attr, bool, bytes, Attr]:
         """``create`` and ``open_handle`` in one command (one Raft round): returns (attr,
-        created, handle). An existing file (``excl=False``) is opened too."""
+        created, handle, the parent's attributes after it). An existing file
+        (``excl=False``) is opened too."""
         name = _enc(name)
         h = os.urandom(16)
         args = [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None, inline, h, float(lease_s)]
-        wire, created, ino, opened = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
+        wire, created, ino, opened, pwire = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
         if opened:
-            return Attr.from_wire(wire), created, h
+            return Attr.from_wire(wire), created, h, Attr.from_wire(pwire)
         attr, _ = await self.open_file(ino, lease_s, handle=h, caller=caller)  # a hard link on another shard
-        return attr, created, h
+        return attr, created, h, Attr.from_wire(pwire)
 
     async def mknod(self, parent: int, name: str | bytes, mode: int, rdev: int = 0, *, umask: int = 0,
                     caller: Caller | None = None) -> Attr:
@@ -186,13 +187,13 @@ class MetaClient:
             return await self.mkdir(parent, name, mode, umask=umask, caller=caller)
         if stat.S_IFMT(mode) == 0:
             mode |= stat.S_IFREG
-        wire, _, ino, _ = await self._call(shard_of(parent), Op.CREATE,
+        wire, _, ino, *_ = await self._call(shard_of(parent), Op.CREATE,
                                         [parent, _enc(name), mode, rdev, True, umask, None], caller, True)
         return await self._attr_of(ino, wire, caller)
 
     async def symlink(self, parent: int, name: str | bytes, target: str | bytes, *,
                       caller: Caller | None = None) -> Attr:
-        wire, _, ino, _ = await self._call(shard_of(parent), Op.CREATE,
+        wire, _, ino, *_ = await self._call(shard_of(parent), Op.CREATE,
                                         [parent, _enc(name), stat.S_IFLNK | 0o777, 0, True, 0, _enc(target)],
                                         caller, True)
         return await self._attr_of(ino, wire, caller)

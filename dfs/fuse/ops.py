@@ -17,10 +17,13 @@
   ``.dfs-unlinked-<ino>`` in the same directory instead and unlinked at the
   last release (NFS "silly rename"); readdir hides those names.
 * xattrs: ``security.*`` and ``system.*`` (capabilities, SELinux labels, POSIX
-  ACLs) are answered locally (ENODATA; setting them is ENOTSUP): the kernel
-  asks for ``security.capability`` on every write and ``ls -l`` asks for ACLs
-  of every entry. ENOSYS is never answered (it would turn off all xattrs of
-  the mount, ``user.*`` included).
+  ACLs) are not supported and answered locally with EOPNOTSUPP, as a file
+  system without those namespaces does: the kernel asks for
+  ``security.capability`` on writes, and ``ls -l`` asks for the SELinux label
+  and the ACL of every entry, two round trips per entry, unless the answer is
+  EOPNOTSUPP: ls then remembers the device has neither and stops asking
+  (ENODATA would not; 100k entries: ~14 s against ~1 s). ENOSYS is never
+  answered (it would turn off all xattrs of the mount, ``user.*`` included).
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class DfsOperations(pyfuse3.Operations):
         self._server_handles = hasattr(meta, "open_handle")
         self._renewer: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        self._fresh_dirs: dict[int, tuple[float, Attr]] = {}  # see _fresh_dir
 
     # ------------------------------------------------------------------ helpers
     def _caller(self, ctx) -> Caller:
@@ -230,10 +234,27 @@ class DfsOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def getattr(self, inode, ctx):
+        fresh = self._fresh_dirs.pop(inode, None)
+        if fresh is not None and fresh[0] > time.monotonic():
+            return self._entry(fresh[1])
         return self._entry(await self.meta.getattr(inode, caller=self._caller(ctx)))
+
+    def _fresh_dir(self, a: Attr) -> None:
+        """Keep a directory's attributes from a reply for the kernel's next GETATTR of it:
+        the kernel drops a directory's attributes whenever an entry is created in it and
+        asks again at the next permission check there (default_permissions). Answered once,
+        within the attribute timeout; any change this mount makes to it drops them."""
+        old = self._fresh_dirs.get(a.ino)
+        if old is None or old[1].ctime_ns <= a.ctime_ns:
+            self._fresh_dirs[a.ino] = (time.monotonic() + self.attr_timeout, a)
+
+    def _stale(self, *inos: int) -> None:
+        for ino in inos:
+            self._fresh_dirs.pop(ino, None)
 
     @_fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
+        self._stale(inode)
         caller = self._caller(ctx)
         if fields.update_size:
             await self._truncate(inode, attr.st_size)
@@ -287,24 +308,29 @@ class DfsOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------ namespace
     @_fuse_errors
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._stale(parent_inode)
         a = await self.meta.mknod(parent_inode, name, mode, rdev, umask=ctx.umask, caller=self._caller(ctx))
         return self._new_entry(a)
 
     @_fuse_errors
     async def mkdir(self, parent_inode, name, mode, ctx):
+        self._stale(parent_inode)
         a = await self.meta.mkdir(parent_inode, name, mode & 0o7777, umask=ctx.umask, caller=self._caller(ctx))
         return self._new_entry(a)
 
     @_fuse_errors
     async def symlink(self, parent_inode, name, target, ctx):
+        self._stale(parent_inode)
         return self._new_entry(await self.meta.symlink(parent_inode, name, target, caller=self._caller(ctx)))
 
     @_fuse_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._stale(inode, new_parent_inode)
         return self._new_entry(await self.meta.link(inode, new_parent_inode, new_name, caller=self._caller(ctx)))
 
     @_fuse_errors
     async def unlink(self, parent_inode, name, ctx):
+        self._stale(parent_inode)
         caller = self._caller(ctx)
         if self.files or self.closing:
             a = await self._lookup_or_none(parent_inode, name, caller)
@@ -315,10 +341,12 @@ class DfsOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def rmdir(self, parent_inode, name, ctx):
+        self._stale(parent_inode)
         await self.meta.rmdir(parent_inode, name, caller=self._caller(ctx))
 
     @_fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._stale(parent_inode_old, parent_inode_new)
         caller = self._caller(ctx)
         hidden_ino = None
         if (self.files or self.closing) and not flags & (RENAME_EXCHANGE | RENAME_NOREPLACE):
@@ -439,10 +467,13 @@ class DfsOperations(pyfuse3.Operations):
         caller = self._caller(ctx)
         excl = bool(flags & os.O_EXCL)
         if self._server_handles:  # create and open: one command
-            a, created, sh = await self.meta.create_open(parent_inode, name, mode, excl=excl, umask=ctx.umask,
-                                                         lease_s=self.lease_s, caller=caller)
+            a, created, sh, parent = await self.meta.create_open(parent_inode, name, mode, excl=excl,
+                                                                 umask=ctx.umask, lease_s=self.lease_s, caller=caller)
+            if created:
+                self._fresh_dir(parent)
             await self._settled(a.ino)
         else:
+            self._stale(parent_inode)
             a, created = await self.meta.create(parent_inode, name, mode, excl=excl, umask=ctx.umask,
                                                 caller=caller)
             sh = None
@@ -590,13 +621,14 @@ class DfsOperations(pyfuse3.Operations):
     @_fuse_errors
     async def getxattr(self, inode, name, ctx):
         if name.startswith(LOCAL_XATTR_PREFIXES):
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         return await self.meta.getxattr(inode, name, caller=self._caller(ctx))
 
     @_fuse_errors
     async def setxattr(self, inode, name, value, ctx):
+        self._stale(inode)
         if name.startswith(LOCAL_XATTR_PREFIXES):
-            raise pyfuse3.FUSEError(errno.ENOTSUP)
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         await self.meta.setxattr(inode, name, value, caller=self._caller(ctx))
 
     @_fuse_errors
@@ -605,6 +637,7 @@ class DfsOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def removexattr(self, inode, name, ctx):
+        self._stale(inode)
         if name.startswith(LOCAL_XATTR_PREFIXES):
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         await self.meta.removexattr(inode, name, caller=self._caller(ctx))

@@ -397,17 +397,20 @@ class MetaStore(StateMachine):
                 handle: bytes | None = None, lease_s=None):
         """CREATE (regular files, symlinks, nodes). With ``handle`` (regular files only) the
         file is opened in the same command: create-and-open is one Raft round. Returns
-        [wire attr | None, created, ino, opened]; an existing file on another shard (a hard
-        link) comes back unopened (None, the caller OPENs it there)."""
+        [wire attr | None, created, ino, opened, parent's wire attr]; an existing file on
+        another shard (a hard link) comes back unopened (None, the caller OPENs it there).
+        The parent's attributes after the command let a FUSE client answer the kernel's
+        next GETATTR of the directory (the kernel drops them on every create) without a
+        round trip."""
         if handle is not None:
             self._check_handle(handle)
             lease = self._lease_ns(lease_s)
         res = self._create_entry(ctx, parent, name, mode, rdev, excl, umask, target, inline)
-        if handle is None or res[0] is None:
-            return [*res, False]
-        ctx.check_lock(S.lock_key_inode(res[2]), "S")
-        self._set_handle(ctx, res[2], handle, ctx.ts + lease)
-        return [*res, True]
+        opened = handle is not None and res[0] is not None
+        if opened:
+            ctx.check_lock(S.lock_key_inode(res[2]), "S")
+            self._set_handle(ctx, res[2], handle, ctx.ts + lease)
+        return [*res, opened, ctx.dir(parent).wire()]
 
     def _create_entry(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int, excl: bool,
                       umask: int, target: bytes | None, inline: bool | None):

@@ -99,15 +99,17 @@ def test_unlink_while_open_keeps_the_file(ns):
 
 def test_create_open_is_create_and_open_in_one(ns):
     c, top = ns.c, ns.top
-    a, created, h = c.create_open(top, "f", 0o644)
+    before = c.getattr(top)
+    a, created, h, parent = c.create_open(top, "f", 0o644)
     assert created and stat.S_ISREG(a.mode) and isinstance(h, bytes)
+    assert parent.ino == top and parent.mtime_ns >= before.mtime_ns and parent == c.getattr(top)
     c.unlink(top, "f")
     assert c.getattr(a.ino).nlink == 0  # the handle from CREATE keeps it
     assert c.close_handle(a.ino, h) is True
     expect_errno(errno.ENOENT, c.getattr, a.ino)
     # an existing file (excl=False) is opened too; O_EXCL still refuses it
     b, _ = c.create(top, "g")
-    b2, created, h2 = c.create_open(top, "g", excl=False)
+    b2, created, h2, _ = c.create_open(top, "g", excl=False)
     assert not created and b2.ino == b.ino
     expect_errno(errno.EEXIST, c.create_open, top, "g")
     c.unlink(top, "g")
@@ -123,7 +125,7 @@ def test_create_open_of_a_hard_link_on_another_shard(ns):
     d = other_shard_dir(c, top, "far")
     a, _ = c.create(d, "f")
     c.link(a.ino, top, "near")  # the name on top's shard, the inode on d's
-    b, created, h = c.create_open(top, "near", excl=False)
+    b, created, h, _ = c.create_open(top, "near", excl=False)
     assert not created and b.ino == a.ino
     c.unlink(top, "near")
     c.unlink(d, "f")
