@@ -34,6 +34,7 @@ import functools
 import itertools
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 
@@ -41,12 +42,15 @@ import pyfuse3
 
 from dfs.client.file import FileHandle
 from dfs.common import errors as err
-from dfs.common.records import Attr, Caller, DirEntry
+from dfs.common.ids import ROOT_INO
+from dfs.common.records import ROOT, Attr, Caller, DirEntry
 
 log = logging.getLogger("dfs.fuse")
 
 HIDDEN_PREFIX = b".dfs-unlinked-"
 LOCAL_XATTR_PREFIXES = (b"security.", b"system.")
+# readdir offsets after "." and "..": above every entry cookie (name hash + 1 < 2**62 + 1)
+DOT_COOKIE, DOTDOT_COOKIE = (1 << 62) + 1, (1 << 62) + 2
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _GROUPS_TTL = 1.0
@@ -128,6 +132,7 @@ class DfsOperations(pyfuse3.Operations):
         self._renewer: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._fresh_dirs: dict[int, tuple[float, Attr]] = {}  # see _fresh_dir
+        self.parents: dict[int, int] = {ROOT_INO: ROOT_INO}  # directory -> its parent, as last seen (for "..")
 
     # ------------------------------------------------------------------ helpers
     def _caller(self, ctx) -> Caller:
@@ -178,6 +183,15 @@ class DfsOperations(pyfuse3.Operations):
         e.st_ctime_ns = a.ctime_ns
         return e
 
+    @staticmethod
+    def _dot(ino: int) -> pyfuse3.EntryAttributes:
+        """The entry of "." or "..": the kernel takes only the inode number and the type
+        from it (readdirplus never links them, so they are no lookups)."""
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        e.st_mode = stat.S_IFDIR
+        return e
+
     def _count(self, ino: int, n: int = 1) -> None:
         self.nlookup[ino] = self.nlookup.get(ino, 0) + n
 
@@ -222,6 +236,8 @@ class DfsOperations(pyfuse3.Operations):
                 e.entry_timeout = self.negative_timeout
                 return e
             raise pyfuse3.FUSEError(errno.ENOENT)
+        if a.is_dir():
+            self.parents[a.ino] = parent_inode
         return self._new_entry(a)
 
     async def forget(self, inode_list):
@@ -231,6 +247,7 @@ class DfsOperations(pyfuse3.Operations):
                 self.nlookup[ino] = left
             else:
                 self.nlookup.pop(ino, None)
+                self.parents.pop(ino, None)
 
     @_fuse_errors
     async def getattr(self, inode, ctx):
@@ -278,6 +295,10 @@ class DfsOperations(pyfuse3.Operations):
         try:
             a = await self.meta.setattr(inode, caller=caller, **kw)
         except err.DfsError as e:
+            if e.errno == errno.EPERM and set(kw) == {"mode"} and await self._kills_privs(inode, kw["mode"]):
+                # The kernel clears setuid/setgid before a write by a non-owner (who may
+                # write: the kernel checked) with a plain chmod on the writer's behalf.
+                return self._entry(await self.meta.setattr(inode, caller=ROOT, mode=kw["mode"]))
             # pyfuse3 turns UTIME_NOW into a timestamp; a non-owner with write permission
             # may set "now" (the kernel checked that), so ask the service for "now" instead.
             now = time.time_ns()
@@ -288,6 +309,13 @@ class DfsOperations(pyfuse3.Operations):
             a = await self.meta.setattr(inode, caller=caller, atime_now="atime_ns" in kw,
                                         mtime_now="mtime_ns" in kw)
         return self._entry(a)
+
+    async def _kills_privs(self, ino: int, mode: int) -> bool:
+        """Whether ``mode`` is the file's mode with only setuid and/or setgid taken away."""
+        a = await self.meta.getattr(ino)
+        cur = a.mode & 0o7777
+        kill = stat.S_ISUID | stat.S_ISGID
+        return not a.is_dir() and mode != cur and mode | (cur & kill) == cur
 
     async def _truncate(self, ino: int, size: int) -> None:
         o = self.files.get(ino)
@@ -316,6 +344,7 @@ class DfsOperations(pyfuse3.Operations):
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._stale(parent_inode)
         a = await self.meta.mkdir(parent_inode, name, mode & 0o7777, umask=ctx.umask, caller=self._caller(ctx))
+        self.parents[a.ino] = parent_inode
         return self._new_entry(a)
 
     @_fuse_errors
@@ -577,12 +606,22 @@ class DfsOperations(pyfuse3.Operations):
     @_fuse_errors
     async def readdir(self, fh, start_id, token):
         d = self.dirs[fh]
-        if start_id != 0 and start_id == d.start:
+        if start_id == 0:  # from the start (opendir, rewinddir): "." and "..", then a fresh first page
+            d.start = -1
+            if not pyfuse3.readdir_reply(token, b".", self._dot(d.ino), DOT_COOKIE):
+                return
+            start_id = DOT_COOKIE
+        if start_id == DOT_COOKIE:
+            if not pyfuse3.readdir_reply(token, b"..", self._dot(self.parents.get(d.ino, d.ino)), DOTDOT_COOKIE):
+                return
+            start_id = DOTDOT_COOKIE
+        cookie = 0 if start_id == DOTDOT_COOKIE else start_id
+        if cookie == d.start:
             i = 0
-        elif start_id != 0 and start_id in d.pos:
-            i = d.pos[start_id] + 1
+        elif cookie != 0 and cookie in d.pos:
+            i = d.pos[cookie] + 1
         else:
-            await self._fill(d, start_id)
+            await self._fill(d, cookie)
             i = 0
         while True:
             for e in itertools.islice(d.entries, i, None):
@@ -591,6 +630,8 @@ class DfsOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, e.name, self._entry(e.attr), e.cookie):
                     return
                 self._count(e.ino)  # readdirplus entries count as lookups
+                if e.attr.is_dir():
+                    self.parents[e.ino] = d.ino
             if d.eof:
                 return
             await self._fill(d, d.entries[-1].cookie)

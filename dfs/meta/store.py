@@ -496,8 +496,6 @@ class MetaStore(StateMachine):
             new = mode & 0o7777
             if not root and new & stat.S_ISGID and not c.in_group(i.gid):
                 new &= ~stat.S_ISGID
-            if not root and not i.is_dir() and new & stat.S_ISVTX:
-                new &= ~stat.S_ISVTX  # Linux ignores the sticky bit on files for non-root
             i.mode = stat.S_IFMT(i.mode) | new
             changed = True
         if valid & SET_SIZE:

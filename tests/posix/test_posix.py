@@ -77,6 +77,10 @@ def test_ls_l_many_entries(mdir):
     with os.scandir(mdir) as it:
         sizes = {e.name: e.stat().st_size for e in it if e.is_file()}
     assert sizes == {n: 8 for n in names}
+    # "." and "..", with the right inode numbers (ls -a, find, programs reading raw entries)
+    out = subprocess.run(["ls", "-a1i", os.path.join(mdir, "sub")], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(os.stat(os.path.join(mdir, "sub")).st_ino), ".", str(os.stat(mdir).st_ino), ".."]
 
 
 # ---------------------------------------------------------------- namespace corner cases
@@ -289,6 +293,10 @@ out = {
     "mkdir_in_open": code(os.mkdir, os.path.join(base, "open", "mine")),
     "write_own": code(lambda: open(os.path.join(base, "open", "mine", "f"), "wb").write(b"x")),
     "list_private_dir": code(os.listdir, os.path.join(base, "privdir")),
+    # a write by a non-owner clears setuid/setgid (pjdfstest chmod/12)
+    "write_setuid": code(lambda: open(os.path.join(base, "setuid"), "ab").write(b"x")),
+    # the owner may set the sticky bit on a file (pjdfstest chmod/11)
+    "sticky_file": code(os.chmod, os.path.join(base, "open", "mine", "f"), 0o1644),
 }
 print(repr(out))
 """
@@ -309,6 +317,8 @@ def test_permissions_as_unprivileged_user(mdir):
     os.chmod(j("open"), 0o777)
     os.mkdir(j("privdir"))
     os.chmod(j("privdir"), 0o700)
+    _write(j("setuid"), b"")
+    os.chmod(j("setuid"), 0o6777)
     # cwd: the mount point's parents (pytest's tmp dirs) are not searchable by others
     r = subprocess.run([sys.executable, "-c", _AS_USER, "."], cwd=mdir, check=False, capture_output=True, text=True,
                        timeout=60)
@@ -317,9 +327,12 @@ def test_permissions_as_unprivileged_user(mdir):
     assert got == {"read_private": errno.EACCES, "write_readonly": errno.EACCES, "read_public": 0,
                    "create_in_locked": errno.EACCES, "unlink_in_locked": errno.EACCES,
                    "chmod_not_owner": errno.EPERM, "mkdir_in_open": 0, "write_own": 0,
-                   "list_private_dir": errno.EACCES}
+                   "list_private_dir": errno.EACCES, "write_setuid": 0, "sticky_file": 0}
     st = os.stat(j("open", "mine", "f"))
     assert (st.st_uid, st.st_gid) == (1000, 1000)
+    assert stat.S_IMODE(st.st_mode) == 0o1644
+    st = os.stat(j("setuid"))
+    assert stat.S_IMODE(st.st_mode) == 0o777 and st.st_size == 1
 
 
 # ---------------------------------------------------------------- real programs
