@@ -133,6 +133,7 @@ class DfsOperations(pyfuse3.Operations):
         self._background: set[asyncio.Task] = set()
         self._fresh_dirs: dict[int, tuple[float, Attr]] = {}  # see _fresh_dir
         self.parents: dict[int, int] = {ROOT_INO: ROOT_INO}  # directory -> its parent, as last seen (for "..")
+        self.told: dict[int, tuple[int, int]] = {}  # ino -> (size, mtime) last given to the kernel
 
     # ------------------------------------------------------------------ helpers
     def _caller(self, ctx) -> Caller:
@@ -176,6 +177,7 @@ class DfsOperations(pyfuse3.Operations):
         if o is not None and o.dirty():
             size = max(size, o.handle.size)  # unflushed writes of this mount
         e.st_size = size
+        self.told[a.ino] = (size, a.mtime_ns)
         e.st_blksize = self.blksize
         e.st_blocks = (size + 511) // 512
         e.st_atime_ns = a.atime_ns
@@ -248,6 +250,7 @@ class DfsOperations(pyfuse3.Operations):
             else:
                 self.nlookup.pop(ino, None)
                 self.parents.pop(ino, None)
+                self.told.pop(ino, None)
 
     @_fuse_errors
     async def getattr(self, inode, ctx):
@@ -481,7 +484,15 @@ class DfsOperations(pyfuse3.Operations):
             a, sh = await self.meta.open_file(inode, self.lease_s, caller=caller)
             o = await self._open_ino(a, sh)
         else:
-            o = await self._open_ino(await self.meta.getattr(inode, caller=caller))
+            a = await self.meta.getattr(inode, caller=caller)
+            o = await self._open_ino(a)
+        told = self.told.get(inode)
+        if told is not None and told != (a.size, a.mtime_ns) and not o.dirty():
+            # Changed elsewhere since the kernel cached its attributes: close-to-open says
+            # this open sees it, so the kernel must drop them (its i_size caps page-cache
+            # reads). Attributes only: no page lock is taken, safe inside a request.
+            self.told.pop(inode, None)
+            pyfuse3.invalidate_inode(inode, attr_only=True)
         try:
             if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
                 async with o.lock:
