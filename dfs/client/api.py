@@ -92,6 +92,11 @@ class Mode:
     def attr(self, ino: int) -> Attr | None:
         return None
 
+    def walk_attr(self, ino: int) -> Attr | None:
+        """Attributes good enough to walk through ``ino`` as a directory of a path (its
+        type and number, which never change): may be older than ``attr`` allows."""
+        return self.attr(ino)
+
     def remember(self, parent: int, name: bytes, attr: Attr) -> None:
         pass
 
@@ -129,6 +134,9 @@ class StrictMode(Mode):
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[int, bytes], tuple[float, int]] = OrderedDict()
         self._attrs: OrderedDict[int, tuple[float, Attr]] = OrderedDict()
+        # directories whose attributes this client's own change made stale (their mtime):
+        # still fine for walking paths through them until they would have expired
+        self._walk: OrderedDict[int, tuple[float, Attr]] = OrderedDict()
 
     def _put(self, d: OrderedDict, key, value, ttl: float) -> None:
         if ttl <= 0:
@@ -164,12 +172,22 @@ class StrictMode(Mode):
     def forget_entry(self, parent, name):
         self._entries.pop((parent, name), None)
 
+    def walk_attr(self, ino):
+        a = self.attr(ino)
+        return a if a is not None else self._get(self._walk, ino)
+
     def forget_attr(self, ino):
-        self._attrs.pop(ino, None)
+        v = self._attrs.pop(ino, None)
+        if v is not None and v[1].is_dir():
+            self._walk[ino] = v
+            self._walk.move_to_end(ino)
+            while len(self._walk) > self.max_entries:
+                self._walk.popitem(last=False)
 
     def clear(self):
         self._entries.clear()
         self._attrs.clear()
+        self._walk.clear()
 
 
 # ---------------------------------------------------------------------- helpers
@@ -411,11 +429,12 @@ class AsyncClient:
         await self.close()
 
     # ------------------------------------------------------------------ cached reads
-    async def _lookup(self, parent: int, name: bytes, *, fresh: bool = False) -> Attr:
+    async def _lookup(self, parent: int, name: bytes, *, fresh: bool = False, walk: bool = False) -> Attr:
+        """``walk``: only to go through it to the next component (see Mode.walk_attr)."""
         if not fresh:
             ino = self.mode.entry(parent, name)
             if ino is not None:
-                a = self.mode.attr(ino)
+                a = self.mode.walk_attr(ino) if walk else self.mode.attr(ino)
                 if a is not None:
                     return a
         try:
@@ -476,7 +495,7 @@ class AsyncClient:
             parent = dirs[-1]
             last = not todo
             try:
-                a = await self._lookup(parent.ino, c, fresh=last and fresh_last)
+                a = await self._lookup(parent.ino, c, fresh=last and fresh_last, walk=not last)
             except err.NotFound:
                 if last:
                     return _Resolved(parent, c, None)
@@ -804,7 +823,7 @@ class AsyncClient:
             if _fs(path).endswith(b"/"):
                 raise _oserror(E.EISDIR, path)
             try:  # create and open: one command
-                attr, created, lease, _ = await self.meta.create_open(
+                attr, created, lease, parent = await self.meta.create_open(
                     r.parent.ino, r.name, mode & 0o7777, excl=bool(flags & os.O_EXCL), umask=self.umask,
                     lease_s=self.leases.lease)
             except err.DfsError as e:
@@ -812,6 +831,7 @@ class AsyncClient:
                 raise
             finally:
                 self._changed(r.parent.ino, r.name)
+            self.mode.remember_attr(parent)  # the directory as this create left it
             self.leases.adopt(attr.ino, lease)
             self.mode.remember(r.parent.ino, r.name, attr)
         else:
