@@ -248,6 +248,25 @@ class FileHandle:
             await self.meta.extend(self.ino, self.size)
             self._dirty_size = False
 
+    async def flush_data(self) -> int | None:
+        """``flush`` without the publish: every buffered write sent and acknowledged, and
+        the size the caller must publish with a command of its own (``setattr(grow=)``),
+        or None when there is nothing to publish. Inline files flush as usual (their
+        bytes travel in the metadata command). If that command fails, ``unpublished``."""
+        if self.inline:
+            await self.flush()
+            return None
+        await self._drain()
+        self._raise_deferred()
+        if not self._dirty_size:
+            return None
+        self._dirty_size = False
+        return self.size
+
+    def unpublished(self) -> None:
+        """The size from ``flush_data`` did not reach the metadata service: publish it later."""
+        self._dirty_size = True
+
     async def _drain(self) -> None:
         await self._push(full_only=False)
         if self._tasks:

@@ -222,7 +222,9 @@ class MetaClient:
 
     async def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                       size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
-                      atime_now: bool = False, mtime_now: bool = False, caller: Caller | None = None) -> Attr:
+                      atime_now: bool = False, mtime_now: bool = False, grow: int | None = None,
+                      caller: Caller | None = None) -> Attr:
+        """``grow``: publish a writer's size first, as ``extend`` does (one command for both)."""
         valid = 0
         if mode is not None:
             valid |= SET_MODE
@@ -242,6 +244,8 @@ class MetaClient:
             valid |= SET_MTIME | SET_MTIME_NOW
         args = [ino, valid, mode or 0, uid if valid & SET_UID else 0, gid if valid & SET_GID else 0, size or 0,
                 atime_ns or 0, mtime_ns or 0]
+        if grow is not None:
+            args.append(int(grow))
         return Attr.from_wire(await self._call(shard_of(ino), Op.SETATTR, args, caller, True))
 
     async def extend(self, ino: int, size: int, *, caller: Caller | None = None) -> Attr:

@@ -293,8 +293,17 @@ class DfsOperations(pyfuse3.Operations):
             return self._entry(await self.meta.getattr(inode, caller=caller))
         o = self.files.get(inode)
         if o is not None and ("mtime_ns" in kw or "atime_ns" in kw) and o.dirty():
-            async with o.lock:  # publish pending writes first, or their mtime would win (cp -a, tar)
-                await o.handle.flush()
+            # Send pending writes first, or their publish would overwrite the mtime set
+            # here (cp -a, tar), and publish their size in the same command.
+            async with o.lock:
+                grow = await o.handle.flush_data()
+            if grow is not None:
+                try:
+                    return self._entry(await self.meta.setattr(inode, caller=caller, grow=grow, **kw))
+                except BaseException:
+                    o.handle.unpublished()
+                    async with o.lock:
+                        await o.handle.flush()
         try:
             a = await self.meta.setattr(inode, caller=caller, **kw)
         except err.DfsError as e:

@@ -465,7 +465,11 @@ class MetaStore(StateMachine):
         return [i.wire(), True, ino]
 
     def _setattr(self, ctx: Ctx, ino: int, valid: int, mode: int, uid: int, gid: int, size: int,
-                 atime: int, mtime: int):
+                 atime: int, mtime: int, grow: int | None = None):
+        """``grow``: an EXTEND in the same command, before the rest (a writer that sets
+        the times of its open file publishes its size with them: tar, cp -a)."""
+        if grow is not None:
+            self._extend(ctx, ino, grow)
         i = ctx.inode(ino)
         ctx.check_lock(S.lock_key_inode(ino), "S")
         c = ctx.caller

@@ -697,3 +697,18 @@ def test_extend_grows_never_shrinks(ns):
     d = c.mkdir(top, "d")
     expect_errno(errno.EINVAL, c.extend, d.ino, 5)
     expect_errno(errno.EINVAL, c.extend, f.ino, -1)
+
+
+def test_setattr_with_grow_publishes_the_size_and_sets_times(ns):
+    """setattr(grow=) = extend + setattr in one command: the set mtime wins over the
+    write's, the size only grows, and a refused setattr publishes nothing."""
+    c, top = ns.c, ns.top
+    c.setattr(top, mode=0o777)
+    f, _ = c.create(top, "g", 0o644, caller=ALICE)
+    a = c.setattr(f.ino, atime_ns=10**18, mtime_ns=2 * 10**18, grow=4096, caller=ALICE)
+    assert (a.size, a.atime_ns, a.mtime_ns) == (4096, 10**18, 2 * 10**18)
+    assert c.setattr(f.ino, mtime_ns=5, grow=100, caller=ALICE).size == 4096  # never shrinks
+    expect_errno(errno.EPERM, c.setattr, f.ino, mtime_ns=7, grow=9000, caller=BOB)  # not the owner
+    g = c.getattr(f.ino)
+    assert g.size == 4096 and g.mtime_ns == 5  # nothing of the refused command
+    expect_errno(errno.EINVAL, c.setattr, f.ino, mtime_ns=7, grow=-1)
