@@ -7,6 +7,7 @@
     id = 0
     address = "127.0.0.1:7000"     # gRPC, for clients and servers
     raft = "127.0.0.1:7100"        # Raft peers only (cluster network)
+    metrics = "127.0.0.1:9100"     # optional: Prometheus metrics over HTTP (absent: none)
 
     [[shards]]                     # metadata shards, each a Raft group
     id = 0
@@ -14,10 +15,12 @@
     id = 0
     address = "127.0.0.1:7010"
     raft = "127.0.0.1:7110"
+    metrics = "127.0.0.1:9110"     # optional, as for mgmt
 
     [[data]]                       # data servers (optional)
     id = 0
     address = "127.0.0.1:7200"     # data plane host:port
+    metrics = "127.0.0.1:9200"     # optional, as for mgmt
     [[data.targets]]               # one directory on a local disk each
     id = 1                         # cluster-wide unique u32
     path = "/srv/dfs/t1"
@@ -47,6 +50,7 @@ class ReplicaAddr:
     id: int
     address: str
     raft: str
+    metrics: str | None = None  # Prometheus metrics host:port (None: no endpoint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +70,20 @@ class DataServerConfig:
     id: int
     address: str  # data plane host:port
     targets: tuple[TargetConfig, ...]
+    metrics: str | None = None  # Prometheus metrics host:port (None: no endpoint)
 
 
 def _check_hostport(what: str, addr: str) -> None:
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{what}: address must be host:port, not {addr!r}")
+
+
+def _metrics(x: dict) -> str | None:
+    v = x.get("metrics")
+    if v is not None and not isinstance(v, str):
+        raise ValueError(f"metrics must be a host:port string, not {v!r}")
+    return v
 
 
 def _as_int(what: str, v) -> int:
@@ -108,6 +120,7 @@ class ClusterConfig:
     orphan_grace: float = 3600.0  # data servers: chunks younger than this are never orphan-scanned away
 
     def __post_init__(self) -> None:
+        self._check_metrics()
         servers: set[int] = set()
         targets: set[int] = set()
         for d in self.data:
@@ -140,6 +153,21 @@ class ClusterConfig:
         if not self.orphan_grace >= 0:
             raise ValueError(f"orphan_grace must not be negative, not {self.orphan_grace!r}")
 
+    def _check_metrics(self) -> None:
+        seen: dict[str, str] = {}
+        named = [(f"mgmt replica {m.id}", m.metrics) for m in self.mgmt]
+        named += [(f"shard {s.id} replica {r.id}", r.metrics) for s in self.shards for r in s.replicas]
+        named += [(f"data server {d.id}", d.metrics) for d in self.data]
+        for what, addr in named:
+            if addr is None:
+                continue
+            if not isinstance(addr, str):  # the cluster file's errors are all ValueErrors
+                raise ValueError(f"{what}: metrics must be a host:port string, not {addr!r}")  # noqa: TRY004
+            _check_hostport(f"{what} metrics", addr)
+            if addr in seen:
+                raise ValueError(f"{what}: metrics address {addr} is also {seen[addr]}'s")
+            seen[addr] = what
+
     @property
     def replicas_per_chain(self) -> int:
         """chain_replicas capped at the number of data servers (at least 1)."""
@@ -168,7 +196,17 @@ class ClusterConfig:
 
     def to_dict(self) -> dict:
         def rep(r: ReplicaAddr) -> dict:
-            return {"id": r.id, "address": r.address, "raft": r.raft}
+            d = {"id": r.id, "address": r.address, "raft": r.raft}
+            if r.metrics is not None:  # TOML has no null: absent means no endpoint
+                d["metrics"] = r.metrics
+            return d
+
+        def server(x: DataServerConfig) -> dict:
+            d = {"id": x.id, "address": x.address}
+            if x.metrics is not None:
+                d["metrics"] = x.metrics
+            d["targets"] = [{"id": t.id, "path": t.path} for t in x.targets]
+            return d
 
         o = self.raft
         d = {
@@ -194,14 +232,13 @@ class ClusterConfig:
             },
         }
         if self.data:
-            d["data"] = [{"id": x.id, "address": x.address,
-                          "targets": [{"id": t.id, "path": t.path} for t in x.targets]} for x in self.data]
+            d["data"] = [server(x) for x in self.data]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ClusterConfig:
         def rep(x: dict) -> ReplicaAddr:
-            return ReplicaAddr(int(x["id"]), str(x["address"]), str(x["raft"]))
+            return ReplicaAddr(int(x["id"]), str(x["address"]), str(x["raft"]), _metrics(x))
 
         shards = tuple(ShardConfig(int(s["id"]), tuple(rep(r) for r in s["replicas"])) for s in d["shards"])
         if [s.id for s in shards] != list(range(len(shards))):
@@ -220,7 +257,8 @@ class ClusterConfig:
                 if "id" not in t or "path" not in t:
                     raise ValueError(f"[[data.targets]] needs id and path: {t!r}")
                 tg.append(TargetConfig(_as_int("target id", t["id"]), str(t["path"])))
-            data.append(DataServerConfig(_as_int("data server id", x["id"]), str(x["address"]), tuple(tg)))
+            data.append(DataServerConfig(_as_int("data server id", x["id"]), str(x["address"]), tuple(tg),
+                                         _metrics(x)))
         return cls(str(d["cluster_id"]), str(d["raft_password"]), tuple(rep(m) for m in d["mgmt"]), shards, opts,
                    data=tuple(data), chain_replicas=_as_int("chain_replicas", d.get("chain_replicas", 3)),
                    target_timeout=float(d.get("target_timeout", 3.0)),
