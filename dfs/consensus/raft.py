@@ -46,6 +46,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +56,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from dfs.common.errors import InvalidArgument, NotLeader, Unavailable
 from dfs.consensus.api import Log, StateMachine
 
-__all__ = ["RaftHost", "encode_entry", "decode_entry"]
+__all__ = ["RaftHost", "decode_entry", "encode_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class _Batch:
     term: int
     timer: asyncio.TimerHandle | None = None
     done: bool = field(default=False)
+    sent: float = 0.0  # time.monotonic() when handed to pysyncobj
 
 
 class RaftHost(Log):
@@ -167,6 +169,9 @@ class RaftHost(Log):
             "skipped_on_replay": 0,
         }
         self._stats_lock = threading.Lock()
+        # Called on the loop for every entry this leader committed: (commands, seconds
+        # since it was handed to pysyncobj). Metrics set it; it must be cheap.
+        self.on_commit: Callable[[int, float], None] | None = None
 
         lo, hi = election_timeout
         # Entries must stay below appendEntriesBatchSizeBytes: pysyncobj sends a
@@ -370,7 +375,7 @@ class RaftHost(Log):
                 self._send(loop, items)
 
     def _send(self, loop: asyncio.AbstractEventLoop, items: list[_Pending]) -> None:
-        batch = _Batch(items, self.term)
+        batch = _Batch(items, self.term, sent=time.monotonic())
         self._inflight.add(batch)
         # Free the slot at the latest deadline even if pysyncobj never calls back.
         batch.timer = loop.call_later(self.default_timeout + 1.0, self._release, batch)
@@ -399,6 +404,8 @@ class RaftHost(Log):
             for p, r in zip(batch.items, res):
                 if not p.future.done():
                     p.future.set_result(r)
+            if self.on_commit is not None:
+                self.on_commit(len(batch.items), time.monotonic() - batch.sent)
         elif err == FAIL_REASON.SUCCESS:
             self._fail_batch(batch, Unavailable, "entry applied without results")
         elif not self.is_leader:

@@ -48,8 +48,8 @@ import logging
 import os
 import struct
 from collections.abc import Callable
-from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import msgpack
 
@@ -575,6 +575,10 @@ class ChainService:
             if cid >= len(m.chains) or tid not in m.chains[cid].syncing:
                 self.synced.pop(key, None)
                 self.touched.pop(key, None)
+
+    def resyncs_running(self) -> int:
+        """(target, chain) resyncs in progress on this server (safe to call from another thread)."""
+        return sum(1 for t in list(self._resyncs.values()) if not t.done())
 
     def synced_chains(self, tid: int) -> list[int]:
         m = self.get_map()

@@ -30,6 +30,7 @@ import random
 import signal
 import socket
 import sys
+import time
 
 import grpc
 
@@ -38,6 +39,7 @@ from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common.config import ClusterConfig
 from dfs.common.ids import shard_of
+from dfs.common.metrics import Metrics, counter, gauge
 from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.data.chain import ChainIndex, ChainService, Extent, Target
@@ -53,6 +55,18 @@ MAX_CONN_REQUESTS = 256
 ORPHAN_BATCH = 256               # inodes per existence check (one GETATTRS per shard)
 ROOT = Caller(0, 0, ())          # internal caller of the metadata checks
 RESERVE_MAX = 64 << 20           # chunk writes leave 1/64 of a target's file system, at most this, free
+
+
+def _op_name(op: int) -> str:
+    return dp.OP_NAMES[op]
+
+
+def _chunks_estimate(store: ChunkStore) -> int | None:
+    """RocksDB's estimate of the keys in a target's chunk meta (~ its chunks; O(1)), if available."""
+    db = getattr(getattr(store, "_kv", None), "_db", None)
+    if db is None:
+        return None
+    return db.property_int_value("rocksdb.estimate-num-keys")
 
 
 def target_reserve(path: str) -> int:
@@ -85,6 +99,77 @@ class DataServer:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.scrubbers: dict = {}          # target -> dfs.data.scrub.Scrubber (its stats)
         self.orphan_scanners: dict = {}    # target -> dfs.data.orphans.OrphanScanner (its totals)
+        self.inflight = 0                  # data-plane requests being handled
+        self.metrics: Metrics | None = None
+        self._requests = None
+        self._read_bytes: dict[int, object] = {}     # target -> counter child
+        self._written_bytes: dict[int, object] = {}
+        if self.me.metrics:
+            self._setup_metrics()
+
+    # ------------------------------------------------------------------ metrics
+    def _setup_metrics(self) -> None:
+        m = self.metrics = Metrics("data", cluster=self.cfg.cluster_id, server=self.id)
+        self._requests = m.requests("dfs_data", "data-plane requests", _op_name, ("ok", "error"))
+        read = m.counter("dfs_data_read_bytes", "bytes sent in READ and SYNC_FETCH replies, by target", ["target"])
+        written = m.counter("dfs_data_written_bytes", "bytes of WRITE and INSTALL requests applied (from clients "
+                            "and chain predecessors), by target", ["target"])
+        for tid in self.targets:
+            self._read_bytes[tid] = read.labels(str(tid))
+            self._written_bytes[tid] = written.labels(str(tid))
+        m.collect(self._families, "data server")
+
+    def _families(self) -> list:
+        """Read at scrape time, on the metrics thread."""
+        caps, chunks = [], []
+        for tid, t in self.targets.items():
+            lv = [str(tid)]
+            try:
+                total, free = t.store.capacity()
+                caps.append((lv, total, free))
+            except OSError:
+                pass
+            try:
+                n = _chunks_estimate(t.store)
+            except Exception:  # noqa: BLE001 - the store closing under a scrape: no estimate this time
+                n = None
+            if n is not None:
+                chunks.append((lv, n))
+        store_events = [([str(tid), k], v) for tid, t in self.targets.items() for k, v in dict(t.store.counters).items()]
+        return [
+            gauge("dfs_data_target_capacity_bytes", "size of the target's file system", labels=["target"],
+                  samples=[(lv, total) for lv, total, _ in caps]),
+            gauge("dfs_data_target_free_bytes", "bytes chunk writes may still use on the target (after the reserve)",
+                  labels=["target"], samples=[(lv, free) for lv, _, free in caps]),
+            gauge("dfs_data_target_chunks", "chunks on the target (RocksDB's estimate of its chunk-meta keys)",
+                  labels=["target"], samples=chunks),
+            gauge("dfs_data_connections", "open data-plane connections (clients and peer data servers)",
+                  len(self._conns)),
+            gauge("dfs_data_inflight_requests", "data-plane requests being handled", self.inflight),
+            gauge("dfs_data_resyncs", "resyncs of a chain into a local target in progress",
+                  self.svc.resyncs_running()),
+            gauge("dfs_data_map_epoch", "epoch of the cluster map this server has", self.map.epoch if self.map else 0),
+            counter("dfs_data_chain_events", "chain replication events (checksum_errors, repairs, "
+                    "installs_forwarded, resync_copied, resync_removed)", labels=["event"],
+                    samples=[([k], v) for k, v in dict(self.svc.counters).items()]),
+            counter("dfs_data_store_events", "chunk store events by target (checksum_errors, nospace, "
+                    "scrubbed_bytes)", labels=["target", "event"], samples=store_events),
+        ]
+
+    def _account(self, h: dp.Header, payload, rh: dp.Header, rp, seconds: float) -> None:
+        st = rh.status
+        self._requests.observe(h.op, seconds, "ok" if st == 0 else "error")
+        if st != 0:
+            return
+        op = h.op
+        if op == dp.READ or op == dp.SYNC_FETCH:
+            c = self._read_bytes.get(h.target)
+            if c is not None:
+                c.inc(rp.count if isinstance(rp, Extent) else len(rp))
+        elif op == dp.WRITE or op == dp.INSTALL:
+            c = self._written_bytes.get(h.target)
+            if c is not None:
+                c.inc(len(payload))
 
     # ------------------------------------------------------------------ cluster map
     async def _do_refresh(self) -> None:
@@ -252,8 +337,15 @@ class DataServer:
         tasks: set[asyncio.Task] = set()
 
         async def one(h: dp.Header, payload) -> None:
+            self.inflight += 1
             try:
+                t0 = time.perf_counter()
                 rh, rp = await self.svc.handle(h, payload)
+                if self._requests is not None:
+                    try:
+                        self._account(h, payload, rh, rp, time.perf_counter() - t0)
+                    except Exception:  # metrics must never cost a reply
+                        log.exception("metrics of %s", h.name)
                 if isinstance(rp, Extent):
                     try:
                         await writer.send_extent(rh, rp.crcs, rp.fd, rp.start, rp.count)
@@ -266,6 +358,7 @@ class DataServer:
             except OSError:
                 pass
             finally:
+                self.inflight -= 1
                 sem.release()
 
         try:
@@ -310,6 +403,8 @@ class DataServer:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if self.metrics is not None:
+            self.metrics.serve(self.me.metrics)
         hb = loop.create_task(self.heartbeats())
         acc = loop.create_task(self.accept_loop(lsock))
         scrubs = [loop.create_task(self.scrub_loop(tid)) for tid in self.targets]
@@ -333,6 +428,8 @@ class DataServer:
         await self.transport.close()
         for ch in self._channels.values():
             await ch.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for t in self.targets.values():
             t.close()
 

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import grpc
 import msgpack
@@ -24,7 +25,8 @@ from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common.config import ClusterConfig
-from dfs.common.ops import INTERNAL
+from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
+from dfs.common.ops import INTERNAL, Op
 from dfs.common.records import Caller
 from dfs.consensus.raft import RaftHost
 from dfs.meta.service import ShardService
@@ -34,16 +36,56 @@ from dfs.rpc.transport import ClusterMap, GrpcTransport
 log = logging.getLogger("dfs.meta.server")
 
 INTERNAL_HEADER = "x-dfs-internal"
+CLIENT_WINDOW = 60.0  # seconds: a client connection counts as connected this long after its last operation
+
+
+def _op_name(code: int) -> str:
+    return Op(code).name
+
+
+class Clients:
+    """Distinct client connections (gRPC peer ``ip:port``) that sent operations recently.
+
+    ``seen`` runs on the event loop per RPC (one dict store); ``count`` runs on the
+    metrics thread and only copies the dict (atomic under the GIL)."""
+
+    def __init__(self, window: float = CLIENT_WINDOW) -> None:
+        self.window = window
+        self._last: dict[str, float] = {}
+        self._prune_at = 0.0
+
+    def seen(self, peer: str, now: float) -> None:
+        self._last[peer] = now
+        if now >= self._prune_at:
+            cutoff = now - self.window
+            self._last = {p: t for p, t in self._last.items() if t >= cutoff}
+            self._prune_at = now + self.window
+
+    def count(self, now: float | None = None) -> int:
+        cutoff = (time.monotonic() if now is None else now) - self.window
+        return sum(1 for t in dict(self._last).values() if t >= cutoff)
 
 
 class MetaServicer(pbg.MetaServiceServicer):
-    def __init__(self, svc: ShardService, host: RaftHost, cfg: ClusterConfig, shard: int, replica: int) -> None:
+    def __init__(self, svc: ShardService, host: RaftHost, cfg: ClusterConfig, shard: int, replica: int,
+                 requests: RequestMetrics | None = None) -> None:
         self.svc = svc
         self.host = host
         self.shard = shard
         self.replica = replica
         self._raft_to_grpc = {r.raft: r.address for r in cfg.shard(shard).replicas}
         self._internal = (INTERNAL_HEADER, cfg.internal_token)
+        self.requests = requests
+        self.clients = Clients()
+
+    def _seen(self, context, peer: bool) -> None:
+        if not peer:  # shard-to-shard traffic is not a client
+            self.clients.seen(context.peer() or "?", time.monotonic())
+
+    def _observe(self, op: int, seconds: float, rep: pb.OpReply) -> pb.OpReply:
+        st = rep.status
+        self.requests.observe(op, seconds, "ok" if st == 0 else "not_leader" if st == err.NOT_LEADER else "error")
+        return rep
 
     def leader_address(self) -> str:
         lead = self.host.leader
@@ -77,11 +119,26 @@ class MetaServicer(pbg.MetaServiceServicer):
         return pb.OpReply(status=0, body=msgpack.packb(res))
 
     async def Execute(self, request, context):
-        return await self._one(request, self._is_peer(context))
+        t0 = time.perf_counter()
+        peer = self._is_peer(context)
+        self._seen(context, peer)
+        rep = await self._one(request, peer)
+        if self.requests is not None:
+            self._observe(request.op, time.perf_counter() - t0, rep)
+        return rep
 
     async def ExecuteBatch(self, request, context):
+        t0 = time.perf_counter()
         peer = self._is_peer(context)
-        ops = request.ops
+        self._seen(context, peer)
+        rep = await self._batch(request.ops, peer)
+        if self.requests is not None:  # each operation of a batch took the batch's time
+            dt = time.perf_counter() - t0
+            for r, o in zip(request.ops, rep.replies):
+                self._observe(r.op, dt, o)
+        return rep
+
+    async def _batch(self, ops, peer: bool) -> pb.BatchReply:
         if not self.host.is_leader:
             lead = self.leader_address()
             return pb.BatchReply(replies=[pb.OpReply(status=err.NOT_LEADER, leader=lead) for _ in ops])
@@ -122,6 +179,21 @@ class MetaServicer(pbg.MetaServiceServicer):
                               applied_index=self.svc.store.applied_index())
 
 
+def shard_families(svc: ShardService, clients: Clients) -> list:
+    """What a shard replica exports besides Raft and requests (read at scrape time)."""
+    from dfs.meta import schema as S
+
+    out = [gauge("dfs_meta_clients", f"client connections (gRPC peers) that sent operations to this replica "
+                 f"in the last {CLIENT_WINDOW:.0f}s; the leader's is the shard's", clients.count())]
+    try:  # one key of applied state; RocksDB reads are safe from this thread
+        b = svc.store.kv.get(S.K_NINODES)
+    except Exception:  # noqa: BLE001 - the store is being swapped by a snapshot install: skip it this scrape
+        return out
+    out.append(gauge("dfs_meta_inodes", "inodes on this shard (applied state of this replica)",
+                     S.from_u64(b) if b else 0))
+    return out
+
+
 class PeerTransport(GrpcTransport):
     """Peer shards, reached with the addresses of the cluster file (no mgmt round trip)."""
 
@@ -159,10 +231,19 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
 
     svc = ShardService(store, host, peers, chunk_remover=remover,
                        chain_replicas=cfg.replicas_per_chain if cfg.data else None)
+    metrics = requests = None
+    if me.metrics:
+        metrics = Metrics("meta", cluster=cfg.cluster_id, shard=shard, replica=replica)
+        requests = metrics.requests("dfs_meta", "metadata operations", _op_name)
+        instrument_raft(metrics, host)
+    servicer = MetaServicer(svc, host, cfg, shard, replica, requests)
+    if metrics is not None:
+        metrics.collect(lambda: shard_families(svc, servicer.clients), "shard")
+        metrics.serve(me.metrics)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                       ("grpc.max_send_message_length", 64 << 20),
                                       ("grpc.so_reuseport", 0)])
-    pbg.add_MetaServiceServicer_to_server(MetaServicer(svc, host, cfg, shard, replica), server)
+    pbg.add_MetaServiceServicer_to_server(servicer, server)
     server.add_insecure_port(me.address)
     await server.start()
     svc.start_recovery()
@@ -178,6 +259,8 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
     if data_client is not None:
         await data_client.close()
     await peers.close()
+    if metrics is not None:
+        metrics.close()
     host.close()
     store.close()
 

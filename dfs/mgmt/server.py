@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
 import sys
+import time
 
 import grpc
 import msgpack
@@ -31,6 +33,7 @@ from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common.config import ClusterConfig
+from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
 from dfs.consensus.raft import RaftHost
 from dfs.mgmt.store import OFFLINE, MgmtStore, build_chains, targets_from_servers
 
@@ -64,10 +67,54 @@ def map_to_pb(m: dict) -> pb.ClusterMap:
 CAPACITY_INTERVAL = 5.0  # at most one capacity record per target per this many seconds (unless new)
 
 
+def _timed(fn):
+    """Observe an RPC handler in ``self.requests`` (by method name, result from the reply status)."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        t0 = time.perf_counter()
+        rep = await fn(self, request, context)
+        if self.requests is not None:
+            st = rep.status
+            self.requests.observe(name, time.perf_counter() - t0,
+                                  "ok" if st == 0 else "not_leader" if st == err.NOT_LEADER else "error")
+        return rep
+
+    return wrapper
+
+
+def map_families(m: dict | None, replicas_per_chain: int) -> list:
+    """The cluster map as this replica has it applied (read at scrape time)."""
+    if m is None:
+        return []
+    states: dict[str, int] = {"serving": 0, "syncing": 0, "offline": 0}
+    for t in m["targets"].values():
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    chains = m["chains"]
+    degraded = sum(1 for c in chains if len(c["serving"]) < replicas_per_chain)
+    return [
+        gauge("dfs_mgmt_map_epoch", "epoch of the cluster map this replica has applied", m["epoch"]),
+        gauge("dfs_mgmt_targets", "data targets in the map, by state", labels=["state"],
+              samples=[([k], v) for k, v in sorted(states.items())]),
+        gauge("dfs_mgmt_chains", "chains in the chain table", len(chains)),
+        gauge("dfs_mgmt_chains_degraded", f"chains with fewer serving targets than {replicas_per_chain}",
+              degraded),
+        gauge("dfs_mgmt_chains_syncing", "chains with a target being resynced",
+              sum(1 for c in chains if c["syncing"])),
+        gauge("dfs_mgmt_capacity_bytes", "total bytes of the data targets' file systems (last heartbeats)",
+              sum(t["total"] for t in m["targets"].values())),
+        gauge("dfs_mgmt_free_bytes", "bytes chunk writes may still use on the data targets (last heartbeats)",
+              sum(t["free"] for t in m["targets"].values())),
+    ]
+
+
 class MgmtServicer(pbg.MgmtServiceServicer):
-    def __init__(self, store: MgmtStore, host: RaftHost, cfg: ClusterConfig) -> None:
+    def __init__(self, store: MgmtStore, host: RaftHost, cfg: ClusterConfig,
+                 requests: RequestMetrics | None = None) -> None:
         self.store = store
         self.host = host
+        self.requests = requests
         self._raft_to_grpc = {m.raft: m.address for m in cfg.mgmt}
         self.target_timeout = cfg.target_timeout
         self._seen: dict[int, float] = {}  # target -> loop time of its last heartbeat (leader only)
@@ -77,12 +124,17 @@ class MgmtServicer(pbg.MgmtServiceServicer):
     def _leader(self) -> str:
         return self._raft_to_grpc.get(self.host.leader or "", "")
 
+    @_timed
     async def GetClusterMap(self, request, context):
+        return await self._map_reply()
+
+    async def _map_reply(self) -> pb.GetClusterMapReply:
         m = self.store.cluster_map()
         if m is None:
             return pb.GetClusterMapReply(status=err.UNAVAILABLE, leader=self._leader())
         return pb.GetClusterMapReply(status=0, leader=self._leader(), map=map_to_pb(m))
 
+    @_timed
     async def SetClusterMap(self, request, context):
         if not self.host.is_leader:
             return pb.GetClusterMapReply(status=err.NOT_LEADER, leader=self._leader())
@@ -95,11 +147,12 @@ class MgmtServicer(pbg.MgmtServiceServicer):
             await self.host.submit(msgpack.packb(["set", new]), timeout=5.0)
         except err.DfsError as e:
             return pb.GetClusterMapReply(status=e.errno, leader=self._leader())
-        return await self.GetClusterMap(None, context)
+        return await self._map_reply()
 
     async def _submit(self, *cmd) -> None:
         await self.host.submit(msgpack.packb(list(cmd)), timeout=5.0)
 
+    @_timed
     async def Heartbeat(self, request, context):
         if not self.host.is_leader:
             return pb.HeartbeatReply(status=err.NOT_LEADER, leader=self._leader())
@@ -174,8 +227,15 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
     host = RaftHost(store, me.raft, [m.raft for m in cfg.mgmt], os.path.join(data, "raft"),
                     password=cfg.raft_password, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
                     leader_fallback_timeout=o.leader_fallback_timeout, loop=asyncio.get_running_loop())
+    metrics = requests = None
+    if me.metrics:
+        metrics = Metrics("mgmt", cluster=cfg.cluster_id, replica=replica)
+        requests = metrics.requests("dfs_mgmt", "mgmt RPCs")
+        instrument_raft(metrics, host)
+        metrics.collect(lambda: map_families(store.cluster_map(), cfg.replicas_per_chain), "cluster map")
+        metrics.serve(me.metrics)
     server = grpc.aio.server()
-    servicer = MgmtServicer(store, host, cfg)
+    servicer = MgmtServicer(store, host, cfg, requests)
     pbg.add_MgmtServiceServicer_to_server(servicer, server)
     server.add_insecure_port(me.address)
     await server.start()
@@ -190,6 +250,8 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
     init.cancel()
     monitor.cancel()
     await server.stop(1.0)
+    if metrics is not None:
+        metrics.close()
     host.close()
     store.kv.close()
 

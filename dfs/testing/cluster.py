@@ -5,6 +5,7 @@ folder. Used by the integration and fault tests, the demo and the benchmarks.
     c = LocalCluster("/tmp/x", shards=2, replicas=3).start()
     c = LocalCluster("/tmp/y", data_servers=3, targets_per_server=2).start()
     with c.client() as fs: ...
+    c.procs[0].metrics            # "127.0.0.1:PORT": GET /metrics there (metrics=False: none)
     c.kill(c.leader_of(0))        # kill -9
     c.restart(proc)
     c.stop()
@@ -66,6 +67,7 @@ class Proc:
     log: str
     popen: subprocess.Popen | None = None
     argv: list[str] = field(default_factory=list)
+    metrics: str | None = None  # Prometheus endpoint host:port (from the cluster file), if any
 
     @property
     def pid(self) -> int | None:
@@ -87,9 +89,11 @@ class LocalCluster:
                  raft: RaftOptions | None = None, host: str = "127.0.0.1", *, data_servers: int = 0,
                  targets_per_server: int = 1, chain_replicas: int = 3, target_timeout: float = 3.0,
                  spawn_data: bool = True, scrub_interval: float | None = None, scrub_rate: int | None = None,
-                 orphan_scan_interval: float | None = None, orphan_grace: float | None = None) -> None:
+                 orphan_scan_interval: float | None = None, orphan_grace: float | None = None,
+                 metrics: bool = True) -> None:
         """``spawn_data=False``: the data servers are in the cluster file, but this object
         does not run them (a test plays their part, e.g. sends their heartbeats).
+        ``metrics``: give every process a free port for its Prometheus endpoint.
         ``scrub_interval``, ``scrub_rate``, ``orphan_scan_interval``, ``orphan_grace``: the
         data servers' options of the cluster file (None: the cluster file's default)."""
         self.root = os.path.abspath(root)
@@ -98,11 +102,15 @@ class LocalCluster:
             self.cfg = ClusterConfig.load(self.config_path)  # the same cluster again
         else:
             os.makedirs(self.root, exist_ok=True)
-            n = mgmt_replicas * 2 + shards * replicas * 2 + data_servers
+            per = 3 if metrics else 2
+            n = mgmt_replicas * per + shards * replicas * per + data_servers * (per - 1)
             ports = iter(free_ports(n, host))
 
+            def mport() -> str | None:
+                return f"{host}:{next(ports)}" if metrics else None
+
             def rep(i: int) -> ReplicaAddr:
-                return ReplicaAddr(i, f"{host}:{next(ports)}", f"{host}:{next(ports)}")
+                return ReplicaAddr(i, f"{host}:{next(ports)}", f"{host}:{next(ports)}", mport())
 
             mgmt = tuple(rep(i) for i in range(mgmt_replicas))
             shard_cfgs = tuple(ShardConfig(s, tuple(rep(i) for i in range(replicas))) for s in range(shards))
@@ -110,7 +118,7 @@ class LocalCluster:
             data = tuple(
                 DataServerConfig(d, f"{host}:{next(ports)}", tuple(
                     TargetConfig(d * targets_per_server + t + 1, os.path.join(self.root, f"data{d}", f"t{t}"))
-                    for t in range(targets_per_server)))
+                    for t in range(targets_per_server)), mport())
                 for d in range(data_servers))
             self.cfg = ClusterConfig(
                 cluster_id=secrets.token_hex(4), raft_password=secrets.token_hex(16),
@@ -123,14 +131,14 @@ class LocalCluster:
         self.procs: list[Proc] = []
         for m in self.cfg.mgmt:
             d = os.path.join(self.root, f"mgmt{m.id}")
-            self.procs.append(Proc("mgmt", -1, m.id, m.address, d, d + ".log"))
+            self.procs.append(Proc("mgmt", -1, m.id, m.address, d, d + ".log", metrics=m.metrics))
         for s in self.cfg.shards:
             for r in s.replicas:
                 d = os.path.join(self.root, f"shard{s.id}", f"r{r.id}")
-                self.procs.append(Proc("meta", s.id, r.id, r.address, d, d + ".log"))
+                self.procs.append(Proc("meta", s.id, r.id, r.address, d, d + ".log", metrics=r.metrics))
         for ds in self.cfg.data if spawn_data else ():
             d = os.path.join(self.root, f"data{ds.id}")
-            self.procs.append(Proc("data", -1, ds.id, ds.address, d, d + ".log"))
+            self.procs.append(Proc("data", -1, ds.id, ds.address, d, d + ".log", metrics=ds.metrics))
 
     # ------------------------------------------------------------------ life cycle
     def _argv(self, p: Proc) -> list[str]:
