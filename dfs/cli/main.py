@@ -9,6 +9,7 @@ from dfs.cli import cluster as cluster_cmd
 from dfs.cli import demo as demo_cmd
 from dfs.cli import mount as mount_cmd
 from dfs.cli import servers as servers_cmd
+from dfs.cli import status as status_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +21,7 @@ def cli() -> None:
 cli.add_command(demo_cmd.demo)
 cli.add_command(bench_cmd.bench)
 cli.add_command(cluster_cmd.cluster)
+cli.add_command(status_cmd.status)
 cli.add_command(servers_cmd.meta_server)
 cli.add_command(servers_cmd.mgmt_server)
 cli.add_command(servers_cmd.data_server)
