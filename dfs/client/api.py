@@ -693,6 +693,22 @@ class AsyncClient:
                 raise
 
     async def remove(self, path: PathLike) -> None:
+        p = self._abs(path)
+        head, _, last = p.rpartition(b"/")
+        if last and last not in (b".", b".."):
+            # One round trip: UNLINK by name (EISDIR for a directory, ENOENT for none);
+            # it answers the inode it removed, whose cached attributes go.
+            parent = await self._namei(head or b"/", follow=True)
+            if parent.attr is not None and parent.attr.is_dir():
+                ino = None
+                try:
+                    ino = await self.meta.unlink(parent.attr.ino, last)
+                except err.DfsError as e:
+                    e.filename = path
+                    raise
+                finally:
+                    self._changed(parent.attr.ino, last, *([ino] if ino else []))
+                return
         r = await self._parent_of_new(path)
         if r.attr is not None and r.attr.is_dir():
             raise _oserror(E.EISDIR, path)
@@ -815,9 +831,17 @@ class AsyncClient:
         readable = acc in (os.O_RDONLY, os.O_RDWR)
         writable = acc in (os.O_WRONLY, os.O_RDWR)
         fresh = self.mode.revalidate_on_open
-        r = await self._namei(path, follow=not flags & os.O_NOFOLLOW, fresh_last=fresh)
-        created = False
-        if r.attr is None:
+        access = (4 if readable else 0) | (2 if writable or flags & os.O_TRUNC else 0)
+        got = await self._create_open(path, flags, mode, access) if flags & os.O_CREAT else None
+        if got is not None:
+            attr, created, lease = got
+            r = None
+        else:
+            r = await self._namei(path, follow=not flags & os.O_NOFOLLOW, fresh_last=fresh)
+            created = False
+        if r is None:
+            pass
+        elif r.attr is None:
             if not flags & os.O_CREAT:
                 raise _oserror(E.ENOENT, path)
             if _fs(path).endswith(b"/"):
@@ -846,7 +870,6 @@ class AsyncClient:
                 raise _oserror(E.ENXIO, path)
             # The service checks the access and answers the attributes as of the open
             # (fresh: close-to-open) with the handle, in one command.
-            access = (4 if readable else 0) | (2 if writable or flags & os.O_TRUNC else 0)
             try:
                 attr, lease = await self.leases.open(attr.ino, access)
             except err.DfsError as e:
@@ -865,6 +888,38 @@ class AsyncClient:
             finally:
                 self.mode.forget_attr(attr.ino)
         return fh, attr
+
+    async def _create_open(self, path: PathLike, flags: int, mode: int, access: int):
+        """open(O_CREAT) in one round trip when the name is not cached: CREATE-and-OPEN on
+        the parent (which the service answers for an existing regular file too, after the
+        access check). (attr, created, handle), or None when the slow path must decide: the
+        name is cached, ends in '/', '.' or '..', or is not a regular file (a directory,
+        a symlink to follow, a device)."""
+        p = self._abs(path)
+        head, _, last = p.rpartition(b"/")
+        if not last or last in (b".", b".."):
+            return None
+        parent = await self._namei(head or b"/", follow=True)
+        if parent.attr is None or not parent.attr.is_dir():
+            return None  # the slow path names the error
+        if self.mode.entry(parent.attr.ino, last) is not None:
+            return None
+        try:
+            attr, created, lease, pattr = await self.meta.create_open(
+                parent.attr.ino, last, mode & 0o7777, excl=bool(flags & os.O_EXCL), umask=self.umask,
+                lease_s=self.leases.lease, access=access)
+        except err.DfsError as e:
+            e.filename = path
+            raise
+        finally:
+            self._changed(parent.attr.ino, last)
+        if lease is None:
+            return None
+        if created:
+            self.mode.remember_attr(pattr)  # the directory as this create left it
+        self.leases.adopt(attr.ino, lease)
+        self.mode.remember(parent.attr.ino, last, attr)
+        return attr, created, lease
 
     async def open(self, path: PathLike, mode: str = "rb", perm: int = 0o666) -> AsyncFile:
         """A binary file object for asyncio code (text mode is the sync Client's)."""

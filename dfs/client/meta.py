@@ -168,17 +168,24 @@ class MetaClient:
 
     async def create_open(self, parent: int, name: str | bytes, mode: int = 0o644, *, excl: bool = True,
                           umask: int = 0, lease_s: float = DEFAULT_LEASE_S, inline: bool | None = None,
-                          caller: Caller | None = None) -> tuple[Attr, bool, bytes, Attr]:
+                          access: int = 0, caller: Caller | None = None) -> tuple[Attr, bool, bytes | None, Attr]:
         """``create`` and ``open_handle`` in one command (one Raft round): returns (attr,
-        created, handle, the parent's attributes after it). An existing file
-        (``excl=False``) is opened too."""
+        created, handle, the parent's attributes after it). An existing regular file
+        (``excl=False``) is opened too, after an ``access`` check (os.R_OK | os.W_OK); an
+        existing entry of another type (a directory, a symlink the caller must follow) is
+        returned with handle None."""
         name = _enc(name)
         h = os.urandom(16)
         args = [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None, inline, h, float(lease_s)]
+        if access:
+            args.append(int(access))
         wire, created, ino, opened, pwire = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
         if opened:
             return Attr.from_wire(wire), created, h, Attr.from_wire(pwire)
-        attr, _ = await self.open_file(ino, lease_s, handle=h, caller=caller)  # a hard link on another shard
+        attr = await self._attr_of(ino, wire, caller)
+        if not attr.is_reg():
+            return attr, False, None, Attr.from_wire(pwire)
+        attr, _ = await self.open_file(ino, lease_s, access=access, handle=h, caller=caller)  # on another shard
         return attr, created, h, Attr.from_wire(pwire)
 
     async def mknod(self, parent: int, name: str | bytes, mode: int, rdev: int = 0, *, umask: int = 0,
@@ -206,8 +213,9 @@ class MetaClient:
         home = dir_home_shard(parent, name, self.nshards)
         return Attr.from_wire(await self._call(home, Op.MKDIR, [parent, name, mode, umask], caller, True))
 
-    async def unlink(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> None:
-        await self._call(shard_of(parent), Op.UNLINK, [parent, _enc(name)], caller, True)
+    async def unlink(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> int | None:
+        """Remove a non-directory entry (EISDIR for a directory); returns the inode it named."""
+        return await self._call(shard_of(parent), Op.UNLINK, [parent, _enc(name)], caller, True)
 
     async def rmdir(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> None:
         await self._call(shard_of(parent), Op.RMDIR, [parent, _enc(name)], caller, True)

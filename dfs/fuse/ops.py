@@ -520,6 +520,8 @@ class DfsOperations(pyfuse3.Operations):
                                                                  umask=ctx.umask, lease_s=self.lease_s, caller=caller)
             if created:
                 self._fresh_dir(parent)
+            elif sh is None:  # appeared meanwhile, and not as a regular file
+                raise pyfuse3.FUSEError(errno.EISDIR if a.is_dir() else errno.EEXIST)
             await self._settled(a.ino)
         else:
             self._stale(parent_inode)

@@ -394,9 +394,11 @@ class MetaStore(StateMachine):
     # ----------------------------------------------------------- single-shard mutations
     def _create(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int, excl: bool,
                 umask: int, target: bytes | None, inline: bool | None = None,
-                handle: bytes | None = None, lease_s=None):
+                handle: bytes | None = None, lease_s=None, access: int = 0):
         """CREATE (regular files, symlinks, nodes). With ``handle`` (regular files only) the
-        file is opened in the same command: create-and-open is one Raft round. Returns
+        file is opened in the same command: create-and-open is one Raft round; an existing
+        regular file (``excl`` false) is opened after an ``access`` check (R_OK 4 | W_OK 2),
+        an existing entry of another type is answered, not opened. Returns
         [wire attr | None, created, ino, opened, parent's wire attr]; an existing file on
         another shard (a hard link) comes back unopened (None, the caller OPENs it there).
         The parent's attributes after the command let a FUSE client answer the kernel's
@@ -406,8 +408,12 @@ class MetaStore(StateMachine):
             self._check_handle(handle)
             lease = self._lease_ns(lease_s)
         res = self._create_entry(ctx, parent, name, mode, rdev, excl, umask, target, inline)
-        opened = handle is not None and res[0] is not None
+        opened = handle is not None and res[0] is not None and stat.S_ISREG(res[0][1])
         if opened:
+            if not res[1] and access:
+                if not isinstance(access, int) or access & ~6:
+                    raise err.InvalidArgument("access: R_OK | W_OK")
+                check_access(ctx.inode(res[2]), ctx.caller, access)
             ctx.check_lock(S.lock_key_inode(res[2]), "S")
             self._set_handle(ctx, res[2], handle, ctx.ts + lease)
         return [*res, opened, ctx.dir(parent).wire()]

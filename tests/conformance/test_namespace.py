@@ -9,6 +9,7 @@ shards in separate processes. A test works inside its own fresh directory
 from __future__ import annotations
 
 import errno
+import os
 import stat
 
 import pytest
@@ -565,12 +566,12 @@ def test_retried_request_applies_once(ns):
 
     c, top = ns.c, ns.top
     t = c.aio.t
-    rid = b"r" * 16
+    rid = os.urandom(16)  # unique: the cluster is shared by the whole session
     args = [top, b"once", stat.S_IFREG | 0o644, 0, True, 0, None]
     first = ns.run(t.call(shard_of(top), Op.CREATE, c.aio.caller, args, rid))
     second = ns.run(t.call(shard_of(top), Op.CREATE, c.aio.caller, args, rid))
     assert first == second
-    rid2 = b"s" * 16
+    rid2 = os.urandom(16)
     d = c.mkdir(top, "dir")
     ns.run(t.call(shard_of(top), Op.UNLINK, c.aio.caller, [top, b"once"], rid2))
     ns.run(t.call(shard_of(top), Op.UNLINK, c.aio.caller, [top, b"once"], rid2))  # no ENOENT

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import stat
 
 import pytest
@@ -269,7 +270,7 @@ def test_open_retry_is_idempotent(ns):
     a, _ = c.create(top, "f")
     h = c.open_handle(a.ino)
     assert c.open_handle(a.ino, handle=h) == h  # a retry (new request id, same handle id)
-    rid = b"r" * 16
+    rid = os.urandom(16)  # unique: the cluster is shared by the whole session
     for _ in range(2):  # the same request twice
         ns.run(c.aio.t.call(shard_of(a.ino), Op.OPEN, ROOT, [a.ino, h, 30.0], rid))
     c.unlink(top, "f")
