@@ -2,6 +2,8 @@
 
     cluster_id = "c1"
     raft_password = "..."          # encrypts and authenticates Raft peer traffic
+    client_token = "..."           # optional: the bearer token every client and server shows
+    # client_token_file = "client.token"   # or: a file holding it (relative to this file's folder)
 
     [[mgmt]]                       # the cluster-map Raft group (1, 3 or 5 replicas)
     id = 0
@@ -35,12 +37,28 @@
     [raft]                         # optional tuning
     election_timeout = [0.4, 0.8]
     group_commit = true
+
+    [tls]                          # optional: gRPC over TLS (the data plane stays plaintext)
+    cert = "server.pem"            # this host's certificate chain (servers only)
+    key = "server.key"             # its private key (servers only)
+    ca = "ca.pem"                  # the CA that signed the servers' certificates (everyone)
+    server_name = "dfs.internal"   # optional: the name to check in the certificate instead
+                                   # of the address's host
+
+No ``client_token`` (nor ``client_token_file``) means no client
+authentication (files from before it existed). Relative paths of
+``client_token_file`` and ``[tls]`` are taken from the cluster file's folder by
+``load``. ``ClientConfig`` reads only what a client needs (mgmt addresses,
+the token, the CA), so a client machine can be given a file without
+``raft_password`` and without server keys. docs/design/security.md has the
+threat model.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import tomli_w
 
@@ -88,8 +106,72 @@ def _metrics(x: dict) -> str | None:
 
 def _as_int(what: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{what} must be an integer, not {v!r}")
+        raise ValueError(f"{what} must be an integer, not {v!r}")  # noqa: TRY004 - the file's errors are ValueErrors
     return v
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """gRPC TLS: PEM file paths. Servers need ``cert`` and ``key``; everyone needs ``ca``."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None  # checked against the servers' certificates instead of the host
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in (("ca", self.ca), ("cert", self.cert), ("key", self.key),
+                                  ("server_name", self.server_name)) if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TlsConfig:
+        unknown = set(d) - {"ca", "cert", "key", "server_name"}
+        if unknown:
+            raise ValueError(f"[tls]: unknown keys {sorted(unknown)}")
+        if not isinstance(d.get("ca"), str) or not d["ca"]:
+            raise ValueError("[tls] needs ca (the PEM file of the CA that signed the servers' certificates)")
+        for k in ("cert", "key", "server_name"):
+            if d.get(k) is not None and (not isinstance(d[k], str) or not d[k]):
+                raise ValueError(f"[tls] {k} must be a non-empty string, not {d[k]!r}")
+        if ("cert" in d) != ("key" in d):
+            raise ValueError("[tls]: cert and key go together")
+        return cls(d["ca"], d.get("cert"), d.get("key"), d.get("server_name"))
+
+    def relative_to(self, base: str) -> TlsConfig:
+        def j(p: str | None) -> str | None:
+            return None if p is None else os.path.join(base, os.path.expanduser(p))
+
+        return replace(self, ca=j(self.ca), cert=j(self.cert), key=j(self.key))
+
+
+def _check_token(what: str, v) -> str:
+    if not isinstance(v, str) or not v or v != v.strip() or any(ord(c) < 33 or ord(c) > 126 for c in v):
+        raise ValueError(f"{what} must be a non-empty string of printable ASCII without spaces")
+    return v
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path`` (surrounding whitespace ignored)."""
+    with open(path) as f:
+        return _check_token(f"the token in {path}", f.read().strip())
+
+
+def _auth_fields(d: dict) -> dict:
+    """client_token / client_token_file / [tls] of a cluster (or client) file, checked."""
+    out: dict = {}
+    if "client_token" in d and "client_token_file" in d:
+        raise ValueError("client_token and client_token_file: give one of them")
+    if "client_token" in d:
+        out["client_token"] = _check_token("client_token", d["client_token"])
+    if "client_token_file" in d:
+        if not isinstance(d["client_token_file"], str) or not d["client_token_file"]:
+            raise ValueError("client_token_file must be a path")
+        out["client_token_file"] = d["client_token_file"]
+    if "tls" in d:
+        if not isinstance(d["tls"], dict):
+            raise ValueError("tls must be a table ([tls])")
+        out["tls"] = TlsConfig.from_dict(d["tls"])
+    return out
 
 
 @dataclass(frozen=True)
@@ -118,6 +200,9 @@ class ClusterConfig:
     scrub_rate: int = 64 << 20  # data servers: bytes/s a scrub pass reads; 0 = unlimited
     orphan_scan_interval: float = 600.0  # data servers: seconds between orphan scans of a target
     orphan_grace: float = 3600.0  # data servers: chunks younger than this are never orphan-scanned away
+    client_token: str | None = None  # None (and no client_token_file): no client authentication
+    client_token_file: str | None = None
+    tls: TlsConfig | None = None  # None: gRPC in plaintext
 
     def __post_init__(self) -> None:
         self._check_metrics()
@@ -188,6 +273,15 @@ class ClusterConfig:
         return hmac.new(self.raft_password.encode(), b"dfs-internal-ops", hashlib.sha256).hexdigest()
 
     @property
+    def auth_token(self) -> str | None:
+        """The client token (read from ``client_token_file`` if that is how it is given); None: auth off."""
+        if self.client_token is not None:
+            return self.client_token
+        if self.client_token_file is not None:
+            return read_token_file(self.client_token_file)
+        return None
+
+    @property
     def nshards(self) -> int:
         return len(self.shards)
 
@@ -212,6 +306,8 @@ class ClusterConfig:
         d = {
             "cluster_id": self.cluster_id,
             "raft_password": self.raft_password,
+            **({"client_token": self.client_token} if self.client_token is not None else {}),
+            **({"client_token_file": self.client_token_file} if self.client_token_file is not None else {}),
             "chain_replicas": self.chain_replicas,
             "target_timeout": self.target_timeout,
             "scrub_interval": self.scrub_interval,
@@ -233,7 +329,15 @@ class ClusterConfig:
         }
         if self.data:
             d["data"] = [server(x) for x in self.data]
+        if self.tls is not None:
+            d["tls"] = self.tls.to_dict()
         return d
+
+    def client_config(self) -> ClientConfig:
+        """What a client machine needs: no Raft password, no server keys."""
+        tls = None if self.tls is None else TlsConfig(self.tls.ca, server_name=self.tls.server_name)
+        return ClientConfig(tuple(m.address for m in self.mgmt), self.client_token, self.client_token_file, tls,
+                            self.cluster_id)
 
     @classmethod
     def from_dict(cls, d: dict) -> ClusterConfig:
@@ -265,7 +369,7 @@ class ClusterConfig:
                    scrub_interval=float(d.get("scrub_interval", 3600.0)),
                    scrub_rate=_as_int("scrub_rate", d.get("scrub_rate", 64 << 20)),
                    orphan_scan_interval=float(d.get("orphan_scan_interval", 600.0)),
-                   orphan_grace=float(d.get("orphan_grace", 3600.0)))
+                   orphan_grace=float(d.get("orphan_grace", 3600.0)), **_auth_fields(d))
 
     def save(self, path: str) -> None:
         with open(path, "wb") as f:
@@ -273,5 +377,69 @@ class ClusterConfig:
 
     @classmethod
     def load(cls, path: str) -> ClusterConfig:
+        """Parse ``path``; a relative client_token_file or [tls] path is taken from its folder."""
         with open(path, "rb") as f:
-            return cls.from_dict(tomllib.load(f))
+            cfg = cls.from_dict(tomllib.load(f))
+        return _resolve_paths(cfg, os.path.dirname(os.path.abspath(path)))
+
+
+def _resolve_paths(cfg, base: str):
+    kw = {}
+    if cfg.client_token_file is not None:
+        kw["client_token_file"] = os.path.join(base, os.path.expanduser(cfg.client_token_file))
+    if cfg.tls is not None:
+        kw["tls"] = cfg.tls.relative_to(base)
+    return replace(cfg, **kw) if kw else cfg
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """The part of a cluster file a client reads: the mgmt addresses, the client
+    token and the TLS CA. Anything else in the file (``raft_password``, shards,
+    data servers, server keys) is ignored and may be left out."""
+
+    mgmt: tuple[str, ...]
+    client_token: str | None = None
+    client_token_file: str | None = None
+    tls: TlsConfig | None = None
+    cluster_id: str | None = None
+
+    @property
+    def auth_token(self) -> str | None:
+        if self.client_token is not None:
+            return self.client_token
+        if self.client_token_file is not None:
+            return read_token_file(self.client_token_file)
+        return None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClientConfig:
+        mgmt = d.get("mgmt")
+        if not isinstance(mgmt, list) or not mgmt:
+            raise ValueError("a cluster file needs [[mgmt]] entries with an address")
+        addrs = []
+        for m in mgmt:
+            if not isinstance(m, dict) or not isinstance(m.get("address"), str):
+                raise ValueError(f"[[mgmt]] needs an address: {m!r}")  # noqa: TRY004 - the file's errors are ValueErrors
+            _check_hostport("mgmt", m["address"])
+            addrs.append(m["address"])
+        cid = d.get("cluster_id")
+        return cls(tuple(addrs), cluster_id=None if cid is None else str(cid), **_auth_fields(d))
+
+    @classmethod
+    def load(cls, path: str) -> ClientConfig:
+        with open(path, "rb") as f:
+            cfg = cls.from_dict(tomllib.load(f))
+        return _resolve_paths(cfg, os.path.dirname(os.path.abspath(path)))
+
+    def save(self, path: str) -> None:
+        d: dict = {} if self.cluster_id is None else {"cluster_id": self.cluster_id}
+        if self.client_token is not None:
+            d["client_token"] = self.client_token
+        if self.client_token_file is not None:
+            d["client_token_file"] = self.client_token_file
+        d["mgmt"] = [{"address": a} for a in self.mgmt]
+        if self.tls is not None:
+            d["tls"] = self.tls.to_dict()
+        with open(path, "wb") as f:
+            tomli_w.dump(d, f)
