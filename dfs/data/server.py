@@ -15,6 +15,10 @@ Background work per target: a scrub pass (``dfs.data.scrub``) about every
 removes this target's chunks of inodes their metadata shard does not have
 (older than ``orphan_grace``); all four come from the cluster file. Each pass
 logs one line with its counts.
+With a client token in the cluster file a connection must open with a HELLO
+that shows it (``dfs.rpc.dataplane``); otherwise the server answers EACCES and
+closes it without reading a request. The server shows the token itself to mgmt
+and to its chain peers.
 SIGTERM/SIGINT: stop accepting, let requests in flight finish (up to a few
 seconds), close the stores.
 """
@@ -33,6 +37,7 @@ import sys
 import time
 
 import grpc
+import msgpack
 
 from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
@@ -45,12 +50,14 @@ from dfs.common.records import Caller
 from dfs.data.chain import ChainIndex, ChainService, Extent, Target
 from dfs.data.store import ChunkStore
 from dfs.rpc import dataplane as dp
+from dfs.rpc.auth import ServerAuth
 from dfs.rpc.data import Pool
 from dfs.rpc.transport import CHANNEL_OPTIONS, ClusterMap, GrpcTransport
 
 log = logging.getLogger("dfs.data.server")
 
 HEARTBEAT_INTERVAL = 0.5
+HELLO_TIMEOUT = 10.0             # seconds a new connection has to send its HELLO
 MAX_CONN_REQUESTS = 256
 ORPHAN_BATCH = 256               # inodes per existence check (one GETATTRS per shard)
 ROOT = Caller(0, 0, ())          # internal caller of the metadata checks
@@ -89,8 +96,10 @@ class DataServer:
             store = ChunkStore(t.path, t.id, reserve=target_reserve(t.path))
             self.targets[t.id] = Target(t.id, store, ChainIndex(os.path.join(t.path, "chains")))
         self.map: ClusterMap | None = None
-        self.transport = GrpcTransport([m.address for m in cfg.mgmt], deadline=5.0, attempt_timeout=2.0)
-        self.peers = Pool()
+        self.auth = ServerAuth(cfg)
+        self.transport = GrpcTransport([m.address for m in cfg.mgmt], deadline=5.0, attempt_timeout=2.0,
+                                       auth=self.auth.client)
+        self.peers = Pool(auth=self.auth.client)
         self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map)
         self._refresh_task: asyncio.Task | None = None
         self._last_refresh = -1e9
@@ -198,7 +207,7 @@ class DataServer:
     def _stub(self, addr: str) -> pbg.MgmtServiceStub:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+            ch = self._channels[addr] = self.auth.client.channel(addr, CHANNEL_OPTIONS)
         return pbg.MgmtServiceStub(ch)
 
     def _target_states(self) -> list[pb.TargetState]:
@@ -330,11 +339,51 @@ class DataServer:
                 log.exception("orphan scan of target %d", tid)
 
     # ------------------------------------------------------------------ data plane
+    async def handshake(self, reader: dp.FrameReader, writer: dp.FrameWriter) \
+            -> tuple[bool, tuple[dp.Header, memoryview] | None]:
+        """The connection's first frame: (go on?, a request to handle first).
+
+        A HELLO is answered (EACCES when the cluster has a client token and the
+        HELLO does not show it: go on = False). Without a client token a first
+        frame that is a request is handed back to be handled."""
+        required = self.auth.expected is not None
+        try:
+            h, payload = await asyncio.wait_for(
+                reader.read_frame(limit=dp.HELLO_MAX if required else dp.MAX_PAYLOAD), HELLO_TIMEOUT)
+        except (TimeoutError, ConnectionError, dp.ProtocolError, dp.PayloadChecksumError, OSError) as e:
+            log.debug("connection closed before its HELLO: %s", e)
+            return False, None
+        if h.op != dp.HELLO:
+            if required:
+                log.info("connection refused: %s before HELLO", h.name)
+                return False, None
+            return True, (h, payload)
+        try:
+            why = self.auth.check(dp.parse_hello(h, payload).get("token"))
+        except dp.ProtocolError as e:
+            why = str(e)
+        if why is not None:
+            log.info("connection refused: %s", why)
+            try:
+                await writer.send(dp.reply_to(h, status=E.EACCES), why.encode())
+            except OSError:
+                pass
+            return False, None
+        await writer.send(dp.reply_to(h)._replace(arg=dp.HELLO_VERSION), msgpack.packb({}))
+        return True, None
+
     async def serve_conn(self, sock: socket.socket) -> None:
         reader = dp.FrameReader(sock)
         writer = dp.FrameWriter(sock)
         sem = asyncio.Semaphore(MAX_CONN_REQUESTS)
         tasks: set[asyncio.Task] = set()
+        try:
+            ok, first = await self.handshake(reader, writer)
+        except OSError:
+            ok, first = False, None
+        if not ok:
+            sock.close()
+            return
 
         async def one(h: dp.Header, payload) -> None:
             self.inflight += 1
@@ -365,7 +414,10 @@ class DataServer:
             while True:
                 await sem.acquire()
                 try:
-                    h, payload = await reader.read_frame()
+                    if first is not None:
+                        (h, payload), first = first, None
+                    else:
+                        h, payload = await reader.read_frame()
                 except dp.PayloadChecksumError as e:
                     sem.release()
                     await writer.send(dp.reply_to(e.header, status=5), b"payload checksum mismatch")

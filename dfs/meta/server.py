@@ -6,6 +6,11 @@ It hosts the shard's MetaStore (RocksDB under DIR/db) in a RaftHost (journal
 and snapshots under DIR/raft) and serves MetaService over gRPC. Only the
 leader answers; a follower replies NOT_LEADER with the leader's gRPC address.
 This module is the thin gRPC edge: protobuf does not pass beyond it.
+
+With a client token in the cluster file every call must show it (refused
+UNAUTHENTICATED before it is parsed, ``dfs.rpc.auth.TokenCheck``); internal
+(two-phase) operations also need the internal token, which only servers
+derive (from the Raft password). With [tls] the port speaks TLS only.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dfs.common.records import Caller
 from dfs.consensus.raft import RaftHost
 from dfs.meta.service import ShardService
 from dfs.meta.store import MetaStore
+from dfs.rpc.auth import ServerAuth, shows
 from dfs.rpc.transport import ClusterMap, GrpcTransport
 
 log = logging.getLogger("dfs.meta.server")
@@ -74,7 +80,7 @@ class MetaServicer(pbg.MetaServiceServicer):
         self.shard = shard
         self.replica = replica
         self._raft_to_grpc = {r.raft: r.address for r in cfg.shard(shard).replicas}
-        self._internal = (INTERNAL_HEADER, cfg.internal_token)
+        self._internal_token = cfg.internal_token
         self.requests = requests
         self.clients = Clients()
 
@@ -92,7 +98,7 @@ class MetaServicer(pbg.MetaServiceServicer):
         return self._raft_to_grpc.get(lead, "") if lead else ""
 
     def _is_peer(self, context) -> bool:
-        return self._internal in tuple(context.invocation_metadata() or ())
+        return shows(context.invocation_metadata(), INTERNAL_HEADER, self._internal_token)
 
     async def _one(self, req: pb.OpRequest, peer: bool) -> pb.OpReply:
         if req.op in INTERNAL and not peer:
@@ -105,7 +111,7 @@ class MetaServicer(pbg.MetaServiceServicer):
         ts = req.ts if req.ts and req.op in INTERNAL else None
         try:
             args = msgpack.unpackb(req.body, raw=False, use_list=True, strict_map_key=False) if req.body else []
-        except Exception:
+        except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
             return pb.OpReply(status=22, message="malformed body")
         try:
             res = await self.svc.execute(req.op, req.request_id, caller, args, ts=ts)
@@ -152,7 +158,7 @@ class MetaServicer(pbg.MetaServiceServicer):
             else:
                 try:
                     args = msgpack.unpackb(r.body, raw=False, use_list=True, strict_map_key=False) if r.body else []
-                except Exception:
+                except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
                     replies[i] = pb.OpReply(status=22, message="malformed body")
                     continue
                 items.append((r.op, r.request_id, Caller(r.caller.uid, r.caller.gid, tuple(r.caller.groups)), args))
@@ -195,12 +201,14 @@ def shard_families(svc: ShardService, clients: Clients) -> list:
 
 
 class PeerTransport(GrpcTransport):
-    """Peer shards, reached with the addresses of the cluster file (no mgmt round trip)."""
+    """Peer shards, reached with the addresses of the cluster file (no mgmt round trip),
+    showing the client token and the internal token."""
 
-    def __init__(self, cfg: ClusterConfig) -> None:
+    def __init__(self, cfg: ClusterConfig, sa: ServerAuth | None = None) -> None:
         cmap = ClusterMap(0, [[r.address for r in s.replicas] for s in cfg.shards], [m.address for m in cfg.mgmt])
         super().__init__(cmap.mgmt, cmap=cmap, deadline=10.0, attempt_timeout=4.0,
-                         metadata=((INTERNAL_HEADER, cfg.internal_token),))
+                         metadata=((INTERNAL_HEADER, cfg.internal_token),),
+                         auth=(sa or ServerAuth(cfg)).client)
 
 
 async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None:
@@ -213,7 +221,8 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
                     max_batch=o.max_batch, max_inflight=o.max_inflight,
                     log_compaction_min_entries=o.log_compaction_min_entries,
                     log_compaction_min_time=o.log_compaction_min_time, loop=asyncio.get_running_loop())
-    peers = PeerTransport(cfg)
+    sa = ServerAuth(cfg)
+    peers = PeerTransport(cfg, sa)
     data_client = None
     remover = None
     if cfg.data:
@@ -242,9 +251,10 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
         metrics.serve(me.metrics)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                       ("grpc.max_send_message_length", 64 << 20),
-                                      ("grpc.so_reuseport", 0)])
+                                      ("grpc.so_reuseport", 0)],
+                             interceptors=sa.interceptors())
     pbg.add_MetaServiceServicer_to_server(servicer, server)
-    server.add_insecure_port(me.address)
+    sa.add_port(server, me.address)
     await server.start()
     svc.start_recovery()
     log.info("shard %d replica %d serving on %s (raft %s)", shard, replica, me.address, me.raft)

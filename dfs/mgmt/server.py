@@ -13,6 +13,11 @@ memory), brings an offline target back (``target_up``), records finished
 resyncs (``chain_synced``) and capacity, and a monitor task takes a target
 silent for more than ``target_timeout`` seconds out of its chains
 (``target_down``). A new leader treats every target as just seen.
+
+With a client token in the cluster file every call must show it
+(``dfs.rpc.auth.TokenCheck``); SetClusterMap also needs the internal token
+(servers and operators with the Raft password only). With [tls] the port
+speaks TLS only.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
 from dfs.consensus.raft import RaftHost
 from dfs.mgmt.store import OFFLINE, MgmtStore, build_chains, targets_from_servers
+from dfs.rpc.auth import ServerAuth, shows
+
+INTERNAL_HEADER = "x-dfs-internal"  # as dfs.meta.server: what servers show for internal operations
 
 log = logging.getLogger("dfs.mgmt.server")
 
@@ -120,6 +128,7 @@ class MgmtServicer(pbg.MgmtServiceServicer):
         self._seen: dict[int, float] = {}  # target -> loop time of its last heartbeat (leader only)
         self._capacity_sent: dict[int, float] = {}
         self._leading = False
+        self._internal_token = cfg.internal_token
 
     def _leader(self) -> str:
         return self._raft_to_grpc.get(self.host.leader or "", "")
@@ -136,6 +145,8 @@ class MgmtServicer(pbg.MgmtServiceServicer):
 
     @_timed
     async def SetClusterMap(self, request, context):
+        if not shows(context.invocation_metadata(), INTERNAL_HEADER, self._internal_token):
+            return pb.GetClusterMapReply(status=1, leader=self._leader())  # EPERM: servers and operators only
         if not self.host.is_leader:
             return pb.GetClusterMapReply(status=err.NOT_LEADER, leader=self._leader())
         m = request.map
@@ -234,10 +245,11 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
         instrument_raft(metrics, host)
         metrics.collect(lambda: map_families(store.cluster_map(), cfg.replicas_per_chain), "cluster map")
         metrics.serve(me.metrics)
-    server = grpc.aio.server()
+    sa = ServerAuth(cfg)
+    server = grpc.aio.server(interceptors=sa.interceptors())
     servicer = MgmtServicer(store, host, cfg, requests)
     pbg.add_MgmtServiceServicer_to_server(servicer, server)
-    server.add_insecure_port(me.address)
+    sa.add_port(server, me.address)
     await server.start()
     init = asyncio.get_running_loop().create_task(_initialise(store, host, cfg))
     monitor = asyncio.get_running_loop().create_task(servicer.monitor())

@@ -18,6 +18,11 @@ Retries (until ``deadline``):
   ``EAGAIN`` (a write in flight there) and ``EIO`` (a bad block there; the
   server repairs it from a peer) move on to the next replica.
 
+Every connection starts with the HELLO handshake (``dfs.rpc.dataplane``)
+carrying the client token of the ``Credentials`` (``dfs.rpc.auth``) the
+client was given, or that the cluster map was fetched with; a refusal raises
+``Unauthenticated`` (EACCES), which is not retried.
+
 Bounded buffers: at most ``max_inflight`` payload bytes are outstanding per
 connection (a semaphore of bytes); a caller beyond that waits.
 
@@ -39,6 +44,7 @@ import msgpack
 
 from dfs.common import errors as err
 from dfs.rpc import dataplane as dp
+from dfs.rpc.auth import Credentials, Unauthenticated
 from dfs.rpc.transport import ClusterMap
 
 log = logging.getLogger(__name__)
@@ -68,10 +74,11 @@ class ByteSemaphore:
 class Connection:
     """One pipelined data-plane connection."""
 
-    def __init__(self, addr: str, sock: socket.socket, max_inflight: int = 64 << 20) -> None:
+    def __init__(self, addr: str, sock: socket.socket, max_inflight: int = 64 << 20,
+                 reader: dp.FrameReader | None = None) -> None:
         self.addr = addr
         self.sock = sock
-        self.reader = dp.FrameReader(sock)
+        self.reader = reader or dp.FrameReader(sock)
         self.writer = dp.FrameWriter(sock)
         self.pending: dict[int, asyncio.Future] = {}
         self.dests: dict[int, memoryview] = {}  # request id -> where its reply payload goes
@@ -81,8 +88,18 @@ class Connection:
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, addr: str, timeout: float = 5.0, max_inflight: int = 64 << 20) -> Connection:
-        return cls(addr, await dp.open_connection(addr, timeout), max_inflight)
+    async def open(cls, addr: str, timeout: float = 5.0, max_inflight: int = 64 << 20,
+                   token: str | None = None) -> Connection:
+        """Connect and shake hands (HELLO with ``token``)."""
+        sock = await dp.open_connection(addr, timeout)
+        try:
+            reader = await asyncio.wait_for(handshake(addr, sock, token), timeout)
+        except BaseException as e:
+            sock.close()
+            if isinstance(e, TimeoutError):
+                raise ConnectionError(f"{addr}: no answer to HELLO in {timeout}s") from None
+            raise
+        return cls(addr, sock, max_inflight, reader)
 
     async def _read_loop(self) -> None:
         exc: BaseException = ConnectionError(f"{self.addr}: connection closed")
@@ -160,14 +177,36 @@ class Connection:
             pass
 
 
-class Pool:
-    """One connection per address, opened on first use, replaced when it breaks."""
+async def handshake(addr: str, sock: socket.socket, token: str | None) -> dp.FrameReader:
+    """HELLO on a fresh connection; the reader to go on with (``Unauthenticated`` if refused)."""
+    reader, writer = dp.FrameReader(sock), dp.FrameWriter(sock)
+    h, payload = dp.hello(token)
+    await writer.send(h, payload)
+    try:
+        rh, rp = await reader.read_frame(limit=dp.HELLO_MAX)
+    except ConnectionError as e:
+        raise ConnectionError(f"{addr}: closed at the handshake ({e})") from None
+    if rh.status == E.EACCES:
+        raise Unauthenticated(f"data server {addr} refused the connection: "
+                              f"{bytes(rp).decode(errors='replace')}")
+    if rh.status:
+        raise ConnectionError(f"{addr}: HELLO answered {rh.status}: {bytes(rp).decode(errors='replace')}")
+    dp.parse_hello(rh, rp)
+    return reader
 
-    def __init__(self, *, connect_timeout: float = 3.0, max_inflight: int = 64 << 20) -> None:
+
+class Pool:
+    """One connection per address, opened on first use, replaced when it breaks.
+
+    ``auth``: the credentials whose token the connections show (default: none)."""
+
+    def __init__(self, *, connect_timeout: float = 3.0, max_inflight: int = 64 << 20,
+                 auth: Credentials | None = None) -> None:
         self.conns: dict[str, Connection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.connect_timeout = connect_timeout
         self.max_inflight = max_inflight
+        self.token = auth.token if auth is not None else None
 
     async def get(self, addr: str) -> Connection:
         c = self.conns.get(addr)
@@ -177,7 +216,8 @@ class Pool:
         async with lock:
             c = self.conns.get(addr)
             if c is None or c.closed:
-                c = self.conns[addr] = await Connection.open(addr, self.connect_timeout, self.max_inflight)
+                c = self.conns[addr] = await Connection.open(addr, self.connect_timeout, self.max_inflight,
+                                                             self.token)
             return c
 
     async def call(self, addr: str, h: dp.Header, payload=b"", timeout: float = 10.0, into=None,
@@ -199,17 +239,18 @@ class DataClient:
     """Chunk I/O against the data servers of a cluster map.
 
     ``cmap``: the current map; ``refresh``: ``async () -> ClusterMap`` (e.g.
-    ``GrpcTransport.refresh_map``)."""
+    ``GrpcTransport.refresh_map``). ``auth``: the credentials to show the data
+    servers (default: those the map was fetched with, ``cmap.auth``)."""
 
     def __init__(self, cmap: ClusterMap, refresh: Callable[[], Awaitable[ClusterMap]] | None = None, *,
                  deadline: float = 30.0, attempt_timeout: float = 10.0, refresh_interval: float = 0.2,
-                 max_inflight: int = 64 << 20) -> None:
+                 max_inflight: int = 64 << 20, auth: Credentials | None = None) -> None:
         self.map = cmap
         self._refresh = refresh
         self.deadline = deadline
         self.attempt_timeout = attempt_timeout
         self.refresh_interval = refresh_interval
-        self.pool = Pool(max_inflight=max_inflight)
+        self.pool = Pool(max_inflight=max_inflight, auth=auth if auth is not None else cmap.auth)
         self._last_refresh = -1e9
         self._refreshing: asyncio.Task | None = None
         self._bg: set[asyncio.Task] = set()

@@ -18,6 +18,15 @@ READ.
 
 Per-op use of the fields is in ``docs/design/data.md`` ("Data plane").
 
+Handshake: a client opens every connection with a HELLO frame (``arg`` = the
+handshake version it speaks, ``HELLO_VERSION``; payload = a msgpack map, today
+``{"token": <client token>}``, later capabilities go in the same map). The
+server answers HELLO with status 0 (``arg`` = the version it speaks, payload a
+msgpack map of what it offers) or, when the token is missing or wrong, with
+EACCES and a message, and closes the connection; it reads no request before a
+good HELLO when the cluster has a client token. A server without one also takes
+a connection that starts with a request.
+
 I/O: **raw non-blocking sockets** driven by the event loop
 (``loop.sock_recv_into`` / ``sock.sendmsg``), not asyncio streams. A
 ``StreamReader`` copies every byte at least twice (into its own buffer, then
@@ -42,6 +51,8 @@ import socket
 import struct
 from typing import NamedTuple
 
+import msgpack
+
 from dfs.common import errors as err
 from dfs.common.blocks import BLOCK_SIZE, first_bad_block
 from dfs.common.checksum import crc32c
@@ -65,9 +76,14 @@ SYNC_LIST = 7      # chain_id, cursor (ino, index exclusive start; flags CURSOR)
 SYNC_FETCH = 8     # (ino, index) -> whole chunk payload, version
 INSTALL = 9        # forwarded whole-chunk replace at version (repairs a replica that missed writes)
 PING = 10
+HELLO = 11         # the first frame of a connection: arg = handshake version, payload = msgpack {"token": ...}
+
+HELLO_VERSION = 1
+HELLO_MAX = 4096   # the largest HELLO payload a server reads
 
 OP_NAMES = {WRITE: "WRITE", READ: "READ", TRUNCATE: "TRUNCATE", REMOVE: "REMOVE", REMOVE_INODE: "REMOVE_INODE",
-            STAT: "STAT", SYNC_LIST: "SYNC_LIST", SYNC_FETCH: "SYNC_FETCH", INSTALL: "INSTALL", PING: "PING"}
+            STAT: "STAT", SYNC_LIST: "SYNC_LIST", SYNC_FETCH: "SYNC_FETCH", INSTALL: "INSTALL", PING: "PING",
+            HELLO: "HELLO"}
 
 # flags
 F_REPLY = 0x01      # a reply (req_id matches the request)
@@ -187,6 +203,24 @@ def raise_for(h: Header, payload) -> None:
     raise err.error_for(h.status, msg)
 
 
+def hello(token: str | None) -> tuple[Header, bytes]:
+    """A client's HELLO frame (header, payload)."""
+    return Header(HELLO, arg=HELLO_VERSION), msgpack.packb({"token": token} if token else {})
+
+
+def parse_hello(h: Header, payload) -> dict:
+    """The map of a HELLO frame or reply (``ProtocolError`` if it is not one)."""
+    if h.op != HELLO:
+        raise ProtocolError(f"expected HELLO, got {h.name}")
+    try:
+        d = msgpack.unpackb(bytes(payload), raw=False) if len(payload) else {}
+    except Exception as e:  # noqa: BLE001 - any garbage is the same protocol error
+        raise ProtocolError(f"malformed HELLO: {e}") from None
+    if not isinstance(d, dict):
+        raise ProtocolError("malformed HELLO: not a map")
+    return d
+
+
 # ---------------------------------------------------------------------- socket I/O
 class FrameReader:
     """Reads frames from a non-blocking socket into a reused buffer.
@@ -221,12 +255,15 @@ class FrameReader:
                 raise ConnectionError("connection closed")
             self.end += got
 
-    async def read_frame(self, dest=None) -> tuple[Header, memoryview]:
+    async def read_frame(self, dest=None, limit: int = MAX_PAYLOAD) -> tuple[Header, memoryview]:
         """The next frame. ``dest(header)`` may name a writable buffer that a
         large payload is received into directly (a read straight into the
-        caller's memory: no copy after the socket)."""
+        caller's memory: no copy after the socket). ``limit``: a longer payload
+        is a ``ProtocolError`` (found before any of it is read)."""
         await self._fill(HEADER_SIZE)
         h = decode(self.view[self.start:self.start + HEADER_SIZE])
+        if h.length > limit:
+            raise ProtocolError(f"{h.name}: payload length {h.length} over {limit}")
         self.start += HEADER_SIZE
         crcs = b""
         if h.flags & F_BLOCKCRC:

@@ -8,6 +8,10 @@ next replica when one does not answer, and retries retryable answers
 mutation is answered from the server's idempotency record, so it never
 applies twice.
 
+Every call carries the client token of its ``Credentials`` (``dfs.rpc.auth``;
+default: those remembered for the mgmt addresses) as metadata, over TLS when
+they have a CA. UNAUTHENTICATED is not retried: it raises ``Unauthenticated``.
+
 Imports: dfs.common and the generated stubs only.
 """
 
@@ -27,6 +31,7 @@ from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common.ops import Op
 from dfs.common.records import Caller
+from dfs.rpc import auth as _auth
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,8 @@ class ClusterMap:
         self.mgmt = mgmt
         self.targets: dict[int, TargetInfo] = targets or {}
         self.chains: list[ChainInfo] = chains or []
+        # the credentials the map was fetched with: the data plane shows them to the map's servers
+        self.auth: _auth.Credentials | None = None
 
     @classmethod
     def from_pb(cls, m: pb.ClusterMap) -> ClusterMap:
@@ -104,9 +111,16 @@ class GrpcTransport:
     """A MetaClient transport (and a shard server's peer router) over gRPC."""
 
     def __init__(self, mgmt: list[str], *, deadline: float = 30.0, attempt_timeout: float = 6.0,
-                 cmap: ClusterMap | None = None, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+                 cmap: ClusterMap | None = None, metadata: tuple[tuple[str, str], ...] = (),
+                 auth: _auth.Credentials | None = None) -> None:
+        """``metadata``: sent with every call besides the token (a server's internal token).
+        ``auth``: the token and TLS CA (default: those remembered for ``mgmt``, else none)."""
         self.mgmt_addrs = list(mgmt)
-        self.metadata = metadata or None
+        self.auth = auth if auth is not None else _auth.known(
+            self.mgmt_addrs or [a for s in (cmap.shards if cmap else []) for a in s])
+        self.metadata = (self.auth.metadata() + tuple(metadata)) or None
+        if cmap is not None and cmap.auth is None:
+            cmap.auth = self.auth
         self.deadline = deadline
         self.attempt_timeout = attempt_timeout
         self.map: ClusterMap | None = cmap
@@ -124,7 +138,8 @@ class GrpcTransport:
     def _channel(self, addr: str) -> grpc.aio.Channel:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+            # the token goes as per-call metadata (cheaper than an interceptor)
+            ch = self._channels[addr] = self.auth.channel(addr, CHANNEL_OPTIONS, interceptor=False)
         return ch
 
     def _stub(self, addr: str) -> pbg.MetaServiceStub:
@@ -153,12 +168,16 @@ class GrpcTransport:
             for addr in addrs:
                 try:
                     stub = pbg.MgmtServiceStub(self._channel(addr))
-                    rep = await stub.GetClusterMap(pb.GetClusterMapRequest(), timeout=self.attempt_timeout)
+                    rep = await stub.GetClusterMap(pb.GetClusterMapRequest(), timeout=self.attempt_timeout,
+                                                   metadata=self.metadata)
                 except grpc.aio.AioRpcError as e:
+                    if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        raise _auth.unauthenticated(addr, e) from None
                     last = e
                     continue
                 if rep.status == 0 and rep.map.shards:
                     self.map = ClusterMap.from_pb(rep.map)
+                    self.map.auth = self.auth
                     if self.map.mgmt:
                         self.mgmt_addrs = self.map.mgmt
                     return self.map
@@ -231,6 +250,8 @@ class GrpcTransport:
                 try:
                     rep = await rpc(self._stub(addr), min(self.attempt_timeout, remaining))
                 except grpc.aio.AioRpcError as e:
+                    if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        raise _auth.unauthenticated(addr, e) from None
                     if e.code() not in _RETRYABLE_GRPC:
                         raise err.DfsError(f"{addr}: {e.code().name}: {e.details()}") from None
                     last = e

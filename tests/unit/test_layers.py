@@ -14,7 +14,7 @@ ALLOWED = {
     "common": set(),
     "kv": {"common"},
     "consensus": {"common", "kv"},
-    "mgmt": {"common", "kv", "consensus"},
+    "mgmt": {"common", "kv", "consensus", "rpc"},  # rpc: the servers' auth (dfs.rpc.auth)
     "meta": {"common", "kv", "consensus", "rpc"},
     "data": {"common", "kv", "rpc"},
     "rpc": {"common"},
