@@ -6,6 +6,11 @@ itself with --foreground and a log file, and returns once the mount is live
 a fallback) and waits for the serving process to end; it also clears the
 mount point a crashed process left behind ("Transport endpoint is not
 connected").
+
+The client token comes from --token-file, $DFS_TOKEN / $DFS_TOKEN_FILE or the
+cluster file (``dfs.client.api.find_credentials``); it never goes on a command
+line: the background copy is given the cluster file or the token file, and
+inherits the environment.
 """
 
 from __future__ import annotations
@@ -51,15 +56,30 @@ def _read_state(mountpoint: str) -> dict | None:
         return None
 
 
-def _resolve_mgmt(mgmt: tuple[str, ...], cluster_path: str) -> list[str]:
-    if mgmt:
-        return [a for m in mgmt for a in m.split(",") if a]
-    from dfs.common.config import ClusterConfig
-
+def _cluster_file(cluster_path: str) -> str:
     path = os.path.join(cluster_path, "cluster.toml") if os.path.isdir(cluster_path) else cluster_path
     if not os.path.exists(path):
         raise click.ClickException(f"no cluster file {path}: give --mgmt or --cluster")
-    return [m.address for m in ClusterConfig.load(path).mgmt]
+    return os.path.abspath(path)
+
+
+def _resolve_mgmt(mgmt: tuple[str, ...], cluster_path: str) -> list[str]:
+    if mgmt:
+        return [a for m in mgmt for a in m.split(",") if a]
+    from dfs.common.config import ClientConfig
+
+    return list(ClientConfig.load(_cluster_file(cluster_path)).mgmt)
+
+
+def _credentials(mgmt: tuple[str, ...], cluster_path: str, token_file: str | None):
+    from dfs.client.api import find_credentials
+
+    try:
+        if mgmt:
+            return find_credentials(mgmt=_resolve_mgmt(mgmt, cluster_path), token_file=token_file)
+        return find_credentials(_cluster_file(cluster_path), token_file=token_file)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"client token: {e}") from None
 
 
 def _tail(path: str, n: int = 20) -> str:
@@ -75,6 +95,8 @@ def _tail(path: str, n: int = 20) -> str:
 @click.option("--mgmt", multiple=True, help="mgmt replica address(es) host:port (repeat or comma-separate)")
 @click.option("--cluster", "cluster_path", default=DEFAULT_DATA, show_default=True,
               help="a cluster.toml or the folder holding it (used without --mgmt)")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="a file holding the client token [default: $DFS_TOKEN, $DFS_TOKEN_FILE, the cluster file's]")
 @click.option("-f", "--foreground", is_flag=True, help="serve in this process (debugging)")
 @click.option("--log-file", default=None, help="log file [default: ~/.local/share/dfs/mounts/<id>.log]")
 @click.option("--log-level", default="INFO", show_default=True,
@@ -91,7 +113,8 @@ def _tail(path: str, n: int = 20) -> str:
               help="raise the mount's read_ahead_kb (buffered read size); 0 leaves it")
 @click.option("-o", "options", multiple=True, help="extra FUSE mount options (comma-separated)")
 @click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for the mount to be live")
-def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, foreground: bool, log_file: str | None,
+def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file: str | None, foreground: bool,
+          log_file: str | None,
           log_level: str, entry_timeout: float, attr_timeout: float, negative_timeout: float,
           writeback_cache: bool, direct_io: bool, read_ahead_kb: int, options: tuple[str, ...],
           timeout: float) -> None:
@@ -104,15 +127,19 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, foreground:
     if is_mounted(mp):
         raise click.ClickException(f"{mountpoint} is already mounted (dfs umount {mountpoint})")
     addrs = _resolve_mgmt(mgmt, cluster_path)
+    creds = _credentials(mgmt, cluster_path, token_file)
     extra = tuple(o for opt in options for o in opt.split(",") if o)
     os.makedirs(STATE_DIR, exist_ok=True)
     if foreground:  # logs to stderr unless --log-file
-        _serve(mp, addrs, os.path.abspath(log_file) if log_file else None, log_level, entry_timeout=entry_timeout, attr_timeout=attr_timeout,
-               negative_timeout=negative_timeout, writeback_cache=writeback_cache, direct_io=direct_io,
-               read_ahead_kb=read_ahead_kb, options=extra)
+        _serve(mp, addrs, os.path.abspath(log_file) if log_file else None, log_level, entry_timeout=entry_timeout,
+               attr_timeout=attr_timeout, negative_timeout=negative_timeout, writeback_cache=writeback_cache,
+               direct_io=direct_io, read_ahead_kb=read_ahead_kb, options=extra, auth=creds)
         return
     log_file = os.path.abspath(log_file or _default_log(mp))
-    argv = [sys.executable, "-m", "dfs.cli", "mount", mp, "--foreground", "--mgmt", ",".join(addrs),
+    where = ["--mgmt", ",".join(addrs)] if mgmt else ["--cluster", _cluster_file(cluster_path)]
+    if token_file:
+        where += ["--token-file", os.path.abspath(token_file)]
+    argv = [sys.executable, "-m", "dfs.cli", "mount", mp, "--foreground", *where,
             "--log-file", log_file, "--log-level", log_level, "--entry-timeout", str(entry_timeout),
             "--attr-timeout", str(attr_timeout), "--negative-timeout", str(negative_timeout),
             "--read-ahead-kb", str(read_ahead_kb)]

@@ -93,8 +93,9 @@ async def _shard_status(addr: str, timeout: float):
 
     from dfs._proto import meta_pb2 as pb
     from dfs._proto import meta_pb2_grpc as pbg
+    from dfs.rpc import auth
 
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with auth.channel(addr) as ch:  # the credentials `status` remembered
         try:
             return await pbg.MetaServiceStub(ch).Status(pb.ShardStatusRequest(), timeout=timeout)
         except grpc.aio.AioRpcError:
@@ -107,8 +108,9 @@ async def _mgmt_probe(addr: str, timeout: float):
 
     from dfs._proto import meta_pb2 as pb
     from dfs._proto import meta_pb2_grpc as pbg
+    from dfs.rpc import auth
 
-    async with grpc.aio.insecure_channel(addr) as ch:
+    async with auth.channel(addr) as ch:  # the credentials `status` remembered
         try:
             rep = await pbg.MgmtServiceStub(ch).GetClusterMap(pb.GetClusterMapRequest(), timeout=timeout)
         except grpc.aio.AioRpcError:
@@ -119,8 +121,11 @@ async def _mgmt_probe(addr: str, timeout: float):
 def gather(mgmt: list[str], cfg=None, timeout: float = TIMEOUT) -> dict:
     """The cluster's state as `dfs status --json` prints it."""
     from dfs.cli.cluster import _fetch_map
+    from dfs.rpc import auth
 
     cmap = _fetch_map(mgmt)
+    if cmap is not None:  # the replicas are reached with what reaches mgmt
+        auth.remember([a for s in cmap.shards for a in s] + cmap.mgmt, auth.known(mgmt))
     return asyncio.run(_gather(mgmt, cfg, cmap, timeout))
 
 
@@ -321,10 +326,12 @@ def render(st: dict) -> str:
               help="seconds to wait for each process")
 def status(data: str | None, cluster_path: str | None, as_json: bool, timeout: float) -> None:
     """The whole cluster: Raft roles and lag per shard, mgmt, data servers, targets, chains."""
-    from dfs.client.api import find_cluster
+    from dfs.client.api import find_cluster, find_credentials
+    from dfs.rpc import auth
 
     try:
         mgmt = find_cluster(cluster_path, data=data)
+        auth.remember(mgmt, find_credentials(cluster_path, data=data))
     except FileNotFoundError as e:
         raise click.ClickException(str(e.strerror or e)) from None
     st = gather(mgmt, _cluster_file(cluster_path, data), timeout)

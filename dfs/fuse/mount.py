@@ -93,12 +93,13 @@ def mount_options(*, allow_other: bool | None = None, extra: tuple[str, ...] = (
     return opts
 
 
-async def connect(mgmt: list[str]):
+async def connect(mgmt: list[str], auth=None):
+    """``auth``: the ``dfs.rpc.auth.Credentials`` to show (None: those known for ``mgmt``)."""
     from dfs.client.meta import MetaClient
     from dfs.rpc.data import DataClient
     from dfs.rpc.transport import GrpcTransport
 
-    t = await GrpcTransport(mgmt).connect()
+    t = await GrpcTransport(mgmt, auth=auth).connect()
     return MetaClient(t), DataClient(t.map, t.refresh_map)
 
 
@@ -132,15 +133,15 @@ async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_
 async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
                     negative_timeout: float = 1.0, writeback_cache: bool = False, direct_io: bool = False,
                     read_ahead_kb: int = DEFAULT_READ_AHEAD_KB, options: tuple[str, ...] = (),
-                    allow_other: bool | None = None, on_mounted=None) -> None:
-    """Connect to the cluster whose mgmt replicas are ``mgmt`` and serve it at ``mountpoint``
-    until unmounted."""
+                    allow_other: bool | None = None, on_mounted=None, auth=None) -> None:
+    """Connect to the cluster whose mgmt replicas are ``mgmt`` (showing ``auth``, a
+    ``dfs.rpc.auth.Credentials``) and serve it at ``mountpoint`` until unmounted."""
     if not os.path.isabs(mountpoint):
         raise ValueError("the mount point must be an absolute path")
     pyfuse3.asyncio.enable()
     opts = mount_options(allow_other=allow_other, extra=options)
     t0 = time.monotonic()
-    meta, data = await connect(mgmt)
+    meta, data = await connect(mgmt, auth)
     log.info("connected to %s in %.2fs", mgmt, time.monotonic() - t0)
     ops = DfsOperations(meta, data, entry_timeout=entry_timeout, attr_timeout=attr_timeout,
                         negative_timeout=negative_timeout, writeback_cache=writeback_cache, direct_io=direct_io)

@@ -10,6 +10,13 @@ folder. Used by the integration and fault tests, the demo and the benchmarks.
     c.restart(proc)
     c.stop()
 
+Security is on as ``dfs cluster up`` deploys it: the cluster file gets a
+random client token (``auth=False``: none) and, with ``tls=TlsConfig(...)``,
+gRPC over TLS. The cluster's credentials are remembered for its addresses in
+this process (``dfs.rpc.auth.remember``), so clients made from its addresses
+alone reach it; ``client.toml`` next to ``cluster.toml`` is what a client
+machine would get (no Raft password).
+
 Processes are tracked by PID; ``stop`` ends exactly the processes this object
 started (SIGTERM, then SIGKILL after a grace period).
 """
@@ -38,7 +45,9 @@ from dfs.common.config import (
     ReplicaAddr,
     ShardConfig,
     TargetConfig,
+    TlsConfig,
 )
+from dfs.rpc import auth as rpc_auth
 from dfs.rpc.transport import ClusterMap, GrpcTransport
 
 
@@ -90,12 +99,14 @@ class LocalCluster:
                  targets_per_server: int = 1, chain_replicas: int = 3, target_timeout: float = 3.0,
                  spawn_data: bool = True, scrub_interval: float | None = None, scrub_rate: int | None = None,
                  orphan_scan_interval: float | None = None, orphan_grace: float | None = None,
-                 metrics: bool = True) -> None:
+                 metrics: bool = True, auth: bool = True, tls: TlsConfig | None = None) -> None:
         """``spawn_data=False``: the data servers are in the cluster file, but this object
         does not run them (a test plays their part, e.g. sends their heartbeats).
         ``metrics``: give every process a free port for its Prometheus endpoint.
         ``scrub_interval``, ``scrub_rate``, ``orphan_scan_interval``, ``orphan_grace``: the
-        data servers' options of the cluster file (None: the cluster file's default)."""
+        data servers' options of the cluster file (None: the cluster file's default).
+        ``auth``: generate a client token; ``tls``: gRPC over TLS with these files.
+        Both only for a new cluster file (an existing one is used as it is)."""
         self.root = os.path.abspath(root)
         self.config_path = os.path.join(self.root, "cluster.toml")
         if os.path.exists(self.config_path):
@@ -126,8 +137,11 @@ class LocalCluster:
                 chain_replicas=chain_replicas, target_timeout=target_timeout,
                 **{k: v for k, v in (("scrub_interval", scrub_interval), ("scrub_rate", scrub_rate),
                                      ("orphan_scan_interval", orphan_scan_interval),
-                                     ("orphan_grace", orphan_grace)) if v is not None})
-            self.cfg.save(self.config_path)
+                                     ("orphan_grace", orphan_grace)) if v is not None},
+                client_token=secrets.token_hex(32) if auth else None, tls=tls)
+            self._save_private(self.config_path, self.cfg.save)
+            self._save_private(os.path.join(self.root, "client.toml"), self.cfg.client_config().save)
+        self.credentials = rpc_auth.remember_config(self.cfg)  # what clients of this cluster show
         self.procs: list[Proc] = []
         for m in self.cfg.mgmt:
             d = os.path.join(self.root, f"mgmt{m.id}")
@@ -139,6 +153,13 @@ class LocalCluster:
         for ds in self.cfg.data if spawn_data else ():
             d = os.path.join(self.root, f"data{ds.id}")
             self.procs.append(Proc("data", -1, ds.id, ds.address, d, d + ".log", metrics=ds.metrics))
+
+    @staticmethod
+    def _save_private(path: str, save) -> None:
+        """``save(path)`` with the file readable by its owner only (it holds secrets)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.close(fd)
+        save(path)
 
     # ------------------------------------------------------------------ life cycle
     def _argv(self, p: Proc) -> list[str]:
@@ -218,7 +239,7 @@ class LocalCluster:
         async def one(p: Proc):
             if not p.alive:
                 return None
-            async with grpc.aio.insecure_channel(p.address) as ch:
+            async with self.credentials.channel(p.address) as ch:
                 try:
                     return await pbg.MetaServiceStub(ch).Status(pb.ShardStatusRequest(), timeout=2.0)
                 except grpc.aio.AioRpcError:
@@ -239,7 +260,7 @@ class LocalCluster:
         for p in self.mgmt_procs():
             if not p.alive:
                 continue
-            async with grpc.aio.insecure_channel(p.address) as ch:
+            async with self.credentials.channel(p.address) as ch:
                 try:
                     rep = await pbg.MgmtServiceStub(ch).GetClusterMap(pb.GetClusterMapRequest(), timeout=2.0)
                 except grpc.aio.AioRpcError:
@@ -297,7 +318,7 @@ class LocalCluster:
         return [m.address for m in self.cfg.mgmt]
 
     async def aclient(self) -> MetaClient:
-        return MetaClient(await GrpcTransport(self.mgmt_addresses).connect())
+        return MetaClient(await GrpcTransport(self.mgmt_addresses, auth=self.credentials).connect())
 
     def client(self) -> SyncMetaClient:
         return SyncMetaClient(self.aclient)

@@ -41,7 +41,7 @@ class FakeDataServers:
 
     async def get_map(self) -> ClusterMap:
         for m in [self.leader] + [x.address for x in self.cfg.mgmt]:
-            async with grpc.aio.insecure_channel(m) as ch:
+            async with self.cluster.credentials.channel(m) as ch:
                 try:
                     rep = await pbg.MgmtServiceStub(ch).GetClusterMap(pb.GetClusterMapRequest(), timeout=2.0)
                 except grpc.aio.AioRpcError:
@@ -65,7 +65,7 @@ class FakeDataServers:
             return
         req = pb.HeartbeatRequest(role="data", server=d.id, address=d.address, targets=targets)
         for addr in [self.leader] + [x.address for x in self.cfg.mgmt]:
-            async with grpc.aio.insecure_channel(addr) as ch:
+            async with self.cluster.credentials.channel(addr) as ch:
                 try:
                     rep = await pbg.MgmtServiceStub(ch).Heartbeat(req, timeout=3.0)
                 except grpc.aio.AioRpcError:

@@ -30,7 +30,7 @@ def dfs_mount(data_cluster, tmp_path_factory):
         pytest.skip("no usable /dev/fuse")
     mp = str(tmp_path_factory.mktemp("mnt"))
     log = str(tmp_path_factory.mktemp("mntlog") / "mount.log")
-    r = _dfs("mount", mp, "--mgmt", ",".join(data_cluster.mgmt_addresses), "--log-file", log)
+    r = _dfs("mount", mp, "--cluster", data_cluster.config_path, "--log-file", log)
     try:
         assert r.returncode == 0, f"dfs mount failed: {r.stdout}{r.stderr}"
         yield mp

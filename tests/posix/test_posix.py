@@ -486,7 +486,7 @@ def test_umount_after_crash(data_cluster, tmp_path):
 
     mp = str(tmp_path / "crash")
     os.mkdir(mp)
-    r = subprocess.run([sys.executable, "-m", "dfs.cli", "mount", mp, "--mgmt", ",".join(data_cluster.mgmt_addresses),
+    r = subprocess.run([sys.executable, "-m", "dfs.cli", "mount", mp, "--cluster", data_cluster.config_path,
                         "--log-file", str(tmp_path / "m.log")], check=False, capture_output=True, text=True, timeout=60)
     try:
         assert r.returncode == 0, r.stderr
