@@ -29,3 +29,5 @@ _passthrough("data", "dfs.bench.data_path",
 _passthrough("inline", "dfs.bench.inline", "Small files inline in the metadata vs on data servers.")
 _passthrough("client", "dfs.bench.client_paths",
              "The FUSE mount, the Python library and the local disk: metadata ops, ls -l, small and large reads.")
+_passthrough("stress", "dfs.bench.stress",
+             "Correctness under load: concurrent clients (and --chaos kills) checked against a model of the namespace.")
