@@ -32,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -166,11 +167,10 @@ def bench(root: str, a, log=print) -> list[dict]:
     mnt_wb = os.path.join(root, "mnt-wb")
     os.makedirs(mnt)
     os.makedirs(mnt_wb)
-    mgmt = ",".join(cluster.mgmt_addresses)
     mounted: list[str] = []
     client = None
     try:
-        _dfs("mount", mnt, "--mgmt", mgmt, "--log-file", os.path.join(root, "mount.log"))
+        _dfs("mount", mnt, "--cluster", cluster.config_path, "--log-file", os.path.join(root, "mount.log"))
         mounted.append(mnt)
         client = dfs.connect(mgmt=cluster.mgmt_addresses)
         local_root = os.path.join(root, "local")
@@ -233,7 +233,7 @@ def bench(root: str, a, log=print) -> list[dict]:
         # -------------------------------------------------------- sequential 1 GiB
         if a.seq_mib:
             data = (bytes(range(256)) * 4096) * (a.seq_mib // 1)  # 1 MiB * seq_mib
-            _dfs("mount", mnt_wb, "--mgmt", mgmt, "--writeback-cache",
+            _dfs("mount", mnt_wb, "--cluster", cluster.config_path, "--writeback-cache",
                  "--log-file", os.path.join(root, "mount-wb.log"))
             mounted.append(mnt_wb)
             writers = [("local", engines["local"], os.path.join(local_root, "seq")),
@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     a.threads = [int(x) for x in a.threads.split(",") if x]
     root = a.root or tempfile.mkdtemp(prefix="dfs-bench-client-")
     os.makedirs(root, exist_ok=True)
+    # SIGTERM unwinds like Ctrl-C: the mounts and the cluster are cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         rows = bench(root, a)
     finally:

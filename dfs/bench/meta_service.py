@@ -53,6 +53,7 @@ from dfs.client.meta import MetaClient
 from dfs.common import errors as err
 from dfs.common.config import RaftOptions
 from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
+from dfs.rpc import auth as rpc_auth
 from dfs.rpc.transport import GrpcTransport
 from dfs.testing.cluster import LocalCluster
 
@@ -123,10 +124,12 @@ async def _connect(mgmt: list[str]) -> MetaClient:
     return MetaClient(await GrpcTransport(mgmt).connect())
 
 
-def _worker(mgmt: list[str], kind: str, parent: int, items: list, callers: int, barrier, out) -> None:
+def _worker(mgmt: list[str], kind: str, parent: int, items: list, callers: int, barrier, out, creds=None) -> None:
     """A client process: connect, warm up, wait for the others, run its share."""
 
     async def go() -> dict:
+        if creds is not None:  # the cluster's token (a spawned process starts with nothing remembered)
+            rpc_auth.remember(mgmt, creds)
         c = await _connect(mgmt)
         try:
             await c.getattr(ROOT_INO)
@@ -151,7 +154,9 @@ async def _run_load(mgmt: list[str], client: MetaClient, kind: str, parent: int,
     barrier = ctx.Barrier(procs)
     out = ctx.Queue()
     per = max(1, callers // procs)
-    ps = [ctx.Process(target=_worker, args=(mgmt, kind, parent, items[i::procs], per, barrier, out), daemon=True)
+    creds = rpc_auth.known(mgmt)
+    ps = [ctx.Process(target=_worker, args=(mgmt, kind, parent, items[i::procs], per, barrier, out, creds),
+                      daemon=True)
           for i in range(procs)]
     for p in ps:
         p.start()

@@ -74,7 +74,8 @@ def up(data: str, shards: int, replicas: str, mgmt_replicas: str, data_servers: 
                f"{c.cfg.nshards} shards x {len(c.cfg.shards[0].replicas)} replicas, {len(c.cfg.mgmt)} mgmt, "
                f"{len(c.cfg.data)} data servers")
     click.echo(f"cluster file: {c.config_path}")
-    click.echo(f"connect:      dfs.connect(mgmt={c.mgmt_addresses!r})")
+    click.echo(f"connect:      dfs.connect({c.config_path!r})   # or dfs.connect() for the default folder")
+    click.echo(f"mount:        dfs mount MOUNTPOINT --cluster {c.config_path}")
 
 
 @cluster.command()

@@ -99,6 +99,7 @@ class _Dir:
     entries: list[DirEntry] = field(default_factory=list)
     pos: dict[int, int] = field(default_factory=dict)  # cookie -> index in entries
     eof: bool = False
+    ahead: tuple[int, asyncio.Task] | None = None  # the next page, being fetched after this cookie
 
 
 class DfsOperations(pyfuse3.Operations):
@@ -107,7 +108,7 @@ class DfsOperations(pyfuse3.Operations):
 
     def __init__(self, meta, data, *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
                  negative_timeout: float = 1.0, writeback_cache: bool = False, direct_io: bool = False,
-                 readdir_page: int = 512, blksize: int = 128 << 10) -> None:
+                 readdir_page: int = 1024, blksize: int = 128 << 10) -> None:
         super().__init__()
         self.meta = meta
         self.data = data
@@ -619,11 +620,28 @@ class DfsOperations(pyfuse3.Operations):
         return fh
 
     async def _fill(self, d: _Dir, cookie: int) -> None:
-        entries, eof = await self.meta.readdir(d.ino, cookie, self.readdir_page, plus=True, caller=d.caller)
+        """Make the page after ``cookie`` current, and start fetching the one after it: the
+        service reads page k+1 while the kernel takes page k (a big listing is then bound
+        by the slower of the two, not their sum)."""
+        if d.ahead is not None and d.ahead[0] == cookie:
+            entries, eof = await d.ahead[1]
+        else:
+            entries, eof = await self._page(d, cookie)
+        if d.ahead is not None:
+            d.ahead[1].cancel()
+            d.ahead = None
         d.start = cookie
         d.entries = entries
         d.pos = {e.cookie: i for i, e in enumerate(entries)}
         d.eof = eof or not entries
+        if not d.eof:
+            nxt = entries[-1].cookie
+            t = asyncio.get_running_loop().create_task(self._page(d, nxt))
+            t.add_done_callback(lambda t: t.cancelled() or t.exception())  # an unused failure is no warning
+            d.ahead = (nxt, t)
+
+    async def _page(self, d: _Dir, cookie: int):
+        return await self.meta.readdir(d.ino, cookie, self.readdir_page, plus=True, caller=d.caller)
 
     @_fuse_errors
     async def readdir(self, fh, start_id, token):
@@ -660,7 +678,9 @@ class DfsOperations(pyfuse3.Operations):
             i = 0
 
     async def releasedir(self, fh):
-        self.dirs.pop(fh, None)
+        d = self.dirs.pop(fh, None)
+        if d is not None and d.ahead is not None:
+            d.ahead[1].cancel()
 
     async def fsyncdir(self, fh, datasync):
         return None  # namespace changes are durable when they return
