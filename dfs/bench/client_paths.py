@@ -46,7 +46,8 @@ MB = 1_000_000
 
 
 def _dfs(*args: str, timeout: float = 120) -> None:
-    r = subprocess.run([sys.executable, "-m", "dfs.cli", *args], capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run([sys.executable, "-m", "dfs.cli", *args], capture_output=True, text=True, timeout=timeout,
+                       check=False)
     if r.returncode != 0:
         raise RuntimeError(f"dfs {' '.join(args)}: {r.stdout}{r.stderr}")
 
@@ -71,6 +72,24 @@ class _Posix:
 
     def unlink(self, p: str) -> None:
         os.unlink(p)
+
+    def rmdir(self, p: str) -> None:
+        os.rmdir(p)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def listdir(self, p: str) -> list[str]:
+        return os.listdir(p)
+
+    def scan_stat(self, p: str) -> int:
+        """``ls -l`` without ls: scandir, then lstat every entry; returns the count."""
+        n = 0
+        with os.scandir(p) as it:
+            for e in it:
+                e.stat(follow_symlinks=False)
+                n += 1
+        return n
 
     def write(self, p: str, data: bytes, req: int = 1 << 20, fsync: bool = False) -> None:
         fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
@@ -115,6 +134,15 @@ class _Library(_Posix):
     def unlink(self, p: str) -> None:
         self.c.remove(p)
 
+    def rmdir(self, p: str) -> None:
+        self.c.rmdir(p)
+
+    def rename(self, src: str, dst: str) -> None:
+        self.c.replace(src, dst)
+
+    def listdir(self, p: str) -> list[str]:
+        return self.c.listdir(p)
+
     def write(self, p: str, data: bytes, req: int = 1 << 20, fsync: bool = False) -> None:
         with self.c.open(p, "wb", buffering=0) as f:
             mv = memoryview(data)
@@ -130,6 +158,9 @@ class _Library(_Posix):
             while got := f.readinto(buf):
                 n += got
         return n
+
+    def scan_stat(self, p: str) -> int:
+        return self.ls_l(p)
 
     def ls_l(self, p: str) -> int:
         n = 0
@@ -293,7 +324,7 @@ def table(rows: list[dict]) -> str:
         lib, loc = by.get("library"), by.get("local")
         lower_better = (mount or lib or loc or {}).get("unit") == "s"
 
-        def ratio(x, y):
+        def ratio(x, y, lower_better=lower_better):
             if not x or not y or not x["value"] or not y["value"]:
                 return "-"
             return f"{(y['value'] / x['value']) if lower_better else (x['value'] / y['value']):.2f}x"

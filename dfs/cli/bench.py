@@ -31,3 +31,5 @@ _passthrough("client", "dfs.bench.client_paths",
              "The FUSE mount, the Python library and the local disk: metadata ops, ls -l, small and large reads.")
 _passthrough("stress", "dfs.bench.stress",
              "Correctness under load: concurrent clients (and --chaos kills) checked against a model of the namespace.")
+_passthrough("meta", "dfs.bench.meta_bench",
+             "Metadata stress, mdtest-style: P processes x N files, create/stat/read/rename/unlink, ops/s and latency.")
