@@ -102,6 +102,20 @@ class _Posix:
         finally:
             os.close(fd)
 
+    def write_n(self, p: str, block: bytes, n: int, fsync: bool = False) -> None:
+        """``block`` written ``n`` times (one write each), then fsync if asked."""
+        fd = os.open(p, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        try:
+            mv = memoryview(block)
+            for _ in range(n):
+                off = 0
+                while off < len(mv):
+                    off += os.write(fd, mv[off:])
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def read(self, p: str, req: int = 1 << 20) -> int:
         buf = bytearray(req)
         n = 0
@@ -148,6 +162,13 @@ class _Library(_Posix):
             mv = memoryview(data)
             for off in range(0, len(data), req):
                 f.write(mv[off:off + req])
+            if fsync:
+                f.fsync()
+
+    def write_n(self, p: str, block: bytes, n: int, fsync: bool = False) -> None:
+        with self.c.open(p, "wb", buffering=0) as f:
+            for _ in range(n):
+                f.write(block)
             if fsync:
                 f.fsync()
 

@@ -33,3 +33,5 @@ _passthrough("stress", "dfs.bench.stress",
              "Correctness under load: concurrent clients (and --chaos kills) checked against a model of the namespace.")
 _passthrough("meta", "dfs.bench.meta_bench",
              "Metadata stress, mdtest-style: P processes x N files, create/stat/read/rename/unlink, ops/s and latency.")
+_passthrough("ai", "dfs.bench.ai",
+             "AI workloads (ls -l, shuffled small reads, checkpoints, model load): library, mount and local disk.")

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -57,3 +60,78 @@ def test_bench_meta_path_dir_per_process(tmp_path):
     _check_meta(out, 2, 50, 3)
     assert "tree remove" in r.stderr  # the progress bar went through every phase
     assert list(where.iterdir()) == []  # nothing left behind
+
+
+AI_FIGURES = {"list": {"ls -l", "listdir"}, "shuffle": {"epoch 1", "epoch 2"}, "ckpt": {"save", "restore"},
+              "load": {"cold", "warm"}}
+ENGINES = {"local", "mount", "library"}
+
+
+def _mounts_under(path) -> list[str]:
+    with open("/proc/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(str(path))]
+
+
+def _procs_mentioning(path) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmd:
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+@pytest.mark.slow
+def test_bench_ai_every_workload_and_engine_with_plots(tmp_path):
+    out, charts, root = tmp_path / "ai.json", tmp_path / "charts", tmp_path / "root"
+    r = _run(["bench", "ai", "--procs", "2", "--list-entries", "200", "--files", "24", "--file-kib", "16-64",
+              "--ckpt-mib", "4", "--load-mib", "8", "--replicas", "1", "--data-servers", "1",
+              "--root", str(root), "--json", str(out), "--plot", str(charts)])
+    res = json.loads(out.read_text())
+    assert set(res["engines"]) == ENGINES
+    got: dict[tuple[str, str], dict[str, dict]] = {}
+    for row in res["rows"]:
+        got.setdefault((row["workload"], row["figure"]), {})[row["engine"]] = row
+    assert set(got) == {(w, f) for w, fs in AI_FIGURES.items() for f in fs}
+    for key, by in got.items():
+        assert set(by) == ENGINES, key
+        for engine, row in by.items():
+            assert _positive(row["value"]) and _positive(row["seconds"]), (key, row)
+            if engine != "local":
+                assert _positive(row["ratio"]), (key, row)
+            if key[0] == "shuffle":
+                assert _positive(row["mb_s"]), row
+            if key == ("ckpt", "save"):
+                assert _positive(row["commit_ms"]), row
+    assert "| load | cold |" in r.stdout
+    for w in AI_FIGURES:
+        png = charts / f"ai-{w}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert _mounts_under(root) == []  # the tool unmounted what it mounted
+
+
+@pytest.mark.slow
+def test_bench_ai_sigterm_unmounts(tmp_path):
+    root = tmp_path / "root"
+    p = subprocess.Popen([*DFS, "bench", "ai", "--workloads", "list", "--list-entries", "5000000",
+                          "--replicas", "1", "--data-servers", "1", "--root", str(root)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 120
+        while not _mounts_under(root):
+            assert p.poll() is None, p.stdout.read()
+            assert time.monotonic() < end, "never mounted"
+            time.sleep(0.05)
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 143, out
+    assert _mounts_under(root) == [], out
+    assert _procs_mentioning(root) == [], out  # the cluster's servers and the mount process are gone
