@@ -125,7 +125,7 @@ class Bench:
             r["ratio"] = value / loc["value"]
         self.rows.append(r)
         extra = f" ({kw['mb_s']:,.1f} MB/s)" if "mb_s" in kw else ""
-        ratio = f"  {r['ratio']:.2f}x local" if "ratio" in r else ""
+        ratio = f"  {_x(r['ratio'])} local" if "ratio" in r else ""
         self.log(f"{workload:<8} {figure:<14} {engine:<8} {value:>12,.1f} {unit}{extra}{ratio}")
         return r
 
@@ -277,6 +277,11 @@ class Bench:
 
 # ---------------------------------------------------------------------- output
 
+def _x(ratio: float) -> str:
+    """A ratio, with the digits that matter when it is far below 1."""
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.3f}x"
+
+
 def table(rows: list[dict]) -> str:
     out = ["| workload | figure | local | mount | library | mount/local | library/local |",
            "|---|---|---|---|---|---|---|"]
@@ -290,7 +295,7 @@ def table(rows: list[dict]) -> str:
         return f"{r['value']:,.1f} {r['unit']}" + (f" ({r['mb_s']:,.1f} MB/s)" if "mb_s" in r else "")
 
     def ratio(r: dict | None) -> str:
-        return f"{r['ratio']:.2f}x" if r is not None and "ratio" in r else "-"
+        return _x(r["ratio"]) if r is not None and "ratio" in r else "-"
 
     for (w, f), by in figs.items():
         out.append(f"| {w} | {f} | {fmt(by.get('local'))} | {fmt(by.get('mount'))} | {fmt(by.get('library'))} | "
@@ -332,7 +337,7 @@ def plot(rows: list[dict], out_dir: str) -> list[str]:
             xs = [i + (k - (len(others) - 1) / 2) * width for i in range(len(figures))]
             ys = [val.get((f, engine), {}).get("ratio", 0) for f in figures]
             bars = axr.bar(xs, ys, width, label=f"{engine}/local", color=colors[engine])
-            axr.bar_label(bars, labels=[f"{y:.2f}x" for y in ys], fontsize=7)
+            axr.bar_label(bars, labels=[_x(y) for y in ys], fontsize=7)
         axr.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         axr.set_xticks(range(len(figures)), figures)
         axr.set_ylabel("ratio to local")
