@@ -704,13 +704,13 @@ class AsyncClient:
         p = self._abs(path)
         head, _, last = p.rpartition(b"/")
         if last and last not in (b".", b".."):
-            # One round trip: UNLINK by name (EISDIR for a directory, ENOENT for none);
-            # it answers the inode it removed, whose cached attributes go.
+            # One round trip: UNLINK by name (EISDIR for a directory, ENOENT for none).
+            # The cached attributes of the inode go if this client knows which it was.
             parent = await self._namei(head or b"/", follow=True)
             if parent.attr is not None and parent.attr.is_dir():
-                ino = None
+                ino = self.mode.entry(parent.attr.ino, last)
                 try:
-                    ino = await self.meta.unlink(parent.attr.ino, last)
+                    await self.meta.unlink(parent.attr.ino, last)
                 except err.DfsError as e:
                     e.filename = path
                     raise

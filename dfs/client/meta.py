@@ -213,9 +213,9 @@ class MetaClient:
         home = dir_home_shard(parent, name, self.nshards)
         return Attr.from_wire(await self._call(home, Op.MKDIR, [parent, name, mode, umask], caller, True))
 
-    async def unlink(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> int | None:
-        """Remove a non-directory entry (EISDIR for a directory); returns the inode it named."""
-        return await self._call(shard_of(parent), Op.UNLINK, [parent, _enc(name)], caller, True)
+    async def unlink(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> None:
+        """Remove a non-directory entry (EISDIR for a directory, ENOENT for none)."""
+        await self._call(shard_of(parent), Op.UNLINK, [parent, _enc(name)], caller, True)
 
     async def rmdir(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> None:
         await self._call(shard_of(parent), Op.RMDIR, [parent, _enc(name)], caller, True)

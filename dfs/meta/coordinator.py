@@ -239,7 +239,7 @@ class Coordinator:
         else:
             plan[shard_of(ino)].append(["nlink", ino, -1, False])
         await self._execute(rid, caller, self.clock(), plan)
-        return ino  # the caller may drop what it cached of that inode
+        return None
 
     async def _rmdir(self, rid: bytes, caller: Caller, parent: int, name: bytes):
         return await self._remove(rid, caller, parent, name, True)
