@@ -372,20 +372,6 @@ def local_tree(tmp_path_factory):
     return root
 
 
-def test_tar_roundtrip(mdir, local_tree, tmp_path):
-    tarball = str(tmp_path / "src.tar")
-    subprocess.run(["tar", "-C", os.path.dirname(local_tree), "-cf", tarball, "src"], check=True)
-    subprocess.run(["tar", "-C", mdir, "-xf", tarball], check=True)
-    back = str(tmp_path / "back.tar")
-    subprocess.run(["tar", "-C", mdir, "-cf", back, "src"], check=True)
-    out = tmp_path / "out"
-    out.mkdir()
-    subprocess.run(["tar", "-C", str(out), "-xf", back], check=True)
-    _same_tree(local_tree, str(out / "src"))
-    subprocess.run(["rm", "-rf", os.path.join(mdir, "src")], check=True)
-    assert os.listdir(mdir) == []
-
-
 @pytest.mark.timeout(1800)
 def test_tar_10000_small_files(mdir, tmp_path):
     """The issue's untar/re-tar of a tree of 10,000 small files, compared with the local copy.
