@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from dfs.cli import admin as admin_cmd
 from dfs.cli import bench as bench_cmd
 from dfs.cli import cluster as cluster_cmd
 from dfs.cli import demo as demo_cmd
@@ -22,6 +23,7 @@ cli.add_command(demo_cmd.demo)
 cli.add_command(bench_cmd.bench)
 cli.add_command(cluster_cmd.cluster)
 cli.add_command(status_cmd.status)
+cli.add_command(admin_cmd.admin)
 cli.add_command(servers_cmd.meta_server)
 cli.add_command(servers_cmd.mgmt_server)
 cli.add_command(servers_cmd.data_server)

@@ -202,6 +202,10 @@ class RaftHost(Log):
             onStateChanged=self._on_state_changed,
         )
         self._node = _Node(self, self_address, self.peers, conf)
+        # Calls to run on pysyncobj's tick thread (its state is not thread-safe).
+        self._on_tick: collections.deque[Callable[[], None]] = collections.deque()
+        self._node.addOnTickCallback(self._run_on_tick)
+        self._paused = False  # a leadership transfer holds new entries back
 
     # ----------------------------------------------------------------- apply
 
@@ -357,6 +361,8 @@ class RaftHost(Log):
         if not self.is_leader:
             self._fail_queued(NotLeader, self.leader or "")
             return
+        if self._paused:
+            return  # the transfer resumes the flush when it ends
         loop = self._get_loop()
         while self._queue and len(self._inflight) < self.max_inflight:
             items: list[_Pending] = []
@@ -532,6 +538,70 @@ class RaftHost(Log):
             if time.monotonic() >= deadline:
                 raise Unavailable(f"no leader within {timeout}s")
             await asyncio.sleep(0.02)
+
+    # ----------------------------------------------------- leadership transfer
+
+    def _run_on_tick(self) -> None:  # pysyncobj's thread
+        while self._on_tick:
+            fn = self._on_tick.popleft()
+            try:
+                fn()
+            except Exception:  # never break the tick
+                log.exception("on-tick call failed")
+
+    async def transfer_leadership(self, to: str | None = None, timeout: float = 10.0) -> str:
+        """Hand this leader's role to ``to`` (a peer's Raft address; None: the most
+        caught-up connected peer) with Raft's TimeoutNow; return the new leader.
+
+        While it runs, new commands wait in the queue (no new entries), so the
+        target can catch up with the log; once it holds every entry, it is
+        told to start an election at once, wins it (its log is complete), and
+        this node steps down: the queued commands then fail with NotLeader and
+        their callers retry at the new leader (same request ids). A refused or
+        lost transfer is retried until ``timeout``; then the queue resumes here
+        and ``Unavailable`` is raised. On a follower: NotLeader."""
+        if not self.is_leader:
+            raise NotLeader(leader=self.leader or "")
+        if to is not None and to not in self.peers:
+            raise InvalidArgument(f"{to} is not a peer of {self.self_address}")
+        loop = self._get_loop()
+        deadline = time.monotonic() + timeout
+        self._paused = True
+        try:
+            while time.monotonic() < deadline:
+                if not self.is_leader:
+                    break
+                if self._inflight:  # let the entries already handed to pysyncobj commit first
+                    await asyncio.sleep(0.005)
+                    continue
+                fut = loop.create_future()
+
+                def done(_res, code, fut=fut) -> None:  # pysyncobj's thread
+                    try:
+                        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(code))
+                    except RuntimeError:
+                        pass
+
+                self._on_tick.append(lambda: self._node.transferLeadership(to, done))
+                try:
+                    code = await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+                if code != FAIL_REASON.SUCCESS:  # not caught up yet (or not connected): try again
+                    await asyncio.sleep(0.02)
+                    continue
+                # The target was told; wait (up to about an election) for it to take over.
+                until = min(deadline, time.monotonic() + 2.0)
+                while self.is_leader and time.monotonic() < until:
+                    await asyncio.sleep(0.01)
+            if self.is_leader:
+                raise Unavailable(f"leadership not transferred within {timeout}s")
+            return await self.wait_leader(max(0.1, deadline - time.monotonic()))
+        finally:
+            self._paused = False
+            if self._queue and not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
 
     # ------------------------------------------------------------------ close
 

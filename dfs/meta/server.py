@@ -184,6 +184,27 @@ class MetaServicer(pbg.MetaServiceServicer):
                               commit_index=st.get("commit_index", 0),
                               applied_index=self.svc.store.applied_index())
 
+    async def TransferLeader(self, request, context):
+        return await transfer_leader(self.host, request, self._is_peer(context), self.leader_address)
+
+
+async def transfer_leader(host: RaftHost, request, internal: bool, leader_address) -> pb.TransferLeaderReply:
+    """TransferLeader on any Raft group's edge: internal token only; the leader moves
+    its role to ``request.to`` (or the most caught-up replica). Already led by ``to``
+    (or, with no ``to``, asked of a follower): NOT_LEADER with the leader's address."""
+    if not internal:
+        return pb.TransferLeaderReply(status=1, message="operators only (internal token)")  # EPERM
+    to = request.to or None
+    if not host.is_leader:
+        return pb.TransferLeaderReply(status=err.NOT_LEADER, leader=leader_address())
+    if to == host.self_address:
+        return pb.TransferLeaderReply(status=0, message="already the leader", leader=leader_address())
+    try:
+        await host.transfer_leadership(to, request.timeout or 10.0)
+    except err.DfsError as e:
+        return pb.TransferLeaderReply(status=e.errno, message=e.detail or str(e), leader=leader_address())
+    return pb.TransferLeaderReply(status=0, leader=leader_address())
+
 
 def shard_families(svc: ShardService, clients: Clients) -> list:
     """What a shard replica exports besides Raft and requests (read at scrape time)."""

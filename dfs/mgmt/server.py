@@ -160,6 +160,21 @@ class MgmtServicer(pbg.MgmtServiceServicer):
             return pb.GetClusterMapReply(status=e.errno, leader=self._leader())
         return await self._map_reply()
 
+    async def TransferLeader(self, request, context):
+        """Operators only (internal token); as MetaService.TransferLeader (dfs.meta.server.transfer_leader)."""
+        if not shows(context.invocation_metadata(), INTERNAL_HEADER, self._internal_token):
+            return pb.TransferLeaderReply(status=1, message="operators only (internal token)")  # EPERM
+        to = request.to or None
+        if not self.host.is_leader:
+            return pb.TransferLeaderReply(status=err.NOT_LEADER, leader=self._leader())
+        if to == self.host.self_address:
+            return pb.TransferLeaderReply(status=0, message="already the leader", leader=self._leader())
+        try:
+            await self.host.transfer_leadership(to, request.timeout or 10.0)
+        except err.DfsError as e:
+            return pb.TransferLeaderReply(status=e.errno, message=e.detail or str(e), leader=self._leader())
+        return pb.TransferLeaderReply(status=0, leader=self._leader())
+
     async def _submit(self, *cmd) -> None:
         await self.host.submit(msgpack.packb(list(cmd)), timeout=5.0)
 
