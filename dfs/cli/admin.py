@@ -11,6 +11,12 @@ only that.
   the group's leader hands its role to replica R (or the most caught-up one)
   with Raft's TimeoutNow; the command returns once the new leader answers as
   leader and every other replica names it.
+* ``drain-target T`` / ``drain-server ID``: the target(s) become "draining";
+  mgmt gives each of their chains a replacement target, which resyncs from the
+  chain's tail like a returning target and then serves, and only then is the
+  drained target taken out of the chain. Progress: chains left.
+* ``remove-target T [--force]``: forget a target; refused while a chain would
+  keep fewer serving targets than its replica count without it.
 """
 
 from __future__ import annotations
@@ -96,6 +102,8 @@ async def transfer(cfg, creds, shard: int | None, to: int | None, deadline: floa
     if to is not None and not any(r.id == to for r in reps):
         raise click.ClickException(f"no replica {to} in {'mgmt' if mgmt else f'shard {shard}'}")
     want = next((r for r in reps if r.id == to), None)
+    if len(reps) < 2:
+        raise click.ClickException("a group of one replica has no other replica to lead")
     md = _internal(cfg)
     end = time.monotonic() + deadline
     old = None
@@ -147,3 +155,167 @@ def transfer_leader(obj, shard: int | None, mgmt: bool, to: int | None, timeout:
     reps = cfg.mgmt if mgmt else cfg.shard(shard).replicas
     rid = next(r.id for r in reps if r.address == lead)
     click.echo(f"{'mgmt' if mgmt else f'shard {shard}'}: replica {rid} ({lead}) leads")
+
+
+# ------------------------------------------------------------------ data targets
+
+async def get_map(cfg, creds, timeout: float = 2.0):
+    """The cluster map of the first mgmt replica that answers (a ``dfs.rpc.transport.ClusterMap``)."""
+    import grpc
+
+    from dfs._proto import meta_pb2 as pb
+    from dfs._proto import meta_pb2_grpc as pbg
+    from dfs.rpc.transport import ClusterMap
+
+    for m in cfg.mgmt:
+        async with creds.channel(m.address) as ch:
+            try:
+                rep = await pbg.MgmtServiceStub(ch).GetClusterMap(pb.GetClusterMapRequest(), timeout=timeout)
+            except grpc.aio.AioRpcError:
+                continue
+        if rep.status == 0:
+            return ClusterMap.from_pb(rep.map)
+    return None
+
+
+async def mgmt_command(cfg, creds, cmd: list, deadline: float = DEADLINE) -> list:
+    """Run one admin command of the cluster map on the mgmt leader (following NOT_LEADER,
+    retrying while no leader answers); returns what it answered beyond the epoch."""
+    import grpc
+    import msgpack
+
+    from dfs._proto import meta_pb2 as pb
+    from dfs._proto import meta_pb2_grpc as pbg
+    from dfs.common import errors as err
+
+    req = pb.AdminRequest(command=msgpack.packb(cmd))
+    md = _internal(cfg)
+    end = time.monotonic() + deadline
+    addrs = [m.address for m in cfg.mgmt]
+    hint = None
+    while time.monotonic() < end:
+        for addr in ([hint] if hint else []) + addrs:
+            async with creds.channel(addr) as ch:
+                try:
+                    rep = await pbg.MgmtServiceStub(ch).Admin(req, metadata=md, timeout=10.0)
+                except grpc.aio.AioRpcError:
+                    continue
+            if rep.status == err.NOT_LEADER:
+                hint = rep.leader or None
+                continue
+            if rep.status == 0:
+                return msgpack.unpackb(rep.result, raw=False)
+            if rep.status in (err.UNAVAILABLE, 11):  # no commit yet (EAGAIN-class): again
+                continue
+            raise click.ClickException(f"{cmd[0]} refused: {rep.message or rep.status}")
+        await asyncio.sleep(0.2)
+    raise click.ClickException(f"no mgmt leader accepted {cmd[0]} within {deadline:.0f}s")
+
+
+def _chains_of(m, tid: int) -> set[int]:
+    return {c.id for c in m.chains if tid in c.members}
+
+
+async def drain(cfg, creds, tids: list[int], timeout: float, progress: bool = True) -> None:
+    """Drain ``tids``: mark them draining (mgmt gives each of their chains a replacement
+    target) and wait until none is a member of any chain, with a progress bar of chains."""
+    from tqdm import tqdm
+
+    m = await get_map(cfg, creds)
+    if m is None:
+        raise click.ClickException("no mgmt replica answers")
+    unknown = [t for t in tids if t not in m.targets]
+    if unknown:
+        raise click.ClickException(f"no target {unknown[0]} in the cluster map")
+    todo = {(t, c) for t in tids for c in _chains_of(m, t)}
+    end = time.monotonic() + timeout
+    for t in tids:
+        stuck = (await mgmt_command(cfg, creds, ["drain", t]))[0]
+        if stuck:
+            raise click.ClickException(
+                f"target {t}: no target can replace it in chains {stuck} (every other target is in the "
+                f"chain, draining or offline); add a data server first")
+    bar = tqdm(total=len(todo), desc="drain " + ",".join(f"t{t}" for t in tids), unit="chain",
+               disable=not progress)
+    try:
+        done: set = set()
+        resubmit = time.monotonic() + 5.0
+        while True:
+            m = await get_map(cfg, creds)
+            if m is not None:
+                now_done = {(t, c) for t, c in todo if c not in _chains_of(m, t)}
+                bar.update(len(now_done - done))
+                done |= now_done
+                if all(not _chains_of(m, t) for t in tids):
+                    return
+            if time.monotonic() > end:
+                left = sorted(c for t in tids for c in (_chains_of(m, t) if m else ()))
+                raise click.ClickException(f"chains {left} still wait for their resync after {timeout:.0f}s "
+                                           f"(the drain goes on; run the command again to keep watching)")
+            if time.monotonic() > resubmit:  # safe to repeat: gives replacements to chains that lack one
+                for t in tids:
+                    await mgmt_command(cfg, creds, ["drain", t])
+                resubmit = time.monotonic() + 5.0
+            await asyncio.sleep(0.2)
+    finally:
+        bar.close()
+
+
+def _target_ids(m, *, server: int | None = None, target: int | None = None) -> list[int]:
+    if server is not None:
+        tids = sorted(tid for tid, t in m.targets.items() if t.server == server)
+        if not tids:
+            raise click.ClickException(f"data server {server} has no target in the cluster map")
+        return tids
+    return [target]
+
+
+@admin.command("drain-target")
+@click.argument("target", type=int)
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds to wait for the resyncs")
+@click.pass_obj
+def drain_target(obj, target: int, timeout: float) -> None:
+    """Move TARGET out of its chains after re-replicating them elsewhere."""
+    from dfs.rpc import auth
+
+    cfg = _config(obj["cluster"], obj["data"])
+    creds = auth.remember_config(cfg)
+    asyncio.run(drain(cfg, creds, [target], timeout))
+    click.echo(f"target {target} drained: it is in no chain (dfs admin remove-target {target} forgets it)")
+
+
+@admin.command("drain-server")
+@click.argument("server", type=int)
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds to wait for the resyncs")
+@click.pass_obj
+def drain_server(obj, server: int, timeout: float) -> None:
+    """Drain every target of data server SERVER; afterwards it can be stopped."""
+    from dfs.rpc import auth
+
+    cfg = _config(obj["cluster"], obj["data"])
+    creds = auth.remember_config(cfg)
+
+    async def go():
+        m = await get_map(cfg, creds)
+        if m is None:
+            raise click.ClickException("no mgmt replica answers")
+        tids = _target_ids(m, server=server)
+        await drain(cfg, creds, tids, timeout)
+        return tids
+
+    tids = asyncio.run(go())
+    click.echo(f"data server {server} drained (targets {tids} are in no chain): it can be stopped")
+
+
+@admin.command("remove-target")
+@click.argument("target", type=int)
+@click.option("--force", is_flag=True, help="even if a chain keeps fewer serving targets than its replica count")
+@click.pass_obj
+def remove_target(obj, target: int, force: bool) -> None:
+    """Take TARGET out of the cluster map (refused while chains still need it, unless --force)."""
+    from dfs.rpc import auth
+
+    cfg = _config(obj["cluster"], obj["data"])
+    creds = auth.remember_config(cfg)
+    asyncio.run(mgmt_command(cfg, creds, ["remove_target", target, cfg.replicas_per_chain, force]))
+    click.echo(f"target {target} is not in the cluster map")

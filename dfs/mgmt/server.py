@@ -128,6 +128,7 @@ class MgmtServicer(pbg.MgmtServiceServicer):
         self._seen: dict[int, float] = {}  # target -> loop time of its last heartbeat (leader only)
         self._capacity_sent: dict[int, float] = {}
         self._leading = False
+        self._unknown: set[int] = set()
         self._internal_token = cfg.internal_token
 
     def _leader(self) -> str:
@@ -160,6 +161,30 @@ class MgmtServicer(pbg.MgmtServiceServicer):
             return pb.GetClusterMapReply(status=e.errno, leader=self._leader())
         return await self._map_reply()
 
+    ADMIN_COMMANDS = ("drain", "remove_target")
+
+    @_timed
+    async def Admin(self, request, context):
+        """Operators only (internal token): one cluster-map command of ADMIN_COMMANDS, on the leader."""
+        if not shows(context.invocation_metadata(), INTERNAL_HEADER, self._internal_token):
+            return pb.AdminReply(status=1, message="operators only (internal token)")  # EPERM
+        if not self.host.is_leader:
+            return pb.AdminReply(status=err.NOT_LEADER, leader=self._leader())
+        try:
+            cmd = msgpack.unpackb(request.command, raw=False)
+        except Exception:  # noqa: BLE001 - any undecodable command is EINVAL
+            cmd = None
+        if not isinstance(cmd, list) or not cmd or cmd[0] not in self.ADMIN_COMMANDS:
+            return pb.AdminReply(status=22, message=f"not an admin command: {cmd!r}", leader=self._leader())
+        log.info("admin command %r", cmd)
+        try:
+            res = msgpack.unpackb(await self.host.submit(msgpack.packb(cmd), timeout=5.0), raw=False)
+        except err.DfsError as e:
+            return pb.AdminReply(status=e.errno, message=e.detail or str(e), leader=self._leader())
+        if res[0] != 0:
+            return pb.AdminReply(status=res[0], message=str(res[1]), leader=self._leader())
+        return pb.AdminReply(status=0, epoch=res[1], result=msgpack.packb(res[2:]), leader=self._leader())
+
     async def TransferLeader(self, request, context):
         """Operators only (internal token); as MetaService.TransferLeader (dfs.meta.server.transfer_leader)."""
         if not shows(context.invocation_metadata(), INTERNAL_HEADER, self._internal_token):
@@ -189,8 +214,10 @@ class MgmtServicer(pbg.MgmtServiceServicer):
         try:
             for ts in request.targets:
                 t = m["targets"].get(ts.id)
-                if t is None:
-                    log.warning("heartbeat from server %d names unknown target %d", request.server, ts.id)
+                if t is None:  # never in the map, or removed (dfs admin remove-target): once per target
+                    if ts.id not in self._unknown:
+                        self._unknown.add(ts.id)
+                        log.warning("heartbeat from server %d names unknown target %d", request.server, ts.id)
                     continue
                 self._seen[ts.id] = now
                 if t["state"] == OFFLINE:

@@ -8,7 +8,10 @@ The map is a plain dict::
      "targets": {target_id: {"server", "address", "state", "total", "free"}},
      "chains":  [{"id", "version", "members", "serving", "syncing"}...]}
 
-A target's ``state`` is "serving", "syncing" or "offline". A chain's
+A target's ``state`` is "serving", "syncing", "offline" or "draining" (a
+target an operator is moving out: it serves, but its chains are being
+re-replicated elsewhere; ``"draining": True`` on the target keeps that across
+going down and up). A chain's
 ``members`` are its configured targets in configured order; ``serving`` the
 members that serve, head -> tail; ``syncing`` the members being resynced
 (they receive forwarded writes after the tail, serve no reads). A chain's id
@@ -32,7 +35,19 @@ capacity bumps the epoch by one:
 * ``["chain_synced", chain_id, target_id]``: a syncing target finished its
   resync into a chain: it moves to the tail of ``serving``; the target is
   "serving" once it serves in all its chains;
-* ``["capacity", id, total, free]``: capacity report, no epoch bump.
+* ``["capacity", id, total, free]``: capacity report, no epoch bump;
+* ``["drain", id]``: the target becomes draining; every chain it is a member
+  of and that has no replacement for it yet gets one: a target that is not
+  offline or draining and not in the chain (preferring servers the chain does
+  not use, then the fewest chain memberships, then the lowest id) joins the
+  chain's members and ``syncing`` and is recorded in the chain's
+  ``replacing`` (``{new: old}``). When the replacement's resync finishes
+  (``chain_synced``), it serves and the drained target leaves the chain in the
+  same command. Answered ``[0, epoch, chains left without a replacement]``;
+* ``["remove_target", id, replicas, force]``: the target leaves the target
+  table. Refused while it is a member of a chain that would keep fewer than
+  ``replicas`` serving targets without it, unless ``force`` (never when it is
+  a chain's only member). Removing an unknown target is a no-op.
 """
 
 from __future__ import annotations
@@ -51,6 +66,7 @@ K_MAP = b"C:map"
 SERVING = "serving"
 SYNCING = "syncing"
 OFFLINE = "offline"
+DRAINING = "draining"
 
 
 def _unpack(b: bytes):
@@ -135,7 +151,7 @@ def _target_up(m: dict, tid: int) -> tuple[bool, bool]:
         if tid in c["members"] and tid not in c["serving"] and tid not in c["syncing"]:
             c["syncing"].append(tid)
             c["version"] += 1
-    t["state"] = SERVING if _serving_everywhere(m, tid) else SYNCING
+    t["state"] = _up_state(t, SERVING if _serving_everywhere(m, tid) else SYNCING)
     return True, True
 
 
@@ -150,7 +166,85 @@ def _chain_synced(m: dict, cid: int, tid: int) -> tuple[bool, bool]:
     c["serving"].append(tid)
     c["version"] += 1
     if _serving_everywhere(m, tid):
-        t["state"] = SERVING
+        t["state"] = _up_state(t, SERVING)
+    old = c.get("replacing", {}).pop(tid, None)
+    if old is not None and old in c["members"]:  # a drained target's replacement serves: it goes
+        for k in ("members", "serving", "syncing"):
+            if old in c[k]:
+                c[k].remove(old)
+    return True, True
+
+
+def _up_state(t: dict, state: str) -> str:
+    return DRAINING if state == SERVING and t.get("draining") else state
+
+
+def _replacement(m: dict, c: dict, old: int) -> int | None:
+    """A target to take ``old``'s place in chain ``c`` (deterministic), or None."""
+    used_servers = {m["targets"][x]["server"] for x in c["members"] if x != old and x in m["targets"]}
+    load: dict[int, int] = {}
+    for ch in m["chains"]:
+        for x in ch["members"]:
+            load[x] = load.get(x, 0) + 1
+    cands = [(t["server"] in used_servers, load.get(tid, 0), tid) for tid, t in m["targets"].items()
+             if tid not in c["members"] and not t.get("draining") and t["state"] != OFFLINE]
+    return min(cands)[2] if cands else None
+
+
+def _drain(m: dict, tid: int) -> tuple[bool, bool, list[int]]:
+    t = _target(m, tid)
+    changed = False
+    if not t.get("draining"):
+        t["draining"] = True
+        changed = True
+    if t["state"] == SERVING:
+        t["state"] = DRAINING
+        changed = True
+    stuck = []
+    for c in m["chains"]:
+        if tid not in c["members"] or tid in c.get("replacing", {}).values():
+            continue
+        new = _replacement(m, c, tid)
+        if new is None:
+            stuck.append(c["id"])
+            continue
+        c["members"].append(new)
+        c["syncing"].append(new)
+        c.setdefault("replacing", {})[new] = tid
+        c["version"] += 1
+        changed = True
+        nt = m["targets"][new]
+        if nt["state"] == SERVING:
+            nt["state"] = SYNCING
+    return changed, changed, stuck
+
+
+def _remove_target(m: dict, tid: int, replicas: int, force: bool) -> tuple[bool, bool]:
+    if not isinstance(tid, int) or tid not in m["targets"]:
+        return False, False
+    for c in m["chains"]:
+        if tid not in c["members"]:
+            continue
+        if len(c["members"]) == 1:
+            raise CommandError(f"target {tid} is the only member of chain {c['id']}")
+        left = len([x for x in c["serving"] if x != tid])
+        if left < replicas and not force:
+            raise CommandError(f"chain {c['id']} would keep {left} serving targets of {replicas} "
+                               f"without target {tid} (drain it first, or force)")
+        if left == 0:
+            raise CommandError(f"target {tid} is the only serving target of chain {c['id']}")
+    for c in m["chains"]:
+        touched = False
+        for k in ("members", "serving", "syncing"):
+            if tid in c[k]:
+                c[k].remove(tid)
+                touched = True
+        rep = c.get("replacing", {})
+        for new in [n for n, o in rep.items() if o == tid or n == tid]:
+            del rep[new]
+        if touched:
+            c["version"] += 1
+    del m["targets"][tid]
     return True, True
 
 
@@ -167,6 +261,8 @@ COMMANDS = {
     "target_up": _target_up,
     "chain_synced": _chain_synced,
     "capacity": _capacity,
+    "drain": _drain,
+    "remove_target": _remove_target,
 }
 
 
@@ -220,13 +316,13 @@ class MgmtStore(StateMachine):
                 if fn is None:
                     raise CommandError(f"unknown command {kind!r}")
                 new = copy.deepcopy(cur)  # a failing command leaves no trace
-                changed, bump = fn(new, *args)
+                changed, bump, *extra = fn(new, *args)
                 if changed:
                     if bump:
                         new["epoch"] += 1
                     cur = new
                     dirty = True
-                results.append(msgpack.packb([0, cur["epoch"]]))
+                results.append(msgpack.packb([0, cur["epoch"], *extra]))
             except Exception as e:  # deterministic: same on every replica
                 results.append(msgpack.packb([errno.EINVAL, str(e)]))
         if dirty:

@@ -274,8 +274,9 @@ class LocalCluster:
         if m is None:
             return False
         if self.data_procs():  # and every target of the data servers we run serving
-            want = {t.id for d in self.cfg.data for t in d.targets}
-            return want <= {tid for tid, t in m.targets.items() if t.state == "serving"}
+            # (those still in the map: `dfs admin remove-target` takes targets out; drained ones count)
+            want = {t.id for d in self.cfg.data for t in d.targets} & set(m.targets)
+            return want <= {tid for tid, t in m.targets.items() if t.state in ("serving", "draining")}
         return True
 
     def cluster_map(self) -> ClusterMap | None:

@@ -77,6 +77,46 @@ class Creators:
         return sum(len(a) for a in self.acked)
 
 
+# ---------------------------------------------------------------------- the map's commands
+
+def small_map(servers: int = 4, replicas: int = 3) -> dict:
+    from dfs.mgmt.store import build_chains, targets_from_servers
+
+    srv = [(s, f"h:{s}", [s + 1]) for s in range(servers)]
+    return {"epoch": 1, "targets": targets_from_servers(srv),
+            "chains": build_chains([(s, t) for s, _, t in srv], replicas)}
+
+
+def test_map_commands_drain_move_remove() -> None:
+    from dfs.mgmt.store import COMMANDS, CommandError
+
+    m = small_map()
+    chains_of = [c["id"] for c in m["chains"] if 4 in c["members"]]
+    changed, _, stuck = COMMANDS["drain"](m, 4)
+    assert changed and stuck == [] and m["targets"][4]["state"] == "draining"
+    for cid in chains_of:
+        c = m["chains"][cid]
+        (new,) = c["syncing"]
+        assert c["replacing"] == {new: 4} and 4 in c["serving"]
+    assert COMMANDS["drain"](m, 4)[0] is False  # a repeat changes nothing
+    with pytest.raises(CommandError):  # still serving, chains would drop below 3
+        COMMANDS["remove_target"](m, 4, 3, False)
+    for cid in chains_of:
+        new = m["chains"][cid]["syncing"][0]
+        COMMANDS["chain_synced"](m, cid, new)
+        c = m["chains"][cid]
+        assert 4 not in c["members"] and new in c["serving"] and len(c["serving"]) == 3 and not c["replacing"]
+    COMMANDS["target_down"](m, 4)
+    COMMANDS["target_up"](m, 4)
+    assert m["targets"][4]["state"] == "draining"
+    assert COMMANDS["remove_target"](m, 4, 3, False)[0] and 4 not in m["targets"]
+    assert COMMANDS["remove_target"](m, 4, 3, False)[0] is False
+    # with --force: a chain may drop below its count, never to no serving target
+    victim = m["chains"][0]["members"][0]
+    assert COMMANDS["remove_target"](m, victim, 3, True)[0]
+    assert all(victim not in ch["members"] for ch in m["chains"])
+
+
 @pytest.fixture
 def cluster(tmp_path):
     c = LocalCluster(str(tmp_path / "c"), shards=2, replicas=3, mgmt_replicas=3)
@@ -128,3 +168,160 @@ def test_transfer_leader_refuses_bad_arguments(cluster: LocalCluster) -> None:
     assert admin(cluster, "transfer-leader") != 0
     assert admin(cluster, "transfer-leader", "--shard", "7") != 0
     assert admin(cluster, "transfer-leader", "--shard", "0", "--to", "9") != 0
+
+
+# ---------------------------------------------------------------------- data targets
+
+class Writers:
+    """``n`` threads writing files of 100 KB (chunks on the data servers, not inline) through
+    the library, every other write overwriting one of their earlier files; ``acked`` maps
+    each path to the content of its last acknowledged write."""
+
+    def __init__(self, cluster: LocalCluster, n: int = 3) -> None:
+        import dfs
+
+        self.fs = dfs.connect(cluster.config_path, uid=0, gid=0, groups=())
+        self.stop = threading.Event()
+        self.acked: dict[str, bytes] = {}
+        self.writes = 0
+        self.errors: list[BaseException] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
+        for i in range(n):
+            self.fs.makedirs(f"/w{i}", exist_ok=True)
+
+    def _run(self, i: int) -> None:
+        import random
+
+        rnd = random.Random(i)
+        k = 0
+        mine: list[str] = []
+        while not self.stop.is_set():
+            if mine and k % 2:
+                path = rnd.choice(mine)
+            else:
+                path = f"/w{i}/f{k}"
+            data = rnd.randbytes(100_000)
+            k += 1
+            try:
+                self.fs.write_bytes(path, data)
+            except OSError as e:  # not acknowledged: not counted (a retry may still have written it)
+                self.errors.append(e)
+                self.acked.pop(path, None)  # its content is unknown now
+                continue
+            if path not in mine:
+                mine.append(path)
+            self.acked[path] = data
+            self.writes += 1
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
+
+    def verify(self) -> None:
+        bad = [p for p, d in sorted(self.acked.items()) if self.fs.read_bytes(p) != d]
+        assert not bad, f"{len(bad)} of {len(self.acked)} acknowledged writes lost: {bad[:10]}"
+
+
+def chain_listings(cluster: LocalCluster, m) -> dict[tuple[int, int], list]:
+    """(chain, serving target) -> the target's chunks of the chain (SYNC_LIST: id, version, digest)."""
+    import asyncio
+
+    import msgpack
+
+    from dfs.rpc import dataplane as dp
+    from dfs.rpc.data import Pool
+
+    async def go():
+        pool = Pool(auth=cluster.credentials)
+        out = {}
+        try:
+            for c in m.chains:
+                for tid in c.targets:
+                    items, cursor = [], None
+                    while True:
+                        h = dp.Header(dp.SYNC_LIST, chain_id=c.id, target=tid)
+                        if cursor is not None:
+                            h = h._replace(flags=dp.F_CURSOR, ino=cursor[0], index=cursor[1])
+                        rh, rp = await pool.call(m.targets[tid].address, h, b"", 10.0)
+                        dp.raise_for(rh, rp)
+                        items += [tuple(x) for x in msgpack.unpackb(bytes(rp))]
+                        if not rh.flags & dp.F_MORE:
+                            break
+                        cursor = (rh.ino, rh.index)
+                    out[(c.id, tid)] = sorted(items)
+        finally:
+            await pool.close()
+        return out
+
+    return asyncio.run(go())
+
+
+def assert_fully_replicated(cluster: LocalCluster, replicas: int, gone: set[int]) -> None:
+    """Every chain has ``replicas`` serving targets, none of ``gone``, all holding the same chunks
+    at the same versions (no writes may be running)."""
+    def healthy():
+        m = cluster.cluster_map()
+        return m if m is not None and all(not c.syncing and len(c.targets) == replicas for c in m.chains) else None
+
+    m = until(healthy, 60, f"every chain with {replicas} serving targets")  # (a heartbeat may lapse under load)
+    for c in m.chains:
+        assert not gone & set(c.members), f"chain {c.id} still has {gone & set(c.members)}"
+    lists = chain_listings(cluster, m)
+    total = 0
+    for c in m.chains:
+        first = lists[(c.id, c.targets[0])]
+        total += len(first)
+        for tid in c.targets[1:]:
+            assert lists[(c.id, tid)] == first, f"chain {c.id}: target {tid} differs from {c.targets[0]}"
+    assert total > 0
+
+
+@pytest.fixture
+def data_cluster(tmp_path):
+    c = LocalCluster(str(tmp_path / "d"), shards=1, replicas=3, mgmt_replicas=3, data_servers=4,
+                     chain_replicas=3)
+    c.start(timeout=90)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_drain_and_remove_under_write_load(data_cluster: LocalCluster) -> None:
+    cluster = data_cluster
+    victim = 3  # data server 3, target 4
+    tid = cluster.cfg.data_server(victim).targets[0].id
+    m = cluster.cluster_map()
+    assert any(tid in c.members for c in m.chains)
+    # a target that chains still need is not removed without --force
+    assert admin(cluster, "remove-target", str(tid)) != 0
+    w = Writers(cluster)
+    try:
+        with w:
+            until(lambda: w.writes >= 20, 60, "writes acknowledged before the drain")
+            assert admin(cluster, "drain-server", str(victim), "--timeout", "120") == 0
+            m = cluster.cluster_map()
+            assert m.targets[tid].state in ("draining", "offline")  # offline only if a heartbeat lapsed
+            assert not any(tid in c.members for c in m.chains)
+            n = w.writes
+            until(lambda: w.writes >= n + 20, 60, "writes acknowledged after the drain")
+            # again: nothing left to do
+            assert admin(cluster, "drain-target", str(tid), "--timeout", "30") == 0
+        cluster.wait_all_converged(60)
+        assert_fully_replicated(cluster, 3, {tid})
+        # the drained server stops (kill -9) with nothing lost; it leaves the map
+        dp = next(p for p in cluster.data_procs() if p.replica == victim)
+        cluster.kill(dp)
+        assert admin(cluster, "remove-target", str(tid)) == 0
+        assert admin(cluster, "remove-target", str(tid)) == 0  # safe to repeat
+        assert tid not in cluster.cluster_map().targets
+        w.verify()
+        assert_fully_replicated(cluster, 3, {tid})
+    finally:
+        w.fs.close()
