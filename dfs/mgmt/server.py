@@ -161,7 +161,7 @@ class MgmtServicer(pbg.MgmtServiceServicer):
             return pb.GetClusterMapReply(status=e.errno, leader=self._leader())
         return await self._map_reply()
 
-    ADMIN_COMMANDS = ("drain", "remove_target")
+    ADMIN_COMMANDS = ("drain", "remove_target", "add_server", "move")
 
     @_timed
     async def Admin(self, request, context):

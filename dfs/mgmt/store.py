@@ -47,7 +47,17 @@ capacity bumps the epoch by one:
 * ``["remove_target", id, replicas, force]``: the target leaves the target
   table. Refused while it is a member of a chain that would keep fewer than
   ``replicas`` serving targets without it, unless ``force`` (never when it is
-  a chain's only member). Removing an unknown target is a no-op.
+  a chain's only member). Removing an unknown target is a no-op;
+* ``["add_server", server, address, [target ids]]``: targets of a data server
+  added to the cluster file after the map was made join the target table,
+  "offline" until their first heartbeat (then ``target_up`` makes them
+  "serving": they are in no chain yet). A repeat is a no-op; a target id or
+  address already used by another server is refused;
+* ``["move", chain_id, old, new]``: one chain membership moves from ``old`` to
+  ``new`` the way a drain does (``new`` joins as syncing with
+  ``replacing[new] = old``; ``old`` leaves when ``new`` is synced). Refused
+  while the chain has a move or drain replacement in progress; a no-op once
+  ``old`` is no longer a member.
 """
 
 from __future__ import annotations
@@ -248,6 +258,44 @@ def _remove_target(m: dict, tid: int, replicas: int, force: bool) -> tuple[bool,
     return True, True
 
 
+def _add_server(m: dict, sid: int, address: str, tids: list[int]) -> tuple[bool, bool]:
+    for tid, t in m["targets"].items():
+        if t["address"] == address and t["server"] != sid:
+            raise CommandError(f"address {address} is data server {t['server']}'s")
+    changed = False
+    for tid in tids:
+        t = m["targets"].get(tid)
+        if t is None:
+            m["targets"][tid] = {"server": sid, "address": address, "state": OFFLINE, "total": 0, "free": 0}
+            changed = True
+        elif t["server"] != sid:
+            raise CommandError(f"target {tid} is data server {t['server']}'s")
+    return changed, changed
+
+
+def _move(m: dict, cid: int, old: int, new: int) -> tuple[bool, bool]:
+    if not isinstance(cid, int) or not 0 <= cid < len(m["chains"]):
+        raise CommandError(f"no chain {cid!r}")
+    c = m["chains"][cid]
+    nt = _target(m, new)
+    rep = c.setdefault("replacing", {})
+    if old not in c["members"] or rep.get(new) == old:
+        return False, False  # done, or a repeat
+    if rep:
+        raise CommandError(f"chain {cid} has a move in progress")
+    if new in c["members"]:
+        raise CommandError(f"target {new} is already in chain {cid}")
+    if nt["state"] == OFFLINE or nt.get("draining"):
+        raise CommandError(f"target {new} is {nt['state']}")
+    c["members"].append(new)
+    c["syncing"].append(new)
+    rep[new] = old
+    c["version"] += 1
+    if nt["state"] == SERVING:
+        nt["state"] = SYNCING
+    return True, True
+
+
 def _capacity(m: dict, tid: int, total: int, free: int) -> tuple[bool, bool]:
     t = _target(m, tid)
     if (t["total"], t["free"]) == (total, free):
@@ -263,6 +311,8 @@ COMMANDS = {
     "capacity": _capacity,
     "drain": _drain,
     "remove_target": _remove_target,
+    "add_server": _add_server,
+    "move": _move,
 }
 
 

@@ -216,6 +216,30 @@ class LocalCluster:
         self.kill(p)
         self.spawn(p)
 
+    def add_data_server(self, targets: int = 1, spawn: bool = True) -> Proc:
+        """Append a data server (new id, new target ids, free ports) to the cluster file and
+        (``spawn``) start it. The running processes keep the file they loaded; the new server
+        joins the cluster map with `dfs admin add-data-server ID`."""
+        from dataclasses import replace
+
+        host = self.cfg.mgmt[0].address.rsplit(":", 1)[0]
+        sid = max((d.id for d in self.cfg.data), default=-1) + 1
+        first = max((t.id for d in self.cfg.data for t in d.targets), default=0) + 1
+        metrics = any(d.metrics for d in self.cfg.data) or (not self.cfg.data and bool(self.cfg.mgmt[0].metrics))
+        ports = iter(free_ports(2 if metrics else 1, host))
+        ds = DataServerConfig(sid, f"{host}:{next(ports)}", tuple(
+            TargetConfig(first + t, os.path.join(self.root, f"data{sid}", f"t{t}")) for t in range(targets)),
+            f"{host}:{next(ports)}" if metrics else None)
+        self.cfg = replace(self.cfg, data=self.cfg.data + (ds,))
+        self._save_private(self.config_path, self.cfg.save)
+        self.credentials = rpc_auth.remember_config(self.cfg)
+        d = os.path.join(self.root, f"data{sid}")
+        p = Proc("data", -1, sid, ds.address, d, d + ".log", metrics=ds.metrics)
+        self.procs.append(p)
+        if spawn:
+            self.spawn(p)
+        return p
+
     def __enter__(self) -> LocalCluster:
         return self.start()
 

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from dfs.cli.admin import plan_moves
 from dfs.cli.main import main as dfs_main
 from dfs.common.ids import ROOT_INO, shard_of
 from dfs.testing.cluster import LocalCluster
@@ -111,10 +112,37 @@ def test_map_commands_drain_move_remove() -> None:
     assert m["targets"][4]["state"] == "draining"
     assert COMMANDS["remove_target"](m, 4, 3, False)[0] and 4 not in m["targets"]
     assert COMMANDS["remove_target"](m, 4, 3, False)[0] is False
+    # a new server, a move onto it, one at a time per chain
+    COMMANDS["add_server"](m, 9, "h:9", [10])
+    assert m["targets"][10]["state"] == "offline"
+    with pytest.raises(CommandError):
+        COMMANDS["add_server"](m, 8, "h:9", [11])  # another server's address
+    COMMANDS["target_up"](m, 10)
+    assert m["targets"][10]["state"] == "serving"
+    c = m["chains"][0]
+    old = c["members"][0]
+    assert COMMANDS["move"](m, 0, old, 10)[0]
+    assert COMMANDS["move"](m, 0, old, 10)[0] is False
+    with pytest.raises(CommandError):
+        COMMANDS["move"](m, 0, c["members"][1], 10)
+    COMMANDS["chain_synced"](m, 0, 10)
+    assert old not in c["members"] and c["serving"][-1] == 10
     # with --force: a chain may drop below its count, never to no serving target
-    victim = m["chains"][0]["members"][0]
+    victim = c["members"][0]
     assert COMMANDS["remove_target"](m, victim, 3, True)[0]
     assert all(victim not in ch["members"] for ch in m["chains"])
+
+
+def test_plan_moves_balances() -> None:
+    from dfs.mgmt.server import map_to_pb
+    from dfs.rpc.transport import ClusterMap
+
+    m = small_map(3)
+    m["targets"][4] = {"server": 3, "address": "h:3", "state": "serving", "total": 0, "free": 0}
+    m.update(cluster_id="x", mgmt=[], shards=[])
+    moves = plan_moves(ClusterMap.from_pb(map_to_pb(m)))
+    assert len(moves) == 2 and all(new == 4 for _, _, new in moves)
+    assert len({cid for cid, _, _ in moves}) == 2
 
 
 @pytest.fixture
@@ -325,3 +353,38 @@ def test_drain_and_remove_under_write_load(data_cluster: LocalCluster) -> None:
         assert_fully_replicated(cluster, 3, {tid})
     finally:
         w.fs.close()
+
+
+def test_add_data_server_and_rebalance_under_write_load(tmp_path) -> None:
+    cluster = LocalCluster(str(tmp_path / "g"), shards=1, replicas=3, mgmt_replicas=3, data_servers=3,
+                           chain_replicas=3)
+    cluster.start(timeout=90)
+    w = None
+    try:
+        w = Writers(cluster)
+        with w:
+            until(lambda: w.writes >= 20, 60, "writes acknowledged before the new server")
+            # a server appended to the cluster file, not running yet: its targets enter the map
+            # (offline) and the command says to start it
+            p = cluster.add_data_server(spawn=False)
+            tid = cluster.cfg.data_server(p.replica).targets[0].id
+            assert admin(cluster, "add-data-server", str(p.replica), "--timeout", "1") != 0
+            assert cluster.cluster_map().targets[tid].state == "offline"
+            cluster.spawn(p)
+            assert admin(cluster, "add-data-server", str(p.replica)) == 0
+            assert admin(cluster, "add-data-server", str(p.replica)) == 0  # safe to repeat
+            assert admin(cluster, "rebalance", "--timeout", "120") == 0
+            m = cluster.cluster_map()
+            load = {t: sum(1 for c in m.chains if t in c.members) for t in m.targets}
+            assert load[tid] >= 2 and max(load.values()) - min(load.values()) <= 1, load
+            n = w.writes
+            until(lambda: w.writes >= n + 20, 60, "writes acknowledged after the rebalance")
+            assert admin(cluster, "rebalance") == 0  # balanced: nothing to move
+            assert plan_moves(cluster.cluster_map()) == []
+        cluster.wait_all_converged(60)
+        assert_fully_replicated(cluster, 3, set())
+        w.verify()
+    finally:
+        if w is not None:
+            w.fs.close()
+        cluster.stop()
