@@ -227,7 +227,8 @@ def test_orphan_scan_frees_unreferenced_chunks(busy_cluster):
                 ghost_data[k] = random.Random(10 + k).randbytes(CS - k)
                 await cl.data.write(ghost, k, 0, ghost_data[k], LAYOUT)
                 await cl.data.write(nowhere, k, 0, b"n" * 1000, LAYOUT)
-            assert set(await cl.holders(ghost, 3)) == set(cl.data.map.targets)
+            # Every target had the ghost's chunks (each write was acknowledged by its chain's
+            # tail); with scans every 0.5 s and no grace, one may already be gone here.
 
             async def ghost_gone():
                 return not await cl.holders(ghost, 3)
