@@ -22,7 +22,7 @@
   ``security.capability`` on writes, and ``ls -l`` asks for the SELinux label
   and the ACL of every entry, two round trips per entry, unless the answer is
   EOPNOTSUPP: ls then remembers the device has neither and stops asking
-  (ENODATA would not; 100k entries: ~14 s against ~1 s). ENOSYS is never
+  (ENODATA would not; 2,000 entries: 0.35 s against 0.05 s). ENOSYS is never
   answered (it would turn off all xattrs of the mount, ``user.*`` included).
 """
 
@@ -301,8 +301,10 @@ class DfsOperations(pyfuse3.Operations):
             if grow is not None:
                 try:
                     return self._entry(await self.meta.setattr(inode, caller=caller, grow=grow, **kw))
-                except BaseException:
-                    o.handle.unpublished()
+                except BaseException as e:
+                    o.handle.unpublished()  # the close publishes it, if nothing here does
+                    if not isinstance(e, err.DfsError):
+                        raise
                     async with o.lock:
                         await o.handle.flush()
         try:
