@@ -150,6 +150,13 @@ def _check_token(what: str, v) -> str:
     return v
 
 
+def _token_of(token: str | None, token_file: str | None) -> str | None:
+    """A cluster file's client token, given inline or as a file; None: auth off."""
+    if token is not None:
+        return token
+    return read_token_file(token_file) if token_file is not None else None
+
+
 def read_token_file(path: str) -> str:
     """The token in ``path`` (surrounding whitespace ignored)."""
     with open(path) as f:
@@ -275,11 +282,7 @@ class ClusterConfig:
     @property
     def auth_token(self) -> str | None:
         """The client token (read from ``client_token_file`` if that is how it is given); None: auth off."""
-        if self.client_token is not None:
-            return self.client_token
-        if self.client_token_file is not None:
-            return read_token_file(self.client_token_file)
-        return None
+        return _token_of(self.client_token, self.client_token_file)
 
     @property
     def nshards(self) -> int:
@@ -406,11 +409,7 @@ class ClientConfig:
 
     @property
     def auth_token(self) -> str | None:
-        if self.client_token is not None:
-            return self.client_token
-        if self.client_token_file is not None:
-            return read_token_file(self.client_token_file)
-        return None
+        return _token_of(self.client_token, self.client_token_file)
 
     @classmethod
     def from_dict(cls, d: dict) -> ClientConfig:
