@@ -10,8 +10,11 @@ Steps, in order (docs/design/deployment.md says why):
 1. install, host by host: ship the source (`git archive REF`) to PREFIX and
    run `scripts/bootstrap.sh` there (apt packages, .venv, dfs); server hosts
    get a `dfs` system user, /etc/dfs/cluster.toml (0640 root:dfs) and their
-   target directories; every host gets the systemd units of the shipped
-   source and, where a mount is wanted, /etc/dfs/mount.env;
+   target directories; every host gets the client token as
+   /etc/dfs/client.token (0600; owned by dfs where servers run), the [tls]
+   files, /etc/dfs/client.toml (mgmt addresses, the token's path, the CA),
+   the systemd units of the shipped source and, where a mount is wanted,
+   /etc/dfs/mount.env;
 2. mgmt, then meta, then data: `systemctl enable --now` of the host's
    instances, then a wait until each listens on its address;
 3. mounts: `dfs-mount@<escaped path>` on every server host and `--client`.
@@ -20,17 +23,27 @@ Running it again converges to the same state: files are rewritten in place,
 `bootstrap.sh` skips what is done, `enable --now` leaves running units alone.
 It never stops or removes an instance (dropping a Raft replica is a
 membership change, not a deployment step) and never restarts one.
+
+Secrets never appear on a printed line: the token, the cluster file and
+the TLS files reach a host as the stdin of its ssh (`< FILE`), so a dry run
+can be pasted into a ticket. The cluster file must name a client token
+(`client_token` or `client_token_file`); `--generate-token` makes one
+(`secrets.token_urlsafe`) into `client.token` next to the cluster file and
+names it there, so the file stays the one description of the cluster.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 
 import click
+import tomli_w
 
 if __package__ in (None, ""):  # run as a file: python cluster/bootstrap.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,6 +55,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PREFIX = "/opt/dfs"  # what the unit files in cluster/systemd/ name
 UNIT_FILES = ("dfs.target", "dfs-mgmt@.service", "dfs-meta@.service", "dfs-data@.service", "dfs-mount@.service")
 ETC = "/etc/dfs"
+TOKEN = f"{ETC}/client.token"  # the client token on every host (0600)
+CLIENT_FILE = f"{ETC}/client.toml"  # what a mount or the CLI reads: addresses, the token's path, the CA
+GENERATED_TOKEN = "client.token"  # --generate-token writes it next to the cluster file
+# The cluster file as a server host gets it: any client_token or
+# client_token_file line gives way to the host's token file. A top-level key
+# must come before the first table, hence first. (The file's own lines are
+# kept, comments included; client_token* are top-level keys only.)
+HOST_CLUSTER_FILTER = (f"{{ printf '%s\\n' 'client_token_file = \"{TOKEN}\"'; "
+                       "sed -E '/^[[:space:]]*client_token(_file)?[[:space:]]*=/d'; }")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +101,48 @@ def render_unit(text: str, prefix: str) -> str:
     return text if prefix == DEFAULT_PREFIX else text.replace(DEFAULT_PREFIX + "/", prefix.rstrip("/") + "/")
 
 
+def _generate_token(cfg_path: str) -> str:
+    """--generate-token: a new client token in `client.token` next to the cluster
+    file (0600), named there as `client_token_file`. A `client.token` already there
+    (a run that stopped half way) is kept: it may already be on some hosts.
+    Returns the token file's path."""
+    cfg_path = os.path.abspath(cfg_path)
+    path = os.path.join(os.path.dirname(cfg_path), GENERATED_TOKEN)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    with open(cfg_path) as f:
+        lines = f.read().splitlines(keepends=True)
+    # a top-level key goes before the first table; the file's comments stay
+    first = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
+    lines[first:first] = ["# written by cluster/bootstrap.py --generate-token\n",
+                          f'client_token_file = "{GENERATED_TOKEN}"\n', "\n"]
+    tmp = cfg_path + ".new"
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+    os.chmod(tmp, os.stat(cfg_path).st_mode & 0o7777)
+    os.replace(tmp, cfg_path)
+    ClusterConfig.load(cfg_path).auth_token  # noqa: B018 - the edited file loads and its token reads
+    return path
+
+
+def host_path(p: str) -> str:
+    """Where a file the cluster file names lives on a host: a relative path is
+    taken from /etc/dfs (where the cluster file is), as the loader does."""
+    if p.startswith("~"):
+        raise ValueError(f"{p!r}: a path with ~ means another place on every host; give it from /etc/dfs or /")
+    return os.path.normpath(os.path.join(ETC, p))
+
+
 class Planner:
     def __init__(self, cfg_path: str, *, ssh: str = "ssh", user: str | None = None, sudo: bool = False,
                  prefix: str = DEFAULT_PREFIX, source: str = REPO, ref: str = "HEAD",
                  mounts: tuple[str, ...] = (), clients: tuple[str, ...] = (), mount_opts: str = "",
-                 install: bool = True, wait_timeout: int = 120) -> None:
+                 install: bool = True, wait_timeout: int = 120, generate_token: bool = False) -> None:
         self.cfg_path = os.path.abspath(cfg_path)
         self.cfg = ClusterConfig.load(cfg_path)
         if len(self.cfg.raft_password) < 16:
@@ -101,6 +160,26 @@ class Planner:
             escape_path(m)  # refuses what systemd could not name
         self.clients = tuple(h for h in dict.fromkeys(clients) if h not in hosts(self.roles))
         self.mount_opts, self.install, self.wait_timeout = mount_opts, install, wait_timeout
+        # where this machine reads the client token from (never printed, only redirected)
+        self.generates = False
+        if self.cfg.client_token_file is not None:
+            self.token_file: str | None = self.cfg.client_token_file
+            self.cfg.auth_token  # noqa: B018 - fail here, not half way through the hosts
+        elif self.cfg.client_token is not None:
+            self.token_file = None  # inline: extracted from the cluster file on the way to ssh
+        elif generate_token:
+            self.generates = True
+            self.token_file = os.path.join(os.path.dirname(self.cfg_path), GENERATED_TOKEN)
+        else:
+            raise ValueError("no client token (client_token or client_token_file): without one anyone who "
+                             "reaches a port is a client. Add client_token_file = \"client.token\" with "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))' > client.token "
+                             "(mode 0600), or give --generate-token")
+        with open(self.cfg_path, "rb") as f:
+            tls = tomllib.load(f).get("tls", {})
+        # [tls] file -> (where this machine has it, where hosts get it); same relative path under /etc/dfs
+        self.tls_files = {k: (getattr(self.cfg.tls, k), host_path(tls[k]))
+                          for k in ("ca", "cert", "key") if self.cfg.tls is not None and k in tls}
 
     # -- what runs where -------------------------------------------------------
     def server_hosts(self) -> list[str]:
@@ -131,12 +210,33 @@ class Planner:
             remote = "sudo -n sh -c " + shlex.quote(remote)
         return f"{self.ssh_prefix} {shlex.quote(self.target(host))} {shlex.quote(remote)}"
 
-    def write_file(self, path: str, mode: str, group: str = "root") -> str:
-        """A remote command that replaces PATH atomically with its stdin."""
+    def write_file(self, path: str, mode: str, owner: str = "root", group: str = "root", filter: str = "cat") -> str:
+        """A remote command that replaces PATH atomically with its stdin (through
+        FILTER). umask 077 once the folder exists: the new file is private before
+        chmod sets its mode."""
         tmp = path + ".new"
-        return (f"install -d -m 0755 {shlex.quote(os.path.dirname(path))} && cat > {shlex.quote(tmp)} && "
-                f"chown root:{group} {shlex.quote(tmp)} && chmod {mode} {shlex.quote(tmp)} && "
-                f"mv -f {shlex.quote(tmp)} {shlex.quote(path)}")
+        return (f"install -d -m 0755 {shlex.quote(os.path.dirname(path))} && umask 077 && "
+                f"{filter} > {shlex.quote(tmp)} && chown {owner}:{group} {shlex.quote(tmp)} && "
+                f"chmod {mode} {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {shlex.quote(path)}")
+
+    def ship_token(self, host: str, owner: str) -> str:
+        """Write the token file on HOST from this machine's token file, or from the
+        cluster file's inline client_token: never from the command line."""
+        remote = self.ssh(host, self.write_file(TOKEN, "0600", owner, owner))
+        if self.token_file is not None:
+            return f"{remote} < {shlex.quote(self.token_file)}"
+        read = 'import sys, tomllib; sys.stdout.write(tomllib.load(sys.stdin.buffer)["client_token"])'
+        return f"{shlex.quote(sys.executable)} -c {shlex.quote(read)} < {shlex.quote(self.cfg_path)} | {remote}"
+
+    def client_file(self) -> str:
+        """/etc/dfs/client.toml: what a mount (or the CLI) on a host needs; no secret."""
+        d: dict = {"cluster_id": self.cfg.cluster_id, "client_token_file": TOKEN,
+                   "mgmt": [{"address": a} for a in mgmt_addresses(self.cfg)]}
+        if self.cfg.tls is not None:
+            d["tls"] = {"ca": self.tls_files["ca"][1]}
+            if self.cfg.tls.server_name is not None:
+                d["tls"]["server_name"] = self.cfg.tls.server_name
+        return tomli_w.dumps(d)
 
     def wait_listening(self, addr: str) -> str:
         h, p = split_hostport(addr)
@@ -157,17 +257,32 @@ class Planner:
                     + self.ssh(h, f"install -d -m 0755 {pre} && tar -x --no-same-owner -C {pre}"))
                 add("system packages, virtualenv and dfs (scripts/bootstrap.sh)",
                     self.ssh(h, f"bash {shlex.quote(self.prefix + '/scripts/bootstrap.sh')}"))
-            if h in servers:
+            server = h in servers
+            # servers run as dfs and read the token and the key; a mount runs as root
+            owner = "dfs" if server else "root"
+            if server:
                 add("the dfs system user",
                     self.ssh(h, "getent passwd dfs >/dev/null || useradd --system --user-group "
                                 "--home-dir /var/lib/dfs --no-create-home --shell /usr/sbin/nologin dfs"))
-                add(f"the cluster file {ETC}/cluster.toml",
-                    self.ssh(h, self.write_file(f"{ETC}/cluster.toml", "0640", "dfs"))
+                add(f"the cluster file {ETC}/cluster.toml, naming {TOKEN}",
+                    self.ssh(h, self.write_file(f"{ETC}/cluster.toml", "0640", "root", "dfs", HOST_CLUSTER_FILTER))
                     + f" < {shlex.quote(self.cfg_path)}")
+            add(f"the client token {TOKEN} (0600, {owner})", self.ship_token(h, owner))
+            for k, (local, remote) in self.tls_files.items():
+                if k == "ca" or server:
+                    private = k == "key"
+                    add(f"TLS {k} {remote}",
+                        self.ssh(h, self.write_file(remote, "0600" if private else "0644",
+                                                    owner if private else "root", owner if private else "root"))
+                        + f" < {shlex.quote(local)}")
+            if server:
                 dirs = [p for r in self.roles_on(h, "data") for p in r.targets]
                 if dirs:
                     add("data target directories",
                         self.ssh(h, "install -d -o dfs -g dfs -m 0750 " + " ".join(shlex.quote(d) for d in dirs)))
+            add(f"the client file {CLIENT_FILE} (addresses, token path, CA)",
+                "printf '%s\\n' " + " ".join(shlex.quote(ln) for ln in self.client_file().splitlines()) + " | "
+                + self.ssh(h, self.write_file(CLIENT_FILE, "0644")))
             units = " ".join(shlex.quote(f"{self.prefix}/cluster/systemd/{u}") for u in UNIT_FILES)
             remote = f"install -m 0644 {units} /etc/systemd/system/"
             if self.prefix != DEFAULT_PREFIX:
@@ -175,10 +290,8 @@ class Planner:
                 remote += f" && sed -i {shlex.quote(f's#{DEFAULT_PREFIX}/#{self.prefix}/#g')} {installed}"
             add("systemd units", self.ssh(h, remote + " && systemctl daemon-reload && systemctl enable dfs.target"))
             if self.mounts:
-                env = "DFS_MGMT=" + ",".join(mgmt_addresses(self.cfg))
-                body = [env] + ([f"DFS_MOUNT_OPTS={self.mount_opts}"] if self.mount_opts else [])
-                add(f"mount settings {ETC}/mount.env",
-                    "printf '%s\\n' " + " ".join(shlex.quote(b) for b in body) + " | "
+                add(f"mount options {ETC}/mount.env",
+                    "printf '%s\\n' " + shlex.quote(f"DFS_MOUNT_OPTS={self.mount_opts}") + " | "
                     + self.ssh(h, self.write_file(f"{ETC}/mount.env", "0644")))
 
         for kind in PHASES[:3]:
@@ -205,6 +318,13 @@ class Planner:
 
     def header(self) -> list[str]:
         lines = [f"# dfs cluster {self.cfg.cluster_id} from {self.cfg_path}"]
+        if self.generates:
+            lines.append(f"# client token: none in the cluster file; --generate-token makes one into "
+                         f"{self.token_file} (0600) and names it there")
+        elif self.token_file is not None:
+            lines.append(f"# client token: {self.token_file} (client_token_file)")
+        else:
+            lines.append("# client token: client_token in the cluster file")
         lines += [f"# host {h}: {self.summary(h)}" for h in self.all_hosts()]
         return lines
 
@@ -226,15 +346,25 @@ class Planner:
 @click.option("--mount-opts", default="", help="extra `dfs mount` flags, e.g. '--writeback-cache'")
 @click.option("--wait-timeout", default=120, show_default=True, type=click.IntRange(0),
               help="seconds to wait for each server to listen (0: do not wait)")
+@click.option("--generate-token", is_flag=True,
+              help="if the cluster file has no client token: make one (secrets.token_urlsafe) into client.token "
+                   "next to it, mode 0600, and name it in the file (client_token_file)")
 def main(cluster_file: str, dry_run: bool, ssh_cmd: str, user: str | None, sudo: bool, prefix: str, source: str,
          ref: str, no_install: bool, mounts: tuple[str, ...], clients: tuple[str, ...], mount_opts: str,
-         wait_timeout: int) -> None:
+         wait_timeout: int, generate_token: bool) -> None:
     """Install dfs on the hosts of CLUSTER_FILE and start its roles in order."""
+    def plan() -> Planner:
+        return Planner(cluster_file, ssh=ssh_cmd, user=user, sudo=sudo, prefix=prefix, source=source, ref=ref,
+                       mounts=mounts, clients=clients, mount_opts=mount_opts, install=not no_install,
+                       wait_timeout=wait_timeout, generate_token=generate_token)
+
     try:
-        p = Planner(cluster_file, ssh=ssh_cmd, user=user, sudo=sudo, prefix=prefix, source=source, ref=ref,
-                    mounts=mounts, clients=clients, mount_opts=mount_opts, install=not no_install,
-                    wait_timeout=wait_timeout)
-    except (ValueError, KeyError) as e:
+        p = plan()
+        if p.generates and not dry_run:
+            click.echo(f"# generated a client token into {_generate_token(cluster_file)}, "
+                       f"named in {p.cfg_path}")
+            p = plan()
+    except (ValueError, KeyError, OSError) as e:
         raise click.ClickException(f"{cluster_file}: {e}") from None
     if p.install and not dry_run and not os.path.exists(os.path.join(p.source, ".git")):
         raise click.ClickException(f"{p.source} is not a git checkout (give --source or --no-install)")

@@ -18,9 +18,13 @@ carry cannot disagree:
   members listen on;
 - `dfs-mount`, a DaemonSet that mounts dfs on every node (privileged,
   /dev/fuse, Bidirectional mount propagation);
-- the cluster file goes into a ConfigMap without its raft_password, which
-  is a Secret; a NetworkPolicy admits only mgmt and meta pods to the Raft
-  ports.
+- the cluster file goes into a ConfigMap (`cluster.toml`, and `client.toml`
+  for the mounts) without a secret in it: the Raft password, the client
+  token and the TLS files are in the Secret `dfs-server`, mounted into the
+  server pods; the mounts get the Secret `dfs-client` (the token and the
+  CA, never the Raft password or a server key); the files name the token
+  and TLS files by their path in the mounted Secret;
+- a NetworkPolicy admits only mgmt and meta pods to the Raft ports.
 
 Role ids must therefore be 0..n-1 in order within each group. The renderer
 only reads the cluster file and prints YAML.
@@ -29,6 +33,7 @@ only reads the cluster file and prints YAML.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 
 import click
@@ -46,16 +51,21 @@ COMPONENT = "app.kubernetes.io/component"
 RAFT_PEER = "dfs.io/raft-peer"
 SHARD = "dfs.io/shard"
 UID = 10001  # the dfs user of cluster/Dockerfile
-CONFIG_DIR = "/etc/dfs"  # the ConfigMap (no password)
+CONFIG_DIR = "/etc/dfs"  # the ConfigMap (no secret)
+SECRET_DIR = "/run/secrets/dfs"  # the Secret: dfs-server in server pods, dfs-client in the mounts
 RUN_DIR = "/run/dfs"  # the complete cluster file, assembled at container start
 STATE = "/var/lib/dfs"
+SERVER_SECRET, CLIENT_SECRET = "dfs-server", "dfs-client"
+TOKEN_KEY, PASSWORD_KEY = "client.token", "raft_password"
+TLS_KEYS = {"ca": "ca.pem", "cert": "server.pem", "key": "server.key"}  # [tls] field -> Secret key
 
 
 class Options:
     def __init__(self, namespace: str = "dfs", image: str = "dfs:latest", domain: str = "cluster.local",
                  mount_path: str = "/mnt/dfs", storage_class: str | None = None, mgmt_storage: str = "1Gi",
-                 meta_storage: str = "20Gi", target_storage: str = "100Gi") -> None:
+                 meta_storage: str = "20Gi", target_storage: str = "100Gi", generate_token: bool = False) -> None:
         self.namespace, self.image, self.domain, self.mount_path = namespace, image, domain, mount_path
+        self.generate_token = generate_token  # a cluster file without a client token gets a fresh one
         self.storage_class = storage_class
         self.mgmt_storage, self.meta_storage, self.target_storage = mgmt_storage, meta_storage, target_storage
 
@@ -86,9 +96,15 @@ def pod_host(group: str, ordinal: int, o: Options) -> str:
 
 def k8s_cluster_dict(cfg: ClusterConfig, o: Options) -> dict:
     """The cluster file as the pods see it: hosts are pod DNS names, ports kept,
-    raft_password left out (it comes from the Secret)."""
+    no secret: raft_password left out (the container adds it from the Secret),
+    the token and [tls] files named by their path in the mounted Secret."""
     d = cfg.to_dict()
-    del d["raft_password"]
+    if cfg.raft_password:
+        del d["raft_password"]
+    d.pop("client_token", None)
+    d["client_token_file"] = f"{SECRET_DIR}/{TOKEN_KEY}"
+    if cfg.tls is not None:
+        d["tls"] = _tls_paths(cfg, ("ca", "cert", "key"))
 
     def rehost(addr: str, group: str, ordinal: int) -> str:
         return f"{pod_host(group, ordinal, o)}:{port_of(addr)}"
@@ -102,6 +118,58 @@ def k8s_cluster_dict(cfg: ClusterConfig, o: Options) -> dict:
     for x in d.get("data", []):
         x["address"] = rehost(x["address"], "dfs-data", x["id"])
     return d
+
+
+def _tls_paths(cfg: ClusterConfig, fields: tuple[str, ...]) -> dict:
+    t = {k: f"{SECRET_DIR}/{TLS_KEYS[k]}" for k in fields}
+    if cfg.tls.server_name is not None:
+        t["server_name"] = cfg.tls.server_name
+    return t
+
+
+def k8s_client_dict(cfg: ClusterConfig, o: Options) -> dict:
+    """What the mounts read (`dfs mount --cluster`): mgmt pod addresses, the token's
+    path and the CA; nothing that lets one act as a server."""
+    d: dict = {"cluster_id": cfg.cluster_id, "client_token_file": f"{SECRET_DIR}/{TOKEN_KEY}",
+               "mgmt": [{"address": f"{pod_host('dfs-mgmt', m.id, o)}:{port_of(m.address)}"} for m in cfg.mgmt]}
+    if cfg.tls is not None:
+        d["tls"] = _tls_paths(cfg, ("ca",))
+    return d
+
+
+def _read_text(what: str, path: str) -> str:
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path}: not a PEM file (ASCII)") from None
+
+
+def secret_data(cfg: ClusterConfig, o: Options) -> tuple[dict[str, str], dict[str, str]]:
+    """(dfs-server's, dfs-client's) Secret contents."""
+    token = cfg.auth_token
+    if token is None:
+        if not o.generate_token:
+            raise ValueError("no client token (client_token or client_token_file): add one "
+                             "(python -c 'import secrets; print(secrets.token_urlsafe(32))') or give --generate-token")
+        token = secrets.token_urlsafe(32)
+    server = {TOKEN_KEY: token}
+    if cfg.raft_password:
+        server[PASSWORD_KEY] = cfg.raft_password
+    client = {TOKEN_KEY: token}
+    if cfg.tls is not None:
+        if cfg.tls.cert is None:
+            raise ValueError("[tls] needs cert and key: the servers listen with them")
+        for k, key in TLS_KEYS.items():
+            server[key] = _read_text(f"[tls] {k}", getattr(cfg.tls, k))
+        client[TLS_KEYS["ca"]] = server[TLS_KEYS["ca"]]
+    return server, client
+
+
+def _secret(name: str, data: dict[str, str], o: Options) -> dict:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": o.namespace, "labels": {NAME: "dfs"}}, "stringData": data}
 
 
 def _ports(rs: list[Role]) -> list[dict]:
@@ -118,19 +186,26 @@ def _labels(component: str, extra: dict | None = None) -> dict:
     return {NAME: "dfs", COMPONENT: component, **(extra or {})}
 
 
-def _password_prelude() -> str:
+def _password_prelude(cfg: ClusterConfig) -> str:
     # The loader wants raft_password in the file; a top-level key must come
     # before the first table, hence printed first. A TOML literal string
     # (single quotes) takes the password as it is; render() refuses ' in it.
-    return (f"umask 077 && {{ printf \"raft_password = '%s'\\n\" \"$DFS_RAFT_PASSWORD\"; "
-            f"cat {CONFIG_DIR}/cluster.toml; }} > {RUN_DIR}/cluster.toml && ")
+    # Read from the mounted Secret, not an environment variable, so that the
+    # server's environment (/proc/PID/environ, crash reports) never holds it.
+    if not cfg.raft_password:
+        return f"umask 077 && cat {CONFIG_DIR}/cluster.toml > {RUN_DIR}/cluster.toml && "
+    # (pw is a shell variable, not exported: the server never sees it.)
+    return (f"umask 077 && pw=\"$(cat {SECRET_DIR}/{PASSWORD_KEY})\" && "
+            f"{{ printf \"raft_password = '%s'\\n\" \"$pw\"; cat {CONFIG_DIR}/cluster.toml; }} > {RUN_DIR}/cluster.toml && ")
 
 
 def _statefulset(name: str, rs: list[Role], o: Options, script: str, component: str, extra_labels: dict,
                  claims: list[tuple[str, str, str]]) -> dict:
     """claims: (volume name, mount path, size)."""
     labels = _labels(component, {**extra_labels, "dfs.io/group": name})
-    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}, {"name": "run", "mountPath": RUN_DIR}]
+    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+              {"name": "secret", "mountPath": SECRET_DIR, "readOnly": True},
+              {"name": "run", "mountPath": RUN_DIR}]
     mounts += [{"name": v, "mountPath": p} for v, p, _ in claims]
     spec_claims = []
     for v, _, size in claims:
@@ -142,10 +217,7 @@ def _statefulset(name: str, rs: list[Role], o: Options, script: str, component: 
         "name": component,
         "image": o.image,
         "command": ["/bin/sh", "-c", script],
-        "env": [
-            {"name": "DFS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "DFS_RAFT_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "dfs-raft", "key": "raft_password"}}},
-        ],
+        "env": [{"name": "DFS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "ports": [{"name": p["name"], "containerPort": p["port"], "protocol": "TCP"} for p in _ports(rs)],
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
@@ -172,7 +244,12 @@ def _statefulset(name: str, rs: list[Role], o: Options, script: str, component: 
                                             "labelSelector": {"matchLabels": {"dfs.io/group": name}}},
                     }]}},
                     "containers": [container],
-                    "volumes": [{"name": "config", "configMap": {"name": "dfs-cluster"}},
+                    "volumes": [{"name": "config", "configMap": {"name": "dfs-cluster",
+                                                                  "items": [{"key": "cluster.toml",
+                                                                             "path": "cluster.toml"}]}},
+                                # 0440: with fsGroup the kubelet adds group read anyway; the
+                                # files are root:10001, readable by the dfs user only
+                                {"name": "secret", "secret": {"secretName": SERVER_SECRET, "defaultMode": 0o440}},
                                 {"name": "run", "emptyDir": {"medium": "Memory"}}],
                 },
             },
@@ -212,31 +289,32 @@ def render(cfg: ClusterConfig, o: Options) -> list[dict]:
     if "'" in cfg.raft_password or any(ord(c) < 32 for c in cfg.raft_password):
         raise ValueError("raft_password: no quotes or control characters (it goes into a TOML literal string)")
     gs = groups(cfg)
+    server, client = secret_data(cfg, o)
     docs: list[dict] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": o.namespace, "labels": {NAME: "dfs"}}},
-        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-         "metadata": {"name": "dfs-raft", "namespace": o.namespace, "labels": {NAME: "dfs"}},
-         "stringData": {"raft_password": cfg.raft_password}},
+        _secret(SERVER_SECRET, server, o),
+        _secret(CLIENT_SECRET, client, o),
         {"apiVersion": "v1", "kind": "ConfigMap",
          "metadata": {"name": "dfs-cluster", "namespace": o.namespace, "labels": {NAME: "dfs"}},
-         "data": {"cluster.toml": tomli_w.dumps(k8s_cluster_dict(cfg, o))}},
+         "data": {"cluster.toml": tomli_w.dumps(k8s_cluster_dict(cfg, o)),
+                  "client.toml": tomli_w.dumps(k8s_client_dict(cfg, o))}},
     ]
     ordinal = '"${DFS_POD_NAME##*-}"'
     for name, rs in gs.items():
         kind = rs[0].kind
         if kind == "mgmt":
-            script = (_password_prelude() + f"exec dfs mgmt-server --config {RUN_DIR}/cluster.toml "
+            script = (_password_prelude(cfg) + f"exec dfs mgmt-server --config {RUN_DIR}/cluster.toml "
                       f"--replica {ordinal} --data {STATE}/mgmt")
             claims = [("state", STATE, o.mgmt_storage)]
             extra = {RAFT_PEER: "true"}
         elif kind == "meta":
             shard = rs[0].ids[0]
-            script = (_password_prelude() + f"exec dfs meta-server --config {RUN_DIR}/cluster.toml "
+            script = (_password_prelude(cfg) + f"exec dfs meta-server --config {RUN_DIR}/cluster.toml "
                       f"--shard {shard} --replica {ordinal} --data {STATE}/meta")
             claims = [("state", STATE, o.meta_storage)]
             extra = {RAFT_PEER: "true", SHARD: str(shard)}
         else:
-            script = _password_prelude() + f"exec dfs data-server --config {RUN_DIR}/cluster.toml --server {ordinal}"
+            script = _password_prelude(cfg) + f"exec dfs data-server --config {RUN_DIR}/cluster.toml --server {ordinal}"
             paths = sorted({p for r in rs for p in r.targets})
             claims = [(f"target-{i}", p, o.target_storage) for i, p in enumerate(paths)]
             extra = {}
@@ -271,11 +349,11 @@ def _network_policy(gs: dict[str, list[Role]], o: Options) -> dict:
 
 
 def _mount_daemonset(cfg: ClusterConfig, o: Options) -> dict:
-    mgmt = ",".join(f"{pod_host('dfs-mgmt', m.id, o)}:{port_of(m.address)}" for m in cfg.mgmt)
     mp = o.mount_path
     # a crashed mount leaves "Transport endpoint is not connected" behind:
     # clear it before mounting again
-    script = f"dfs umount {mp} >/dev/null 2>&1 || true; exec dfs mount {mp} --foreground --mgmt {mgmt}"
+    script = (f"dfs umount {mp} >/dev/null 2>&1 || true; "
+              f"exec dfs mount {mp} --foreground --cluster {CONFIG_DIR}/client.toml")
     labels = _labels("mount")
     return {
         "apiVersion": "apps/v1",
@@ -297,9 +375,14 @@ def _mount_daemonset(cfg: ClusterConfig, o: Options) -> dict:
                         "volumeMounts": [
                             {"name": "mnt", "mountPath": mp, "mountPropagation": "Bidirectional"},
                             {"name": "fuse", "mountPath": "/dev/fuse"},
+                            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                            {"name": "secret", "mountPath": SECRET_DIR, "readOnly": True},
                         ],
                     }],
                     "volumes": [
+                        {"name": "config", "configMap": {"name": "dfs-cluster",
+                                                         "items": [{"key": "client.toml", "path": "client.toml"}]}},
+                        {"name": "secret", "secret": {"secretName": CLIENT_SECRET, "defaultMode": 0o400}},
                         {"name": "mnt", "hostPath": {"path": mp, "type": "DirectoryOrCreate"}},
                         {"name": "fuse", "hostPath": {"path": "/dev/fuse", "type": "CharDevice"}},
                     ],
@@ -341,11 +424,13 @@ def dump(docs: list[dict], source: str) -> str:
 @click.option("--mgmt-storage", default="1Gi", show_default=True)
 @click.option("--meta-storage", default="20Gi", show_default=True)
 @click.option("--target-storage", default="100Gi", show_default=True, help="per data target")
+@click.option("--generate-token", is_flag=True,
+              help="if the cluster file has no client token: put a fresh one (secrets.token_urlsafe) in the Secrets")
 def main(cluster_file: str, output: str, **kw) -> None:
     """Render Kubernetes manifests for CLUSTER_FILE."""
     try:
         text = dump(render(ClusterConfig.load(cluster_file), Options(**kw)), os.path.basename(cluster_file))
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, OSError) as e:
         raise click.ClickException(f"{cluster_file}: {e}") from None
     if output == "-":
         click.echo(text, nl=False)

@@ -152,7 +152,7 @@ def test_units_run_the_real_commands(tmp_path):
                     f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     _install_units(tmp_path / "units", str(prefix))
-    env = {"DFS_MGMT": "10.0.0.1:7000,10.0.0.2:7000", "DFS_MOUNT_OPTS": "--writeback-cache"}
+    env = {"DFS_MOUNT_OPTS": "--writeback-cache"}
     for unit, inst in INSTANCES.items():
         lines = _unit_lines(str(tmp_path / "units" / unit))
         assert lines["Restart"] == ["on-failure"] and int(lines["LimitNOFILE"][0]) >= 65536
@@ -169,11 +169,26 @@ def test_units_run_the_real_commands(tmp_path):
         ["meta-server", "--config", EXAMPLE, "--shard", "1", "--replica", "2", "--data", "/var/lib/dfs/meta-1-2"],
         ["data-server", "--config", EXAMPLE, "--server", "0"],
         ["umount", "/mnt/dfs"],
-        ["mount", "/mnt/dfs", "--foreground", "--mgmt", "10.0.0.1:7000,10.0.0.2:7000", "--writeback-cache"],
+        ["mount", "/mnt/dfs", "--foreground", "--cluster", "/etc/dfs/client.toml", "--writeback-cache"],
         ["umount", "/mnt/dfs"],
     ]
     for args in calls:  # the real CLI parses every one of them
         cli.commands[args[0]].make_context(args[0], list(args[1:]))
+
+
+def test_units_need_the_token_file_and_hold_no_secret(cfg):
+    """Every unit asserts the token file the bootstrap writes (servers read it
+    through the cluster file, the mount through client.toml); no unit carries a
+    secret, not even through its environment."""
+    for u in bootstrap.UNIT_FILES:
+        text = _read(os.path.join(UNITS, u))
+        assert cfg.auth_token not in text and cfg.raft_password not in text
+        assert "DFS_TOKEN" not in text and "raft_password" not in text and "client_token =" not in text
+        if u != "dfs.target":
+            assert bootstrap.TOKEN in _unit_lines(os.path.join(UNITS, u))["AssertPathExists"], u
+    mount = _unit_lines(os.path.join(UNITS, "dfs-mount@.service"))
+    assert mount["AssertPathExists"] == [bootstrap.CLIENT_FILE, bootstrap.TOKEN]
+    assert f"--cluster {bootstrap.CLIENT_FILE}" in mount["ExecStart"][0]
 
 
 def test_state_directory_matches_data_flag():
@@ -267,9 +282,10 @@ def test_dry_run_install_steps(cfg):
         assert f"< {EXAMPLE}" in text and "chmod 0640 /etc/dfs/cluster.toml.new" in text
         assert "install -d -o dfs -g dfs -m 0750 /srv/dfs/nvme0 /srv/dfs/nvme1" in text
         assert "/opt/dfs/cluster/systemd/dfs-meta@.service /opt/dfs/cluster/systemd/dfs-data@.service" in text
-        assert "DFS_MGMT=10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000" in text
-        # the user exists before the cluster file is given to its group
-        assert text.index("useradd") < text.index("chown root:dfs")
+        assert '{ address = "10.0.0.3:7000" }' in text and "/etc/dfs/client.toml.new" in text
+        assert "chown dfs:dfs /etc/dfs/client.token.new && chmod 0600 /etc/dfs/client.token.new" in text
+        # the user exists before the cluster file and the token are given to it
+        assert text.index("useradd") < text.index("chown root:dfs") < text.index("chown dfs:dfs")
 
 
 def test_dry_run_is_deterministic_and_runs_nothing(tmp_path):
@@ -284,10 +300,14 @@ def test_dry_run_is_deterministic_and_runs_nothing(tmp_path):
 def test_clients_get_mounts_but_never_the_raft_password():
     steps = _steps(_dry_run(EXAMPLE, "--mount", "/mnt/dfs", "--client", "10.0.0.50", "--no-install"))
     client = [(p, line) for p, h, line in steps if h == "10.0.0.50"]
-    assert [p for p, _ in client] == ["install", "install", "mount", "mount"]
-    text = "\n".join(line for _, line in client)
-    assert "cluster.toml" not in text and "useradd" not in text
-    assert "/etc/dfs/mount.env" in text and "dfs-mount@mnt-dfs.service" in text
+    assert [p for p, _ in client] == ["install"] * 4 + ["mount", "mount"]
+    remote = "\n".join(_ssh_target_and_remote(line)[1] for _, line in client)
+    assert "cluster.toml" not in remote and "useradd" not in remote
+    assert "/etc/dfs/mount.env" in remote and "dfs-mount@mnt-dfs.service" in remote
+    assert "chown root:root /etc/dfs/client.token.new && chmod 0600" in remote
+    # the one line that reads the cluster file takes only the token out of it
+    (line,) = [line for _, line in client if EXAMPLE in line]
+    assert '["client_token"]' in line and "/etc/dfs/client.token.new" in line
     assert not any("git " in line or "bootstrap.sh" in line for _, _, line in steps)  # --no-install
 
 
@@ -325,31 +345,172 @@ def test_bootstrap_refuses_bad_cluster_files(tmp_path):
     assert r.returncode != 0 and "raft_password" in r.stderr
 
 
-def test_real_run_sends_exactly_the_printed_commands(tmp_path):
-    """Not a dry run: `--ssh` is a recorder that keeps each call's arguments
-    and stdin and runs nothing, so the runner is exercised without a network."""
+def _record_run(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[tuple[str, str, bytes]]]:
+    """A real run whose `--ssh` records each call's target, remote command and
+    stdin, and runs nothing."""
     rec = tmp_path / "fake-ssh"
     calls = tmp_path / "calls"
     calls.mkdir()
     rec.write_text("#!/bin/sh\nn=$(( $(ls " + str(calls) + " | wc -l) / 2 ))\n"
                    f"printf '%s\\n' \"$@\" > {calls}/$n.args\ncat > {calls}/$n.stdin\n")
     rec.chmod(0o755)
-    args = [EXAMPLE, "--ssh", str(rec), "--no-install", "--mount", "/mnt/dfs", "--wait-timeout", "0"]
-    r = subprocess.run([sys.executable, "-m", "cluster.bootstrap", *args], capture_output=True, text=True,
-                       cwd=REPO, timeout=120, check=False)
+    r = subprocess.run([sys.executable, "-m", "cluster.bootstrap", *args, "--ssh", str(rec)], capture_output=True,
+                       text=True, cwd=REPO, timeout=120, check=False)
+    got = []
+    for i in range(len(os.listdir(calls)) // 2):
+        target, remote = (calls / f"{i}.args").read_text().split("\n", 1)
+        got.append((target, remote.rstrip("\n"), (calls / f"{i}.stdin").read_bytes()))
+    return r, got
+
+
+def test_real_run_sends_exactly_the_printed_commands(tmp_path):
+    """Not a dry run: `--ssh` is a recorder that keeps each call's arguments
+    and stdin and runs nothing, so the runner is exercised without a network."""
+    r, got = _record_run(tmp_path, EXAMPLE, "--no-install", "--mount", "/mnt/dfs", "--wait-timeout", "0")
     assert r.returncode == 0, r.stderr
     steps = _steps(r.stdout)
-    got = []
-    for i in range(len(steps)):
-        target, remote = (calls / f"{i}.args").read_text().splitlines()[:2]
-        got.append((target, remote, (calls / f"{i}.stdin").read_bytes()))
-    assert len(got) == len(steps) == len(os.listdir(calls)) // 2
+    assert len(got) == len(steps)
     for (phase, host, line), (target, remote, stdin) in zip(steps, got):
-        assert (target, remote) == _ssh_target_and_remote(line.replace(str(rec), "ssh"))
+        assert (target, remote) == _ssh_target_and_remote(line.replace(str(tmp_path / "fake-ssh"), "ssh"))
         if "cluster.toml.new" in remote:
             assert stdin == _read(EXAMPLE, "rb")
         if "mount.env.new" in remote:
-            assert stdin == b"DFS_MGMT=10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000\n"
+            assert stdin == b"DFS_MOUNT_OPTS=\n"
+        if "client.token.new" in remote:  # piped out of the cluster file's client_token
+            assert stdin == ClusterConfig.load(EXAMPLE).client_token.encode()
+
+
+def _replay(calls: list[tuple[str, str, bytes]], root) -> None:
+    """Run every recorded remote command that writes under /etc/dfs here, with
+    /etc/dfs moved to ROOT/HOST/etc/dfs and chown only logged (not root here)."""
+    for target, remote, stdin in calls:
+        if f"{bootstrap.ETC}/" not in remote or ".new" not in remote:
+            continue
+        host = root / target
+        host.mkdir(exist_ok=True)
+        script = (f"chown() {{ printf '%s %s\\n' \"$1\" \"$2\" >> {host}/chown.log; }}\n"
+                  + remote.replace(bootstrap.ETC, f"{host}{bootstrap.ETC}"))
+        # client.toml, made here, names the token file by its place on the host
+        stdin = stdin.replace(bootstrap.ETC.encode() + b"/", f"{host}{bootstrap.ETC}/".encode())
+        subprocess.run(["bash", "-c", script], input=stdin, check=True, timeout=30)
+
+
+def _mode(p) -> int:
+    return os.stat(p).st_mode & 0o777
+
+
+def test_dry_run_ships_the_token_0600_and_never_prints_it(tmp_path, cfg):
+    token = "tok-" + "x7" * 20
+    (tmp_path / "client.token").write_text(token + "\n")
+    path = _write_cluster(tmp_path, lambda d: (d.pop("client_token"), d.update(client_token_file="client.token")))
+    r = subprocess.run([sys.executable, os.path.join(REPO, "cluster", "bootstrap.py"), path, "--dry-run",
+                        "--mount", "/mnt/dfs", "--client", "10.0.0.50"], capture_output=True, text=True,
+                       timeout=60, cwd=REPO, check=False)
+    assert r.returncode == 0, r.stderr
+    assert token not in r.stdout + r.stderr and cfg.raft_password not in r.stdout + r.stderr
+    assert f"# client token: {tmp_path}/client.token (client_token_file)" in r.stdout
+    writes = {}
+    for phase, host, line in _steps(r.stdout):
+        if "/etc/dfs/client.token.new" in line:
+            writes[host] = line
+    assert sorted(writes) == ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.50"]
+    for host, line in writes.items():
+        owner = "root" if host == "10.0.0.50" else "dfs"
+        assert line.endswith(f"< {tmp_path}/client.token")
+        assert (f"install -d -m 0755 /etc/dfs && umask 077 && cat > /etc/dfs/client.token.new && "
+                f"chown {owner}:{owner} /etc/dfs/client.token.new && chmod 0600 /etc/dfs/client.token.new && "
+                "mv -f /etc/dfs/client.token.new /etc/dfs/client.token") == _ssh_target_and_remote(line)[1]
+    # the example's inline token is piped out of the cluster file, not printed either
+    out = _dry_run(EXAMPLE, "--mount", "/mnt/dfs")
+    assert cfg.client_token not in out and cfg.raft_password not in out
+
+
+def test_real_run_leaves_each_host_its_files_and_no_more(tmp_path):
+    """A real run (recorded ssh) on a cluster file with a token file and [tls],
+    replayed into one directory per host: servers get the cluster file naming
+    the token file, the token 0600 for dfs, the TLS files (key 0600); the
+    client host gets the token (root) and the CA only; every host's
+    client.toml gives the real credential lookup the token and the CA."""
+    from dfs.client.api import find_credentials
+
+    token = "a-token-from-a-file-0123456789"
+    path = _tls_cluster(tmp_path, token)
+    want = ClusterConfig.load(path)
+    r, calls = _record_run(tmp_path, path, "--no-install", "--mount", "/mnt/dfs", "--client", "10.0.0.50",
+                           "--wait-timeout", "0")
+    assert r.returncode == 0, r.stderr
+    key = (tmp_path / "pki" / "server.key").read_text()
+    printed = r.stdout + r.stderr + "".join(remote for _, remote, _ in calls)
+    assert token not in printed and want.raft_password not in printed and "MIIBserver.key" not in printed
+    assert len(calls) == len(_steps(r.stdout))
+    root = tmp_path / "hosts"
+    root.mkdir()
+    _replay(calls, root)
+    etc = bootstrap.ETC.lstrip("/")
+    for host in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        d = root / host / etc
+        assert sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()) == [
+            "client.token", "client.toml", "cluster.toml", "mount.env", "pki/ca.pem", "pki/server.key",
+            "pki/server.pem"]
+        assert {n: _mode(d / n) for n in ("cluster.toml", "client.token", "pki/server.key", "pki/ca.pem",
+                                          "client.toml")} == {"cluster.toml": 0o640, "client.token": 0o600,
+                                                              "pki/server.key": 0o600, "pki/ca.pem": 0o644,
+                                                              "client.toml": 0o644}
+        owners = dict(reversed(ln.split()) for ln in (root / host / "chown.log").read_text().splitlines())
+        assert owners[f"{d}/client.token.new"] == "dfs:dfs" and owners[f"{d}/pki/server.key.new"] == "dfs:dfs"
+        assert owners[f"{d}/cluster.toml.new"] == "root:dfs"
+        got = ClusterConfig.load(str(d / "cluster.toml"))
+        assert got.client_token is None and got.client_token_file == f"{d}/client.token"
+        assert got.auth_token == token and got.raft_password == want.raft_password
+        assert [(x.kind, x.ids, x.listen) for x in plan.roles(got)] == [(x.kind, x.ids, x.listen)
+                                                                      for x in plan.roles(want)]
+        assert _read(got.tls.key) == key and got.tls.server_name == "dfs.internal"
+        # the operator's file line for line (comments kept), the token line replaced
+        assert _read(str(d / "cluster.toml")) == f'client_token_file = "{d}/client.token"\n' + "".join(
+            ln for ln in _read(path).splitlines(keepends=True) if not ln.startswith("client_token_file ="))
+    d = root / "10.0.0.50" / etc
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()) == [
+        "client.token", "client.toml", "mount.env", "pki/ca.pem"]
+    assert _mode(d / "client.token") == 0o600
+    assert "root:root" in (root / "10.0.0.50" / "chown.log").read_text()
+    assert "dfs:" not in (root / "10.0.0.50" / "chown.log").read_text()
+    for p in d.rglob("*"):
+        if p.is_file():
+            assert want.raft_password not in p.read_text() and "server.key" not in p.read_text()
+    for host in ("10.0.0.1", "10.0.0.50"):
+        c = find_credentials(str(root / host / etc / "client.toml"))
+        assert c.token == token and c.ca == (tmp_path / "pki" / "ca.pem").read_bytes()
+        assert c.server_name == "dfs.internal"
+
+
+def test_bootstrap_wants_a_token_or_generates_one(tmp_path):
+    path = _write_cluster(tmp_path, lambda d: d.pop("client_token"))
+    original = _read(path)
+    r = subprocess.run([sys.executable, "-m", "cluster.bootstrap", path, "--dry-run"], capture_output=True,
+                       text=True, cwd=REPO, timeout=60, check=False)
+    assert r.returncode != 0 and "--generate-token" in r.stderr
+    # a dry run says it would generate one and writes nothing
+    out = _dry_run(path, "--generate-token")
+    assert f"--generate-token makes one into {tmp_path}/client.token" in out
+    assert f"< {tmp_path}/client.token" in out
+    assert not (tmp_path / "client.token").exists() and _read(path) == original
+    # a real run makes it, names it in the cluster file and ships it, unprinted
+    r, calls = _record_run(tmp_path, path, "--generate-token", "--no-install", "--wait-timeout", "0")
+    assert r.returncode == 0, r.stderr
+    tok = tmp_path / "client.token"
+    token = tok.read_text().strip()
+    assert _mode(tok) == 0o600 and len(token) >= 40 and token not in r.stdout + r.stderr
+    assert ClusterConfig.load(path).auth_token == token
+    edited = _read(path)
+    assert 'client_token_file = "client.token"' in edited
+    assert [ln for ln in edited.splitlines() if ln not in ("client_token_file = \"client.token\"", "")
+            and "--generate-token" not in ln] == [ln for ln in original.splitlines() if ln]
+    shipped = [stdin for _, remote, stdin in calls if "client.token.new" in remote]
+    assert len(shipped) == 3 and set(shipped) == {tok.read_bytes()}
+    # running again keeps the token and the file
+    (tmp_path / "calls").rename(tmp_path / "calls-1")
+    r, _ = _record_run(tmp_path, path, "--generate-token", "--no-install", "--wait-timeout", "0")
+    assert r.returncode == 0 and tok.read_text().strip() == token and _read(path) == edited
 
 
 # --- Kubernetes --------------------------------------------------------------------
@@ -413,10 +574,12 @@ def test_meta_is_one_statefulset_per_shard(cfg, docs):
 
 def test_configmap_is_the_cluster_file_with_pod_addresses(cfg, docs):
     cm = _by(docs, "ConfigMap")["dfs-cluster"]["data"]["cluster.toml"]
-    secret = _by(docs, "Secret")["dfs-raft"]["stringData"]["raft_password"]
+    secret = _by(docs, "Secret")["dfs-server"]["stringData"]
     d = tomllib.loads(cm)
-    assert "raft_password" not in d and secret == cfg.raft_password
-    k = ClusterConfig.from_dict({**d, "raft_password": secret})
+    assert "raft_password" not in d and secret["raft_password"] == cfg.raft_password
+    assert "client_token" not in d and secret["client.token"] == cfg.auth_token
+    assert d["client_token_file"] == f"{render_k8s.SECRET_DIR}/client.token"
+    k = ClusterConfig.from_dict({**d, "raft_password": secret["raft_password"]})
     want = plan.roles(cfg)
     got = plan.roles(k)
     assert [(r.kind, r.ids, r.targets) for r in got] == [(r.kind, r.ids, r.targets) for r in want]
@@ -428,13 +591,33 @@ def test_configmap_is_the_cluster_file_with_pod_addresses(cfg, docs):
         assert all(plan.host_of(a) == r.host for a in r.listen)
 
 
-def test_container_script_assembles_the_cluster_file(tmp_path, docs):
+def _pod_dirs(tmp_path, docs, secret: str, configmap_key: str) -> dict[str, str]:
+    """The ConfigMap and a Secret as a pod sees them, under tmp_path: path in
+    the pod -> path here (the files name SECRET_DIR, rewritten likewise)."""
+    where = {render_k8s.CONFIG_DIR: str(tmp_path / "etc"), render_k8s.SECRET_DIR: str(tmp_path / "secret"),
+             render_k8s.RUN_DIR: str(tmp_path / "run")}
+    for d in where.values():
+        os.makedirs(d, exist_ok=True)
+    cm = _by(docs, "ConfigMap")["dfs-cluster"]["data"][configmap_key]
+    with open(os.path.join(where[render_k8s.CONFIG_DIR], configmap_key), "w") as f:
+        f.write(cm.replace(render_k8s.SECRET_DIR, where[render_k8s.SECRET_DIR]))
+    for k, v in _by(docs, "Secret")[secret]["stringData"].items():
+        with open(os.path.join(where[render_k8s.SECRET_DIR], k), "w") as f:
+            f.write(v)
+    return where
+
+
+def _in_pod_dirs(script: str, where: dict[str, str]) -> str:
+    for pod, here in where.items():
+        script = script.replace(pod, here)
+    return script
+
+
+def test_container_script_assembles_the_cluster_file(tmp_path, cfg, docs):
     """Run a pod's shell script with a recording `dfs`: the password from the
-    Secret lands in a file the real loader accepts, the ordinal becomes the id."""
-    (tmp_path / "etc").mkdir()
-    (tmp_path / "run").mkdir()
-    cm = _by(docs, "ConfigMap")["dfs-cluster"]["data"]["cluster.toml"]
-    (tmp_path / "etc" / "cluster.toml").write_text(cm)
+    mounted Secret lands in a file the real loader accepts, the token is read
+    from the Secret through client_token_file, the ordinal becomes the id."""
+    where = _pod_dirs(tmp_path, docs, "dfs-server", "cluster.toml")
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     (bin_ / "dfs").write_text(f"#!{sys.executable}\nimport json, sys\n"
@@ -447,16 +630,15 @@ def test_container_script_assembles_the_cluster_file(tmp_path, docs):
                                                             "/var/lib/dfs/meta"]),
                             ("dfs-data", "dfs-data-1", ["data-server", "--server", "1"])):
         c = sts[name]["spec"]["template"]["spec"]["containers"][0]
-        envs = {e["name"] for e in c["env"]}
-        assert {"DFS_POD_NAME", "DFS_RAFT_PASSWORD"} <= envs
-        script = c["command"][2].replace("/etc/dfs", str(tmp_path / "etc")).replace("/run/dfs", str(tmp_path / "run"))
-        env = {"PATH": f"{bin_}:/usr/bin:/bin", "DFS_POD_NAME": pod, "DFS_RAFT_PASSWORD": "0123456789abcdef-pw"}
+        assert [e["name"] for e in c["env"]] == ["DFS_POD_NAME"]  # no secret in the environment
+        script = _in_pod_dirs(c["command"][2], where)
+        env = {"PATH": f"{bin_}:/usr/bin:/bin", "DFS_POD_NAME": pod}
         r = subprocess.run(c["command"][:2] + [script], env=env, capture_output=True, text=True, check=True)
         argv = json.loads(r.stdout)
         conf = str(tmp_path / "run" / "cluster.toml")
         assert argv == [want[0], "--config", conf, *want[1:]]
         loaded = ClusterConfig.load(conf)
-        assert loaded.raft_password == "0123456789abcdef-pw"
+        assert loaded.raft_password == cfg.raft_password and loaded.auth_token == cfg.auth_token
         assert oct(os.stat(conf).st_mode & 0o777) == "0o600"
         cli.commands[argv[0]].make_context(argv[0], argv[1:])
 
@@ -483,9 +665,127 @@ def test_mount_daemonset(cfg, docs):
     assert vols[mounts["/dev/fuse"]["name"]]["hostPath"] == {"path": "/dev/fuse", "type": "CharDevice"}
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["dfs", "umount", "/mnt/dfs"]
     script = c["command"][2]
-    mgmt = ",".join(f"dfs-mgmt-{m.id}.dfs-mgmt.dfs.svc.cluster.local:{plan.port_of(m.address)}" for m in cfg.mgmt)
-    assert script.endswith(f"exec dfs mount /mnt/dfs --foreground --mgmt {mgmt}")
-    assert "DFS_RAFT_PASSWORD" not in json.dumps(ds)  # clients never see the Raft password
+    assert script.endswith("exec dfs mount /mnt/dfs --foreground --cluster /etc/dfs/client.toml")
+    argv = shlex.split(script.rsplit("exec ", 1)[1])
+    cli.commands[argv[1]].make_context(argv[1], argv[2:])
+    # clients never see the Raft password: only the client Secret and client.toml
+    assert vols[mounts[render_k8s.SECRET_DIR]["name"]]["secret"]["secretName"] == "dfs-client"
+    assert vols[mounts["/etc/dfs"]["name"]]["configMap"]["items"] == [{"key": "client.toml", "path": "client.toml"}]
+    assert "dfs-server" not in json.dumps(ds) and cfg.raft_password not in json.dumps(ds)
+
+
+def test_mount_reads_client_toml_and_the_token(tmp_path, cfg, docs):
+    """client.toml, as the mount pod has it, gives the mgmt pod addresses and
+    (through the mounted Secret) the token, to the real credential lookup."""
+    from dfs.client.api import find_credentials
+    from dfs.common.config import ClientConfig
+
+    where = _pod_dirs(tmp_path, docs, "dfs-client", "client.toml")
+    path = os.path.join(where[render_k8s.CONFIG_DIR], "client.toml")
+    c = ClientConfig.load(path)
+    assert c.mgmt == tuple(f"dfs-mgmt-{m.id}.dfs-mgmt.dfs.svc.cluster.local:{plan.port_of(m.address)}"
+                           for m in cfg.mgmt)
+    assert find_credentials(path).token == cfg.auth_token
+    assert sorted(_by(docs, "Secret")["dfs-client"]["stringData"]) == ["client.token"]
+
+
+def _secret_values(docs) -> list[str]:
+    return [v for d in docs if d["kind"] == "Secret" for v in d["stringData"].values()]
+
+
+def test_secrets_are_mounted_where_needed_and_nowhere_else(docs):
+    """Every server pod mounts dfs-server, the mount pods dfs-client; every Secret
+    is used; no secret value appears in any other object (ConfigMap included)."""
+    secrets_ = _by(docs, "Secret")
+    assert sorted(secrets_) == ["dfs-client", "dfs-server"]
+    used = set()
+    for d in docs:
+        if d["kind"] not in ("StatefulSet", "DaemonSet"):
+            continue
+        pod = d["spec"]["template"]["spec"]
+        want = "dfs-client" if d["kind"] == "DaemonSet" else "dfs-server"
+        vols = {v["name"]: v for v in pod["volumes"]}
+        (c,) = pod["containers"]
+        m = {m["mountPath"]: m for m in c["volumeMounts"]}[render_k8s.SECRET_DIR]
+        assert m["readOnly"] is True and vols[m["name"]]["secret"]["secretName"] == want, d["metadata"]["name"]
+        assert vols[m["name"]]["secret"]["defaultMode"] in (0o400, 0o440)
+        assert [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v] == [want]
+        used.add(want)
+    assert used == set(secrets_)
+    values = _secret_values(docs)
+    assert values
+    for d in docs:
+        if d["kind"] != "Secret":
+            text = json.dumps(d)
+            assert not [v for v in values if v in text], (d["kind"], d["metadata"]["name"])
+
+
+def _tls_cluster(tmp_path, token: str | None = "a-token-from-a-file-0123456789") -> str:
+    (tmp_path / "pki").mkdir()
+    for name in ("ca.pem", "server.pem", "server.key"):
+        (tmp_path / "pki" / name).write_text(f"-----BEGIN {name}-----\nMIIB{name}\n-----END {name}-----\n")
+    if token is not None:
+        (tmp_path / "client.token").write_text(token + "\n")
+        (tmp_path / "client.token").chmod(0o600)
+
+    def tls(d):
+        d.pop("client_token", None)
+        if token is not None:
+            d["client_token_file"] = "client.token"
+        d["tls"] = {"ca": "pki/ca.pem", "cert": "pki/server.pem", "key": "pki/server.key", "server_name": "dfs.internal"}
+
+    return _write_cluster(tmp_path, tls)
+
+
+def test_tls_material_and_token_file_go_into_the_secrets(tmp_path):
+    path = _tls_cluster(tmp_path)
+    docs = render_k8s.render(ClusterConfig.load(path), render_k8s.Options())
+    docs = yaml.safe_load_all(render_k8s.dump(docs, "x.toml"))  # what kubectl would read
+    docs = [d for d in docs if d]
+    server, client = (_by(docs, "Secret")[n]["stringData"] for n in ("dfs-server", "dfs-client"))
+    pki = tmp_path / "pki"
+    assert server["client.token"] == client["client.token"] == "a-token-from-a-file-0123456789"
+    assert server["ca.pem"] == client["ca.pem"] == (pki / "ca.pem").read_text()
+    assert server["server.pem"] == (pki / "server.pem").read_text()
+    assert server["server.key"] == (pki / "server.key").read_text()
+    assert sorted(client) == ["ca.pem", "client.token"]  # no server key, no Raft password
+    cm = _by(docs, "ConfigMap")["dfs-cluster"]["data"]
+    sd = render_k8s.SECRET_DIR
+    assert tomllib.loads(cm["cluster.toml"])["tls"] == {"ca": f"{sd}/ca.pem", "cert": f"{sd}/server.pem",
+                                                        "key": f"{sd}/server.key", "server_name": "dfs.internal"}
+    assert tomllib.loads(cm["client.toml"])["tls"] == {"ca": f"{sd}/ca.pem", "server_name": "dfs.internal"}
+    values = _secret_values(docs)
+    for d in docs:
+        if d["kind"] != "Secret":
+            assert not [v for v in values if v in json.dumps(d)], d["metadata"]["name"]
+    # a data server's script, run: its cluster file finds the token and every TLS file
+    where = _pod_dirs(tmp_path / "pod", docs, "dfs-server", "cluster.toml")
+    c = _by(docs, "StatefulSet")["dfs-data"]["spec"]["template"]["spec"]["containers"][0]
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "dfs").write_text("#!/bin/sh\n")
+    (bin_ / "dfs").chmod(0o755)
+    subprocess.run(c["command"][:2] + [_in_pod_dirs(c["command"][2], where)], check=True,
+                   env={"PATH": f"{bin_}:/usr/bin:/bin", "DFS_POD_NAME": "dfs-data-0"})
+    loaded = ClusterConfig.load(os.path.join(where[render_k8s.RUN_DIR], "cluster.toml"))
+    assert loaded.auth_token == "a-token-from-a-file-0123456789"
+    for k in ("ca", "cert", "key"):
+        assert _read(getattr(loaded.tls, k)) == _read(str(pki / render_k8s.TLS_KEYS[k]))
+
+
+def test_renderer_wants_a_token_or_generates_one(tmp_path):
+    path = _write_cluster(tmp_path, lambda d: d.pop("client_token"))
+    cfg = ClusterConfig.load(path)
+    with pytest.raises(ValueError, match="--generate-token"):
+        render_k8s.render(cfg, render_k8s.Options())
+    got = []
+    for _ in range(2):
+        docs = render_k8s.render(cfg, render_k8s.Options(generate_token=True))
+        s = _by(docs, "Secret")
+        assert s["dfs-server"]["stringData"]["client.token"] == s["dfs-client"]["stringData"]["client.token"]
+        got.append(s["dfs-client"]["stringData"]["client.token"])
+    assert got[0] != got[1] and len(got[0]) >= 40
+    ClusterConfig.from_dict({**cfg.to_dict(), "client_token": got[0]})  # a token the loader accepts
 
 
 def test_network_policy_keeps_raft_ports_to_raft_peers(cfg, docs):
