@@ -312,43 +312,56 @@ class _SyncView:
 class _Leases:
     """Server-side open handles of this client's open files (see MetaClient.open_handle):
     a file unlinked while open here stays alive until it is closed here, in any
-    other client too. Renewed in the background every third of the lease; a
-    client that dies stops renewing and its handles expire. Closes go out in the
-    background, batched per shard (a file's close does not wait a Raft round);
-    ``drain`` waits for them."""
+    other client too. Opens for reading take read handles (``open_read``: kept in
+    the shard leader's memory, no Raft round), the others durable ones. Renewed in
+    the background every third of the lease; a client that dies stops renewing and
+    its handles expire. Closes go out in the background, batched per shard (a
+    file's close does not wait for the service); ``drain`` waits for them."""
 
     def __init__(self, meta: MetaClient, lease_s: float = 30.0) -> None:
         self.meta = meta
         self.lease = lease_s
         self.held: dict[bytes, int] = {}
+        self.reading: set[bytes] = set()  # the read handles among held
         self._task: asyncio.Task | None = None
-        self._closing: list[tuple[int, bytes]] = []
+        self._closing: list[tuple[int, bytes, bool]] = []
         self._closer: asyncio.Task | None = None
 
     async def open(self, ino: int, access: int = 0) -> tuple[Attr, bytes]:
-        """OPEN ``ino`` (checking ``access`` on the service): its fresh attributes and the handle."""
-        attr, h = await self.meta.open_file(ino, self.lease, access=access)
-        self.adopt(ino, h)
+        """Open ``ino`` (checking ``access`` on the service): its fresh attributes and the handle."""
+        if access & os.W_OK:
+            attr, h = await self.meta.open_file(ino, self.lease, access=access)
+            self.adopt(ino, h)
+        else:
+            attr, h, durable = await self.meta.open_read(ino, self.lease, access=access)
+            self.adopt(ino, h, read=not durable)
         return attr, h
 
-    def adopt(self, ino: int, h: bytes) -> None:
+    def adopt(self, ino: int, h: bytes, read: bool = False) -> None:
         """Track (renew, close) a handle registered elsewhere, e.g. by create_open."""
         self.held[h] = ino
+        if read:
+            self.reading.add(h)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._renew())
 
     def release(self, ino: int, h: bytes) -> None:
         """Close the handle, in the background."""
         self.held.pop(h, None)
-        self._closing.append((ino, h))
+        read = h in self.reading
+        self.reading.discard(h)
+        self._closing.append((ino, h, read))
         if self._closer is None or self._closer.done():
             self._closer = asyncio.get_running_loop().create_task(self._close_pending())
 
     async def _close_pending(self) -> None:
         while self._closing:
             batch, self._closing = self._closing, []
+            reads = [(ino, h) for ino, h, r in batch if r]
+            durable = [(ino, h) for ino, h, r in batch if not r]
             try:
-                await self.meta.close_handles(batch)
+                await asyncio.gather(*([self.meta.close_handles(durable)] if durable else []),
+                                     *([self.meta.close_read_handles(reads)] if reads else []))
             except err.DfsError:
                 pass  # expired or the cluster is unreachable: the lease ends it anyway
 
@@ -361,11 +374,15 @@ class _Leases:
         while self.held:
             await asyncio.sleep(self.lease / 3)
             pairs = [(ino, h) for h, ino in list(self.held.items())]
-            if pairs:
-                try:
-                    await self.meta.renew_handles(pairs, self.lease)
-                except err.DfsError:
-                    pass  # tried again at the next tick, well before the lease ends
+            reads = [p for p in pairs if p[1] in self.reading]
+            durable = [p for p in pairs if p[1] not in self.reading]
+            try:
+                if durable:
+                    await self.meta.renew_handles(durable, self.lease)
+                if reads:
+                    await self.meta.renew_read_handles(reads, self.lease)
+            except err.DfsError:
+                pass  # tried again at the next tick, well before the lease ends
 
     async def close(self) -> None:
         if self._task is not None:

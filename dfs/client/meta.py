@@ -318,23 +318,50 @@ class MetaClient:
         wire = await self._call(shard_of(ino), Op.OPEN, args, caller, True)
         return Attr.from_wire(wire), h
 
-    async def renew_handles(self, pairs: list[tuple[int, bytes]], lease_s: float = DEFAULT_LEASE_S, *,
-                            caller: Caller | None = None) -> list[tuple[int, bytes]]:
-        """Extend handles ``(ino, handle)`` to now + ``lease_s`` (one request per shard, in
-        parallel). Returns the pairs that are gone (closed or expired): a file that still has a
-        name can be opened again (``open_handle(ino, handle=h)``); one that does not is lost."""
+    async def open_read(self, ino: int, lease_s: float = DEFAULT_LEASE_S, *, access: int = 0,
+                        handle: bytes | None = None, caller: Caller | None = None) -> tuple[Attr, bytes, bool]:
+        """``open_file`` for reading only: a read handle, kept in the shard leader's memory
+        (no Raft round; see dfs.meta.readhandles). Returns (attributes, handle, durable):
+        durable handles (the leader logged an OPEN: inline or empty files) are renewed and
+        closed with ``renew_handles`` / ``close_handles``, read handles with
+        ``renew_read_handles`` / ``close_read_handles``. ``access``: 0 or os.R_OK."""
+        h = handle if handle is not None else os.urandom(16)
+        args = [ino, h, float(lease_s)] + ([int(access)] if access else [])
+        wire, durable = await self._call(shard_of(ino), Op.OPENREAD, args, caller, True)
+        return Attr.from_wire(wire), h, bool(durable)
+
+    async def renew_read_handles(self, pairs: list[tuple[int, bytes]], lease_s: float = DEFAULT_LEASE_S, *,
+                                 caller: Caller | None = None) -> list[tuple[int, bytes]]:
+        """``renew_handles`` for read handles (a new leader adopts them). Returns the pairs
+        that are gone for good: the file was deleted and its chunks freed."""
+        return await self._per_shard(Op.RENEWREAD, pairs, [float(lease_s)], caller)
+
+    async def close_read_handles(self, pairs: list[tuple[int, bytes]], *, caller: Caller | None = None) -> None:
+        """Drop read handles (unknown ones are fine), one request per shard, in parallel."""
+        await self._per_shard(Op.CLOSEREAD, pairs, [], caller)
+
+    async def _per_shard(self, op: Op, pairs: list[tuple[int, bytes]], extra: list,
+                         caller: Caller | None) -> list[tuple[int, bytes]]:
+        """``op [[ino, handle]...] *extra`` on each pairs' shard at once; the pairs answered non-zero."""
         by_shard: dict[int, list[list]] = defaultdict(list)
         for ino, h in pairs:
             by_shard[shard_of(ino)].append([ino, h])
 
         async def one(shard: int, group: list[list]):
-            res = await self._call(shard, Op.RENEW, [group, float(lease_s)], caller, True)
-            return [(ino, h) for (ino, h), e in zip(group, res) if e]
+            res = await self._call(shard, op, [group, *extra], caller, op == Op.RENEW)
+            return [(ino, h) for (ino, h), e in zip(group, res or ()) if e]
 
         gone: list[tuple[int, bytes]] = []
         for g in await asyncio.gather(*(one(s, g) for s, g in by_shard.items())):
             gone.extend(g)
         return gone
+
+    async def renew_handles(self, pairs: list[tuple[int, bytes]], lease_s: float = DEFAULT_LEASE_S, *,
+                            caller: Caller | None = None) -> list[tuple[int, bytes]]:
+        """Extend handles ``(ino, handle)`` to now + ``lease_s`` (one request per shard, in
+        parallel). Returns the pairs that are gone (closed or expired): a file that still has a
+        name can be opened again (``open_handle(ino, handle=h)``); one that does not is lost."""
+        return await self._per_shard(Op.RENEW, pairs, [float(lease_s)], caller)
 
     async def close_handle(self, ino: int, handle: bytes, *, caller: Caller | None = None) -> bool:
         """Drop a handle (a gone one is fine). The last handle of a file without a name

@@ -12,7 +12,9 @@ with the leader prefixing the header (request id, timestamp, caller).
       GETXATTR    ino, name                         -> value
       LISTXATTR   ino                               -> [name...]
       STATFS                                        -> [files, ...]
-      GETATTRS    [ino...]                          -> [attr|errno ...]   (batch getattr, one shard)
+      GETATTRS    [ino...][, scan]                  -> [attr|errno ...]   (batch getattr, one shard;
+                                                       scan: a deleted file whose chunks the leader
+                                                       has still to free answers EBUSY, not ENOENT)
       OPSTATUS    op_id                             -> "P" | "C" | ""     (internal, 2PC recovery)
       DIRPARENT   ino                               -> parent ino         (internal, lock-aware)
       RENAMEEPOCH                                   -> n                  (internal, shard 0)
@@ -48,6 +50,18 @@ with the leader prefixing the header (request id, timestamp, caller).
       EXPIREHANDLES [limit]                         -> [expired, freed]  (internal: drops handles
                                                        whose expiry < the command's ts, then frees
                                                        link-less inodes left without handles)
+      READMARK    term, until_ns                    -> nil   (internal: read handles granted in
+                                                       Raft term `term` live until at most until_ns;
+                                                       a later leader frees no orphan before that)
+    read handles (served by the shard leader from its memory, never logged)
+      OPENREAD    ino, handle, lease_s[, access]    -> [attr, durable]  (as OPEN, for reading: the
+                                                       handle lives in the leader's memory, no Raft
+                                                       round; durable = the leader logged an OPEN
+                                                       instead (inline or empty files), so the client
+                                                       renews and closes it with RENEW / CLOSE)
+      RENEWREAD   [[ino, handle]...], lease_s       -> [errno...]  (extends, or adopts after a
+                                                       failover while the file or its orphan exists)
+      CLOSEREAD   [[ino, handle]...]                -> nil
     namespace operations that may span shards (run by the coordinator)
       MKDIR       parent, name, mode, umask         -> attr
       RMDIR       parent, name                      -> nil
@@ -83,6 +97,9 @@ class Op(enum.IntEnum):
     REQSTATUS = 12
     ORPHANS = 13
     READINLINE = 14
+    OPENREAD = 15
+    RENEWREAD = 16
+    CLOSEREAD = 17
 
     CREATE = 20
     SETATTR = 21
@@ -97,6 +114,7 @@ class Op(enum.IntEnum):
     RENEW = 30
     CLOSE = 31
     EXPIREHANDLES = 32
+    READMARK = 33
 
     MKDIR = 40
     RMDIR = 41
@@ -115,11 +133,12 @@ READS = frozenset({Op.LOOKUP, Op.GETATTR, Op.READDIR, Op.READLINK, Op.GETXATTR, 
                    Op.STATFS, Op.GETATTRS, Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH,
                    Op.REQSTATUS, Op.ORPHANS, Op.READINLINE})
 LOGGED = frozenset({Op.CREATE, Op.SETATTR, Op.SETXATTR, Op.REMOVEXATTR, Op.SETLAYOUT, Op.ORPHANDONE, Op.EXTEND,
-                    Op.WRITEINLINE, Op.MIGRATE, Op.OPEN, Op.RENEW, Op.CLOSE, Op.EXPIREHANDLES,
+                    Op.WRITEINLINE, Op.MIGRATE, Op.OPEN, Op.RENEW, Op.CLOSE, Op.EXPIREHANDLES, Op.READMARK,
                     Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT, Op.FORGET})
+READ_HANDLES = frozenset({Op.OPENREAD, Op.RENEWREAD, Op.CLOSEREAD})
 COORDINATED = frozenset({Op.MKDIR, Op.RMDIR, Op.UNLINK, Op.RENAME, Op.LINK})
 INTERNAL = frozenset({Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH, Op.REQSTATUS, Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT,
-                      Op.FORGET, Op.ORPHANS, Op.ORPHANDONE, Op.EXPIREHANDLES})
+                      Op.FORGET, Op.ORPHANS, Op.ORPHANDONE, Op.EXPIREHANDLES, Op.READMARK})
 
 
 

@@ -64,6 +64,11 @@ class Log(abc.ABC):
     def leader(self) -> str | None:
         """The Raft address ("host:port") of the current leader, if known."""
 
+    @property
+    def term(self) -> int:
+        """The current Raft term (a log of one has one term)."""
+        return 1
+
 
 class DirectLog(Log):
     """A log of one: commands apply at once, in submission order (unit tests,

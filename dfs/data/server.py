@@ -284,8 +284,9 @@ class DataServer:
 
     # ------------------------------------------------------------------ orphan scan
     async def inodes_exist(self, inos: list[int]) -> dict[int, bool | None]:
-        """Whether each inode exists, asking its shard (GETATTRS, root caller): True, False
-        (ENOENT), or None (any other answer or error: unknown)."""
+        """Whether each inode exists, asking its shard (GETATTRS scan, root caller): True, False
+        (ENOENT), or None (any other answer or error, e.g. EBUSY for a deleted file whose
+        chunks the shard leader frees itself: unknown)."""
         out: dict[int, bool | None] = {}
         if self.transport.map is None:
             await self.refresh_map(0)
@@ -301,7 +302,8 @@ class DataServer:
             for i in range(0, len(group), ORPHAN_BATCH):
                 part = group[i:i + ORPHAN_BATCH]
                 try:
-                    res = await self.transport.call(sh, Op.GETATTRS, ROOT, [part])
+                    # scan: an orphan the leader still has to free (maybe after a reader) is EBUSY
+                    res = await self.transport.call(sh, Op.GETATTRS, ROOT, [part, True])
                 except (err.DfsError, grpc.aio.AioRpcError) as e:
                     log.info("orphan scan: shard %d did not answer: %s", sh, e)
                     res = None

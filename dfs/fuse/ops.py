@@ -128,6 +128,7 @@ class DfsOperations(pyfuse3.Operations):
         self._fh_ids = itertools.count(1)
         self._groups: dict[int, tuple[float, int, tuple[int, ...]]] = {}
         self.held: dict[int, bytes] = {}  # ino -> server open handle (MetaClient.open_handle)
+        self.reading: set[int] = set()  # the inos in held whose handle is a read handle (open_read)
         self.lease_s = 30.0
         self._server_handles = hasattr(meta, "open_handle")
         self._renewer: asyncio.Task | None = None
@@ -417,19 +418,20 @@ class DfsOperations(pyfuse3.Operations):
             raise
 
     # ------------------------------------------------------------------ files
-    async def _open_ino(self, a: Attr, sh: bytes | None = None) -> _Open:
+    async def _open_ino(self, a: Attr, sh: bytes | None = None, read: bool = False) -> _Open:
         """The shared open state of ``a.ino`` with one more reference. ``sh``: a server open
-        handle the caller already registered (CREATE or OPEN with the attributes)."""
+        handle the caller already registered (CREATE or OPEN with the attributes; ``read``:
+        a read handle, open_read)."""
         o = self.files.get(a.ino)
         if o is None:
             o = self.files[a.ino] = _Open(FileHandle(self.meta, self.data, a))
             if sh is not None:
-                self._held(a.ino, o, sh)
+                self._held(a.ino, o, sh, read)
             elif self._server_handles and a.is_reg():
                 await self._hold(a.ino, o)
         else:
             if sh is not None:  # a concurrent open of the same file won: one handle is enough
-                self._spawn(self.meta.close_handle(a.ino, sh))
+                self._spawn(self._close_server_handle(a.ino, sh, read))
             if not o.dirty() and a.size != o.handle.size:
                 o.handle.size = a.size  # changed elsewhere since (close-to-open)
         o.refs += 1
@@ -446,9 +448,13 @@ class DfsOperations(pyfuse3.Operations):
         self._background.add(t)
         t.add_done_callback(self._background.discard)
 
-    def _held(self, ino: int, o: _Open, sh: bytes) -> None:
+    def _held(self, ino: int, o: _Open, sh: bytes, read: bool = False) -> None:
         o.sh = sh
         self.held[ino] = sh
+        if read:
+            self.reading.add(ino)
+        else:
+            self.reading.discard(ino)
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
 
@@ -465,14 +471,33 @@ class DfsOperations(pyfuse3.Operations):
             return
         self._held(ino, o, sh)
 
+    async def _close_server_handle(self, ino: int, sh: bytes, read: bool) -> None:
+        if read:
+            await self.meta.close_read_handles([(ino, sh)])
+        else:
+            await self.meta.close_handle(ino, sh)
+
+    async def _upgrade(self, ino: int, o: _Open, caller: Caller) -> None:
+        """A write open of a file held with a read handle: make the handle durable (an
+        OPEN of the same handle id), then drop the read one."""
+        sh = o.sh
+        await self.meta.open_file(ino, self.lease_s, handle=sh, caller=caller)
+        if self.held.get(ino) == sh and ino in self.reading:
+            self.reading.discard(ino)
+            self._spawn(self.meta.close_read_handles([(ino, sh)]))
+
     async def _renew_loop(self) -> None:
         while self.held:
             await asyncio.sleep(self.lease_s / 3)
             pairs = list(self.held.items())
+            reads = [(ino, h) for ino, h in pairs if ino in self.reading]
+            pairs = [(ino, h) for ino, h in pairs if ino not in self.reading]
             try:
-                gone = await self.meta.renew_handles(pairs, self.lease_s)
+                if reads and await self.meta.renew_read_handles(reads, self.lease_s):
+                    log.error("read handles lost (the files were deleted and freed): %s", reads)
+                gone = await self.meta.renew_handles(pairs, self.lease_s) if pairs else []
             except err.DfsError as e:
-                log.warning("renewing %d open handles: %s", len(pairs), e)
+                log.warning("renewing %d open handles: %s", len(pairs) + len(reads), e)
                 continue
             for ino, h in gone:
                 if self.held.get(ino) != h:
@@ -492,12 +517,23 @@ class DfsOperations(pyfuse3.Operations):
         caller = self._caller(ctx)
         await self._settled(inode)
         if inode not in self.files and self._server_handles:
-            # the attributes (fresh: close-to-open) and the server handle in one command
-            a, sh = await self.meta.open_file(inode, self.lease_s, caller=caller)
-            o = await self._open_ino(a, sh)
+            # the attributes (fresh: close-to-open) and the server handle in one command;
+            # reading only: a read handle, no Raft round
+            if flags & os.O_ACCMODE == os.O_RDONLY:
+                a, sh, durable = await self.meta.open_read(inode, self.lease_s, caller=caller)
+                o = await self._open_ino(a, sh, read=not durable)
+            else:
+                a, sh = await self.meta.open_file(inode, self.lease_s, caller=caller)
+                o = await self._open_ino(a, sh)
         else:
             a = await self.meta.getattr(inode, caller=caller)
             o = await self._open_ino(a)
+            if flags & os.O_ACCMODE != os.O_RDONLY and inode in self.reading and o.sh is not None:
+                try:
+                    await self._upgrade(inode, o, caller)
+                except BaseException:
+                    await self._drop_ref(inode, o)
+                    raise
         told = self.told.get(inode)
         if told is not None and told != (a.size, a.mtime_ns) and not o.dirty():
             # Changed elsewhere since the kernel cached its attributes: close-to-open says
@@ -592,12 +628,13 @@ class DfsOperations(pyfuse3.Operations):
                     log.warning("closing inode %d: %s", ino, e)
             if o.sh is not None:
                 try:
-                    await self.meta.close_handle(ino, o.sh)
+                    await self._close_server_handle(ino, o.sh, ino in self.reading)
                 except err.DfsError as e:
                     log.warning("closing the open handle of inode %d: %s", ino, e)
                 finally:
                     if self.held.get(ino) == o.sh:
                         del self.held[ino]
+                        self.reading.discard(ino)
             if ino in self.hidden and ino not in self.files:
                 await self._unhide(ino)
         finally:

@@ -12,7 +12,9 @@ holds:
     P <op id>                       -> cross-shard operation record (prepared / coordinator intent)
     K <lock key>                    -> lock held by prepared cross-shard operations
     O <ino:8>                       -> orphan: a deleted regular file whose chunks are still to free,
-                                       msgpack [layout, size]
+                                       msgpack [layout, size, attr] (attr: its wire attributes at
+                                       deletion, for a reader that still holds it open; records
+                                       written before that field are [layout, size])
     B <ino:8>                       -> inline data of a FLAG_INLINE file: <high water:4><bytes>; the
                                        file's content is the bytes, then zeros up to its size; high
                                        water = the longest the bytes ever were (absent: never written)
@@ -51,6 +53,9 @@ K_NEXT_INO = P_META + b"next_ino"
 K_NINODES = P_META + b"ninodes"
 K_SHARD = P_META + b"shard"
 K_RENAME_EPOCH = P_META + b"rename_epoch"  # bumped each time a directory rename completes
+# msgpack [last term, until ns of that term, until ns of every earlier term]: how long read
+# handles granted by a leader (in its memory, see OPENREAD) may live (READMARK)
+K_READ_MARK = P_META + b"read_mark"
 
 _Q = struct.Struct(">Q")
 

@@ -21,6 +21,9 @@ link went) until its lease runs out; a task on the leader submits
 drops expired handles and deletes the link-less files they kept. A new leader
 waits ``handle_grace`` seconds (one default lease) before it expires anything,
 so that clients cut off by a failover or a restart get to renew first.
+
+Read handles (OPENREAD / RENEWREAD / CLOSEREAD) live in the leader's memory
+instead, with no Raft round per open or close: see ``dfs.meta.readhandles``.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ from typing import Any
 import msgpack
 
 from dfs.common import errors as err
-from dfs.common.ops import COORDINATED, DEFAULT_LEASE_S, LOGGED, READS, Op
-from dfs.common.records import Caller
+from dfs.common.ops import COORDINATED, DEFAULT_LEASE_S, LOGGED, READ_HANDLES, READS, Op
+from dfs.common.records import FLAG_INLINE, Caller
 from dfs.consensus.api import Log
 from dfs.meta.coordinator import Coordinator, Recovery
+from dfs.meta.readhandles import MARK_AHEAD_NS, MARK_SKEW_NS, MAX_READ_HANDLES, ReadHandles, foreign_until
 from dfs.meta.store import MetaStore, encode_command, unpackb
 
 ChunkRemover = Callable[[int, int, int], Awaitable[None]]  # (ino, packed layout, size)
@@ -95,6 +99,10 @@ class ShardService:
         self.handle_grace = handle_grace
         self._handle_task: asyncio.Task | None = None
         self.stats: dict[str, int] = {}
+        self.reads = ReadHandles()
+        self._mark: tuple[int, int] = (-1, 0)  # (term, until ns) of this leader's last READMARK
+        self._mark_lock = asyncio.Lock()
+        self._barrier_term = -1  # the term whose READMARK barrier the orphan task has passed
 
     def _check_layout(self, args: list) -> None:
         from dfs.common.layout import Layout
@@ -119,7 +127,15 @@ class ShardService:
             raise err.InvalidArgument("arguments must be a list")
         self._check_leader()
         if op in READS:
-            return self.store.read(op, caller, args)
+            try:
+                return self.store.read(op, caller, args)
+            except err.NotFound:
+                attr = self._held_orphan_attr(op, args)
+                if attr is None:
+                    raise
+                return attr
+        if op in READ_HANDLES:
+            return await self._read_handle_op(op, rid, caller, args)
         if op in LOGGED:
             if op == Op.SETLAYOUT:
                 self._check_layout(args)
@@ -157,7 +173,7 @@ class ShardService:
                         self._check_layout(args)
                     logged.append(i)
                     cmds.append(encode_command(op, rid, now, caller, args))
-                elif op in COORDINATED:
+                elif op in COORDINATED or op in READ_HANDLES:
                     others.append(i)
                 else:
                     raise err.InvalidArgument(f"op {op!r} is not served here")
@@ -169,7 +185,7 @@ class ShardService:
         async def coordinated(i: int) -> None:
             op, rid, caller, args = items[i]
             try:
-                out[i] = await self.coordinator.run(Op(op), rid, caller, args)
+                out[i] = await self.execute(op, rid, caller, args)
             except err.DfsError as e:
                 out[i] = e
 
@@ -207,6 +223,99 @@ class ShardService:
             return e.errno, e.detail or "", b""
         return 0, "", msgpack.packb(res)
 
+    # ------------------------------------------------------------ read handles
+    async def _read_handle_op(self, op: Op, rid: bytes, caller: Caller, args: list) -> Any:
+        try:
+            if op == Op.OPENREAD:
+                return await self.open_read(rid, caller, *args)
+            if op == Op.RENEWREAD:
+                return await self.renew_read(*args)
+            return self.close_read(*args)
+        except TypeError:
+            raise err.InvalidArgument(f"{op.name}: wrong arguments") from None
+
+    async def open_read(self, rid: bytes, caller: Caller, ino: int, handle: bytes, lease_s, access: int = 0) -> list:
+        """OPENREAD: [attr, durable]; see dfs.meta.readhandles."""
+        MetaStore._check_handle(handle)
+        lease = MetaStore._lease_ns(lease_s)
+        i = self.store.open_for_read(caller, ino, access)
+        if i.flags & FLAG_INLINE or i.size == 0 or len(self.reads) >= MAX_READ_HANDLES:
+            args = [ino, handle, lease_s] + ([access] if access else [])
+            return [await self.execute(Op.OPEN, rid, caller, args), True]
+        expiry = self.clock() + lease
+        self.reads.put(ino, handle, expiry)  # before any await: the orphan task sees it at once
+        try:
+            await self._ensure_mark(expiry)
+        except BaseException:
+            self.reads.drop(ino, handle)
+            raise
+        return [i.wire(), False]
+
+    async def renew_read(self, pairs: list, lease_s) -> list[int]:
+        """RENEWREAD: per pair 0 (extended, or adopted: a failover lost it, the file or its
+        orphan record is still here) or ENOENT (the file and its chunks are gone)."""
+        lease = MetaStore._lease_ns(lease_s)
+        if not isinstance(pairs, list):
+            raise err.InvalidArgument("pairs")
+        now = self.clock()
+        expiry = now + lease
+        out = []
+        for pair in pairs:
+            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], int):
+                raise err.InvalidArgument("pairs: [[ino, handle]...]")
+            ino, handle = pair
+            MetaStore._check_handle(handle)
+            self.store.check_owned(ino)
+            if (self.reads.live_handle(ino, handle, now) or self.store.inode_exists(ino)
+                    or self.store.is_orphan(ino)):
+                self.reads.put(ino, handle, expiry)
+                out.append(0)
+            else:
+                out.append(errno.ENOENT)
+        if any(e == 0 for e in out):
+            await self._ensure_mark(expiry)
+        return out
+
+    def close_read(self, pairs: list) -> None:
+        """CLOSEREAD: forget read handles (unknown ones are fine: closed, expired, another leader's)."""
+        if not isinstance(pairs, list):
+            raise err.InvalidArgument("pairs")
+        for pair in pairs:
+            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], int):
+                raise err.InvalidArgument("pairs: [[ino, handle]...]")
+            MetaStore._check_handle(pair[1])
+            self.reads.drop(pair[0], pair[1])
+
+    def _held_orphan_attr(self, op: Op, args: list) -> list | None:
+        """GETATTR of a deleted file that a read handle here still holds: its attributes at deletion."""
+        if op != Op.GETATTR or not args or not isinstance(args[0], int):
+            return None
+        if not self.reads.live(args[0], self.clock()):
+            return None
+        return self.store.orphan_attr(args[0])
+
+    async def _ensure_mark(self, expiry: int) -> None:
+        """Make sure a committed READMARK of this term covers read handles until ``expiry``."""
+        term = self.log.term
+        if self._mark[0] == term and self._mark[1] >= expiry:
+            return
+        async with self._mark_lock:
+            term = self.log.term
+            if self._mark[0] == term and self._mark[1] >= expiry:
+                return  # another open's mark covered this one meanwhile
+            until = expiry + MARK_AHEAD_NS
+            await self.execute(Op.READMARK, b"", Caller(0, 0, ()), [term, until])
+            self._mark = (term, until)
+
+    async def _orphans_may_go(self) -> bool:
+        """Whether no read handle of an earlier leader may still be live (see readhandles)."""
+        term = self.log.term
+        if self._barrier_term != term:
+            # a command of this term: once applied, so is every mark committed before it
+            await self.execute(Op.READMARK, b"", Caller(0, 0, ()), [term, 0])
+            self._barrier_term = term
+        return self.clock() >= foreign_until(self.store.read_mark(), term) + MARK_SKEW_NS
+
     # ------------------------------------------------------------ recovery
     def start_recovery(self, interval: float = 0.5) -> None:
         """Start the leader's background tasks: 2PC recovery, and freeing orphans (with a chunk_remover)."""
@@ -241,7 +350,9 @@ class ShardService:
             await asyncio.sleep(interval)
             if not self.log.is_leader:
                 leader_since = None
+                self.reads.clear()  # a later leader has its own; clients renew with it
                 continue
+            self.reads.prune(self.clock())
             now = time.monotonic()
             if leader_since is None:
                 leader_since = now
@@ -263,8 +374,13 @@ class ShardService:
         Leader only; a no-op without a chunk_remover."""
         if self.chunk_remover is None or not self.log.is_leader:
             return 0
+        if not await self._orphans_may_go():
+            return 0
         done = 0
-        for ino, layout, size in self.store.orphans(limit):
+        # held orphans are stepped over, so look at as many more as could be held
+        for ino, layout, size in self.store.orphans(limit + min(len(self.reads), 10 * limit)):
+            if self.reads.live(ino, self.clock()):
+                continue  # a reader holds it: freed after its close or lease
             try:
                 await self.chunk_remover(ino, layout, size)
             except asyncio.CancelledError:

@@ -164,7 +164,7 @@ class Ctx:
             # Its chunks are freed later, by the orphan task of the leader. A file of size 0
             # has none, but for bytes a writer sent without publishing a size yet: those are
             # the data servers' orphan scan's (after its grace), not worth a record here.
-            ov.put(S.orphan_key(i.ino), packb([i.layout, i.size]))
+            ov.put(S.orphan_key(i.ino), packb([i.layout, i.size, i.wire()]))
         if stat.S_ISLNK(i.mode):
             ov.delete(S.symlink_key(i.ino))
         if i.flags & S.FLAG_XATTRS:
@@ -719,6 +719,22 @@ class MetaStore(StateMachine):
         ctx.put(i)
         return i.wire()
 
+    def _readmark(self, ctx: Ctx, term: int, until: int):
+        """Internal (the leader, before it hands out read handles): read handles granted in
+        ``term`` live until at most ``until`` ns. Kept per the last term and for all earlier
+        ones, so a new leader knows how long another leader's handles may live."""
+        if not isinstance(term, int) or not isinstance(until, int) or term < 0:
+            raise err.InvalidArgument("term, until")
+        v = ctx.ov.get(S.K_READ_MARK)
+        last, mine, earlier = (0, 0, 0) if v is None else unpackb(v)
+        if term > last:
+            last, mine, earlier = term, until, max(earlier, mine)
+        elif term == last:
+            mine = max(mine, until)
+        else:
+            earlier = max(earlier, until)
+        ctx.ov.put(S.K_READ_MARK, packb([last, mine, earlier]))
+
     def _orphandone(self, ctx: Ctx, ino: int):
         """The orphan's chunks are gone: forget it (internal)."""
         ctx.ov.delete(S.orphan_key(ino))
@@ -1103,6 +1119,7 @@ class MetaStore(StateMachine):
         Op.RENEW: _renew,
         Op.CLOSE: _close,
         Op.EXPIREHANDLES: _expirehandles,
+        Op.READMARK: _readmark,
         Op.ONEPHASE: _onephase,
         Op.PREPARE: _prepare,
         Op.COMMIT: _commit,
@@ -1158,13 +1175,16 @@ class MetaStore(StateMachine):
             raise err.Locked()
         return self._r_inode(ino).wire()
 
-    def _getattrs(self, caller: Caller, inos: list):
+    def _getattrs(self, caller: Caller, inos: list, scan: bool = False):
         out = []
         for ino in inos:
             try:
                 out.append(self._r_inode(ino).wire())
             except err.DfsError as e:
-                out.append(e.errno)
+                if scan and e.errno == E.ENOENT and isinstance(ino, int) and self.is_orphan(ino):
+                    out.append(E.EBUSY)  # the leader frees its chunks (maybe after a reader)
+                else:
+                    out.append(e.errno)
         return out
 
     def _readdir(self, caller: Caller, ino: int, cookie: int, limit: int, plus: bool):
@@ -1276,9 +1296,46 @@ class MetaStore(StateMachine):
         """(ino, packed layout, size) of deleted regular files whose chunks are still to free."""
         out = []
         for k, v in self.kv.scan_prefix(S.P_ORPHAN, max(1, int(limit))):
-            layout, size = unpackb(v)
-            out.append((S.from_u64(k[1:9]), layout, size))
+            rec = unpackb(v)
+            out.append((S.from_u64(k[1:9]), rec[0], rec[1]))
         return out
+
+    def orphan_attr(self, ino: int) -> list | None:
+        """The wire attributes a deleted file had, while its orphan record lasts (None: no
+        record, or one from before records kept them)."""
+        v = self.kv.get(S.orphan_key(ino))
+        if v is None:
+            return None
+        rec = unpackb(v)
+        return rec[2] if len(rec) > 2 else None
+
+    def inode_exists(self, ino: int) -> bool:
+        return self.kv.get(S.inode_key(ino)) is not None
+
+    def is_orphan(self, ino: int) -> bool:
+        return self.kv.get(S.orphan_key(ino)) is not None
+
+    def read_mark(self) -> tuple[int, int, int]:
+        """(last term, until ns of that term's read handles, until ns of earlier terms'), see READMARK."""
+        v = self.kv.get(S.K_READ_MARK)
+        return (0, 0, 0) if v is None else tuple(unpackb(v))
+
+    def open_for_read(self, caller: Caller, ino: int, access: int = 0) -> Inode:
+        """OPENREAD's checks on applied state (as OPEN's): the inode, a regular file, ``access``."""
+        if not isinstance(ino, int):
+            raise err.InvalidArgument("ino")
+        i = self._r_inode(ino)
+        if self._r_locked(S.lock_key_inode(ino)):
+            raise err.Locked()
+        if i.is_dir():
+            raise err.IsADirectory()
+        if not stat.S_ISREG(i.mode):
+            raise err.InvalidArgument("open handles are for regular files")
+        if access:
+            if not isinstance(access, int) or isinstance(access, bool) or access & ~4:
+                raise err.InvalidArgument("access: R_OK (read handles)")
+            check_access(i, caller, access)
+        return i
 
     # ----------------------------------------------------------- open handles
     def handles(self, ino: int | None = None) -> list[tuple[int, bytes, int]]:
