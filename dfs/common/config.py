@@ -11,7 +11,7 @@
     raft = "127.0.0.1:7100"        # Raft peers only (cluster network)
     metrics = "127.0.0.1:9100"     # optional: Prometheus metrics over HTTP (absent: none)
 
-    [[shards]]                     # metadata shards, each a Raft group
+    [[shards]]                     # metadata shards, each a Raft group (ids 0..S-1)
     id = 0
     [[shards.replicas]]
     id = 0
@@ -45,6 +45,13 @@
     server_name = "dfs.internal"   # optional: the name to check in the certificate instead
                                    # of the address's host
 
+A shard has 1 to 7 replicas (odd counts are the useful ones: 2 tolerates no
+more failures than 1, 4 no more than 3; even counts are what a membership
+change passes through). Replica ids are unique within their shard and every
+gRPC and Raft address is used once. Replicas are named by id, not by their
+position in the list: `dfs admin remove-meta-replica` takes entries out and
+``add-meta-replica`` appends them with new ids (``edit_cluster_file``).
+
 No ``client_token`` (nor ``client_token_file``) means no client
 authentication (files from before it existed). Relative paths of
 ``client_token_file`` and ``[tls]`` are taken from the cluster file's folder by
@@ -58,9 +65,12 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import tomli_w
+
+MAX_REPLICAS = 7  # per shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,13 @@ class ReplicaAddr:
 class ShardConfig:
     id: int
     replicas: tuple[ReplicaAddr, ...]
+
+    def replica(self, rid: int) -> ReplicaAddr:
+        """The replica with id ``rid`` (KeyError if none)."""
+        for r in self.replicas:
+            if r.id == rid:
+                return r
+        raise KeyError(f"shard {self.id} has no replica {rid}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +230,7 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         self._check_metrics()
+        self._check_replicas()
         servers: set[int] = set()
         targets: set[int] = set()
         for d in self.data:
@@ -260,6 +278,26 @@ class ClusterConfig:
                 raise ValueError(f"{what}: metrics address {addr} is also {seen[addr]}'s")
             seen[addr] = what
 
+    def _check_replicas(self) -> None:
+        """Ids unique per group; addresses unique among the mgmt replicas and among the
+        shards' replicas (a host may run mgmt and meta services on one address)."""
+        shard_seen: dict[str, str] = {}
+        groups = [("mgmt", self.mgmt, {})] + [(f"shard {s.id}", s.replicas, shard_seen) for s in self.shards]
+        for group, reps, seen in groups:
+            ids = [r.id for r in reps]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"{group}: replica ids appear twice: {ids}")
+            for r in reps:
+                for kind, addr in (("address", r.address), ("raft", r.raft)):
+                    what = f"{group} replica {r.id}"
+                    _check_hostport(f"{what} {kind}", addr)
+                    if addr in seen:
+                        raise ValueError(f"{what}: {kind} {addr} is also {seen[addr]}'s")
+                    seen[addr] = what
+        for s in self.shards:
+            if not 1 <= len(s.replicas) <= MAX_REPLICAS:
+                raise ValueError(f"shard {s.id}: 1 to {MAX_REPLICAS} replicas, not {len(s.replicas)}")
+
     @property
     def replicas_per_chain(self) -> int:
         """chain_replicas capped at the number of data servers (at least 1)."""
@@ -292,11 +330,7 @@ class ClusterConfig:
         return self.shards[sid]
 
     def to_dict(self) -> dict:
-        def rep(r: ReplicaAddr) -> dict:
-            d = {"id": r.id, "address": r.address, "raft": r.raft}
-            if r.metrics is not None:  # TOML has no null: absent means no endpoint
-                d["metrics"] = r.metrics
-            return d
+        rep = replica_entry
 
         def server(x: DataServerConfig) -> dict:
             d = {"id": x.id, "address": x.address}
@@ -350,9 +384,6 @@ class ClusterConfig:
         shards = tuple(ShardConfig(int(s["id"]), tuple(rep(r) for r in s["replicas"])) for s in d["shards"])
         if [s.id for s in shards] != list(range(len(shards))):
             raise ValueError("shard ids must be 0..S-1 in order")
-        for s in shards:
-            if len(s.replicas) not in (1, 3, 5):
-                raise ValueError(f"shard {s.id}: 1, 3 or 5 replicas")
         r = d.get("raft", {})
         opts = RaftOptions(**{k: (tuple(v) if k == "election_timeout" else v) for k, v in r.items()})
         data = []
@@ -384,6 +415,39 @@ class ClusterConfig:
         with open(path, "rb") as f:
             cfg = cls.from_dict(tomllib.load(f))
         return _resolve_paths(cfg, os.path.dirname(os.path.abspath(path)))
+
+
+def edit_cluster_file(path: str, edit: Callable[[dict], None]) -> ClusterConfig:
+    """Change the cluster file at ``path`` in place: ``edit`` mutates its TOML document (as
+    read: keys it does not touch stay as they were, relative paths stay relative); the result
+    must still be a valid cluster file. Written atomically with the old file's mode. Returns
+    the new file, loaded."""
+    with open(path, "rb") as f:
+        d = tomllib.load(f)
+    edit(d)
+    ClusterConfig.from_dict(d)  # refuse (ValueError) before anything is written
+    mode = os.stat(path).st_mode & 0o777
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            tomli_w.dump(d, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return ClusterConfig.load(path)
+
+
+def replica_entry(r: ReplicaAddr) -> dict:
+    """A ``[[shards.replicas]]`` (or ``[[mgmt]]``) table of the cluster file."""
+    d = {"id": r.id, "address": r.address, "raft": r.raft}
+    if r.metrics is not None:  # TOML has no null: absent means no endpoint
+        d["metrics"] = r.metrics
+    return d
 
 
 def _resolve_paths(cfg, base: str):

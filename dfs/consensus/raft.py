@@ -20,6 +20,23 @@ pysyncobj lives only in this module. What the host adds on top of it:
   when the snapshot is ahead of the state machine (a wiped or lagging replica
   receiving the leader's snapshot); at a restart the local state is already at
   or past the local dump and is kept.
+* **Membership changes, one at a time.** ``add_member``/``remove_member`` run
+  pysyncobj's single-server change (``addNodeToCluster``/``removeNodeFromCluster``,
+  which takes effect on every replica when the entry is appended, as Raft's
+  single-server changes do) and return once the entry is committed and
+  applied on this leader. pysyncobj does not stop a second change while one
+  is uncommitted, and two uncommitted single-server changes can leave two
+  disjoint majorities, so the host refuses (``Busy``) a change while another
+  call is running or any membership entry of its log is not applied yet. It
+  also refuses a change that would leave the group without a majority of
+  replicas that answer (see ``check_change``), and removing itself (transfer
+  the leadership first).
+* **Membership is persisted.** Whenever the set of replicas pysyncobj works
+  with changes (a change appended, rolled back, replayed, or a snapshot
+  installed), the host writes it to ``members.json`` in ``data_dir``; at the
+  next start that file, not the ``peers`` argument, gives the membership. A
+  new replica starts with ``peers`` = the group as it is now (it joins empty
+  and receives the log or a snapshot from the leader once it is added).
 * **Deadlines and leadership loss.** pysyncobj may never call back (on a leader
   change, or for entries covered by an installed snapshot), so every submit
   has a deadline (``Unavailable``), and every pending command fails with
@@ -50,13 +67,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import errno
+import json
+
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.syncobj import _COMMAND_TYPE
 
-from dfs.common.errors import InvalidArgument, NotLeader, Unavailable
+from dfs.common.errors import DfsError, InvalidArgument, NotLeader, Unavailable
 from dfs.consensus.api import Log, StateMachine
 
-__all__ = ["RaftHost", "decode_entry", "encode_entry"]
+__all__ = ["Busy", "Membership", "RaftHost", "check_change", "decode_entry", "encode_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +87,67 @@ _LEADER_STATE = 2
 JOURNAL_FILE = "raft.journal"
 DUMP_FILE = "raft.dump"
 SNAP_TMP_DIR = "snap-tmp"
+MEMBERS_FILE = "members.json"
+_MEMBERSHIP = bytes([_COMMAND_TYPE.MEMBERSHIP])
 _META_MEMBER = "meta.pickle"
 _STATE_MEMBER = "state"
 _SNAPSHOT_FORMAT = 1
+
+
+class Busy(DfsError):
+    """A membership change is in flight (EBUSY): let it finish first."""
+
+    errno_value = errno.EBUSY
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProgress:
+    address: str  # Raft address
+    connected: bool
+    live: bool  # connected and answered within the leader fallback timeout (leader's view)
+    match_index: int  # leader: highest log index known replicated there (0: unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A replica's view of its group (taken on pysyncobj's thread, so consistent)."""
+
+    self_address: str
+    members: tuple[str, ...]  # Raft addresses, this replica included, sorted
+    leader: str | None
+    is_leader: bool
+    pending: bool  # a membership entry of the log is not applied yet, or a change call runs here
+    last_index: int
+    commit_index: int
+    peers: tuple[PeerProgress, ...] = ()  # on the leader: every other member
+
+    def live(self) -> set[str]:
+        """The members that answer, as the leader sees it (itself included)."""
+        return {self.self_address} | {p.address for p in self.peers if p.live}
+
+
+def check_change(m: Membership, op: str, address: str) -> None:
+    """Raise unless ``op`` ("add" / "remove") of ``address`` keeps a majority of answering
+    replicas. Adding counts the new replica as answering (the caller has started it): the
+    group grows to N+1 and needs N//2+2 votes. Removing needs the replicas that stay and
+    answer to be a majority of the replicas that stay. Never the last replica."""
+    members = set(m.members)
+    live = m.live()
+    if op == "add":
+        n = len(members) + 1
+        up = len(live) + 1
+        if up * 2 <= n:
+            raise Busy(f"adding {address} would leave {up} answering replicas of {n}, not a majority "
+                       f"(bring the others back, or remove a dead one first)")
+        return
+    rest = members - {address}
+    if not rest:
+        raise InvalidArgument(f"{address} is the only replica of the group")
+    up = len(live & rest)
+    if up * 2 <= len(rest):
+        down = sorted(rest - live)
+        raise Busy(f"removing {address} would leave {up} answering replicas of {len(rest)}, not a majority "
+                   f"({', '.join(down)} do not answer)")
 
 
 def encode_entry(commands: list[bytes]) -> bytes:
@@ -142,8 +221,15 @@ class RaftHost(Log):
             raise ValueError("max_batch and max_inflight must be >= 1")
         self.sm = sm
         self.self_address = self_address
-        self.peers = [p for p in peers if p != self_address]
         self.data_dir = os.path.abspath(data_dir)
+        self._members_path = os.path.join(self.data_dir, MEMBERS_FILE)
+        saved = _read_members(self._members_path)
+        if saved is not None:  # the membership as the log left it beats the caller's (cluster file)
+            peers = saved
+        peers = [p for p in dict.fromkeys(peers) if p != self_address]
+        self._members: tuple[str, ...] = tuple(sorted([self_address, *peers]))
+        self._persisted: frozenset[str] | None = frozenset(peers) if saved is not None else None
+        self._leader_fallback = leader_fallback_timeout
         self.group_commit = group_commit
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
@@ -201,11 +287,14 @@ class RaftHost(Log):
             logCompactionMinTime=log_compaction_min_time,
             onStateChanged=self._on_state_changed,
         )
-        self._node = _Node(self, self_address, self.peers, conf)
+        self._node = _Node(self, self_address, peers, conf)
         # Calls to run on pysyncobj's tick thread (its state is not thread-safe).
         self._on_tick: collections.deque[Callable[[], None]] = collections.deque()
         self._node.addOnTickCallback(self._run_on_tick)
         self._paused = False  # a leadership transfer holds new entries back
+        self._changing = False  # a membership change call is running
+        if self._persisted is None:
+            self._persist_members(frozenset(peers))
 
     # ----------------------------------------------------------------- apply
 
@@ -548,6 +637,54 @@ class RaftHost(Log):
                 fn()
             except Exception:  # never break the tick
                 log.exception("on-tick call failed")
+        try:
+            others = frozenset(n.address for n in self._node._SyncObj__otherNodes)
+            if others != self._persisted:
+                self._persist_members(others)
+        except Exception:  # never break the tick
+            log.exception("persisting the membership failed")
+
+    def _persist_members(self, others: frozenset[str]) -> None:
+        """Write the membership (atomically) and publish it; pysyncobj's thread or __init__."""
+        members = tuple(sorted([self.self_address, *others]))
+        tmp = self._members_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"self": self.self_address, "members": list(members)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._members_path)
+        if self._persisted is not None:
+            log.info("%s: membership now %s", self.self_address, ", ".join(members))
+        self._persisted = others
+        self._members = members
+
+    async def _on_tick_call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Run ``fn`` on pysyncobj's thread (where its state may be read); its result."""
+        loop = self._get_loop()
+        fut = loop.create_future()
+
+        def run() -> None:  # pysyncobj's thread
+            try:
+                res, exc = fn(), None
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                res, exc = None, e
+
+            def done() -> None:
+                if not fut.done():
+                    if exc is not None:
+                        fut.set_exception(exc)
+                    else:
+                        fut.set_result(res)
+            try:
+                loop.call_soon_threadsafe(done)
+            except RuntimeError:
+                pass
+
+        self._on_tick.append(run)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise Unavailable("the Raft thread did not answer") from None
 
     async def transfer_leadership(self, to: str | None = None, timeout: float = 10.0) -> str:
         """Hand this leader's role to ``to`` (a peer's Raft address; None: the most
@@ -603,6 +740,123 @@ class RaftHost(Log):
                 self._flush_scheduled = True
                 loop.call_soon(self._flush)
 
+    # ------------------------------------------------------------- membership
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The group's Raft addresses as this replica works with them (itself included)."""
+        return self._members
+
+    @property
+    def peers(self) -> list[str]:
+        return [m for m in self._members if m != self.self_address]
+
+    def _log_pending(self) -> bool:  # pysyncobj's thread
+        """A membership entry of the log is not applied yet (only the tail can hold one)."""
+        node = self._node
+        journal = node._SyncObj__raftLog
+        applied = node.raftLastApplied
+        for i in range(len(journal) - 1, -1, -1):
+            cmd, idx, _term = journal[i]
+            if idx <= applied:
+                return False
+            if cmd[:1] == _MEMBERSHIP:
+                return True
+        return False
+
+    def _membership_now(self, count_call: bool = True) -> Membership:  # pysyncobj's thread
+        node = self._node
+        journal = node._SyncObj__raftLog
+        others = node._SyncObj__otherNodes
+        leader = node._isLeader()
+        peers: list[PeerProgress] = []
+        if leader:
+            connected = node._SyncObj__connectedNodes
+            match = node._SyncObj__raftMatchIndex
+            last_seen = node._SyncObj__lastResponseTime
+            now = time.monotonic()
+            for n in others:
+                up = n in connected
+                peers.append(PeerProgress(n.address, up, up and now - last_seen.get(n, -1e9) <= self._leader_fallback,
+                                          match.get(n, 0)))
+        lead = node._getLeader()
+        return Membership(self.self_address, tuple(sorted([self.self_address, *(n.address for n in others)])),
+                          None if lead is None else lead.address, leader,
+                          self._log_pending() or (count_call and self._changing),
+                          journal[-1][1] if len(journal) else 0, node.raftCommitIndex,
+                          tuple(sorted(peers, key=lambda p: p.address)))
+
+    async def membership(self) -> Membership:
+        """This replica's view of the group (on the leader: each peer's progress)."""
+        return await self._on_tick_call(self._membership_now)
+
+    async def add_member(self, address: str, timeout: float = 10.0) -> Membership:
+        """Add the replica with Raft address ``address`` (start it first, with ``peers`` = the
+        group); returns once the change is committed and applied here. A member already: no-op."""
+        return await self._change("add", address, timeout)
+
+    async def remove_member(self, address: str, timeout: float = 10.0) -> Membership:
+        """Take ``address`` out of the group (not this leader: transfer the leadership first);
+        returns once the change is committed and applied here. Not a member: no-op."""
+        return await self._change("remove", address, timeout)
+
+    async def _change(self, op: str, address: str, timeout: float) -> Membership:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidArgument(f"a Raft address is host:port, not {address!r}")
+        if self._changing:
+            raise Busy("another membership change is running on this leader")
+        self._changing = True
+        try:
+            m = await self._on_tick_call(lambda: self._membership_now(count_call=False))
+            if not m.is_leader:
+                raise NotLeader(leader=m.leader or "")
+            if (address in m.members) == (op == "add"):
+                return m  # done already (a repeat)
+            if op == "remove" and address == self.self_address:
+                raise InvalidArgument(f"{address} leads the group: transfer the leadership first")
+            if m.pending:
+                raise Busy("a membership change is not committed yet")
+            check_change(m, op, address)
+            loop = self._get_loop()
+            fut = loop.create_future()
+
+            def done(_res, code, fut=fut) -> None:  # pysyncobj's thread
+                try:
+                    loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(code))
+                except RuntimeError:
+                    pass
+
+            def start() -> None:  # pysyncobj's thread: checked again next to the log
+                if not self._node._isLeader():
+                    done(None, FAIL_REASON.NOT_LEADER)
+                elif self._log_pending():
+                    done(None, FAIL_REASON.REQUEST_DENIED)
+                elif op == "add":
+                    self._node.addNodeToCluster(address, callback=done)
+                else:
+                    self._node.removeNodeFromCluster(address, callback=done)
+
+            log.info("%s: membership change: %s %s", self.self_address, op, address)
+            self._on_tick.append(start)
+            try:
+                code = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                raise Unavailable(f"the change ({op} {address}) did not commit within {timeout}s; "
+                                  f"it may still commit") from None
+            if code == FAIL_REASON.SUCCESS:
+                return await self._on_tick_call(lambda: self._membership_now(count_call=False))
+            if code in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.DISCARDED,
+                        FAIL_REASON.MISSING_LEADER):
+                raise NotLeader("leadership lost during the membership change; outcome unknown",
+                                leader=self.leader or "")
+            if code == FAIL_REASON.REQUEST_DENIED:
+                # pysyncobj refuses until this leader's first entry of its term is applied
+                raise Busy("Raft refused the change now (a new leader, or a change pending): try again")
+            raise Unavailable(f"membership change failed (pysyncobj fail reason {code})")
+        finally:
+            self._changing = False
+
     # ------------------------------------------------------------------ close
 
     def close(self, timeout: float = 5.0) -> None:
@@ -630,3 +884,16 @@ class RaftHost(Log):
                 pass
 
     destroy = close
+
+
+def _read_members(path: str) -> list[str] | None:
+    """The membership ``members.json`` holds (None: no file)."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        return None
+    members = d.get("members")
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        raise ValueError(f"{path}: no list of members")
+    return members
