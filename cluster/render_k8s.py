@@ -247,8 +247,7 @@ def _statefulset(name: str, rs: list[Role], o: Options, script: str, component: 
                     "volumes": [{"name": "config", "configMap": {"name": "dfs-cluster",
                                                                   "items": [{"key": "cluster.toml",
                                                                              "path": "cluster.toml"}]}},
-                                # 0440: with fsGroup the kubelet adds group read anyway; the
-                                # files are root:10001, readable by the dfs user only
+                                # 0440 with fsGroup: root:10001, readable by the dfs user only
                                 {"name": "secret", "secret": {"secretName": SERVER_SECRET, "defaultMode": 0o440}},
                                 {"name": "run", "emptyDir": {"medium": "Memory"}}],
                 },
