@@ -322,7 +322,7 @@ class MetaClient:
                         handle: bytes | None = None, caller: Caller | None = None) -> tuple[Attr, bytes, bool]:
         """``open_file`` for reading only: a read handle, kept in the shard leader's memory
         (no Raft round; see dfs.meta.readhandles). Returns (attributes, handle, durable):
-        durable handles (the leader logged an OPEN: inline or empty files) are renewed and
+        durable handles (the leader logged an OPEN: inline files) are renewed and
         closed with ``renew_handles`` / ``close_handles``, read handles with
         ``renew_read_handles`` / ``close_read_handles``. ``access``: 0 or os.R_OK."""
         h = handle if handle is not None else os.urandom(16)

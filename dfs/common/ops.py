@@ -57,7 +57,7 @@ with the leader prefixing the header (request id, timestamp, caller).
       OPENREAD    ino, handle, lease_s[, access]    -> [attr, durable]  (as OPEN, for reading: the
                                                        handle lives in the leader's memory, no Raft
                                                        round; durable = the leader logged an OPEN
-                                                       instead (inline or empty files), so the client
+                                                       instead (inline files), so the client
                                                        renews and closes it with RENEW / CLOSE)
       RENEWREAD   [[ino, handle]...], lease_s       -> [errno...]  (extends, or adopts after a
                                                        failover while the file or its orphan exists)

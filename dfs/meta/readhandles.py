@@ -20,9 +20,11 @@ table; nothing is logged. What the durable handle guaranteed still holds:
   ``MARK_AHEAD`` of handle time, not per open). A new leader frees no orphan
   until every earlier term's mark has passed; clients renew within a lease
   (RENEWREAD), which re-registers their handles in the new leader's table.
-- Inline and empty files are opened with a logged OPEN instead (``durable``):
-  their bytes go with the inode record, so there is nothing an orphan could
-  keep for a reader.
+- An empty file leaves no orphan record (it has no chunks): the table keeps
+  the attributes it had at the open, for that GETATTR.
+- Inline files are opened with a logged OPEN instead (``durable``): their
+  bytes go with the inode record, so there is nothing an orphan could keep
+  for a reader.
 """
 
 from __future__ import annotations
@@ -33,16 +35,20 @@ MAX_READ_HANDLES = 1_000_000  # beyond this many, opens fall back to logged OPEN
 
 
 class ReadHandles:
-    """ino -> {handle: expiry ns (the leader's wall clock)}."""
+    """ino -> {handle: expiry ns (the leader's wall clock)}, and the attributes at the
+    open of the empty files among them."""
 
     def __init__(self) -> None:
         self.by_ino: dict[int, dict[bytes, int]] = {}
+        self.attrs: dict[int, list] = {}
         self.count = 0
 
     def __len__(self) -> int:
         return self.count
 
-    def put(self, ino: int, handle: bytes, expiry: int) -> None:
+    def put(self, ino: int, handle: bytes, expiry: int, attr: list | None = None) -> None:
+        if attr is not None:
+            self.attrs[ino] = attr
         hs = self.by_ino.setdefault(ino, {})
         old = hs.get(handle)
         if old is None:
@@ -60,6 +66,7 @@ class ReadHandles:
             self.count -= 1
             if not hs:
                 del self.by_ino[ino]
+                self.attrs.pop(ino, None)
 
     def live(self, ino: int, now: int) -> bool:
         """Whether some handle of ``ino`` has not expired by ``now``."""
@@ -75,11 +82,13 @@ class ReadHandles:
                 gone += 1
             if not hs:
                 del self.by_ino[ino]
+                self.attrs.pop(ino, None)
         self.count -= gone
         return gone
 
     def clear(self) -> None:
         self.by_ino.clear()
+        self.attrs.clear()
         self.count = 0
 
 

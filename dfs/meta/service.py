@@ -239,17 +239,20 @@ class ShardService:
         MetaStore._check_handle(handle)
         lease = MetaStore._lease_ns(lease_s)
         i = self.store.open_for_read(caller, ino, access)
-        if i.flags & FLAG_INLINE or i.size == 0 or len(self.reads) >= MAX_READ_HANDLES:
+        if i.flags & FLAG_INLINE or len(self.reads) >= MAX_READ_HANDLES:
             args = [ino, handle, lease_s] + ([access] if access else [])
             return [await self.execute(Op.OPEN, rid, caller, args), True]
         expiry = self.clock() + lease
-        self.reads.put(ino, handle, expiry)  # before any await: the orphan task sees it at once
+        wire = i.wire()
+        # before any await: the orphan task sees it at once; an empty file will leave no
+        # orphan record to answer GETATTR from, so its attributes are kept here
+        self.reads.put(ino, handle, expiry, wire if i.size == 0 else None)
         try:
             await self._ensure_mark(expiry)
         except BaseException:
             self.reads.drop(ino, handle)
             raise
-        return [i.wire(), False]
+        return [wire, False]
 
     async def renew_read(self, pairs: list, lease_s) -> list[int]:
         """RENEWREAD: per pair 0 (extended, or adopted: a failover lost it, the file or its
@@ -292,7 +295,11 @@ class ShardService:
             return None
         if not self.reads.live(args[0], self.clock()):
             return None
-        return self.store.orphan_attr(args[0])
+        attr = self.store.orphan_attr(args[0])
+        if attr is None and args[0] in self.reads.attrs:
+            attr = list(self.reads.attrs[args[0]])
+            attr[2] = 0  # nlink: it was deleted
+        return attr
 
     async def _ensure_mark(self, expiry: int) -> None:
         """Make sure a committed READMARK of this term covers read handles until ``expiry``."""

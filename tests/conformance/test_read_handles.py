@@ -99,11 +99,24 @@ def test_the_mark_moves_ahead_once_per_mark_ahead():
     run(t)
 
 
-def test_empty_and_inline_files_get_durable_handles():
+def test_an_empty_file_held_for_reading_keeps_its_attributes():
     async def t(eng, c, top, clock, freed):
-        empty, _ = await c.create(top, "empty")
+        empty, _ = await c.create(top, "empty", 0o640)
         attr, h, durable = await c.open_read(empty.ino)
-        assert durable and [x[:2] for x in svc_of(eng, empty.ino).store.handles()] == [(empty.ino, h)]
+        assert not durable and svc_of(eng, empty.ino).store.handles() == []
+        await c.unlink(top, "empty")
+        got = await c.getattr(empty.ino)  # no orphan record: the attributes of the open
+        assert (got.size, got.nlink, got.mode & 0o777) == (0, 0, 0o640)
+        await c.close_read_handles([(empty.ino, h)])
+        with pytest.raises(OSError) as ei:
+            await c.getattr(empty.ino)
+        assert ei.value.errno == errno.ENOENT
+        assert freed == [] and svc_of(eng, empty.ino).reads.attrs == {}
+    run(t)
+
+
+def test_inline_files_get_durable_handles():
+    async def t(eng, c, top, clock, freed):
         inl, _ = await c.create(top, "inl", inline=True)
         await c.write_inline(inl.ino, [(0, b"abc")], 3)
         _, h2, durable = await c.open_read(inl.ino)
