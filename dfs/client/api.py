@@ -857,7 +857,12 @@ class AsyncClient:
         writable = acc in (os.O_WRONLY, os.O_RDWR)
         fresh = self.mode.revalidate_on_open
         access = (4 if readable else 0) | (2 if writable or flags & os.O_TRUNC else 0)
-        got = await self._create_open(path, flags, mode, access) if flags & os.O_CREAT else None
+        if flags & os.O_CREAT:
+            got = await self._create_open(path, flags, mode, access)
+        elif not access & 2 and not flags & os.O_NOFOLLOW:
+            got = await self._read_open(path, access)
+        else:
+            got = None
         if got is not None:
             attr, created, lease = got
             r = None
@@ -945,6 +950,33 @@ class AsyncClient:
         self.leases.adopt(attr.ino, lease)
         self.mode.remember(parent.attr.ino, last, attr)
         return attr, created, lease
+
+    async def _read_open(self, path: PathLike, access: int):
+        """open() for reading in one round trip: the last step of the walk and the open
+        (LOOKUPOPEN on the parent). (attr, False, handle), or None when the slow path must
+        decide: the name ends in '/', '.' or '..', is missing, or is not a regular file
+        on the directory's shard (a symlink to follow, a directory, a hard link elsewhere)."""
+        p = self._abs(path)
+        head, _, last = p.rpartition(b"/")
+        if not last or last in (b".", b".."):
+            return None
+        parent = await self._namei(head or b"/", follow=True)
+        if parent.attr is None or not parent.attr.is_dir():
+            return None  # the slow path names the error
+        try:
+            attr, lease, durable = await self.meta.lookup_open(parent.attr.ino, last, self.leases.lease,
+                                                               access=access)
+        except err.NotFound:
+            self.mode.forget_entry(parent.attr.ino, last)
+            return None
+        except err.DfsError as e:
+            e.filename = path
+            raise
+        self.mode.remember(parent.attr.ino, last, attr)
+        if lease is None:
+            return None
+        self.leases.adopt(attr.ino, lease, read=not durable)
+        return attr, False, lease
 
     async def open(self, path: PathLike, mode: str = "rb", perm: int = 0o666) -> AsyncFile:
         """A binary file object for asyncio code (text mode is the sync Client's)."""

@@ -330,6 +330,17 @@ class MetaClient:
         wire, durable = await self._call(shard_of(ino), Op.OPENREAD, args, caller, True)
         return Attr.from_wire(wire), h, bool(durable)
 
+    async def lookup_open(self, parent: int, name: str | bytes, lease_s: float = DEFAULT_LEASE_S, *,
+                          access: int = 0, handle: bytes | None = None,
+                          caller: Caller | None = None) -> tuple[Attr, bytes | None, bool]:
+        """``lookup`` and ``open_read`` of what it finds in one round trip: (attributes,
+        handle, durable). The handle is None when nothing was opened (not a regular file,
+        or an inode on another shard than the directory's: the caller opens it itself)."""
+        h = handle if handle is not None else os.urandom(16)
+        args = [parent, _enc(name), h, float(lease_s)] + ([int(access)] if access else [])
+        ino, _mode, wire, opened = await self._call(shard_of(parent), Op.LOOKUPOPEN, args, caller, True)
+        return await self._attr_of(ino, wire, caller), (h if opened else None), opened == 2
+
     async def renew_read_handles(self, pairs: list[tuple[int, bytes]], lease_s: float = DEFAULT_LEASE_S, *,
                                  caller: Caller | None = None) -> list[tuple[int, bytes]]:
         """``renew_handles`` for read handles (a new leader adopts them). Returns the pairs

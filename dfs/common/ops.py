@@ -62,6 +62,11 @@ with the leader prefixing the header (request id, timestamp, caller).
       RENEWREAD   [[ino, handle]...], lease_s       -> [errno...]  (extends, or adopts after a
                                                        failover while the file or its orphan exists)
       CLOSEREAD   [[ino, handle]...]                -> nil
+      LOOKUPOPEN  parent, name, handle, lease_s[, access] -> [ino, mode, attr|nil, opened]  (LOOKUP,
+                                                       then OPENREAD of a regular file on this shard,
+                                                       in one round trip: opened 0 = not opened (not a
+                                                       regular file, or on another shard), 1 = a read
+                                                       handle, 2 = a durable one)
     namespace operations that may span shards (run by the coordinator)
       MKDIR       parent, name, mode, umask         -> attr
       RMDIR       parent, name                      -> nil
@@ -100,6 +105,7 @@ class Op(enum.IntEnum):
     OPENREAD = 15
     RENEWREAD = 16
     CLOSEREAD = 17
+    LOOKUPOPEN = 18
 
     CREATE = 20
     SETATTR = 21
@@ -135,7 +141,7 @@ READS = frozenset({Op.LOOKUP, Op.GETATTR, Op.READDIR, Op.READLINK, Op.GETXATTR, 
 LOGGED = frozenset({Op.CREATE, Op.SETATTR, Op.SETXATTR, Op.REMOVEXATTR, Op.SETLAYOUT, Op.ORPHANDONE, Op.EXTEND,
                     Op.WRITEINLINE, Op.MIGRATE, Op.OPEN, Op.RENEW, Op.CLOSE, Op.EXPIREHANDLES, Op.READMARK,
                     Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT, Op.FORGET})
-READ_HANDLES = frozenset({Op.OPENREAD, Op.RENEWREAD, Op.CLOSEREAD})
+READ_HANDLES = frozenset({Op.OPENREAD, Op.RENEWREAD, Op.CLOSEREAD, Op.LOOKUPOPEN})
 COORDINATED = frozenset({Op.MKDIR, Op.RMDIR, Op.UNLINK, Op.RENAME, Op.LINK})
 INTERNAL = frozenset({Op.OPSTATUS, Op.DIRPARENT, Op.RENAMEEPOCH, Op.REQSTATUS, Op.ONEPHASE, Op.PREPARE, Op.COMMIT, Op.ABORT,
                       Op.FORGET, Op.ORPHANS, Op.ORPHANDONE, Op.EXPIREHANDLES, Op.READMARK})

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -228,6 +229,8 @@ class ShardService:
         try:
             if op == Op.OPENREAD:
                 return await self.open_read(rid, caller, *args)
+            if op == Op.LOOKUPOPEN:
+                return await self.lookup_open(rid, caller, *args)
             if op == Op.RENEWREAD:
                 return await self.renew_read(*args)
             return self.close_read(*args)
@@ -253,6 +256,15 @@ class ShardService:
             self.reads.drop(ino, handle)
             raise
         return [wire, False]
+
+    async def lookup_open(self, rid: bytes, caller: Caller, parent: int, name: bytes, handle: bytes, lease_s,
+                          access: int = 0) -> list:
+        """LOOKUPOPEN: a path's last step and its open for reading in one round trip."""
+        ino, mode, wire = self.store.read(Op.LOOKUP, caller, [parent, name])
+        if wire is None or not stat.S_ISREG(mode):
+            return [ino, mode, wire, 0]  # another shard's inode, or nothing to open for reading
+        attr, durable = await self.open_read(rid, caller, ino, handle, lease_s, access)
+        return [ino, mode, attr, 2 if durable else 1]
 
     async def renew_read(self, pairs: list, lease_s) -> list[int]:
         """RENEWREAD: per pair 0 (extended, or adopted: a failover lost it, the file or its

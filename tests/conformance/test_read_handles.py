@@ -360,3 +360,42 @@ def test_reader_keeps_an_unlinked_file_on_a_cluster(two_clients):
     while _orphan_state(b, ino_held) != errno.ENOENT:
         assert time.monotonic() < end, "the orphan was not freed after the close"
         time.sleep(0.05)
+
+
+def test_lookup_open_is_lookup_and_open_in_one():
+    async def t(eng, c, top, clock, freed):
+        a = await file_of(c, top, "f", mode=0o600)
+        await c.symlink(top, "l", "f")
+        await c.mkdir(top, "d")
+        store = svc_of(eng, a.ino).store
+        applied = store.applied_index()
+        attr, h, durable = await c.lookup_open(top, "f", access=os.R_OK)
+        assert attr.ino == a.ino and h is not None and not durable
+        assert svc_of(eng, a.ino).reads.live_handle(a.ino, h, clock.now)
+        for name in ("l", "d"):  # nothing to open for reading: the caller decides
+            attr, h, _ = await c.lookup_open(top, name)
+            assert h is None and not attr.is_reg()
+        with pytest.raises(OSError) as ei:
+            await c.lookup_open(top, "missing")
+        assert ei.value.errno == errno.ENOENT
+        with pytest.raises(OSError) as ei:
+            await c.lookup_open(top, "f", access=os.R_OK, caller=ALICE)
+        assert ei.value.errno == errno.EACCES
+        assert len(svc_of(eng, a.ino).reads) == 1
+        assert store.applied_index() == applied + 1  # the READMARK of the first open only
+    run(t)
+
+
+def test_lookup_open_of_a_hard_link_on_another_shard():
+    async def t(eng, c, top, clock, freed):
+        a = await file_of(c, top)
+        for k in range(100):
+            d = await c.mkdir(top, f"d{k}")
+            if shard_of(d.ino) != shard_of(a.ino):
+                break
+        else:
+            raise AssertionError("no directory landed on another shard")
+        await c.link(a.ino, d.ino, "g")
+        attr, h, _ = await c.lookup_open(d.ino, "g")
+        assert attr.ino == a.ino and h is None  # the client opens it on its own shard
+    run(t, nshards=2)
