@@ -180,9 +180,10 @@ def _serve(mp: str, addrs: list[str], log_file: str | None, log_level: str, **kw
 
     from dfs.fuse.mount import run_mount
 
-    handlers: list[logging.Handler] = [logging.FileHandler(log_file) if log_file else logging.StreamHandler()]
-    logging.basicConfig(level=getattr(logging, log_level.upper()), handlers=handlers, force=True,
-                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    from dfs.common import logs
+
+    logs.setup(f"mount[{os.getpid()}]", getattr(logging, log_level.upper()),
+               stream=open(log_file, "a", buffering=1) if log_file else None)
     state = _state_path(mp)
 
     def mounted() -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno as E
+import itertools
 import logging
 import os
 import random
@@ -42,6 +43,7 @@ import msgpack
 from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
+from dfs.common import logs
 from dfs.common.config import ClusterConfig
 from dfs.common.ids import shard_of
 from dfs.common.metrics import Metrics, counter, gauge
@@ -96,6 +98,7 @@ class DataServer:
             store = ChunkStore(t.path, t.id, reserve=target_reserve(t.path))
             self.targets[t.id] = Target(t.id, store, ChainIndex(os.path.join(t.path, "chains")))
         self.map: ClusterMap | None = None
+        self._conn_ids = itertools.count(1)  # names connections in the log's op ids
         self.auth = ServerAuth(cfg)
         self.transport = GrpcTransport([m.address for m in cfg.mgmt], deadline=5.0, attempt_timeout=2.0,
                                        auth=self.auth.client)
@@ -375,6 +378,7 @@ class DataServer:
         return True, None
 
     async def serve_conn(self, sock: socket.socket) -> None:
+        conn = next(self._conn_ids)
         reader = dp.FrameReader(sock)
         writer = dp.FrameWriter(sock)
         sem = asyncio.Semaphore(MAX_CONN_REQUESTS)
@@ -388,6 +392,7 @@ class DataServer:
             return
 
         async def one(h: dp.Header, payload) -> None:
+            logs.set_op(f"c{conn}.{h.req_id}")  # this task's log lines name the request
             self.inflight += 1
             try:
                 t0 = time.perf_counter()
@@ -493,8 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--server", type=int, required=True)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s data[{a.server}] %(levelname)s %(name)s: %(message)s")
+    logs.setup(f"data[{a.server}]")
     cfg = ClusterConfig.load(a.config)
     asyncio.run(DataServer(cfg, a.server).run())
     return 0

@@ -42,6 +42,7 @@ import pyfuse3
 
 from dfs.client.file import FileHandle
 from dfs.common import errors as err
+from dfs.common import logs
 from dfs.common.ids import ROOT_INO
 from dfs.common.records import ROOT, Attr, Caller, DirEntry
 
@@ -56,11 +57,15 @@ RENAME_EXCHANGE = 2
 _GROUPS_TTL = 1.0
 
 
+_request_ids = itertools.count(1)
+
+
 def _fuse_errors(fn):
     """DfsError/OSError -> FUSEError(errno); anything else is logged and becomes EIO."""
 
     @functools.wraps(fn)
     async def wrapper(self, *args):
+        token = logs.set_op(f"{fn.__name__}.{next(_request_ids)}")  # names this request in the log
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -73,6 +78,8 @@ def _fuse_errors(fn):
         except Exception:
             log.exception("%s%r failed", fn.__name__, args[:3])
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            logs.reset_op(token)
 
     return wrapper
 
