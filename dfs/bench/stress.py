@@ -377,6 +377,31 @@ class Worker(threading.Thread):
         fs = self.model.files("shared")
         return self.rng.choice(fs) if fs else None
 
+    def pick_target(self, pick: Callable[[], tuple[str, Node] | None],
+                    dirs: Callable[[], list[str]]) -> tuple[str, Node | None]:
+        """Where a rename goes: now and then an existing file from ``pick`` (replaced), else a
+        new name in one of ``dirs``."""
+        other = pick() if self.rng.random() < 0.3 else None
+        if other is not None:
+            return other
+        return f"{self.rng.choice(dirs())}/{self.new_name()}", None
+
+    def on_own_file(self, body: Callable[[str, Node], None]) -> None:
+        """``body(path, node)`` on one of this client's files, under the lock its names need;
+        with no file yet, a create instead."""
+        f = self.pick_file()
+        if f is None:
+            return self.op_create()
+        with self.guard(f[1]):
+            body(*f)
+
+    def on_shared_file(self, body: Callable[[str, Node], None]) -> None:
+        """``body(path, node)`` on a file of the shared area, under its lock; none: nothing."""
+        with self.shared():
+            sf = self.pick_shared_file()
+            if sf is not None:
+                body(*sf)
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         try:
@@ -410,57 +435,48 @@ class Worker(threading.Thread):
             self.model.add(p, n)
 
     def op_write(self) -> None:
-        f = self.pick_file()
-        if f is None:
-            return self.op_create()
-        p, node = f
-        with self.guard(node):
-            n = self.size()
-            off = self.rng.randint(0, max(0, min(len(node.data) + CHUNK, MAX_SIZE - n)))
-            data = self.data(n)
-            e = self.attempt("write", lambda: self.pwrite(p, off, data))
-            if self.ok("write", e, p):
-                node.write(off, data)
-                self.note(node, f"write {p} @{off}+{n}")
+        self.on_own_file(lambda p, node: self._write(p, node, "write"))
+
+    def _write(self, p: str, node: Node, kind: str) -> None:
+        n = self.size()
+        off = self.rng.randint(0, max(0, min(len(node.data) + CHUNK, MAX_SIZE - n)))
+        data = self.data(n)
+        e = self.attempt(kind, lambda: self.pwrite(p, off, data))
+        if self.ok(kind, e, p):
+            node.write(off, data)
+            self.note(node, f"write {p} @{off}+{n}")
 
     def op_truncate(self) -> None:
-        f = self.pick_file()
-        if f is None:
-            return self.op_create()
-        p, node = f
-        with self.guard(node):
-            n = self.rng.choice([0, self.rng.randint(0, len(node.data)), self.rng.randint(0, MAX_SIZE)])
-            e = self.attempt("truncate", lambda: self.c.truncate(self.abs(p), n))
-            if self.ok("truncate", e, p):
-                node.truncate(n)
-                self.note(node, f"truncate {p} {n}")
+        self.on_own_file(lambda p, node: self._truncate(
+            p, node, self.rng.choice([0, self.rng.randint(0, len(node.data)), self.rng.randint(0, MAX_SIZE)]),
+            "truncate"))
+
+    def _truncate(self, p: str, node: Node, n: int, kind: str) -> None:
+        e = self.attempt(kind, lambda: self.c.truncate(self.abs(p), n))
+        if self.ok(kind, e, p):
+            node.truncate(n)
+            self.note(node, f"truncate {p} {n}")
 
     def op_read(self) -> None:
-        f = self.pick_file()
-        if f is None:
-            return self.op_create()
-        p, node = f
-        with self.guard(node):
-            got: list[bytes] = []
-            e = self.attempt("read", lambda: got.append(self.c.read_bytes(self.abs(p))))
-            if self.ok("read", e, p) and got[-1] != node.data:
-                first = describe(bytes(node.data), got[-1])
-                again: list[bytes] = []
-                self.attempt("read", lambda: again.append(self.c.read_bytes(self.abs(p))))
-                ino = self.c.lstat(self.abs(p)).st_ino
-                self.diff("read: wrong content", p, ino=ino, **first, chunk=first["first_difference"] // CHUNK,
-                          reread_ok=bool(again) and again[-1] == node.data, history=list(node.history))
+        self.on_own_file(self._read)
+
+    def _read(self, p: str, node: Node) -> None:
+        got: list[bytes] = []
+        e = self.attempt("read", lambda: got.append(self.c.read_bytes(self.abs(p))))
+        if self.ok("read", e, p) and got[-1] != node.data:
+            first = describe(bytes(node.data), got[-1])
+            again: list[bytes] = []
+            self.attempt("read", lambda: again.append(self.c.read_bytes(self.abs(p))))
+            ino = self.c.lstat(self.abs(p)).st_ino
+            self.diff("read: wrong content", p, ino=ino, **first, chunk=first["first_difference"] // CHUNK,
+                      reread_ok=bool(again) and again[-1] == node.data, history=list(node.history))
 
     def op_rename(self) -> None:
         f = self.pick_file()
         if f is None:
             return self.op_create()
         src, node = f
-        dst_node = None
-        if self.rng.random() < 0.3:  # replace an existing file
-            dst, dst_node = self.pick_file()
-        else:
-            dst = f"{self.rng.choice(self.own_dirs())}/{self.new_name()}"
+        dst, dst_node = self.pick_target(self.pick_file, self.own_dirs)
         with self.guard(node, dst_node):
             self._rename_file(src, node, dst, dst_node)
 
@@ -481,13 +497,8 @@ class Worker(threading.Thread):
             self.note(node, f"{kind} {src} -> {dst}")
 
     def op_link(self) -> None:
-        f = self.pick_file()
-        if f is None:
-            return self.op_create()
-        src, node = f
-        dst = f"{self.rng.choice(self.own_dirs())}/{self.new_name('l')}"
-        with self.guard(node):
-            self._link(src, node, dst, "link")
+        self.on_own_file(lambda src, node: self._link(
+            src, node, f"{self.rng.choice(self.own_dirs())}/{self.new_name('l')}", "link"))
 
     def _link(self, src: str, node: Node, dst: str, kind: str) -> None:
         e = self.attempt(kind, lambda: self.c.link(self.abs(src), self.abs(dst)), done=lambda: self.exists(dst))
@@ -496,12 +507,7 @@ class Worker(threading.Thread):
             self.note(node, f"{kind} {src} -> {dst}")
 
     def op_unlink(self) -> None:
-        f = self.pick_file()
-        if f is None:
-            return self.op_create()
-        p, node = f
-        with self.guard(node):
-            self._unlink(p, node, "unlink")
+        self.on_own_file(lambda p, node: self._unlink(p, node, "unlink"))
 
     def _unlink(self, p: str, node: Node, kind: str) -> None:
         e = self.attempt(kind, lambda: self.c.remove(self.abs(p)), done=lambda: not self.exists(p))
@@ -581,89 +587,47 @@ class Worker(threading.Thread):
         self.ok(what, e, path, expect)
 
     # ------------------------------------------------------------------ the shared area
-    def op_share_out(self) -> None:
+    def out_to_shared(self, body: Callable[[str, Node], None]) -> None:
+        """``body(path, node)`` on one of this client's files, under the shared area's lock,
+        while the shared area has room for one more name; with no file yet, a create instead."""
         f = self.pick_file()
         if f is None:
             return self.op_create()
-        src, node = f
         with self.shared():
-            if len(self.model.files("shared")) >= SHARED_FILE_CAP:
-                return
-            dst_node = None
-            sf = self.pick_shared_file() if self.rng.random() < 0.3 else None
-            if sf is not None:
-                dst, dst_node = sf
-            else:
-                dst = f"{self.rng.choice(self.shared_dirs())}/{self.new_name()}"
-            self._rename_file(src, node, dst, dst_node)
+            if len(self.model.files("shared")) < SHARED_FILE_CAP:
+                body(*f)
+
+    def op_share_out(self) -> None:
+        self.out_to_shared(lambda src, node: self._rename_file(
+            src, node, *self.pick_target(self.pick_shared_file, self.shared_dirs)))
 
     def op_share_in(self) -> None:
-        with self.shared():
-            sf = self.pick_shared_file()
-            if sf is None:
-                return
-            src, node = sf
-            self._rename_file(src, node, f"{self.rng.choice(self.own_dirs())}/{self.new_name()}", None)
+        self.on_shared_file(lambda src, node: self._rename_file(
+            src, node, f"{self.rng.choice(self.own_dirs())}/{self.new_name()}", None))
 
     def op_link_out(self) -> None:
-        f = self.pick_file()
-        if f is None:
-            return self.op_create()
-        src, node = f
-        with self.shared():
-            if len(self.model.files("shared")) >= SHARED_FILE_CAP:
-                return
-            self._link(src, node, f"{self.rng.choice(self.shared_dirs())}/{self.new_name('l')}", "link_out")
+        self.out_to_shared(lambda src, node: self._link(
+            src, node, f"{self.rng.choice(self.shared_dirs())}/{self.new_name('l')}", "link_out"))
 
     def op_link_in(self) -> None:
-        with self.shared():
-            sf = self.pick_shared_file()
-            if sf is None:
-                return
-            src, node = sf
-            self._link(src, node, f"{self.rng.choice(self.own_dirs())}/{self.new_name('l')}", "link_in")
+        self.on_shared_file(lambda src, node: self._link(
+            src, node, f"{self.rng.choice(self.own_dirs())}/{self.new_name('l')}", "link_in"))
 
     def op_shared_write(self) -> None:
-        with self.shared():
-            sf = self.pick_shared_file()
-            if sf is None:
-                return
-            p, node = sf
-            if self.rng.random() < 0.3:
-                n = self.rng.randint(0, MAX_SIZE // 2)
-                e = self.attempt("shared_write", lambda: self.c.truncate(self.abs(p), n))
-                if self.ok("shared_write", e, p):
-                    node.truncate(n)
-                    self.note(node, f"truncate {p} {n}")
-                return
-            n = self.size()
-            off = self.rng.randint(0, max(0, min(len(node.data) + CHUNK, MAX_SIZE - n)))
-            data = self.data(n)
-            e = self.attempt("shared_write", lambda: self.pwrite(p, off, data))
-            if self.ok("shared_write", e, p):
-                node.write(off, data)
-                self.note(node, f"write {p} @{off}+{n}")
+        self.on_shared_file(self._shared_write)
+
+    def _shared_write(self, p: str, node: Node) -> None:
+        if self.rng.random() < 0.3:
+            self._truncate(p, node, self.rng.randint(0, MAX_SIZE // 2), "shared_write")
+        else:
+            self._write(p, node, "shared_write")
 
     def op_shared_rename(self) -> None:
-        with self.shared():
-            sf = self.pick_shared_file()
-            if sf is None:
-                return
-            src, node = sf
-            dst_node = None
-            other = self.pick_shared_file() if self.rng.random() < 0.3 else None
-            if other is not None:
-                dst, dst_node = other
-            else:
-                dst = f"{self.rng.choice(self.shared_dirs())}/{self.new_name()}"
-            self._rename_file(src, node, dst, dst_node)
+        self.on_shared_file(lambda src, node: self._rename_file(
+            src, node, *self.pick_target(self.pick_shared_file, self.shared_dirs)))
 
     def op_shared_unlink(self) -> None:
-        with self.shared():
-            sf = self.pick_shared_file()
-            if sf is None:
-                return
-            self._unlink(sf[0], sf[1], "shared_unlink")
+        self.on_shared_file(lambda p, node: self._unlink(p, node, "shared_unlink"))
 
 
 def describe(want: bytes, got: bytes) -> dict:
