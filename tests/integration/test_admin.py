@@ -9,7 +9,6 @@ there. Synchronisation is by polling with deadlines only.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -17,19 +16,9 @@ from dfs.cli.admin import plan_moves
 from dfs.cli.main import main as dfs_main
 from dfs.common.ids import ROOT_INO, shard_of
 from dfs.testing.cluster import LocalCluster
+from dfs.testing.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-def until(cond, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # polling interval of a deadline-bounded wait, not synchronisation
 
 
 def admin(cluster: LocalCluster, *args: str) -> int:

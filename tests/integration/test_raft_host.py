@@ -7,11 +7,11 @@ conditions with deadlines only.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,27 +21,15 @@ from pathlib import Path
 import pytest
 
 from dfs.consensus.testing import Control
+from dfs.testing import wait
+from dfs.testing.cluster import free_ports
 
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def until(cond, timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # polling interval of a deadline-bounded wait, not synchronisation
+until = functools.partial(wait.until, interval=0.02)  # the failover time is measured with these polls
 
 
 class Replica:
@@ -70,7 +58,7 @@ class ProcCluster:
     def __init__(self, root: Path, n: int = 3, compact: int = 5000) -> None:
         self.root = root
         self.compact = compact
-        addrs = [f"127.0.0.1:{free_port()}" for _ in range(n)]
+        addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.peers = ",".join(addrs)
         self.replicas = [Replica(i, a, root) for i, a in enumerate(addrs)]
 
