@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import glob
 import os
 import random
 import re
@@ -32,6 +31,8 @@ from dfs.meta.server import INTERNAL_HEADER
 from dfs.rpc.data import DataClient
 from dfs.rpc.transport import GrpcTransport
 from dfs.testing.cluster import LocalCluster
+from dfs.testing.damage import chunk_file, flip_byte, target_path
+from dfs.testing.wait import until_async
 
 CS = 64 * 1024
 LAYOUT = Layout(chunk_size=CS, stripe=3, replicas=3)
@@ -108,40 +109,11 @@ class Clients:
         return [o[0] for o in await self.internal.call(shard, Op.ORPHANS, ROOT, [10000])]
 
 
-async def until(pred, timeout: float, what: str, interval: float = 0.1):
-    end = time.monotonic() + timeout
-    while True:
-        r = await pred()
-        if r:
-            return r
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not within {timeout}s")
-        await asyncio.sleep(interval)
-
-
-def target_path(c: LocalCluster, tid: int) -> str:
-    return next(t.path for d in c.cfg.data for t in d.targets if t.id == tid)
-
-
 def data_log(c: LocalCluster, tid: int) -> str:
     sid = next(d.id for d in c.cfg.data for t in d.targets if t.id == tid)
     p = next(p for p in c.data_procs() if p.replica == sid)
     with open(p.log, errors="replace") as f:
         return f.read()
-
-
-def chunk_file(c: LocalCluster, tid: int, ino: int, index: int) -> str:
-    hits = glob.glob(os.path.join(target_path(c, tid), "chunks", "*", f"{ino:016x}.{index:08x}"))
-    assert len(hits) == 1, hits
-    return hits[0]
-
-
-def flip_byte(path: str, pos: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 def read_bytes(path: str) -> bytes:
@@ -201,7 +173,7 @@ def test_unlink_frees_chunks_on_every_replica(plain_cluster):
             async def freed():
                 return not await cl.holders(ino, 6) and ino not in await cl.orphans(shard_of(ino))
 
-            await until(freed, 30, "the shard leader's orphan task frees every chunk and drops the record")
+            await until_async(freed, 30, "the shard leader's orphan task frees every chunk and drops the record")
             assert await cl.read_file(keep) == keep_data  # the other file is untouched
             await cl.assert_replicated(keep, keep_data)
 
@@ -233,7 +205,7 @@ def test_orphan_scan_frees_unreferenced_chunks(busy_cluster):
             async def ghost_gone():
                 return not await cl.holders(ghost, 3)
 
-            await until(ghost_gone, 30, "every target's orphan scan removes the ghost inode's chunks")
+            await until_async(ghost_gone, 30, "every target's orphan scan removes the ghost inode's chunks")
 
             # a full pass after that on every target, which saw the inode of no shard and skipped it
             async def passes_seen():
@@ -242,7 +214,7 @@ def test_orphan_scan_frees_unreferenced_chunks(busy_cluster):
                         return False
                 return True
 
-            await until(passes_seen, 30, "an orphan scan pass with an unknown inode on every target")
+            await until_async(passes_seen, 30, "an orphan scan pass with an unknown inode on every target")
             assert await cl.holders(nowhere, 3) == {t: {0, 1, 2} for t in cl.data.map.targets}
             assert await cl.read_file(live) == live_data
             await cl.assert_replicated(live, live_data)
@@ -277,7 +249,7 @@ def test_scrubber_repairs_a_bad_copy(busy_cluster):
                 except (FileNotFoundError, AssertionError):
                     return False
 
-            await until(whole_on_disk, 30, "the scrubber repairs the bad copy from a good replica")
+            await until_async(whole_on_disk, 30, "the scrubber repairs the bad copy from a good replica")
             assert (await cl.data.read_target(bad, ino, index))[1] == want
             assert (await cl.data.read_target(good, ino, index))[1] == want
             st_bad = await cl.data.stat_target(bad, ino, index)
@@ -354,7 +326,7 @@ def test_enospc_through_the_cluster(tiny_cluster):
                         return False
                 return all(free(t) >= before[t] + fsize for t in before)
 
-            await until(freed, 30, "the unlinked files' chunks are freed on every target")
+            await until_async(freed, 30, "the unlinked files' chunks are freed on every target")
             data = random.Random(999).randbytes(2 * CS + 7)
             ino = await cl.write_file(d, "after", data)
             assert await cl.read_file(ino) == data

@@ -8,10 +8,7 @@ with one target each: 3 chains of 3 targets) and talks to the data plane with
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
 import random
-import time
 
 import pytest
 
@@ -20,6 +17,8 @@ from dfs.common.layout import Layout
 from dfs.rpc.data import DataClient
 from dfs.rpc.transport import GrpcTransport
 from dfs.testing.cluster import LocalCluster
+from dfs.testing.damage import chunk_file, flip_byte
+from dfs.testing.wait import until_async
 
 LAYOUT = Layout(chunk_size=1 << 20, stripe=3, replicas=3)
 
@@ -40,17 +39,6 @@ async def _client(c: LocalCluster) -> tuple[GrpcTransport, DataClient]:
     return tr, DataClient(tr.map, tr.refresh_map, deadline=30.0, attempt_timeout=5.0)
 
 
-async def _until(pred, timeout: float, what: str, interval: float = 0.05):
-    end = time.monotonic() + timeout
-    while True:
-        r = await pred()
-        if r:
-            return r
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} not within {timeout}s")
-        await asyncio.sleep(interval)
-
-
 async def _replicas_agree(dc: DataClient, ino: int, index: int, want: bytes) -> bool:
     """Every serving target of the chunk's chain has it: same version, committed, CRCs and bytes."""
     ch = dc.chain_for(ino, index, LAYOUT)
@@ -67,21 +55,6 @@ async def _replicas_agree(dc: DataClient, ino: int, index: int, want: bytes) -> 
             return False
         metas.add((v, n, bytes(crcs)))
     return len(metas) == 1
-
-
-def _chunk_file(c: LocalCluster, tid: int, ino: int, index: int) -> str:
-    path = next(t.path for d in c.cfg.data for t in d.targets if t.id == tid)
-    hits = glob.glob(os.path.join(path, "chunks", "*", f"{ino:016x}.{index:08x}"))
-    assert len(hits) == 1, hits
-    return hits[0]
-
-
-def _flip_byte(path: str, pos: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0xFF]))
 
 
 def test_chain_write_read_round_trip(cluster):
@@ -138,7 +111,7 @@ def test_bad_block_on_one_replica(cluster):
             await dc.write(ino, index, 0, data, LAYOUT)
             ch = dc.chain_for(ino, index, LAYOUT)
             bad = ch.targets[1]
-            _flip_byte(_chunk_file(cluster, bad, ino, index), 70_000)  # in block 1
+            flip_byte(chunk_file(cluster, bad, ino, index), 70_000)  # in block 1
             with pytest.raises(err.ChecksumError):
                 await dc.read_target(bad, ino, index)
             for _ in range(20):  # random replicas first: some land on the bad one
@@ -151,7 +124,7 @@ def test_bad_block_on_one_replica(cluster):
                 except err.ChecksumError:
                     return False
 
-            await _until(repaired, 10, "repair of the bad replica from a peer")
+            await until_async(repaired, 10, "repair of the bad replica from a peer")
             assert await _replicas_agree(dc, ino, index, data)
         finally:
             await dc.close()
@@ -190,7 +163,7 @@ def test_kill_data_server_during_writes_then_resync(cluster):
                     acked += 1
 
             tasks = [asyncio.get_running_loop().create_task(writer(w)) for w in range(4)]
-            await _until(lambda: _ret(acked >= 40), 30, "writes before the kill")
+            await until_async(lambda: acked >= 40, 30, "writes before the kill")
             c.kill(victim)  # kill -9 in the middle of the stream
             killed_at = acked
 
@@ -198,8 +171,8 @@ def test_kill_data_server_during_writes_then_resync(cluster):
                 m = await tr.refresh_map()
                 return all(vt not in ch.targets for ch in m.chains)
 
-            await _until(dropped, 15, "mgmt takes the dead target out of its chains")
-            await _until(lambda: _ret(acked >= killed_at + 60), 60, "writes with the target down")
+            await until_async(dropped, 15, "mgmt takes the dead target out of its chains")
+            await until_async(lambda: acked >= killed_at + 60, 60, "writes with the target down")
             stop.set()
             await asyncio.gather(*tasks)
             dc.map = await tr.refresh_map()
@@ -218,7 +191,7 @@ def test_kill_data_server_during_writes_then_resync(cluster):
                 m = await tr.refresh_map()
                 return m.targets[vt].state == "serving" and all(len(ch.targets) == 3 for ch in m.chains)
 
-            await _until(back, 30, "the restarted target serving in all its chains again")
+            await until_async(back, 30, "the restarted target serving in all its chains again")
             stop.set()
             await asyncio.gather(*more)
             dc.map = await tr.refresh_map()
@@ -232,7 +205,3 @@ def test_kill_data_server_during_writes_then_resync(cluster):
             await tr.close()
 
     asyncio.run(main())
-
-
-async def _ret(v):
-    return v

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from dfs.common import errors as err
 from dfs.common.blocks import block_crcs
 from dfs.data.store import ChunkMeta, ChunkStore
+from dfs.testing.damage import flip_byte
 
 BS = 16  # tiny blocks so short random ops cross many block boundaries
 CS = 256  # chunk size for the random tests
@@ -30,14 +31,6 @@ def store(tmp_path):
 
 def chunk_file(s: ChunkStore, ino: int, index: int) -> str:
     return s._file(ino, index)
-
-
-def flip(path: str, pos: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x40]))
 
 
 # ------------------------------------------------------------------ random ops vs a reference
@@ -222,7 +215,7 @@ def test_corrupt_byte_is_caught_and_repaired(store):
     bs = 4096
     data = os.urandom(3 * bs + 100)
     store.write(2, 1, 0, data, 1, chunk_size=1 << 20)
-    flip(chunk_file(store, 2, 1), bs + 5)  # block 1
+    flip_byte(chunk_file(store, 2, 1), bs + 5, 0x40)  # block 1
     assert store.read(2, 1, 0, bs) == data[:bs]
     assert store.read(2, 1, 2 * bs, 200) == data[2 * bs:2 * bs + 200]
     for off, n in ((bs, 1), (bs + 5, 1), (0, len(data)), (bs - 1, 2)):
@@ -247,7 +240,7 @@ def test_corrupt_byte_is_caught_and_repaired(store):
 def test_whole_block_overwrite_heals_bad_block(store):
     bs = 4096
     store.write(2, 0, 0, b"a" * 3 * bs, 1, chunk_size=1 << 20)
-    flip(chunk_file(store, 2, 0), bs)
+    flip_byte(chunk_file(store, 2, 0), bs, 0x40)
     store.write(2, 0, bs, b"b" * bs, 2, chunk_size=1 << 20)
     assert store.scrub(2, 0) == []
     assert store.read(2, 0, 0, 3 * bs) == b"a" * bs + b"b" * bs + b"a" * bs

@@ -10,6 +10,7 @@ import pytest
 
 from dfs.data.scrub import Scrubber
 from dfs.data.store import ChunkStore
+from dfs.testing.damage import flip_byte
 
 
 @pytest.fixture
@@ -19,22 +20,14 @@ def store(tmp_path):
     s.close()
 
 
-def flip(path: str, pos: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 1]))
-
-
 def test_pass_finds_and_repairs(store):
     good = {}
     for ino in (1, 2):
         for idx in range(5):
             good[ino, idx] = os.urandom(10_000 + idx)
             store.write(ino, idx, 0, good[ino, idx], 1, chunk_size=1 << 20)
-    flip(store._file(1, 3), 5000)
-    flip(store._file(2, 0), 9000)
+    flip_byte(store._file(1, 3), 5000, 1)
+    flip_byte(store._file(2, 0), 9000, 1)
     calls = []
 
     async def repair(ino, index):  # stands in for "fetch from a replica and install"
@@ -54,8 +47,8 @@ def test_pass_finds_and_repairs(store):
 def test_failed_repair_is_counted(store):
     store.write(1, 0, 0, b"a" * 5000, 1, chunk_size=1 << 20)
     store.write(1, 1, 0, b"b" * 5000, 1, chunk_size=1 << 20)
-    flip(store._file(1, 0), 10)
-    flip(store._file(1, 1), 10)
+    flip_byte(store._file(1, 0), 10, 1)
+    flip_byte(store._file(1, 1), 10, 1)
 
     async def repair(ino, index):
         if index == 0:
