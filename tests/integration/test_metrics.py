@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -28,6 +27,7 @@ from dfs.common.config import (
     TargetConfig,
 )
 from dfs.testing.cluster import LocalCluster
+from dfs.testing.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -72,17 +72,6 @@ def role(m: dict) -> str:
     return next(r for r in ("leader", "follower", "candidate") if get(m, "dfs_raft_role", role=r) == 1)
 
 
-def wait_for(cond, what: str, timeout: float = 30.0):
-    end = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 # ---------------------------------------------------------------------- endpoints
 def test_every_process_has_an_endpoint(cluster):
     assert all(p.metrics for p in cluster.procs)
@@ -103,7 +92,7 @@ def test_raft_gauges_make_sense(cluster):
             terms = {get(m, "dfs_raft_term") for m in ms}
             return ms if len(leaders) == 1 and len(terms) == 1 else None
 
-        ms = wait_for(one_leader, f"{name}: exactly one leader, one term")
+        ms = until(one_leader, 30, f"{name}: exactly one leader, one term")
         for m in ms:
             assert get(m, "dfs_raft_term") >= 1
             assert get(m, "dfs_raft_commit_index") >= get(m, "dfs_raft_applied_index") \
@@ -182,7 +171,7 @@ def test_dfs_status_json(cluster, fs):
     assert st["cluster_id"] == cluster.cfg.cluster_id
     assert len(st["shards"]) == 2
     for sh in st["shards"]:
-        assert sh["leader"] == wait_for(lambda s=sh["shard"]: cluster.leader_of(s), "a leader").address
+        assert sh["leader"] == until(lambda s=sh["shard"]: cluster.leader_of(s), 30, "a leader").address
         assert sorted(r["role"] for r in sh["replicas"]) == ["follower", "follower", "leader"]
         for r in sh["replicas"]:
             assert r["reachable"] and r["lag"] is not None and r["commit_index"] >= 1

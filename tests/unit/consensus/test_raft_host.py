@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
-import socket
 import time
 
 import pytest
@@ -12,32 +12,19 @@ import pytest
 from dfs.common.errors import NotLeader, Unavailable
 from dfs.consensus.raft import RaftHost, decode_entry, encode_entry
 from dfs.consensus.testing import CounterSM, add_cmd, put_cmd
+from dfs.testing.cluster import free_ports
+from dfs.testing.wait import until_async
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def until(cond, timeout: float = 10.0, what: str = "condition"):
-    """Poll ``cond`` until true or the deadline passes (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+until = functools.partial(until_async, interval=0.01)  # hosts in this process: polls are cheap
 
 
 class Cluster:
     def __init__(self, root, n: int = 3, memory: bool = False, **kw) -> None:
         self.root = str(root)
-        self.addrs = [f"127.0.0.1:{free_port()}" for _ in range(n)]
+        self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.kw = kw
         self.memory = memory
         self.sms: list[CounterSM | None] = [None] * n
@@ -94,11 +81,11 @@ def test_entry_codec_roundtrip():
 def test_single_node_group_commits_and_applies(tmp_path):
     async def main():
         sm = CounterSM(str(tmp_path / "sm"))
-        addr = f"127.0.0.1:{free_port()}"
+        addr = f"127.0.0.1:{free_ports(1)[0]}"
         h = RaftHost(sm, addr, [addr], str(tmp_path / "raft"))
         try:
             assert await h.wait_leader(10) == addr
-            await until(lambda: h.is_leader)
+            await until(lambda: h.is_leader, 10, "the host leading")
             assert await h.submit(add_cmd("x")) == b"1"
             res = await asyncio.gather(*(h.submit(add_cmd(f"r{i}")) for i in range(100)))
             assert sorted(int(r) for r in res) == list(range(2, 102))
@@ -131,7 +118,7 @@ def test_concurrent_submits_are_batched(cluster_factory):
         entries, commands = after["entries"] - before["entries"], after["commands"] - before["commands"]
         assert commands == n and entries < commands / 4, (entries, commands)
         # every replica converges to the same state
-        await until(lambda: all(sm.applied_index() == leader.sm.applied_index() for sm in c.sms), what="convergence")
+        await until(lambda: all(sm.applied_index() == leader.sm.applied_index() for sm in c.sms), 10, "convergence")
         assert len({tuple(sm.digest()) for sm in c.sms}) == 1
         assert all(sm.counters()["dups"] == 0 for sm in c.sms)
 
@@ -157,7 +144,7 @@ def test_submit_on_follower_fails_fast_with_leader_hint(cluster_factory):
         leader = await c.leader()
         await leader.submit(add_cmd("a"))  # followers have heard from the leader
         follower = next(h for h in c.live() if not h.is_leader)
-        await until(lambda: follower.leader == leader.self_address, what="follower knows leader")
+        await until(lambda: follower.leader == leader.self_address, 10, "follower knows leader")
         t0 = time.monotonic()
         with pytest.raises(NotLeader) as ei:
             await follower.submit(add_cmd("b"))
@@ -184,7 +171,7 @@ def test_lost_majority_fails_pending_and_deadline(cluster_factory):
         with pytest.raises((NotLeader, Unavailable)):
             await leader.submit(add_cmd("c"), timeout=30)
         assert time.monotonic() - t0 < 5
-        await until(lambda: not leader.is_leader, what="step down")
+        await until(lambda: not leader.is_leader, 10, "step down")
         with pytest.raises(NotLeader):
             await leader.submit(add_cmd("d"))
         assert leader.status()["queued"] == 0 and leader.status()["inflight"] == 0
@@ -198,7 +185,7 @@ def test_restart_keeps_state_without_double_apply(cluster_factory):
         leader = await c.leader()
         for k in range(60):  # > compaction threshold: dump files exist at restart
             await asyncio.gather(*(leader.submit(add_cmd(f"r{k}-{j}")) for j in range(3)))
-        await until(lambda: len({sm.applied_index() for sm in c.sms}) == 1, what="convergence")
+        await until(lambda: len({sm.applied_index() for sm in c.sms}) == 1, 10, "convergence")
         before = [sm.counters() for sm in c.sms]
         digests = [sm.digest() for sm in c.sms]
         assert all(h.status()["snapshots_taken"] > 0 for h in c.live())
@@ -212,7 +199,7 @@ def test_restart_keeps_state_without_double_apply(cluster_factory):
         assert [sm.digest() for sm in c.sms] == digests
         assert all(sm.restores == 0 for sm in c.sms)
         assert int(await leader.submit(add_cmd("after"))) == before[0]["seq"] + 1
-        await until(lambda: all(sm.counters()["seq"] == before[0]["seq"] + 1 for sm in c.sms), what="apply")
+        await until(lambda: all(sm.counters()["seq"] == before[0]["seq"] + 1 for sm in c.sms), 10, "apply")
         assert all(sm.counters()["dups"] == 0 for sm in c.sms)
         # the journal tail after each node's dump was replayed and skipped, not re-applied
         assert all(h.status()["skipped_on_replay"] > 0 for h in c.live())
@@ -236,7 +223,7 @@ def test_wiped_follower_catches_up_by_snapshot(cluster_factory, memory):
         for k in range(40):
             await asyncio.gather(*(leader.submit(add_cmd(f"w{k}-{j}")) for j in range(4)))
         await until(lambda: leader.status()["snapshots_taken"] > 0 and leader.status()["log_len"] < 30,
-                    what="leader compaction")
+                    10, "leader compaction")
         f = c.start(fi)
         await until(lambda: c.sms[fi].applied_index() >= leader.sm.applied_index(), 20, "catch up")
         assert c.sms[fi].restores == 1
@@ -245,7 +232,7 @@ def test_wiped_follower_catches_up_by_snapshot(cluster_factory, memory):
         assert c.sms[fi].counters()["seq"] == 161
         # and it keeps following
         await leader.submit(add_cmd("later"))
-        await until(lambda: c.sms[fi].counters()["seq"] == 162, what="follow after snapshot")
+        await until(lambda: c.sms[fi].counters()["seq"] == 162, 10, "follow after snapshot")
 
     asyncio.run(main())
 
@@ -253,7 +240,7 @@ def test_wiped_follower_catches_up_by_snapshot(cluster_factory, memory):
 def test_close_fails_pending(tmp_path):
     async def main():
         sm = CounterSM(None)
-        a, b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        a, b = (f"127.0.0.1:{p}" for p in free_ports(2))
         h = RaftHost(sm, a, [a, b], str(tmp_path / "raft"))  # peer never starts: no leader
         try:
             with pytest.raises(NotLeader) as ei:
