@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dfs.bench.client_paths import _batch_create, _dfs, _Library, _Posix
 from dfs.bench.data_path import drop_cache
-from dfs.bench.meta_bench import close_fs, make_fs, spawn_ranks
+from dfs.bench.meta_bench import open_fs, spawn_ranks
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -61,8 +61,7 @@ ENGINES = ("local", "mount", "library")
 # ---------------------------------------------------------------------- workers (spawned)
 
 def _shuffle_rank(rank: int, barrier, put, spec: tuple, epochs: list[list[str]]) -> list[dict]:
-    fs = make_fs(spec)
-    try:
+    with open_fs(spec) as fs:
         out = []
         for paths in epochs:
             barrier.wait(600)
@@ -72,14 +71,11 @@ def _shuffle_rank(rank: int, barrier, put, spec: tuple, epochs: list[list[str]])
                 n += fs.read(p)
             out.append({"t0": t0, "t1": time.monotonic(), "files": len(paths), "bytes": n})
         return out
-    finally:
-        close_fs(fs)
 
 
 def _ckpt_rank(rank: int, barrier, put, spec: tuple, base: str, ranks: int, mib: int,
                drop: list[str]) -> dict:
-    fs = make_fs(spec)
-    try:
+    with open_fs(spec) as fs:
         block = os.urandom(REQ)
         nblocks = max(1, mib * MiB // REQ)
         mine = os.path.join(base, f"rank{rank:04d}.pt")
@@ -106,8 +102,6 @@ def _ckpt_rank(rank: int, barrier, put, spec: tuple, base: str, ranks: int, mib:
             raise OSError(f"restore read {n} bytes of {nblocks * REQ}")
         return {"t0": t0, "t1": t1, "tc0": tc0, "tc1": tc1, "t2": t2, "t3": t3,
                 "written": nblocks * REQ, "read": n}
-    finally:
-        close_fs(fs)
 
 
 # ---------------------------------------------------------------------- the driver

@@ -35,6 +35,7 @@ time from the first start to the last end) and the latency of one operation
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -64,10 +65,16 @@ def make_fs(spec: tuple):
     return _Library(dfs.connect(spec[1], ttl=spec[2]))
 
 
-def close_fs(fs) -> None:
-    c = getattr(fs, "c", None)
-    if c is not None:
-        c.close()
+@contextlib.contextmanager
+def open_fs(spec: tuple):
+    """``make_fs(spec)`` for the block; a library engine's client is closed after it."""
+    fs = make_fs(spec)
+    try:
+        yield fs
+    finally:
+        c = getattr(fs, "c", None)
+        if c is not None:
+            c.close()
 
 
 class Ticker:
@@ -165,8 +172,7 @@ def plan(rank: int, base: str, files: int, dirs: int, shared: bool) -> dict:
 
 
 def _meta_rank(rank: int, barrier, put, spec: tuple, p: dict, nbytes: int) -> dict:
-    fs = make_fs(spec)
-    try:
+    with open_fs(spec) as fs:
         data = os.urandom(nbytes) if nbytes else b""
         files = p["files"]
         moved = [f + ".r" for f in files]
@@ -204,8 +210,6 @@ def _meta_rank(rank: int, barrier, put, spec: tuple, p: dict, nbytes: int) -> di
             tick.flush()
             out[phase] = {"t0": t0, "t1": t1, "lat": lat}
         return out
-    finally:
-        close_fs(fs)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -234,11 +238,8 @@ def run(spec: tuple, base: str, a, log=print) -> list[dict]:
     from tqdm import tqdm
 
     if a.shared_dir:
-        fs = make_fs(spec)
-        try:
+        with open_fs(spec) as fs:
             fs.mkdir(os.path.join(base, "shared"))
-        finally:
-            close_fs(fs)
     plans = [plan(r, base, a.files, a.dirs, a.shared_dir) for r in range(a.procs)]
     total = sum(2 * len(p["tree"]) + 5 * len(p["files"]) for p in plans)
     bar = tqdm(total=total, unit="op", desc="starting", file=sys.stderr, disable=a.no_progress,
@@ -256,11 +257,8 @@ def run(spec: tuple, base: str, a, log=print) -> list[dict]:
     finally:
         bar.close()
     if a.shared_dir:
-        fs = make_fs(spec)
-        try:
+        with open_fs(spec) as fs:
             fs.rmdir(os.path.join(base, "shared"))
-        finally:
-            close_fs(fs)
     return summarize(parts)
 
 
@@ -327,21 +325,15 @@ def main(argv: list[str] | None = None) -> int:
                 cluster_file = cluster.config_path
             spec = ("library", cluster_file, a.ttl)
             base = "/" + run_dir
-            fs = make_fs(spec)
-            try:
+            with open_fs(spec) as fs:
                 fs.mkdir(base)
-            finally:
-                close_fs(fs)
             target = "library" + (f" {a.cluster}" if a.cluster else " (own cluster)")
         print(f"dfs bench meta: {target}, {a.procs} process(es) x {a.files} files, "
               f"{'one shared directory' if a.shared_dir else 'a directory per process'}, "
               f"{a.dirs} dir(s) per process, {a.bytes} bytes per file", file=sys.stderr)
         rows = run(spec, base, a)
-        fs = make_fs(spec)
-        try:
+        with open_fs(spec) as fs:
             fs.rmdir(base)
-        finally:
-            close_fs(fs)
         path_base = None
     finally:
         if path_base is not None:  # a failed run: what it left in the mounted path
