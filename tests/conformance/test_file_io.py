@@ -15,6 +15,7 @@ from dfs.client.meta import MetaClient
 from dfs.common.ids import ROOT_INO
 from dfs.common.layout import Layout
 from dfs.meta.local import LocalEngine
+from dfs.testing.file_script import run_script
 
 CHUNK = 64 * 1024
 LAYOUT = Layout(chunk_size=CHUNK, stripe=3, replicas=1)
@@ -42,36 +43,8 @@ def memory_env() -> Env:
 
 async def check(env: Env, script, name: str) -> None:
     attr, _ = await env.meta.create(ROOT_INO, name)
-    ref = bytearray()
-    fh = FileHandle(env.meta, env.data, attr, layout=LAYOUT, window=2 * CHUNK)
-    seed = 0
-    for kind, off, n in script:
-        if kind == "write":
-            seed += 1
-            data = bytes((seed * 131 + i) & 0xFF for i in range(n))
-            await fh.pwrite(off, data)
-            if len(ref) < off:
-                ref.extend(bytes(off - len(ref)))
-            ref[off:off + n] = data
-        elif kind == "truncate":
-            await fh.truncate(off)
-            if off < len(ref):
-                del ref[off:]
-            else:
-                ref.extend(bytes(off - len(ref)))
-        elif kind == "read":
-            got = await fh.pread(off, n)
-            assert got == bytes(ref[off:off + n]), f"read {off}+{n}"
-        else:  # close and open again: the size comes back from the metadata service
-            await fh.close()
-            attr = await env.meta.getattr(attr.ino)
-            assert attr.size == len(ref)
-            fh = FileHandle(env.meta, env.data, attr, layout=LAYOUT, window=2 * CHUNK)
-    await fh.close()
-    attr = await env.meta.getattr(attr.ino)
-    assert attr.size == len(ref)
-    fh = FileHandle(env.meta, env.data, attr, layout=LAYOUT)
-    assert await fh.pread(0, len(ref) + 10) == bytes(ref)
+    await run_script(env.meta, env.data, attr, script, LAYOUT,
+                     lambda n, seed: bytes((seed * 131 + i) & 0xFF for i in range(n)))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

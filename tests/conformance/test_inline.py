@@ -23,6 +23,7 @@ from dfs.common.ops import Op, inline_digest
 from dfs.common.records import FLAG_INLINE, Caller
 from dfs.meta import schema as S
 from dfs.meta.local import LocalEngine
+from dfs.testing.file_script import run_script
 
 CHUNK = 64 * 1024
 LAYOUT = Layout(chunk_size=CHUNK, stripe=3, replicas=1)
@@ -377,38 +378,7 @@ script_st = st.lists(
 async def check_script(meta: MetaClient, data, parent: int, name: str, script) -> bool:
     """Run the script against a FileHandle and a bytearray; True if the file is still inline."""
     attr, _ = await meta.create(parent, name, inline=True)
-    ref = bytearray()
-    fh = FileHandle(meta, data, attr, layout=LAYOUT, window=2 * CHUNK)
-    seed = 0
-    for kind, off, n in script:
-        if kind == "write":
-            seed += 1
-            b = blob(n, seed)
-            await fh.pwrite(off, b)
-            if len(ref) < off:
-                ref.extend(bytes(off - len(ref)))
-            ref[off:off + n] = b
-        elif kind == "truncate":
-            await fh.truncate(off)
-            if off < len(ref):
-                del ref[off:]
-            else:
-                ref.extend(bytes(off - len(ref)))
-        elif kind == "read":
-            got = await fh.pread(off, n)
-            assert got == bytes(ref[off:off + n]), f"read {off}+{n}"
-        elif kind == "flush":
-            await fh.flush()
-        else:
-            await fh.close()
-            attr = await meta.getattr(attr.ino)
-            assert attr.size == len(ref)
-            fh = FileHandle(meta, data, attr, layout=LAYOUT, window=2 * CHUNK)
-    await fh.close()
-    attr = await meta.getattr(attr.ino)
-    assert attr.size == len(ref)
-    fh = FileHandle(meta, data, attr, layout=LAYOUT)
-    assert await fh.pread(0, len(ref) + 10) == bytes(ref)
+    attr = await run_script(meta, data, attr, script, LAYOUT, blob)
     wrote_past = any(k == "write" and o + n > INLINE_MAX for k, o, n in script)
     assert attr.is_inline() == (not wrote_past), "inline exactly while no write reached past INLINE_MAX"
     return attr.is_inline()
