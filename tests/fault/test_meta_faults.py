@@ -24,19 +24,9 @@ from dfs.common.ids import ROOT_INO, shard_of
 from dfs.common.records import Attr
 from dfs.kv import RocksKV
 from dfs.testing.cluster import LocalCluster
+from dfs.testing.wait import until
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def until(cond, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # polling interval of a deadline-bounded wait, not synchronisation
 
 
 @pytest.fixture

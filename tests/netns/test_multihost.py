@@ -12,6 +12,7 @@ veths and the bridge go with them).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -24,6 +25,7 @@ import pytest
 
 from dfs.common.ids import ROOT_INO, shard_of
 from dfs.kv import RocksKV
+from dfs.testing import wait
 from dfs.testing.netns import Fabric, NetnsCluster, unavailable
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.timeout(240)]
@@ -38,15 +40,7 @@ def _needs_netns():
         pytest.skip(why)
 
 
-def until(cond, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # polling interval of a deadline-bounded wait, not synchronisation
+until = functools.partial(wait.until, interval=0.1)  # each probe is a round trip through a host's agent
 
 
 @pytest.fixture
