@@ -199,9 +199,13 @@ class Coordinator:
         p = await self._c(shard_of(parent), Op.GETATTR, [parent])
         if not stat.S_ISDIR(p[1]):
             raise err.NotADirectory()
-        home = dir_home_shard(parent, name, self.shards.nshards)
-        if home != self.shard:
+        n = self.shards.nshards
+        home = dir_home_shard(parent, name, n)
+        if home != self.shard and not any(dir_home_shard(parent, name, k) == self.shard for k in range(1, n)):
+            # Shard counts only grow (dfs admin add-meta-shard), so a client that has not
+            # seen the newest map yet places by a smaller count: its choice is accepted.
             raise err.WrongShard(f"mkdir of this name is coordinated by shard {home}")
+        home = self.shard  # the new directory lives where the client sent it
         perm = mode & 0o7777 & ~umask
         gid = caller.gid
         if p[1] & stat.S_ISGID:

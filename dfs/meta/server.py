@@ -11,6 +11,13 @@ With a client token in the cluster file every call must show it (refused
 UNAUTHENTICATED before it is parsed, ``dfs.rpc.auth.TokenCheck``); internal
 (two-phase) operations also need the internal token, which only servers
 derive (from the Raft password). With [tls] the port speaks TLS only.
+
+The replica follows the cluster map (``MapFollower``): every reply carries
+the map epoch it knows, so clients notice a newer map (a replica added, a
+shard added); the map gives the gRPC addresses of replicas added after the
+cluster file was read (leader hints) and the shard count new directories
+are placed by. ``Membership`` reports and changes the shard's Raft group
+(``dfs admin add-meta-replica`` / ``remove-meta-replica``).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from dfs.consensus.raft import RaftHost
 from dfs.meta.service import ShardService
 from dfs.meta.store import MetaStore
 from dfs.rpc.auth import ServerAuth, shows
-from dfs.rpc.transport import ClusterMap, GrpcTransport
+from dfs.rpc.transport import CHANNEL_OPTIONS, ClusterMap, GrpcTransport
 
 log = logging.getLogger("dfs.meta.server")
 
@@ -83,6 +90,15 @@ class MetaServicer(pbg.MetaServiceServicer):
         self._internal_token = cfg.internal_token
         self.requests = requests
         self.clients = Clients()
+        self.follower: MapFollower | None = None  # set by serve(): the map epoch replies carry
+
+    def learn_addresses(self, raft_to_grpc: dict[str, str]) -> None:
+        """gRPC addresses of this shard's replicas from a newer cluster map (replicas added later)."""
+        self._raft_to_grpc = {**self._raft_to_grpc, **raft_to_grpc}
+
+    @property
+    def epoch(self) -> int:
+        return self.follower.epoch if self.follower is not None else 0
 
     def _seen(self, context, peer: bool) -> None:
         if not peer:  # shard-to-shard traffic is not a client
@@ -101,6 +117,13 @@ class MetaServicer(pbg.MetaServiceServicer):
         return shows(context.invocation_metadata(), INTERNAL_HEADER, self._internal_token)
 
     async def _one(self, req: pb.OpRequest, peer: bool) -> pb.OpReply:
+        if self.follower is not None and req.epoch > self.follower.epoch:
+            # the caller routed with a newer map than ours (e.g. a shard was added and it
+            # placed a new directory by the new count): learn it before coordinating
+            if req.op == Op.MKDIR:
+                await self.follower.refresh(wait=2.0)
+            else:
+                self.follower.refresh_soon()
         if req.op in INTERNAL and not peer:
             return pb.OpReply(status=1, message="internal operation: shard servers only")  # EPERM
         if req.shard != self.shard:
@@ -129,6 +152,7 @@ class MetaServicer(pbg.MetaServiceServicer):
         peer = self._is_peer(context)
         self._seen(context, peer)
         rep = await self._one(request, peer)
+        rep.epoch = self.epoch
         if self.requests is not None:
             self._observe(request.op, time.perf_counter() - t0, rep)
         return rep
@@ -138,6 +162,9 @@ class MetaServicer(pbg.MetaServiceServicer):
         peer = self._is_peer(context)
         self._seen(context, peer)
         rep = await self._batch(request.ops, peer)
+        epoch = self.epoch
+        for r in rep.replies:
+            r.epoch = epoch
         if self.requests is not None:  # each operation of a batch took the batch's time
             dt = time.perf_counter() - t0
             for r, o in zip(request.ops, rep.replies):
@@ -145,6 +172,8 @@ class MetaServicer(pbg.MetaServiceServicer):
         return rep
 
     async def _batch(self, ops, peer: bool) -> pb.BatchReply:
+        if self.follower is not None and any(r.epoch > self.follower.epoch for r in ops):
+            self.follower.refresh_soon()
         if not self.host.is_leader:
             lead = self.leader_address()
             return pb.BatchReply(replies=[pb.OpReply(status=err.NOT_LEADER, leader=lead) for _ in ops])
@@ -182,10 +211,42 @@ class MetaServicer(pbg.MetaServiceServicer):
         return pb.ShardStatus(shard=self.shard, replica=self.replica, role=self.host.role,
                               leader=self.leader_address(), term=st.get("term", 0),
                               commit_index=st.get("commit_index", 0),
-                              applied_index=self.svc.store.applied_index())
+                              applied_index=self.svc.store.applied_index(), epoch=self.epoch)
 
     async def TransferLeader(self, request, context):
         return await transfer_leader(self.host, request, self._is_peer(context), self.leader_address)
+
+    async def Membership(self, request, context):
+        return await membership(self.host, request, self._is_peer(context), self.leader_address)
+
+
+async def membership(host: RaftHost, request, internal: bool, leader_address) -> pb.MembershipReply:
+    """Membership on a Raft group's edge: internal token only. ``op`` "": this replica's view
+    (on the leader, every peer's progress); "add" / "remove" ``raft``: on the leader, one
+    change, answered once it is committed and applied (RaftHost.add_member / remove_member)."""
+    if not internal:
+        return pb.MembershipReply(status=1, message="operators only (internal token)")  # EPERM
+
+    def reply(m, status: int = 0, message: str = "") -> pb.MembershipReply:
+        return pb.MembershipReply(
+            status=status, message=message, leader=leader_address(), members=list(m.members), pending=m.pending,
+            last_index=m.last_index, commit_index=m.commit_index, self_raft=m.self_address,
+            peers=[pb.PeerProgress(raft=p.address, connected=p.connected, live=p.live, match_index=p.match_index)
+                   for p in m.peers])
+
+    try:
+        if request.op == "":
+            return reply(await host.membership())
+        if request.op not in ("add", "remove"):
+            return pb.MembershipReply(status=22, message=f"op must be add or remove, not {request.op!r}")
+        if not host.is_leader:
+            return pb.MembershipReply(status=err.NOT_LEADER, leader=leader_address())
+        change = host.add_member if request.op == "add" else host.remove_member
+        return reply(await change(request.raft, request.timeout or 10.0))
+    except err.NotLeader:
+        return pb.MembershipReply(status=err.NOT_LEADER, message="not the leader", leader=leader_address())
+    except err.DfsError as e:  # Busy (EBUSY), InvalidArgument, Unavailable
+        return pb.MembershipReply(status=e.errno, message=e.detail or str(e), leader=leader_address())
 
 
 async def transfer_leader(host: RaftHost, request, internal: bool, leader_address) -> pb.TransferLeaderReply:
@@ -221,6 +282,106 @@ def shard_families(svc: ShardService, clients: Clients) -> list:
     return out
 
 
+class MapFollower:
+    """This replica's copy of the cluster map, fetched from mgmt every ``interval`` seconds
+    and at once when a request was routed with a newer map. Applying a map:
+
+    * its epoch is what every reply carries (clients refresh their map when it is newer);
+    * the gRPC addresses of this shard's replicas (leader hints name replicas added after
+      the cluster file was read);
+    * the peers' routes (shards added after start) and the shard count the coordinator
+      places new directories by (it only grows)."""
+
+    def __init__(self, cfg: ClusterConfig, shard: int, sa: ServerAuth, servicer: MetaServicer, svc: ShardService,
+                 peers: PeerTransport, interval: float = 2.0) -> None:
+        self.shard = shard
+        self.creds = sa.client
+        self.servicer = servicer
+        self.svc = svc
+        self.peers = peers
+        self.interval = interval
+        self.epoch = 0
+        self.mgmt = [m.address for m in cfg.mgmt]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._inflight: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None
+        self._last = 0.0
+
+    async def _fetch(self) -> pb.ClusterMap | None:
+        for addr in self.mgmt:
+            ch = self._channels.get(addr)
+            if ch is None:
+                ch = self._channels[addr] = self.creds.channel(addr, CHANNEL_OPTIONS)
+            try:
+                rep = await pbg.MgmtServiceStub(ch).GetClusterMap(pb.GetClusterMapRequest(), timeout=2.0)
+            except grpc.aio.AioRpcError:
+                continue
+            if rep.status == 0 and rep.map.shards:
+                return rep.map
+        return None
+
+    def apply(self, m: pb.ClusterMap) -> None:
+        if m.epoch <= self.epoch:
+            return
+        self.epoch = m.epoch
+        if m.mgmt:
+            self.mgmt = [r.address for r in m.mgmt]
+        for s in m.shards:
+            if s.shard == self.shard:
+                self.servicer.learn_addresses({r.raft_address: r.address for r in s.replicas})
+        cmap = ClusterMap.from_pb(m)
+        cur = self.peers.map
+        if cur is None or cmap.epoch >= cur.epoch:
+            cmap.auth = self.peers.auth
+            self.peers.map = cmap
+        n = len(m.shards)
+        if n > self.svc.coordinator.shards.nshards:  # shard counts only grow
+            log.info("cluster map epoch %d: %d shards (was %d)", m.epoch, n, self.svc.coordinator.shards.nshards)
+            self.svc.coordinator.shards.nshards = n
+            self.svc.store.nshards = n
+
+    async def _refresh(self) -> None:
+        self._last = time.monotonic()
+        try:
+            m = await self._fetch()
+        except Exception:  # noqa: BLE001 - never kill the follower; the next round tries again
+            log.exception("cluster map fetch failed")
+            return
+        if m is not None:
+            self.apply(m)
+
+    def refresh_soon(self, min_interval: float = 0.2) -> asyncio.Task | None:
+        """Start a fetch unless one runs or one started less than ``min_interval`` s ago."""
+        if self._inflight is not None and not self._inflight.done():
+            return self._inflight
+        if time.monotonic() - self._last < min_interval:
+            return None
+        self._inflight = asyncio.get_running_loop().create_task(self._refresh())
+        return self._inflight
+
+    async def refresh(self, wait: float) -> None:
+        """Fetch now (or join the fetch running), waiting at most ``wait`` s."""
+        t = self.refresh_soon(0.0)
+        if t is not None:
+            await asyncio.wait([t], timeout=wait)
+
+    async def _run(self) -> None:
+        while True:
+            await self._refresh()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        for t in (self._task, self._inflight):
+            if t is not None:
+                t.cancel()
+        chans, self._channels = list(self._channels.values()), {}
+        for ch in chans:
+            await ch.close()
+
+
 class PeerTransport(GrpcTransport):
     """Peer shards, reached with the addresses of the cluster file (no mgmt round trip),
     showing the client token and the internal token."""
@@ -233,9 +394,11 @@ class PeerTransport(GrpcTransport):
 
 
 async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None:
-    me = cfg.shard(shard).replicas[replica]
+    me = cfg.shard(shard).replica(replica)
     store = MetaStore(shard, cfg.nshards, os.path.join(data, "db"))
     o = cfg.raft
+    # The group as the cluster file has it; once this replica has run, the membership its
+    # log left (members.json, RaftHost) wins: the file may predate membership changes.
     host = RaftHost(store, me.raft, [r.raft for r in cfg.shard(shard).replicas], os.path.join(data, "raft"),
                     password=cfg.raft_password, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
                     leader_fallback_timeout=o.leader_fallback_timeout, group_commit=o.group_commit,
@@ -274,9 +437,12 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
                                       ("grpc.max_send_message_length", 64 << 20),
                                       ("grpc.so_reuseport", 0)],
                              interceptors=sa.interceptors())
+    follower = MapFollower(cfg, shard, sa, servicer, svc, peers)
+    servicer.follower = follower
     pbg.add_MetaServiceServicer_to_server(servicer, server)
     sa.add_port(server, me.address)
     await server.start()
+    follower.start()
     svc.start_recovery()
     log.info("shard %d replica %d serving on %s (raft %s)", shard, replica, me.address, me.raft)
     stop = asyncio.Event()
@@ -286,6 +452,7 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
     await stop.wait()
     log.info("stopping")
     await server.stop(1.0)
+    await follower.close()
     await svc.stop()
     if data_client is not None:
         await data_client.close()
@@ -306,6 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s meta[{a.shard}.{a.replica}] %(levelname)s %(name)s: %(message)s")
     cfg = ClusterConfig.load(a.config)
+    if not 0 <= a.shard < cfg.nshards:
+        ap.error(f"no shard {a.shard} in {a.config} (it has {cfg.nshards})")
+    try:
+        cfg.shard(a.shard).replica(a.replica)
+    except KeyError:
+        ap.error(f"shard {a.shard} of {a.config} has no replica {a.replica} "
+                 f"(ids: {[r.id for r in cfg.shard(a.shard).replicas]})")
     asyncio.run(serve(cfg, a.shard, a.replica, a.data))
     return 0
 

@@ -8,6 +8,11 @@ next replica when one does not answer, and retries retryable answers
 mutation is answered from the server's idempotency record, so it never
 applies twice.
 
+Every reply carries the epoch of the cluster map its server knows; a newer
+one than ours starts a map refresh in the background (that is how clients
+learn of replicas and shards added to a running cluster), and an inode of a
+shard our map does not have yet makes us fetch the map before giving up.
+
 Every call carries the client token of its ``Credentials`` (``dfs.rpc.auth``;
 default: those remembered for the mgmt addresses) as metadata, over TLS when
 they have a CA. UNAUTHENTICATED is not retried: it raises ``Unauthenticated``.
@@ -128,6 +133,7 @@ class GrpcTransport:
         self._stubs: dict[str, pbg.MetaServiceStub] = {}
         self._leader: dict[int, str] = {}
         self._map_refreshed = 0.0
+        self._bg_refresh: asyncio.Task | None = None
 
     @property
     def nshards(self) -> int:
@@ -149,6 +155,8 @@ class GrpcTransport:
         return s
 
     async def close(self) -> None:
+        if self._bg_refresh is not None:
+            self._bg_refresh.cancel()
         chans, self._channels = list(self._channels.values()), {}
         self._stubs.clear()
         for ch in chans:
@@ -159,9 +167,10 @@ class GrpcTransport:
         await self.refresh_map()
         return self
 
-    async def refresh_map(self) -> ClusterMap:
+    async def refresh_map(self, deadline: float | None = None) -> ClusterMap:
+        """Fetch the map from mgmt, trying for ``deadline`` s (default: the transport's)."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + self.deadline
+        end = loop.time() + (self.deadline if deadline is None else deadline)
         addrs = list(self.mgmt_addrs)
         last: Exception | None = None
         while loop.time() < end:
@@ -240,6 +249,8 @@ class GrpcTransport:
         end = loop.time() + self.deadline
         delay = 0.002
         last: Exception | None = None
+        if self.map is not None and shard >= len(self.map.shards) and self.mgmt_addrs:
+            await self._refresh_for(shard)  # a shard added since our map (dfs admin add-meta-shard)
         while True:
             progressed = False
             unreachable = False  # some replica did not answer or did not know a leader
@@ -259,6 +270,9 @@ class GrpcTransport:
                     if self._leader.get(shard) == addr:
                         del self._leader[shard]
                     continue
+                epoch = rep.epoch if isinstance(rep, pb.OpReply) else (rep.replies[0].epoch if rep.replies else 0)
+                if self.map is not None and epoch > self.map.epoch:
+                    self._refresh_soon()
                 status = rep.status if isinstance(rep, pb.OpReply) else (
                     rep.replies[0].status if rep.replies else 0)
                 hint = rep.leader if isinstance(rep, pb.OpReply) else (
@@ -289,16 +303,25 @@ class GrpcTransport:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
 
+    def _refresh_soon(self) -> None:
+        """A server knows a newer map: fetch it in the background (one fetch at a time)."""
+        if self._bg_refresh is None or self._bg_refresh.done():
+            self._bg_refresh = asyncio.get_running_loop().create_task(self._maybe_refresh_map())
+
+    async def _refresh_for(self, shard: int) -> None:
+        """Fetch the map now (bounded) in the hope that it has ``shard``."""
+        try:
+            await self.refresh_map(min(self.deadline, 5.0))
+        except err.DfsError as e:
+            log.debug("cluster map refresh for shard %d failed: %s", shard, e)
+
     async def _maybe_refresh_map(self) -> None:
         """No replica of a shard could serve: the map may be stale (replicas moved)."""
         loop = asyncio.get_running_loop()
         if not self.mgmt_addrs or loop.time() - self._map_refreshed < 1.0:
             return
         self._map_refreshed = loop.time()
-        saved, self.deadline = self.deadline, min(self.deadline, 2.0)
         try:
-            await self.refresh_map()
+            await self.refresh_map(min(self.deadline, 2.0))
         except err.DfsError as e:
             log.debug("cluster map refresh failed: %s", e)
-        finally:
-            self.deadline = saved
