@@ -161,7 +161,8 @@ class MgmtServicer(pbg.MgmtServiceServicer):
             return pb.GetClusterMapReply(status=e.errno, leader=self._leader())
         return await self._map_reply()
 
-    ADMIN_COMMANDS = ("drain", "remove_target", "add_server", "move")
+    ADMIN_COMMANDS = ("drain", "remove_target", "add_server", "move", "member_begin", "member_end", "member_add",
+                      "member_remove", "add_shard")
 
     @_timed
     async def Admin(self, request, context):

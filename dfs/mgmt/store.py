@@ -4,7 +4,8 @@ The map is a plain dict::
 
     {"epoch": n, "cluster_id": str,
      "mgmt":   [{id, address, raft}...],
-     "shards": [[{id, address, raft}...]...],
+     "shards": [[{id, address, raft}...]...],   # shard i's replicas, by id
+     "member_changes": {shard: {"op", "add", "remove"}},   # membership changes in flight
      "targets": {target_id: {"server", "address", "state", "total", "free"}},
      "chains":  [{"id", "version", "members", "serving", "syncing"}...]}
 
@@ -58,6 +59,29 @@ capacity bumps the epoch by one:
   ``replacing[new] = old``; ``old`` leaves when ``new`` is synced). Refused
   while the chain has a move or drain replacement in progress; a no-op once
   ``old`` is no longer a member.
+
+Metadata shards (``dfs admin add-meta-replica`` / ``remove-meta-replica`` /
+``replace-meta-replica`` / ``add-meta-shard``; the Raft membership itself
+changes in the shard's group, these keep the map in step with it):
+
+* ``["member_begin", shard, change]``: records that a membership change of
+  the shard is in flight (``change`` = ``{"op": "add"|"remove"|"replace",
+  "add": raft address or None, "remove": raft address or None}``), so that no
+  other change of that shard starts until it ends. The same change again is a
+  no-op (the command that resumes it); another one is refused, except the
+  removal of the replica an in-flight change adds (abandoning that add).
+  Answered ``[0, epoch, change in flight]``. No epoch bump (clients do not
+  route by it);
+* ``["member_end", shard, change]``: the change is over (a no-op if another
+  one is recorded). No epoch bump;
+* ``["member_add", shard, {id, address, raft}]``: a replica joins the shard's
+  list (kept in id order). A repeat is a no-op; an id or address already used
+  is refused;
+* ``["member_remove", shard, raft]``: the replica with that Raft address
+  leaves the list (absent: a no-op; never the last one);
+* ``["add_shard", shard, [replicas]]``: a new shard ``shard`` (= the number
+  of shards: they are numbered 0..S-1 and never removed) with these
+  replicas. The same shard again is a no-op; anything else is refused.
 """
 
 from __future__ import annotations
@@ -304,6 +328,107 @@ def _capacity(m: dict, tid: int, total: int, free: int) -> tuple[bool, bool]:
     return True, False
 
 
+def _shard_index(m: dict, shard) -> int:
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < len(m["shards"]):
+        raise CommandError(f"no shard {shard!r}")
+    return shard
+
+
+def _describe(change: dict) -> str:
+    op = change.get("op")
+    if op == "replace":
+        return f"replacing {change.get('remove')} by {change.get('add')}"
+    return f"{'adding' if op == 'add' else 'removing'} {change.get('add') or change.get('remove')}"
+
+
+def _member_begin(m: dict, shard: int, change: dict) -> tuple[bool, bool, dict]:
+    _shard_index(m, shard)
+    if not isinstance(change, dict) or change.get("op") not in ("add", "remove", "replace"):
+        raise CommandError(f"not a membership change: {change!r}")
+    changes = m.setdefault("member_changes", {})
+    cur = changes.get(shard)
+    if cur == change:
+        return False, False, cur
+    if cur is not None and not (change["op"] == "remove" and change.get("remove") == cur.get("add")):
+        raise CommandError(f"shard {shard}: a membership change is in flight ({_describe(cur)}): run that "
+                           f"command again to finish it, or remove the replica it adds to abandon it")
+    changes[shard] = change
+    return True, False, change
+
+
+def _member_end(m: dict, shard: int, change: dict) -> tuple[bool, bool]:
+    changes = m.get("member_changes", {})
+    if changes.get(shard) != change:
+        return False, False
+    del changes[shard]
+    return True, False
+
+
+def _check_replica(rep) -> dict:
+    if not isinstance(rep, dict) or not all(isinstance(rep.get(k), str) and rep[k] for k in ("address", "raft")) \
+            or isinstance(rep.get("id"), bool) or not isinstance(rep.get("id"), int):
+        raise CommandError(f"a replica is {{id, address, raft}}, not {rep!r}")
+    return {"id": rep["id"], "address": rep["address"], "raft": rep["raft"]}
+
+
+def _used_by(m: dict, addr: str) -> str | None:
+    for i, reps in enumerate(m["shards"]):
+        for r in reps:
+            if addr in (r["address"], r["raft"]):
+                return f"shard {i} replica {r['id']}"
+    return None
+
+
+def _member_add(m: dict, shard: int, rep: dict) -> tuple[bool, bool]:
+    reps = m["shards"][_shard_index(m, shard)]
+    rep = _check_replica(rep)
+    for r in reps:
+        if r["raft"] == rep["raft"]:
+            if r == rep:
+                return False, False
+            raise CommandError(f"raft address {rep['raft']} is shard {shard} replica {r['id']}'s")
+        if r["id"] == rep["id"]:
+            raise CommandError(f"shard {shard} has a replica {rep['id']} already ({r['address']})")
+    for addr in (rep["address"], rep["raft"]):
+        owner = _used_by(m, addr)
+        if owner is not None:
+            raise CommandError(f"address {addr} is {owner}'s")
+    reps.append(rep)
+    reps.sort(key=lambda r: r["id"])
+    return True, True
+
+
+def _member_remove(m: dict, shard: int, raft: str) -> tuple[bool, bool]:
+    reps = m["shards"][_shard_index(m, shard)]
+    left = [r for r in reps if r["raft"] != raft]
+    if len(left) == len(reps):
+        return False, False
+    if not left:
+        raise CommandError(f"{raft} is the only replica of shard {shard}")
+    m["shards"][shard] = left
+    return True, True
+
+
+def _add_shard(m: dict, shard: int, reps: list) -> tuple[bool, bool]:
+    if not isinstance(reps, list) or not reps:
+        raise CommandError("a new shard needs replicas")
+    reps = sorted((_check_replica(r) for r in reps), key=lambda r: r["id"])
+    n = len(m["shards"])
+    if isinstance(shard, int) and not isinstance(shard, bool) and shard < n:
+        if shard >= 0 and {r["raft"] for r in m["shards"][shard]} == {r["raft"] for r in reps}:
+            return False, False  # a repeat
+        raise CommandError(f"shard {shard} exists already (the cluster has {n}; the next is {n})")
+    if shard != n:
+        raise CommandError(f"the next shard is {n}, not {shard!r}")
+    for r in reps:
+        for addr in (r["address"], r["raft"]):
+            owner = _used_by(m, addr)
+            if owner is not None:
+                raise CommandError(f"address {addr} is {owner}'s")
+    m["shards"].append(reps)
+    return True, True
+
+
 COMMANDS = {
     "target_down": _target_down,
     "target_up": _target_up,
@@ -313,6 +438,11 @@ COMMANDS = {
     "remove_target": _remove_target,
     "add_server": _add_server,
     "move": _move,
+    "member_begin": _member_begin,
+    "member_end": _member_end,
+    "member_add": _member_add,
+    "member_remove": _member_remove,
+    "add_shard": _add_shard,
 }
 
 
