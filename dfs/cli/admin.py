@@ -453,3 +453,606 @@ def rebalance_cmd(obj, timeout: float, dry_run: bool) -> None:
     for cid, old, new in moves:
         click.echo(f"chain {cid}: target {old} -> target {new}")
     click.echo(f"balanced ({len(moves)} moves)")
+
+
+# ------------------------------------------------------------------ metadata replicas
+
+def _config_path(cluster: str | None, data: str | None) -> str:
+    """The cluster file the arguments name (membership changes rewrite it)."""
+    import os
+
+    src = cluster if cluster is not None else data
+    if src is None:
+        raise click.ClickException("dfs admin needs the cluster file (--cluster FILE or --data DIR)")
+    path = os.path.join(src, "cluster.toml") if os.path.isdir(src) else src
+    if not os.path.isfile(path):
+        raise click.ClickException(f"no cluster file at {path}")
+    return path
+
+
+def parse_replica_addresses(arg: str):
+    """``GRPC_HOST:PORT,RAFT_HOST:PORT[,METRICS_HOST:PORT]`` -> (grpc, raft, metrics or None)."""
+    from dfs.common.config import _check_hostport
+
+    parts = arg.split(",")
+    if len(parts) not in (2, 3):
+        raise click.ClickException(
+            f"a new replica is GRPC_HOST:PORT,RAFT_HOST:PORT[,METRICS_HOST:PORT] (or a replica id of the "
+            f"cluster file), not {arg!r}")
+    for what, a in zip(("gRPC", "Raft", "metrics"), parts):
+        try:
+            _check_hostport(what, a)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+    if parts[0] == parts[1]:
+        raise click.ClickException(f"the gRPC and Raft addresses must differ ({parts[0]})")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def _find_replica(cfg, m, shard: int, arg: str):
+    """The replica ``arg`` names in shard ``shard`` (an id, or its gRPC or Raft address), from the
+    cluster file or else the cluster map; None if neither has it."""
+    from dfs.common.config import ReplicaAddr
+
+    reps = list(cfg.shards[shard].replicas) if shard < len(cfg.shards) else []
+    if m is not None and shard < len(m.shards):
+        known = {r.raft for r in reps}
+        reps += [ReplicaAddr(r["id"], r["address"], r["raft"]) for r in m.shards[shard] if r["raft"] not in known]
+    for r in reps:
+        if (arg.isdigit() and r.id == int(arg)) or arg in (r.address, r.raft):
+            return r
+    return None
+
+
+async def get_pb_map(cfg, creds, timeout: float = 2.0):
+    """The cluster map (protobuf, with the replicas' Raft addresses) of the first mgmt replica that
+    answers, as ``_PbMap``; None if none answers."""
+    import grpc
+
+    from dfs._proto import meta_pb2 as pb
+    from dfs._proto import meta_pb2_grpc as pbg
+
+    for m in cfg.mgmt:
+        async with creds.channel(m.address) as ch:
+            try:
+                rep = await pbg.MgmtServiceStub(ch).GetClusterMap(pb.GetClusterMapRequest(), timeout=timeout)
+            except grpc.aio.AioRpcError:
+                continue
+        if rep.status == 0:
+            return _PbMap(rep.map)
+    return None
+
+
+class _PbMap:
+    """What the membership commands read of the cluster map: epoch and each shard's replicas."""
+
+    def __init__(self, m) -> None:
+        self.epoch = m.epoch
+        self.shards = [[{"id": r.id, "address": r.address, "raft": r.raft_address}
+                        for r in sorted(s.replicas, key=lambda r: r.id)]
+                       for s in sorted(m.shards, key=lambda s: s.shard)]
+
+
+async def _membership_views(creds, md, addrs: list[str], timeout: float = 2.0) -> dict:
+    """gRPC address -> its Membership reply (op ""), or None if it does not answer."""
+    import grpc
+
+    from dfs._proto import meta_pb2 as pb
+    from dfs._proto import meta_pb2_grpc as pbg
+
+    async def one(addr: str):
+        async with creds.channel(addr) as ch:
+            try:
+                return await pbg.MetaServiceStub(ch).Membership(pb.MembershipRequest(), metadata=md, timeout=timeout)
+            except grpc.aio.AioRpcError:
+                return None
+
+    res = await asyncio.gather(*(one(a) for a in addrs))
+    return dict(zip(addrs, res))
+
+
+def _as_membership(rep):
+    from dfs.consensus.raft import Membership, PeerProgress
+
+    return Membership(rep.self_raft, tuple(rep.members), None, True, rep.pending, rep.last_index, rep.commit_index,
+                      tuple(PeerProgress(p.raft, p.connected, p.live, p.match_index) for p in rep.peers))
+
+
+class ShardGroup:
+    """One shard's Raft group as the admin commands see it: the replicas it may ask (cluster
+    file and map), its leader, the leader's view of the membership."""
+
+    def __init__(self, cfg, creds, shard: int, m) -> None:
+        self.cfg, self.creds, self.shard = cfg, creds, shard
+        self.md = _internal(cfg)
+        addrs = [r.address for r in cfg.shards[shard].replicas] if shard < len(cfg.shards) else []
+        if m is not None and shard < len(m.shards):
+            addrs += [r["address"] for r in m.shards[shard]]
+        self.addrs = list(dict.fromkeys(addrs))
+
+    def learn(self, address: str) -> None:
+        if address not in self.addrs:
+            self.addrs.append(address)
+
+    async def leader_view(self, deadline: float = 10.0):
+        """(the leader's gRPC address, its Membership reply), waiting up to ``deadline`` for one."""
+        end = time.monotonic() + deadline
+        while True:
+            views = await _membership_views(self.creds, self.md, self.addrs)
+            for addr, rep in views.items():
+                if rep is not None and rep.status == 1:
+                    raise click.ClickException(f"refused: {rep.message}")
+                if rep is not None and rep.status == 0 and rep.leader == addr:
+                    return addr, rep
+            if time.monotonic() > end:
+                answering = [a for a, r in views.items() if r is not None]
+                raise click.ClickException(f"shard {self.shard}: no leader answers (replicas answering: "
+                                           f"{answering or 'none'})")
+            await asyncio.sleep(0.1)
+
+    async def change(self, op: str, raft: str, deadline: float = DEADLINE):
+        """One membership change on the leader (following leader changes); its final view."""
+        import grpc
+
+        from dfs._proto import meta_pb2 as pb
+        from dfs._proto import meta_pb2_grpc as pbg
+        from dfs.common import errors as err
+
+        end = time.monotonic() + deadline
+        last = ""
+        while time.monotonic() < end:
+            lead, _ = await self.leader_view(max(1.0, end - time.monotonic()))
+            req = pb.MembershipRequest(op=op, raft=raft, timeout=max(1.0, min(10.0, end - time.monotonic())))
+            async with self.creds.channel(lead) as ch:
+                try:
+                    rep = await pbg.MetaServiceStub(ch).Membership(req, metadata=self.md, timeout=req.timeout + 5.0)
+                except grpc.aio.AioRpcError as e:
+                    last = e.code().name
+                    continue
+            if rep.status == 0:
+                return rep
+            last = rep.message or str(rep.status)
+            if rep.status in (err.NOT_LEADER, err.UNAVAILABLE, 11):  # EAGAIN: a new leader's first entry
+                await asyncio.sleep(0.1)                                # is not applied yet
+                continue  # a leader change, or no commit yet: ask the (new) leader again
+            raise click.ClickException(f"shard {self.shard}: {op} {raft} refused: {last}")
+        raise click.ClickException(f"shard {self.shard}: {op} {raft} did not complete within {deadline:.0f}s "
+                                   f"({last}); run the command again")
+
+    async def move_leader_off(self, raft: str, view, deadline: float = DEADLINE, echo=lambda s: None) -> None:
+        """If ``raft`` leads the group, hand the leadership to the most caught-up live replica."""
+        import grpc
+
+        from dfs._proto import meta_pb2 as pb
+        from dfs._proto import meta_pb2_grpc as pbg
+
+        end = time.monotonic() + deadline
+        while True:
+            lead, view = await self.leader_view(max(1.0, end - time.monotonic()))
+            if view.self_raft != raft:
+                return
+            live = sorted((p for p in view.peers if p.live), key=lambda p: -p.match_index)
+            if not live:
+                raise click.ClickException(f"shard {self.shard}: {raft} leads and no other replica answers")
+            if time.monotonic() > end:
+                raise click.ClickException(f"shard {self.shard}: the leadership did not move off {raft}")
+            echo(f"replica {raft} leads shard {self.shard}: moving the leadership to {live[0].raft}")
+            req = pb.TransferLeaderRequest(to=live[0].raft, timeout=max(1.0, min(10.0, end - time.monotonic())))
+            async with self.creds.channel(lead) as ch:
+                try:
+                    await pbg.MetaServiceStub(ch).TransferLeader(req, metadata=self.md, timeout=req.timeout + 5.0)
+                except grpc.aio.AioRpcError:
+                    pass
+            await asyncio.sleep(0.1)
+
+    async def wait_caught_up(self, rep, timeout: float, progress: bool, path: str) -> None:
+        """Until the leader knows replica ``rep`` (a ReplicaAddr) holds every entry the leader had
+        committed when the wait began (Raft's match index; a progress bar of entries)."""
+        from tqdm import tqdm
+
+        _, view = await self.leader_view()
+        target = view.commit_index
+        end = time.monotonic() + timeout
+        bar = tqdm(total=target, desc=f"replica {rep.id} catches up", unit="entry", disable=not progress)
+        try:
+            while True:
+                _, view = await self.leader_view(max(1.0, end - time.monotonic()))
+                if rep.raft not in view.members:
+                    raise click.ClickException(f"replica {rep.id} ({rep.raft}) is no longer in shard {self.shard}'s "
+                                               f"group")
+                peer = next((p for p in view.peers if p.raft == rep.raft), None)
+                match = view.last_index if peer is None else peer.match_index  # None: it leads
+                bar.update(max(0, min(match, target) - bar.n))
+                if match >= target:
+                    return
+                if time.monotonic() > end:
+                    how = "does not answer" if peer is not None and not peer.live else \
+                        f"holds {match} of {target} entries"
+                    raise click.ClickException(
+                        f"replica {rep.id} ({rep.address}) is in shard {self.shard}'s group but {how} after "
+                        f"{timeout:.0f}s. Is it running? (dfs meta-server --config {path} --shard {self.shard} "
+                        f"--replica {rep.id} --data DIR). The change stays in flight: run this command again.")
+                await asyncio.sleep(0.2)
+        finally:
+            bar.close()
+
+
+def _check(view, op: str, raft: str) -> None:
+    from dfs.common import errors as err
+    from dfs.consensus.raft import check_change
+
+    try:
+        check_change(_as_membership(view), op, raft)
+    except err.DfsError as e:
+        raise click.ClickException(f"refused: {e.detail}") from None
+
+
+def _new_replica(cfg, m, shard: int, arg: str):
+    """The replica an add names: an id already in the cluster file, or addresses (a replica of
+    the file with that Raft address, else a new entry with the next id). Checked against
+    every other replica's addresses; nothing is written."""
+    from dataclasses import replace
+
+    from dfs.common.config import ReplicaAddr, ShardConfig
+
+    s = cfg.shards[shard]
+    if arg.isdigit():
+        try:
+            return s.replica(int(arg))
+        except KeyError:
+            raise click.ClickException(f"shard {shard} of the cluster file has no replica {arg} (give "
+                                       f"GRPC_HOST:PORT,RAFT_HOST:PORT to add one)") from None
+    grpc_addr, raft, metrics = parse_replica_addresses(arg)
+    for r in s.replicas:
+        if r.raft == raft or r.address == grpc_addr:
+            if (r.raft, r.address) == (raft, grpc_addr):
+                return r
+            raise click.ClickException(f"shard {shard} replica {r.id} has {r.address},{r.raft} in the cluster file")
+    ids = [r.id for r in s.replicas] + ([r["id"] for r in m.shards[shard]] if m and shard < len(m.shards) else [])
+    rep = ReplicaAddr(max(ids, default=-1) + 1, grpc_addr, raft, metrics)
+    shards = list(cfg.shards)
+    shards[shard] = ShardConfig(shard, s.replicas + (rep,))
+    try:
+        replace(cfg, shards=tuple(shards))  # validates: addresses used once
+    except ValueError as e:
+        raise click.ClickException(f"refused: {e}") from None
+    return rep
+
+
+def _file_add(path: str, shard: int, rep) -> None:
+    from dfs.common.config import edit_cluster_file, replica_entry
+
+    def edit(d: dict) -> None:
+        reps = d["shards"][shard]["replicas"]
+        if not any(x["raft"] == rep.raft for x in reps):
+            reps.append(replica_entry(rep))
+
+    edit_cluster_file(path, edit)
+
+
+def _file_remove(path: str, shard: int, raft: str) -> None:
+    from dfs.common.config import edit_cluster_file
+
+    def edit(d: dict) -> None:
+        reps = d["shards"][shard]["replicas"]
+        d["shards"][shard]["replicas"] = [x for x in reps if x["raft"] != raft]
+
+    edit_cluster_file(path, edit)
+
+
+def _map_entry(rep) -> dict:
+    return {"id": rep.id, "address": rep.address, "raft": rep.raft}
+
+
+async def _setup(path: str, creds, shard: int):
+    from dfs.common.config import ClusterConfig
+
+    cfg = ClusterConfig.load(path)
+    if not 0 <= shard < len(cfg.shards):
+        raise click.ClickException(f"no shard {shard} in the cluster file (it has {len(cfg.shards)})")
+    m = await get_pb_map(cfg, creds)
+    if m is None:
+        raise click.ClickException("no mgmt replica answers")
+    if shard >= len(m.shards):
+        raise click.ClickException(f"shard {shard} is not in the cluster map yet (dfs admin add-meta-shard)")
+    return cfg, m, ShardGroup(cfg, creds, shard, m)
+
+
+async def add_replica(path: str, creds, shard: int, arg: str, timeout: float, echo=click.echo,
+                      progress: bool = True):
+    """Add one replica to ``shard``'s group (see ``add-meta-replica``); returns it."""
+    cfg, m, g = await _setup(path, creds, shard)
+    rep = _new_replica(cfg, m, shard, arg)
+    g.learn(rep.address)
+    _, view = await g.leader_view()
+    if rep.raft not in view.members:
+        _check(view, "add", rep.raft)
+    change = {"op": "add", "add": rep.raft, "remove": None}
+    await mgmt_command(cfg, creds, ["member_begin", shard, change])
+    if not any(r.raft == rep.raft for r in cfg.shards[shard].replicas):
+        _file_add(path, shard, rep)
+        echo(f"replica {rep.id} of shard {shard} ({rep.address}, raft {rep.raft}) added to {path}; start it where "
+             f"it runs: dfs meta-server --config {path} --shard {shard} --replica {rep.id} --data DIR")
+    if rep.raft not in view.members:
+        await g.change("add", rep.raft)
+        echo(f"shard {shard}: replica {rep.id} ({rep.raft}) joined the Raft group")
+    await mgmt_command(cfg, creds, ["member_add", shard, _map_entry(rep)])
+    await g.wait_caught_up(rep, timeout, progress, path)
+    await mgmt_command(cfg, creds, ["member_end", shard, change])
+    return rep
+
+
+async def remove_replica(path: str, creds, shard: int, arg: str, timeout: float, echo=click.echo):
+    """Take one replica out of ``shard``'s group (see ``remove-meta-replica``); returns it."""
+    cfg, m, g = await _setup(path, creds, shard)
+    rep = _find_replica(cfg, m, shard, arg)
+    if rep is None:
+        raise click.ClickException(f"shard {shard} has no replica {arg} (in the cluster file or the map)")
+    _, view = await g.leader_view()
+    if rep.raft in view.members:
+        _check(view, "remove", rep.raft)
+    change = {"op": "remove", "add": None, "remove": rep.raft}
+    await mgmt_command(cfg, creds, ["member_begin", shard, change])
+    if rep.raft in view.members:
+        await g.move_leader_off(rep.raft, view, timeout, echo)
+        await g.change("remove", rep.raft)
+        echo(f"shard {shard}: replica {rep.id} ({rep.raft}) left the Raft group")
+    await mgmt_command(cfg, creds, ["member_remove", shard, rep.raft])
+    if any(r.raft == rep.raft for r in cfg.shards[shard].replicas):
+        _file_remove(path, shard, rep.raft)
+    await mgmt_command(cfg, creds, ["member_end", shard, change])
+    return rep
+
+
+async def replace_replica(path: str, creds, shard: int, old_arg: str, new_arg: str, timeout: float,
+                          echo=click.echo, progress: bool = True):
+    """Replace one replica of ``shard`` by a new one (see ``replace-meta-replica``); (old, new)."""
+    cfg, m, g = await _setup(path, creds, shard)
+    old = _find_replica(cfg, m, shard, old_arg)
+    if old is None:
+        raise click.ClickException(f"shard {shard} has no replica {old_arg} (in the cluster file or the map)")
+    new = _new_replica(cfg, m, shard, new_arg)
+    if new.raft == old.raft:
+        raise click.ClickException("the new replica is the old one")
+    g.learn(new.address)
+    _, view = await g.leader_view()
+    old_in, new_in = old.raft in view.members, new.raft in view.members
+    # A live old replica keeps serving until the new one has caught up (add first); a dead one
+    # would leave the bigger group short of a majority: it goes first.
+    remove_first = old_in and not new_in and old.raft not in _as_membership(view).live()
+    if remove_first:
+        _check(view, "remove", old.raft)
+    elif not new_in:
+        _check(view, "add", new.raft)
+    change = {"op": "replace", "add": new.raft, "remove": old.raft}
+    await mgmt_command(cfg, creds, ["member_begin", shard, change])
+    if not any(r.raft == new.raft for r in cfg.shards[shard].replicas):
+        _file_add(path, shard, new)
+        echo(f"replica {new.id} of shard {shard} ({new.address}, raft {new.raft}) added to {path}; start it where "
+             f"it runs: dfs meta-server --config {path} --shard {shard} --replica {new.id} --data DIR")
+    if remove_first:
+        await g.change("remove", old.raft)
+        await mgmt_command(cfg, creds, ["member_remove", shard, old.raft])
+        echo(f"shard {shard}: replica {old.id} ({old.raft}, not answering) left the Raft group")
+    if new.raft not in (await g.leader_view())[1].members:
+        await g.change("add", new.raft)
+        echo(f"shard {shard}: replica {new.id} ({new.raft}) joined the Raft group")
+    await mgmt_command(cfg, creds, ["member_add", shard, _map_entry(new)])
+    await g.wait_caught_up(new, timeout, progress, path)
+    _, view = await g.leader_view()
+    if old.raft in view.members:
+        _check(view, "remove", old.raft)
+        await g.move_leader_off(old.raft, view, timeout, echo)
+        await g.change("remove", old.raft)
+        echo(f"shard {shard}: replica {old.id} ({old.raft}) left the Raft group")
+    await mgmt_command(cfg, creds, ["member_remove", shard, old.raft])
+    if any(r.raft == old.raft for r in cfg.shards[shard].replicas):
+        _file_remove(path, shard, old.raft)
+    await mgmt_command(cfg, creds, ["member_end", shard, change])
+    return old, new
+
+
+def _creds_for(path: str):
+    from dfs.common.config import ClusterConfig
+    from dfs.rpc import auth
+
+    return auth.remember_config(ClusterConfig.load(path))
+
+
+@admin.command("add-meta-replica")
+@click.option("--shard", type=int, required=True, help="the metadata shard")
+@click.argument("addresses", nargs=-1, required=True)
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="seconds to wait for each new replica to catch up")
+@click.pass_obj
+def add_meta_replica(obj, shard: int, addresses: tuple[str, ...], timeout: float) -> None:
+    """Add replicas to SHARD's Raft group, one at a time. Each ADDRESS is
+    GRPC_HOST:PORT,RAFT_HOST:PORT[,METRICS_HOST:PORT] (appended to the cluster file with a new
+    id) or the id of a replica already in the cluster file. Start each new replica (dfs
+    meta-server ... --replica ID) with that cluster file; the command waits until it has
+    caught up."""
+    path = _config_path(obj["cluster"], obj["data"])
+    creds = _creds_for(path)
+    for a in addresses:
+        rep = asyncio.run(add_replica(path, creds, shard, a, timeout))
+        click.echo(f"shard {shard}: replica {rep.id} ({rep.address}) serves in the group")
+
+
+@admin.command("remove-meta-replica")
+@click.option("--shard", type=int, required=True, help="the metadata shard")
+@click.argument("replicas", nargs=-1, required=True)
+@click.option("--timeout", type=float, default=DEADLINE, show_default=True)
+@click.pass_obj
+def remove_meta_replica(obj, shard: int, replicas: tuple[str, ...], timeout: float) -> None:
+    """Take replicas (ids, or gRPC or Raft addresses) out of SHARD's Raft group, one at a time.
+    Refused when the replicas left would not have a majority that answers; a leader hands its
+    role to another replica first."""
+    path = _config_path(obj["cluster"], obj["data"])
+    creds = _creds_for(path)
+    for a in replicas:
+        rep = asyncio.run(remove_replica(path, creds, shard, a, timeout))
+        click.echo(f"shard {shard}: replica {rep.id} ({rep.address}) is out of the group: stop its process "
+                   f"and delete its data folder")
+
+
+@admin.command("replace-meta-replica")
+@click.option("--shard", type=int, required=True, help="the metadata shard")
+@click.argument("old")
+@click.argument("new")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="seconds to wait for the new replica to catch up")
+@click.pass_obj
+def replace_meta_replica(obj, shard: int, old: str, new: str, timeout: float) -> None:
+    """Replace replica OLD (id or address) of SHARD by NEW (as for add-meta-replica): the new one
+    joins and catches up, then the old one leaves (a dead old replica leaves first)."""
+    path = _config_path(obj["cluster"], obj["data"])
+    creds = _creds_for(path)
+    o, n = asyncio.run(replace_replica(path, creds, shard, old, new, timeout))
+    click.echo(f"shard {shard}: replica {n.id} ({n.address}) replaced replica {o.id} ({o.address}): stop the old "
+               f"one's process and delete its data folder")
+
+
+# ------------------------------------------------------------------ metadata shards
+
+async def _shard_ready(creds, shard: int, reps) -> str | None:
+    """Every replica of the new shard answers as a replica of ``shard`` and they agree on a
+    leader: that leader's address, else None."""
+    view = await _leader_view(creds, reps, False)
+    lead = settled_leader(view)
+    if lead is None or any(v is None for v in view.values()):
+        return None
+    import grpc
+
+    from dfs._proto import meta_pb2 as pb
+    from dfs._proto import meta_pb2_grpc as pbg
+
+    async with creds.channel(lead) as ch:
+        try:
+            st = await pbg.MetaServiceStub(ch).Status(pb.ShardStatusRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError:
+            return None
+    return lead if st.shard == shard and st.role == "leader" else None
+
+
+def _start_local_shard(path: str, echo) -> None:
+    """Append the next shard to a local cluster's file (loopback, free ports) and start its
+    replicas as background processes, recorded in the folder's pids.json if it has one."""
+    import json
+    import os
+
+    from dfs.testing.cluster import LocalCluster
+
+    c = LocalCluster(os.path.dirname(os.path.abspath(path)))
+    if os.path.basename(path) != "cluster.toml" or os.path.abspath(c.config_path) != os.path.abspath(path):
+        raise click.ClickException("--start needs the cluster.toml of a local cluster's folder")
+    hosts = {a.rsplit(":", 1)[0] for s in c.cfg.shards for r in s.replicas for a in (r.address, r.raft)}
+    if not hosts <= {"127.0.0.1", "localhost", "::1"}:
+        raise click.ClickException("--start only starts replicas of a cluster on this machine (loopback "
+                                   "addresses); on other hosts append a [[shards]] entry and start them there")
+    ps = c.add_meta_shard()
+    pf = os.path.join(c.root, "pids.json")
+    if os.path.exists(pf):
+        with open(pf) as f:
+            procs = json.load(f)
+        procs += [{"name": p.name, "role": p.role, "shard": p.shard, "replica": p.replica, "address": p.address,
+                   "pid": p.pid, "log": p.log} for p in ps]
+        with open(pf, "w") as f:
+            json.dump(procs, f, indent=1)
+    echo(f"shard {ps[0].shard}: started {len(ps)} replicas ({', '.join(p.address for p in ps)}); logs in {c.root}")
+
+
+async def add_shard(path: str, creds, timeout: float, start: bool, echo=click.echo,
+                    progress: bool = True) -> list[int]:
+    """Bring the shards of the cluster file that the cluster map does not have yet into it, one
+    at a time (with ``start``, first a new one started here); returns their ids."""
+    from dfs.common.config import ClusterConfig
+
+    cfg = ClusterConfig.load(path)
+    m = await get_pb_map(cfg, creds)
+    if m is None:
+        raise click.ClickException("no mgmt replica answers")
+    n = len(m.shards)
+    if len(cfg.shards) < n:
+        raise click.ClickException(f"the cluster map has {n} shards, the cluster file {len(cfg.shards)}: "
+                                   f"the file is out of date")
+    if start:
+        await asyncio.to_thread(_start_local_shard, path, echo)
+        cfg = ClusterConfig.load(path)
+        creds = _creds_for(path)
+    elif len(cfg.shards) == n:
+        echo(f"every shard of the cluster file is in the cluster map ({n}); to add one, append a [[shards]] entry "
+             f"with id = {n} and its replicas, start them (dfs meta-server --config FILE --shard {n} --replica R "
+             f"--data DIR) and run this command again (or --start, for a cluster on this machine)")
+        return []
+    done = []
+    for sid in range(n, len(cfg.shards)):
+        await _register_shard(cfg, path, creds, sid, timeout, echo, progress)
+        done.append(sid)
+    return done
+
+
+async def _register_shard(cfg, path: str, creds, sid: int, timeout: float, echo, progress: bool) -> None:
+    from tqdm import tqdm
+
+    reps = cfg.shards[sid].replicas
+    end = time.monotonic() + timeout
+    while (lead := await _shard_ready(creds, sid, reps)) is None:
+        if time.monotonic() > end:
+            raise click.ClickException(
+                f"shard {sid}'s replicas ({', '.join(r.address for r in reps)}) do not all answer with a leader "
+                f"after {timeout:.0f}s: start them (dfs meta-server --config {path} --shard {sid} --replica R "
+                f"--data DIR) and run this command again")
+        await asyncio.sleep(0.2)
+    echo(f"shard {sid}: {len(reps)} replicas answer, replica {next(r.id for r in reps if r.address == lead)} leads")
+    await mgmt_command(cfg, creds, ["add_shard", sid, [_map_entry(r) for r in reps]])
+    m = await get_pb_map(cfg, creds)
+    epoch = m.epoch if m is not None else 0
+    # Every replica learns the new map by itself (MapFollower) within seconds, and at once when
+    # a request routed with the new map reaches it; wait for that to say "done" honestly.
+    addrs = [r.address for s in cfg.shards[:sid + 1] for r in s.replicas]
+    bar = tqdm(total=len(addrs), desc="replicas with the new map", unit="replica", disable=not progress)
+    try:
+        while True:
+            sts = await _statuses(creds, addrs)
+            answering = [st for st in sts.values() if st is not None]
+            bar.update(sum(1 for st in answering if st.epoch >= epoch) - bar.n)
+            if answering and all(st.epoch >= epoch for st in answering):
+                return
+            if time.monotonic() > end:
+                stale = sorted(a for a, st in sts.items() if st is not None and st.epoch < epoch)
+                raise click.ClickException(f"shard {sid} is in the cluster map (epoch {epoch}) but {stale} have not "
+                                           f"seen it after {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+    finally:
+        bar.close()
+
+
+async def _statuses(creds, addrs: list[str]) -> dict:
+    import grpc
+
+    from dfs._proto import meta_pb2 as pb
+    from dfs._proto import meta_pb2_grpc as pbg
+
+    async def one(a: str):
+        async with creds.channel(a) as ch:
+            try:
+                return await pbg.MetaServiceStub(ch).Status(pb.ShardStatusRequest(), timeout=2.0)
+            except grpc.aio.AioRpcError:
+                return None
+
+    return dict(zip(addrs, await asyncio.gather(*(one(a) for a in addrs))))
+
+
+@admin.command("add-meta-shard")
+@click.option("--start", is_flag=True, help="a cluster on this machine: append the shard to the cluster file "
+                                            "(free loopback ports) and start its replicas here")
+@click.option("--timeout", type=float, default=120.0, show_default=True)
+@click.pass_obj
+def add_meta_shard(obj, start: bool, timeout: float) -> None:
+    """Add metadata shards: the [[shards]] entries of the cluster file that the cluster map does
+    not have yet (their replicas started), or with --start a new one started here, join the
+    cluster map once their Raft group has a leader. New directories are then placed over the
+    new count; existing ones stay where they are."""
+    path = _config_path(obj["cluster"], obj["data"])
+    for sid in asyncio.run(add_shard(path, _creds_for(path), timeout, start)):
+        click.echo(f"shard {sid} serves: new directories are placed over {sid + 1} shards")

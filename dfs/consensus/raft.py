@@ -74,7 +74,7 @@ import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.syncobj import _COMMAND_TYPE
 
-from dfs.common.errors import DfsError, InvalidArgument, NotLeader, Unavailable
+from dfs.common.errors import DfsError, InvalidArgument, NotLeader, Retryable, Unavailable
 from dfs.consensus.api import Log, StateMachine
 
 __all__ = ["Busy", "Membership", "RaftHost", "check_change", "decode_entry", "encode_entry"]
@@ -852,7 +852,7 @@ class RaftHost(Log):
                                 leader=self.leader or "")
             if code == FAIL_REASON.REQUEST_DENIED:
                 # pysyncobj refuses until this leader's first entry of its term is applied
-                raise Busy("Raft refused the change now (a new leader, or a change pending): try again")
+                raise Retryable("Raft refused the change for now (a new leader): try again")
             raise Unavailable(f"membership change failed (pysyncobj fail reason {code})")
         finally:
             self._changing = False

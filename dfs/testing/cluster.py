@@ -8,6 +8,10 @@ folder. Used by the integration and fault tests, the demo and the benchmarks.
     c.procs[0].metrics            # "127.0.0.1:PORT": GET /metrics there (metrics=False: none)
     c.kill(c.leader_of(0))        # kill -9
     c.restart(proc)
+    p = c.add_meta_replica(0)     # a new replica in the cluster file, started: then
+                                  #   dfs admin add-meta-replica --shard 0 <p.replica>
+    c.remove_meta_replica(p)      # after dfs admin remove-meta-replica: stop it, forget it
+    ps = c.add_meta_shard()       # a new shard's replicas: then dfs admin add-meta-shard
     c.stop()
 
 Security is on as ``dfs cluster up`` deploys it: the cluster file gets a
@@ -148,8 +152,7 @@ class LocalCluster:
             self.procs.append(Proc("mgmt", -1, m.id, m.address, d, d + ".log", metrics=m.metrics))
         for s in self.cfg.shards:
             for r in s.replicas:
-                d = os.path.join(self.root, f"shard{s.id}", f"r{r.id}")
-                self.procs.append(Proc("meta", s.id, r.id, r.address, d, d + ".log", metrics=r.metrics))
+                self.procs.append(self._meta_proc(s.id, r))
         for ds in self.cfg.data if spawn_data else ():
             d = os.path.join(self.root, f"data{ds.id}")
             self.procs.append(Proc("data", -1, ds.id, ds.address, d, d + ".log", metrics=ds.metrics))
@@ -215,6 +218,83 @@ class LocalCluster:
     def restart(self, p: Proc) -> None:
         self.kill(p)
         self.spawn(p)
+
+    def reload(self) -> ClusterConfig:
+        """Read the cluster file again (``dfs admin`` membership commands rewrite it)."""
+        self.cfg = ClusterConfig.load(self.config_path)
+        self.credentials = rpc_auth.remember_config(self.cfg)
+        return self.cfg
+
+    def _new_replica_addr(self, rid: int, metrics: bool) -> ReplicaAddr:
+        host = self.cfg.mgmt[0].address.rsplit(":", 1)[0]
+        ports = iter(free_ports(3 if metrics else 2, host))
+        return ReplicaAddr(rid, f"{host}:{next(ports)}", f"{host}:{next(ports)}",
+                           f"{host}:{next(ports)}" if metrics else None)
+
+    def _meta_proc(self, shard: int, r: ReplicaAddr) -> Proc:
+        d = os.path.join(self.root, f"shard{shard}", f"r{r.id}")
+        return Proc("meta", shard, r.id, r.address, d, d + ".log", metrics=r.metrics)
+
+    def add_meta_replica(self, shard: int, spawn: bool = True) -> Proc:
+        """Append a replica (a new id, free ports) to shard ``shard`` in the cluster file and
+        (``spawn``) start it; it knows the group from the file and waits, empty, to be added:
+        `dfs admin add-meta-replica --shard SHARD ID` makes it a member."""
+        from dfs.common.config import edit_cluster_file, replica_entry
+
+        self.reload()
+        s = self.cfg.shard(shard)
+        rid = max((r.id for r in s.replicas), default=-1) + 1
+        while os.path.exists(os.path.join(self.root, f"shard{shard}", f"r{rid}")):
+            rid += 1  # never reuse a removed replica's folder
+        r = self._new_replica_addr(rid, any(x.metrics for x in s.replicas))
+
+        def edit(d: dict) -> None:
+            d["shards"][shard]["replicas"].append(replica_entry(r))
+
+        self.cfg = edit_cluster_file(self.config_path, edit)
+        self.credentials = rpc_auth.remember_config(self.cfg)
+        p = self._meta_proc(shard, r)
+        self.procs.append(p)
+        if spawn:
+            self.spawn(p)
+        return p
+
+    def remove_meta_replica(self, p: Proc, grace: float = 10.0) -> None:
+        """Stop replica ``p`` (SIGTERM, then SIGKILL after ``grace``) and forget it: after
+        `dfs admin remove-meta-replica` took it out of its group and the cluster file."""
+        if p.alive:
+            p.popen.send_signal(signal.SIGTERM)
+            try:
+                p.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.popen.wait()
+        self.procs.remove(p)
+        self.reload()
+
+    def add_meta_shard(self, replicas: int | None = None, spawn: bool = True) -> list[Proc]:
+        """Append shard S (the next id) with ``replicas`` replicas (default: as many as shard
+        0) on free ports to the cluster file and (``spawn``) start them: a new Raft group that
+        `dfs admin add-meta-shard` brings into the cluster map."""
+        from dfs.common.config import edit_cluster_file, replica_entry
+
+        self.reload()
+        sid = self.cfg.nshards
+        n = replicas or len(self.cfg.shards[0].replicas)
+        metrics = any(r.metrics for s in self.cfg.shards for r in s.replicas)
+        reps = [self._new_replica_addr(i, metrics) for i in range(n)]
+
+        def edit(d: dict) -> None:
+            d["shards"].append({"id": sid, "replicas": [replica_entry(r) for r in reps]})
+
+        self.cfg = edit_cluster_file(self.config_path, edit)
+        self.credentials = rpc_auth.remember_config(self.cfg)
+        ps = [self._meta_proc(sid, r) for r in reps]
+        self.procs.extend(ps)
+        if spawn:
+            for p in ps:
+                self.spawn(p)
+        return ps
 
     def add_data_server(self, targets: int = 1, spawn: bool = True) -> Proc:
         """Append a data server (new id, new target ids, free ports) to the cluster file and
