@@ -377,3 +377,40 @@ def test_add_data_server_and_rebalance_under_write_load(tmp_path) -> None:
         if w is not None:
             w.fs.close()
         cluster.stop()
+
+
+def test_replace_a_failed_data_server_under_write_load(tmp_path) -> None:
+    """A data server dies (kill -9) while clients write; the operator adds a new one, drains
+    the dead one (its chains re-replicate onto the new one from their surviving members)
+    and removes it. Nothing acknowledged is lost and every chain ends with 3 full copies."""
+    cluster = LocalCluster(str(tmp_path / "r"), shards=1, replicas=3, mgmt_replicas=3, data_servers=3,
+                           chain_replicas=3)
+    cluster.start(timeout=90)
+    w = None
+    try:
+        dead = 2
+        dead_tid = cluster.cfg.data_server(dead).targets[0].id
+        w = Writers(cluster)
+        with w:
+            until(lambda: w.writes >= 20, 60, "writes acknowledged before the failure")
+            cluster.kill(next(p for p in cluster.data_procs() if p.replica == dead))
+            until(lambda: cluster.cluster_map().targets[dead_tid].state == "offline", 60,
+                  "the dead server's target offline")
+            n = w.writes
+            until(lambda: w.writes >= n + 10, 60, "writes acknowledged on the degraded chains")
+            p = cluster.add_data_server()
+            new_tid = cluster.cfg.data_server(p.replica).targets[0].id
+            assert admin(cluster, "add-data-server", str(p.replica)) == 0
+            assert admin(cluster, "drain-server", str(dead), "--timeout", "120") == 0
+            m = cluster.cluster_map()
+            assert not any(dead_tid in c.members for c in m.chains)
+            assert all(new_tid in c.members for c in m.chains)  # 3 servers left, chains of 3
+            assert admin(cluster, "remove-target", str(dead_tid)) == 0
+            n = w.writes
+            until(lambda: w.writes >= n + 10, 60, "writes acknowledged after the replacement")
+        assert_fully_replicated(cluster, 3, {dead_tid})
+        w.verify()
+    finally:
+        if w is not None:
+            w.fs.close()
+        cluster.stop()
