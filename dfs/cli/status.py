@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tomllib
 import urllib.request
 
 import click
@@ -85,7 +86,12 @@ def _cluster_file(cluster: str | None, data: str | None):
     else:
         src = os.environ.get("DFS_CLUSTER") or DEFAULT_DATA
     path = os.path.join(src, "cluster.toml") if os.path.isdir(src) else src
-    return ClusterConfig.load(path) if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        if "shards" not in tomllib.load(f):
+            return None  # a client file (mgmt and credentials only): the map names the rest
+    return ClusterConfig.load(path)
 
 
 async def _shard_status(addr: str, timeout: float):

@@ -186,6 +186,12 @@ def test_dfs_status_json(cluster, fs):
     text = subprocess.run([sys.executable, "-m", "dfs.cli", "status", "--cluster", cluster.config_path],
                           capture_output=True, text=True, timeout=60, check=False)
     assert text.returncode == 0 and "healthy" in text.stdout and "shard 1" in text.stdout, text.stdout
+    # a client's file (mgmt and credentials, no server list): the map names the rest
+    client = subprocess.run([sys.executable, "-m", "dfs.cli", "status", "--cluster",
+                             os.path.join(cluster.root, "client.toml"), "--json"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert client.returncode == 0, client.stdout + client.stderr
+    assert len(json.loads(client.stdout)["shards"]) == 2
 
 
 # ---------------------------------------------------------------------- the cluster file
