@@ -143,6 +143,9 @@ class DfsOperations(pyfuse3.Operations):
         self._fresh_dirs: dict[int, tuple[float, Attr]] = {}  # see _fresh_dir
         self.parents: dict[int, int] = {ROOT_INO: ROOT_INO}  # directory -> its parent, as last seen (for "..")
         self.told: dict[int, tuple[int, int]] = {}  # ino -> (size, mtime) last given to the kernel
+        # ino -> (size, mtime, ctime) of the file when an open last let the kernel fill its page
+        # cache: an open that finds the same lets it keep the pages (see open)
+        self.pages: dict[int, tuple[int, int, int]] = {}
 
     # ------------------------------------------------------------------ helpers
     def _caller(self, ctx) -> Caller:
@@ -260,6 +263,7 @@ class DfsOperations(pyfuse3.Operations):
                 self.nlookup.pop(ino, None)
                 self.parents.pop(ino, None)
                 self.told.pop(ino, None)
+                self.pages.pop(ino, None)
 
     @_fuse_errors
     async def getattr(self, inode, ctx):
@@ -514,10 +518,24 @@ class DfsOperations(pyfuse3.Operations):
                 except err.DfsError as e:
                     log.error("open handle of inode %d lost: %s", ino, e)
 
-    def _file_info(self, ino: int, flags: int) -> pyfuse3.FileInfo:
+    def _file_info(self, ino: int, flags: int, keep_cache: bool = False) -> pyfuse3.FileInfo:
         fh = next(self._fh_ids)
         self.fhs[fh] = (ino, flags)
-        return pyfuse3.FileInfo(fh=fh, direct_io=self.direct_io, keep_cache=False)
+        return pyfuse3.FileInfo(fh=fh, direct_io=self.direct_io, keep_cache=keep_cache)
+
+    def _keep_pages(self, ino: int, a: Attr, o: _Open, flags: int) -> bool:
+        """Whether this open may keep the kernel's cached pages of ``ino``: the file is as
+        it was when an earlier open let the kernel fill them (size, mtime and ctime, fresh
+        from the service; ctime too because a writer may set mtime back, as rsync and tar
+        do, and every change moves ctime), and this open changes nothing. Otherwise the
+        kernel drops them (close-to-open: another client's writes, published at its
+        close, are seen) and the pages it fills now belong to this version. Warm reads of
+        unchanged files then come from the page cache, as on a local disk."""
+        version = (a.size, a.mtime_ns, a.ctime_ns)
+        keep = (self.pages.get(ino) == version and not o.dirty() and not self.enable_writeback_cache
+                and not (flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY))
+        self.pages[ino] = version
+        return keep
 
     @_fuse_errors
     async def open(self, inode, flags, ctx):
@@ -548,6 +566,7 @@ class DfsOperations(pyfuse3.Operations):
             # reads). Attributes only: no page lock is taken, safe inside a request.
             self.told.pop(inode, None)
             pyfuse3.invalidate_inode(inode, attr_only=True)
+        keep = self._keep_pages(inode, a, o, flags)
         try:
             if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
                 async with o.lock:
@@ -555,7 +574,7 @@ class DfsOperations(pyfuse3.Operations):
         except BaseException:
             await self._drop_ref(inode, o)
             raise
-        return self._file_info(inode, flags)
+        return self._file_info(inode, flags, keep)
 
     @_fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):

@@ -80,3 +80,26 @@ def test_open_unlinked_across(both, lib):
         assert f.read() == b"still here"
     finally:
         f.close()
+
+
+def test_kept_page_cache_never_hides_a_change(both, lib):
+    """The mount lets the kernel keep a file's cached pages across opens while the file is
+    unchanged; a same-size rewrite elsewhere whose writer then sets the mtime back (as
+    rsync and tar do) is still seen by the next open (the ctime moved)."""
+    mdir, ldir = both
+    p = os.path.join(mdir, "same-size")
+    lib.write_bytes(f"{ldir}/same-size", b"A" * 100_000)
+    for _ in range(3):  # opens of an unchanged file (the later ones may keep the pages)
+        with open(p, "rb") as f:
+            assert f.read() == b"A" * 100_000
+    st = lib.stat(f"{ldir}/same-size")
+    lib.write_bytes(f"{ldir}/same-size", b"B" * 100_000)
+    lib.utime(f"{ldir}/same-size", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert lib.stat(f"{ldir}/same-size").st_mtime_ns == st.st_mtime_ns
+    with open(p, "rb") as f:
+        assert f.read() == b"B" * 100_000
+    with open(p, "r+b") as f:  # a write through the mount, then a read open
+        f.write(b"C")
+    with open(p, "rb") as f:
+        assert f.read() == b"C" + b"B" * 99_999
+    assert lib.read_bytes(f"{ldir}/same-size") == b"C" + b"B" * 99_999
