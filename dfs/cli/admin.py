@@ -590,7 +590,7 @@ class ShardGroup:
                                            f"{answering or 'none'})")
             await asyncio.sleep(0.1)
 
-    async def change(self, op: str, raft: str, deadline: float = DEADLINE):
+    async def change(self, op: str, raft: str, deadline: float = DEADLINE, started: bool = False):
         """One membership change on the leader (following leader changes); its final view."""
         import grpc
 
@@ -602,7 +602,8 @@ class ShardGroup:
         last = ""
         while time.monotonic() < end:
             lead, _ = await self.leader_view(max(1.0, end - time.monotonic()))
-            req = pb.MembershipRequest(op=op, raft=raft, timeout=max(1.0, min(10.0, end - time.monotonic())))
+            req = pb.MembershipRequest(op=op, raft=raft, timeout=max(1.0, min(10.0, end - time.monotonic())),
+                                       started=started)
             async with self.creds.channel(lead) as ch:
                 try:
                     rep = await pbg.MetaServiceStub(ch).Membership(req, metadata=self.md, timeout=req.timeout + 5.0)
@@ -618,6 +619,23 @@ class ShardGroup:
             raise click.ClickException(f"shard {self.shard}: {op} {raft} refused: {last}")
         raise click.ClickException(f"shard {self.shard}: {op} {raft} did not complete within {deadline:.0f}s "
                                    f"({last}); run the command again")
+
+    async def started(self, rep) -> bool:
+        """Whether replica ``rep`` answers, as a replica of this shard (a replica of another
+        shard at that address is refused)."""
+        import grpc
+
+        from dfs._proto import meta_pb2 as pb
+        from dfs._proto import meta_pb2_grpc as pbg
+
+        async with self.creds.channel(rep.address) as ch:
+            try:
+                st = await pbg.MetaServiceStub(ch).Status(pb.ShardStatusRequest(), timeout=2.0)
+            except grpc.aio.AioRpcError:
+                return False
+        if st.shard != self.shard:
+            raise click.ClickException(f"{rep.address} is a replica of shard {st.shard}, not of shard {self.shard}")
+        return True
 
     async def move_leader_off(self, raft: str, view, deadline: float = DEADLINE, echo=lambda s: None) -> None:
         """If ``raft`` leads the group, hand the leadership to the most caught-up live replica."""
@@ -677,12 +695,12 @@ class ShardGroup:
             bar.close()
 
 
-def _check(view, op: str, raft: str) -> None:
+def _check(view, op: str, raft: str, started: bool = False) -> None:
     from dfs.common import errors as err
     from dfs.consensus.raft import check_change
 
     try:
-        check_change(_as_membership(view), op, raft)
+        check_change(_as_membership(view), op, raft, started)
     except err.DfsError as e:
         raise click.ClickException(f"refused: {e.detail}") from None
 
@@ -765,8 +783,9 @@ async def add_replica(path: str, creds, shard: int, arg: str, timeout: float, ec
     rep = _new_replica(cfg, m, shard, arg)
     g.learn(rep.address)
     _, view = await g.leader_view()
+    started = await g.started(rep)
     if rep.raft not in view.members:
-        _check(view, "add", rep.raft)
+        _check(view, "add", rep.raft, started)
     change = {"op": "add", "add": rep.raft, "remove": None}
     await mgmt_command(cfg, creds, ["member_begin", shard, change])
     if not any(r.raft == rep.raft for r in cfg.shards[shard].replicas):
@@ -774,7 +793,7 @@ async def add_replica(path: str, creds, shard: int, arg: str, timeout: float, ec
         echo(f"replica {rep.id} of shard {shard} ({rep.address}, raft {rep.raft}) added to {path}; start it where "
              f"it runs: dfs meta-server --config {path} --shard {shard} --replica {rep.id} --data DIR")
     if rep.raft not in view.members:
-        await g.change("add", rep.raft)
+        await g.change("add", rep.raft, started=started or await g.started(rep))
         echo(f"shard {shard}: replica {rep.id} ({rep.raft}) joined the Raft group")
     await mgmt_command(cfg, creds, ["member_add", shard, _map_entry(rep)])
     await g.wait_caught_up(rep, timeout, progress, path)
@@ -787,7 +806,21 @@ async def remove_replica(path: str, creds, shard: int, arg: str, timeout: float,
     cfg, m, g = await _setup(path, creds, shard)
     rep = _find_replica(cfg, m, shard, arg)
     if rep is None:
-        raise click.ClickException(f"shard {shard} has no replica {arg} (in the cluster file or the map)")
+        _, view = await g.leader_view()
+        if not arg.isdigit():
+            from dfs.common.config import _check_hostport
+
+            try:
+                _check_hostport("a replica", arg)
+            except ValueError:
+                raise click.ClickException(f"a replica is an id or a gRPC or Raft address, not {arg!r}") from None
+        if arg not in view.members:  # a repeat (as remove-target of an unknown target)
+            echo(f"shard {shard} has no replica {arg} (in the cluster file, the map or the Raft group): "
+                 f"nothing to do")
+            return None
+        from dfs.common.config import ReplicaAddr
+
+        rep = ReplicaAddr(-1, "", arg)  # a Raft member nothing else knows of
     _, view = await g.leader_view()
     if rep.raft in view.members:
         _check(view, "remove", rep.raft)
@@ -816,6 +849,7 @@ async def replace_replica(path: str, creds, shard: int, old_arg: str, new_arg: s
         raise click.ClickException("the new replica is the old one")
     g.learn(new.address)
     _, view = await g.leader_view()
+    started = await g.started(new)
     old_in, new_in = old.raft in view.members, new.raft in view.members
     # A live old replica keeps serving until the new one has caught up (add first); a dead one
     # would leave the bigger group short of a majority: it goes first.
@@ -823,7 +857,7 @@ async def replace_replica(path: str, creds, shard: int, old_arg: str, new_arg: s
     if remove_first:
         _check(view, "remove", old.raft)
     elif not new_in:
-        _check(view, "add", new.raft)
+        _check(view, "add", new.raft, started)
     change = {"op": "replace", "add": new.raft, "remove": old.raft}
     await mgmt_command(cfg, creds, ["member_begin", shard, change])
     if not any(r.raft == new.raft for r in cfg.shards[shard].replicas):
@@ -835,7 +869,7 @@ async def replace_replica(path: str, creds, shard: int, old_arg: str, new_arg: s
         await mgmt_command(cfg, creds, ["member_remove", shard, old.raft])
         echo(f"shard {shard}: replica {old.id} ({old.raft}, not answering) left the Raft group")
     if new.raft not in (await g.leader_view())[1].members:
-        await g.change("add", new.raft)
+        await g.change("add", new.raft, started=started or await g.started(new))
         echo(f"shard {shard}: replica {new.id} ({new.raft}) joined the Raft group")
     await mgmt_command(cfg, creds, ["member_add", shard, _map_entry(new)])
     await g.wait_caught_up(new, timeout, progress, path)
@@ -891,8 +925,9 @@ def remove_meta_replica(obj, shard: int, replicas: tuple[str, ...], timeout: flo
     creds = _creds_for(path)
     for a in replicas:
         rep = asyncio.run(remove_replica(path, creds, shard, a, timeout))
-        click.echo(f"shard {shard}: replica {rep.id} ({rep.address}) is out of the group: stop its process "
-                   f"and delete its data folder")
+        if rep is not None:
+            click.echo(f"shard {shard}: replica {rep.id if rep.id >= 0 else ''} ({rep.address or rep.raft}) is out "
+                       f"of the group: stop its process and delete its data folder")
 
 
 @admin.command("replace-meta-replica")

@@ -126,19 +126,20 @@ class Membership:
         return {self.self_address} | {p.address for p in self.peers if p.live}
 
 
-def check_change(m: Membership, op: str, address: str) -> None:
+def check_change(m: Membership, op: str, address: str, started: bool = False) -> None:
     """Raise unless ``op`` ("add" / "remove") of ``address`` keeps a majority of answering
-    replicas. Adding counts the new replica as answering (the caller has started it): the
-    group grows to N+1 and needs N//2+2 votes. Removing needs the replicas that stay and
-    answer to be a majority of the replicas that stay. Never the last replica."""
+    replicas. Adding grows the group to N+1: the answering replicas, the new one counted
+    only if ``started`` (the caller saw it answer), must be a majority of N+1. Removing needs
+    the replicas that stay and answer to be a majority of the replicas that stay. Never the
+    last replica."""
     members = set(m.members)
     live = m.live()
     if op == "add":
         n = len(members) + 1
-        up = len(live) + 1
+        up = len(live) + (1 if started else 0)
         if up * 2 <= n:
             raise Busy(f"adding {address} would leave {up} answering replicas of {n}, not a majority "
-                       f"(bring the others back, or remove a dead one first)")
+                       f"(start it first, bring the others back, or remove a dead one first)")
         return
     rest = members - {address}
     if not rest:
@@ -790,17 +791,18 @@ class RaftHost(Log):
         """This replica's view of the group (on the leader: each peer's progress)."""
         return await self._on_tick_call(self._membership_now)
 
-    async def add_member(self, address: str, timeout: float = 10.0) -> Membership:
-        """Add the replica with Raft address ``address`` (start it first, with ``peers`` = the
-        group); returns once the change is committed and applied here. A member already: no-op."""
-        return await self._change("add", address, timeout)
+    async def add_member(self, address: str, timeout: float = 10.0, started: bool = False) -> Membership:
+        """Add the replica with Raft address ``address`` (started with ``peers`` = the group, or
+        to be started); returns once the change is committed and applied here. A member
+        already: no-op. ``started``: the caller saw it answer (see ``check_change``)."""
+        return await self._change("add", address, timeout, started)
 
     async def remove_member(self, address: str, timeout: float = 10.0) -> Membership:
         """Take ``address`` out of the group (not this leader: transfer the leadership first);
         returns once the change is committed and applied here. Not a member: no-op."""
         return await self._change("remove", address, timeout)
 
-    async def _change(self, op: str, address: str, timeout: float) -> Membership:
+    async def _change(self, op: str, address: str, timeout: float, started: bool = False) -> Membership:
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise InvalidArgument(f"a Raft address is host:port, not {address!r}")
@@ -817,7 +819,7 @@ class RaftHost(Log):
                 raise InvalidArgument(f"{address} leads the group: transfer the leadership first")
             if m.pending:
                 raise Busy("a membership change is not committed yet")
-            check_change(m, op, address)
+            check_change(m, op, address, started)
             loop = self._get_loop()
             fut = loop.create_future()
 

@@ -241,8 +241,11 @@ async def membership(host: RaftHost, request, internal: bool, leader_address) ->
             return pb.MembershipReply(status=22, message=f"op must be add or remove, not {request.op!r}")
         if not host.is_leader:
             return pb.MembershipReply(status=err.NOT_LEADER, leader=leader_address())
-        change = host.add_member if request.op == "add" else host.remove_member
-        return reply(await change(request.raft, request.timeout or 10.0))
+        if request.op == "add":
+            m = await host.add_member(request.raft, request.timeout or 10.0, started=request.started)
+        else:
+            m = await host.remove_member(request.raft, request.timeout or 10.0)
+        return reply(m)
     except err.NotLeader:
         return pb.MembershipReply(status=err.NOT_LEADER, message="not the leader", leader=leader_address())
     except err.DfsError as e:  # Busy (EBUSY), InvalidArgument, Unavailable
