@@ -20,6 +20,16 @@ only that.
 * ``add-data-server ID``: a data server appended to the cluster file joins the
   map (it serves once it heartbeats); ``rebalance`` then moves chain
   memberships onto the least used targets (each a one-membership drain).
+* ``add-meta-replica --shard S ADDRESS...`` / ``remove-meta-replica --shard S
+  REPLICA...`` / ``replace-meta-replica --shard S OLD NEW``: a shard's Raft
+  group changes one replica at a time, each change recorded in the map while
+  it is in flight (no other change of that shard starts meanwhile), refused
+  when it would leave no majority of answering replicas; the cluster file and
+  the map follow the group. A new replica is waited for until it has caught
+  up; a leader hands its role over before it leaves.
+* ``add-meta-shard [--start]``: a new shard's Raft group (started from the
+  cluster file, or here with --start) joins the map once it has a leader; new
+  directories then spread over it.
 """
 
 from __future__ import annotations
@@ -472,7 +482,7 @@ def _config_path(cluster: str | None, data: str | None) -> str:
 
 def parse_replica_addresses(arg: str):
     """``GRPC_HOST:PORT,RAFT_HOST:PORT[,METRICS_HOST:PORT]`` -> (grpc, raft, metrics or None)."""
-    from dfs.common.config import _check_hostport
+    from dfs.common.config import check_hostport
 
     parts = arg.split(",")
     if len(parts) not in (2, 3):
@@ -481,7 +491,7 @@ def parse_replica_addresses(arg: str):
             f"cluster file), not {arg!r}")
     for what, a in zip(("gRPC", "Raft", "metrics"), parts):
         try:
-            _check_hostport(what, a)
+            check_hostport(what, a)
         except ValueError as e:
             raise click.ClickException(str(e)) from None
     if parts[0] == parts[1]:
@@ -808,10 +818,10 @@ async def remove_replica(path: str, creds, shard: int, arg: str, timeout: float,
     if rep is None:
         _, view = await g.leader_view()
         if not arg.isdigit():
-            from dfs.common.config import _check_hostport
+            from dfs.common.config import check_hostport
 
             try:
-                _check_hostport("a replica", arg)
+                check_hostport("a replica", arg)
             except ValueError:
                 raise click.ClickException(f"a replica is an id or a gRPC or Raft address, not {arg!r}") from None
         if arg not in view.members:  # a repeat (as remove-target of an unknown target)

@@ -114,6 +114,9 @@ def _check_hostport(what: str, addr: str) -> None:
         raise ValueError(f"{what}: address must be host:port, not {addr!r}")
 
 
+check_hostport = _check_hostport  # raises ValueError unless ``addr`` is host:port (port 1..65535)
+
+
 def _metrics(x: dict) -> str | None:
     v = x.get("metrics")
     if v is not None and not isinstance(v, str):

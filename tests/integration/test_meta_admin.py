@@ -112,6 +112,51 @@ async def _dead_seen(lead: RaftHost, dead: set[str]) -> bool:
     return m.is_leader and not (m.live() & dead)
 
 
+# ---------------------------------------------------------------------- the map's commands
+
+def test_map_membership_commands() -> None:
+    from dfs.mgmt.store import COMMANDS, CommandError
+
+    def rep(i: int) -> dict:
+        return {"id": i, "address": f"h:{100 + i}", "raft": f"h:{200 + i}"}
+
+    m = {"epoch": 1, "shards": [[rep(0), rep(1), rep(2)]], "targets": {}, "chains": []}
+    add = {"op": "add", "add": "h:203", "remove": None}
+    assert COMMANDS["member_begin"](m, 0, add) == (True, False, add)
+    assert COMMANDS["member_begin"](m, 0, add) == (False, False, add)  # the same change resumes
+    with pytest.raises(CommandError, match="in flight"):
+        COMMANDS["member_begin"](m, 0, {"op": "remove", "add": None, "remove": "h:201"})
+    with pytest.raises(CommandError, match="no shard"):
+        COMMANDS["member_begin"](m, 1, add)
+    assert COMMANDS["member_add"](m, 0, rep(3)) == (True, True)
+    assert COMMANDS["member_add"](m, 0, rep(3)) == (False, False)
+    with pytest.raises(CommandError, match="replica 1"):
+        COMMANDS["member_add"](m, 0, {"id": 1, "address": "h:9", "raft": "h:8"})  # an id in use
+    with pytest.raises(CommandError, match="shard 0 replica 2"):
+        COMMANDS["member_add"](m, 0, {"id": 7, "address": "h:102", "raft": "h:8"})  # an address in use
+    # abandoning the add: removing the replica it adds
+    abandon = {"op": "remove", "add": None, "remove": "h:203"}
+    assert COMMANDS["member_begin"](m, 0, abandon)[0] is True
+    assert COMMANDS["member_remove"](m, 0, "h:203") == (True, True)
+    assert COMMANDS["member_remove"](m, 0, "h:203") == (False, False)
+    assert COMMANDS["member_end"](m, 0, add) == (False, False)  # not the one in flight
+    assert COMMANDS["member_end"](m, 0, abandon) == (True, False) and not m["member_changes"]
+    for r in ("h:200", "h:201"):
+        COMMANDS["member_remove"](m, 0, r)
+    with pytest.raises(CommandError, match="only replica"):
+        COMMANDS["member_remove"](m, 0, "h:202")
+    # shards: the next number only; the same again is a no-op
+    new = [rep(10), rep(11)]
+    with pytest.raises(CommandError, match="next shard is 1"):
+        COMMANDS["add_shard"](m, 2, new)
+    assert COMMANDS["add_shard"](m, 1, new) == (True, True) and len(m["shards"]) == 2
+    assert COMMANDS["add_shard"](m, 1, list(reversed(new))) == (False, False)
+    with pytest.raises(CommandError, match="exists already"):
+        COMMANDS["add_shard"](m, 1, [rep(12)])
+    with pytest.raises(CommandError, match="shard 1 replica 10"):
+        COMMANDS["add_shard"](m, 2, [rep(10)])
+
+
 # ---------------------------------------------------------------------- load and checks
 
 class Load:
