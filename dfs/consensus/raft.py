@@ -230,6 +230,9 @@ class RaftHost(Log):
         peers = [p for p in dict.fromkeys(peers) if p != self_address]
         self._members: tuple[str, ...] = tuple(sorted([self_address, *peers]))
         self._persisted: frozenset[str] | None = frozenset(peers) if saved is not None else None
+        # pysyncobj's dump (loaded on its first tick) carries the membership of its compaction,
+        # which may be older than members.json: at that load, the saved one wins.
+        self._startup_members: list[str] | None = [self_address, *peers] if saved is not None else None
         self._leader_fallback = leader_fallback_timeout
         self.group_commit = group_commit
         self.max_batch = max_batch
@@ -348,6 +351,12 @@ class RaftHost(Log):
             meta = pickle.loads(tar.extractfile(_META_MEMBER).read())
             if meta.get("format") != _SNAPSHOT_FORMAT:
                 raise ValueError(f"unknown snapshot format {meta.get('format')!r}")
+            data = tuple(meta["data"])
+            if self._startup_members is not None and len(data) == 4:
+                from pysyncobj.node import TCPNode
+
+                data = (*data[:3], {TCPNode(a) for a in self._startup_members})
+                self._startup_members = None
             if meta["sm_applied"] > self.sm.applied_index():
                 work = tempfile.mkdtemp(dir=self._snap_dir)
                 try:
@@ -366,7 +375,7 @@ class RaftHost(Log):
                     shutil.rmtree(work, ignore_errors=True)
                 with self._stats_lock:
                     self.stats["snapshots_restored"] += 1
-        return meta["data"]
+        return data
 
     # ----------------------------------------------------------------- submit
 
@@ -632,6 +641,7 @@ class RaftHost(Log):
     # ----------------------------------------------------- leadership transfer
 
     def _run_on_tick(self) -> None:  # pysyncobj's thread
+        self._startup_members = None  # the first tick's dump load is over (or there was none)
         while self._on_tick:
             fn = self._on_tick.popleft()
             try:

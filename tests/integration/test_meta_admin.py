@@ -421,7 +421,9 @@ def test_add_replace_remove_replicas_under_load(compacting_cluster: LocalCluster
         try:
             d = c.mkdir(ROOT_INO, "after-removal")
             c.create(d.ino, "x")
-            # a restart of every replica comes back with the new membership (kill -9, spawn)
+            # a restart of every replica comes back with the new membership (kill -9, spawn), also
+            # from a Raft dump (log compaction) made before the changes
+            assert any(os.path.exists(os.path.join(p.data, "raft", "raft.dump")) for p in cluster.meta_procs(shard))
             cluster.spawn(victim)
             for p in cluster.meta_procs(shard):
                 cluster.restart(p)
