@@ -146,6 +146,8 @@ async def _gather(mgmt: list[str], cfg, cmap, timeout: float) -> dict:
     else:
         shard_addrs = [[r.address for r in s.replicas] for s in cfg.shards] if cfg is not None else []
     shard_metrics = {r.address: r.metrics for s in cfg.shards for r in s.replicas} if cfg is not None else {}
+    # replica ids (positions in the map's list differ once dfs admin removed a replica)
+    shard_ids = {r.address: r.id for s in cfg.shards for r in s.replicas} if cfg is not None else {}
     data_cfg = {d.id: d for d in cfg.data} if cfg is not None else {}
 
     async def scrape_(addr: str | None):
@@ -188,6 +190,7 @@ async def _gather(mgmt: list[str], cfg, cmap, timeout: float) -> dict:
         lead_commit = lead[2].commit_index if lead else None
         replicas = []
         for i, a, st, fams in rows:
+            i = st.replica if st is not None else shard_ids.get(a, i)
             # the Raft applied index counts no-op entries as the commit index does; the
             # Status RPC's applied index is the state machine's (behind by trailing no-ops)
             applied = _int(value(fams, "dfs_raft_applied_index"))
@@ -205,7 +208,7 @@ async def _gather(mgmt: list[str], cfg, cmap, timeout: float) -> dict:
             elif r["lagging"]:
                 problems.append(f"shard {s} replica {i} lags {lag} entries behind the leader's commit index")
         lf = lead[3] if lead else None
-        shards_out.append({"shard": s, "leader": lead[1] if lead else None, "leader_replica": lead[0] if lead else None,
+        shards_out.append({"shard": s, "leader": lead[1] if lead else None, "leader_replica": lead[2].replica if lead else None,
                            "term": lead[2].term if lead else None, "commit_index": lead_commit,
                            "inodes": _int(value(lf, "dfs_meta_inodes")), "clients": _int(value(lf, "dfs_meta_clients")),
                            "replicas": replicas})

@@ -412,7 +412,7 @@ def test_add_replace_remove_replicas_under_load(compacting_cluster: LocalCluster
         st = json.loads(capsys.readouterr().out)
         reps = {r["address"]: r for r in st["shards"][shard]["replicas"]}
         assert reps.keys() == {p.address for p in cluster.meta_procs(shard)}
-        assert all(reps[p.address]["reachable"] for p in joined)
+        assert all(reps[p.address]["reachable"] and reps[p.address]["id"] == p.replica for p in joined)
         # the removed replicas are out: with one of the three left stopped, the other two (a
         # majority of the new group, not of the old one of 4 or 5) still commit
         victim = fresh
@@ -422,7 +422,7 @@ def test_add_replace_remove_replicas_under_load(compacting_cluster: LocalCluster
             d = c.mkdir(ROOT_INO, "after-removal")
             c.create(d.ino, "x")
             # a restart of every replica comes back with the new membership (kill -9, spawn), also
-            # from a Raft dump (log compaction) made before the changes
+            # where a Raft dump (log compaction) is loaded at the start
             assert any(os.path.exists(os.path.join(p.data, "raft", "raft.dump")) for p in cluster.meta_procs(shard))
             cluster.spawn(victim)
             for p in cluster.meta_procs(shard):
