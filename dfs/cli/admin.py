@@ -610,6 +610,7 @@ class ShardGroup:
 
         end = time.monotonic() + deadline
         last = ""
+        unsure = False  # an attempt timed out: our own change may be the one still pending
         while time.monotonic() < end:
             lead, _ = await self.leader_view(max(1.0, end - time.monotonic()))
             req = pb.MembershipRequest(op=op, raft=raft, timeout=max(1.0, min(10.0, end - time.monotonic())),
@@ -618,14 +619,18 @@ class ShardGroup:
                 try:
                     rep = await pbg.MetaServiceStub(ch).Membership(req, metadata=self.md, timeout=req.timeout + 5.0)
                 except grpc.aio.AioRpcError as e:
-                    last = e.code().name
+                    last, unsure = e.code().name, True
+                    await asyncio.sleep(0.1)
                     continue
             if rep.status == 0:
                 return rep
             last = rep.message or str(rep.status)
-            if rep.status in (err.NOT_LEADER, err.UNAVAILABLE, 11):  # EAGAIN: a new leader's first entry
-                await asyncio.sleep(0.1)                                # is not applied yet
-                continue  # a leader change, or no commit yet: ask the (new) leader again
+            if rep.status in (err.NOT_LEADER, err.UNAVAILABLE, 11) or (unsure and rep.status == 16):
+                # a leader change, no commit yet, or EAGAIN (a new leader's first entry is not
+                # applied yet): ask the (new) leader again; a repeat of a done change is a no-op
+                unsure = unsure or rep.status in (err.NOT_LEADER, err.UNAVAILABLE)
+                await asyncio.sleep(0.1)
+                continue
             raise click.ClickException(f"shard {self.shard}: {op} {raft} refused: {last}")
         raise click.ClickException(f"shard {self.shard}: {op} {raft} did not complete within {deadline:.0f}s "
                                    f"({last}); run the command again")
