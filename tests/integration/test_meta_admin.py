@@ -41,8 +41,8 @@ def admin(cluster: LocalCluster, *args: str) -> int:
 def test_raft_host_membership_one_change_at_a_time(tmp_path) -> None:
     """add_member / remove_member on RaftHost replicas in this process: a second change while
     one runs is refused; the leader is not removed; a removal that would leave no majority of
-    answering replicas is refused; the new replica converges; a restart keeps the membership."""
-    addrs = [f"127.0.0.1:{p}" for p in free_ports(4)]
+    answering replicas is refused; the new replicas converge; a restart keeps the membership."""
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(5)]
     hosts: dict[int, tuple[RaftHost, CounterSM]] = {}
 
     def start(i: int, peers: list[str]) -> RaftHost:
@@ -64,12 +64,14 @@ def test_raft_host_membership_one_change_at_a_time(tmp_path) -> None:
         lead = await leader()
         for k in range(20):
             await lead.submit(add_cmd(f"a{k}"))
-        start(3, addrs)  # the new replica knows the group it joins; it starts empty
-        one, two = await asyncio.gather(lead.add_member(addrs[3]), lead.add_member(addrs[3]),
-                                        return_exceptions=True)
+        start(3, addrs[:4])  # a new replica knows the group it joins; it starts empty
+        one, two = await asyncio.gather(lead.add_member(addrs[3], started=True),
+                                        lead.add_member(addrs[3], started=True), return_exceptions=True)
         assert not isinstance(one, BaseException) and addrs[3] in one.members
         assert isinstance(two, Busy), two  # the second change waits for the first
         assert (await lead.add_member(addrs[3])).members == one.members  # a repeat: nothing to do
+        start(4, addrs)
+        assert set((await lead.add_member(addrs[4], started=True)).members) == set(addrs)
         for k in range(20, 40):
             await lead.submit(add_cmd(f"a{k}"))
         await until_async(lambda: len({sm.applied_index() for _, sm in hosts.values()}) == 1, 20, "convergence")
@@ -77,7 +79,8 @@ def test_raft_host_membership_one_change_at_a_time(tmp_path) -> None:
         # the leader leaves only after handing its role over
         with pytest.raises(Exception, match="transfer the leadership first"):
             await lead.remove_member(lead.self_address)
-        # two of four down: removing a live one would leave 1 answering of 3
+        # two of five down (the leader keeps its majority): removing a live one would leave
+        # 2 answering of 4
         victims = [i for i, (h, _) in hosts.items() if h is not lead][:2]
         for i in victims:
             stop(i)
@@ -86,19 +89,21 @@ def test_raft_host_membership_one_change_at_a_time(tmp_path) -> None:
         with pytest.raises(Busy, match="not a majority"):
             await lead.remove_member(addrs[live_one])
         assert set((await lead.membership()).members) == set(addrs)
-        # a dead one may go: 3 left, 2 answering
+        # a dead one may go: 4 left, 3 answering
         m = await lead.remove_member(addrs[victims[0]])
-        assert addrs[victims[0]] not in m.members
-        # the majority of the new membership (the leader and live_one) commits without it
+        assert addrs[victims[0]] not in m.members and len(m.members) == 4
         assert int(await lead.submit(add_cmd("after"))) > 0
+        m = await lead.remove_member(addrs[victims[1]])  # and the other: 3 left, all answering
+        assert len(m.members) == 3
         saved = json.load(open(tmp_path / f"raft{live_one}" / MEMBERS_FILE))["members"]
         assert sorted(saved) == sorted(m.members)
-        # a restart comes back with the new membership, whatever it is given
+        # a restart comes back with the new membership, whatever it is given (the other two
+        # keep a majority meanwhile)
         stop(live_one)
         h = start(live_one, addrs[:3])
         assert set(h.members) == set(m.members)
-        lead = await leader()
         assert int(await lead.submit(add_cmd("after-restart"))) > 0
+        await until_async(lambda: h.sm.applied_index() == lead.sm.applied_index(), 20, "the restarted one caught up")
 
     try:
         asyncio.run(main())
@@ -569,8 +574,9 @@ def test_add_meta_shard_under_load(cluster: LocalCluster) -> None:
             d1 = next(n for n, s in homes.items() if s == 1)
             d1_ino = c.lookup(ROOT_INO, d1).ino
             c.create(d1_ino, "a")
-            c.rename(load.dirs[0], "f1", d1_ino, "moved")
-            assert c.lookup(d1_ino, "moved").ino == load.acked[(load.dirs[0], "f1")]
+            (src, name), ino = next(((d, n), i) for (d, n), i in load.acked.items() if d == load.dirs[0])
+            c.rename(src, name, d1_ino, "moved")
+            assert c.lookup(d1_ino, "moved").ino == ino
             sub = c.mkdir(d1_ino, "sub")
             c.create(sub.ino, "deep")
             assert {e.name for e in c.listdir(d1_ino)} == {b"a", b"moved", b"sub"}
