@@ -104,7 +104,7 @@ class Busy(DfsError):
 class PeerProgress:
     address: str  # Raft address
     connected: bool
-    live: bool  # connected and answered within the leader fallback timeout (leader's view)
+    live: bool  # connected and answered within twice the leader fallback timeout (leader's view)
     match_index: int  # leader: highest log index known replicated there (0: unknown)
 
 
@@ -233,7 +233,9 @@ class RaftHost(Log):
         # pysyncobj's dump (loaded on its first tick) carries the membership of its compaction,
         # which may be older than members.json: at that load, the saved one wins.
         self._startup_members: list[str] | None = [self_address, *peers] if saved is not None else None
-        self._leader_fallback = leader_fallback_timeout
+        # a peer silent for longer does not count as answering (membership checks); twice the
+        # fallback timeout so that a loaded machine's slow answer is not taken for a dead peer
+        self._live_window = 2 * leader_fallback_timeout
         self.group_commit = group_commit
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
@@ -788,7 +790,7 @@ class RaftHost(Log):
             now = time.monotonic()
             for n in others:
                 up = n in connected
-                peers.append(PeerProgress(n.address, up, up and now - last_seen.get(n, -1e9) <= self._leader_fallback,
+                peers.append(PeerProgress(n.address, up, up and now - last_seen.get(n, -1e9) <= self._live_window,
                                           match.get(n, 0)))
         lead = node._getLeader()
         return Membership(self.self_address, tuple(sorted([self.self_address, *(n.address for n in others)])),
