@@ -36,6 +36,7 @@ import msgpack
 from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
+from dfs.common import logs
 from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
 from dfs.common.ops import INTERNAL, Op
@@ -50,6 +51,10 @@ log = logging.getLogger("dfs.meta.server")
 
 INTERNAL_HEADER = "x-dfs-internal"
 CLIENT_WINDOW = 60.0  # seconds: a client connection counts as connected this long after its last operation
+
+
+# requests that take this long are logged (with their op id); DFS_SLOW_OP_MS sets it
+SLOW_OP_S = float(os.environ.get("DFS_SLOW_OP_MS", "1000")) / 1000
 
 
 def _op_name(code: int) -> str:
@@ -136,15 +141,27 @@ class MetaServicer(pbg.MetaServiceServicer):
             args = msgpack.unpackb(req.body, raw=False, use_list=True, strict_map_key=False) if req.body else []
         except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
             return pb.OpReply(status=22, message="malformed body")
+        # the log lines written while serving it name the request (its id, as retried)
+        token = logs.set_op(req.request_id or None)
+        t0 = time.monotonic()
+        status = 5
         try:
             res = await self.svc.execute(req.op, req.request_id, caller, args, ts=ts)
+            status = 0
         except err.NotLeader:
+            status = err.NOT_LEADER
             return pb.OpReply(status=err.NOT_LEADER, leader=self.leader_address())
         except err.DfsError as e:
+            status = e.errno
             return pb.OpReply(status=e.errno, message=e.detail or "")
         except Exception as e:  # never let a bug kill the stream; the caller sees EIO
-            log.exception("op %s failed", req.op)
+            log.exception("op %s failed", _op_name(req.op))
             return pb.OpReply(status=5, message=repr(e))
+        finally:
+            took = time.monotonic() - t0
+            if took >= SLOW_OP_S:
+                log.warning("slow %s: %.1f ms, status %d", _op_name(req.op), took * 1e3, status)
+            logs.reset_op(token)
         return pb.OpReply(status=0, body=msgpack.packb(res))
 
     async def Execute(self, request, context):
@@ -473,8 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replica", type=int, required=True)
     ap.add_argument("--data", required=True)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s meta[{a.shard}.{a.replica}] %(levelname)s %(name)s: %(message)s")
+    logs.setup(f"meta[{a.shard}.{a.replica}]")
     cfg = ClusterConfig.load(a.config)
     if not 0 <= a.shard < cfg.nshards:
         ap.error(f"no shard {a.shard} in {a.config} (it has {cfg.nshards})")

@@ -37,6 +37,7 @@ import msgpack
 from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
+from dfs.common import logs
 from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
 from dfs.consensus.raft import RaftHost
@@ -317,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replica", type=int, required=True)
     ap.add_argument("--data", required=True)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s mgmt[{a.replica}] %(levelname)s %(name)s: %(message)s")
+    logs.setup(f"mgmt[{a.replica}]")
     asyncio.run(serve(ClusterConfig.load(a.config), a.replica, a.data))
     return 0
 

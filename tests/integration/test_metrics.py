@@ -218,3 +218,28 @@ def test_local_cluster_config_has_the_endpoints(cluster):
     addrs = [m.metrics for m in cfg.mgmt] + [r.metrics for s in cfg.shards for r in s.replicas] \
         + [d.metrics for d in cfg.data]
     assert sorted(addrs) == sorted(p.metrics for p in cluster.procs)
+
+
+# ---------------------------------------------------------------------- structured logs
+def test_logs_are_json_lines_with_operation_ids(tmp_path, monkeypatch):
+    """Every server process writes one JSON object per line to its own log file, naming
+    itself; a request's lines carry its id (here every request is logged as slow)."""
+    monkeypatch.setenv("DFS_SLOW_OP_MS", "0")
+    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=3, mgmt_replicas=1, data_servers=1,
+                     chain_replicas=1)
+    c.start()
+    try:
+        with dfs.connect(mgmt=c.mgmt_addresses, uid=0, gid=0, groups=()) as fs:
+            fs.write_bytes("/logged", b"x" * 1000)
+            assert fs.read_bytes("/logged") == b"x" * 1000
+    finally:
+        c.stop()
+    ops = set()
+    for p in c.procs:
+        with open(p.log) as f:
+            lines = [json.loads(ln) for ln in f if ln.strip()]
+        assert lines, f"{p.name} wrote nothing"
+        kind = {"mgmt": "mgmt", "meta": "meta", "data": "data"}[p.role]
+        assert all(ln["proc"].startswith(kind + "[") and ln["level"] and ln["time"] for ln in lines), p.name
+        ops |= {ln["op"] for ln in lines if ln["message"].startswith("slow CREATE") and "op" in ln}
+    assert ops and all(len(op) == 32 for op in ops)  # 16-byte request ids, in hex
