@@ -95,8 +95,9 @@ def test_raft_host_membership_one_change_at_a_time(tmp_path) -> None:
         assert int(await lead.submit(add_cmd("after"))) > 0
         m = await lead.remove_member(addrs[victims[1]])  # and the other: 3 left, all answering
         assert len(m.members) == 3
-        saved = json.load(open(tmp_path / f"raft{live_one}" / MEMBERS_FILE))["members"]
-        assert sorted(saved) == sorted(m.members)
+        path = tmp_path / f"raft{live_one}" / MEMBERS_FILE  # written when the follower appends the change
+        await until_async(lambda: sorted(json.load(open(path))["members"]) == sorted(m.members), 20,
+                          f"{MEMBERS_FILE} of a follower with the new membership")
         # a restart comes back with the new membership, whatever it is given (the other two
         # keep a majority meanwhile)
         stop(live_one)
