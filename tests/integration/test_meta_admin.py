@@ -23,6 +23,7 @@ import pytest
 
 from dfs.cli.main import main as dfs_main
 from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
+from dfs.common.errors import Unavailable
 from dfs.consensus.raft import MEMBERS_FILE, Busy, RaftHost
 from dfs.consensus.testing import CounterSM, add_cmd
 from dfs.common.config import RaftOptions
@@ -111,6 +112,48 @@ def test_raft_host_membership_one_change_at_a_time(tmp_path) -> None:
     finally:
         for i in list(hosts):
             stop(i)
+
+
+def test_raft_host_refuses_a_change_while_one_is_uncommitted(tmp_path) -> None:
+    """A group of one adds a replica that is not running: the entry cannot commit (it needs 2
+    of 2), so the change stays pending in the log; another change is refused until the new
+    replica starts and the first one commits."""
+    a, b, c = (f"127.0.0.1:{p}" for p in free_ports(3))
+    sms = [CounterSM(str(tmp_path / f"sm{i}")) for i in range(2)]
+    # a leader that keeps its role without a majority for a while (as one does for up to the
+    # fallback timeout), so that the entry stays uncommitted on a leader
+    hosts = [RaftHost(sms[0], a, [a], str(tmp_path / "raft0"), leader_fallback_timeout=60.0)]
+
+    async def main() -> None:
+        h = hosts[0]
+        await until_async(lambda: h.is_leader, 10, "the single replica leading")
+        await h.submit(add_cmd("x"))
+        with pytest.raises(Unavailable, match="may still commit"):
+            await h.add_member(b, timeout=1.0, started=True)  # said to be started, but it is not
+        m = await h.membership()
+        assert m.pending and b in m.members
+        with pytest.raises(Busy, match="not committed yet"):
+            await h.add_member(c, started=True)
+        with pytest.raises(Busy, match="not committed yet"):
+            await h.remove_member(b)
+        hosts.append(RaftHost(sms[1], b, [a, b], str(tmp_path / "raft1")))  # now it starts
+        await until_async(lambda: _settled(h), 20, "the change committed")
+        assert int(await h.submit(add_cmd("y"))) == 2
+        assert set((await h.membership()).members) == {a, b}
+        await until_async(lambda: sms[1].applied_index() == sms[0].applied_index(), 20, "the new replica caught up")
+
+    try:
+        asyncio.run(main())
+    finally:
+        for h in hosts:
+            h.close()
+        for sm in sms:
+            sm.close()
+
+
+async def _settled(h: RaftHost) -> bool:
+    m = await h.membership()
+    return m.is_leader and not m.pending
 
 
 async def _dead_seen(lead: RaftHost, dead: set[str]) -> bool:
