@@ -450,7 +450,8 @@ def test_add_replace_remove_replicas_under_load(compacting_cluster: LocalCluster
         group = group_of(cluster, shard)
         assert len(group) == 3 and not {lead_raft, old_raft, dead_raft} & set(group)
         assert sorted(x.raft for x in cluster.reload().shard(shard).replicas) == group
-        assert sorted(cluster.cluster_map().shards[shard]) == sorted(x.address for x in cluster.cfg.shard(shard).replicas)
+        in_file = sorted(x.address for x in cluster.cfg.shard(shard).replicas)
+        assert sorted(cluster.cluster_map().shards[shard]) == in_file
         # the new replicas hold what the others hold
         joined = [p for p in (new, repl, fresh) if p in cluster.procs]  # (dead may have been one)
         assert fresh in joined and len(joined) >= 2
