@@ -72,3 +72,31 @@ def test_snapshot_restore_round_trip(tmp_path):
     assert list(a.kv.items()) == list(b2.kv.items())
     a.close()
     b2.close()
+
+
+def test_idempotency_pruning_resumes_where_it_stopped_and_stays_deterministic(tmp_path):
+    """Expired request records are pruned oldest first, PRUNE_PER_ENTRY per entry, from a
+    cursor kept in memory (no walk over the tombstones of earlier prunes). A replica that
+    restarts (no cursor) and one that kept running prune exactly the same keys, also when a
+    new leader's clock stamps records older than the cursor."""
+    from dfs.meta import schema as S
+    from dfs.meta.store import IDEMPOTENCY_TTL_NS, PRUNE_PER_ENTRY
+
+    ttl = IDEMPOTENCY_TTL_NS
+    a = MetaStore(0, 1)
+    b = MetaStore(0, 1, str(tmp_path / "b"))
+    n = 3 * PRUNE_PER_ENTRY
+    entries = [[create(f"f{i}".encode(), rid=i.to_bytes(16, "big"), ts=1000 + i)] for i in range(n)]
+    # later entries expire the early records, a batch per entry; one is stamped in the past
+    entries += [[create(f"g{i}".encode(), rid=(10**6 + i).to_bytes(16, "big"), ts=ttl + 1000 + 40 * i)]
+                for i in range(6)]
+    entries.insert(n + 2, [create(b"late", rid=(10**7).to_bytes(16, "big"), ts=1010)])
+    for i, e in enumerate(entries, 1):
+        assert a.apply(i, e) == b.apply(i, e)
+        if i == n + 2:  # b restarts after the first prune: its cursor is gone, a's is not
+            b.close()
+            b = MetaStore(0, 1, str(tmp_path / "b"))
+    assert list(a.kv.items()) == list(b.kv.items())
+    left = [k for k, _ in a.kv.scan_prefix(S.P_EXPIRY)]
+    assert len(left) < n and S.P_EXPIRY + S.u64(1010) + (10**7).to_bytes(16, "big") not in left
+    b.close()
