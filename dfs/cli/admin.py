@@ -174,11 +174,18 @@ def transfer_leader(obj, shard: int | None, mgmt: bool, to: int | None, timeout:
 
 async def get_map(cfg, creds, timeout: float = 2.0):
     """The cluster map of the first mgmt replica that answers (a ``dfs.rpc.transport.ClusterMap``)."""
+    from dfs.rpc.transport import ClusterMap
+
+    m = await _first_map(cfg, creds, timeout)
+    return None if m is None else ClusterMap.from_pb(m)
+
+
+async def _first_map(cfg, creds, timeout: float):
+    """The protobuf cluster map of the first mgmt replica that answers; None if none does."""
     import grpc
 
     from dfs._proto import meta_pb2 as pb
     from dfs._proto import meta_pb2_grpc as pbg
-    from dfs.rpc.transport import ClusterMap
 
     for m in cfg.mgmt:
         async with creds.channel(m.address) as ch:
@@ -187,7 +194,7 @@ async def get_map(cfg, creds, timeout: float = 2.0):
             except grpc.aio.AioRpcError:
                 continue
         if rep.status == 0:
-            return ClusterMap.from_pb(rep.map)
+            return rep.map
     return None
 
 
@@ -517,20 +524,8 @@ def _find_replica(cfg, m, shard: int, arg: str):
 async def get_pb_map(cfg, creds, timeout: float = 2.0):
     """The cluster map (protobuf, with the replicas' Raft addresses) of the first mgmt replica that
     answers, as ``_PbMap``; None if none answers."""
-    import grpc
-
-    from dfs._proto import meta_pb2 as pb
-    from dfs._proto import meta_pb2_grpc as pbg
-
-    for m in cfg.mgmt:
-        async with creds.channel(m.address) as ch:
-            try:
-                rep = await pbg.MgmtServiceStub(ch).GetClusterMap(pb.GetClusterMapRequest(), timeout=timeout)
-            except grpc.aio.AioRpcError:
-                continue
-        if rep.status == 0:
-            return _PbMap(rep.map)
-    return None
+    m = await _first_map(cfg, creds, timeout)
+    return None if m is None else _PbMap(m)
 
 
 class _PbMap:

@@ -919,19 +919,28 @@ class AsyncClient:
                 self.mode.forget_attr(attr.ino)
         return fh, attr
 
+    async def _last_step(self, path: PathLike) -> tuple[_Resolved, bytes] | None:
+        """(the resolved parent directory, the last name) for the one-round-trip opens; None
+        when the slow path must decide (a last name of '', '.' or '..', a parent that is
+        missing or not a directory: the slow path names the error)."""
+        head, _, last = self._abs(path).rpartition(b"/")
+        if not last or last in (b".", b".."):
+            return None
+        parent = await self._namei(head or b"/", follow=True)
+        if parent.attr is None or not parent.attr.is_dir():
+            return None
+        return parent, last
+
     async def _create_open(self, path: PathLike, flags: int, mode: int, access: int):
         """open(O_CREAT) in one round trip when the name is not cached: CREATE-and-OPEN on
         the parent (which the service answers for an existing regular file too, after the
         access check). (attr, created, handle), or None when the slow path must decide: the
         name is cached, ends in '/', '.' or '..', or is not a regular file (a directory,
         a symlink to follow, a device)."""
-        p = self._abs(path)
-        head, _, last = p.rpartition(b"/")
-        if not last or last in (b".", b".."):
+        step = await self._last_step(path)
+        if step is None:
             return None
-        parent = await self._namei(head or b"/", follow=True)
-        if parent.attr is None or not parent.attr.is_dir():
-            return None  # the slow path names the error
+        parent, last = step
         if self.mode.entry(parent.attr.ino, last) is not None:
             return None
         try:
@@ -956,13 +965,10 @@ class AsyncClient:
         (LOOKUPOPEN on the parent). (attr, False, handle), or None when the slow path must
         decide: the name ends in '/', '.' or '..', is missing, or is not a regular file
         on the directory's shard (a symlink to follow, a directory, a hard link elsewhere)."""
-        p = self._abs(path)
-        head, _, last = p.rpartition(b"/")
-        if not last or last in (b".", b".."):
+        step = await self._last_step(path)
+        if step is None:
             return None
-        parent = await self._namei(head or b"/", follow=True)
-        if parent.attr is None or not parent.attr.is_dir():
-            return None  # the slow path names the error
+        parent, last = step
         try:
             attr, lease, durable = await self.meta.lookup_open(parent.attr.ino, last, self.leases.lease,
                                                                access=access)

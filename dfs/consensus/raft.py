@@ -160,6 +160,20 @@ def decode_entry(payload: bytes) -> list[bytes]:
     return msgpack.unpackb(payload, raw=False)
 
 
+def _code_future(loop: asyncio.AbstractEventLoop):
+    """(a future on ``loop``, a pysyncobj callback ``(result, code)`` that sets it to the code
+    from pysyncobj's thread; a closed loop is ignored)."""
+    fut = loop.create_future()
+
+    def done(_res, code) -> None:  # pysyncobj's thread
+        try:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(code))
+        except RuntimeError:
+            pass
+
+    return fut, done
+
+
 class _Node(SyncObj):
     """The pysyncobj object: one replicated method, which applies one entry."""
 
@@ -724,13 +738,7 @@ class RaftHost(Log):
                 if self._inflight:  # let the entries already handed to pysyncobj commit first
                     await asyncio.sleep(0.005)
                     continue
-                fut = loop.create_future()
-
-                def done(_res, code, fut=fut) -> None:  # pysyncobj's thread
-                    try:
-                        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(code))
-                    except RuntimeError:
-                        pass
+                fut, done = _code_future(loop)
 
                 self._on_tick.append(lambda: self._node.transferLeadership(to, done))
                 try:
@@ -833,13 +841,7 @@ class RaftHost(Log):
                 raise Busy("a membership change is not committed yet")
             check_change(m, op, address, started)
             loop = self._get_loop()
-            fut = loop.create_future()
-
-            def done(_res, code, fut=fut) -> None:  # pysyncobj's thread
-                try:
-                    loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(code))
-                except RuntimeError:
-                    pass
+            fut, done = _code_future(loop)
 
             def start() -> None:  # pysyncobj's thread: checked again next to the log
                 if not self._node._isLeader():

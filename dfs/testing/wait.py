@@ -42,3 +42,27 @@ async def until_async(cond: Callable[[], Any], timeout: float, what: str, interv
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)  # polling interval of a deadline-bounded wait, not synchronisation
+
+
+class ThreadLoad:
+    """A load test's client threads, run as a context manager: subclasses fill ``threads``
+    (targets loop until ``stop`` is set); leaving the block stops them and joins each for
+    up to ``join_timeout`` seconds."""
+
+    join_timeout = 120.0
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stop = threading.Event()
+        self.threads: list = []
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(self.join_timeout)

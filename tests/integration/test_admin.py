@@ -16,7 +16,7 @@ from dfs.cli.admin import plan_moves
 from dfs.cli.main import main as dfs_main
 from dfs.common.ids import ROOT_INO, shard_of
 from dfs.testing.cluster import LocalCluster
-from dfs.testing.wait import until
+from dfs.testing.wait import ThreadLoad, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -25,14 +25,14 @@ def admin(cluster: LocalCluster, *args: str) -> int:
     return dfs_main(["admin", "--cluster", cluster.config_path, *args])
 
 
-class Creators:
+class Creators(ThreadLoad):
     """``n`` threads creating files in their own directory under ``parent`` until stopped;
     ``acked[i]`` holds the names whose create was acknowledged."""
 
     def __init__(self, cluster: LocalCluster, parent: int, n: int = 3) -> None:
         self.cluster = cluster
         self.parent = parent
-        self.stop = threading.Event()
+        super().__init__()
         self.acked: list[list[str]] = [[] for _ in range(n)]
         self.errors: list[BaseException] = []
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
@@ -53,15 +53,6 @@ class Creators:
         finally:
             c.close()
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
     def count(self) -> int:
         return sum(len(a) for a in self.acked)
@@ -189,7 +180,7 @@ def test_transfer_leader_refuses_bad_arguments(cluster: LocalCluster) -> None:
 
 # ---------------------------------------------------------------------- data targets
 
-class Writers:
+class Writers(ThreadLoad):
     """``n`` threads writing files of 100 KB (chunks on the data servers, not inline) through
     the library, every other write overwriting one of their earlier files; ``acked`` maps
     each path to the content of its last acknowledged write."""
@@ -198,7 +189,7 @@ class Writers:
         import dfs
 
         self.fs = dfs.connect(cluster.config_path, uid=0, gid=0, groups=())
-        self.stop = threading.Event()
+        super().__init__()
         self.acked: dict[str, bytes] = {}
         self.writes = 0
         self.errors: list[BaseException] = []
@@ -230,15 +221,6 @@ class Writers:
             self.acked[path] = data
             self.writes += 1
 
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(120)
 
     def verify(self) -> None:
         bad = [p for p, d in sorted(self.acked.items()) if self.fs.read_bytes(p) != d]

@@ -28,7 +28,7 @@ from dfs.consensus.raft import MEMBERS_FILE, Busy, RaftHost
 from dfs.consensus.testing import CounterSM, add_cmd
 from dfs.common.config import RaftOptions
 from dfs.testing.cluster import LocalCluster, Proc, free_ports
-from dfs.testing.wait import until, until_async
+from dfs.testing.wait import ThreadLoad, until, until_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -208,14 +208,14 @@ def test_map_membership_commands() -> None:
 
 # ---------------------------------------------------------------------- load and checks
 
-class Load:
+class Load(ThreadLoad):
     """``n`` client threads creating files (each in its own directory) and, with ``mkdirs``,
     one thread making directories under the root; ``acked`` holds what was acknowledged:
     (directory inode, name) -> inode."""
 
     def __init__(self, cluster: LocalCluster, n: int = 2, mkdirs: bool = False) -> None:
         self.cluster = cluster
-        self.stop = threading.Event()
+        super().__init__()
         self.lock = threading.Lock()
         self.acked: dict[tuple[int, str], int] = {}
         self.errors: list[BaseException] = []
@@ -274,15 +274,6 @@ class Load:
         until(lambda: self.crashed or self.count() >= start + n, timeout, f"{n} acknowledged operations {what}")
         assert not self.crashed, self.crashed
 
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(120)
 
     def verify(self) -> None:
         """Every acknowledged operation is there, with the inode it was answered with."""
