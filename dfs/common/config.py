@@ -31,6 +31,7 @@
     target_timeout = 3.0           # seconds without a heartbeat before mgmt takes a target out
     scrub_interval = 3600.0        # data servers: seconds between scrub passes of a target
     scrub_rate = 67108864          # data servers: bytes/s a scrub pass reads (0: unlimited)
+    resync_rate = 0                # data servers: bytes/s a resync copies into a target (0: unlimited)
     orphan_scan_interval = 600.0   # data servers: seconds between orphan scans of a target
     orphan_grace = 3600.0          # data servers: an orphan scan leaves chunks younger than this (s)
 
@@ -225,6 +226,7 @@ class ClusterConfig:
     target_timeout: float = 3.0
     scrub_interval: float = 3600.0  # data servers: seconds between scrub passes of a target
     scrub_rate: int = 64 << 20  # data servers: bytes/s a scrub pass reads; 0 = unlimited
+    resync_rate: int = 0  # data servers: bytes/s a resync copies into a target; 0 = unlimited
     orphan_scan_interval: float = 600.0  # data servers: seconds between orphan scans of a target
     orphan_grace: float = 3600.0  # data servers: chunks younger than this are never orphan-scanned away
     client_token: str | None = None  # None (and no client_token_file): no client authentication
@@ -261,6 +263,8 @@ class ClusterConfig:
             raise ValueError(f"scrub_interval must be positive, not {self.scrub_interval!r}")
         if isinstance(self.scrub_rate, bool) or not isinstance(self.scrub_rate, int) or self.scrub_rate < 0:
             raise ValueError(f"scrub_rate must be a non-negative integer (bytes/s), not {self.scrub_rate!r}")
+        if isinstance(self.resync_rate, bool) or not isinstance(self.resync_rate, int) or self.resync_rate < 0:
+            raise ValueError(f"resync_rate must be a non-negative integer (bytes/s), not {self.resync_rate!r}")
         if not self.orphan_scan_interval > 0:
             raise ValueError(f"orphan_scan_interval must be positive, not {self.orphan_scan_interval!r}")
         if not self.orphan_grace >= 0:
@@ -352,6 +356,7 @@ class ClusterConfig:
             "target_timeout": self.target_timeout,
             "scrub_interval": self.scrub_interval,
             "scrub_rate": self.scrub_rate,
+            "resync_rate": self.resync_rate,
             "orphan_scan_interval": self.orphan_scan_interval,
             "orphan_grace": self.orphan_grace,
             "mgmt": [rep(r) for r in self.mgmt],
@@ -405,6 +410,7 @@ class ClusterConfig:
                    target_timeout=float(d.get("target_timeout", 3.0)),
                    scrub_interval=float(d.get("scrub_interval", 3600.0)),
                    scrub_rate=_as_int("scrub_rate", d.get("scrub_rate", 64 << 20)),
+                   resync_rate=_as_int("resync_rate", d.get("resync_rate", 0)),
                    orphan_scan_interval=float(d.get("orphan_scan_interval", 600.0)),
                    orphan_grace=float(d.get("orphan_grace", 3600.0)), **_auth_fields(d))
 

@@ -16,11 +16,10 @@ of this server's targets (``header.target``) and returns the reply
   missed writes, or holds a version that never committed) it answers
   ``NEED_INSTALL`` and its predecessor sends its whole chunk (INSTALL), which
   the member installs and forwards as INSTALL too.
-* A downstream **serving** target that cannot be reached fails the write
-  (EAGAIN; the client refreshes the map and retries: mgmt takes the dead
-  target out within ``target_timeout``). A **syncing** target that cannot be
-  reached is skipped (it will resync from scratch when it comes back); one
-  that answers an error fails the write like a serving one.
+* A downstream target (serving or syncing) that cannot be reached or answers
+  an error fails the write (EAGAIN; the client refreshes the map and retries:
+  mgmt takes a dead target out within ``target_timeout``). A syncing member
+  that silently missed a write could later be promoted without it.
 * **Reads** are served by serving members when the chunk has no write in
   flight (``committed == version``) — the tail always (it has everything
   that is acknowledged); otherwise EAGAIN. A bad block answers EIO
@@ -31,13 +30,11 @@ of this server's targets (``header.target``) and returns the reply
   ``c chain ino index`` and ``i ino index -> chain``, written before the
   chunk's first apply on that target (a stale entry without a chunk is
   harmless and skipped). SYNC_LIST pages through ``c chain``.
-* **Resync.** A target listed in a chain's ``syncing`` lists the chunks of
-  the chain on the chain's tail (SYNC_LIST: id, version, digest of length and
-  CRCs), fetches every one whose (version, digest) differs (SYNC_FETCH) and
-  installs it unless it meanwhile got a newer version by forwarding; then
-  removes its chunks of the chain the tail does not have (unless a forwarded
-  op touched them since the resync began). It repeats until a pass changes
-  nothing, then reports the chain in ``synced_chains``.
+* **Resync** (the syncing member's side) is dfs/data/resync.py: passes tied
+  to a chain version, listings gated on the tail, forwarded ops recorded so
+  that copies never undo them. This module serves SYNC_LIST and SYNC_FETCH
+  and tells the resync about every forwarded op. A forward to a syncing
+  member that fails fails the write, like one to a serving member.
 """
 
 from __future__ import annotations
@@ -54,7 +51,7 @@ from typing import NamedTuple
 import msgpack
 
 from dfs.common import errors as err
-from dfs.common.checksum import crc32c
+from dfs.data.resync import InflightGate, Resyncer, digest
 from dfs.kv import RocksKV, WriteBatch
 from dfs.rpc import dataplane as dp
 from dfs.rpc.data import Pool
@@ -75,10 +72,6 @@ def chunk_size_of(arg: int) -> int:
     """The chunk size from a packed layout in a header's arg (64 MiB when not given)."""
     shift = arg >> 24
     return 1 << shift if 16 <= shift <= 26 else MAX_CHUNK
-
-
-def digest(meta) -> int:
-    return crc32c(meta.crcs, meta.length & 0xFFFFFFFF) if meta is not None else 0
 
 
 class ChainIndex:
@@ -191,7 +184,7 @@ class ChainService:
     """The data-plane request handlers of one data server (all its targets)."""
 
     def __init__(self, targets: dict[int, Target], peers: Pool, *, get_map: Callable, refresh_map: Callable,
-                 forward_timeout: float = 10.0) -> None:
+                 forward_timeout: float = 10.0, resync_rate: int = 0) -> None:
         self.targets = targets
         self.peers = peers
         self.get_map = get_map          # () -> ClusterMap | None
@@ -200,14 +193,13 @@ class ChainService:
         self.locks = KeyedLocks()       # (target, ino, index): head ordering, local apply/install ordering
         self.counters = {"checksum_errors": 0, "repairs": 0, "installs_forwarded": 0, "resync_copied": 0,
                          "resync_removed": 0}
-        self.touched: dict[tuple[int, int], set] = {}   # (target, chain) under resync -> chunks touched by forwards
-        self.synced: dict[tuple[int, int], int] = {}    # (target, chain) -> chain version resynced at
-        self._resyncs: dict[tuple[int, int], asyncio.Task] = {}
+        self.gate = InflightGate()      # mutations in flight per chain version (SYNC_LIST waits on older ones)
+        self.resync = Resyncer(self, resync_rate)
         self._repairs: set[tuple[int, int, int]] = set()
         self._bg: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ map helpers
-    def _chain(self, cid: int):
+    def chain(self, cid: int):
         m = self.get_map()
         if m is None or not 0 <= cid < len(m.chains):
             return None
@@ -215,17 +207,17 @@ class ChainService:
 
     async def _checked_chain(self, h: dp.Header):
         """The chain at the version the request was routed with, else Stale (after one refresh)."""
-        ch = self._chain(h.chain_id)
+        ch = self.chain(h.chain_id)
         if ch is None or ch.version != h.chain_version:
             if ch is None or h.chain_version > ch.version:
                 await self.refresh_map()
-                ch = self._chain(h.chain_id)
+                ch = self.chain(h.chain_id)
             if ch is None or ch.version != h.chain_version:
                 have = ch.version if ch else None
                 raise err.Stale(f"chain {h.chain_id} version {h.chain_version}, server has {have}")
         return ch
 
-    def _addr(self, tid: int) -> str:
+    def address_of(self, tid: int) -> str:
         m = self.get_map()
         t = m.targets.get(tid) if m else None
         if t is None:
@@ -280,12 +272,17 @@ class ChainService:
 
     async def mutate(self, tgt: Target, h: dp.Header, payload) -> int:
         ch, members, pos = await self._place(tgt, h)
+        with self.gate.entered(ch.id, ch.version):
+            return await self._mutate(tgt, h, payload, ch, members, pos)
+
+    async def _mutate(self, tgt: Target, h: dp.Header, payload, ch, members, pos: int) -> int:
         forwarded = bool(h.flags & dp.F_FORWARD)
         key = (tgt.id, h.ino, h.index)
-        self._touch(tgt.id, ch.id, h.ino, h.index)
         async with self.locks(key):
+            self._recheck(ch)
             store = tgt.store
             if forwarded:
+                self.resync.touch(tgt.id, ch.id, ch.version, h.ino, h.index)
                 v = h.version
                 if h.op == dp.INSTALL:
                     cur = await tgt.run(store.stat, h.ino, h.index)
@@ -365,7 +362,7 @@ class ChainService:
         syncing = nxt not in ch.targets
         fh = h._replace(flags=dp.F_FORWARD, target=nxt, chain_id=ch.id, chain_version=ch.version)
         try:
-            addr = self._addr(nxt)
+            addr = self.address_of(nxt)
             # the payload arrived with this CRC and was checked against it: pass it on
             rh, rp = await self.peers.call(addr, fh, payload, self.forward_timeout,
                                            crc=h.payload_crc if len(payload) else None)
@@ -377,9 +374,9 @@ class ChainService:
                 ih = fh._replace(op=dp.INSTALL, offset=0, version=m.version if m else h.version)
                 rh, rp = await self.peers.call(addr, ih, data, self.forward_timeout)
         except (ConnectionError, TimeoutError, OSError) as e:
-            if syncing:
-                log.info("chain %d: syncing target %d unreachable (%s); skipped", ch.id, nxt, e)
-                return
+            # a syncing member too: one that silently missed a write could be promoted without it
+            log.info("chain %d v%d: forward to %s target %d failed: %s", ch.id, ch.version,
+                     "syncing" if syncing else "serving", nxt, e)
             raise err.Retryable(f"chain {ch.id}: downstream target {nxt} failed: {e}") from None
         if rh.status:
             msg = bytes(rp).decode(errors="replace")
@@ -390,10 +387,27 @@ class ChainService:
 
     @staticmethod
     def _whole(store, ino: int, index: int):
-        m = store.stat(ino, index)
-        if m is None:
-            return None, b""
-        return m, store.read(ino, index, 0, m.length)
+        """(meta, bytes) of one version of a chunk: read again if a write landed in
+        between (not under the chunk lock: a repair holding its own lock fetches
+        from peers, and a peer's write may hold theirs)."""
+        for _ in range(100):
+            a = store.stat(ino, index)
+            if a is None:
+                return None, b""
+            data = store.read(ino, index, 0, a.length)
+            if store.stat(ino, index) == a:
+                return a, data
+        raise err.Retryable(f"chunk {ino:x}.{index}: changing too fast to copy")
+
+    def _recheck(self, ch) -> None:
+        """Under the chunk lock: the chain is still at the version the request was
+        placed with. A request can wait for the lock while the chain changes; applied
+        after that, a forward the predecessor gave up on long ago (a member frozen
+        and thawed, say) would land on a syncing member as if the new version had
+        forwarded it."""
+        now = self.chain(ch.id)
+        if now is None or now.version != ch.version:
+            raise err.Stale(f"chain {ch.id} changed from v{ch.version} to v{now.version if now else None}")
 
     async def _place(self, tgt: Target, h: dp.Header):
         """(chain, members, position of ``tgt``) for a mutation: ESTALE unless the
@@ -409,23 +423,31 @@ class ChainService:
 
     async def remove(self, tgt: Target, h: dp.Header) -> None:
         ch, members, pos = await self._place(tgt, h)
-        self._touch(tgt.id, ch.id, h.ino, h.index)
-        async with self.locks((tgt.id, h.ino, h.index)):
-            await tgt.run(tgt.store.remove, h.ino, h.index)
-            await tgt.run(tgt.index.remove, h.ino, h.index)
-            await self._forward(tgt, ch, members, pos, h, b"")
+        with self.gate.entered(ch.id, ch.version):
+            async with self.locks((tgt.id, h.ino, h.index)):
+                self._recheck(ch)
+                self.resync.touch(tgt.id, ch.id, ch.version, h.ino, h.index)
+                await tgt.run(tgt.store.remove, h.ino, h.index)
+                await tgt.run(tgt.index.remove, h.ino, h.index)
+                await self._forward(tgt, ch, members, pos, h, b"")
 
     async def remove_inode(self, tgt: Target, h: dp.Header) -> int:
+        """Every chunk of the inode on this target, each under its lock (a resync
+        copy of one of them, fetched before, is then never installed after)."""
         ch, members, pos = await self._place(tgt, h)
-        n = await tgt.run(tgt.store.remove_inode, h.ino)
-        await tgt.run(tgt.index.remove_inode, h.ino)
-        await self._forward(tgt, ch, members, pos, h, b"")
-        return n
-
-    def _touch(self, tid: int, cid: int, ino: int, index: int) -> None:
-        s = self.touched.get((tid, cid))
-        if s is not None:
-            s.add((ino, index))
+        with self.gate.entered(ch.id, ch.version):
+            self.resync.touch_inode(tgt.id, ch.id, ch.version, h.ino)
+            indexes = await tgt.run(lambda: [x for _, x, _ in tgt.store.list_chunks(h.ino)])
+            n = 0
+            for index in indexes:
+                async with self.locks((tgt.id, h.ino, index)):
+                    self._recheck(ch)
+                    if await tgt.run(tgt.store.stat, h.ino, index) is not None:
+                        await tgt.run(tgt.store.remove, h.ino, index)
+                        n += 1
+            await tgt.run(tgt.index.remove_inode, h.ino)
+            await self._forward(tgt, ch, members, pos, h, b"")
+            return n
 
     # ------------------------------------------------------------------ reads
     @staticmethod
@@ -492,13 +514,13 @@ class ChainService:
             finally:
                 self._repairs.discard(key)
 
-        self._spawn(run())
+        self.spawn(run())
 
     async def repair_chunk(self, tid: int, ino: int, index: int) -> bool:
         """Repair a damaged chunk of target ``tid`` from a peer of its chain (the scrubber's repair callback)."""
         tgt = self.targets[tid]
         idx = await tgt.run(tgt.index.kv.get, b"i" + _IK.pack(ino, index))
-        ch = self._chain(int.from_bytes(idx, "big")) if idx is not None else None
+        ch = self.chain(int.from_bytes(idx, "big")) if idx is not None else None
         if ch is None:
             return False
         async with self.locks((tid, ino, index)):
@@ -513,7 +535,7 @@ class ChainService:
             if peer == tgt.id:
                 continue
             try:
-                rh, rp = await self.peers.call(self._addr(peer), dp.Header(dp.SYNC_FETCH, ino=ino, index=index,
+                rh, rp = await self.peers.call(self.address_of(peer), dp.Header(dp.SYNC_FETCH, ino=ino, index=index,
                                                                            target=peer), b"", self.forward_timeout)
             except (ConnectionError, TimeoutError, OSError):
                 continue
@@ -527,6 +549,16 @@ class ChainService:
 
     # ------------------------------------------------------------------ resync (serving side)
     async def sync_list(self, tgt: Target, h: dp.Header):
+        """A page of the chain's chunks on this target. With a chain version (a
+        resync's listing), only at that version, and only after the mutations
+        admitted here under older versions (never forwarded to the syncing
+        member) have finished, so the listing holds every one of them."""
+        if h.chain_version:
+            await self._checked_chain(h)
+            try:
+                await asyncio.wait_for(self.gate.drained(h.chain_id, h.chain_version), self.forward_timeout)
+            except TimeoutError:
+                raise err.Retryable(f"chain {h.chain_id}: older writes still in flight on target {tgt.id}") from None
         after = (h.ino, h.index) if h.flags & dp.F_CURSOR else None
 
         def page():
@@ -552,129 +584,19 @@ class ChainService:
             raise err.NotFound(f"chunk {h.ino:x}.{h.index}")
         return dp.reply_to(h, version=m.version, offset=m.committed & 0xFFFFFFFF), data
 
-    # ------------------------------------------------------------------ resync (syncing side)
+    # ------------------------------------------------------------------ resync (syncing side: dfs/data/resync.py)
     def on_map(self, m) -> None:
-        """Start a resync for every (local target, chain) where the target is syncing."""
-        if m is None:
-            return
-        for ch in m.chains:
-            for tid in ch.syncing:
-                if tid not in self.targets:
-                    continue
-                key = (tid, ch.id)
-                if self.synced.get(key) == ch.version:
-                    continue
-                t = self._resyncs.get(key)
-                if t is None or t.done():
-                    self.touched[key] = set()
-                    self.synced.pop(key, None)
-                    self._resyncs[key] = self._spawn(self._resync(self.targets[tid], ch.id))
-        # forget finished resyncs of chains where the target is no longer syncing
-        for key in list(self.synced):
-            tid, cid = key
-            if cid >= len(m.chains) or tid not in m.chains[cid].syncing:
-                self.synced.pop(key, None)
-                self.touched.pop(key, None)
+        self.resync.on_map(m)
 
     def resyncs_running(self) -> int:
-        """(target, chain) resyncs in progress on this server (safe to call from another thread)."""
-        return sum(1 for t in list(self._resyncs.values()) if not t.done())
+        return self.resync.running()
 
-    def synced_chains(self, tid: int) -> list[int]:
-        m = self.get_map()
-        if m is None:
-            return []
-        return [cid for (t, cid), v in self.synced.items()
-                if t == tid and cid < len(m.chains) and tid in m.chains[cid].syncing]
-
-    async def _resync(self, tgt: Target, cid: int) -> None:
-        key = (tgt.id, cid)
-        delay = 0.05
-        while True:
-            ch = self._chain(cid)
-            if ch is None or tgt.id not in ch.syncing:
-                self.touched.pop(key, None)
-                return
-            if not ch.targets or ch.targets[-1] == tgt.id:
-                await asyncio.sleep(0.2)
-                continue
-            src = ch.targets[-1]
-            try:
-                changed = await self._resync_pass(tgt, cid, src)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - any failure: log and start the pass again
-                log.info("resync of chain %d into target %d from %d: %s; again", cid, tgt.id, src, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            if changed == 0:
-                ch2 = self._chain(cid)
-                if ch2 is not None and tgt.id in ch2.syncing:
-                    self.synced[key] = ch2.version
-                    log.info("target %d resynced into chain %d (v%d) from target %d", tgt.id, cid, ch2.version, src)
-                return
-            log.info("resync of chain %d into target %d: %d changes; another pass", cid, tgt.id, changed)
-
-    async def _resync_pass(self, tgt: Target, cid: int, src: int) -> int:
-        addr = self._addr(src)
-        remote: set[tuple[int, int]] = set()
-        touched = self.touched.setdefault((tgt.id, cid), set())
-        changed = 0  # copies of chunks no forwarded op has touched since the resync began
-        cursor = None
-        while True:
-            h = dp.Header(dp.SYNC_LIST, chain_id=cid, target=src)
-            if cursor is not None:
-                h = h._replace(flags=dp.F_CURSOR, ino=cursor[0], index=cursor[1])
-            rh, rp = await self.peers.call(addr, h, b"", self.forward_timeout)
-            dp.raise_for(rh, rp)
-            for ino, index, version, dg in msgpack.unpackb(bytes(rp)):
-                remote.add((ino, index))
-                local = await tgt.run(tgt.store.stat, ino, index)
-                if local is not None and (local.version > version or
-                                          (local.version == version and digest(local) == dg)):
-                    continue
-                if await self._fetch_install(tgt, cid, src, addr, ino, index) and (ino, index) not in touched:
-                    changed += 1
-            if not rh.flags & dp.F_MORE:
-                break
-            cursor = (rh.ino, rh.index)
-        local_ids = await tgt.run(lambda: list(tgt.index.chunks(cid)))
-        for ino, index in local_ids:
-            if (ino, index) in remote or (ino, index) in touched:
-                continue
-            async with self.locks((tgt.id, ino, index)):
-                if (ino, index) in touched:
-                    continue
-                await tgt.run(tgt.store.remove, ino, index)
-                await tgt.run(tgt.index.remove, ino, index)
-            self.counters["resync_removed"] += 1
-            changed += 1
-        return changed
-
-    async def _fetch_install(self, tgt: Target, cid: int, src: int, addr: str, ino: int, index: int) -> bool:
-        rh, rp = await self.peers.call(addr, dp.Header(dp.SYNC_FETCH, ino=ino, index=index, target=src), b"",
-                                       self.forward_timeout)
-        if rh.status == E.ENOENT:
-            return False  # removed meanwhile (the remove is forwarded to us as well)
-        dp.raise_for(rh, rp)
-        async with self.locks((tgt.id, ino, index)):
-            local = await tgt.run(tgt.store.stat, ino, index)
-            if local is not None and local.version > rh.version:
-                return False
-            if local is not None and local.version == rh.version:
-                from dfs.common.blocks import block_crcs
-
-                same = local.length == len(rp) and local.crcs == block_crcs(rp, tgt.store.block_size)
-                if same:
-                    return False
-            await tgt.run(tgt.index.add, cid, ino, index)
-            await tgt.run(tgt.store.install, ino, index, rp, rh.version, committed=rh.version)
-        self.counters["resync_copied"] += 1
-        return True
+    def synced_chains(self, tid: int) -> list[tuple[int, int]]:
+        """(chain, chain version) of the chains target ``tid`` finished resyncing into."""
+        return self.resync.synced(tid)
 
     # ------------------------------------------------------------------ tasks
-    def _spawn(self, coro) -> asyncio.Task:
+    def spawn(self, coro) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro)
         self._bg.add(t)
         t.add_done_callback(self._bg.discard)

@@ -103,7 +103,8 @@ class DataServer:
         self.transport = GrpcTransport([m.address for m in cfg.mgmt], deadline=5.0, attempt_timeout=2.0,
                                        auth=self.auth.client)
         self.peers = Pool(auth=self.auth.client)
-        self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map)
+        self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map,
+                                resync_rate=cfg.resync_rate)
         self._refresh_task: asyncio.Task | None = None
         self._last_refresh = -1e9
         self._conns: set[asyncio.Task] = set()
@@ -224,7 +225,8 @@ class DataServer:
             if self.map is not None and any(tid in c.syncing for c in self.map.chains):
                 state = "syncing"
             out.append(pb.TargetState(id=tid, state=state, total=total, free=free,
-                                      synced_chains=self.svc.synced_chains(tid)))
+                                      synced=[pb.SyncedChain(chain=cid, version=v)
+                                              for cid, v in self.svc.synced_chains(tid)]))
         return out
 
     async def heartbeat_once(self) -> bool:

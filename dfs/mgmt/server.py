@@ -225,10 +225,16 @@ class MgmtServicer(pbg.MgmtServiceServicer):
                 if t["state"] == OFFLINE:
                     log.info("target %d is back", ts.id)
                     await self._submit("target_up", ts.id)
-                for cid in ts.synced_chains:
-                    if 0 <= cid < len(m["chains"]) and ts.id in m["chains"][cid]["syncing"]:
-                        log.info("target %d synced into chain %d", ts.id, cid)
-                        await self._submit("chain_synced", cid, ts.id)
+                for sc in ts.synced:
+                    cid = sc.chain
+                    if not (0 <= cid < len(m["chains"]) and ts.id in m["chains"][cid]["syncing"]):
+                        continue
+                    if m["chains"][cid]["version"] != sc.version:  # resynced at a version the chain has left
+                        log.info("target %d synced into chain %d at v%d, chain is at v%d: ignored", ts.id, cid,
+                                 sc.version, m["chains"][cid]["version"])
+                        continue
+                    log.info("target %d synced into chain %d (v%d)", ts.id, cid, sc.version)
+                    await self._submit("chain_synced", cid, ts.id, sc.version)
                 if ((ts.total, ts.free) != (t["total"], t["free"])
                         and now - self._capacity_sent.get(ts.id, -1e9) >= CAPACITY_INTERVAL):
                     self._capacity_sent[ts.id] = now

@@ -33,9 +33,12 @@ capacity bumps the epoch by one:
 * ``["target_up", id]``: an offline target is back: "syncing", appended to
   ``syncing`` of every chain it is a member of and not serving in (if it is
   still serving in all of them, it is "serving" at once);
-* ``["chain_synced", chain_id, target_id]``: a syncing target finished its
-  resync into a chain: it moves to the tail of ``serving``; the target is
-  "serving" once it serves in all its chains;
+* ``["chain_synced", chain_id, target_id, version]``: a syncing target
+  finished its resync into a chain at chain version ``version``: it moves to
+  the tail of ``serving``; the target is "serving" once it serves in all its
+  chains. A no-op unless the chain is still at ``version`` (the resync may
+  have missed writes made while the chain was another version) and the
+  target still syncs in it;
 * ``["capacity", id, total, free]``: capacity report, no epoch bump;
 * ``["drain", id]``: the target becomes draining; every chain it is a member
   of and that has no replacement for it yet gets one: a target that is not
@@ -189,13 +192,15 @@ def _target_up(m: dict, tid: int) -> tuple[bool, bool]:
     return True, True
 
 
-def _chain_synced(m: dict, cid: int, tid: int) -> tuple[bool, bool]:
+def _chain_synced(m: dict, cid: int, tid: int, version: int) -> tuple[bool, bool]:
     t = _target(m, tid)
     if not isinstance(cid, int) or not 0 <= cid < len(m["chains"]):
         raise CommandError(f"no chain {cid!r}")
+    if not isinstance(version, int):
+        raise CommandError(f"bad chain version {version!r}")
     c = m["chains"][cid]
-    if tid not in c["syncing"]:
-        return False, False  # a repeat, or the target went down meanwhile
+    if tid not in c["syncing"] or c["version"] != version:
+        return False, False  # a repeat, the target went down meanwhile, or a resync of an older version
     c["syncing"].remove(tid)
     c["serving"].append(tid)
     c["version"] += 1

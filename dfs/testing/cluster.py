@@ -103,11 +103,11 @@ class LocalCluster:
                  targets_per_server: int = 1, chain_replicas: int = 3, target_timeout: float = 3.0,
                  spawn_data: bool = True, scrub_interval: float | None = None, scrub_rate: int | None = None,
                  orphan_scan_interval: float | None = None, orphan_grace: float | None = None,
-                 metrics: bool = True, auth: bool = True, tls: TlsConfig | None = None) -> None:
+                 resync_rate: int | None = None, metrics: bool = True, auth: bool = True, tls: TlsConfig | None = None) -> None:
         """``spawn_data=False``: the data servers are in the cluster file, but this object
         does not run them (a test plays their part, e.g. sends their heartbeats).
         ``metrics``: give every process a free port for its Prometheus endpoint.
-        ``scrub_interval``, ``scrub_rate``, ``orphan_scan_interval``, ``orphan_grace``: the
+        ``scrub_interval``, ``scrub_rate``, ``orphan_scan_interval``, ``orphan_grace``, ``resync_rate``: the
         data servers' options of the cluster file (None: the cluster file's default).
         ``auth``: generate a client token; ``tls``: gRPC over TLS with these files.
         Both only for a new cluster file (an existing one is used as it is)."""
@@ -141,7 +141,8 @@ class LocalCluster:
                 chain_replicas=chain_replicas, target_timeout=target_timeout,
                 **{k: v for k, v in (("scrub_interval", scrub_interval), ("scrub_rate", scrub_rate),
                                      ("orphan_scan_interval", orphan_scan_interval),
-                                     ("orphan_grace", orphan_grace)) if v is not None},
+                                     ("orphan_grace", orphan_grace), ("resync_rate", resync_rate))
+                   if v is not None},
                 client_token=secrets.token_hex(32) if auth else None, tls=tls)
             self._save_private(self.config_path, self.cfg.save)
             self._save_private(os.path.join(self.root, "client.toml"), self.cfg.client_config().save)

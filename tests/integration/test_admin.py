@@ -84,7 +84,7 @@ def test_map_commands_drain_move_remove() -> None:
         COMMANDS["remove_target"](m, 4, 3, False)
     for cid in chains_of:
         new = m["chains"][cid]["syncing"][0]
-        COMMANDS["chain_synced"](m, cid, new)
+        COMMANDS["chain_synced"](m, cid, new, m["chains"][cid]["version"])
         c = m["chains"][cid]
         assert 4 not in c["members"] and new in c["serving"] and len(c["serving"]) == 3 and not c["replacing"]
     COMMANDS["target_down"](m, 4)
@@ -105,7 +105,7 @@ def test_map_commands_drain_move_remove() -> None:
     assert COMMANDS["move"](m, 0, old, 10)[0] is False
     with pytest.raises(CommandError):
         COMMANDS["move"](m, 0, c["members"][1], 10)
-    COMMANDS["chain_synced"](m, 0, 10)
+    COMMANDS["chain_synced"](m, 0, 10, c["version"])
     assert old not in c["members"] and c["serving"][-1] == 10
     # with --force: a chain may drop below its count, never to no serving target
     victim = c["members"][0]

@@ -139,7 +139,7 @@ def test_mgmt_refuses_without_the_token(cluster):
             stub = pbg.MgmtServiceStub(ch)
             for call, req in ((stub.GetClusterMap, pb.GetClusterMapRequest()),
                               (stub.Heartbeat, pb.HeartbeatRequest(role="data", server=0, targets=[
-                                  pb.TargetState(id=1, state="serving", synced_chains=[0])]))):
+                                  pb.TargetState(id=1, state="serving", synced=[pb.SyncedChain(chain=0, version=1)])]))):
                 with pytest.raises(grpc.aio.AioRpcError) as ei:
                     await call(req, timeout=5.0)
                 assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -13,10 +13,8 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import dfs
 from dfs.common.config import (
@@ -27,6 +25,7 @@ from dfs.common.config import (
     TargetConfig,
 )
 from dfs.testing.cluster import LocalCluster
+from dfs.testing.metrics import get, scrape, total
 from dfs.testing.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -46,26 +45,6 @@ def fs(cluster):
     c = dfs.connect(mgmt=cluster.mgmt_addresses, uid=0, gid=0, groups=())
     yield c
     c.close()
-
-
-def scrape(p) -> dict[str, dict[tuple, float]]:
-    """sample name -> {sorted label items: value} of one process."""
-    text = urllib.request.urlopen(f"http://{p.metrics}/metrics", timeout=5).read().decode()
-    out: dict[str, dict[tuple, float]] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
-    return out
-
-
-def get(m: dict, name: str, **labels) -> float:
-    return m.get(name, {}).get(tuple(sorted(labels.items())), 0.0)
-
-
-def total(ms: list[dict], name: str, **labels) -> float:
-    """The sum over processes and over every label set that includes ``labels``."""
-    want = set(labels.items())
-    return sum(v for m in ms for k, v in m.get(name, {}).items() if want <= set(k))
 
 
 def role(m: dict) -> str:

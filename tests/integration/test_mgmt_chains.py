@@ -60,9 +60,8 @@ class FakeDataServers:
                 continue
             synced = []
             if m is not None and t.id in self.auto_sync:
-                synced = [c.id for c in m.chains if t.id in c.syncing]
-            targets.append(pb.TargetState(id=t.id, state="serving", total=1 << 30, free=1 << 29,
-                                          synced_chains=synced))
+                synced = [pb.SyncedChain(chain=c.id, version=c.version) for c in m.chains if t.id in c.syncing]
+            targets.append(pb.TargetState(id=t.id, state="serving", total=1 << 30, free=1 << 29, synced=synced))
         if not targets:
             return
         req = pb.HeartbeatRequest(role="data", server=d.id, address=d.address, targets=targets)

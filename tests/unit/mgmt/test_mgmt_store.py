@@ -125,12 +125,30 @@ def test_target_down_up_synced():
 
     chains = mg.chains_of(tid)
     for k, c in enumerate(chains):
-        assert mg.do("chain_synced", c["id"], tid) == [0, 4 + k]
+        assert mg.do("chain_synced", c["id"], tid, c["version"]) == [0, 4 + k]
         now = mg.chain(c["id"])
         assert now["serving"][-1] == tid and now["syncing"] == [] and now["version"] == before[c["id"]] + 3
         assert mg.state(tid) == ("serving" if k == len(chains) - 1 else "syncing")
     epoch = mg.map["epoch"]
-    assert mg.do("chain_synced", chains[0]["id"], tid) == [0, epoch]  # a repeat
+    assert mg.do("chain_synced", chains[0]["id"], tid, chains[0]["version"]) == [0, epoch]  # a repeat
+
+
+def test_synced_report_of_another_chain_version_is_refused():
+    """A resync that ran while the chain was at one version may have missed writes made
+    at another (the target left and came back, another member left): its report is ignored."""
+    mg = Mgmt(cfg(3, 1))
+    mg.do("target_down", 2)
+    mg.do("target_up", 2)
+    c = mg.chains_of(2)[0]
+    v = c["version"]
+    mg.do("target_down", 2)   # a heartbeat lapse mid-pass: out...
+    mg.do("target_up", 2)     # ...and back in at v + 2
+    e = mg.map["epoch"]
+    for stale in (v, v + 1, v + 3):
+        assert mg.do("chain_synced", c["id"], 2, stale) == [0, e]
+        assert 2 in mg.chain(c["id"])["syncing"]
+    assert mg.do("chain_synced", c["id"], 2, v + 2) == [0, e + 1]
+    assert 2 in mg.chain(c["id"])["serving"]
 
 
 def test_syncing_target_going_down_leaves_syncing():
@@ -142,7 +160,8 @@ def test_syncing_target_going_down_leaves_syncing():
     assert all(2 not in c["syncing"] and 2 not in c["serving"] for c in mg.map["chains"])
     # a late synced report of the old resync changes nothing
     e = mg.map["epoch"]
-    assert mg.do("chain_synced", mg.chains_of(2)[0]["id"], 2) == [0, e]
+    c = mg.chains_of(2)[0]
+    assert mg.do("chain_synced", c["id"], 2, c["version"] - 2) == [0, e]
 
 
 def test_last_serving_member_is_never_removed():
@@ -161,7 +180,7 @@ def test_last_serving_member_is_never_removed():
     assert mg.state(1) == "syncing"
     assert all(c["serving"] == [3] and c["syncing"] == [1] for c in mg.map["chains"])
     for c in mg.map["chains"]:
-        mg.do("chain_synced", c["id"], 1)
+        mg.do("chain_synced", c["id"], 1, c["version"])
     assert mg.state(1) == "serving"
     assert all(c["serving"] == [3, 1] for c in mg.map["chains"])
 
@@ -176,7 +195,8 @@ def test_bad_commands_fail_without_trace():
     mg = Mgmt(cfg(2, 1))
     m = mg.map
     assert mg.do("target_down", 99)[0] == 22
-    assert mg.do("chain_synced", 7, 1)[0] == 22
+    assert mg.do("chain_synced", 7, 1, 1)[0] == 22
+    assert mg.do("chain_synced", 0, 1)[0] == 22  # no version
     assert mg.do("nonsense", 1)[0] == 22
     assert mg.map == m
 
@@ -194,7 +214,7 @@ def test_same_commands_same_map_on_two_stores(tmp_path):
     c = cfg(4, 2)
     a = Mgmt(c)
     for cmd in [("target_down", 1), ("target_down", 5), ("capacity", 2, 10, 5), ("target_up", 1),
-                ("chain_synced", 0, 1), ("target_down", 2), ("target_up", 5), ("chain_synced", 3, 5),
+                ("chain_synced", 0, 1, 3), ("target_down", 2), ("target_up", 5), ("chain_synced", 3, 5, 3),
                 ("target_down", 99)]:
         a.do(*cmd)
     b = MgmtStore(str(tmp_path / "b"))
