@@ -11,6 +11,7 @@ Imports: dfs.common only (and a transport given to it).
 from __future__ import annotations
 
 import asyncio
+import errno as E
 import os
 import stat
 import threading
@@ -387,7 +388,7 @@ class MetaClient:
             by_shard[shard_of(ino)].append((Op.CLOSE, c, [ino, h], _rid()))
         for res in await asyncio.gather(*(self.t.call_many(s, ops) for s, ops in by_shard.items())):
             for r in res:
-                if isinstance(r, err.DfsError) and r.errno != errno.ENOENT:
+                if isinstance(r, err.DfsError) and r.errno != E.ENOENT:
                     raise r
 
     # ------------------------------------------------------------------ batches
