@@ -285,17 +285,22 @@ class ChainService:
                 self.resync.touch(tgt.id, ch.id, ch.version, h.ino, h.index)
                 v = h.version
                 if h.op == dp.INSTALL:
+                    # the predecessor's whole chunk, sent under its chunk lock: it is the chain's,
+                    # even below a version held here (versions restart after a remove)
                     cur = await tgt.run(store.stat, h.ino, h.index)
-                    if cur is not None and cur.version > v:
-                        return cur.version  # cannot happen while the head holds the chunk; be safe
                     await tgt.run(tgt.index.add, ch.id, h.ino, h.index)
-                    await tgt.run(store.install, h.ino, h.index, payload, v, committed=cur.committed if cur else 0)
+                    await tgt.run(store.install, h.ino, h.index, payload, v,
+                                  committed=min(cur.committed, v - 1) if cur else 0)
+                    self.resync.known(tgt.id, ch.id, ch.version, h.ino, h.index)
                 else:
                     cur = await tgt.run(store.stat, h.ino, h.index)
                     if (cur.version if cur else 0) != v - 1:
                         raise NeedInstall()
+                    if cur is not None and not self.resync.is_known(tgt.id, ch.id, ch.version, h.ino, h.index):
+                        raise NeedInstall()  # a syncing member's copy from before: maybe another lineage
                     await self._apply_and_forward(tgt, ch, members, pos, h, payload, v, cur)
                     await tgt.run(store.commit, h.ino, h.index, v)
+                    self.resync.known(tgt.id, ch.id, ch.version, h.ino, h.index)
                     return v
             else:
                 cur = await tgt.run(store.stat, h.ino, h.index)
@@ -429,6 +434,7 @@ class ChainService:
                 self.resync.touch(tgt.id, ch.id, ch.version, h.ino, h.index)
                 await tgt.run(tgt.store.remove, h.ino, h.index)
                 await tgt.run(tgt.index.remove, h.ino, h.index)
+                self.resync.known(tgt.id, ch.id, ch.version, h.ino, h.index)
                 await self._forward(tgt, ch, members, pos, h, b"")
 
     async def remove_inode(self, tgt: Target, h: dp.Header) -> int:

@@ -36,6 +36,13 @@ they close is described in docs/design/data.md, "Failure and resync"):
   at that version (``chain_synced`` in dfs/mgmt/store.py).
 * A forward to a syncing member that fails fails the write (dfs/data/chain.py):
   a missed forward is never silent.
+* **Versions do not name contents across a remove**: a chunk removed and
+  written anew starts again at version 1, so the copy a target kept while it
+  was out may be another lineage at the same or a higher version. Until a
+  syncing member has made a chunk the chain's (copied it, compared it equal,
+  or applied a forwarded op to it), a forwarded WRITE or TRUNCATE on its old
+  copy answers NEED_INSTALL and gets the predecessor's whole chunk; an INSTALL
+  from the predecessor always replaces what is there.
 
 Copies are rate-limited by the cluster file's ``resync_rate`` (bytes/s; 0 is
 unlimited) so that a resync stays a background load.
@@ -131,6 +138,7 @@ class ChainSync:
     version: int
     touched: dict[tuple[int, int], int] = field(default_factory=dict)  # chunk -> seq of its last forwarded op
     inodes: dict[int, int] = field(default_factory=dict)                # ino -> seq of its last REMOVE_INODE
+    same: set[tuple[int, int]] = field(default_factory=set)  # chunks known to be the chain's here
     task: asyncio.Task | None = None
     abandoned: bool = False
     synced: bool = False
@@ -206,6 +214,20 @@ class Resyncer:
         st = self.syncs.get((tid, cid))
         if st is not None and st.version == version:
             st.touched[(ino, index)] = next(self._seq)
+
+    def known(self, tid: int, cid: int, version: int, ino: int, index: int) -> None:
+        """The chunk here is now the chain's (a forwarded op applied, an install, a remove)."""
+        st = self.syncs.get((tid, cid))
+        if st is not None and st.version == version:
+            st.same.add((ino, index))
+
+    def is_known(self, tid: int, cid: int, version: int, ino: int, index: int) -> bool:
+        """Whether a forwarded write may apply on top of this target's copy of the chunk: always,
+        unless the target syncs into the chain and has not yet made that copy the chain's. Its
+        copy from before may be of another lineage at the same version (a chunk removed and
+        written anew while the target was out), so the predecessor sends the whole chunk."""
+        st = self.syncs.get((tid, cid))
+        return st is None or st.version != version or (ino, index) in st.same
 
     def touch_inode(self, tid: int, cid: int, version: int, ino: int) -> None:
         """A forwarded REMOVE_INODE of chain version ``version`` is about to be applied."""
@@ -283,6 +305,8 @@ class Resyncer:
                 remote.add((ino, index))
                 local = await tgt.run(tgt.store.stat, ino, index)
                 if local is not None and self._current(st, local, ino, index, version, dg):
+                    if local.version == version:
+                        st.same.add((ino, index))
                     continue
                 n = await self._fetch_install(st, src, addr, ino, index)
                 if n and not st.was_touched(ino, index):
@@ -340,9 +364,11 @@ class Resyncer:
                     return 0
                 if (local.version == rh.version and local.length == len(rp)
                         and local.crcs == block_crcs(rp, tgt.store.block_size)):
+                    st.same.add((ino, index))
                     return 0
             await tgt.run(tgt.index.add, st.chain, ino, index)
             await tgt.run(tgt.store.install, ino, index, rp, rh.version,
                           committed=committed_from(rh.version, rh.offset))
+            st.same.add((ino, index))
         svc.counters["resync_copied"] += 1
         return max(1, len(rp))

@@ -334,3 +334,62 @@ def test_a_forward_that_waited_out_a_chain_change_is_refused(run):
         await promoted(net, servers)
         assert_same(servers)
     run(test)
+
+
+async def _hold_passes(net: Net):
+    """Hold every resync listing until the returned event is set."""
+    go = asyncio.Event()
+
+    async def hook(stage, addr, h):
+        if stage == "before" and h.op == dp.SYNC_LIST:
+            await go.wait()
+    net.hooks.append(hook)
+    return go
+
+
+async def _remove(net: Net, servers, ino: int, index: int) -> None:
+    head = servers[net.chain()["serving"][0]]
+    h = dp.Header(dp.REMOVE, ino=ino, index=index, chain_id=0, chain_version=head.map.chains[0].version,
+                  target=head.tid)
+    rh, rp = await head.svc.handle(h, b"")
+    dp.raise_for(rh, rp)
+
+
+def test_an_install_replaces_a_higher_version_of_another_lineage(run):
+    """Target 3 kept v5 of a chunk that was removed and written anew (v1, v2) while it was out;
+    the next write (v3) is forwarded to it while it syncs: the predecessor's whole chunk replaces
+    the old one, although its version is lower."""
+    async def test(net: Net, servers):
+        for k in range(5):
+            await write(net, servers, 600, 0, bytes([k]) * 3000)
+        net.do("target_down", T3)
+        await _remove(net, servers, 600, 0)
+        await write(net, servers, 600, 0, b"new" * 300)
+        await write(net, servers, 600, 0, b"NEW" * 300)
+        go = await _hold_passes(net)
+        net.do("target_up", T3)
+        assert await write(net, servers, 600, 0, b"3") == 3
+        assert servers[T3].chunks()[(600, 0)] == servers[T2].chunks()[(600, 0)]
+        go.set()
+        await promoted(net, servers)
+        assert_same(servers)
+    run(test)
+
+
+def test_a_forwarded_write_never_lands_on_an_old_copy_of_another_lineage(run):
+    """Same version, other contents: target 3 kept v1 of the old chunk (3000 bytes); the chunk
+    was removed and written anew (v1, 900 bytes); a partial write (v2) forwarded to target 3
+    must not be applied on top of the old bytes."""
+    async def test(net: Net, servers):
+        await write(net, servers, 700, 0, b"o" * 3000)
+        net.do("target_down", T3)
+        await _remove(net, servers, 700, 0)
+        await write(net, servers, 700, 0, b"n" * 900)
+        go = await _hold_passes(net)
+        net.do("target_up", T3)
+        assert await write(net, servers, 700, 0, b"PATCH") == 2
+        assert servers[T3].chunks()[(700, 0)] == (2, b"PATCH" + b"n" * 895)
+        go.set()
+        await promoted(net, servers)
+        assert_same(servers)
+    run(test)
