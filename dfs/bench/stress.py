@@ -861,7 +861,7 @@ def stress(a, log=print) -> dict:
         if a.cluster:
             connect_kw["cluster"] = a.cluster
     else:
-        from dfs.testing.cluster import LocalCluster
+        from dfs.local.cluster import LocalCluster
 
         tmp = tempfile.mkdtemp(prefix="dfs-stress-", dir=a.dir or None)
         log(f"starting a LocalCluster in {tmp}: {a.shards} shards x {a.replicas}, 3 mgmt, "

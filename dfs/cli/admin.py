@@ -982,10 +982,10 @@ async def _shard_ready(creds, shard: int, reps) -> str | None:
 def _start_local_shard(path: str, echo) -> None:
     """Append the next shard to a local cluster's file (loopback, free ports) and start its
     replicas as background processes, recorded in the folder's pids.json if it has one."""
-    import json
     import os
 
-    from dfs.testing.cluster import LocalCluster
+    from dfs.local import pids
+    from dfs.local.cluster import LocalCluster
 
     c = LocalCluster(os.path.dirname(os.path.abspath(path)))
     if os.path.basename(path) != "cluster.toml" or os.path.abspath(c.config_path) != os.path.abspath(path):
@@ -995,14 +995,8 @@ def _start_local_shard(path: str, echo) -> None:
         raise click.ClickException("--start only starts replicas of a cluster on this machine (loopback "
                                    "addresses); on other hosts append a [[shards]] entry and start them there")
     ps = c.add_meta_shard()
-    pf = os.path.join(c.root, "pids.json")
-    if os.path.exists(pf):
-        with open(pf) as f:
-            procs = json.load(f)
-        procs += [{"name": p.name, "role": p.role, "shard": p.shard, "replica": p.replica, "address": p.address,
-                   "pid": p.pid, "log": p.log} for p in ps]
-        with open(pf, "w") as f:
-            json.dump(procs, f, indent=1)
+    if pids.read(c.root) is not None:
+        pids.write(c.root, ps, append=True)
     echo(f"shard {ps[0].shard}: started {len(ps)} replicas ({', '.join(p.address for p in ps)}); logs in {c.root}")
 
 
