@@ -125,7 +125,7 @@ class Bench:
 
     def run(self) -> list[dict]:
         import dfs
-        from dfs.testing.cluster import LocalCluster
+        from dfs.local.cluster import LocalCluster
 
         a, root = self.a, self.root
         cluster = LocalCluster(os.path.join(root, "cluster"), shards=a.shards, replicas=a.replicas,

@@ -205,7 +205,7 @@ def _timed(threads: int, items: list, fn: Callable) -> float:
 
 def bench(root: str, a, log=print) -> list[dict]:
     import dfs
-    from dfs.testing.cluster import LocalCluster
+    from dfs.local.cluster import LocalCluster
 
     rows: list[dict] = []
 

@@ -9,7 +9,7 @@ from dfs.client.meta import MetaClient
 from dfs.common.ids import ROOT_INO
 from dfs.rpc.data import DataClient
 from dfs.rpc.transport import GrpcTransport
-from dfs.testing.cluster import LocalCluster
+from dfs.local.cluster import LocalCluster
 
 
 async def run_on_cluster(folder: str, size: int, req: int, parallel: int, log, *, data_servers: int = 3,

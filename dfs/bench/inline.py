@@ -69,7 +69,7 @@ async def _run(workers: int, jobs: list, fn) -> tuple[float, list[float]]:
 async def bench(folder: str, files: int, parallel: int, sizes_kib: list[int], log=print) -> list[dict]:
     from dfs.rpc.data import DataClient
     from dfs.rpc.transport import GrpcTransport
-    from dfs.testing.cluster import LocalCluster
+    from dfs.local.cluster import LocalCluster
 
     cluster = LocalCluster(folder, shards=1, replicas=3, mgmt_replicas=1, data_servers=3)
     await asyncio.to_thread(cluster.start, 120.0)

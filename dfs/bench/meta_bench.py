@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cluster_file = a.cluster
             if cluster_file is None:
-                from dfs.testing.cluster import LocalCluster
+                from dfs.local.cluster import LocalCluster
 
                 tmp = a.root or tempfile.mkdtemp(prefix="dfs-bench-meta-")
                 cluster = LocalCluster(os.path.join(tmp, "cluster"), shards=a.shards, replicas=a.replicas,

@@ -2,7 +2,7 @@
 
     python -m dfs.bench.meta_service --ops 20000 --batch-ops 100000 --client-procs 1,2 --json out.json
 
-Starts a :class:`~dfs.testing.cluster.LocalCluster` (mgmt x3 + S shards x R
+Starts a :class:`~dfs.local.cluster.LocalCluster` (mgmt x3 + S shards x R
 replicas, separate processes on loopback) in a temporary folder, once per
 group-commit setting, and measures against shard 0 (every file is created in a
 directory whose inode lives on shard 0, so every operation goes to one Raft
@@ -55,7 +55,7 @@ from dfs.common.config import RaftOptions
 from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
 from dfs.rpc import auth as rpc_auth
 from dfs.rpc.transport import GrpcTransport
-from dfs.testing.cluster import LocalCluster
+from dfs.local.cluster import LocalCluster
 
 CASES = ("create", "create_many", "getattr", "getattr_many", "failover")
 

@@ -10,34 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 
 import click
 
+from dfs.local import pids
+from dfs.local.procs import cmdline as _cmdline
+from dfs.local.procs import pid_alive as _alive
+
 DEFAULT_DATA = os.path.expanduser("~/.local/share/dfs/local")
 
-
-def _pidfile(data: str) -> str:
-    return os.path.join(data, "pids.json")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+__all__ = ["DEFAULT_DATA", "_alive", "_cmdline", "cluster"]  # dfs.cli.mount uses the pid helpers
 
 
 @click.group()
@@ -55,21 +38,16 @@ def cluster() -> None:
 def up(data: str, shards: int, replicas: str, mgmt_replicas: str, data_servers: int,
        targets_per_server: int) -> None:
     """Start (or restart) the local cluster in DATA."""
-    from dfs.testing.cluster import LocalCluster
+    from dfs.local.cluster import LocalCluster
 
-    pf = _pidfile(data)
-    if os.path.exists(pf):
-        running = [p for p in json.load(open(pf)) if _alive(p["pid"]) and "dfs." in _cmdline(p["pid"])]
-        if running:
-            raise click.ClickException(f"a cluster is already running from {data} ({len(running)} processes)")
+    running = pids.running(pids.read(data) or [])
+    if running:
+        raise click.ClickException(f"a cluster is already running from {data} ({len(running)} processes)")
     c = LocalCluster(data, shards=shards, replicas=int(replicas), mgmt_replicas=int(mgmt_replicas),
                      data_servers=data_servers, targets_per_server=targets_per_server)
     t0 = time.monotonic()
     c.start()
-    procs = [{"name": p.name, "role": p.role, "shard": p.shard, "replica": p.replica, "address": p.address,
-              "pid": p.pid, "log": p.log} for p in c.procs]
-    with open(pf, "w") as f:
-        json.dump(procs, f, indent=1)
+    pids.write(data, c.procs)
     click.echo(f"cluster {c.cfg.cluster_id} up in {time.monotonic() - t0:.1f}s: "
                f"{c.cfg.nshards} shards x {len(c.cfg.shards[0].replicas)} replicas, {len(c.cfg.mgmt)} mgmt, "
                f"{len(c.cfg.data)} data servers")
@@ -82,20 +60,14 @@ def up(data: str, shards: int, replicas: str, mgmt_replicas: str, data_servers: 
 @click.option("--data", default=DEFAULT_DATA, show_default=True, type=click.Path(file_okay=False))
 def down(data: str) -> None:
     """Stop the processes `dfs cluster up` started from DATA."""
-    pf = _pidfile(data)
-    if not os.path.exists(pf):
+    from dfs.local.procs import stop_pids
+
+    recs = pids.read(data)
+    if recs is None:
         raise click.ClickException(f"no cluster started from {data}")
-    procs = json.load(open(pf))
-    mine = [p for p in procs if _alive(p["pid"]) and "dfs." in _cmdline(p["pid"])]
-    for p in mine:
-        os.kill(p["pid"], signal.SIGTERM)
-    end = time.monotonic() + 15
-    while any(_alive(p["pid"]) for p in mine) and time.monotonic() < end:
-        time.sleep(0.05)
-    for p in mine:
-        if _alive(p["pid"]):
-            os.kill(p["pid"], signal.SIGKILL)
-    os.unlink(pf)
+    mine = pids.running(recs)
+    stop_pids([p["pid"] for p in mine], grace=15.0)
+    os.unlink(pids.path(data))
     click.echo(f"stopped {len(mine)} processes")
 
 
@@ -104,17 +76,19 @@ def down(data: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(data: str, as_json: bool) -> None:
     """Show the processes of the local cluster in DATA and their Raft roles."""
-    from dfs.testing.cluster import LocalCluster
+    import asyncio
 
-    pf = _pidfile(data)
-    if not os.path.exists(pf):
+    from dfs.local import probe
+    from dfs.local.cluster import LocalCluster
+
+    procs = pids.read(data)
+    if procs is None:
         raise click.ClickException(f"no cluster started from {data}")
-    procs = json.load(open(pf))
     c = LocalCluster(data)
-    roles = {}
-    for s in range(c.cfg.nshards):
-        for p, st in zip(c.meta_procs(s), c._run(c._statuses([_as_alive(x) for x in c.meta_procs(s)]))):
-            roles[p.name] = st.role if st else "down"
+    # every replica of the cluster file is asked (the processes are not this object's children)
+    metas = c.meta_procs()
+    sts = asyncio.run(probe.replica_statuses(c.credentials, [p.address for p in metas]))
+    roles = {p.name: st.role if st else "down" for p, st in zip(metas, sts)}
     for p in procs:
         p["alive"] = _alive(p["pid"])
         p["raft_role"] = roles.get(p["name"], "")
@@ -162,10 +136,3 @@ def _fetch_map(mgmt: list[str]):
 
     return asyncio.run(go())
 
-
-class _as_alive:
-    """A stand-in Proc that LocalCluster._statuses queries even though another process started it."""
-
-    def __init__(self, p) -> None:
-        self.address = p.address
-        self.alive = True

@@ -68,6 +68,17 @@ def _data_demo(c, fs, parent: int, mib: int) -> None:
     fs._run(go())
 
 
+def _client(c):
+    """A synchronous namespace client of cluster ``c`` (inode-level: the demo shows ids and shards)."""
+    from dfs.client.meta import MetaClient, SyncMetaClient
+    from dfs.rpc.transport import GrpcTransport
+
+    async def connect() -> MetaClient:
+        return MetaClient(await GrpcTransport(c.mgmt_addresses, auth=c.credentials).connect())
+
+    return SyncMetaClient(connect)
+
+
 def _step(title: str) -> None:
     click.secho(f"\n== {title}", bold=True)
 
@@ -85,7 +96,7 @@ def demo(data: str | None, shards: int, files: int, data_mib: int, keep: bool) -
     from dfs.common import errors
     from dfs.common.ids import ROOT_INO, shard_of
     from dfs.common.ops import RENAME_EXCHANGE
-    from dfs.testing.cluster import LocalCluster
+    from dfs.local.cluster import LocalCluster
 
     root = data or tempfile.mkdtemp(prefix="dfs-demo-")
     _step(f"starting mgmt (3 replicas), {shards} metadata shards x 3 replicas and 3 data servers in {root}")
@@ -97,7 +108,7 @@ def demo(data: str | None, shards: int, files: int, data_mib: int, keep: bool) -
         role = {"mgmt": "mgmt", "data": "data"}.get(p.role, f"shard {p.shard}")
         click.echo(f"  {p.name:<10} pid {p.pid:<8} {role:<8} {p.address}")
     try:
-        with c.client() as fs:
+        with _client(c) as fs:
             _step("directories spread over shards (the home shard is encoded in the inode id)")
             ds = fs.mkdir(ROOT_INO, "datasets")
             click.echo(f"  mkdir /datasets            -> inode {ds.ino:#x} on shard {shard_of(ds.ino)}")

@@ -1,6 +1,8 @@
 """RaftHost: a :class:`~dfs.consensus.api.StateMachine` replicated by pysyncobj.
 
-pysyncobj lives only in this module. What the host adds on top of it:
+pysyncobj lives only in dfs/consensus: this module (the node, the submit
+path), ``snapshot`` (its serializer) and ``membership`` (its membership
+changes). What the host adds on top of it:
 
 * **Group commit.** ``submit`` queues the command; a flusher on the asyncio
   loop packs everything queued (up to ``max_batch`` commands / ``max_batch_bytes``)
@@ -12,31 +14,11 @@ pysyncobj lives only in this module. What the host adds on top of it:
   index (``raftLastApplied + 1``) and skips entries at or below
   ``sm.applied_index()`` (journal replay after a restart); the state machine
   stores the index atomically with the effects.
-* **Snapshots are the state machine's own** (RocksDB checkpoints): the custom
-  pysyncobj serializer writes one uncompressed tar holding ``meta.pickle``
-  (pysyncobj's ``(lastEntry, prevEntry, clusterNodes)`` tuple plus the state
-  machine's applied index) and the ``state/`` directory from
-  ``sm.snapshot``. The deserializer restores the state machine from it only
-  when the snapshot is ahead of the state machine (a wiped or lagging replica
-  receiving the leader's snapshot); at a restart the local state is already at
-  or past the local dump and is kept.
-* **Membership changes, one at a time.** ``add_member``/``remove_member`` run
-  pysyncobj's single-server change (``addNodeToCluster``/``removeNodeFromCluster``,
-  which takes effect on every replica when the entry is appended, as Raft's
-  single-server changes do) and return once the entry is committed and
-  applied on this leader. pysyncobj does not stop a second change while one
-  is uncommitted, and two uncommitted single-server changes can leave two
-  disjoint majorities, so the host refuses (``Busy``) a change while another
-  call is running or any membership entry of its log is not applied yet. It
-  also refuses a change that would leave the group without a majority of
-  replicas that answer (see ``check_change``), and removing itself (transfer
-  the leadership first).
-* **Membership is persisted.** Whenever the set of replicas pysyncobj works
-  with changes (a change appended, rolled back, replayed, or a snapshot
-  installed), the host writes it to ``members.json`` in ``data_dir``; at the
-  next start that file, not the ``peers`` argument, gives the membership. A
-  new replica starts with ``peers`` = the group as it is now (it joins empty
-  and receives the log or a snapshot from the leader once it is added).
+* **Snapshots are the state machine's own** (RocksDB checkpoints), packed for
+  pysyncobj's log compaction by ``dfs.consensus.snapshot``.
+* **Membership changes, one at a time, persisted in members.json**: the rules
+  and the refusals are ``dfs.consensus.membership``'s; the host runs them on
+  its node (``add_member``, ``remove_member``, ``membership``).
 * **Deadlines and leadership loss.** pysyncobj may never call back (on a leader
   change, or for entries covered by an installed snapshot), so every submit
   has a deadline (``Unavailable``), and every pending command fails with
@@ -44,40 +26,46 @@ pysyncobj lives only in this module. What the host adds on top of it:
   way may still have been applied: callers retry with the same request id.
 
 Threads: pysyncobj runs its own tick thread (``autoTick``); ``sm.apply``,
-``sm.snapshot`` and ``sm.restore`` run on it. Futures are resolved on the
+``sm.snapshot`` and ``sm.restore`` run on it, and so does everything that reads
+pysyncobj's state (``_on_tick_call``). Futures are resolved on the
 asyncio loop via ``call_soon_threadsafe``. pysyncobj's tick thread exits when
 the thread that constructed the host exits, so construct the host on a
 long-lived thread (normally the main thread running the event loop).
+
+May import: dfs.common, dfs.consensus and pysyncobj; never the packages of the
+state machines it hosts (meta, mgmt) nor anything above them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import io
 import logging
 import os
-import pickle
-import shutil
-import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import errno
-import json
-
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-from pysyncobj.syncobj import _COMMAND_TYPE
 
-from dfs.common.errors import DfsError, InvalidArgument, NotLeader, Retryable, Unavailable
+from dfs.common.errors import InvalidArgument, NotLeader, Unavailable
 from dfs.consensus.api import Log, StateMachine
+from dfs.consensus.membership import (
+    MEMBERS_FILE,
+    Busy,
+    GroupMembers,
+    Membership,
+    PeerProgress,
+    check_change,
+    code_future,
+)
+from dfs.consensus.snapshot import SNAP_TMP_DIR, SnapshotCodec
 
-__all__ = ["Busy", "Membership", "RaftHost", "check_change", "decode_entry", "encode_entry"]
+__all__ = ["MEMBERS_FILE", "SNAP_TMP_DIR", "Busy", "Membership", "PeerProgress", "RaftHost", "check_change",
+           "decode_entry", "encode_entry"]
 
 log = logging.getLogger(__name__)
 
@@ -86,69 +74,6 @@ _LEADER_STATE = 2
 
 JOURNAL_FILE = "raft.journal"
 DUMP_FILE = "raft.dump"
-SNAP_TMP_DIR = "snap-tmp"
-MEMBERS_FILE = "members.json"
-_MEMBERSHIP = bytes([_COMMAND_TYPE.MEMBERSHIP])
-_META_MEMBER = "meta.pickle"
-_STATE_MEMBER = "state"
-_SNAPSHOT_FORMAT = 1
-
-
-class Busy(DfsError):
-    """A membership change is in flight (EBUSY): let it finish first."""
-
-    errno_value = errno.EBUSY
-
-
-@dataclass(frozen=True, slots=True)
-class PeerProgress:
-    address: str  # Raft address
-    connected: bool
-    live: bool  # connected and answered within twice the leader fallback timeout (leader's view)
-    match_index: int  # leader: highest log index known replicated there (0: unknown)
-
-
-@dataclass(frozen=True, slots=True)
-class Membership:
-    """A replica's view of its group (taken on pysyncobj's thread, so consistent)."""
-
-    self_address: str
-    members: tuple[str, ...]  # Raft addresses, this replica included, sorted
-    leader: str | None
-    is_leader: bool
-    pending: bool  # a membership entry of the log is not applied yet, or a change call runs here
-    last_index: int
-    commit_index: int
-    peers: tuple[PeerProgress, ...] = ()  # on the leader: every other member
-
-    def live(self) -> set[str]:
-        """The members that answer, as the leader sees it (itself included)."""
-        return {self.self_address} | {p.address for p in self.peers if p.live}
-
-
-def check_change(m: Membership, op: str, address: str, started: bool = False) -> None:
-    """Raise unless ``op`` ("add" / "remove") of ``address`` keeps a majority of answering
-    replicas. Adding grows the group to N+1: the answering replicas, the new one counted
-    only if ``started`` (the caller saw it answer), must be a majority of N+1. Removing needs
-    the replicas that stay and answer to be a majority of the replicas that stay. Never the
-    last replica."""
-    members = set(m.members)
-    live = m.live()
-    if op == "add":
-        n = len(members) + 1
-        up = len(live) + (1 if started else 0)
-        if up * 2 <= n:
-            raise Busy(f"adding {address} would leave {up} answering replicas of {n}, not a majority "
-                       f"(start it first, bring the others back, or remove a dead one first)")
-        return
-    rest = members - {address}
-    if not rest:
-        raise InvalidArgument(f"{address} is the only replica of the group")
-    up = len(live & rest)
-    if up * 2 <= len(rest):
-        down = sorted(rest - live)
-        raise Busy(f"removing {address} would leave {up} answering replicas of {len(rest)}, not a majority "
-                   f"({', '.join(down)} do not answer)")
 
 
 def encode_entry(commands: list[bytes]) -> bytes:
@@ -158,20 +83,6 @@ def encode_entry(commands: list[bytes]) -> bytes:
 
 def decode_entry(payload: bytes) -> list[bytes]:
     return msgpack.unpackb(payload, raw=False)
-
-
-def _code_future(loop: asyncio.AbstractEventLoop):
-    """(a future on ``loop``, a pysyncobj callback ``(result, code)`` that sets it to the code
-    from pysyncobj's thread; a closed loop is ignored)."""
-    fut = loop.create_future()
-
-    def done(_res, code) -> None:  # pysyncobj's thread
-        try:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(code))
-        except RuntimeError:
-            pass
-
-    return fut, done
 
 
 class _Node(SyncObj):
@@ -237,19 +148,7 @@ class RaftHost(Log):
         self.sm = sm
         self.self_address = self_address
         self.data_dir = os.path.abspath(data_dir)
-        self._members_path = os.path.join(self.data_dir, MEMBERS_FILE)
-        saved = _read_members(self._members_path)
-        if saved is not None:  # the membership as the log left it beats the caller's (cluster file)
-            peers = saved
-        peers = [p for p in dict.fromkeys(peers) if p != self_address]
-        self._members: tuple[str, ...] = tuple(sorted([self_address, *peers]))
-        self._persisted: frozenset[str] | None = frozenset(peers) if saved is not None else None
-        # pysyncobj's dump (loaded on its first tick) carries the membership of its compaction,
-        # which may be older than members.json: at that load, the saved one wins.
-        self._startup_members: list[str] | None = [self_address, *peers] if saved is not None else None
-        # a peer silent for longer does not count as answering (membership checks); twice the
-        # fallback timeout so that a loaded machine's slow answer is not taken for a dead peer
-        self._live_window = 2 * leader_fallback_timeout
+        self._group = GroupMembers(self_address, peers, self.data_dir, 2 * leader_fallback_timeout)
         self.group_commit = group_commit
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
@@ -258,9 +157,9 @@ class RaftHost(Log):
         self._loop = loop
 
         os.makedirs(self.data_dir, exist_ok=True)
-        self._snap_dir = os.path.join(self.data_dir, SNAP_TMP_DIR)
-        shutil.rmtree(self._snap_dir, ignore_errors=True)  # leftovers of a crash
-        os.makedirs(self._snap_dir)
+        self._snapshots = SnapshotCodec(sm, self.data_dir, startup_members=self._group.take_startup_members,
+                                        taken=lambda: self._count("snapshots_taken"),
+                                        restored=lambda: self._count("snapshots_restored"))
 
         self._queue: collections.deque[_Pending] = collections.deque()
         self._inflight: set[_Batch] = set()
@@ -291,8 +190,8 @@ class RaftHost(Log):
             bindAddress=self_address,
             journalFile=os.path.join(self.data_dir, JOURNAL_FILE),
             fullDumpFile=os.path.join(self.data_dir, DUMP_FILE),
-            serializer=self._serialize,
-            deserializer=self._deserialize,
+            serializer=self._snapshots.serialize,
+            deserializer=self._snapshots.deserialize,
             raftMinTimeout=lo,
             raftMaxTimeout=hi,
             appendEntriesPeriod=heartbeat,
@@ -307,14 +206,12 @@ class RaftHost(Log):
             logCompactionMinTime=log_compaction_min_time,
             onStateChanged=self._on_state_changed,
         )
-        self._node = _Node(self, self_address, peers, conf)
+        self._node = _Node(self, self_address, self._group.initial_peers, conf)
         # Calls to run on pysyncobj's tick thread (its state is not thread-safe).
         self._on_tick: collections.deque[Callable[[], None]] = collections.deque()
-        self._node.addOnTickCallback(self._run_on_tick)
         self._paused = False  # a leadership transfer holds new entries back
-        self._changing = False  # a membership change call is running
-        if self._persisted is None:
-            self._persist_members(frozenset(peers))
+        self._group.bind(self._node, self._on_tick.append, self._on_tick_call, self._get_loop)
+        self._node.addOnTickCallback(self._run_on_tick)
 
     # ----------------------------------------------------------------- apply
 
@@ -331,67 +228,9 @@ class RaftHost(Log):
             log.critical("state machine failed to apply entry %d; replica halted", index, exc_info=True)
             raise
 
-    # -------------------------------------------------------------- snapshots
-
-    def _serialize(self, tmp_filename: str, data: tuple) -> None:
-        """pysyncobj's log compaction: ``data`` is (lastEntry, prevEntry, nodes)."""
-        work = tempfile.mkdtemp(dir=self._snap_dir)
-        try:
-            state = os.path.join(work, _STATE_MEMBER)
-            applied = self.sm.applied_index()  # same thread as apply: consistent
-            self.sm.snapshot(state)
-            meta = pickle.dumps(
-                {"format": _SNAPSHOT_FORMAT, "data": tuple(data), "sm_applied": applied},
-                protocol=pickle.HIGHEST_PROTOCOL,
-            )
-            with open(tmp_filename, "wb") as f:
-                with tarfile.open(fileobj=f, mode="w") as tar:
-                    info = tarfile.TarInfo(_META_MEMBER)
-                    info.size = len(meta)
-                    info.mtime = int(time.time())
-                    tar.addfile(info, io.BytesIO(meta))
-                    tar.add(state, arcname=_STATE_MEMBER)
-                f.flush()
-                os.fsync(f.fileno())
-            with self._stats_lock:
-                self.stats["snapshots_taken"] += 1
-        except BaseException:
-            log.exception("snapshot failed")
-            raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def _deserialize(self, filename: str) -> tuple:
-        """Load a dump (at startup, or one received from the leader)."""
-        with tarfile.open(filename, mode="r") as tar:
-            meta = pickle.loads(tar.extractfile(_META_MEMBER).read())
-            if meta.get("format") != _SNAPSHOT_FORMAT:
-                raise ValueError(f"unknown snapshot format {meta.get('format')!r}")
-            data = tuple(meta["data"])
-            if self._startup_members is not None and len(data) == 4:
-                from pysyncobj.node import TCPNode
-
-                data = (*data[:3], {TCPNode(a) for a in self._startup_members})
-                self._startup_members = None
-            if meta["sm_applied"] > self.sm.applied_index():
-                work = tempfile.mkdtemp(dir=self._snap_dir)
-                try:
-                    members = [
-                        m for m in tar.getmembers()
-                        if m.name == _STATE_MEMBER or m.name.startswith(_STATE_MEMBER + "/")
-                    ]
-                    tar.extractall(work, members=members, filter="data")
-                    log.info(
-                        "restoring state machine from snapshot (applied %d -> %d)",
-                        self.sm.applied_index(), meta["sm_applied"],
-                    )
-                    # restore() may move the directory away; whatever is left is removed.
-                    self.sm.restore(os.path.join(work, _STATE_MEMBER))
-                finally:
-                    shutil.rmtree(work, ignore_errors=True)
-                with self._stats_lock:
-                    self.stats["snapshots_restored"] += 1
-        return data
+    def _count(self, stat: str) -> None:  # pysyncobj's thread
+        with self._stats_lock:
+            self.stats[stat] += 1
 
     # ----------------------------------------------------------------- submit
 
@@ -657,7 +496,7 @@ class RaftHost(Log):
     # ----------------------------------------------------- leadership transfer
 
     def _run_on_tick(self) -> None:  # pysyncobj's thread
-        self._startup_members = None  # the first tick's dump load is over (or there was none)
+        self._group.take_startup_members()  # the first tick's dump load is over (or there was none)
         while self._on_tick:
             fn = self._on_tick.popleft()
             try:
@@ -665,25 +504,9 @@ class RaftHost(Log):
             except Exception:  # never break the tick
                 log.exception("on-tick call failed")
         try:
-            others = frozenset(n.address for n in self._node._SyncObj__otherNodes)
-            if others != self._persisted:
-                self._persist_members(others)
+            self._group.persist_if_changed()
         except Exception:  # never break the tick
             log.exception("persisting the membership failed")
-
-    def _persist_members(self, others: frozenset[str]) -> None:
-        """Write the membership (atomically) and publish it; pysyncobj's thread or __init__."""
-        members = tuple(sorted([self.self_address, *others]))
-        tmp = self._members_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"self": self.self_address, "members": list(members)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._members_path)
-        if self._persisted is not None:
-            log.info("%s: membership now %s", self.self_address, ", ".join(members))
-        self._persisted = others
-        self._members = members
 
     async def _on_tick_call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Run ``fn`` on pysyncobj's thread (where its state may be read); its result."""
@@ -738,7 +561,7 @@ class RaftHost(Log):
                 if self._inflight:  # let the entries already handed to pysyncobj commit first
                     await asyncio.sleep(0.005)
                     continue
-                fut, done = _code_future(loop)
+                fut, done = code_future(loop)
 
                 self._on_tick.append(lambda: self._node.transferLeadership(to, done))
                 try:
@@ -766,112 +589,26 @@ class RaftHost(Log):
     @property
     def members(self) -> tuple[str, ...]:
         """The group's Raft addresses as this replica works with them (itself included)."""
-        return self._members
+        return self._group.members
 
     @property
     def peers(self) -> list[str]:
-        return [m for m in self._members if m != self.self_address]
-
-    def _log_pending(self) -> bool:  # pysyncobj's thread
-        """A membership entry of the log is not applied yet (only the tail can hold one)."""
-        node = self._node
-        journal = node._SyncObj__raftLog
-        applied = node.raftLastApplied
-        for i in range(len(journal) - 1, -1, -1):
-            cmd, idx, _term = journal[i]
-            if idx <= applied:
-                return False
-            if cmd[:1] == _MEMBERSHIP:
-                return True
-        return False
-
-    def _membership_now(self, count_call: bool = True) -> Membership:  # pysyncobj's thread
-        node = self._node
-        journal = node._SyncObj__raftLog
-        others = node._SyncObj__otherNodes
-        leader = node._isLeader()
-        peers: list[PeerProgress] = []
-        if leader:
-            connected = node._SyncObj__connectedNodes
-            match = node._SyncObj__raftMatchIndex
-            last_seen = node._SyncObj__lastResponseTime
-            now = time.monotonic()
-            for n in others:
-                up = n in connected
-                peers.append(PeerProgress(n.address, up, up and now - last_seen.get(n, -1e9) <= self._live_window,
-                                          match.get(n, 0)))
-        lead = node._getLeader()
-        return Membership(self.self_address, tuple(sorted([self.self_address, *(n.address for n in others)])),
-                          None if lead is None else lead.address, leader,
-                          self._log_pending() or (count_call and self._changing),
-                          journal[-1][1] if len(journal) else 0, node.raftCommitIndex,
-                          tuple(sorted(peers, key=lambda p: p.address)))
+        return self._group.peers
 
     async def membership(self) -> Membership:
         """This replica's view of the group (on the leader: each peer's progress)."""
-        return await self._on_tick_call(self._membership_now)
+        return await self._group.view()
 
     async def add_member(self, address: str, timeout: float = 10.0, started: bool = False) -> Membership:
         """Add the replica with Raft address ``address`` (started with ``peers`` = the group, or
         to be started); returns once the change is committed and applied here. A member
         already: no-op. ``started``: the caller saw it answer (see ``check_change``)."""
-        return await self._change("add", address, timeout, started)
+        return await self._group.change("add", address, timeout, started)
 
     async def remove_member(self, address: str, timeout: float = 10.0) -> Membership:
         """Take ``address`` out of the group (not this leader: transfer the leadership first);
         returns once the change is committed and applied here. Not a member: no-op."""
-        return await self._change("remove", address, timeout)
-
-    async def _change(self, op: str, address: str, timeout: float, started: bool = False) -> Membership:
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidArgument(f"a Raft address is host:port, not {address!r}")
-        if self._changing:
-            raise Busy("another membership change is running on this leader")
-        self._changing = True
-        try:
-            m = await self._on_tick_call(lambda: self._membership_now(count_call=False))
-            if not m.is_leader:
-                raise NotLeader(leader=m.leader or "")
-            if (address in m.members) == (op == "add"):
-                return m  # done already (a repeat)
-            if op == "remove" and address == self.self_address:
-                raise InvalidArgument(f"{address} leads the group: transfer the leadership first")
-            if m.pending:
-                raise Busy("a membership change is not committed yet")
-            check_change(m, op, address, started)
-            loop = self._get_loop()
-            fut, done = _code_future(loop)
-
-            def start() -> None:  # pysyncobj's thread: checked again next to the log
-                if not self._node._isLeader():
-                    done(None, FAIL_REASON.NOT_LEADER)
-                elif self._log_pending():
-                    done(None, FAIL_REASON.REQUEST_DENIED)
-                elif op == "add":
-                    self._node.addNodeToCluster(address, callback=done)
-                else:
-                    self._node.removeNodeFromCluster(address, callback=done)
-
-            log.info("%s: membership change: %s %s", self.self_address, op, address)
-            self._on_tick.append(start)
-            try:
-                code = await asyncio.wait_for(fut, timeout)
-            except TimeoutError:
-                raise Unavailable(f"the change ({op} {address}) did not commit within {timeout}s; "
-                                  f"it may still commit") from None
-            if code == FAIL_REASON.SUCCESS:
-                return await self._on_tick_call(lambda: self._membership_now(count_call=False))
-            if code in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.DISCARDED,
-                        FAIL_REASON.MISSING_LEADER):
-                raise NotLeader("leadership lost during the membership change; outcome unknown",
-                                leader=self.leader or "")
-            if code == FAIL_REASON.REQUEST_DENIED:
-                # pysyncobj refuses until this leader's first entry of its term is applied
-                raise Retryable("Raft refused the change for now (a new leader): try again")
-            raise Unavailable(f"membership change failed (pysyncobj fail reason {code})")
-        finally:
-            self._changing = False
+        return await self._group.change("remove", address, timeout)
 
     # ------------------------------------------------------------------ close
 
@@ -901,15 +638,3 @@ class RaftHost(Log):
 
     destroy = close
 
-
-def _read_members(path: str) -> list[str] | None:
-    """The membership ``members.json`` holds (None: no file)."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        return None
-    members = d.get("members")
-    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-        raise ValueError(f"{path}: no list of members")
-    return members

@@ -49,12 +49,10 @@ import queue
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Self
 
 from dfs.common.config import (
@@ -65,6 +63,8 @@ from dfs.common.config import (
     ShardConfig,
     TargetConfig,
 )
+from dfs.local.procs import Proc, ServerGroup, pid_alive
+from dfs.testing.replicas import ReplicaFiles
 
 PREFIX = "dfsnt-"  # every namespace this module makes: dfsnt-<pid>-<hex>-<label>
 DEFAULT_SUBNET = "10.213.0"
@@ -86,16 +86,6 @@ def list_netns() -> list[str]:
     return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale() -> list[str]:
     """Delete namespaces of earlier runs whose creating process is gone (a run
     killed before its cleanup). Processes are never touched: a namespace that
@@ -103,7 +93,7 @@ def remove_stale() -> list[str]:
     gone = []
     for name in list_netns():
         m = re.fullmatch(re.escape(PREFIX) + r"(\d+)-[0-9a-f]+-.*", name)
-        if m and not _pid_alive(int(m.group(1))) and _ip("netns", "del", name, check=False).returncode == 0:
+        if m and not pid_alive(int(m.group(1))) and _ip("netns", "del", name, check=False).returncode == 0:
             gone.append(name)
     return gone
 
@@ -383,40 +373,24 @@ def _agent_main() -> int:
 # ---------------------------------------------------------------------- cluster
 
 @dataclass
-class NetProc:
+class NetProc(Proc):
     """One server process of a NetnsCluster, on one host."""
 
-    role: str  # "mgmt" | "meta" | "data"
-    shard: int  # -1 for mgmt and data servers
-    replica: int  # the mgmt replica, the shard replica, or the data server id
-    address: str
-    data: str
-    log: str
-    host: Host
-    popen: subprocess.Popen | None = None
-    argv: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen else None
-
-    @property
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    @property
-    def name(self) -> str:
-        if self.role == "meta":
-            return f"meta.{self.shard}.{self.replica}"
-        return f"{self.role}.{self.replica}"
+    host: Host | None = None
 
 
-class NetnsCluster:
+class NetnsCluster(ServerGroup, ReplicaFiles):
     """A cluster whose processes run on ``hosts`` (namespaces of one ``Fabric``), from a cluster file.
 
     ``client`` is the namespace the observer agent (cluster map) runs in.
     Placement: see the module docstring. Every address in the cluster file is
-    a host's fabric address; ports are distinct cluster-wide from 7000 up."""
+    a host's fabric address; ports are distinct cluster-wide from 7000 up.
+    The process handling (spawn, stop, kill, waits) is the launcher's
+    (``dfs.local.procs.ServerGroup``); each argv runs inside its host's namespace."""
+
+    poll_interval = 0.1
+    healthy_timeout = 90.0
+    converge_timeout = 60.0
 
     def __init__(self, root: str, hosts: list[Host], client: Host, *, shards: int = 2, replicas: int = 3,
                  mgmt_replicas: int = 3, data_servers: int = 3, chain_replicas: int = 3,
@@ -459,67 +433,18 @@ class NetnsCluster:
         self._agents: dict[str, Agent] = {}
 
     # ------------------------------------------------------------------ life cycle
-    def _argv(self, p: NetProc) -> list[str]:
-        if p.role == "mgmt":
-            cmd = [sys.executable, "-m", "dfs.mgmt.server", "--config", self.config_path,
-                   "--replica", str(p.replica), "--data", p.data]
-        elif p.role == "data":
-            cmd = [sys.executable, "-m", "dfs.data.server", "--config", self.config_path, "--server", str(p.replica)]
-        else:
-            cmd = [sys.executable, "-m", "dfs.meta.server", "--config", self.config_path,
-                   "--shard", str(p.shard), "--replica", str(p.replica), "--data", p.data]
-        return p.host.argv(cmd)
-
-    def spawn(self, p: NetProc) -> None:
-        assert not p.alive, f"{p.name} is running"
-        os.makedirs(p.data, exist_ok=True)
-        p.argv = self._argv(p)
-        with open(p.log, "ab") as logf:
-            p.popen = subprocess.Popen(p.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
-
-    def start(self, timeout: float = 90.0) -> NetnsCluster:
-        try:
-            for p in self.procs:
-                if not p.alive:
-                    self.spawn(p)
-            self.wait_healthy(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def argv(self, p: NetProc) -> list[str]:
+        return p.host.argv(super().argv(p))
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM to every process this object started, SIGKILL after ``grace``; then the agents."""
-        for p in self.procs:
-            if p.alive:
-                p.popen.send_signal(signal.SIGTERM)
-        end = time.monotonic() + grace
-        for p in self.procs:
-            if p.popen is None:
-                continue
-            try:
-                p.popen.wait(max(0.1, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.popen.kill()
-                p.popen.wait()
+        super().stop(grace)
         self.close_agents()
-
-    def kill(self, p: NetProc) -> None:
-        if p.alive:
-            p.popen.send_signal(signal.SIGKILL)
-            p.popen.wait()
 
     def close_agents(self) -> None:
         agents, self._agents = list(self._agents.values()), {}
         for a in agents:
             a.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ agents
     def agent(self, host: Host) -> Agent:
@@ -529,15 +454,6 @@ class NetnsCluster:
         return a
 
     # ------------------------------------------------------------------ inspection
-    def meta_procs(self, shard: int | None = None) -> list[NetProc]:
-        return [p for p in self.procs if p.role == "meta" and (shard is None or p.shard == shard)]
-
-    def mgmt_procs(self) -> list[NetProc]:
-        return [p for p in self.procs if p.role == "mgmt"]
-
-    def data_procs(self) -> list[NetProc]:
-        return [p for p in self.procs if p.role == "data"]
-
     def on_host(self, host: Host) -> list[NetProc]:
         return [p for p in self.procs if p.host is host]
 
@@ -561,6 +477,10 @@ class NetnsCluster:
                 out[i] = st
         return out
 
+    @staticmethod
+    def status_field(st: dict, name: str):
+        return st[name]
+
     def leader_of(self, shard: int, exclude: tuple[Host, ...] = ()) -> NetProc | None:
         """The replica of ``shard`` that says it leads (on a host not in ``exclude``)."""
         for p, st in zip(self.meta_procs(shard), self.statuses(shard, exclude)):
@@ -578,24 +498,9 @@ class NetnsCluster:
         return self.agent(p.host).call("create", timeout=deadline + 30, addr=p.address, shard=p.shard,
                                        nshards=self.cfg.nshards, parent=parent, name=name, deadline=deadline)
 
-    def dead(self) -> list[str]:
-        return [p.name for p in self.procs if p.popen is not None and p.popen.poll() is not None]
-
-    def log_tails(self, names: list[str] | None = None, lines: int = 25) -> str:
-        """The last ``lines`` lines of the logs of the named processes (default: all)."""
-        out = []
-        for p in self.procs:
-            if names is None or p.name in names:
-                try:
-                    with open(p.log, errors="replace") as f:
-                        tail = f.read().splitlines()[-lines:]
-                except OSError as e:
-                    tail = [f"({e})"]
-                out.append(f"--- {p.name} ({p.log}):\n" + "\n".join(tail))
-        return "\n".join(out)
-
-    def _ready(self) -> str | None:
-        """None when healthy, else what is missing."""
+    def not_ready(self) -> str | None:
+        """Healthy: mgmt serves the map with every target serving (as the client's namespace
+        sees it) and every shard has a leader; a process that died raises at once."""
         dead = self.dead()
         if dead:
             raise NetnsError(f"processes died: {dead}; logs in {self.root}\n" + self.log_tails(dead))
@@ -610,84 +515,6 @@ class NetnsCluster:
             if self.leader_of(s) is None:
                 return f"shard {s}: no leader"
         return None
-
-    def wait_healthy(self, timeout: float = 90.0) -> None:
-        """Until mgmt serves the map with every target serving (as the client's namespace sees it)
-        and every shard has a leader; raises if a process died."""
-        end = time.monotonic() + timeout
-        while True:
-            why = self._ready()
-            if why is None:
-                return
-            if time.monotonic() > end:
-                raise TimeoutError(f"cluster not healthy after {timeout}s: {why}; logs in {self.root}")
-            time.sleep(0.1)  # polling interval of a deadline-bounded wait
-
-    def wait_converged(self, shard: int, timeout: float = 60.0) -> int:
-        """Until every live replica of ``shard`` answers with the same applied index; returns it."""
-        end = time.monotonic() + timeout
-        while True:
-            sts = [s for p, s in zip(self.meta_procs(shard), self.statuses(shard)) if p.alive]
-            idx = {s["applied_index"] for s in sts if s is not None}
-            if sts and None not in sts and len(idx) == 1:
-                return idx.pop()
-            if time.monotonic() > end:
-                raise TimeoutError(f"shard {shard} replicas did not converge: {sts}")
-            time.sleep(0.1)  # polling interval of a deadline-bounded wait
-
-    def wait_all_converged(self, timeout: float = 90.0) -> None:
-        end = time.monotonic() + timeout
-        self.wait_healthy(timeout)
-        for s in range(self.cfg.nshards):
-            self.wait_converged(s, max(1.0, end - time.monotonic()))
-
-    # ------------------------------------------------------------------ replica contents (read-only)
-    def db_path(self, p: NetProc) -> str:
-        assert p.role == "meta", p.name
-        root = os.path.join(p.data, "db")
-        cur = os.path.join(root, "CURRENT_DB")
-        name = "db-0"
-        if os.path.exists(cur):
-            with open(cur) as f:
-                name = f.read().strip()
-        return os.path.join(root, name)
-
-    def read_replica(self, p: NetProc, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
-        """Pairs under ``prefix`` of a meta replica's RocksDB, opened read-only (running or not)."""
-        import rocksdict
-
-        from dfs.kv import prefix_end
-
-        path = self.db_path(p)
-        if not os.path.exists(os.path.join(path, "CURRENT")):
-            return []
-        db = rocksdict.Rdict(path, options=rocksdict.Options(raw_mode=True),
-                             access_type=rocksdict.AccessType.read_only())
-        try:
-            it = db.iter()
-            it.seek(prefix)
-            end = prefix_end(prefix) if prefix else None
-            out = []
-            while it.valid():
-                k = it.key()
-                if end is not None and k >= end:
-                    break
-                out.append((k, it.value()))
-                it.next()
-            del it
-            return out
-        finally:
-            db.close()
-
-    def pending_records(self) -> dict[str, list[bytes]]:
-        """Cross-shard op records ('P') and locks ('K') on live meta replicas, by replica name."""
-        out: dict[str, list[bytes]] = {}
-        for p in self.meta_procs():
-            if p.alive:
-                keys = [k for k, _ in self.read_replica(p, b"P")] + [k for k, _ in self.read_replica(p, b"K")]
-                if keys:
-                    out[p.name] = keys
-        return out
 
     # ------------------------------------------------------------------ client processes
     def client_argv(self, argv: list[str], host: Host | None = None) -> list[str]:

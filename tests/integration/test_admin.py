@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from dfs.cli.admin import plan_moves
+from dfs.cli.admin.rebalance import plan_moves
 from dfs.cli.main import main as dfs_main
 from dfs.common.ids import ROOT_INO, shard_of
 from dfs.testing.cluster import LocalCluster

@@ -313,12 +313,12 @@ def members(cluster: LocalCluster, p: Proc) -> list[str] | None:
 
     from dfs._proto import meta_pb2 as pb
     from dfs._proto import meta_pb2_grpc as pbg
-    from dfs.cli.admin import _internal
+    from dfs.cli.admin.common import internal
 
     async def go():
         async with cluster.credentials.channel(p.address) as ch:
             try:
-                rep = await pbg.MetaServiceStub(ch).Membership(pb.MembershipRequest(), metadata=_internal(cluster.cfg),
+                rep = await pbg.MetaServiceStub(ch).Membership(pb.MembershipRequest(), metadata=internal(cluster.cfg),
                                                                timeout=2.0)
             except grpc.aio.AioRpcError:
                 return None
@@ -551,7 +551,7 @@ def _not_live(cluster: LocalCluster, lead: Proc | None, raft: str) -> bool:
 
     from dfs._proto import meta_pb2 as pb
     from dfs._proto import meta_pb2_grpc as pbg
-    from dfs.cli.admin import _internal
+    from dfs.cli.admin.common import internal
 
     if lead is None:
         return False
@@ -560,7 +560,7 @@ def _not_live(cluster: LocalCluster, lead: Proc | None, raft: str) -> bool:
         async with cluster.credentials.channel(lead.address) as ch:
             try:
                 return await pbg.MetaServiceStub(ch).Membership(pb.MembershipRequest(),
-                                                                metadata=_internal(cluster.cfg), timeout=2.0)
+                                                                metadata=internal(cluster.cfg), timeout=2.0)
             except grpc.aio.AioRpcError:
                 return None
 
