@@ -7,7 +7,9 @@ namespace, and a chaos driver that kills server processes meanwhile.
   table of client calls one runner (``Worker.perform``) retries, settles and
   checks; ``Run``, what the clients of one run share;
 * ``verify``: the tree compared with the model at the end;
-* ``chaos``: kill -9 and restart of a launcher's processes (``Chaos``).
+* ``chaos``: kill -9 and restart of a launcher's processes (``Chaos``);
+* ``linearizable``: a linearizability checker for recorded histories
+  (``check``, the ``Register`` and ``Namespace`` models).
 
 ``dfs bench stress`` (dfs/bench/stress.py) runs them; the tests use the model
 and the chaos driver directly (tests/unit/stress).

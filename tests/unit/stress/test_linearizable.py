@@ -1,4 +1,4 @@
-"""The linearizability checker (dfs/bench/linearizable.py) on hand-made histories
+"""The linearizability checker (dfs/stress/linearizable.py) on hand-made histories
 whose answers are known, and on random histories produced by a real
 linearizable object (a lock-protected dict driven by threads), which must
 always pass, and by one that breaks the rules on purpose, which must be caught."""
@@ -10,7 +10,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfs.bench.linearizable import Call, Namespace, Register, check, check_all, partition
+from dfs.stress.linearizable import Call, Namespace, Register, check, check_all, partition
 
 
 def test_sequential_register():
