@@ -21,6 +21,7 @@ the launcher).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,19 +31,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports free on ``host`` now (bound together, then released)."""
-    socks = []
+def _listen_range() -> tuple[int, int]:
+    """Where to pick listening ports: below the kernel's ephemeral range (or above it),
+    so that no outgoing connection of any process can take a port between the moment
+    it is picked and the moment its server binds it."""
     try:
-        for _ in range(n):
-            s = socket.socket()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = map(int, f.read().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    if lo - 10000 >= 2000:
+        return 10000, lo
+    if 65535 - hi >= 2000:
+        return hi + 1, 65536
+    return 1024, 65536
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free on ``host`` now, outside the ephemeral range (each bound
+    once to check, then released)."""
+    lo, hi = _listen_range()
+    rnd = random.SystemRandom()
+    out: list[int] = []
+    for _ in range(n * 50):
+        if len(out) == n:
+            return out
+        p = rnd.randrange(lo, hi)
+        if p in out:
+            continue
+        with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+            try:
+                s.bind((host, p))
+            except OSError:
+                continue
+        out.append(p)
+    if len(out) == n:
+        return out
+    raise OSError(f"no {n} free ports on {host} in {lo}..{hi}")
 
 
 def pid_alive(pid: int) -> bool:
