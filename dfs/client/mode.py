@@ -349,7 +349,7 @@ class StrictMode(Mode):
         inos = set(m.inos)
         for parent, name in ((m.parent, m.name), (m.new_parent, m.new_name)):
             if parent and name:
-                i = self.entry(parent, name)
+                i = self._get(self._entries, (parent, name))
                 if i is not None:
                     inos.add(i)
         self._drop(m, inos)

@@ -571,8 +571,11 @@ class AsyncClient:
         if step is None:
             return None
         parent, last = step
-        if self.mode.entry(parent.attr.ino, last) is not None:
-            return None
+        try:
+            if self.mode.entry(parent.attr.ino, last) is not None:
+                return None
+        except err.NotFound:
+            pass  # known missing: create it
         try:
             ref, _, _ = await self.core.create(parent.attr.ino, last, mode & 0o7777, flags, umask=self.umask,
                                                access=access)
