@@ -141,11 +141,12 @@ class FileRef:
         this is a close of the file (FUSE FLUSH, the library's close): the mode may
         report an error of it."""
         of, mode = self.of, self.core.mode
-        async with of.lock:
-            dirty = of.fh.dirty()
-            await of.fh.flush()
-        if dirty:
-            mode.wrote(of.ino)
+        if not (of.fh.idle() and not of.lock.locked()):  # else there is nothing to send or report
+            async with of.lock:
+                dirty = of.fh.dirty()
+                await of.fh.flush()
+            if dirty:
+                mode.wrote(of.ino)
         if closing:
             await mode.check_close(of.ino)
 
@@ -260,23 +261,23 @@ class Core:
             if ino is not None:
                 a = mode.walk_attr(ino) if walk else mode.attr(ino)
                 if a is not None:
-                    return self._seen(a)
+                    return self._seen(a) if self.files else a
         try:
             a = await self.meta.lookup(parent, name, caller=caller)
         except err.NotFound:
             mode.forget_entry(parent, name)
             raise
         mode.remember(parent, name, a)
-        return self._seen(a)
+        return self._seen(a) if self.files else a
 
     async def getattr(self, ino: int, *, caller: Caller | None = None, fresh: bool = False) -> Attr:
         if not fresh:
             a = self.mode.attr(ino)
             if a is not None:
-                return self._seen(a)
+                return self._seen(a) if self.files else a
         a = await self.meta.getattr(ino, caller=caller)
         self.mode.remember_attr(a)
-        return self._seen(a)
+        return self._seen(a) if self.files else a
 
     async def readlink(self, ino: int, *, caller: Caller | None = None) -> bytes:
         t = self.mode.link_target(ino)
@@ -448,6 +449,7 @@ class Core:
             of.refs += 1  # pinned while its attributes are fetched
             try:
                 a = await self._reopen(of, plan.revalidate, writing, access, caller)
+                self.mode.remember_attr(a)
                 return await self._ref(of, a, flags, truncate=True)
             except BaseException:
                 await self._unref(of)
@@ -462,6 +464,7 @@ class Core:
         else:
             a, h, durable = await self.meta.open_read(ino, lease, access=access, caller=caller)
             read = not durable
+        self.mode.remember_attr(a)
         return await self._install(a, h, read, flags, caller=caller)
 
     async def _reopen(self, of: OpenFile, revalidate: bool, writing: bool, access: int,
@@ -547,7 +550,6 @@ class Core:
     async def _ref(self, of: OpenFile, a: Attr, flags: int, *, truncate: bool) -> FileRef:
         """The FileRef of an open that already holds one reference to ``of``."""
         of.fh.refresh(a)  # close-to-open: a file changed elsewhere drops what was read of it
-        self.mode.remember_attr(a)
         ref = FileRef(self, of, flags, self._seen(a))
         if truncate and flags & os.O_TRUNC:
             await ref.truncate(0)
@@ -571,12 +573,8 @@ class Core:
             del self.files[ino]
         done = self._closing[ino] = asyncio.get_running_loop().create_future()
         try:
-            async with of.lock:
-                dirty = of.fh.dirty()
-                try:
-                    await of.fh.close()
-                except err.DfsError as e:
-                    log.warning("closing inode %d: %s", ino, e)
+            async with of.lock:  # after any call still running on it
+                dirty = await self._close_handle(of)
             if dirty:
                 self.mode.wrote(ino)
             if of.handle is not None:
@@ -585,6 +583,17 @@ class Core:
             if self._closing.get(ino) is done:
                 del self._closing[ino]
             done.set_result(None)
+
+    @staticmethod
+    async def _close_handle(of: OpenFile) -> bool:
+        """Close ``of``'s FileHandle (its errors are logged: nobody waits for them); whether
+        it had unpublished writes."""
+        dirty = of.fh.dirty()
+        try:
+            await of.fh.close()
+        except err.DfsError as e:
+            log.warning("closing inode %d: %s", of.ino, e)
+        return dirty
 
     def _lost(self, ino: int, h: bytes, e: err.DfsError) -> None:
         of = self.files.get(ino)

@@ -139,6 +139,10 @@ class FileHandle:
         """Whether writes or a size change of this handle are not published yet."""
         return bool(self._bufs or self._tasks or self._dirty_size)
 
+    def idle(self) -> bool:
+        """Nothing to send and no error to report: ``flush`` would do nothing."""
+        return not (self._bufs or self._tasks or self._dirty_size) and self._error is None
+
     def refresh(self, attr: Attr) -> None:
         """Another open found the file as ``attr`` (fresh: close-to-open). Unless this handle
         has unpublished writes, take its size and drop what was read of an older version."""
@@ -244,6 +248,8 @@ class FileHandle:
 
     async def flush(self) -> None:
         """Send every buffered write, wait for all, then publish the size (close-to-open)."""
+        if self.idle():
+            return
         if self.inline:
             if not (self._bufs or self._dirty_size):
                 return
