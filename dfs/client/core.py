@@ -84,9 +84,9 @@ class FileRef:
     the open (after its O_TRUNC). Reads and writes go to the inode's shared FileHandle,
     one call at a time; ``append`` (O_APPEND) writes at the end whatever the offset."""
 
-    __slots__ = ("core", "of", "flags", "attr", "append", "readable", "writable", "_open")
+    __slots__ = ("core", "of", "flags", "attr", "append", "readable", "writable", "waits", "_open")
 
-    def __init__(self, core: Core, of: OpenFile, flags: int, attr: Attr) -> None:
+    def __init__(self, core: Core, of: OpenFile, flags: int, attr: Attr, waits: bool = True) -> None:
         self.core = core
         self.of = of
         self.flags = flags
@@ -95,6 +95,7 @@ class FileRef:
         self.readable = acc != os.O_WRONLY
         self.writable = acc != os.O_RDONLY
         self.append = bool(flags & os.O_APPEND)
+        self.waits = waits  # OpenPlan.close_waits
         self._open = True
 
     @property
@@ -138,34 +139,50 @@ class FileRef:
 
     async def flush(self, *, closing: bool = False) -> None:
         """Send every buffered write and publish size and mtime (close-to-open). ``closing``:
-        this is a close of the file (FUSE FLUSH, the library's close): the mode may
-        report an error of it."""
-        of, mode = self.of, self.core.mode
-        if not (of.fh.idle() and not of.lock.locked()):  # else there is nothing to send or report
-            async with of.lock:
-                dirty = of.fh.dirty()
-                await of.fh.flush()
-            if dirty:
-                mode.wrote(of.ino)
+        this is a close of the file (FUSE FLUSH, the library's close): unless the open's
+        plan says its close waits, the flush goes to the background; an error of an
+        earlier background flush of the file is raised, and the mode may report one."""
+        of, core = self.of, self.core
+        if closing and not self.waits:
+            core._later(of.ino, self._flush())
+        else:
+            await self._flush()
         if closing:
-            await mode.check_close(of.ino)
+            core._raise_later(of.ino)
+            await core.mode.check_close(of.ino)
+
+    async def _flush(self) -> None:
+        of = self.of
+        if of.fh.idle() and not of.lock.locked():
+            return  # nothing to send or report
+        async with of.lock:
+            dirty = of.fh.dirty()
+            await of.fh.flush()
+        if dirty:
+            self.core.mode.wrote(of.ino)
 
     async def fsync(self) -> None:
-        of, mode = self.of, self.core.mode
+        of, core = self.of, self.core
+        await core.wait_background()
+        core._raise_later(of.ino)
         async with of.lock:
             dirty = of.fh.dirty()
             await of.fh.fsync()
         if dirty:
-            mode.wrote(of.ino)
-        await mode.barrier(of.ino)
+            core.mode.wrote(of.ino)
+        await core.mode.barrier(of.ino)
 
     async def release(self) -> None:
         """Drop this open (idempotent). The last one of the inode flushes and closes the
         FileHandle (errors are logged: nobody waits for them) and closes the server
-        handle in the background."""
+        handle in the background. Unless the open's close waits, all of it runs in the
+        background."""
         if self._open:
             self._open = False
-            await self.core._unref(self.of)
+            if self.waits:
+                await self.core._unref(self.of)
+            else:
+                self.core._later(self.of.ino, self.core._unref(self.of))
 
     async def close(self) -> None:
         """``flush(closing=True)`` (its errors are the caller's), then ``release``."""
@@ -228,6 +245,8 @@ class Core:
         self.files: dict[int, OpenFile] = {}
         self._closing: dict[int, asyncio.Future] = {}  # ino -> its last close, still flushing
         self.leases = Leases(meta, lease_s, on_lost=self._lost)
+        self._background: set[asyncio.Task] = set()  # closes that do not wait (OpenPlan.close_waits)
+        self._failed: dict[int, BaseException] = {}  # ino -> the first error of its background work
 
     # ------------------------------------------------------------------ what this client sees
     def _seen(self, a: Attr) -> Attr:
@@ -450,13 +469,13 @@ class Core:
             try:
                 a = await self._reopen(of, plan.revalidate, writing, access, caller)
                 self.mode.remember_attr(a)
-                return await self._ref(of, a, flags, truncate=True)
+                return await self._ref(of, a, flags, truncate=True, waits=plan.close_waits)
             except BaseException:
                 await self._unref(of)
                 raise
         if not plan.server_handle:
             a = await self.getattr(ino, caller=caller, fresh=plan.revalidate)
-            return await self._install(a, None, False, flags, caller=caller)
+            return await self._install(a, None, False, flags, caller=caller, waits=plan.close_waits)
         lease = self.leases.lease
         if writing:
             a, h = await self.meta.open_file(ino, lease, access=access, caller=caller)
@@ -465,7 +484,7 @@ class Core:
             a, h, durable = await self.meta.open_read(ino, lease, access=access, caller=caller)
             read = not durable
         self.mode.remember_attr(a)
-        return await self._install(a, h, read, flags, caller=caller)
+        return await self._install(a, h, read, flags, caller=caller, waits=plan.close_waits)
 
     async def _reopen(self, of: OpenFile, revalidate: bool, writing: bool, access: int,
                       caller: Caller | None) -> Attr:
@@ -491,7 +510,8 @@ class Core:
         """A read-only open by name in one round trip (LOOKUPOPEN). None when the caller must
         look up and open separately: the name is missing or not a regular file on the
         directory's shard, or the mode takes no server handles."""
-        if _writes(flags) or not self.mode.open_plan(None, flags).server_handle:
+        plan = self.mode.open_plan(None, flags)
+        if _writes(flags) or not plan.server_handle:
             return None
         try:
             a, h, durable = await self.meta.lookup_open(parent, name, self.leases.lease, access=access,
@@ -502,7 +522,7 @@ class Core:
         self.mode.remember(parent, name, a)
         if h is None:
             return None
-        return await self._install(a, h, not durable, flags, caller=caller)
+        return await self._install(a, h, not durable, flags, caller=caller, waits=plan.close_waits)
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, *, caller: Caller | None = None,
                      umask: int = 0, access: int = 0) -> tuple[FileRef | None, Attr, bool]:
@@ -510,18 +530,19 @@ class Core:
         EEXIST if it exists; an existing regular file is opened after the ``access`` check,
         and truncated for O_TRUNC). Returns (the open, its attributes, created); the open
         is None when the name exists as something else than a regular file."""
-        self.mode.open_plan(None, flags)  # may refuse before anything is sent
+        plan = self.mode.open_plan(None, flags)  # may refuse before anything is sent
         m = Mutation(Change.CREATE, caller, parent, name, args={"mode": mode, "flags": flags, "umask": umask})
         a, created, h, _ = await self._change(m, lambda: self.meta.create_open(
             parent, name, mode & 0o7777, excl=bool(flags & os.O_EXCL), umask=umask,
             lease_s=self.leases.lease, access=access, caller=caller))
         if not a.is_reg():
             return None, a, created
-        ref = await self._install(a, h, False, flags, caller=caller, truncate=not created)
+        ref = await self._install(a, h, False, flags, caller=caller, truncate=not created,
+                                  waits=plan.close_waits)
         return ref, ref.attr, created
 
     async def _install(self, a: Attr, h: bytes | None, read: bool, flags: int, *, caller: Caller | None,
-                       truncate: bool = True) -> FileRef:
+                       truncate: bool = True, waits: bool = True) -> FileRef:
         """A fresh open of ``a.ino`` that brought handle ``h``: into the table."""
         if a.ino in self._closing:  # its last close is still flushing: see what it publishes
             await self._settled(a.ino)
@@ -542,15 +563,15 @@ class Core:
                 self.leases.release(a.ino, h, read)
         of.refs += 1
         try:
-            return await self._ref(of, a, flags, truncate=truncate)
+            return await self._ref(of, a, flags, truncate=truncate, waits=waits)
         except BaseException:
             await self._unref(of)
             raise
 
-    async def _ref(self, of: OpenFile, a: Attr, flags: int, *, truncate: bool) -> FileRef:
+    async def _ref(self, of: OpenFile, a: Attr, flags: int, *, truncate: bool, waits: bool) -> FileRef:
         """The FileRef of an open that already holds one reference to ``of``."""
         of.fh.refresh(a)  # close-to-open: a file changed elsewhere drops what was read of it
-        ref = FileRef(self, of, flags, self._seen(a))
+        ref = FileRef(self, of, flags, self._seen(a), waits)
         if truncate and flags & os.O_TRUNC:
             await ref.truncate(0)
         return ref
@@ -601,13 +622,44 @@ class Core:
             of.handle = None
             of.fh.fail(err.Stale(f"the open of inode {ino} was lost: {e}"))
 
-    # ------------------------------------------------------------------ barriers and life cycle
+    # ------------------------------------------------------------------ background work and barriers
+    def _later(self, ino: int, coro) -> None:
+        """Run ``coro`` (a close's flush or release of ``ino``) in the background; its error is
+        kept for the next barrier and the file's next close."""
+        async def run() -> None:
+            try:
+                await coro
+            except Exception as e:  # noqa: BLE001 - reported at the next barrier
+                log.warning("background flush of inode %d: %s", ino, e)
+                self._failed.setdefault(ino, e)
+
+        t = asyncio.get_running_loop().create_task(run())
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    def _raise_later(self, ino: int | None = None) -> None:
+        """Raise (once) the error of background work on ``ino`` (None: any)."""
+        if not self._failed:
+            return
+        if ino is None:
+            ino = next(iter(self._failed))
+        e = self._failed.pop(ino, None)
+        if e is not None:
+            raise e
+
+    async def wait_background(self) -> None:
+        """Wait until the closes running in the background are done (errors are kept)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
     async def fsyncdir(self, ino: int) -> None:
+        await self.wait_background()
         await self.mode.barrier(ino)
 
     async def sync(self) -> None:
-        """syncfs: publish every open file's writes, wait for the background closes and the
-        mode's barrier."""
+        """syncfs: publish every open file's writes, wait for the background work (and raise
+        the first error it had), pass the mode's barrier."""
+        await self.wait_background()
         for of in list(self.files.values()):
             if of.dirty():
                 async with of.lock:
@@ -615,11 +667,15 @@ class Core:
                 self.mode.wrote(of.ino)
         await self.leases.drain()
         await self.mode.barrier(None)
+        self._raise_later()
 
     async def close(self) -> None:
-        """Flush and close every open file, close the server handles, pass the barrier."""
+        """Flush and close every open file, close the server handles, pass the barrier (and
+        raise the first error of background work)."""
+        await self.wait_background()
         for of in list(self.files.values()):
             of.refs = 0
             await self._last_close(of)
         await self.leases.close()
         await self.mode.barrier(None)
+        self._raise_later()

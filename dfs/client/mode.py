@@ -15,8 +15,9 @@ request asks what is in docs/design/client.md, "Mode hooks"):
     refuse (raise, e.g. EROFS, before anything is sent), take it over (return
     a result without calling ``send``) or send it and learn from the reply.
 (c) open and close: ``open_plan`` (asked before: revalidate? server handle?
-    may raise), ``wrote`` (told after a file's data and size were published),
-    ``check_close`` (asked at each close of a file: may report an error).
+    does its close wait for the data? may raise), ``wrote`` (told after a file's
+    data and size were published), ``check_close`` (asked at each close of a
+    file: may report an error).
 (d) data: ``file_io`` gives the metadata and chunk sides every FileHandle of
     the core uses (a write-back mode or a cache wraps them).
 (e) barriers: ``barrier(ino)`` after fsync of a file or directory, syncfs /
@@ -87,12 +88,17 @@ class Mutation:
 
 @dataclass(frozen=True, slots=True)
 class OpenPlan:
-    """What an open does. ``revalidate``: fetch the attributes from the service, never
-    from a cache (close-to-open). ``server_handle``: register an open handle with the
-    service, which keeps a file unlinked while open alive for this client."""
+    """What an open does, and its close. ``revalidate``: fetch the attributes from the
+    service, never from a cache (close-to-open). ``server_handle``: register an open
+    handle with the service, which keeps a file unlinked while open alive for this
+    client. ``close_waits``: a close (FUSE FLUSH and RELEASE, the library's close) waits
+    until the file's data, size and mtime are on the service; False: the core sends them
+    in the background, the next barrier (fsync, syncfs / Client.sync(), unmount, client
+    close) waits for them, and their error is raised there and at the file's next close."""
 
     revalidate: bool = True
     server_handle: bool = True
+    close_waits: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,9 +181,11 @@ class AsyncClient:
 
     async def close(self) -> None:
         try:
-            await self.core.close()
-            if self._on_close is not None:
-                await self._on_close()
+            try:
+                await self.core.close()
+            finally:
+                if self._on_close is not None:
+                    await self._on_close()
         finally:
             await self.meta.close()
 

@@ -261,3 +261,57 @@ def test_a_mode_answers_reads_and_refuses_changes_before_anything_is_sent():
                                                 Change.SETXATTR]
         assert await ro.core.getattr(ROOT_INO)
     run(t)
+
+
+# ---------------------------------------------------------------- a close that does not wait
+class GatedChunks(MemoryChunks):
+    """Chunk writes wait for ``gate``; with ``fail`` set they fail with ENOSPC."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.fail = False
+
+    async def write(self, ino, index, offset, data, layout) -> None:
+        await self.gate.wait()
+        if self.fail:
+            raise err.DfsError("no space", code=errno.ENOSPC)
+        await super().write(ino, index, offset, data, layout)
+
+
+class CloseInBackground(StrictMode):
+    """What lazy mode's close will be (OpenPlan.close_waits=False); strict in all else."""
+
+    def open_plan(self, ino, flags):
+        return OpenPlan(close_waits=False)
+
+
+def test_a_close_that_does_not_wait_is_covered_by_the_next_barrier():
+    async def t(c, t, eng, clock):
+        chunks = GatedChunks()
+        lazy = AsyncClient(core=Core(c.meta, chunks, CloseInBackground(ttl=3600)))
+        f = await lazy.open("/d/f", "wb", 0o644)
+        await f.write(b"x" * 100_000)
+        # the data cannot reach the data servers yet: a close that waited would never return
+        await asyncio.wait_for(f.close(), 30)
+        done = asyncio.ensure_future(lazy.sync())  # a barrier: waits for the background close
+        assert not done.done()
+        chunks.gate.set()
+        await asyncio.wait_for(done, 30)
+        assert (await c.meta.getattr((await lazy.stat("/d/f")).st_ino)).size == 100_000
+        chunks.fail = True
+        for name in ("g", "h"):
+            g = await lazy.open(f"/d/{name}", "wb", 0o644)
+            await g.write(b"y" * 10)
+            await g.close()  # returns; the flush fails in the background
+            await lazy.core.wait_background()
+        g = await lazy.open("/d/g", "rb")
+        with pytest.raises(OSError) as ei:
+            await g.close()  # reported at the file's next close...
+        assert ei.value.errno == errno.ENOSPC
+        with pytest.raises(OSError) as ei:
+            await lazy.sync()  # ... or at the next barrier
+        assert ei.value.errno == errno.ENOSPC
+        await lazy.sync()  # each error once
+        await lazy.core.close()
+    run(t)
