@@ -22,7 +22,7 @@ class NS:
     engine: str = "memory"
 
     def run(self, coro):
-        return self.c._run(coro)
+        return self.c.run(coro)
 
 
 def _engines() -> list[str]:

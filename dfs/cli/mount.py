@@ -8,7 +8,7 @@ mount point a crashed process left behind ("Transport endpoint is not
 connected").
 
 The client token comes from --token-file, $DFS_TOKEN / $DFS_TOKEN_FILE or the
-cluster file (``dfs.client.api.find_credentials``); it never goes on a command
+cluster file (``dfs.client.connect.find_credentials``); it never goes on a command
 line: the background copy is given the cluster file or the token file, and
 inherits the environment.
 """
@@ -72,7 +72,7 @@ def _resolve_mgmt(mgmt: tuple[str, ...], cluster_path: str) -> list[str]:
 
 
 def _credentials(mgmt: tuple[str, ...], cluster_path: str, token_file: str | None):
-    from dfs.client.api import find_credentials
+    from dfs.client.connect import find_credentials
 
     try:
         if mgmt:

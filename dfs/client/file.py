@@ -109,7 +109,6 @@ class FileHandle:
         self.meta = meta
         self.data = data
         self.ino = attr.ino
-        self.lease: bytes | None = None  # the server-side open handle, when the opener took one
         packed = getattr(attr, "layout", 0)
         self.layout = layout or (Layout.unpack(packed) if packed else DEFAULT_LAYOUT)
         self.cs = self.layout.chunk_size
@@ -134,6 +133,32 @@ class FileHandle:
         self.inline = bool(getattr(attr, "flags", 0) & FLAG_INLINE)
         self._inline_cache: bytes | None = None  # the stored bytes, as read_inline returned them
         self._inline_written = attr.size > 0  # the file may have a B record (see _migrate)
+        self._version = (attr.size, attr.mtime_ns, attr.ctime_ns)  # the file as its last open saw it
+
+    def dirty(self) -> bool:
+        """Whether writes or a size change of this handle are not published yet."""
+        return bool(self._bufs or self._tasks or self._dirty_size)
+
+    def idle(self) -> bool:
+        """Nothing to send and no error to report: ``flush`` would do nothing."""
+        return not (self._bufs or self._tasks or self._dirty_size) and self._error is None
+
+    def refresh(self, attr: Attr) -> None:
+        """Another open found the file as ``attr`` (fresh: close-to-open). Unless this handle
+        has unpublished writes, take its size and drop what was read of an older version."""
+        version = (attr.size, attr.mtime_ns, attr.ctime_ns)
+        if version == self._version or self.dirty():
+            return
+        self._version = version
+        self.size = attr.size
+        self._inline_cache = None
+        self._cancel_readahead()
+        self.inline = bool(getattr(attr, "flags", 0) & FLAG_INLINE)
+
+    def fail(self, error: BaseException) -> None:
+        """Make every later call raise ``error`` (the open was lost, see dfs.client.leases)."""
+        if self._error is None:
+            self._error = error
 
     # ------------------------------------------------------------------ writes
     async def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> int:
@@ -223,6 +248,8 @@ class FileHandle:
 
     async def flush(self) -> None:
         """Send every buffered write, wait for all, then publish the size (close-to-open)."""
+        if self.idle():
+            return
         if self.inline:
             if not (self._bufs or self._dirty_size):
                 return
@@ -275,7 +302,9 @@ class FileHandle:
     async def fsync(self) -> None:
         await self.flush()
 
-    async def truncate(self, size: int) -> None:
+    async def truncate(self, size: int) -> Attr:
+        """Set the file's size (the metadata first: it is the truth of the size), then cut
+        the chunks past it. Returns the attributes after the change."""
         self._check_open()
         if size < 0:
             raise err.InvalidArgument("negative size")
@@ -288,7 +317,7 @@ class FileHandle:
             self._inline_cache = None
             self._dirty_size = bool(self._bufs)
             if getattr(a, "flags", 0) & FLAG_INLINE:
-                return
+                return a
             # moved to the data servers by another writer meanwhile: cut its chunks too
             self.inline = False
             old = max(old, INLINE_MAX)
@@ -297,7 +326,7 @@ class FileHandle:
             self._raise_deferred()
             self._cancel_readahead()
             old = self.size
-            await self.meta.setattr(self.ino, size=size)  # the metadata is the truth of the size
+            a = await self.meta.setattr(self.ino, size=size)  # the metadata is the truth of the size
             self.size = size
             self._dirty_size = False
         if size < old:
@@ -307,6 +336,7 @@ class FileHandle:
             gone = range(first + (1 if size % cs else 0), (old + cs - 1) // cs)
             await asyncio.gather(*(self.data.truncate(self.ino, i, n, self.layout) for i, n in cut),
                                  *(self.data.truncate(self.ino, i, 0, self.layout) for i in gone))
+        return a
 
     async def close(self) -> None:
         if self._closed:

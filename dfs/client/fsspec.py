@@ -8,7 +8,7 @@
 Paths: ``dfs:///a/b`` and ``dfs://a/b`` both name ``/a/b``: the part after
 ``dfs://`` is the absolute path, a "host" is just its first component (as for
 fsspec's memory and local filesystems). The cluster is chosen by the storage
-options (``mgmt``, ``cluster``, ``data``, see ``dfs.client.api.find_cluster``), not
+options (``mgmt``, ``cluster``, ``data``, see ``dfs.client.connect.find_cluster``), not
 by the URL. Files are the ``Client``'s io objects (``open`` semantics, not
 fsspec's block cache): writes go out as they are buffered and are visible to
 others after ``close`` (close-to-open); there are no transactions.
@@ -24,7 +24,8 @@ import stat as S
 
 from fsspec.spec import AbstractFileSystem
 
-from dfs.client.api import Client, connect
+from dfs.client.connect import connect
+from dfs.client.sync import Client
 
 
 def _kind(mode: int) -> str:

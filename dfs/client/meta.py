@@ -14,7 +14,6 @@ import asyncio
 import errno as E
 import os
 import stat
-import threading
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Coroutine
@@ -430,45 +429,41 @@ class MetaClient:
 
 
 class SyncMetaClient:
-    """The synchronous facade: every MetaClient method, run on a private loop thread."""
+    """The synchronous facade of a MetaClient: every method, run on a private loop thread.
+
+    The thread is the one sync facade of the client package (``dfs.client.loop.SyncFacade``,
+    which ``dfs.Client`` is built on too); ``run(coro)`` runs any coroutine there."""
 
     def __init__(self, make_client: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="dfs-client-loop", daemon=True)
-        self._thread.start()
-        self.aio: MetaClient = self._run(self._make(make_client))
+        from dfs.client.loop import SyncFacade  # imported here: this class is its only user in the file
 
-    @staticmethod
-    async def _make(make_client):
-        c = make_client()
-        if asyncio.iscoroutine(c):
-            c = await c
-        return c
+        self._facade = SyncFacade(make_client, thread_name="dfs-client-loop")
+        self.aio: MetaClient = self._facade.aio
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop thread and wait for its result."""
+        return self._facade.run(coro)
+
+    _run = run  # the name callers outside the client package used before ``run`` was public
 
     def __getattr__(self, name: str):
+        if name.startswith("_") or name == "aio":
+            raise AttributeError(name)
         fn = getattr(self.aio, name)
         if not asyncio.iscoroutinefunction(fn):
             return fn
 
         def call(*a, **kw):
-            return self._run(fn(*a, **kw))
+            return self._facade.run(fn(*a, **kw))
 
         call.__name__ = name
         return call
 
     def listdir(self, ino: int, **kw) -> list[DirEntry]:
-        return self._run(self.aio.listdir(ino, **kw))
+        return self.run(self.aio.listdir(ino, **kw))
 
     def close(self) -> None:
-        try:
-            self._run(self.aio.close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+        self._facade.close()
 
     def __enter__(self) -> SyncMetaClient:
         return self

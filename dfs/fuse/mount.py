@@ -1,9 +1,14 @@
 """Serving a mount: connect to the cluster, mount, run pyfuse3 on the asyncio loop.
 
 pyfuse3 runs in asyncio mode so its request tasks share one event loop with
-grpc.aio (the metadata transport) and the data client. ``run_mount`` serves in
-the calling process until the file system is unmounted (``dfs umount``,
-``fusermount3 -u``) or the process gets SIGINT/SIGTERM.
+grpc.aio (the metadata transport) and the data client. The adapter
+(``DfsOperations``) is served over a client ``Core`` in strict mode whose
+kernel cache timeouts are the mount's ``--entry-timeout``, ``--attr-timeout``
+and ``--negative-timeout``. ``run_mount`` serves in the calling process until
+the file system is unmounted (``dfs umount``, ``fusermount3 -u``) or the
+process gets SIGINT/SIGTERM.
+
+Imports: pyfuse3, dfs.common and dfs.client only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import time
 import pyfuse3
 import pyfuse3.asyncio
 
+from dfs.client.connect import dial
+from dfs.client.core import Core
+from dfs.client.mode import StrictMode
 from dfs.fuse.ops import DfsOperations
 
 log = logging.getLogger("dfs.fuse")
@@ -93,16 +101,6 @@ def mount_options(*, allow_other: bool | None = None, extra: tuple[str, ...] = (
     return opts
 
 
-async def connect(mgmt: list[str], auth=None):
-    """``auth``: the ``dfs.rpc.auth.Credentials`` to show (None: those known for ``mgmt``)."""
-    from dfs.client.meta import MetaClient
-    from dfs.rpc.data import DataClient
-    from dfs.rpc.transport import GrpcTransport
-
-    t = await GrpcTransport(mgmt, auth=auth).connect()
-    return MetaClient(t), DataClient(t.map, t.refresh_map)
-
-
 async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_ahead_kb: int,
                 on_mounted=None) -> None:
     pyfuse3.init(ops, mountpoint, options)
@@ -141,10 +139,10 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
     pyfuse3.asyncio.enable()
     opts = mount_options(allow_other=allow_other, extra=options)
     t0 = time.monotonic()
-    meta, data = await connect(mgmt, auth)
+    meta, data = await dial(mgmt, auth=auth)  # as root: the data path runs as the mount
     log.info("connected to %s in %.2fs", mgmt, time.monotonic() - t0)
-    ops = DfsOperations(meta, data, entry_timeout=entry_timeout, attr_timeout=attr_timeout,
-                        negative_timeout=negative_timeout, writeback_cache=writeback_cache, direct_io=direct_io)
+    mode = StrictMode.for_mount(entry_timeout, attr_timeout, negative_timeout)
+    ops = DfsOperations(Core(meta, data, mode), writeback_cache=writeback_cache, direct_io=direct_io)
     try:
         await serve(ops, mountpoint, opts, read_ahead_kb=read_ahead_kb, on_mounted=on_mounted)
     finally:

@@ -1,4 +1,4 @@
-"""The client library (dfs.client.api): paths, io objects, errors, caches.
+"""The client library (dfs.connect, dfs.client.*): paths, io objects, errors, caches.
 
 Most tests run on both engines of the ``fs`` fixture: the in-process engine
 (MetaClient(LocalEngine) + MemoryChunks) and the real ``data_cluster``
@@ -297,9 +297,9 @@ def test_open_unlinked_file_lives_until_close(fs):
     f.seek(0)
     assert f.read() == b"before+after"
     f.close()
-    fs._run(fs.aio.leases.drain())  # the handle's CLOSE goes out in the background
+    fs.sync()  # the handle's CLOSE goes out in the background
     with pytest.raises(FileNotFoundError):
-        fs._run(fs.aio.meta.getattr(ino))
+        fs.run(fs.meta.getattr(ino))
 
 
 def test_large_file_across_chunks(fs):
@@ -367,12 +367,12 @@ def test_attr_cache_ttl(memory_client):
     c.aio.mode = StrictMode(0.3)
     try:
         ino = c.stat(f"{top}/f").st_ino
-        c._run(c.meta.setattr(ino, mode=0o600))  # behind the cache's back
+        c.run(c.meta.setattr(ino, mode=0o600))  # behind the cache's back
         assert stat.S_IMODE(c.stat(f"{top}/f").st_mode) == 0o644  # still cached
         time.sleep(0.35)
         assert stat.S_IMODE(c.stat(f"{top}/f").st_mode) == 0o600
         c.aio.mode = StrictMode(0)
-        c._run(c.meta.setattr(ino, mode=0o640))
+        c.run(c.meta.setattr(ino, mode=0o640))
         assert stat.S_IMODE(c.stat(f"{top}/f").st_mode) == 0o640
     finally:
         c.aio.mode = StrictMode()
@@ -413,7 +413,7 @@ def test_find_cluster(tmp_path, data_cluster, monkeypatch):
     monkeypatch.setenv("DFS_CLUSTER", data_cluster.root)
     assert find_cluster() == want
     monkeypatch.delenv("DFS_CLUSTER")
-    monkeypatch.setattr("dfs.client.api.DEFAULT_DATA", str(tmp_path / "none"))
+    monkeypatch.setattr("dfs.client.connect.DEFAULT_DATA", str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError):
         find_cluster()
     with dfs.connect(data_cluster.config_path, uid=0, gid=0) as c:

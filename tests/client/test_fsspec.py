@@ -31,7 +31,7 @@ def dfs_fs(data_cluster):
     for top in ("/fsspec-abstract", "/fsspec"):
         fs.makedirs(top, exist_ok=True)
         c = fs.client
-        c._run(c.meta.setlayout(c.stat(top).st_ino, 0, inline=True))
+        c.run(c.meta.setlayout(c.stat(top).st_ino, 0, inline=True))
     yield fs
     fs.close()
     DfsFileSystem.clear_instance_cache()

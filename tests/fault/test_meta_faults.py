@@ -207,7 +207,7 @@ class Workload:
 
         def run():
             try:
-                self.c._run(main())
+                self.c.run(main())
             except BaseException as e:  # noqa: BLE001 - reported by the test
                 self.errors.append(e)
 
@@ -391,7 +391,7 @@ def test_wiped_replica_catches_up_from_snapshot(clusters):
         deadline = time.monotonic() + 120
         while n < 300 or not compacted():
             assert time.monotonic() < deadline, "the shard-0 replicas never compacted their logs"
-            c._run(burst(100))
+            c.run(burst(100))
             n += 100
         c.create(top.ino, "last")
     cluster.spawn(victim)

@@ -1,0 +1,137 @@
+"""Finding a cluster and connecting to it: ``dfs.connect()``, ``dfs.aconnect()``, and ``dial``
+(the transports both faces use: the library here, the FUSE mount in dfs/fuse/mount.py).
+
+Imports: dfs.common, dfs.rpc and this package only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno as E
+import os
+
+from dfs.client.meta import MetaClient
+from dfs.client.mode import Mode, StrictMode
+from dfs.client.paths import AsyncClient
+from dfs.client.sync import Client
+from dfs.common.records import ROOT, Caller
+
+__all__ = ["DEFAULT_DATA", "aconnect", "connect", "default_caller", "dial", "find_cluster", "find_credentials"]
+
+DEFAULT_DATA = os.path.expanduser("~/.local/share/dfs/local")  # `dfs cluster up`'s default folder
+
+
+def default_caller() -> Caller:
+    """The identity of this process (uid, gid, supplementary groups)."""
+    return Caller(os.getuid(), os.getgid(), tuple(g for g in os.getgroups() if g != os.getgid()))
+
+
+def _cluster_file(cluster, data) -> tuple[str, str | None]:
+    """(what was asked for, the cluster file it names or None)."""
+    if cluster is None and data is None:
+        cluster = os.environ.get("DFS_CLUSTER") or None
+    src = os.fspath(cluster) if cluster is not None else (data or DEFAULT_DATA)
+    path = os.path.join(src, "cluster.toml") if os.path.isdir(src) else src
+    return src, path if os.path.isfile(path) else None
+
+
+def _addresses(mgmt) -> list[str]:
+    return [a.strip() for a in (mgmt.split(",") if isinstance(mgmt, str) else mgmt) if a.strip()]
+
+
+def find_cluster(cluster: str | os.PathLike | None = None, *, data: str | None = None,
+                 mgmt: list[str] | str | None = None) -> list[str]:
+    """The mgmt addresses to connect to, from (first that is given):
+    ``mgmt`` (addresses, a list or comma-separated), ``cluster`` (a cluster file, a data
+    folder holding cluster.toml, or comma-separated host:port addresses), ``data`` (a data
+    folder), $DFS_MGMT, $DFS_CLUSTER, then the default folder of `dfs cluster up`.
+
+    A client needs only the ``[[mgmt]]`` addresses, the client token and the TLS CA
+    of a cluster file (``dfs.common.config.ClientConfig``): a client machine's copy
+    may leave out ``raft_password`` and everything else."""
+    from dfs.common.config import ClientConfig
+
+    if mgmt:
+        return _addresses(mgmt)
+    if cluster is None and data is None and os.environ.get("DFS_MGMT"):
+        return _addresses(os.environ["DFS_MGMT"])
+    src, path = _cluster_file(cluster, data)
+    if path is not None:
+        return list(ClientConfig.load(path).mgmt)
+    if cluster is not None and not os.path.exists(src) and ":" in src and "/" not in src:
+        return _addresses(src)
+    path = os.path.join(src, "cluster.toml") if os.path.isdir(src) else src
+    raise FileNotFoundError(E.ENOENT, f"no dfs cluster found (no cluster file at {path}); start one with "
+                                      f"`dfs cluster up` or pass mgmt=['host:port']", path)
+
+
+def find_credentials(cluster: str | os.PathLike | None = None, *, data: str | None = None,
+                     mgmt: list[str] | str | None = None, token: str | None = None,
+                     token_file: str | None = None):
+    """The ``dfs.rpc.auth.Credentials`` to show the cluster ``find_cluster`` finds.
+
+    The client token: ``token``, else the file ``token_file``, else $DFS_TOKEN, else
+    the file $DFS_TOKEN_FILE, else the cluster file's (``client_token`` or
+    ``client_token_file``). TLS: the cluster file's ``[tls] ca``. Given addresses
+    only (``mgmt``, $DFS_MGMT), the cluster file's part is what this process
+    remembers for those addresses (``dfs.rpc.auth.known``), else nothing."""
+    from dfs.common.config import ClientConfig
+    from dfs.rpc import auth
+
+    explicit = auth.client_token(token, token_file)
+    path = None
+    if not mgmt and not (cluster is None and data is None and os.environ.get("DFS_MGMT")):
+        _, path = _cluster_file(cluster, data)
+    if path is not None:
+        return auth.Credentials.from_config(ClientConfig.load(path), explicit)
+    base = auth.known(find_cluster(cluster, data=data, mgmt=mgmt))
+    return base if explicit is None else dataclasses.replace(base, token=explicit)
+
+
+async def dial(mgmt: list[str], *, auth=None, caller: Caller = ROOT, deadline: float = 30.0):
+    """(MetaClient, DataClient) of the cluster whose mgmt replicas are ``mgmt``, showing ``auth``
+    (``dfs.rpc.auth.Credentials``; None: those known for ``mgmt``). ``caller``: the
+    MetaClient's own identity (the one the data path's metadata calls run as)."""
+    from dfs.rpc.data import DataClient
+    from dfs.rpc.transport import GrpcTransport
+
+    t = GrpcTransport(mgmt, deadline=deadline, auth=auth)
+    try:
+        await t.connect()
+    except BaseException:
+        await t.close()
+        raise
+    return MetaClient(t, caller), DataClient(t.map, t.refresh_map, auth=auth)
+
+
+async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None = None,
+                   mgmt: list[str] | str | None = None, caller: Caller | None = None, uid: int | None = None,
+                   gid: int | None = None, groups: tuple[int, ...] | None = None, mode: Mode | None = None,
+                   ttl: float = 1.0, umask: int = 0o022, deadline: float = 30.0, token: str | None = None,
+                   token_file: str | None = None) -> AsyncClient:
+    """The asyncio client; arguments as ``connect``."""
+    addrs = find_cluster(cluster, data=data, mgmt=mgmt)
+    creds = find_credentials(cluster, data=data, mgmt=mgmt, token=token, token_file=token_file)
+    if caller is None:
+        me = default_caller()
+        caller = Caller(me.uid if uid is None else uid, me.gid if gid is None else gid,
+                        me.groups if groups is None else tuple(groups))
+    meta, dc = await dial(addrs, auth=creds, caller=caller, deadline=deadline)
+    return AsyncClient(meta, dc, mode=mode if mode is not None else StrictMode(ttl), umask=umask, on_close=dc.close)
+
+
+def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None, mgmt: list[str] | str | None = None,
+            uid: int | None = None, gid: int | None = None, groups: tuple[int, ...] | None = None,
+            caller: Caller | None = None, mode: Mode | None = None, ttl: float = 1.0, umask: int = 0o022,
+            deadline: float = 30.0, token: str | None = None, token_file: str | None = None) -> Client:
+    """A synchronous ``Client`` of a cluster (see ``find_cluster`` for how it is found).
+
+    ``uid``/``gid``/``groups`` (or ``caller``): the identity the service checks permissions
+    against (default: this process's). ``mode``: the consistency mode (default
+    ``StrictMode(ttl)``; ``ttl=0`` disables the caches). ``umask``: applied to created modes.
+    ``token``/``token_file``: the client token, instead of $DFS_TOKEN or the cluster file's
+    (see ``find_credentials``)."""
+    kw = dict(data=data, mgmt=mgmt, uid=uid, gid=gid, groups=groups, caller=caller, mode=mode, ttl=ttl,
+              umask=umask, deadline=deadline, token=token, token_file=token_file)
+    find_cluster(cluster, data=data, mgmt=mgmt)  # fail fast, in the calling thread
+    return Client(lambda: aconnect(cluster, **kw))

@@ -1,0 +1,162 @@
+"""``Client``: the synchronous face of the library (``dfs.connect()``).
+
+Every ``AsyncClient`` operation, run on the one sync facade's private loop
+thread (``SyncFacade``, dfs/client/loop.py). It adds ``open`` with
+``builtins.open``'s signature and io stack (dfs/client/fileio.py), ``scandir``
+and ``walk`` iterators, ``chdir``/``getcwd`` and ``read_bytes/write_bytes/
+read_text/write_text``. Its io objects may be used from any thread but the
+loop thread itself.
+
+Imports: dfs.common and this package only.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from dfs.client.core import Core
+from dfs.client.fileio import Cursor, RawFile, parse_mode, wrap
+from dfs.client.loop import SyncFacade
+from dfs.client.mode import Mode
+from dfs.client.paths import AsyncClient, PathLike, ScandirEntry, _oserror
+from dfs.common.records import Caller
+
+__all__ = ["Client"]
+
+
+class Client(SyncFacade):
+    """The synchronous client: every AsyncClient operation, run on one private loop thread.
+
+    ``open`` returns io objects (``RawFile`` wrapped like ``builtins.open`` wraps a
+    descriptor); they may be used from any thread but not from the loop thread itself."""
+
+    aio: AsyncClient
+
+    def __init__(self, make: Any) -> None:
+        """``make``: an AsyncClient, or a callable returning one (or a coroutine of one),
+        called on the loop thread."""
+        super().__init__(make, thread_name="dfs-client")
+
+    @property
+    def mode(self) -> Mode:
+        return self.aio.mode
+
+    @property
+    def caller(self) -> Caller:
+        return self.aio.caller
+
+    @property
+    def meta(self):
+        """The MetaClient (namespace RPCs on inode ids; its coroutines go through ``run``)."""
+        return self.aio.meta
+
+    @property
+    def core(self) -> Core:
+        return self.aio.core
+
+    def sync(self) -> None:
+        """Publish every open file's writes and wait for what this client still sends in the
+        background (syncfs)."""
+        self.run(self.aio.sync())
+
+    # ------------------------------------------------------------------ files
+    def open(self, path: PathLike, mode: str = "r", buffering: int = -1, encoding: str | None = None,
+             errors: str | None = None, newline: str | None = None, *, perm: int = 0o666):
+        """builtins.open on dfs: the same modes, io stack and errors."""
+        flags, binary, plus = parse_mode(mode)
+        if binary and (encoding or errors or newline is not None):
+            raise ValueError("binary mode doesn't take an encoding, errors or newline argument")
+        if buffering == 0 and not binary:
+            raise ValueError("can't have unbuffered text I/O")
+        ref = self.run(self.aio.open_handle(path, flags, perm))
+        raw = RawFile(self.run, Cursor(ref, path, mode, flags))
+        try:
+            return wrap(raw, mode, plus, binary, buffering, encoding, errors, newline)
+        except BaseException:
+            raw.close()
+            raise
+
+    def read_bytes(self, path: PathLike) -> bytes:
+        return self.run(self.aio.read_bytes(path))
+
+    def write_bytes(self, path: PathLike, data: bytes) -> int:
+        return self.run(self.aio.write_bytes(path, data))
+
+    def read_text(self, path: PathLike, encoding: str = "utf-8") -> str:
+        return self.read_bytes(path).decode(encoding)
+
+    def write_text(self, path: PathLike, text: str, encoding: str = "utf-8") -> int:
+        self.write_bytes(path, text.encode(encoding))
+        return len(text)
+
+    # ------------------------------------------------------------------ directories
+    def scandir(self, path: PathLike = ".") -> _ScandirIterator:
+        return _ScandirIterator(self.run(self.aio.scandir(path, _client=self)))
+
+    def walk(self, top: PathLike, topdown: bool = True, onerror=None,
+             followlinks: bool = False) -> Iterator[tuple[Any, list, list]]:
+        """os.walk; with topdown, pruning ``dirnames`` in place is honoured."""
+        try:
+            entries = self.scandir(top)
+        except OSError as e:
+            if onerror is not None:
+                onerror(e)
+            return
+        dirs, files = [], []
+        with entries:
+            for e in entries:
+                (dirs if e.is_dir(follow_symlinks=followlinks) else files).append(e.name)
+        if topdown:
+            yield top, dirs, files
+        for name in dirs:
+            yield from self.walk(os.path.join(top, name), topdown, onerror, followlinks)
+        if not topdown:
+            yield top, dirs, files
+
+    def chdir(self, path: PathLike) -> None:
+        p = self.aio._abs(path)
+        if not self.isdir(p):
+            raise _oserror(E.ENOTDIR if self.exists(p) else E.ENOENT, path)
+        self.aio.cwd = os.path.normpath(p)
+
+    def getcwd(self) -> str:
+        return os.fsdecode(self.aio.cwd)
+
+
+def _sync(name: str):
+    def call(self, *a, **kw):
+        return self.run(getattr(self.aio, name)(*a, **kw))
+
+    call.__name__ = name
+    call.__qualname__ = f"Client.{name}"
+    call.__doc__ = getattr(AsyncClient, name).__doc__
+    return call
+
+
+for _n in ("stat", "lstat", "getattr", "exists", "isdir", "isfile", "islink", "readdir", "listdir", "readlink",
+           "statfs", "statvfs", "getxattr", "listxattr", "setxattr", "removexattr", "mkdir", "makedirs", "remove",
+           "unlink", "rmdir", "rename", "replace", "link", "symlink", "chmod", "chown", "utime", "truncate"):
+    setattr(Client, _n, _sync(_n))
+
+
+class _ScandirIterator:
+    def __init__(self, entries: list[ScandirEntry]) -> None:
+        self._it = iter(entries)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> ScandirEntry:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it = iter(())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
