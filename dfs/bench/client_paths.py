@@ -322,7 +322,7 @@ def _batch_create(client, path: str, n: int, batch: int = 1000) -> None:
     meta = client.meta
     for start in range(0, n, batch):
         names = [f"f{i:07d}" for i in range(start, min(n, start + batch))]
-        for r in client._run(meta.create_many(ino, names)):
+        for r in client.run(meta.create_many(ino, names)):
             if isinstance(r, Exception):
                 raise r
 

@@ -65,7 +65,7 @@ def _data_demo(c, fs, parent: int, mib: int) -> None:
         finally:
             await data.close()
 
-    fs._run(go())
+    fs.run(go())
 
 
 def _client(c):

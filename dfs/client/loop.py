@@ -60,7 +60,6 @@ class SyncFacade:
 
     # The name callers outside the client package used before ``run`` was public
     # (dfs.bench, dfs.cli.demo); tests use ``run``.
-    _run = run
 
     def _stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -444,7 +444,6 @@ class SyncMetaClient:
         """Run ``coro`` on the loop thread and wait for its result."""
         return self._facade.run(coro)
 
-    _run = run  # the name callers outside the client package used before ``run`` was public
 
     def __getattr__(self, name: str):
         if name.startswith("_") or name == "aio":

@@ -540,12 +540,12 @@ class Run:
         fs.mkdir(self.root)
         lay = Layout(chunk_size=CHUNK, stripe=4, replicas=3).pack()
         root_ino = fs.lstat(self.root).st_ino
-        fs._run(fs.meta.setlayout(root_ino, lay, inline=False))
+        fs.run(fs.meta.setlayout(root_ino, lay, inline=False))
         for i in range(self.clients):
             fs.mkdir(f"{self.root}/c{i}")
             self.model.add(f"c{i}", Dir())
             ino = fs.lstat(f"{self.root}/c{i}").st_ino
-            fs._run(fs.meta.setlayout(ino, lay, inline=i % 2 == 0))
+            fs.run(fs.meta.setlayout(ino, lay, inline=i % 2 == 0))
             for k in range(OWN_DIRS):
                 fs.mkdir(f"{self.root}/c{i}/d{k}")
                 self.model.add(f"c{i}/d{k}", Dir())
