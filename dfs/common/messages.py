@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import operator
 import types
 import typing
 from collections.abc import Callable
@@ -56,67 +55,100 @@ def _bad(what: str) -> err.InvalidArgument:
     return err.InvalidArgument(f"bad arguments: {what}")
 
 
-class _Codec:
-    """How one record class goes to and from its wire list."""
+_SIMPLE = {int: "isinstance({a}, int)", bool: "isinstance({a}, int)", bytes: "isinstance({a}, bytes)",
+           str: "isinstance({a}, str)", float: "(isinstance({a}, (int, float)) and not isinstance({a}, bool))"}
 
-    __slots__ = ("cls", "names", "strict", "loose", "enc", "required", "defaults", "trim", "bare", "get")
+
+def _simple_check(tp: Any) -> str | None:
+    """An inline type test for a plain field type (``{a}``: the value), or None."""
+    if tp in _SIMPLE:
+        return _SIMPLE[tp]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        rest = [x for x in args if x is not type(None)]
+        if len(args) == 2 and len(rest) == 1 and rest[0] in _SIMPLE:
+            return "({a} is None or " + _SIMPLE[rest[0]] + ")"
+    return None
+
+
+class _Codec:
+    """How one record class goes to and from its wire list. The three functions are
+    generated per class (as dataclasses generates __init__): the hot paths of every
+    request and reply run no loop over field descriptions."""
+
+    __slots__ = ("cls", "names", "required", "bare", "encode", "strict", "loose")
 
     def __init__(self, cls: type, trim: bool, bare: bool) -> None:
         hints = typing.get_type_hints(cls)
         fields = dataclasses.fields(cls)
+        n = len(fields)
+        if bare and n > 1:  # nil for none
+            raise TypeError(f"{cls.__name__}: a bare record has at most one field")
         self.cls = cls
         self.names = tuple(f.name for f in fields)
-        convs = [_convs(hints[f.name]) for f in fields]
-        self.strict = tuple(c[0] for c in convs)
-        self.loose = tuple((i, c[1]) for i, c in enumerate(convs) if c[1] is not None)
-        self.enc = tuple((i, c[2]) for i, c in enumerate(convs) if c[2] is not None)
         self.required = sum(1 for f in fields if f.default is dataclasses.MISSING
                             and f.default_factory is dataclasses.MISSING)
-        self.defaults = tuple(f.default for f in fields)
-        self.trim = trim
         self.bare = bare
-        if bare and len(fields) > 1:  # nil for none
-            raise TypeError(f"{cls.__name__}: a bare record has at most one field")
-        n = len(self.names)
-        if n == 0:
-            self.get = lambda o: ()
-        elif n == 1:
-            g = operator.attrgetter(self.names[0])
-            self.get = lambda o: (g(o),)
+        convs = [_convs(hints[f.name]) for f in fields]
+        g: dict[str, Any] = {"cls": cls, "bad": _bad, "name": cls.__name__}
+        for k, (f, (strict, loose, enc)) in enumerate(zip(fields, convs)):
+            g[f"s{k}"], g[f"l{k}"], g[f"e{k}"], g[f"d{k}"] = strict, loose, enc, f.default
+        a = [f"a{k}" for k in range(n)]
+        # encode
+        vals = [f"e{k}(o.{f.name})" if convs[k][2] else f"o.{f.name}" for k, f in enumerate(fields)]
+        if bare:
+            body = [f"    return {vals[0] if n else 'None'}"]
+        elif trim and self.required < n:
+            body = [f"    {a[k]} = {v}" for k, v in enumerate(vals)] + [f"    out = [{', '.join(a)}]"]
+            for k in range(n - 1, self.required - 1, -1):  # trailing fields at their default go
+                g[f"t{k}"] = type(fields[k].default)
+                body.append(f"    if len(out) == {k + 1} and {a[k]} == d{k} and type({a[k]}) is t{k}: del out[{k}]")
+            body.append("    return out")
         else:
-            self.get = operator.attrgetter(*self.names)
-
-    def encode(self, obj: Any) -> Any:
-        vals = list(self.get(obj))
-        for i, enc in self.enc:
-            vals[i] = enc(vals[i])
-        if self.bare:
-            return vals[0] if vals else None
-        if self.trim:
-            n = len(vals)
-            while n > self.required and vals[n - 1] == self.defaults[n - 1] and \
-                    type(vals[n - 1]) is type(self.defaults[n - 1]):
-                n -= 1
-            del vals[n:]
-        return vals
+            body = [f"    return [{', '.join(vals)}]"]
+        # strict decode (untrusted input)
+        sbody = []
+        if bare:
+            sbody.append("    v = [v]" if n else "    v = []")
+        sbody += ["    if type(v) is not list:",
+                  "        raise bad(f'{name} is a list, not {type(v).__name__}')",
+                  "    n = len(v)",
+                  f"    if n < {self.required} or n > {n}:",
+                  f"        raise bad(f'{{name}} takes {self.required} to {n} fields, not {{n}}')"]
+        for k, f in enumerate(fields):
+            get = f"v[{k}]" if k < self.required else f"(v[{k}] if n > {k} else d{k})"
+            sbody.append(f"    {a[k]} = {get}")
+            chk = _simple_check(hints[f.name])
+            if chk is None:
+                sbody.append(f"    {a[k]} = s{k}({a[k]})")
+            else:
+                test = chk.format(a=a[k])
+                if k >= self.required:  # a default stands
+                    test = f"n <= {k} or {test}"
+                tp = hints[f.name]
+                g[f"w{k}"] = f"{f.name}: {tp.__name__ if isinstance(tp, type) else tp} expected"
+                sbody += [f"    if not ({test}):",
+                          f"        raise bad(f'{{name}}.{{w{k}}}, not {{type({a[k]}).__name__}}')"]
+        sbody.append(f"    return cls({', '.join(a)})")
+        # loose decode (a shard's reply)
+        lbody = []
+        if bare:
+            lbody.append("    v = [v]" if n else "    v = []")
+        if not any(c[1] for c in convs):
+            lbody.append("    return cls(*v)")
+        else:
+            lbody.append("    n = len(v)")
+            for k in range(n):
+                get = f"v[{k}]" if k < self.required else f"(v[{k}] if n > {k} else d{k})"
+                lbody.append(f"    {a[k]} = {get}" if not convs[k][1] else f"    {a[k]} = l{k}({get})")
+            lbody.append(f"    return cls({', '.join(a)})")
+        src = "def encode(o):\n" + "\n".join(body) + "\n\ndef strict(v):\n" + "\n".join(sbody) + \
+              "\n\ndef loose(v):\n" + "\n".join(lbody) + "\n"
+        exec(compile(src, f"<codec of {cls.__name__}>", "exec"), g)  # noqa: S102 - our own source
+        self.encode, self.strict, self.loose = g["encode"], g["strict"], g["loose"]
 
     def decode(self, v: Any, check: bool) -> Any:
-        if self.bare:
-            v = [] if not self.names else [v]
-        elif not isinstance(v, list):
-            if check:
-                raise _bad(f"{self.cls.__name__} is a list, not {type(v).__name__}")
-            v = list(v)
-        if check:
-            if not self.required <= len(v) <= len(self.names):
-                raise _bad(f"{self.cls.__name__} takes {self.required} to {len(self.names)} fields, not {len(v)}")
-            return self.cls(*[c(x) for c, x in zip(self.strict, v)])
-        if self.loose:
-            v = list(v)
-            for i, conv in self.loose:
-                if i < len(v):
-                    v[i] = conv(v[i])
-        return self.cls(*v)
+        return self.strict(v) if check else self.loose(v)
 
 
 _CODECS: dict[type, _Codec] = {}
@@ -131,12 +163,17 @@ def codec(cls: type) -> _Codec:
 
 
 def to_wire(obj: Any) -> Any:
-    """The wire form of a record, a list of records, or a plain value."""
+    """The wire form of a record, a list of records, or a plain value. An object with a
+    ``__wire__`` method gives its own (a shard passes its inode records where a reply
+    says ``Attr``: ``Inode.__wire__`` is Attr's wire form, without building an Attr)."""
     c = _CODECS.get(type(obj))
     if c is not None:
         return c.encode(obj)
     if type(obj) is list:
         return [to_wire(x) for x in obj]
+    w = getattr(obj, "__wire__", None)
+    if w is not None:
+        return w()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return codec(type(obj)).encode(obj)
     return obj
@@ -182,7 +219,13 @@ def _convs(tp: Any) -> tuple[_Conv, _Conv | None, _Conv | None]:
 
         def loose_rec(v, tp=tp):
             return from_wire(tp, v)
-        return strict_rec, loose_rec, to_wire
+
+        def enc_rec(v):
+            if type(v) is list:  # already in wire form (a shard's hot loop, see READDIR)
+                return v
+            c = _CODECS.get(type(v))
+            return c.encode(v) if c is not None else to_wire(v)
+        return strict_rec, loose_rec, enc_rec
     origin = typing.get_origin(tp)
     if origin is list or tp is list:
         (item,) = typing.get_args(tp) or (Any,)
@@ -218,8 +261,13 @@ def _convs(tp: Any) -> tuple[_Conv, _Conv | None, _Conv | None]:
             c = None if v is None else pick(v)
             return v if c is None or c[1] is None else c[1](v)
 
-        def enc_union(v):
-            return to_wire(v)
+        encs = [c[2] for _, c in parts if c[2] is not None]
+        if len(encs) == 1 and optional and len(parts) == 1:
+            def enc_union(v, e=encs[0]):
+                return None if v is None else e(v)
+        else:
+            def enc_union(v):
+                return to_wire(v)
         needs = any(c[1] is not None for _, c in parts)
         return strict_union, (loose_union if needs else None), (enc_union if needs else None)
     raise TypeError(f"no wire form for {tp!r}")

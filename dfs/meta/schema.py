@@ -390,6 +390,9 @@ class Inode:
         return [self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size,
                 self.atime, self.mtime, self.ctime, self.layout, self.flags & CLIENT_FLAGS]
 
+    # what a reply's Attr field may hold on the shard: encoded as Attr, without building one
+    __wire__ = wire
+
     def attr(self) -> Attr:
         return Attr(*self.wire())
 

@@ -76,9 +76,10 @@ class Ctx:
     """One command's view of a shard: its overlay (or, for a read, the applied state), time,
     caller. Inode and entry access goes through these accessors."""
 
-    __slots__ = ("ov", "ts", "caller", "rid", "store")
+    __slots__ = ("ov", "ts", "caller", "rid", "store", "_dkey")
 
     def __init__(self, store: MetaStore, ov: Any, ts: int, caller: Caller, rid: bytes) -> None:
+        self._dkey: tuple[int, bytes, bytes] | None = None
         self.store = store
         self.ov = ov  # an Overlay (commands) or the KV itself (reads, which never write)
         self.ts = ts
@@ -165,16 +166,25 @@ class Ctx:
         return True
 
     # entries
+    def _dentry_key(self, parent: int, name: bytes) -> bytes:
+        # a lookup and then a write of the same entry (create, dput) hash the name once
+        last = self._dkey
+        if last is not None and last[0] == parent and last[1] == name:
+            return last[2]
+        key = S.dentry_key(parent, name)
+        self._dkey = (parent, name, key)
+        return key
+
     def dentry(self, parent: int, name: bytes) -> tuple[int, int] | None:
         """(ino, S_IFMT mode bits) of entry ``name`` of ``parent``, or None."""
-        v = self.ov.get(S.dentry_key(parent, name))
+        v = self.ov.get(self._dentry_key(parent, name))
         return None if v is None else S.split_dentry_value(v)
 
     def put_dentry(self, parent: int, name: bytes, ino: int, mode: int) -> None:
-        self.ov.put(S.dentry_key(parent, name), S.dentry_value(ino, mode))
+        self.ov.put(self._dentry_key(parent, name), S.dentry_value(ino, mode))
 
     def delete_dentry(self, parent: int, name: bytes) -> None:
-        self.ov.delete(S.dentry_key(parent, name))
+        self.ov.delete(self._dentry_key(parent, name))
 
     def has_entries(self, parent: int) -> bool:
         return next(iter(self.ov.scan_prefix(S.dentry_prefix(parent), 1)), None) is not None

@@ -80,7 +80,7 @@ class Touched:
         self.inodes.pop(ino, None)
 
     def attrs(self) -> list:
-        return [i.attr() for i in self.inodes.values()]
+        return [i for i in self.inodes.values()]
 
 
 class Action:

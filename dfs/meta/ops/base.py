@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from dfs.common import errors as err
@@ -37,27 +36,27 @@ from dfs.meta.schema import Inode
 R_OK, W_OK, X_OK = 4, 2, 1  # access mask bits (as os.R_OK ...)
 
 
-@dataclass(frozen=True, slots=True)
 class Handler:
-    request: type[m.Request]
-    fn: Callable[..., Any]
-    answer: Callable[[Any, m.ActionResult | None], Any] | None = None  # COORDINATED: the reply
-    admit: Callable[[Any, Any], None] | None = None  # LOGGED: the leader's check before logging
+    """An op's shard side: its request class, its function and what the kind needs."""
 
-    @property
-    def op(self) -> Op:
-        return self.request.OP
+    __slots__ = ("request", "fn", "answer", "admit", "op", "kind", "internal", "decode")
 
-    @property
-    def kind(self) -> m.Kind:
-        return self.request.KIND
+    def __init__(self, request: type[m.Request], fn: Callable[..., Any],
+                 answer: Callable[[Any, m.ActionResult | None], Any] | None = None,
+                 admit: Callable[[Any, Any], None] | None = None) -> None:
+        self.request = request
+        self.fn = fn
+        self.answer = answer  # COORDINATED: the client's reply of the plan's result
+        self.admit = admit  # LOGGED: the leader's check before logging
+        self.op: Op = request.OP
+        self.kind: m.Kind = request.KIND
+        self.internal: bool = request.INTERNAL
+        # the request's generated decoder (untrusted input: InvalidArgument unless well-formed)
+        self.decode: Callable[[Any], Any] = m.codec(request).strict
 
     @property
     def module(self) -> str:
         return self.fn.__module__
-
-    def decode(self, args: Any) -> Any:
-        return self.request.from_wire(args)
 
 
 HANDLERS: dict[Op, Handler] = {}

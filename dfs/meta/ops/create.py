@@ -44,7 +44,7 @@ def create(ctx, req: m.Create) -> m.CreateReply:
             check_access(ctx.inode(ino), ctx.caller, req.access)
         ctx.check_lock(S.lock_key_inode(ino), S.LockMode.SHARED)
         set_handle(ctx, ino, req.handle, ctx.ts + lease)
-    return m.CreateReply(attr, created, ino, opened, ctx.dir(req.parent).attr())
+    return m.CreateReply(attr, created, ino, opened, ctx.dir(req.parent))
 
 
 def _create_entry(ctx, req: m.Create):
@@ -66,7 +66,7 @@ def _create_entry(ctx, req: m.Create):
         ino, _ = existing
         if shard_of(ino) != ctx.shard:
             return None, False, ino  # the caller fetches the remote inode
-        return ctx.inode(ino).attr(), False, ino
+        return ctx.inode(ino), False, ino
     check_access(p, ctx.caller, W_OK | X_OK)
     if fmt in (stat.S_IFCHR, stat.S_IFBLK) and ctx.caller.uid != 0:
         raise err.NotPermitted("mknod of a device needs root")
@@ -98,4 +98,4 @@ def _create_entry(ctx, req: m.Create):
     ctx.put_dentry(parent, name, ino, i.mode)
     ctx.touch_dir(p)
     ctx.count_inodes(1)
-    return i.attr(), True, ino
+    return i, True, ino

@@ -54,7 +54,7 @@ def open_(ctx, req: m.Open):
         check_open_access(req.access, R_OK | W_OK)
         check_access(i, ctx.caller, req.access)
     set_handle(ctx, req.ino, req.handle, ctx.ts + lease)
-    return i.attr()
+    return i
 
 
 @apply(m.Renew)

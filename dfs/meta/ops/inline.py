@@ -107,7 +107,7 @@ def write_inline(ctx, req: m.WriteInline):
     i.mtime = i.ctime = ctx.ts
     clear_setid_on_write(ctx, i)
     ctx.put(i)
-    return i.attr()
+    return i
 
 
 @apply(m.Migrate)
@@ -120,7 +120,7 @@ def migrate(ctx, req: m.Migrate):
         raise err.InvalidArgument("migrate of a non-regular file")
     inline_access(i, ctx.caller, W_OK)
     if not i.flags & S.FLAG_INLINE:
-        return i.attr()  # another writer migrated it first
+        return i  # another writer migrated it first
     key = S.inline_key(ino)
     v = ctx.ov.get(key)
     have = None
@@ -134,4 +134,4 @@ def migrate(ctx, req: m.Migrate):
     i.flags &= ~S.FLAG_INLINE
     i.ctime = ctx.ts
     ctx.put(i)
-    return i.attr()
+    return i

@@ -42,4 +42,4 @@ def setlayout(ctx, req: m.Setlayout):
         i.flags = (i.flags | S.FLAG_INLINE) if req.inline else (i.flags & ~S.FLAG_INLINE)
     i.ctime = ctx.ts
     ctx.put(i)
-    return i.attr()
+    return i

@@ -59,7 +59,7 @@ async def open_read(svc, rid: bytes, caller: Caller, req: m.OpenRead) -> m.OpenR
     except BaseException:
         svc.reads.drop(req.ino, req.handle)
         raise
-    return m.OpenReadReply(i.attr(), False)
+    return m.OpenReadReply(i, False)
 
 
 @serve(m.LookupOpen)

@@ -48,7 +48,7 @@ def extend(ctx, ino: int, size: int):
 @apply(m.Extend)
 def extend_op(ctx, req: m.Extend):
     """Publish a writer's size on close/fsync: never shrinks."""
-    return extend(ctx, req.ino, req.size).attr()
+    return extend(ctx, req.ino, req.size)
 
 
 @apply(m.Setattr)
@@ -125,4 +125,4 @@ def setattr_(ctx, req: m.Setattr):
     if changed or valid & SET_CTIME:
         i.ctime = ctx.ts
     ctx.put(i)
-    return i.attr()
+    return i

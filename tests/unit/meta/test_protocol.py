@@ -80,3 +80,18 @@ def test_malformed_bodies_are_einval(cls, body):
 def test_unknown_op_is_einval():
     with pytest.raises(err.InvalidArgument):
         m.request_class(999)
+
+
+def test_readdir_rows_are_direntries():
+    """READDIR builds its rows in DirEntry's wire form by hand (its hot loop): they must
+    decode to the DirEntry the client returns."""
+    from dfs.meta.store import MetaStore, encode_command
+    from dfs.common.records import ROOT
+
+    s = MetaStore(0, 1)
+    s.apply(1, [encode_command(Op.CREATE, b"", 5, ROOT, m.Create(1, b"f", stat.S_IFREG | 0o640, 0, True, 0,
+                                                                   None).to_wire())])
+    reply = m.Readdir.reply_from_wire(s.read(Op.READDIR, ROOT, m.Readdir(1, 0, 10, True).to_wire()))
+    (e,) = reply.entries
+    assert isinstance(e, DirEntry) and e.name == b"f" and e.type == stat.S_IFREG and reply.eof
+    assert e.attr == m.Getattr.reply_from_wire(s.read(Op.GETATTR, ROOT, [e.ino]))
