@@ -18,34 +18,26 @@
 
 Each registers its handlers in ``HANDLERS`` (``dfs.meta.ops.base``) against
 the request classes of ``dfs.common.messages``; importing this package loads
-them all and checks that every request class has exactly one handler. To add
-an op: a code in ``dfs.common.ops.Op``, its request and reply records in
-``dfs.common.messages``, a module here (or a function in its family's), an
-import below, then ``python scripts/gen_protocol.py``.
+every module in it and checks that every request class has exactly one
+handler. To add an op: a code in ``dfs.common.ops.Op``, its request and reply
+records in ``dfs.common.messages`` (the client may import only dfs.common, so
+the wire types live there), a module here (or a function in its family's
+module), then ``python scripts/gen_protocol.py``. Nothing else changes: the
+store, the service, the client and the table go by the registry.
 
 May import dfs.common, dfs.meta.schema and dfs.meta.readhandles.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from dfs.common.messages import REQUESTS
-from dfs.meta.ops import (  # noqa: F401 - each registers its handlers
-    create,
-    handles,
-    inline,
-    layout,
-    link,
-    lookup,
-    mkdir,
-    openread,
-    orphans,
-    remove,
-    rename,
-    setattr,
-    twophase,
-    xattr,
-)
 from dfs.meta.ops.base import HANDLERS, Handler, handler
+
+for _mod in pkgutil.iter_modules(__path__):  # each module registers its handlers on import
+    importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["HANDLERS", "Handler", "handler"]
 
