@@ -120,9 +120,11 @@ def decode(wire: list) -> list[Action]:
     """Typed actions of a wire list; InvalidArgument for an unknown kind or bad fields."""
     out = []
     for w in wire:
-        if not isinstance(w, list) or not w or not isinstance(w[0], str) or w[0] not in _BY_KIND:
-            raise err.InvalidArgument(f"unknown action {w[0] if isinstance(w, list) and w else w!r}")
-        out.append(from_wire(_BY_KIND[w[0]], w[1:], check=True))
+        kind, *fields = w if isinstance(w, list) and w else [None]
+        cls = _BY_KIND.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise err.InvalidArgument(f"unknown action {kind!r}")
+        out.append(from_wire(cls, fields, check=True))
     return out
 
 

@@ -95,3 +95,31 @@ def test_readdir_rows_are_direntries():
     (e,) = reply.entries
     assert isinstance(e, DirEntry) and e.name == b"f" and e.type == stat.S_IFREG and reply.eof
     assert e.attr == m.Getattr.reply_from_wire(s.read(Op.GETATTR, ROOT, [e.ino]))
+
+
+def test_no_key_slicing_or_literal_names_outside_schema():
+    """Keys are built and taken apart in dfs/meta/schema.py only; action kinds, lock modes
+    and operation states are named (ActionKind, LockMode, OpState), not spelled."""
+    import ast
+
+    from dfs.meta.ops.actions import ActionKind
+    from dfs.meta.schema import LockMode, OpState
+
+    spelled = {str(v) for e in (ActionKind, LockMode, OpState) for v in e} - {""}
+    bad = []
+    for f in (ROOT / "dfs" / "meta").rglob("*.py"):
+        if f.name == "schema.py":
+            continue
+        tree = ast.parse(f.read_text())
+        allowed: set[int] = set()
+        for node in ast.walk(tree):  # the enum definitions themselves
+            if isinstance(node, ast.ClassDef) and node.name == "ActionKind":
+                allowed |= {id(n) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            where = f"{f.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+                if any(isinstance(b, ast.Constant) for b in (node.slice.lower, node.slice.upper)):
+                    bad.append(f"{where} slices with a constant: {ast.unparse(node)}")
+            if isinstance(node, ast.Constant) and node.value in spelled and id(node) not in allowed:
+                bad.append(f"{where} spells {node.value!r}")
+    assert not bad, "\n".join(bad)
