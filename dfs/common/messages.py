@@ -15,7 +15,9 @@ a unit test fails when it is out of date.
 Decoding a request (``Request.from_wire``) checks the count and the type of
 every field against the annotations and raises InvalidArgument (EINVAL)
 otherwise: a shard never runs an op on a malformed body. Replies come from a
-shard and are decoded without checks. The shard side of each op (its
+shard and are decoded without checks. The codec is ``dfs.common.wire``. On a
+shard, a reply field typed ``Attr`` may hold the shard's inode record, which
+encodes itself (``__wire__``) without an ``Attr`` being built. The shard side of each op (its
 checks, its apply, its plan) is its module in ``dfs.meta.ops``; routing a
 request to a shard is the request's ``shard`` method.
 
@@ -26,15 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import types
-import typing
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from dfs.common import errors as err
 from dfs.common.ids import dir_home_shard, shard_of
 from dfs.common.ops import Op
 from dfs.common.records import Attr, DirEntry
+from dfs.common.wire import codec, from_wire, record, register, to_wire
+
+__all__ = ["Kind", "Request", "REQUESTS", "request", "request_class", "is_internal", "codec", "from_wire",
+           "record", "to_wire"]
 
 
 class Kind(enum.Enum):
@@ -44,253 +47,6 @@ class Kind(enum.Enum):
     LOGGED = "logged"  # a command through Raft (group-committed), applied by MetaStore
     READ_HANDLE = "read handle"  # the leader, from its memory (dfs.meta.readhandles); never logged
     COORDINATED = "coordinated"  # may span shards: the coordinator plans it into 2PC actions
-
-
-# ------------------------------------------------------------------ the codec
-
-_Conv = Callable[[Any], Any]
-
-
-def _bad(what: str) -> err.InvalidArgument:
-    return err.InvalidArgument(f"bad arguments: {what}")
-
-
-_SIMPLE = {int: "isinstance({a}, int)", bool: "isinstance({a}, int)", bytes: "isinstance({a}, bytes)",
-           str: "isinstance({a}, str)", float: "(isinstance({a}, (int, float)) and not isinstance({a}, bool))"}
-
-
-def _simple_check(tp: Any) -> str | None:
-    """An inline type test for a plain field type (``{a}``: the value), or None."""
-    if tp in _SIMPLE:
-        return _SIMPLE[tp]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        rest = [x for x in args if x is not type(None)]
-        if len(args) == 2 and len(rest) == 1 and rest[0] in _SIMPLE:
-            return "({a} is None or " + _SIMPLE[rest[0]] + ")"
-    return None
-
-
-class _Codec:
-    """How one record class goes to and from its wire list. The three functions are
-    generated per class (as dataclasses generates __init__): the hot paths of every
-    request and reply run no loop over field descriptions."""
-
-    __slots__ = ("cls", "names", "required", "bare", "encode", "strict", "loose")
-
-    def __init__(self, cls: type, trim: bool, bare: bool) -> None:
-        hints = typing.get_type_hints(cls)
-        fields = dataclasses.fields(cls)
-        n = len(fields)
-        if bare and n > 1:  # nil for none
-            raise TypeError(f"{cls.__name__}: a bare record has at most one field")
-        self.cls = cls
-        self.names = tuple(f.name for f in fields)
-        self.required = sum(1 for f in fields if f.default is dataclasses.MISSING
-                            and f.default_factory is dataclasses.MISSING)
-        self.bare = bare
-        convs = [_convs(hints[f.name]) for f in fields]
-        g: dict[str, Any] = {"cls": cls, "bad": _bad, "name": cls.__name__}
-        for k, (f, (strict, loose, enc)) in enumerate(zip(fields, convs)):
-            g[f"s{k}"], g[f"l{k}"], g[f"e{k}"], g[f"d{k}"] = strict, loose, enc, f.default
-        a = [f"a{k}" for k in range(n)]
-        # encode
-        vals = [f"e{k}(o.{f.name})" if convs[k][2] else f"o.{f.name}" for k, f in enumerate(fields)]
-        if bare:
-            body = [f"    return {vals[0] if n else 'None'}"]
-        elif trim and self.required < n:
-            body = [f"    {a[k]} = {v}" for k, v in enumerate(vals)] + [f"    out = [{', '.join(a)}]"]
-            for k in range(n - 1, self.required - 1, -1):  # trailing fields at their default go
-                g[f"t{k}"] = type(fields[k].default)
-                body.append(f"    if len(out) == {k + 1} and {a[k]} == d{k} and type({a[k]}) is t{k}: del out[{k}]")
-            body.append("    return out")
-        else:
-            body = [f"    return [{', '.join(vals)}]"]
-        # strict decode (untrusted input)
-        sbody = []
-        if bare:
-            sbody.append("    v = [v]" if n else "    v = []")
-        sbody += ["    if type(v) is not list:",
-                  "        raise bad(f'{name} is a list, not {type(v).__name__}')",
-                  "    n = len(v)",
-                  f"    if n < {self.required} or n > {n}:",
-                  f"        raise bad(f'{{name}} takes {self.required} to {n} fields, not {{n}}')"]
-        for k, f in enumerate(fields):
-            get = f"v[{k}]" if k < self.required else f"(v[{k}] if n > {k} else d{k})"
-            sbody.append(f"    {a[k]} = {get}")
-            chk = _simple_check(hints[f.name])
-            if chk is None:
-                sbody.append(f"    {a[k]} = s{k}({a[k]})")
-            else:
-                test = chk.format(a=a[k])
-                if k >= self.required:  # a default stands
-                    test = f"n <= {k} or {test}"
-                tp = hints[f.name]
-                g[f"w{k}"] = f"{f.name}: {tp.__name__ if isinstance(tp, type) else tp} expected"
-                sbody += [f"    if not ({test}):",
-                          f"        raise bad(f'{{name}}.{{w{k}}}, not {{type({a[k]}).__name__}}')"]
-        sbody.append(f"    return cls({', '.join(a)})")
-        # loose decode (a shard's reply)
-        lbody = []
-        if bare:
-            lbody.append("    v = [v]" if n else "    v = []")
-        if not any(c[1] for c in convs):
-            lbody.append("    return cls(*v)")
-        else:
-            lbody.append("    n = len(v)")
-            for k in range(n):
-                get = f"v[{k}]" if k < self.required else f"(v[{k}] if n > {k} else d{k})"
-                lbody.append(f"    {a[k]} = {get}" if not convs[k][1] else f"    {a[k]} = l{k}({get})")
-            lbody.append(f"    return cls({', '.join(a)})")
-        src = "def encode(o):\n" + "\n".join(body) + "\n\ndef strict(v):\n" + "\n".join(sbody) + \
-              "\n\ndef loose(v):\n" + "\n".join(lbody) + "\n"
-        exec(compile(src, f"<codec of {cls.__name__}>", "exec"), g)  # noqa: S102 - our own source
-        self.encode, self.strict, self.loose = g["encode"], g["strict"], g["loose"]
-
-    def decode(self, v: Any, check: bool) -> Any:
-        return self.strict(v) if check else self.loose(v)
-
-
-_CODECS: dict[type, _Codec] = {}
-
-
-def codec(cls: type) -> _Codec:
-    """The codec of a record class (made on first use for plain dataclasses like ``Attr``)."""
-    c = _CODECS.get(cls)
-    if c is None:
-        c = _CODECS[cls] = _Codec(cls, trim=False, bare=False)
-    return c
-
-
-def to_wire(obj: Any) -> Any:
-    """The wire form of a record, a list of records, or a plain value. An object with a
-    ``__wire__`` method gives its own (a shard passes its inode records where a reply
-    says ``Attr``: ``Inode.__wire__`` is Attr's wire form, without building an Attr)."""
-    c = _CODECS.get(type(obj))
-    if c is not None:
-        return c.encode(obj)
-    if type(obj) is list:
-        return [to_wire(x) for x in obj]
-    w = getattr(obj, "__wire__", None)
-    if w is not None:
-        return w()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return codec(type(obj)).encode(obj)
-    return obj
-
-
-def from_wire(cls: type[T], v: Any, check: bool = False) -> T:
-    """A ``cls`` record from its wire form (``check``: untrusted input, see the module doc)."""
-    return codec(cls).decode(v, check)
-
-
-T = typing.TypeVar("T")
-
-
-def _is_record(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _convs(tp: Any) -> tuple[_Conv, _Conv | None, _Conv | None]:
-    """(strict decode, loose decode or None, encode or None) for a field of type ``tp``."""
-    if tp is Any:
-        return (lambda v: v), None, None
-    if tp in (int, bytes, str):
-        def strict(v, tp=tp):
-            if not isinstance(v, tp):
-                raise _bad(f"{tp.__name__} expected, not {type(v).__name__}")
-            return v
-        return strict, None, None
-    if tp is bool:
-        def strict_bool(v):
-            if not isinstance(v, int):  # bool, or an int used as one
-                raise _bad(f"bool expected, not {type(v).__name__}")
-            return v
-        return strict_bool, None, None
-    if tp is float:
-        def strict_float(v):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise _bad(f"number expected, not {type(v).__name__}")
-            return v
-        return strict_float, None, None
-    if _is_record(tp):
-        def strict_rec(v, tp=tp):
-            return from_wire(tp, v, check=True)
-
-        def loose_rec(v, tp=tp):
-            return from_wire(tp, v)
-
-        def enc_rec(v):
-            if type(v) is list:  # already in wire form (a shard's hot loop, see READDIR)
-                return v
-            c = _CODECS.get(type(v))
-            return c.encode(v) if c is not None else to_wire(v)
-        return strict_rec, loose_rec, enc_rec
-    origin = typing.get_origin(tp)
-    if origin is list or tp is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        s, lo, e = _convs(item)
-
-        def strict_list(v):
-            if not isinstance(v, list):
-                raise _bad(f"list expected, not {type(v).__name__}")
-            return [s(x) for x in v]
-        loose = None if lo is None else (lambda v: [lo(x) for x in v])
-        enc = None if e is None else (lambda v: [e(x) for x in v])
-        return strict_list, loose, enc
-    if origin in (typing.Union, types.UnionType):
-        members = typing.get_args(tp)
-        parts = [(m, _convs(m)) for m in members if m is not type(None)]
-        optional = type(None) in members
-
-        def pick(v):
-            for m, c in parts:
-                if _wire_is(m, v):
-                    return c
-            return None
-
-        def strict_union(v):
-            if v is None and optional:
-                return None
-            c = pick(v)
-            if c is None:
-                raise _bad(f"{tp} expected, not {type(v).__name__}")
-            return c[0](v)
-
-        def loose_union(v):
-            c = None if v is None else pick(v)
-            return v if c is None or c[1] is None else c[1](v)
-
-        encs = [c[2] for _, c in parts if c[2] is not None]
-        if len(encs) == 1 and optional and len(parts) == 1:
-            def enc_union(v, e=encs[0]):
-                return None if v is None else e(v)
-        else:
-            def enc_union(v):
-                return to_wire(v)
-        needs = any(c[1] is not None for _, c in parts)
-        return strict_union, (loose_union if needs else None), (enc_union if needs else None)
-    raise TypeError(f"no wire form for {tp!r}")
-
-
-def _wire_is(tp: Any, v: Any) -> bool:
-    """Whether wire value ``v`` may be a ``tp`` (to pick a member of a union)."""
-    if _is_record(tp) or tp is list or typing.get_origin(tp) is list:
-        return isinstance(v, list)
-    if tp is float:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if tp is Any:
-        return True
-    return isinstance(v, tp)
-
-
-def record(cls: type | None = None, *, bare: bool = False):
-    """Make ``cls`` a frozen slotted dataclass with a wire codec (``bare``: see the module doc)."""
-    def deco(c: type) -> type:
-        c = dataclasses.dataclass(frozen=True, slots=True)(c)
-        _CODECS[c] = _Codec(c, trim=False, bare=bare)
-        return c
-    return deco if cls is None else deco(cls)
 
 
 class Request:
@@ -303,16 +59,16 @@ class Request:
     INTERNAL: ClassVar[bool]  # shard to shard only: the server refuses it from clients
 
     def to_wire(self) -> list:
-        return _CODECS[type(self)].encode(self)
+        return codec(type(self)).encode(self)
 
     @classmethod
     def from_wire(cls, v: Any) -> Any:
         """Decode an untrusted body: InvalidArgument unless every field has its type."""
-        return _CODECS[cls].decode(v, True)
+        return codec(cls).strict(v)
 
     @classmethod
     def reply_from_wire(cls, v: Any) -> Any:
-        return _CODECS[cls.REPLY].decode(v, False)
+        return codec(cls.REPLY).loose(v)
 
     def shard(self, nshards: int) -> int:
         """The shard a client sends this request to."""
@@ -328,7 +84,7 @@ def request(code: Op, kind: Kind, reply: type, *, internal: bool = False):
         if code in REQUESTS:
             raise TypeError(f"{code!r} registered twice")
         cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
-        _CODECS[cls] = _Codec(cls, trim=True, bare=False)
+        register(cls, trim=True)
         codec(reply)
         cls.OP, cls.KIND, cls.REPLY, cls.INTERNAL = code, kind, reply, internal
         REQUESTS[code] = cls
