@@ -1,9 +1,11 @@
 """MetaClient: the namespace API over any transport (async core, sync facade).
 
-It routes every operation to its shard (inode ids carry their shard; a new
+It builds every operation as a typed request (``dfs.common.messages``),
+routes it to its shard (``Request.shard``: inode ids carry their shard; a new
 directory's shard is a hash of parent and name), gives each logical operation
-one request id that its retries reuse, and turns wire results into typed
-records. It knows nothing of Raft or of how a transport reaches a leader.
+one request id that its retries reuse, and decodes the typed reply into the
+records it returns. It knows nothing of Raft or of how a transport reaches a
+leader, and builds no wire list by hand.
 
 Imports: dfs.common only (and a transport given to it).
 """
@@ -11,16 +13,18 @@ Imports: dfs.common only (and a transport given to it).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno as E
 import os
 import stat
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from dfs.common import errors as err
-from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
+from dfs.common import messages as m
+from dfs.common.ids import ROOT_INO, shard_of
 from dfs.common.limits import NAME_MAX
 from dfs.common.ops import (
     DEFAULT_LEASE_S,
@@ -73,22 +77,29 @@ class MetaClient:
     async def close(self) -> None:
         await self.t.close()
 
-    async def _call(self, shard: int, op: Op, args: list, caller: Caller | None, mutating: bool = False):
-        return await self.t.call(shard, op, caller or self.caller, args, _rid() if mutating else b"")
+    async def _send(self, req: m.Request, caller: Caller | None, mutating: bool = False, *,
+                    shard: int | None = None) -> Any:
+        """``req`` to its shard (or ``shard``): its typed reply. A mutation gets a new request id."""
+        s = req.shard(self.nshards) if shard is None else shard
+        raw = await self.t.call(s, req.OP, caller or self.caller, req.to_wire(), _rid() if mutating else b"")
+        return req.reply_from_wire(raw)
 
-    async def _attr_of(self, ino: int, wire: list | None, caller: Caller | None) -> Attr:
-        if wire is None:
-            wire = await self._call(shard_of(ino), Op.GETATTR, [ino], caller)
-        return Attr.from_wire(wire)
+    async def _many(self, shard: int, reqs: list[m.Request], caller: Caller | None) -> list[Any]:
+        """Several mutations in one request to ``shard``: a typed reply or a DfsError each."""
+        c = caller or self.caller
+        res = await self.t.call_many(shard, [(r.OP, c, r.to_wire(), _rid()) for r in reqs])
+        return [x if isinstance(x, err.DfsError) else r.reply_from_wire(x) for r, x in zip(reqs, res)]
+
+    async def _attr_of(self, ino: int, attr: Attr | None, caller: Caller | None) -> Attr:
+        return attr if attr is not None else await self.getattr(ino, caller=caller)
 
     # ------------------------------------------------------------------ reads
     async def lookup(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> Attr:
-        name = _enc(name)
-        ino, _mode, wire = await self._call(shard_of(parent), Op.LOOKUP, [parent, name], caller)
-        return await self._attr_of(ino, wire, caller)
+        r = await self._send(m.Lookup(parent, _enc(name)), caller)
+        return await self._attr_of(r.ino, r.attr, caller)
 
     async def getattr(self, ino: int, *, caller: Caller | None = None) -> Attr:
-        return Attr.from_wire(await self._call(shard_of(ino), Op.GETATTR, [ino], caller))
+        return await self._send(m.Getattr(ino), caller)
 
     async def getattrs(self, inos: list[int], *, caller: Caller | None = None) -> dict[int, Attr | err.DfsError]:
         """Attributes of many inodes: one request per shard, in parallel."""
@@ -97,26 +108,30 @@ class MetaClient:
             by_shard[shard_of(ino)].append(ino)
 
         async def one(shard: int, group: list[int]):
-            res = await self._call(shard, Op.GETATTRS, [group], caller)
-            return zip(group, res)
+            res = await self._send(m.Getattrs(group), caller, shard=shard)
+            return zip(group, res.attrs)
 
         out: dict[int, Attr | err.DfsError] = {}
         for pairs in await asyncio.gather(*(one(s, g) for s, g in by_shard.items())):
             for ino, r in pairs:
-                out[ino] = err.error_for(r) if isinstance(r, int) else Attr.from_wire(r)
+                out[ino] = err.error_for(r) if isinstance(r, int) else r
         return out
 
     async def readdir(self, ino: int, cookie: int = 0, limit: int = 1000, *, plus: bool = True,
                       caller: Caller | None = None) -> tuple[list[DirEntry], bool]:
         """One page of entries after ``cookie`` and whether it is the last page."""
-        rows, eof = await self._call(shard_of(ino), Op.READDIR, [ino, cookie, limit, plus], caller)
-        missing = [r[1] for r in rows if plus and r[4] is None]
-        attrs = await self.getattrs(missing, caller=caller) if missing else {}
+        r = await self._send(m.Readdir(ino, cookie, limit, plus), caller)
+        missing = [e.ino for e in r.entries if plus and e.attr is None]
+        if not missing:
+            return r.entries, r.eof
+        attrs = await self.getattrs(missing, caller=caller)
         out = []
-        for name, cino, mode, next_cookie, wire in rows:
-            a = Attr.from_wire(wire) if wire is not None else attrs.get(cino)
-            out.append(DirEntry(name, cino, mode, next_cookie, a if isinstance(a, Attr) else None))
-        return out, eof
+        for e in r.entries:
+            if e.attr is None:
+                a = attrs.get(e.ino)
+                e = dataclasses.replace(e, attr=a if isinstance(a, Attr) else None)
+            out.append(e)
+        return out, r.eof
 
     async def iterdir(self, ino: int, *, plus: bool = True, page: int = 1000,
                       caller: Caller | None = None) -> AsyncIterator[DirEntry]:
@@ -133,17 +148,17 @@ class MetaClient:
         return [e async for e in self.iterdir(ino, plus=plus, caller=caller)]
 
     async def readlink(self, ino: int, *, caller: Caller | None = None) -> bytes:
-        return await self._call(shard_of(ino), Op.READLINK, [ino], caller)
+        return (await self._send(m.Readlink(ino), caller)).target
 
     async def getxattr(self, ino: int, name: str | bytes, *, caller: Caller | None = None) -> bytes:
-        return await self._call(shard_of(ino), Op.GETXATTR, [ino, _enc(name)], caller)
+        return (await self._send(m.Getxattr(ino, _enc(name)), caller)).value
 
     async def listxattr(self, ino: int, *, caller: Caller | None = None) -> list[bytes]:
-        return await self._call(shard_of(ino), Op.LISTXATTR, [ino], caller)
+        return (await self._send(m.Listxattr(ino), caller)).names
 
     async def statfs(self, *, caller: Caller | None = None) -> StatFs:
-        counts = await asyncio.gather(*(self._call(s, Op.STATFS, [], caller) for s in range(self.nshards)))
-        files = sum(c[0] for c in counts)
+        counts = await asyncio.gather(*(self._send(m.Statfs(), caller, shard=s) for s in range(self.nshards)))
+        files = sum(c.files for c in counts)
         total_files = max(1 << 32, files * 2)
         # Capacity comes from the data servers (a later part); until then a nominal 1 PiB.
         block = 4096
@@ -159,12 +174,10 @@ class MetaClient:
         ``inline``: whether the new file keeps its bytes in the metadata shard while
         they fit under ``INLINE_MAX`` (None: as its directory's policy says, see
         ``setlayout``). Returns (attr, created)."""
-        name = _enc(name)
-        args = [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None]
-        if inline is not None:
-            args.append(bool(inline))
-        wire, created, ino, *_ = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
-        return await self._attr_of(ino, wire, caller), created
+        req = m.Create(parent, _enc(name), stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None,
+                       None if inline is None else bool(inline))
+        r = await self._send(req, caller, True)
+        return await self._attr_of(r.ino, r.attr, caller), r.created
 
     async def create_open(self, parent: int, name: str | bytes, mode: int = 0o644, *, excl: bool = True,
                           umask: int = 0, lease_s: float = DEFAULT_LEASE_S, inline: bool | None = None,
@@ -174,19 +187,17 @@ class MetaClient:
         (``excl=False``) is opened too, after an ``access`` check (os.R_OK | os.W_OK); an
         existing entry of another type (a directory, a symlink the caller must follow) is
         returned with handle None."""
-        name = _enc(name)
         h = os.urandom(16)
-        args = [parent, name, stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None, inline, h, float(lease_s)]
-        if access:
-            args.append(int(access))
-        wire, created, ino, opened, pwire = await self._call(shard_of(parent), Op.CREATE, args, caller, True)
-        if opened:
-            return Attr.from_wire(wire), created, h, Attr.from_wire(pwire)
-        attr = await self._attr_of(ino, wire, caller)
+        req = m.Create(parent, _enc(name), stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None, inline, h,
+                       float(lease_s), int(access))
+        r = await self._send(req, caller, True)
+        if r.opened:
+            return r.attr, r.created, h, r.parent
+        attr = await self._attr_of(r.ino, r.attr, caller)
         if not attr.is_reg():
-            return attr, False, None, Attr.from_wire(pwire)
-        attr, _ = await self.open_file(ino, lease_s, access=access, handle=h, caller=caller)  # on another shard
-        return attr, created, h, Attr.from_wire(pwire)
+            return attr, False, None, r.parent
+        attr, _ = await self.open_file(r.ino, lease_s, access=access, handle=h, caller=caller)  # on another shard
+        return attr, r.created, h, r.parent
 
     async def mknod(self, parent: int, name: str | bytes, mode: int, rdev: int = 0, *, umask: int = 0,
                     caller: Caller | None = None) -> Attr:
@@ -194,39 +205,35 @@ class MetaClient:
             return await self.mkdir(parent, name, mode, umask=umask, caller=caller)
         if stat.S_IFMT(mode) == 0:
             mode |= stat.S_IFREG
-        wire, _, ino, *_ = await self._call(shard_of(parent), Op.CREATE,
-                                        [parent, _enc(name), mode, rdev, True, umask, None], caller, True)
-        return await self._attr_of(ino, wire, caller)
+        r = await self._send(m.Create(parent, _enc(name), mode, rdev, True, umask, None), caller, True)
+        return await self._attr_of(r.ino, r.attr, caller)
 
     async def symlink(self, parent: int, name: str | bytes, target: str | bytes, *,
                       caller: Caller | None = None) -> Attr:
-        wire, _, ino, *_ = await self._call(shard_of(parent), Op.CREATE,
-                                        [parent, _enc(name), stat.S_IFLNK | 0o777, 0, True, 0, _enc(target)],
-                                        caller, True)
-        return await self._attr_of(ino, wire, caller)
+        req = m.Create(parent, _enc(name), stat.S_IFLNK | 0o777, 0, True, 0, _enc(target))
+        r = await self._send(req, caller, True)
+        return await self._attr_of(r.ino, r.attr, caller)
 
     async def mkdir(self, parent: int, name: str | bytes, mode: int = 0o755, *, umask: int = 0,
                     caller: Caller | None = None) -> Attr:
         name = _enc(name)
         if len(name) > NAME_MAX:
             raise err.NameTooLong()
-        home = dir_home_shard(parent, name, self.nshards)
-        return Attr.from_wire(await self._call(home, Op.MKDIR, [parent, name, mode, umask], caller, True))
+        return await self._send(m.Mkdir(parent, name, mode, umask), caller, True)
 
     async def unlink(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> None:
         """Remove a non-directory entry (EISDIR for a directory, ENOENT for none)."""
-        await self._call(shard_of(parent), Op.UNLINK, [parent, _enc(name)], caller, True)
+        await self._send(m.Unlink(parent, _enc(name)), caller, True)
 
     async def rmdir(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> None:
-        await self._call(shard_of(parent), Op.RMDIR, [parent, _enc(name)], caller, True)
+        await self._send(m.Rmdir(parent, _enc(name)), caller, True)
 
     async def rename(self, sparent: int, sname: str | bytes, dparent: int, dname: str | bytes, flags: int = 0,
                      *, caller: Caller | None = None) -> None:
-        await self._call(shard_of(sparent), Op.RENAME, [sparent, _enc(sname), dparent, _enc(dname), flags],
-                         caller, True)
+        await self._send(m.Rename(sparent, _enc(sname), dparent, _enc(dname), flags), caller, True)
 
     async def link(self, ino: int, parent: int, name: str | bytes, *, caller: Caller | None = None) -> Attr:
-        return Attr.from_wire(await self._call(shard_of(parent), Op.LINK, [ino, parent, _enc(name)], caller, True))
+        return await self._send(m.Link(ino, parent, _enc(name)), caller, True)
 
     async def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                       size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
@@ -250,42 +257,40 @@ class MetaClient:
             valid |= SET_ATIME | SET_ATIME_NOW
         if mtime_now:
             valid |= SET_MTIME | SET_MTIME_NOW
-        args = [ino, valid, mode or 0, uid if valid & SET_UID else 0, gid if valid & SET_GID else 0, size or 0,
-                atime_ns or 0, mtime_ns or 0]
-        if grow is not None:
-            args.append(int(grow))
-        return Attr.from_wire(await self._call(shard_of(ino), Op.SETATTR, args, caller, True))
+        req = m.Setattr(ino, valid, mode or 0, uid if valid & SET_UID else 0, gid if valid & SET_GID else 0,
+                        size or 0, atime_ns or 0, mtime_ns or 0, None if grow is None else int(grow))
+        return await self._send(req, caller, True)
 
     async def extend(self, ino: int, size: int, *, caller: Caller | None = None) -> Attr:
         """A writer publishes its size (grow only) and mtime: close-to-open's close."""
-        return Attr.from_wire(await self._call(shard_of(ino), Op.EXTEND, [ino, size], caller, True))
+        return await self._send(m.Extend(ino, size), caller, True)
 
     async def read_inline(self, ino: int, *, caller: Caller | None = None) -> tuple[bytes, int]:
         """An inline file's stored bytes (the file is those, then zeros up to its size) and
         their high water (the longest they ever were). ENOTSUP: the file is not inline."""
-        data, hw = await self._call(shard_of(ino), Op.READINLINE, [ino], caller)
-        return data, hw
+        r = await self._send(m.ReadInline(ino), caller)
+        return r.data, r.high_water
 
     async def write_inline(self, ino: int, runs: list[tuple[int, bytes]], size: int, *,
                            caller: Caller | None = None) -> Attr:
         """Write runs ``(offset, bytes)`` (in order, later ones win) into an inline file and
         publish ``size`` (grow only) and mtime: one logged command. ENOTSUP: not inline
         (any more); EFBIG: a run ends past INLINE_MAX."""
-        body = [[off, bytes(b)] for off, b in runs]
-        return Attr.from_wire(await self._call(shard_of(ino), Op.WRITEINLINE, [ino, body, size], caller, True))
+        body = [m.InlineRun(off, bytes(b)) for off, b in runs]
+        return await self._send(m.WriteInline(ino, body, size), caller, True)
 
     async def migrate_inline(self, ino: int, expect: bytes | None, *, caller: Caller | None = None) -> Attr:
         """Declare an inline file's bytes copied to the data servers (``expect``: their
         ``inline_digest``, None for a file that never had inline bytes); ECANCELED if
         they changed meanwhile. A file already not inline is left as it is."""
-        return Attr.from_wire(await self._call(shard_of(ino), Op.MIGRATE, [ino, expect], caller, True))
+        return await self._send(m.Migrate(ino, expect), caller, True)
 
     async def setxattr(self, ino: int, name: str | bytes, value: bytes, flags: int = 0, *,
                        caller: Caller | None = None) -> None:
-        await self._call(shard_of(ino), Op.SETXATTR, [ino, _enc(name), bytes(value), flags], caller, True)
+        await self._send(m.Setxattr(ino, _enc(name), bytes(value), flags), caller, True)
 
     async def removexattr(self, ino: int, name: str | bytes, *, caller: Caller | None = None) -> None:
-        await self._call(shard_of(ino), Op.REMOVEXATTR, [ino, _enc(name)], caller, True)
+        await self._send(m.Removexattr(ino, _enc(name)), caller, True)
 
     async def setlayout(self, ino: int, layout: int, *, inline: bool | None = None,
                         caller: Caller | None = None) -> Attr:
@@ -294,8 +299,8 @@ class MetaClient:
         ``inline`` (if given) sets its small-files policy (``Attr.flags & FLAG_INLINE`` on a
         directory): new regular files in it keep their bytes inline while they fit under
         ``INLINE_MAX``; new subdirectories inherit the policy."""
-        args = [ino, int(layout)] if inline is None else [ino, int(layout), bool(inline)]
-        return Attr.from_wire(await self._call(shard_of(ino), Op.SETLAYOUT, args, caller, True))
+        req = m.Setlayout(ino, int(layout), None if inline is None else bool(inline))
+        return await self._send(req, caller, True)
 
     # ------------------------------------------------------------------ open handles
     async def open_handle(self, ino: int, lease_s: float = DEFAULT_LEASE_S, *, handle: bytes | None = None,
@@ -314,9 +319,7 @@ class MetaClient:
         close-to-open) and checks ``access`` (os.R_OK | os.W_OK) for the caller on the
         service: EACCES changes nothing."""
         h = handle if handle is not None else os.urandom(16)
-        args = [ino, h, float(lease_s)] + ([int(access)] if access else [])
-        wire = await self._call(shard_of(ino), Op.OPEN, args, caller, True)
-        return Attr.from_wire(wire), h
+        return await self._send(m.Open(ino, h, float(lease_s), int(access)), caller, True), h
 
     async def open_read(self, ino: int, lease_s: float = DEFAULT_LEASE_S, *, access: int = 0,
                         handle: bytes | None = None, caller: Caller | None = None) -> tuple[Attr, bytes, bool]:
@@ -326,9 +329,8 @@ class MetaClient:
         closed with ``renew_handles`` / ``close_handles``, read handles with
         ``renew_read_handles`` / ``close_read_handles``. ``access``: 0 or os.R_OK."""
         h = handle if handle is not None else os.urandom(16)
-        args = [ino, h, float(lease_s)] + ([int(access)] if access else [])
-        wire, durable = await self._call(shard_of(ino), Op.OPENREAD, args, caller, True)
-        return Attr.from_wire(wire), h, bool(durable)
+        r = await self._send(m.OpenRead(ino, h, float(lease_s), int(access)), caller, True)
+        return r.attr, h, bool(r.durable)
 
     async def lookup_open(self, parent: int, name: str | bytes, lease_s: float = DEFAULT_LEASE_S, *,
                           access: int = 0, handle: bytes | None = None,
@@ -337,30 +339,32 @@ class MetaClient:
         handle, durable). The handle is None when nothing was opened (not a regular file,
         or an inode on another shard than the directory's: the caller opens it itself)."""
         h = handle if handle is not None else os.urandom(16)
-        args = [parent, _enc(name), h, float(lease_s)] + ([int(access)] if access else [])
-        ino, _mode, wire, opened = await self._call(shard_of(parent), Op.LOOKUPOPEN, args, caller, True)
-        return await self._attr_of(ino, wire, caller), (h if opened else None), opened == 2
+        r = await self._send(m.LookupOpen(parent, _enc(name), h, float(lease_s), int(access)), caller, True)
+        opened = r.opened != m.Opened.NO
+        return await self._attr_of(r.ino, r.attr, caller), (h if opened else None), r.opened == m.Opened.DURABLE
 
     async def renew_read_handles(self, pairs: list[tuple[int, bytes]], lease_s: float = DEFAULT_LEASE_S, *,
                                  caller: Caller | None = None) -> list[tuple[int, bytes]]:
         """``renew_handles`` for read handles (a new leader adopts them). Returns the pairs
         that are gone for good: the file was deleted and its chunks freed."""
-        return await self._per_shard(Op.RENEWREAD, pairs, [float(lease_s)], caller)
+        return await self._per_shard(lambda g: m.RenewRead(g, float(lease_s)), pairs, caller)
 
     async def close_read_handles(self, pairs: list[tuple[int, bytes]], *, caller: Caller | None = None) -> None:
         """Drop read handles (unknown ones are fine), one request per shard, in parallel."""
-        await self._per_shard(Op.CLOSEREAD, pairs, [], caller)
+        await self._per_shard(m.CloseRead, pairs, caller)
 
-    async def _per_shard(self, op: Op, pairs: list[tuple[int, bytes]], extra: list,
+    async def _per_shard(self, make: Callable[[list[m.HandleRef]], m.Request], pairs: list[tuple[int, bytes]],
                          caller: Caller | None) -> list[tuple[int, bytes]]:
-        """``op [[ino, handle]...] *extra`` on each pairs' shard at once; the pairs answered non-zero."""
-        by_shard: dict[int, list[list]] = defaultdict(list)
+        """``make(handles)`` on each pairs' shard at once; the pairs answered with an errno."""
+        by_shard: dict[int, list[m.HandleRef]] = defaultdict(list)
         for ino, h in pairs:
-            by_shard[shard_of(ino)].append([ino, h])
+            by_shard[shard_of(ino)].append(m.HandleRef(ino, h))
 
-        async def one(shard: int, group: list[list]):
-            res = await self._call(shard, op, [group, *extra], caller, op == Op.RENEW)
-            return [(ino, h) for (ino, h), e in zip(group, res or ()) if e]
+        async def one(shard: int, group: list[m.HandleRef]):
+            req = make(group)
+            res = await self._send(req, caller, req.OP == Op.RENEW, shard=shard)
+            errnos = res.errnos if isinstance(res, m.Errnos) else ()
+            return [(r.ino, r.handle) for r, e in zip(group, errnos) if e]
 
         gone: list[tuple[int, bytes]] = []
         for g in await asyncio.gather(*(one(s, g) for s, g in by_shard.items())):
@@ -372,20 +376,19 @@ class MetaClient:
         """Extend handles ``(ino, handle)`` to now + ``lease_s`` (one request per shard, in
         parallel). Returns the pairs that are gone (closed or expired): a file that still has a
         name can be opened again (``open_handle(ino, handle=h)``); one that does not is lost."""
-        return await self._per_shard(Op.RENEW, pairs, [float(lease_s)], caller)
+        return await self._per_shard(lambda g: m.Renew(g, float(lease_s)), pairs, caller)
 
     async def close_handle(self, ino: int, handle: bytes, *, caller: Caller | None = None) -> bool:
         """Drop a handle (a gone one is fine). The last handle of a file without a name
         deletes it; returns whether this close did."""
-        return bool(await self._call(shard_of(ino), Op.CLOSE, [ino, handle], caller, True))
+        return bool((await self._send(m.Close(ino, handle), caller, True)).deleted)
 
     async def close_handles(self, pairs: list[tuple[int, bytes]], *, caller: Caller | None = None) -> None:
         """``close_handle`` for many handles: one batch request per shard, in parallel."""
-        c = caller or self.caller
-        by_shard: dict[int, list] = defaultdict(list)
+        by_shard: dict[int, list[m.Request]] = defaultdict(list)
         for ino, h in pairs:
-            by_shard[shard_of(ino)].append((Op.CLOSE, c, [ino, h], _rid()))
-        for res in await asyncio.gather(*(self.t.call_many(s, ops) for s, ops in by_shard.items())):
+            by_shard[shard_of(ino)].append(m.Close(ino, h))
+        for res in await asyncio.gather(*(self._many(s, reqs, caller) for s, reqs in by_shard.items())):
             for r in res:
                 if isinstance(r, err.DfsError) and r.errno != E.ENOENT:
                     raise r
@@ -394,10 +397,9 @@ class MetaClient:
     async def create_many(self, parent: int, names: list[str | bytes], mode: int = 0o644, *,
                           caller: Caller | None = None) -> list[Attr | err.DfsError]:
         """Create many files in one directory with one request (one shard)."""
-        c = caller or self.caller
-        ops = [(Op.CREATE, c, [parent, _enc(n), stat.S_IFREG | mode, 0, True, 0, None], _rid()) for n in names]
-        res = await self.t.call_many(shard_of(parent), ops)
-        return [r if isinstance(r, err.DfsError) else Attr.from_wire(r[0]) for r in res]
+        reqs = [m.Create(parent, _enc(n), stat.S_IFREG | mode, 0, True, 0, None) for n in names]
+        res = await self._many(shard_of(parent), reqs, caller)
+        return [r if isinstance(r, err.DfsError) else r.attr for r in res]
 
     async def getattr_many(self, inos: list[int], *, caller: Caller | None = None) -> list[Attr | err.DfsError]:
         got = await self.getattrs(inos, caller=caller)

@@ -1,1 +1,1 @@
-"""Metadata shards: key schema, state machine, cross-shard coordinator, service, server."""
+"""Metadata shards: key schema, state machine, one module per op (ops/), cross-shard coordinator, service, server."""

@@ -28,8 +28,13 @@ file's inode lives on the shard of the directory it was created in.
 
 from __future__ import annotations
 
+import enum
 import stat
 import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
 
 from dfs.common.ids import name_hash
 from dfs.common.records import FLAG_INLINE, Attr
@@ -66,6 +71,10 @@ def u64(n: int) -> bytes:
 
 def from_u64(b: bytes) -> int:
     return _Q.unpack(b)[0]
+
+
+def _unpackb(b: bytes) -> Any:
+    return msgpack.unpackb(b, raw=False, use_list=True, strict_map_key=False)
 
 
 def inode_key(ino: int) -> bytes:
@@ -113,8 +122,63 @@ def xattr_key(ino: int, name: bytes) -> bytes:
     return P_XATTR + _Q.pack(ino) + name
 
 
+def xattr_name(key: bytes) -> bytes:
+    """The name in an X key."""
+    return key[9:]
+
+
 def orphan_key(ino: int) -> bytes:
     return P_ORPHAN + _Q.pack(ino)
+
+
+def orphan_value(layout: int, size: int, attr: list) -> bytes:
+    return msgpack.packb([layout, size, attr])
+
+
+def split_orphan(key: bytes, value: bytes) -> tuple[int, int, int, list | None]:
+    """(ino, layout, size, wire attributes or None) of an O record (records written before the
+    attributes were kept have none)."""
+    rec = _unpackb(value)
+    return _Q.unpack_from(key, 1)[0], rec[0], rec[1], (rec[2] if len(rec) > 2 else None)
+
+
+# idempotency records (R) and their expiry index (Y)
+
+def request_key(rid: bytes) -> bytes:
+    return P_REQUEST + rid
+
+
+def request_value(ts: int, result: bytes) -> bytes:
+    return _Q.pack(ts) + result
+
+
+def request_result(value: bytes) -> bytes:
+    """The packed result kept in an R record."""
+    return value[8:]
+
+
+def pack_result(status: int, payload: Any) -> bytes:
+    """A command's result as the state machine answers and records it: [0, reply] or [errno, message]."""
+    return msgpack.packb([status, payload])
+
+
+def unpack(b: bytes) -> Any:
+    """msgpack as every record here is written (str as str, lists as lists)."""
+    return _unpackb(b)
+
+
+def expiry_key(ts: int, rid: bytes) -> bytes:
+    return P_EXPIRY + _Q.pack(ts) + rid
+
+
+def expiry_end(ts: int) -> bytes:
+    """Every Y key of a record stamped before ``ts`` sorts before this."""
+    return P_EXPIRY + _Q.pack(ts)
+
+
+def request_key_of_expiry(key: bytes) -> bytes:
+    """The R key a Y key indexes."""
+    return P_REQUEST + key[9:]
 
 
 def inline_key(ino: int) -> bytes:
@@ -129,8 +193,26 @@ def handle_key(ino: int, handle: bytes) -> bytes:
     return P_HANDLE + _Q.pack(ino) + handle
 
 
+def split_handle_key(key: bytes) -> tuple[int, bytes]:
+    """(ino, handle) of an H key."""
+    return _Q.unpack_from(key, 1)[0], key[9:]
+
+
+def handle_value(expiry: int) -> bytes:
+    return msgpack.packb([expiry])
+
+
+def handle_expiry(value: bytes) -> int:
+    return _unpackb(value)[0]
+
+
 def handle_expiry_key(expiry: int, ino: int, handle: bytes) -> bytes:
     return P_HANDLE_EXPIRY + _Q.pack(expiry) + _Q.pack(ino) + handle
+
+
+def handle_expiry_end(ts: int) -> bytes:
+    """Every J key of an expiry before ``ts`` sorts before this."""
+    return P_HANDLE_EXPIRY + _Q.pack(max(0, ts))
 
 
 def split_handle_expiry_key(key: bytes) -> tuple[int, int, bytes]:
@@ -150,15 +232,115 @@ def split_inline_value(v: bytes) -> tuple[bytes, int]:
     return v[4:], _HW.unpack_from(v)[0]
 
 
+def read_mark_value(last: int, mine: int, earlier: int) -> bytes:
+    return msgpack.packb([last, mine, earlier])
+
+
+def split_read_mark(value: bytes | None) -> tuple[int, int, int]:
+    """(last term, until ns of that term's read handles, until ns of earlier terms')."""
+    return (0, 0, 0) if value is None else tuple(_unpackb(value))  # type: ignore[return-value]
+
+
+# locks (K) held by prepared cross-shard operations
+
+class LockMode(enum.StrEnum):
+    SHARED = "S"
+    EXCLUSIVE = "X"
+
+
+_LOCK_INODE = b"i"
+_LOCK_DENTRY = b"d"
+
+
 def lock_key_inode(ino: int) -> bytes:
-    return b"i" + _Q.pack(ino)
+    return _LOCK_INODE + _Q.pack(ino)
 
 
 def lock_key_dentry(parent: int, name: bytes) -> bytes:
-    return b"d" + _Q.pack(parent) + name
+    return _LOCK_DENTRY + _Q.pack(parent) + name
+
+
+def inode_of_lock_key(key: bytes) -> int | None:
+    """The inode an inode lock key names (None for other lock keys)."""
+    return _Q.unpack_from(key, 1)[0] if key[:1] == _LOCK_INODE else None
 
 
 LOCK_RENAME = b"g:rename"  # the cluster-wide ordering point of directory renames (shard 0)
+
+
+def lock_record_key(key: bytes) -> bytes:
+    return P_LOCK + key
+
+
+def lock_value(mode: LockMode, holders: list[bytes]) -> bytes:
+    return msgpack.packb([str(mode), holders])
+
+
+def split_lock_value(value: bytes | None) -> tuple[LockMode | None, list[bytes]]:
+    """(mode, holding operation ids) of a K record (None, []: no lock)."""
+    if value is None:
+        return None, []
+    mode, holders = _unpackb(value)
+    return LockMode(mode), holders
+
+
+# cross-shard operation records (P)
+
+class OpState(enum.StrEnum):
+    """Where a cross-shard operation stands on a shard (OPSTATUS, ABORT answer these)."""
+
+    NONE = ""  # no record: never prepared here, or finished and forgotten
+    PREPARED = "P"
+    COMMITTED = "C"
+    ABORTED = "A"  # ABORT's answer: undone (or there was nothing to undo)
+
+
+def op_key(op_id: bytes) -> bytes:
+    return P_OP + op_id
+
+
+def op_id_of(key: bytes) -> bytes:
+    return key[1:]
+
+
+@dataclass(slots=True)
+class OpRecord:
+    """A P record: a cross-shard operation prepared on this shard. On its coordinator it is
+    the intent (``parts`` set) and, once committed, the decision with the client's reply.
+    Kept as a msgpack map with the short keys of its first format."""
+
+    coord: int  # the coordinator shard
+    actions: list  # the wire actions (dfs.meta.ops.actions) prepared here
+    ts: int  # when it was prepared
+    state: OpState
+    res: list  # PREPARE's answer, for a repeated PREPARE
+    st: dict  # the actions' shared state (new_ino, op_id)
+    locks: list[tuple[bytes, LockMode]]
+    rid: bytes = b""  # the client's request id (coordinator)
+    parts: list[int] | None = None  # the other participants (coordinator only)
+    reply: Any = None  # the decided reply (coordinator, once committed)
+    has_reply: bool = field(default=False)
+
+    def pack(self) -> bytes:
+        rec: dict[str, Any] = {"c": self.coord, "a": self.actions, "t": self.ts, "s": str(self.state),
+                               "res": self.res, "st": self.st,
+                               "l": [[k, str(m)] for k, m in self.locks], "rid": self.rid}
+        if self.parts is not None:
+            rec["parts"] = self.parts
+        if self.has_reply:
+            rec["reply"] = self.reply
+        return msgpack.packb(rec)
+
+    @classmethod
+    def unpack(cls, value: bytes) -> OpRecord:
+        rec = _unpackb(value)
+        return cls(rec["c"], rec["a"], rec["t"], OpState(rec["s"]), rec["res"], rec["st"],
+                   [(k, LockMode(m)) for k, m in rec["l"]], rec.get("rid") or b"", rec.get("parts"),
+                   rec.get("reply"), "reply" in rec)
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.parts is not None
 
 
 FLAG_XATTRS = 1  # the inode has (or had) extended attributes
@@ -207,6 +389,9 @@ class Inode:
         """The client-visible attributes: the fields of ``Attr``, in order."""
         return [self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size,
                 self.atime, self.mtime, self.ctime, self.layout, self.flags & CLIENT_FLAGS]
+
+    # what a reply's Attr field may hold on the shard: encoded as Attr, without building one
+    __wire__ = wire
 
     def attr(self) -> Attr:
         return Attr(*self.wire())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -39,7 +40,8 @@ from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
-from dfs.common.ops import INTERNAL, Op
+from dfs.common.messages import is_internal
+from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.consensus.raft import RaftHost
 from dfs.meta.service import ShardService
@@ -129,22 +131,22 @@ class MetaServicer(pbg.MetaServiceServicer):
                 await self.follower.refresh(wait=2.0)
             else:
                 self.follower.refresh_soon()
-        if req.op in INTERNAL and not peer:
-            return pb.OpReply(status=1, message="internal operation: shard servers only")  # EPERM
+        if is_internal(req.op) and not peer:
+            return pb.OpReply(status=errno.EPERM, message="internal operation: shard servers only")
         if req.shard != self.shard:
             return pb.OpReply(status=err.WRONG_SHARD, message=f"this is shard {self.shard}")
         if not self.host.is_leader:
             return pb.OpReply(status=err.NOT_LEADER, leader=self.leader_address())
         caller = Caller(req.caller.uid, req.caller.gid, tuple(req.caller.groups))
-        ts = req.ts if req.ts and req.op in INTERNAL else None
+        ts = req.ts if req.ts and is_internal(req.op) else None
         try:
             args = msgpack.unpackb(req.body, raw=False, use_list=True, strict_map_key=False) if req.body else []
         except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
-            return pb.OpReply(status=22, message="malformed body")
+            return pb.OpReply(status=errno.EINVAL, message="malformed body")
         # the log lines written while serving it name the request (its id, as retried)
         token = logs.set_op(req.request_id or None)
         t0 = time.monotonic()
-        status = 5
+        status = errno.EIO
         try:
             res = await self.svc.execute(req.op, req.request_id, caller, args, ts=ts)
             status = 0
@@ -156,7 +158,7 @@ class MetaServicer(pbg.MetaServiceServicer):
             return pb.OpReply(status=e.errno, message=e.detail or "")
         except Exception as e:  # never let a bug kill the stream; the caller sees EIO
             log.exception("op %s failed", _op_name(req.op))
-            return pb.OpReply(status=5, message=repr(e))
+            return pb.OpReply(status=errno.EIO, message=repr(e))
         finally:
             took = time.monotonic() - t0
             if took >= SLOW_OP_S:
@@ -197,15 +199,15 @@ class MetaServicer(pbg.MetaServiceServicer):
         replies: list[pb.OpReply | None] = [None] * len(ops)
         items, where = [], []
         for i, r in enumerate(ops):
-            if r.op in INTERNAL and not peer:
-                replies[i] = pb.OpReply(status=1, message="internal operation: shard servers only")
+            if is_internal(r.op) and not peer:
+                replies[i] = pb.OpReply(status=errno.EPERM, message="internal operation: shard servers only")
             elif r.shard != self.shard:
                 replies[i] = pb.OpReply(status=err.WRONG_SHARD, message=f"this is shard {self.shard}")
             else:
                 try:
                     args = msgpack.unpackb(r.body, raw=False, use_list=True, strict_map_key=False) if r.body else []
                 except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
-                    replies[i] = pb.OpReply(status=22, message="malformed body")
+                    replies[i] = pb.OpReply(status=errno.EINVAL, message="malformed body")
                     continue
                 items.append((r.op, r.request_id, Caller(r.caller.uid, r.caller.gid, tuple(r.caller.groups)), args))
                 where.append(i)
@@ -242,7 +244,7 @@ async def membership(host: RaftHost, request, internal: bool, leader_address) ->
     (on the leader, every peer's progress); "add" / "remove" ``raft``: on the leader, one
     change, answered once it is committed and applied (RaftHost.add_member / remove_member)."""
     if not internal:
-        return pb.MembershipReply(status=1, message="operators only (internal token)")  # EPERM
+        return pb.MembershipReply(status=errno.EPERM, message="operators only (internal token)")
 
     def reply(m, status: int = 0, message: str = "") -> pb.MembershipReply:
         return pb.MembershipReply(
@@ -255,7 +257,7 @@ async def membership(host: RaftHost, request, internal: bool, leader_address) ->
         if request.op == "":
             return reply(await host.membership())
         if request.op not in ("add", "remove"):
-            return pb.MembershipReply(status=22, message=f"op must be add or remove, not {request.op!r}")
+            return pb.MembershipReply(status=errno.EINVAL, message=f"op must be add or remove, not {request.op!r}")
         if not host.is_leader:
             return pb.MembershipReply(status=err.NOT_LEADER, leader=leader_address())
         if request.op == "add":
@@ -274,7 +276,7 @@ async def transfer_leader(host: RaftHost, request, internal: bool, leader_addres
     its role to ``request.to`` (or the most caught-up replica). Already led by ``to``
     (or, with no ``to``, asked of a follower): NOT_LEADER with the leader's address."""
     if not internal:
-        return pb.TransferLeaderReply(status=1, message="operators only (internal token)")  # EPERM
+        return pb.TransferLeaderReply(status=errno.EPERM, message="operators only (internal token)")
     to = request.to or None
     if not host.is_leader:
         return pb.TransferLeaderReply(status=err.NOT_LEADER, leader=leader_address())

@@ -24,14 +24,22 @@ so that clients cut off by a failover or a restart get to renew first.
 
 Read handles (OPENREAD / RENEWREAD / CLOSEREAD) live in the leader's memory
 instead, with no Raft round per open or close: see ``dfs.meta.readhandles``.
+
+Routing is the registry's (``dfs.meta.ops.HANDLERS``): each op's ``Kind`` says
+whether it is read here, logged, served from the read-handle table or
+coordinated. Only requests that need it are decoded here (reads, read
+handles, coordinated ops, logged ops with an ``admit`` check); a logged
+command carries the wire fields as they came and MetaStore decodes them.
+
+May import dfs.common, dfs.consensus.api and dfs.meta; not grpc.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,12 +47,17 @@ from typing import Any
 import msgpack
 
 from dfs.common import errors as err
-from dfs.common.ops import COORDINATED, DEFAULT_LEASE_S, LOGGED, READ_HANDLES, READS, Op
-from dfs.common.records import FLAG_INLINE, Caller
+from dfs.common import messages as m
+from dfs.common.messages import Kind, to_wire
+from dfs.common.ops import DEFAULT_LEASE_S, Op
+from dfs.common.records import Attr, Caller
 from dfs.consensus.api import Log
 from dfs.meta.coordinator import Coordinator, Recovery
-from dfs.meta.readhandles import MARK_AHEAD_NS, MARK_SKEW_NS, MAX_READ_HANDLES, ReadHandles, foreign_until
+from dfs.meta.ops import handler
+from dfs.meta.readhandles import MARK_AHEAD_NS, MARK_SKEW_NS, ReadHandles, foreign_until
 from dfs.meta.store import MetaStore, encode_command, unpackb
+
+INTERNAL = Caller(0, 0, ())
 
 ChunkRemover = Callable[[int, int, int], Awaitable[None]]  # (ino, packed layout, size)
 
@@ -105,50 +118,43 @@ class ShardService:
         self._mark_lock = asyncio.Lock()
         self._barrier_term = -1  # the term whose READMARK barrier the orphan task has passed
 
-    def _check_layout(self, args: list) -> None:
-        from dfs.common.layout import Layout
-
-        if self.chain_replicas is None or len(args) < 2 or not isinstance(args[1], int) or args[1] == 0:
-            return
-        want = Layout.unpack(args[1]).replicas
-        if want != self.chain_replicas:
-            raise err.InvalidArgument(f"this cluster's chains have {self.chain_replicas} replicas, "
-                                      f"not {want} (one chain table)")
-
     def _check_leader(self) -> None:
         if not self.log.is_leader:
             raise err.NotLeader(leader=self.log.leader or "")
 
     async def execute(self, op: int, rid: bytes, caller: Caller, args: list, ts: int | None = None) -> Any:
-        try:
-            op = Op(op)
-        except ValueError:
-            raise err.InvalidArgument(f"unknown op {op}") from None
+        """Run one op (its wire fields ``args``): the reply's wire form; raises DfsError."""
+        h = handler(op)
         if not isinstance(args, list):
             raise err.InvalidArgument("arguments must be a list")
         self._check_leader()
-        if op in READS:
+        kind = h.kind
+        if kind is Kind.READ:
+            req = h.decode(args)
             try:
-                return self.store.read(op, caller, args)
+                return to_wire(self.store.read_request(h, caller, req))
             except err.NotFound:
-                attr = self._held_orphan_attr(op, args)
+                attr = self._held_orphan_attr(req)
                 if attr is None:
                     raise
-                return attr
-        if op in READ_HANDLES:
-            return await self._read_handle_op(op, rid, caller, args)
-        if op in LOGGED:
-            if op == Op.SETLAYOUT:
-                self._check_layout(args)
-            cmd = encode_command(op, rid, ts or self.clock(), caller, args)
+                return to_wire(attr)
+        if kind is Kind.LOGGED:
+            if h.admit is not None:
+                h.admit(self, h.decode(args))
+            cmd = encode_command(h.op, rid, ts or self.clock(), caller, args)
             raw = await self.log.submit(cmd, timeout=self.submit_timeout)
             status, payload = unpackb(raw)
             if status:
                 raise err.error_for(status, payload)
             return payload
-        if op in COORDINATED:
-            return await self.coordinator.run(op, rid, caller, args)
-        raise err.InvalidArgument(f"op {op!r} is not served here")
+        if kind is Kind.READ_HANDLE:
+            return to_wire(await h.fn(self, rid, caller, h.decode(args)))
+        return to_wire(await self.coordinator.run(h, rid, caller, h.decode(args)))
+
+    async def request(self, req: m.Request, rid: bytes = b"", caller: Caller = INTERNAL,
+                      ts: int | None = None) -> Any:
+        """``execute`` of a typed request on this shard: its typed reply."""
+        return req.reply_from_wire(await self.execute(req.OP, rid, caller, req.to_wire(), ts=ts))
 
     async def execute_batch(self, items: list[tuple[int, bytes, Caller, list]]) -> list[Any]:
         """Many operations at once, answered in order (a result or a DfsError each).
@@ -164,33 +170,29 @@ class ShardService:
         now = self.clock()
         for i, (op, rid, caller, args) in enumerate(items):
             try:
-                op = Op(op)
+                h = handler(op)
                 if not isinstance(args, list):
                     raise err.InvalidArgument("arguments must be a list")
-                if op in READS:
-                    out[i] = self.store.read(op, caller, args)
-                elif op in LOGGED:
-                    if op == Op.SETLAYOUT:
-                        self._check_layout(args)
+                if h.kind is Kind.READ:
+                    out[i] = to_wire(self.store.read_request(h, caller, h.decode(args)))
+                elif h.kind is Kind.LOGGED:
+                    if h.admit is not None:
+                        h.admit(self, h.decode(args))
                     logged.append(i)
-                    cmds.append(encode_command(op, rid, now, caller, args))
-                elif op in COORDINATED or op in READ_HANDLES:
-                    others.append(i)
+                    cmds.append(encode_command(h.op, rid, now, caller, args))
                 else:
-                    raise err.InvalidArgument(f"op {op!r} is not served here")
-            except ValueError:
-                out[i] = err.InvalidArgument(f"unknown op {op}")
+                    others.append(i)
             except err.DfsError as e:
                 out[i] = e
 
-        async def coordinated(i: int) -> None:
+        async def one(i: int) -> None:
             op, rid, caller, args = items[i]
             try:
                 out[i] = await self.execute(op, rid, caller, args)
             except err.DfsError as e:
                 out[i] = e
 
-        tasks = [asyncio.ensure_future(coordinated(i)) for i in others]
+        tasks = [asyncio.ensure_future(one(i)) for i in others]
         if cmds:
             submit_many = getattr(self.log, "submit_many", None)
             if submit_many is not None:
@@ -224,96 +226,22 @@ class ShardService:
             return e.errno, e.detail or "", b""
         return 0, "", msgpack.packb(res)
 
-    # ------------------------------------------------------------ read handles
-    async def _read_handle_op(self, op: Op, rid: bytes, caller: Caller, args: list) -> Any:
-        try:
-            if op == Op.OPENREAD:
-                return await self.open_read(rid, caller, *args)
-            if op == Op.LOOKUPOPEN:
-                return await self.lookup_open(rid, caller, *args)
-            if op == Op.RENEWREAD:
-                return await self.renew_read(*args)
-            return self.close_read(*args)
-        except TypeError:
-            raise err.InvalidArgument(f"{op.name}: wrong arguments") from None
-
-    async def open_read(self, rid: bytes, caller: Caller, ino: int, handle: bytes, lease_s, access: int = 0) -> list:
-        """OPENREAD: [attr, durable]; see dfs.meta.readhandles."""
-        MetaStore._check_handle(handle)
-        lease = MetaStore._lease_ns(lease_s)
-        i = self.store.open_for_read(caller, ino, access)
-        if i.flags & FLAG_INLINE or len(self.reads) >= MAX_READ_HANDLES:
-            args = [ino, handle, lease_s] + ([access] if access else [])
-            return [await self.execute(Op.OPEN, rid, caller, args), True]
-        expiry = self.clock() + lease
-        wire = i.wire()
-        # before any await: the orphan task sees it at once; an empty file will leave no
-        # orphan record to answer GETATTR from, so its attributes are kept here
-        self.reads.put(ino, handle, expiry, wire if i.size == 0 else None)
-        try:
-            await self._ensure_mark(expiry)
-        except BaseException:
-            self.reads.drop(ino, handle)
-            raise
-        return [wire, False]
-
-    async def lookup_open(self, rid: bytes, caller: Caller, parent: int, name: bytes, handle: bytes, lease_s,
-                          access: int = 0) -> list:
-        """LOOKUPOPEN: a path's last step and its open for reading in one round trip."""
-        ino, mode, wire = self.store.read(Op.LOOKUP, caller, [parent, name])
-        if wire is None or not stat.S_ISREG(mode):
-            return [ino, mode, wire, 0]  # another shard's inode, or nothing to open for reading
-        attr, durable = await self.open_read(rid, caller, ino, handle, lease_s, access)
-        return [ino, mode, attr, 2 if durable else 1]
-
-    async def renew_read(self, pairs: list, lease_s) -> list[int]:
-        """RENEWREAD: per pair 0 (extended, or adopted: a failover lost it, the file or its
-        orphan record is still here) or ENOENT (the file and its chunks are gone)."""
-        lease = MetaStore._lease_ns(lease_s)
-        if not isinstance(pairs, list):
-            raise err.InvalidArgument("pairs")
-        now = self.clock()
-        expiry = now + lease
-        out = []
-        for pair in pairs:
-            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], int):
-                raise err.InvalidArgument("pairs: [[ino, handle]...]")
-            ino, handle = pair
-            MetaStore._check_handle(handle)
-            self.store.check_owned(ino)
-            if (self.reads.live_handle(ino, handle, now) or self.store.inode_exists(ino)
-                    or self.store.is_orphan(ino)):
-                self.reads.put(ino, handle, expiry)
-                out.append(0)
-            else:
-                out.append(errno.ENOENT)
-        if any(e == 0 for e in out):
-            await self._ensure_mark(expiry)
-        return out
-
-    def close_read(self, pairs: list) -> None:
-        """CLOSEREAD: forget read handles (unknown ones are fine: closed, expired, another leader's)."""
-        if not isinstance(pairs, list):
-            raise err.InvalidArgument("pairs")
-        for pair in pairs:
-            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], int):
-                raise err.InvalidArgument("pairs: [[ino, handle]...]")
-            MetaStore._check_handle(pair[1])
-            self.reads.drop(pair[0], pair[1])
-
-    def _held_orphan_attr(self, op: Op, args: list) -> list | None:
+    # ------------------------------------------------------------ read handles (dfs.meta.ops.openread)
+    def _held_orphan_attr(self, req: Any) -> Attr | None:
         """GETATTR of a deleted file that a read handle here still holds: its attributes at deletion."""
-        if op != Op.GETATTR or not args or not isinstance(args[0], int):
+        if not isinstance(req, m.Getattr):
             return None
-        if not self.reads.live(args[0], self.clock()):
+        ino = req.ino
+        if not self.reads.live(ino, self.clock()):
             return None
-        attr = self.store.orphan_attr(args[0])
-        if attr is None and args[0] in self.reads.attrs:
-            attr = list(self.reads.attrs[args[0]])
-            attr[2] = 0  # nlink: it was deleted
-        return attr
+        wire = self.store.orphan_attr(ino)
+        if wire is not None:
+            return m.from_wire(Attr, wire)
+        if ino in self.reads.attrs:
+            return dataclasses.replace(m.from_wire(Attr, self.reads.attrs[ino]), nlink=0)  # it was deleted
+        return None
 
-    async def _ensure_mark(self, expiry: int) -> None:
+    async def ensure_mark(self, expiry: int) -> None:
         """Make sure a committed READMARK of this term covers read handles until ``expiry``."""
         term = self.log.term
         if self._mark[0] == term and self._mark[1] >= expiry:
@@ -323,7 +251,7 @@ class ShardService:
             if self._mark[0] == term and self._mark[1] >= expiry:
                 return  # another open's mark covered this one meanwhile
             until = expiry + MARK_AHEAD_NS
-            await self.execute(Op.READMARK, b"", Caller(0, 0, ()), [term, until])
+            await self.request(m.ReadMark(term, until))
             self._mark = (term, until)
 
     async def _orphans_may_go(self) -> bool:
@@ -331,7 +259,7 @@ class ShardService:
         term = self.log.term
         if self._barrier_term != term:
             # a command of this term: once applied, so is every mark committed before it
-            await self.execute(Op.READMARK, b"", Caller(0, 0, ()), [term, 0])
+            await self.request(m.ReadMark(term, 0))
             self._barrier_term = term
         return self.clock() >= foreign_until(self.store.read_mark(), term) + MARK_SKEW_NS
 
@@ -358,7 +286,7 @@ class ShardService:
             nxt = self.store.next_handle_expiry()
             if nxt is None or nxt >= self.clock():
                 return total
-            expired, _freed = await self.execute(Op.EXPIREHANDLES, b"", Caller(0, 0, ()), [limit])
+            expired = (await self.request(m.ExpireHandles(limit))).expired
             total += expired
             if expired < limit:
                 return total
@@ -407,7 +335,7 @@ class ShardService:
             except Exception as e:  # the record stays: the next pass tries again
                 log.info("freeing the chunks of inode %#x: %s", ino, e)
                 continue
-            await self.execute(Op.ORPHANDONE, b"", Caller(0, 0, ()), [ino])
+            await self.request(m.OrphanDone(ino))
             done += 1
         return done
 

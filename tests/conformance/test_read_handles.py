@@ -16,6 +16,7 @@ import pytest
 
 from dfs.client.meta import MetaClient
 from dfs.common.ids import ROOT_INO, shard_of
+from dfs.common import messages
 from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.consensus.api import DirectLog
@@ -327,7 +328,7 @@ def two_clients(data_cluster):
 def _orphan_state(client, ino: int) -> int:
     """GETATTRS scan of ``ino`` on its shard: EBUSY while its orphan record lasts, ENOENT after."""
     meta = client.aio.meta
-    return client.run(meta._call(shard_of(ino), Op.GETATTRS, [[ino], True], None))[0]
+    return client.run(meta._send(messages.Getattrs([ino], scan=True), None)).attrs[0]
 
 
 def test_reader_keeps_an_unlinked_file_on_a_cluster(two_clients):
