@@ -14,13 +14,13 @@ import time
 
 import click
 
+from dfs.common.config import DEFAULT_DATA
 from dfs.local import pids
 from dfs.local.procs import cmdline as _cmdline
 from dfs.local.procs import pid_alive as _alive
 
-DEFAULT_DATA = os.path.expanduser("~/.local/share/dfs/local")
 
-__all__ = ["DEFAULT_DATA", "_alive", "_cmdline", "cluster"]  # dfs.cli.mount uses the pid helpers
+__all__ = ["_alive", "_cmdline", "cluster"]  # dfs.cli.mount uses the pid helpers
 
 
 @click.group()

@@ -27,7 +27,8 @@ import time
 
 import click
 
-from dfs.cli.cluster import DEFAULT_DATA, _alive, _cmdline
+from dfs.cli.cluster import _alive, _cmdline
+from dfs.common.config import DEFAULT_DATA
 
 STATE_DIR = os.path.expanduser("~/.local/share/dfs/mounts")
 
@@ -57,18 +58,21 @@ def _read_state(mountpoint: str) -> dict | None:
 
 
 def _cluster_file(cluster_path: str) -> str:
-    path = os.path.join(cluster_path, "cluster.toml") if os.path.isdir(cluster_path) else cluster_path
-    if not os.path.exists(path):
-        raise click.ClickException(f"no cluster file {path}: give --mgmt or --cluster")
-    return os.path.abspath(path)
+    from dfs.common.config import locate
+
+    try:
+        return locate(cluster_path).require_file()
+    except FileNotFoundError as e:
+        raise click.ClickException(f"{e}: give --mgmt or --cluster") from None
 
 
 def _resolve_mgmt(mgmt: tuple[str, ...], cluster_path: str) -> list[str]:
-    if mgmt:
-        return [a for m in mgmt for a in m.split(",") if a]
-    from dfs.common.config import ClientConfig
+    from dfs.common.config import locate
 
-    return list(ClientConfig.load(_cluster_file(cluster_path)).mgmt)
+    try:
+        return locate(cluster_path, mgmt=[a for m in mgmt for a in m.split(",") if a] or None).mgmt_addresses()
+    except FileNotFoundError as e:
+        raise click.ClickException(f"{e}: give --mgmt or --cluster") from None
 
 
 def _credentials(mgmt: tuple[str, ...], cluster_path: str, token_file: str | None):

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tomllib
 import urllib.request
 
 import click
@@ -73,25 +71,10 @@ def _int(v: float | None) -> int | None:
 
 
 def _cluster_file(cluster: str | None, data: str | None):
-    """The cluster file the same arguments name, if they name one (for metrics addresses)."""
-    from dfs.client.api import DEFAULT_DATA
-    from dfs.common.config import ClusterConfig
+    """The whole cluster file the same arguments name, if they name one (for metrics addresses)."""
+    from dfs.common.config import locate
 
-    if cluster is not None:
-        src = cluster
-    elif data is not None:
-        src = data
-    elif os.environ.get("DFS_MGMT"):
-        return None
-    else:
-        src = os.environ.get("DFS_CLUSTER") or DEFAULT_DATA
-    path = os.path.join(src, "cluster.toml") if os.path.isdir(src) else src
-    if not os.path.isfile(path):
-        return None
-    with open(path, "rb") as f:
-        if "shards" not in tomllib.load(f):
-            return None  # a client file (mgmt and credentials only): the map names the rest
-    return ClusterConfig.load(path)
+    return locate(cluster, data=data).cluster_config()
 
 
 async def _shard_status(addr: str, timeout: float):

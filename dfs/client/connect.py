@@ -7,18 +7,16 @@ Imports: dfs.common, dfs.rpc and this package only.
 from __future__ import annotations
 
 import dataclasses
-import errno as E
 import os
 
 from dfs.client.meta import MetaClient
 from dfs.client.mode import Mode, StrictMode
 from dfs.client.paths import AsyncClient
 from dfs.client.sync import Client
+from dfs.common.config import DEFAULT_DATA, ClientConfig, locate
 from dfs.common.records import ROOT, Caller
 
 __all__ = ["DEFAULT_DATA", "aconnect", "connect", "default_caller", "dial", "find_cluster", "find_credentials"]
-
-DEFAULT_DATA = os.path.expanduser("~/.local/share/dfs/local")  # `dfs cluster up`'s default folder
 
 
 def default_caller() -> Caller:
@@ -26,43 +24,16 @@ def default_caller() -> Caller:
     return Caller(os.getuid(), os.getgid(), tuple(g for g in os.getgroups() if g != os.getgid()))
 
 
-def _cluster_file(cluster, data) -> tuple[str, str | None]:
-    """(what was asked for, the cluster file it names or None)."""
-    if cluster is None and data is None:
-        cluster = os.environ.get("DFS_CLUSTER") or None
-    src = os.fspath(cluster) if cluster is not None else (data or DEFAULT_DATA)
-    path = os.path.join(src, "cluster.toml") if os.path.isdir(src) else src
-    return src, path if os.path.isfile(path) else None
-
-
-def _addresses(mgmt) -> list[str]:
-    return [a.strip() for a in (mgmt.split(",") if isinstance(mgmt, str) else mgmt) if a.strip()]
-
-
 def find_cluster(cluster: str | os.PathLike | None = None, *, data: str | None = None,
                  mgmt: list[str] | str | None = None) -> list[str]:
-    """The mgmt addresses to connect to, from (first that is given):
-    ``mgmt`` (addresses, a list or comma-separated), ``cluster`` (a cluster file, a data
-    folder holding cluster.toml, or comma-separated host:port addresses), ``data`` (a data
-    folder), $DFS_MGMT, $DFS_CLUSTER, then the default folder of `dfs cluster up`.
+    """The mgmt addresses to connect to (``dfs.common.config.locate``: ``mgmt``, ``cluster``
+    (a cluster file, a folder holding cluster.toml, or host:port addresses), ``data``,
+    $DFS_MGMT, $DFS_CLUSTER, then the default folder of `dfs cluster up`).
 
     A client needs only the ``[[mgmt]]`` addresses, the client token and the TLS CA
     of a cluster file (``dfs.common.config.ClientConfig``): a client machine's copy
     may leave out ``raft_password`` and everything else."""
-    from dfs.common.config import ClientConfig
-
-    if mgmt:
-        return _addresses(mgmt)
-    if cluster is None and data is None and os.environ.get("DFS_MGMT"):
-        return _addresses(os.environ["DFS_MGMT"])
-    src, path = _cluster_file(cluster, data)
-    if path is not None:
-        return list(ClientConfig.load(path).mgmt)
-    if cluster is not None and not os.path.exists(src) and ":" in src and "/" not in src:
-        return _addresses(src)
-    path = os.path.join(src, "cluster.toml") if os.path.isdir(src) else src
-    raise FileNotFoundError(E.ENOENT, f"no dfs cluster found (no cluster file at {path}); start one with "
-                                      f"`dfs cluster up` or pass mgmt=['host:port']", path)
+    return locate(cluster, data=data, mgmt=mgmt).mgmt_addresses()
 
 
 def find_credentials(cluster: str | os.PathLike | None = None, *, data: str | None = None,
@@ -75,16 +46,13 @@ def find_credentials(cluster: str | os.PathLike | None = None, *, data: str | No
     ``client_token_file``). TLS: the cluster file's ``[tls] ca``. Given addresses
     only (``mgmt``, $DFS_MGMT), the cluster file's part is what this process
     remembers for those addresses (``dfs.rpc.auth.known``), else nothing."""
-    from dfs.common.config import ClientConfig
     from dfs.rpc import auth
 
     explicit = auth.client_token(token, token_file)
-    path = None
-    if not mgmt and not (cluster is None and data is None and os.environ.get("DFS_MGMT")):
-        _, path = _cluster_file(cluster, data)
-    if path is not None:
-        return auth.Credentials.from_config(ClientConfig.load(path), explicit)
-    base = auth.known(find_cluster(cluster, data=data, mgmt=mgmt))
+    where = locate(cluster, data=data, mgmt=mgmt)
+    if where.path is not None:
+        return auth.Credentials.from_config(ClientConfig.load(where.path), explicit)
+    base = auth.known(where.mgmt_addresses())
     return base if explicit is None else dataclasses.replace(base, token=explicit)
 
 

@@ -64,6 +64,7 @@ threat model.
 
 from __future__ import annotations
 
+import errno
 import os
 import tomllib
 from collections.abc import Callable
@@ -515,3 +516,74 @@ class ClientConfig:
             d["tls"] = self.tls.to_dict()
         with open(path, "wb") as f:
             tomli_w.dump(d, f)
+
+
+# ---------------------------------------------------------------------- finding the cluster
+
+DEFAULT_DATA = os.path.expanduser("~/.local/share/dfs/local")  # `dfs cluster up`'s default folder
+CLUSTER_FILE = "cluster.toml"
+
+
+def _addresses(mgmt) -> tuple[str, ...]:
+    return tuple(a.strip() for a in (mgmt.split(",") if isinstance(mgmt, str) else mgmt) if a.strip())
+
+
+@dataclass(frozen=True)
+class Located:
+    """What a command's or a program's arguments name: mgmt addresses, or a cluster file.
+
+    ``source``: what was asked for (a path or addresses, for messages); ``path``: the
+    cluster file it names, when one exists there; ``mgmt``: addresses given directly."""
+
+    source: str
+    path: str | None = None
+    mgmt: tuple[str, ...] = ()
+
+    def require_file(self) -> str:
+        """The cluster file, or FileNotFoundError saying where none was found."""
+        if self.path is None:
+            where = os.path.join(self.source, CLUSTER_FILE) if os.path.isdir(self.source) else self.source
+            raise FileNotFoundError(errno.ENOENT, f"no dfs cluster file at {where}; start a cluster with "
+                                                  f"`dfs cluster up` or name its cluster file", where)
+        return self.path
+
+    def mgmt_addresses(self) -> list[str]:
+        """The mgmt replicas to ask: the addresses given, else the cluster file's."""
+        if self.mgmt:
+            return list(self.mgmt)
+        return list(ClientConfig.load(self.require_file()).mgmt)
+
+    def client_config(self) -> ClientConfig | None:
+        return None if self.path is None else ClientConfig.load(self.path)
+
+    def cluster_config(self) -> ClusterConfig | None:
+        """The whole cluster file, if the file is one (a client's copy holds only mgmt
+        addresses and credentials: None then)."""
+        if self.path is None:
+            return None
+        with open(self.path, "rb") as f:
+            if "shards" not in tomllib.load(f):
+                return None
+        return ClusterConfig.load(self.path)
+
+
+def locate(cluster: str | os.PathLike | None = None, *, data: str | os.PathLike | None = None,
+           mgmt: list[str] | tuple[str, ...] | str | None = None) -> Located:
+    """The one place that turns "which cluster" into addresses or a cluster file, for the
+    library, the mount and every command. The first given wins: ``mgmt`` (addresses, a
+    list or comma-separated), ``cluster`` (a cluster file, a folder holding cluster.toml,
+    or comma-separated host:port addresses), ``data`` (a folder), $DFS_MGMT (addresses),
+    $DFS_CLUSTER (a file or folder), then the default folder of `dfs cluster up`."""
+    if mgmt:
+        return Located(",".join(_addresses(mgmt)), mgmt=_addresses(mgmt))
+    if cluster is None and data is None:
+        if os.environ.get("DFS_MGMT"):
+            return Located(os.environ["DFS_MGMT"], mgmt=_addresses(os.environ["DFS_MGMT"]))
+        cluster = os.environ.get("DFS_CLUSTER") or None
+    src = os.fspath(cluster) if cluster is not None else os.fspath(data or DEFAULT_DATA)
+    path = os.path.join(src, CLUSTER_FILE) if os.path.isdir(src) else src
+    if os.path.isfile(path):
+        return Located(src, path=os.path.abspath(path))
+    if cluster is not None and not os.path.exists(src) and ":" in src and "/" not in src:
+        return Located(src, mgmt=_addresses(src))  # host:port[,host:port...]
+    return Located(src)

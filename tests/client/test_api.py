@@ -413,7 +413,7 @@ def test_find_cluster(tmp_path, data_cluster, monkeypatch):
     monkeypatch.setenv("DFS_CLUSTER", data_cluster.root)
     assert find_cluster() == want
     monkeypatch.delenv("DFS_CLUSTER")
-    monkeypatch.setattr("dfs.client.connect.DEFAULT_DATA", str(tmp_path / "none"))
+    monkeypatch.setattr("dfs.common.config.DEFAULT_DATA", str(tmp_path / "none"))
     with pytest.raises(FileNotFoundError):
         find_cluster()
     with dfs.connect(data_cluster.config_path, uid=0, gid=0) as c:

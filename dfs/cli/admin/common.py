@@ -13,7 +13,6 @@ internal header's name) and the generated stubs.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import click
@@ -24,22 +23,25 @@ DEADLINE = 30.0
 # ------------------------------------------------------------------ the cluster file
 def config(cluster: str | None, data: str | None):
     """The cluster file ``--cluster``/``--data`` name (a ClusterConfig); it must be the full one."""
-    from dfs.cli.status import _cluster_file
+    from dfs.common.config import ClusterConfig
 
-    cfg = _cluster_file(cluster, data)
-    if cfg is None:
-        raise click.ClickException("dfs admin needs the cluster file (--cluster FILE or --data DIR)")
+    cfg = ClusterConfig.load(config_path(cluster, data))
     return cfg
 
 
 def config_path(cluster: str | None, data: str | None) -> str:
-    """The cluster file the arguments name (membership changes rewrite it)."""
-    src = cluster if cluster is not None else data
-    if src is None:
-        raise click.ClickException("dfs admin needs the cluster file (--cluster FILE or --data DIR)")
-    path = os.path.join(src, "cluster.toml") if os.path.isdir(src) else src
-    if not os.path.isfile(path):
-        raise click.ClickException(f"no cluster file at {path}")
+    """The cluster file the arguments name (dfs.common.config.locate; membership changes
+    rewrite it). A client's copy (mgmt addresses and credentials only) is not enough."""
+    from dfs.common.config import locate
+
+    where = locate(cluster, data=data)
+    try:
+        path = where.require_file()
+    except FileNotFoundError as e:
+        raise click.ClickException(f"dfs admin needs the cluster file (--cluster FILE or --data DIR): {e}") \
+            from None
+    if where.cluster_config() is None:
+        raise click.ClickException(f"{path} is a client's cluster file: dfs admin needs the servers' one")
     return path
 
 
