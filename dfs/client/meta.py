@@ -20,7 +20,7 @@ import stat
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from dfs.common import errors as err
 from dfs.common import messages as m
@@ -39,22 +39,9 @@ from dfs.common.ops import (
     Op,
 )
 from dfs.common.records import ROOT, Attr, Caller, DirEntry, StatFs
+from dfs.common.shards import ShardCalls
 
 T = TypeVar("T")
-
-
-class Transport(Protocol):
-    """Delivers one operation to the leader of a shard, retrying what is retryable."""
-
-    nshards: int
-
-    async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"") -> Any:
-        """The op's result; raises a (non-retryable) DfsError."""
-
-    async def call_many(self, shard: int, ops: list[tuple[Op, Caller, list, bytes]]) -> list[Any]:
-        """Several ops in one request; each item is a result or a DfsError."""
-
-    async def close(self) -> None: ...
 
 
 def _rid() -> bytes:
@@ -66,7 +53,7 @@ def _enc(name: str | bytes) -> bytes:
 
 
 class MetaClient:
-    def __init__(self, transport: Transport, caller: Caller = ROOT) -> None:
+    def __init__(self, transport: ShardCalls, caller: Caller = ROOT) -> None:
         self.t = transport
         self.caller = caller
 

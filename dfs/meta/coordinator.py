@@ -41,13 +41,13 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from dfs.common import errors as err
 from dfs.common import messages as m
 from dfs.common.ids import shard_of
-from dfs.common.ops import Op
 from dfs.common.records import Attr, Caller
+from dfs.common.shards import ShardCalls
 from dfs.meta.ops import actions as A
 from dfs.meta.ops.base import Handler
 from dfs.meta.schema import LOCK_RENAME, OpRecord, OpState
@@ -61,21 +61,14 @@ RECOVERY_GRACE_NS = 2 * 10**9  # an undecided operation older than this, not run
 Plan = dict[int, list[A.Action]]
 
 
-class ShardCaller(Protocol):
-    nshards: int
-
-    async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"",
-                   ts: int | None = None) -> Any:
-        """Run ``op`` (its wire fields ``args``) on ``shard``'s leader: the wire reply; raises DfsError."""
-
-    async def pending(self, shard: int) -> list[tuple[bytes, OpRecord]]:
-        """This shard's cross-shard operation records."""
-
-
 class Coordinator:
-    def __init__(self, shard: int, shards: ShardCaller, clock=time.time_ns) -> None:
+    def __init__(self, shard: int, shards: ShardCalls, clock=time.time_ns, *,
+                 pending: Callable[[], list[tuple[bytes, OpRecord]]]) -> None:
+        """``shards``: how to reach every shard (this one included); ``pending``: this
+        shard's cross-shard operation records."""
         self.shard = shard
         self.shards = shards
+        self.pending = pending
         self.clock = clock
         self.active: set[bytes] = set()
 
@@ -90,7 +83,7 @@ class Coordinator:
         rid = rid or uuid.uuid4().bytes
         if rid in self.active:
             raise err.Locked("operation already running")
-        for op_id, rec in await self.shards.pending(self.shard):
+        for op_id, rec in self.pending():
             if rec.rid == rid and rec.is_coordinator:
                 # An earlier attempt of this very request is stuck: finish it
                 # (if decided) or undo it before answering, so that a retry's
@@ -204,7 +197,7 @@ class Recovery:
         st = (await c.call(c.shard, m.OpStatus(op_id))).state
         if not st:
             return
-        recs = dict(await c.shards.pending(c.shard))
+        recs = dict(c.pending())
         rec = recs.get(op_id)
         if rec is None:
             return
@@ -236,7 +229,7 @@ class Recovery:
         c = self.coord
         now = c.clock()
         n = 0
-        for op_id, rec in await c.shards.pending(c.shard):
+        for op_id, rec in c.pending():
             if op_id in c.active:
                 continue
             if rec.state is not OpState.COMMITTED and now - rec.ts < grace_ns:

@@ -15,7 +15,7 @@ from dfs.common import errors as err
 from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.consensus.api import DirectLog
-from dfs.meta.service import ChunkRemover, PeerRouter, ShardService
+from dfs.meta.service import ChunkRemover, ShardService
 from dfs.meta.store import MetaStore
 
 RETRY_DEADLINE = 30.0
@@ -36,8 +36,9 @@ async def call_with_retry(fn, deadline: float = RETRY_DEADLINE):
             delay = min(delay * 2, 0.1)
 
 
-class LocalEngine(PeerRouter):
-    """A transport for MetaClient that is also the shards' peer router."""
+class LocalEngine:
+    """All shards in this process, as ShardCalls (dfs.common.shards): the client's
+    transport and every shard's way to its peers."""
 
     def __init__(self, nshards: int = 2, path: str | None = None, *,
                  chunk_remover: ChunkRemover | None = None, clock=time.time_ns) -> None:

@@ -356,11 +356,9 @@ class MapFollower:
         if cur is None or cmap.epoch >= cur.epoch:
             cmap.auth = self.peers.auth
             self.peers.map = cmap
-        n = len(m.shards)
-        if n > self.svc.coordinator.shards.nshards:  # shard counts only grow
-            log.info("cluster map epoch %d: %d shards (was %d)", m.epoch, n, self.svc.coordinator.shards.nshards)
-            self.svc.coordinator.shards.nshards = n
-            self.svc.store.nshards = n
+        was = self.svc.coordinator.shards.nshards
+        if self.svc.set_nshards(len(m.shards)):
+            log.info("cluster map epoch %d: %d shards (was %d)", m.epoch, len(m.shards), was)
 
     async def _refresh(self) -> None:
         self._last = time.monotonic()

@@ -51,6 +51,7 @@ from dfs.common import messages as m
 from dfs.common.messages import Kind, to_wire
 from dfs.common.ops import DEFAULT_LEASE_S, Op
 from dfs.common.records import Attr, Caller
+from dfs.common.shards import ShardCalls
 from dfs.consensus.api import Log
 from dfs.meta.coordinator import Coordinator, Recovery
 from dfs.meta.ops import handler
@@ -64,23 +65,13 @@ ChunkRemover = Callable[[int, int, int], Awaitable[None]]  # (ino, packed layout
 log = logging.getLogger(__name__)
 
 
-class PeerRouter:
-    """How a shard reaches the leaders of the other shards."""
-
-    nshards: int
-
-    async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"",
-                   ts: int | None = None) -> Any:
-        raise NotImplementedError
-
-
 class _Shards:
-    """The coordinator's view: this shard directly, the others through the router."""
+    """The coordinator's ShardCalls: this shard directly, the others through the peers."""
 
-    def __init__(self, svc: ShardService, peers: PeerRouter) -> None:
+    def __init__(self, svc: ShardService, peers: ShardCalls) -> None:
         self.svc = svc
         self.peers = peers
-        self.nshards = svc.store.nshards
+        self.nshards = svc.store.nshards  # follows the cluster map (ShardService.set_nshards)
 
     async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"",
                    ts: int | None = None) -> Any:
@@ -88,13 +79,23 @@ class _Shards:
             return await self.svc.execute(op, rid, caller, args, ts=ts)
         return await self.peers.call(shard, op, caller, args, rid=rid, ts=ts)
 
-    async def pending(self, shard: int) -> list:
-        assert shard == self.svc.shard
-        return self.svc.store.pending_ops()
+    async def call_many(self, shard: int, ops: list[tuple[Op, Caller, list, bytes]]) -> list[Any]:
+        if shard != self.svc.shard:
+            return await self.peers.call_many(shard, ops)
+        out: list[Any] = []
+        for op, caller, args, rid in ops:
+            try:
+                out.append(await self.svc.execute(op, rid, caller, args))
+            except err.DfsError as e:
+                out.append(e)
+        return out
+
+    async def close(self) -> None:
+        """The peers belong to the server."""
 
 
 class ShardService:
-    def __init__(self, store: MetaStore, log_: Log, peers: PeerRouter, clock=time.time_ns,
+    def __init__(self, store: MetaStore, log_: Log, peers: ShardCalls, clock=time.time_ns,
                  submit_timeout: float = 5.0, chunk_remover: ChunkRemover | None = None,
                  chain_replicas: int | None = None, handle_grace: float = DEFAULT_LEASE_S) -> None:
         self.store = store
@@ -105,7 +106,7 @@ class ShardService:
         self.log = log_
         self.clock = clock
         self.submit_timeout = submit_timeout
-        self.coordinator = Coordinator(self.shard, _Shards(self, peers), clock)
+        self.coordinator = Coordinator(self.shard, _Shards(self, peers), clock, pending=self._pending)
         self.recovery = Recovery(self.coordinator)
         self._recovery_task: asyncio.Task | None = None
         self.chunk_remover = chunk_remover
@@ -117,6 +118,18 @@ class ShardService:
         self._mark: tuple[int, int] = (-1, 0)  # (term, until ns) of this leader's last READMARK
         self._mark_lock = asyncio.Lock()
         self._barrier_term = -1  # the term whose READMARK barrier the orphan task has passed
+
+    def set_nshards(self, n: int) -> bool:
+        """The cluster map names ``n`` shards; counts only grow. Whether it changed."""
+        if n <= self.coordinator.shards.nshards:
+            return False
+        self.coordinator.shards.nshards = n
+        self.store.nshards = n
+        return True
+
+    def _pending(self) -> list:
+        """This shard's cross-shard operation records (the coordinator's recovery reads them)."""
+        return self.store.pending_ops()
 
     def _check_leader(self) -> None:
         if not self.log.is_leader:
