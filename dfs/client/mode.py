@@ -247,7 +247,8 @@ class StrictMode(Mode):
     name = "strict"
 
     def __init__(self, ttl: float = 1.0, *, entry_ttl: float | None = None, max_entries: int = 100_000,
-                 kernel: KernelCache | None = None) -> None:
+                 kernel: KernelCache | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # seconds, monotonic (tests give a fake one)
         self.attr_ttl = float(ttl)
         self.entry_ttl = float(ttl if entry_ttl is None else entry_ttl)
         self.max_entries = max_entries
@@ -269,17 +270,16 @@ class StrictMode(Mode):
     def _put(self, d: OrderedDict, key, value, ttl: float) -> None:
         if ttl <= 0:
             return
-        d[key] = (time.monotonic() + ttl, value)
+        d[key] = (self.clock() + ttl, value)
         d.move_to_end(key)
         while len(d) > self.max_entries:
             d.popitem(last=False)
 
-    @staticmethod
-    def _get(d: OrderedDict, key):
+    def _get(self, d: OrderedDict, key):
         v = d.get(key)
         if v is None:
             return None
-        if v[0] < time.monotonic():
+        if v[0] < self.clock():
             del d[key]
             return None
         return v[1]
@@ -292,7 +292,7 @@ class StrictMode(Mode):
         a = self._get(self._attrs, ino)
         if a is None and self._once:
             v = self._once.pop(ino, None)
-            if v is not None and v[0] > time.monotonic():
+            if v is not None and v[0] > self.clock():
                 return v[1]
         return a
 
@@ -348,7 +348,7 @@ class StrictMode(Mode):
         elif self.kernel is not None and self.kernel.attr_timeout > 0:
             old = self._once.get(attr.ino)
             if old is None or old[1].ctime_ns <= attr.ctime_ns:  # replies may arrive out of order
-                self._once[attr.ino] = (time.monotonic() + self.kernel.attr_timeout, attr)
+                self._once[attr.ino] = (self.clock() + self.kernel.attr_timeout, attr)
 
     # ------------------------------------------------------------ (b)
     async def mutate(self, m, send):

@@ -324,6 +324,7 @@ class ShardService:
                 log.info("handle expiry: %s", e)
             except Exception:
                 log.exception("handle expiry failed")
+            self.stats["handle_passes"] = self.stats.get("handle_passes", 0) + 1
 
     def start_orphans(self, interval: float = 0.5) -> None:
         if self._orphan_task is None and self.chunk_remover is not None:

@@ -21,6 +21,7 @@ from dfs.client.api import AsyncClient, Client, StrictMode, find_cluster
 from dfs.client.file import MemoryChunks
 from dfs.client.meta import MetaClient
 from dfs.common.records import ROOT, Caller
+from dfs.testing.clock import FakeClock
 
 _n = itertools.count()
 
@@ -364,12 +365,15 @@ def test_attr_cache_ttl(memory_client):
     top = f"/ttl{next(_n)}"
     c.mkdir(top)
     c.write_bytes(f"{top}/f", b"abc")
-    c.aio.mode = StrictMode(0.3)
+    clock = FakeClock()
+    c.aio.mode = StrictMode(0.3, clock=clock)
     try:
         ino = c.stat(f"{top}/f").st_ino
         c.run(c.meta.setattr(ino, mode=0o600))  # behind the cache's back
         assert stat.S_IMODE(c.stat(f"{top}/f").st_mode) == 0o644  # still cached
-        time.sleep(0.35)
+        clock.advance(0.29)
+        assert stat.S_IMODE(c.stat(f"{top}/f").st_mode) == 0o644  # still within the TTL
+        clock.advance(0.02)
         assert stat.S_IMODE(c.stat(f"{top}/f").st_mode) == 0o600
         c.aio.mode = StrictMode(0)
         c.run(c.meta.setattr(ino, mode=0o640))

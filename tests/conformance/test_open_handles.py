@@ -21,6 +21,7 @@ from dfs.common.ids import ROOT_INO, shard_of
 from dfs.common.ops import Op
 from dfs.common.records import ROOT, Caller
 from dfs.meta.local import LocalEngine
+from dfs.testing.wait import until_async
 
 ALICE = Caller(1000, 1000, (1000,))
 S = 10**9
@@ -444,14 +445,11 @@ def test_background_task_expires_after_grace():
         for svc in eng.services:
             svc.handle_grace = 0
             svc.start_handles(interval=0.01)
-        await asyncio.sleep(0.05)
+        await until_async(lambda: all(svc.stats.get("handle_passes", 0) >= 3 for svc in eng.services), 10,
+                          "three expiry passes", interval=0.01)
         assert (await c.getattr(a.ino)).nlink == 0  # not yet expired
         clock.now += 2 * S
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 10
-        while not orphans(eng):
-            assert loop.time() < end, "the handle did not expire"
-            await asyncio.sleep(0.01)
+        await until_async(lambda: orphans(eng), 10, "the handle expired", interval=0.01)
         assert orphans(eng) == [(a.ino, a.layout, 1)]
     run(t)
 

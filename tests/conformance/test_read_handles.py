@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import time
 
 import pytest
 
@@ -23,6 +22,7 @@ from dfs.consensus.api import DirectLog
 from dfs.meta.local import LocalEngine
 from dfs.meta.readhandles import MARK_AHEAD_NS, MARK_SKEW_NS
 from dfs.meta.service import ShardService
+from dfs.testing.wait import until, until_async
 
 ALICE = Caller(1000, 1000, (1000,))
 ROOT = Caller(0, 0, ())
@@ -301,11 +301,7 @@ def test_losing_leadership_forgets_read_handles():
         svc.log = Follower(svc.store)
         svc.handle_grace = 0
         svc.start_handles(interval=0.01)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 10
-        while len(svc.reads):
-            assert loop.time() < end, "the read handles were kept"
-            await asyncio.sleep(0.01)
+        await until_async(lambda: not len(svc.reads), 10, "the read handles dropped", interval=0.01)
         await svc.stop()
     run(t)
 
@@ -348,19 +344,14 @@ def test_reader_keeps_an_unlinked_file_on_a_cluster(two_clients):
     try:
         b.remove(f"{top}/held")
         b.remove(f"{top}/free")
-        end = time.monotonic() + 60
-        while _orphan_state(b, ino_free) != errno.ENOENT:  # the orphan task freed the later one
-            assert time.monotonic() < end, "the unheld orphan was never freed"
-            time.sleep(0.05)
+        until(lambda: _orphan_state(b, ino_free) == errno.ENOENT, 60,  # the orphan task freed the later one
+              "the unheld orphan freed")
         assert _orphan_state(b, ino_held) == errno.EBUSY  # passed over: a reader holds it
         assert f.read() == data
     finally:
         f.close()
     a.sync()  # the close of its open handle goes out in the background
-    end = time.monotonic() + 60
-    while _orphan_state(b, ino_held) != errno.ENOENT:
-        assert time.monotonic() < end, "the orphan was not freed after the close"
-        time.sleep(0.05)
+    until(lambda: _orphan_state(b, ino_held) == errno.ENOENT, 60, "the orphan freed after the close")
 
 
 def test_lookup_open_is_lookup_and_open_in_one():

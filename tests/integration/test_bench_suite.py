@@ -10,9 +10,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from dfs.testing.wait import until
 
 DFS = [sys.executable, "-m", "dfs.cli"]
 META_PHASES = ["tree create", "file create", "stat", "open+read", "rename", "unlink", "tree remove"]
@@ -121,11 +121,10 @@ def test_bench_ai_sigterm_unmounts(tmp_path):
                           "--replicas", "1", "--data-servers", "1", "--root", str(root)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        end = time.monotonic() + 120
-        while not _mounts_under(root):
+        def mounted():
             assert p.poll() is None, p.stdout.read()
-            assert time.monotonic() < end, "never mounted"
-            time.sleep(0.05)
+            return _mounts_under(root)
+        until(mounted, 120, "the benchmark's mount")
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=120)
     finally:

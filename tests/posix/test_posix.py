@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from dfs.testing.wait import until
 
 
 def _err(e: int, fn, *a):
@@ -479,9 +480,7 @@ def test_umount_after_crash(data_cluster, tmp_path):
         pid = int(r.stdout.split("(pid ")[1].split(",")[0])
         _write(os.path.join(mp, "f"), b"x")
         os.kill(pid, 9)
-        deadline = time.monotonic() + 10
-        while _running(pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: not _running(pid), 10, "the killed mount process gone", interval=0.01)
         with pytest.raises(OSError) as ei:  # ENOTCONN, or ECONNABORTED for a cached name
             os.stat(os.path.join(mp, "f"))
         assert ei.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)

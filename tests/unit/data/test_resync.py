@@ -25,6 +25,7 @@ from dfs.mgmt.server import map_to_pb
 from dfs.mgmt.store import COMMANDS
 from dfs.rpc import dataplane as dp
 from dfs.rpc.transport import ClusterMap
+from dfs.testing.wait import until_async
 
 T1, T2, T3 = 1, 2, 3  # chain 0: head, tail, and the target that goes out and resyncs
 
@@ -140,12 +141,7 @@ async def remove_inode(net: Net, servers, ino: int) -> None:
 
 
 async def until(cond, what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+    await until_async(cond, timeout, what, interval=0.01)
 
 
 async def promoted(net: Net, servers, tid: int = T3) -> None:
@@ -153,11 +149,7 @@ async def promoted(net: Net, servers, tid: int = T3) -> None:
     async def serving():
         await net.report_synced()
         return tid in net.chain()["serving"]
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 20
-    while not await serving():
-        assert loop.time() < end, f"target {tid} never resynced: {net.chain()}"
-        await asyncio.sleep(0.01)
+    await until_async(serving, 20, f"target {tid} resynced", interval=0.01)
 
 
 def assert_same(servers) -> None:

@@ -10,6 +10,7 @@ from dfs.common.layout import Layout
 from dfs.common.ops import Op
 from dfs.common.records import ROOT
 from dfs.meta.local import LocalEngine
+from dfs.testing.wait import until_async
 
 
 def orphans(eng: LocalEngine) -> list[tuple[int, int, int]]:
@@ -80,11 +81,7 @@ async def _remover_clears():
         await c.setattr(b.ino, size=7)
         await c.unlink(top, "a")
         await c.unlink(top, "b")
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 10
-        while orphans(eng):
-            assert loop.time() < end, f"orphans not freed: {orphans(eng)}"
-            await asyncio.sleep(0.01)
+        await until_async(lambda: not orphans(eng), 10, "the orphans freed", interval=0.01)
         lay = a.layout
         assert sorted(removed) == sorted([(a.ino, lay, 1), (b.ino, lay, 7)])  # once each, after a failed try
         c2, _ = await c.create(top, "c")
