@@ -52,28 +52,50 @@ def ns(request):
             c.close()
 
 
+@pytest.fixture
+def make_cluster(tmp_path):
+    """``make_cluster(**LocalCluster options)``: a started cluster in this test's folder; every
+    cluster made is stopped when the test ends, passed or failed."""
+    from dfs.testing.cluster import ClusterFactory
+
+    f = ClusterFactory(str(tmp_path))
+    try:
+        yield f.make
+    finally:
+        f.close()
+
+
+@pytest.fixture(scope="module")
+def module_clusters(tmp_path_factory):
+    """The factory of clusters one test module shares (stopped after its last test)."""
+    from dfs.testing.cluster import ClusterFactory
+
+    f = ClusterFactory(str(tmp_path_factory.mktemp("module")))
+    try:
+        yield f
+    finally:
+        f.close()
+
+
 @pytest.fixture(scope="session")
-def shared_cluster(tmp_path_factory):
+def session_clusters(tmp_path_factory):
+    from dfs.testing.cluster import ClusterFactory
+
+    f = ClusterFactory(str(tmp_path_factory.mktemp("clusters")))
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(session_clusters):
     """One real cluster (mgmt + 2 shards x 3 replicas, separate processes) for the session."""
-    from dfs.testing.cluster import LocalCluster
-
-    cluster = LocalCluster(str(tmp_path_factory.mktemp("cluster")), shards=2, replicas=3)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    return session_clusters.make("cluster", shards=2, replicas=3)
 
 
 @pytest.fixture(scope="session")
-def data_cluster(tmp_path_factory):
+def data_cluster(session_clusters):
     """A real cluster with data: 2 shards x 3 replicas, 3 data servers, chains of 3."""
-    from dfs.testing.cluster import LocalCluster
-
-    cluster = LocalCluster(str(tmp_path_factory.mktemp("datacluster")), shards=2, replicas=3, mgmt_replicas=1,
-                           data_servers=3, chain_replicas=3)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    return session_clusters.make("datacluster", shards=2, replicas=3, mgmt_replicas=1, data_servers=3,
+                                 chain_replicas=3)

@@ -10,9 +10,17 @@ and data servers added) with what only tests need on top:
 
 Same constructor and methods as ``dfs.local.cluster.LocalCluster``; ``Proc``
 and ``free_ports`` are re-exported for the tests that import them from here.
+
+``ClusterFactory`` is the one way tests make clusters: ``make(**options)``
+starts one under the factory's folder, and ``close()`` (the fixtures' teardown)
+stops every one it made, whatever the test did (tests/conftest.py's
+``make_cluster`` and the session clusters use it).
 """
 
 from __future__ import annotations
+
+import itertools
+import os
 
 from dfs.client.meta import MetaClient, SyncMetaClient
 from dfs.local.cluster import LocalCluster as _Launcher
@@ -20,7 +28,7 @@ from dfs.local.procs import Proc, free_ports
 from dfs.rpc.transport import GrpcTransport
 from dfs.testing.replicas import ReplicaFiles
 
-__all__ = ["LocalCluster", "Proc", "free_ports"]
+__all__ = ["ClusterFactory", "LocalCluster", "Proc", "free_ports"]
 
 
 class LocalCluster(_Launcher, ReplicaFiles):
@@ -32,3 +40,26 @@ class LocalCluster(_Launcher, ReplicaFiles):
 
     def _argv(self, p: Proc) -> list[str]:  # the name older tests use
         return self.argv(p)
+
+
+class ClusterFactory:
+    """Clusters for tests, each in its own folder under ``root``, all stopped by ``close``."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.made: list[LocalCluster] = []
+        self._n = itertools.count()
+
+    def make(self, name: str | None = None, *, start: bool = True, timeout: float = 90.0, **options) -> LocalCluster:
+        """A cluster with ``LocalCluster``'s ``options``, started unless ``start`` is False
+        (the same ``name`` again: the same folder, hence the same cluster file)."""
+        c = LocalCluster(os.path.join(self.root, name or f"c{next(self._n)}"), **options)
+        self.made.append(c)
+        if start:
+            c.start(timeout=timeout)
+        return c
+
+    def close(self) -> None:
+        for c in reversed(self.made):
+            c.stop()
+        self.made.clear()

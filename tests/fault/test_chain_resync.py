@@ -24,7 +24,6 @@ from dfs.common.layout import Layout
 from dfs.rpc import dataplane as dp
 from dfs.rpc.data import DataClient
 from dfs.rpc.transport import GrpcTransport
-from dfs.testing.cluster import LocalCluster
 from dfs.testing.metrics import get, scrape
 from dfs.testing.wait import until_async
 
@@ -89,10 +88,9 @@ async def listing(dc: DataClient, tid: int, cid: int) -> dict[tuple[int, int], t
         cursor = (rh.ino, rh.index)
 
 
-def test_syncing_server_frozen_mid_pass_under_load(tmp_path):
-    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=1, mgmt_replicas=1, data_servers=3,
-                     target_timeout=1.0, resync_rate=1 << 20)
-    c.start()
+def test_syncing_server_frozen_mid_pass_under_load(make_cluster):
+    c = make_cluster(shards=1, replicas=1, mgmt_replicas=1, data_servers=3, target_timeout=1.0,
+                     resync_rate=1 << 20)
     victim = next(p for p in c.data_procs() if p.replica == 2)
     tid = c.cfg.data_server(2).targets[0].id
     frozen = False
@@ -170,7 +168,6 @@ def test_syncing_server_frozen_mid_pass_under_load(tmp_path):
     finally:
         if frozen:
             os.kill(victim.pid, signal.SIGCONT)
-        c.stop()
 
 
 async def _is(state, want: str) -> bool:

@@ -30,22 +30,9 @@ pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
-def clusters(tmp_path):
-    """make(name, **kw) -> a started LocalCluster under tmp_path/name; all are stopped at the end."""
-    made: list[LocalCluster] = []
-
-    def make(name: str = "c", start: bool = True, **kw) -> LocalCluster:
-        c = LocalCluster(str(tmp_path / name), **kw)
-        made.append(c)
-        if start:
-            c.start(timeout=90)
-        return c
-
-    try:
-        yield make
-    finally:
-        for c in made:
-            c.stop()
+def clusters(make_cluster):
+    """make(name, **kw) -> a started LocalCluster (tests/conftest.py's factory)."""
+    return make_cluster
 
 
 # ---------------------------------------------------------------- namespace inspection

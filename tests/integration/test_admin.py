@@ -126,13 +126,8 @@ def test_plan_moves_balances() -> None:
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    c = LocalCluster(str(tmp_path / "c"), shards=2, replicas=3, mgmt_replicas=3)
-    c.start(timeout=90)
-    try:
-        yield c
-    finally:
-        c.stop()
+def cluster(make_cluster):
+    return make_cluster(shards=2, replicas=3, mgmt_replicas=3)
 
 
 def test_transfer_leader_under_create_load(cluster: LocalCluster, capsys) -> None:
@@ -282,14 +277,8 @@ def assert_fully_replicated(cluster: LocalCluster, replicas: int, gone: set[int]
 
 
 @pytest.fixture
-def data_cluster(tmp_path):
-    c = LocalCluster(str(tmp_path / "d"), shards=1, replicas=3, mgmt_replicas=3, data_servers=4,
-                     chain_replicas=3)
-    c.start(timeout=90)
-    try:
-        yield c
-    finally:
-        c.stop()
+def data_cluster(make_cluster):
+    return make_cluster(shards=1, replicas=3, mgmt_replicas=3, data_servers=4, chain_replicas=3)
 
 
 def test_drain_and_remove_under_write_load(data_cluster: LocalCluster) -> None:
@@ -326,10 +315,8 @@ def test_drain_and_remove_under_write_load(data_cluster: LocalCluster) -> None:
         w.fs.close()
 
 
-def test_add_data_server_and_rebalance_under_write_load(tmp_path) -> None:
-    cluster = LocalCluster(str(tmp_path / "g"), shards=1, replicas=3, mgmt_replicas=3, data_servers=3,
-                           chain_replicas=3)
-    cluster.start(timeout=90)
+def test_add_data_server_and_rebalance_under_write_load(make_cluster) -> None:
+    cluster = make_cluster(shards=1, replicas=3, mgmt_replicas=3, data_servers=3, chain_replicas=3)
     w = None
     try:
         w = Writers(cluster)
@@ -358,16 +345,13 @@ def test_add_data_server_and_rebalance_under_write_load(tmp_path) -> None:
     finally:
         if w is not None:
             w.fs.close()
-        cluster.stop()
 
 
-def test_replace_a_failed_data_server_under_write_load(tmp_path) -> None:
+def test_replace_a_failed_data_server_under_write_load(make_cluster) -> None:
     """A data server dies (kill -9) while clients write; the operator adds a new one, drains
     the dead one (its chains re-replicate onto the new one from their surviving members)
     and removes it. Nothing acknowledged is lost and every chain ends with 3 full copies."""
-    cluster = LocalCluster(str(tmp_path / "r"), shards=1, replicas=3, mgmt_replicas=3, data_servers=3,
-                           chain_replicas=3)
-    cluster.start(timeout=90)
+    cluster = make_cluster(shards=1, replicas=3, mgmt_replicas=3, data_servers=3, chain_replicas=3)
     w = None
     try:
         dead = 2
@@ -395,4 +379,3 @@ def test_replace_a_failed_data_server_under_write_load(tmp_path) -> None:
     finally:
         if w is not None:
             w.fs.close()
-        cluster.stop()

@@ -43,14 +43,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("auth") / "c"), shards=1, replicas=3, mgmt_replicas=1,
-                     data_servers=1, chain_replicas=1)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
+def cluster(module_clusters):
+    return module_clusters.make(shards=1, replicas=3, mgmt_replicas=1, data_servers=1, chain_replicas=1)
 
 
 def run(coro):
@@ -413,31 +407,27 @@ def _make_ca(d) -> TlsConfig:
     return TlsConfig(str(d / "ca.pem"), str(d / "server.pem"), str(d / "server.key"))
 
 
-def test_tls_cluster_end_to_end(tmp_path):
+def test_tls_cluster_end_to_end(tmp_path, make_cluster):
     tls = _make_ca(tmp_path)
-    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=1, mgmt_replicas=1, data_servers=1,
-                     chain_replicas=1, metrics=False, tls=tls)
-    c.start()
-    try:
-        assert c.credentials.ca is not None
-        with dfs.connect(c.config_path, uid=0, gid=0, groups=()) as fs:
-            fs.makedirs("/tls/d")
-            fs.write_bytes("/tls/d/f", b"secret" * 10000)
-            assert fs.read_bytes("/tls/d/f") == b"secret" * 10000
-        # a client that speaks plaintext gRPC (even with the right token) gets nowhere
-        plain = auth.Credentials(c.cfg.client_token)
+    c = make_cluster(shards=1, replicas=1, mgmt_replicas=1, data_servers=1, chain_replicas=1, metrics=False,
+                     tls=tls)
+    assert c.credentials.ca is not None
+    with dfs.connect(c.config_path, uid=0, gid=0, groups=()) as fs:
+        fs.makedirs("/tls/d")
+        fs.write_bytes("/tls/d/f", b"secret" * 10000)
+        assert fs.read_bytes("/tls/d/f") == b"secret" * 10000
+    # a client that speaks plaintext gRPC (even with the right token) gets nowhere
+    plain = auth.Credentials(c.cfg.client_token)
 
-        async def go():
-            t = GrpcTransport(c.mgmt_addresses, deadline=2.0, attempt_timeout=1.0, auth=plain)
-            try:
-                await t.connect()
-            finally:
-                await t.close()
+    async def go():
+        t = GrpcTransport(c.mgmt_addresses, deadline=2.0, attempt_timeout=1.0, auth=plain)
+        try:
+            await t.connect()
+        finally:
+            await t.close()
 
-        with pytest.raises(err.Unavailable):
-            run(go())
-        res = run(_raw_execute(c.meta_procs()[0].address, _mkdir_request("plain"),
-                               plain.metadata()))
-        assert isinstance(res, grpc.aio.AioRpcError) and res.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        c.stop()
+    with pytest.raises(err.Unavailable):
+        run(go())
+    res = run(_raw_execute(c.meta_procs()[0].address, _mkdir_request("plain"),
+                           plain.metadata()))
+    assert isinstance(res, grpc.aio.AioRpcError) and res.code() == grpc.StatusCode.UNAVAILABLE

@@ -347,27 +347,16 @@ def state(cluster: LocalCluster, shard: int) -> tuple:
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=3, mgmt_replicas=1)
-    c.start(timeout=90)
-    try:
-        yield c
-    finally:
-        c.stop()
+def cluster(make_cluster):
+    return make_cluster(shards=1, replicas=3, mgmt_replicas=1)
 
 
 # ---------------------------------------------------------------------- replicas
 
 @pytest.fixture
-def compacting_cluster(tmp_path):
+def compacting_cluster(make_cluster):
     """Raft logs compacted every 200 entries: a replica that joins later gets a snapshot."""
-    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=3, mgmt_replicas=1,
-                     raft=RaftOptions(log_compaction_min_entries=200))
-    c.start(timeout=90)
-    try:
-        yield c
-    finally:
-        c.stop()
+    return make_cluster(shards=1, replicas=3, mgmt_replicas=1, raft=RaftOptions(log_compaction_min_entries=200))
 
 
 def snapshots_restored(p: Proc) -> float:

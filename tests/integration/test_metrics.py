@@ -24,7 +24,6 @@ from dfs.common.config import (
     ShardConfig,
     TargetConfig,
 )
-from dfs.testing.cluster import LocalCluster
 from dfs.testing.metrics import get, scrape, total
 from dfs.testing.wait import until
 
@@ -32,12 +31,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LocalCluster(str(tmp_path_factory.mktemp("metrics") / "c"), shards=2, replicas=3, mgmt_replicas=3,
-                     data_servers=3)
-    c.start()
-    yield c
-    c.stop()
+def cluster(module_clusters):
+    return module_clusters.make(shards=2, replicas=3, mgmt_replicas=3, data_servers=3)
 
 
 @pytest.fixture(scope="module")
@@ -200,19 +195,15 @@ def test_local_cluster_config_has_the_endpoints(cluster):
 
 
 # ---------------------------------------------------------------------- structured logs
-def test_logs_are_json_lines_with_operation_ids(tmp_path, monkeypatch):
+def test_logs_are_json_lines_with_operation_ids(tmp_path, monkeypatch, make_cluster):
     """Every server process writes one JSON object per line to its own log file, naming
     itself; a request's lines carry its id (here every request is logged as slow)."""
     monkeypatch.setenv("DFS_SLOW_OP_MS", "0")
-    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=3, mgmt_replicas=1, data_servers=1,
-                     chain_replicas=1)
-    c.start()
-    try:
-        with dfs.connect(mgmt=c.mgmt_addresses, uid=0, gid=0, groups=()) as fs:
-            fs.write_bytes("/logged", b"x" * 1000)
-            assert fs.read_bytes("/logged") == b"x" * 1000
-    finally:
-        c.stop()
+    c = make_cluster(shards=1, replicas=3, mgmt_replicas=1, data_servers=1, chain_replicas=1)
+    with dfs.connect(mgmt=c.mgmt_addresses, uid=0, gid=0, groups=()) as fs:
+        fs.write_bytes("/logged", b"x" * 1000)
+        assert fs.read_bytes("/logged") == b"x" * 1000
+    c.stop()
     ops = set()
     for p in c.procs:
         with open(p.log) as f:
