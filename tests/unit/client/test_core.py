@@ -3,7 +3,7 @@
 The core is under both faces; these tests drive it through the library
 (``AsyncClient`` over a ``Core``) with a transport that counts the metadata
 requests, so a change that adds a round trip to a hot path fails here. The
-FUSE face's own in-process tests are in tests/posix/test_ops.py."""
+FUSE face's own in-process tests are in tests/unit/fuse/test_ops.py."""
 
 from __future__ import annotations
 

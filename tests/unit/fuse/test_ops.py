@@ -28,7 +28,7 @@ CTX = types.SimpleNamespace(uid=0, gid=0, pid=os.getpid(), umask=0o022)
 
 class Counting:
     """A MetaClient transport over a LocalEngine that counts requests by op name
-    (as in tests/client/test_core.py)."""
+    (as in tests/unit/client/test_core.py)."""
 
     def __init__(self, engine: LocalEngine) -> None:
         self.engine = engine
@@ -54,7 +54,7 @@ class Counting:
 
 
 class ReadOnlyView(StrictMode):
-    """What snapshot mode will do through the hooks, sketched (as in tests/client/test_core.py):
+    """What snapshot mode will do through the hooks, sketched (as in tests/unit/client/test_core.py):
     reads answered from what it learned once, changes refused before anything is sent."""
 
     def __init__(self) -> None:
