@@ -289,7 +289,8 @@ class ChunkStore:
         self._zero_crc = block_crcs(bytes(block_size), block_size)
         self._stats_lock = threading.Lock()
         self.counters = {"checksum_errors": 0, "nospace": 0, "scrubbed_bytes": 0, "preserved": 0,
-                         "preserved_bytes": 0, "dropped": 0, "dropped_bytes": 0}
+                         "preserved_bytes": 0, "dropped": 0, "dropped_bytes": 0,
+                         "version_changes": 0}
         # preserved versions on the target: while there are none (no snapshot ever kept one here),
         # no operation looks for any
         self._nversions = sum(1 for _ in self._kv.scan_prefix(_VERSION_PREFIX))
@@ -558,6 +559,10 @@ class ChunkStore:
             self.counters["preserved"] += 1
             self.counters["preserved_bytes"] += p.length
 
+    def _changed(self) -> None:
+        with self._stats_lock:
+            self.counters["version_changes"] += 1
+
     def _preserve(self, ino: int, index: int, old: ChunkMeta, until: int) -> None:
         """Copy the current version out as ``Preserved(old.epoch, until)`` before it
         changes (caller holds the chunk lock). A version preserved already (by a
@@ -580,6 +585,7 @@ class ChunkStore:
         b = WriteBatch()
         b.put(_vkey(ino, index, p.epoch), _ppack(p))
         self._kv.write(b, sync=self.sync)
+        self._changed()
 
     def _keeps(self, old: ChunkMeta | None, keep: int) -> bool:
         return old is not None and keep > 0 and old.epoch <= keep
@@ -826,6 +832,8 @@ class ChunkStore:
         self._kv.write(b, sync=self.sync)  # meta first: a crash leaks a file, never resurrects a chunk
         if added is not None:
             self._added(added)
+        if keep and len(b) > 1:
+            self._changed()
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -950,9 +958,19 @@ class ChunkStore:
         _check_id(ino, index)
         return self._versions(ino, index)
 
+    def version_at(self, ino: int, index: int, at: int) -> ChunkMeta | Preserved | None:
+        """The version snapshot ``at`` reads: the current one, a preserved one, or None."""
+        _check_id(ino, index)
+        with self._lock(ino, index):
+            return self._at(ino, index, at)[0]
+
     def has_versions(self) -> bool:
         """Whether the target holds any preserved version."""
         return self._nversions > 0
+
+    def preserved_count(self) -> int:
+        """How many preserved versions the target holds."""
+        return self._nversions
 
     def list_versions(self, ino: int | None = None, *, start: tuple[int, int, int] | None = None) \
             -> Iterator[tuple[int, int, Preserved]]:
@@ -998,9 +1016,7 @@ class ChunkStore:
         with self._lock(ino, index):
             have = self._version(ino, index, epoch)
             self._install_file(self._vfile(ino, index, epoch), mv)
-            b = WriteBatch()
-            b.put(_vkey(ino, index, epoch), _ppack(p))
-            self._kv.write(b, sync=self.sync)
+            self._put_version(ino, index, p)
             if have is None:
                 self._added(p)
             return p
@@ -1024,6 +1040,7 @@ class ChunkStore:
             pass
         with self._stats_lock:
             self._nversions -= 1
+            self.counters["version_changes"] += 1
         return p
 
     def drop(self, live, epoch: int) -> tuple[int, int, list[tuple[int, int]]]:
