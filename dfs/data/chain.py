@@ -87,6 +87,7 @@ log = logging.getLogger("dfs.data.chain")
 MAX_CHUNK = 64 << 20
 SYNC_PAGE = 2048
 MAX_HOLD_LEASE = 60.0  # seconds: the longest hold a coordinator may ask for
+RESTART_HOLD_LEASE = 10.0  # seconds: the hold of a server that starts while a snapshot is being created
 USAGE_INTERVAL = 5.0   # seconds between two counts of a target's preserved versions (when they changed)
 _CK = struct.Struct(">IQI")
 _IK = struct.Struct(">QI")
@@ -788,7 +789,15 @@ class ChainService:
     # ------------------------------------------------------------------ resync (syncing side: dfs/data/resync.py)
     def on_map(self, m) -> None:
         if m is not None:
+            first = not self._epochs_known
             self.set_epochs(getattr(m, "data_epoch", 1), getattr(m, "live_snapshots", ()))
+            creating = [s for s, x in getattr(m, "snapshots", {}).items() if x.state == "creating" and s >= self.epoch]
+            if first and creating and self._hold is None:
+                # started (or restarted) while a snapshot is being made: the hold this server may
+                # have given before is gone with its old process, so hold again until the
+                # coordinator resumes, or the lease runs out and mgmt says what became of it
+                log.info("snapshot %d is being created: holding client mutations", max(creating))
+                self._start_hold(max(creating), RESTART_HOLD_LEASE)
         self.resync.on_map(m)
 
     def resyncs_running(self) -> int:
@@ -850,19 +859,9 @@ class ChainService:
             raise err.InvalidArgument(f"bad hold: snapshot {snap}, lease {lease}s")
         if snap < self.epoch:
             raise err.Stale(f"snapshot {snap} is older than data epoch {self.epoch}")
-        hold = self._hold
-        if hold is not None and snap < hold.snap:
-            raise err.DfsError(f"held for snapshot {hold.snap}", code=E.EBUSY)
-        loop = asyncio.get_running_loop()
-        if hold is None or hold.snap != snap:
-            if hold is not None:
-                hold.cancel()
-            hold = self._hold = _Hold(snap)
-            self._open.clear()
-            log.info("hold for snapshot %d (lease %.1fs)", snap, lease)
-        hold.deadline = loop.time() + lease
-        if hold.timer is None:
-            hold.timer = self.spawn(self._expire(hold))
+        if self._hold is not None and snap < self._hold.snap:
+            raise err.DfsError(f"held for snapshot {self._hold.snap}", code=E.EBUSY)
+        hold = self._start_hold(snap, lease)
         try:
             await asyncio.wait_for(self._idle.wait(), lease)
         except TimeoutError:
@@ -870,6 +869,21 @@ class ChainService:
         if self._hold is not hold:
             raise err.Retryable(f"hold for snapshot {snap} ended before it took")
         return dp.reply_to(h)._replace(epoch=self.epoch)
+
+    def _start_hold(self, snap: int, lease: float) -> _Hold:
+        """Hold client mutations for snapshot ``snap`` for ``lease`` seconds from now (a
+        hold for it already in force is extended; one for an older snapshot is replaced)."""
+        hold = self._hold
+        if hold is None or hold.snap != snap:
+            if hold is not None:
+                hold.cancel()
+            hold = self._hold = _Hold(snap)
+            self._open.clear()
+            log.info("hold for snapshot %d (lease %.1fs)", snap, lease)
+        hold.deadline = asyncio.get_running_loop().time() + lease
+        if hold.timer is None:
+            hold.timer = self.spawn(self._expire(hold))
+        return hold
 
     def snap_resume(self, h: dp.Header, payload) -> dp.Header:
         try:

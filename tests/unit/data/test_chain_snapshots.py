@@ -337,3 +337,24 @@ def test_deleting_a_snapshot_drops_its_versions_and_counts_them_first(run):
             await until(lambda sv=sv: not sv.target.store.has_versions(), "the second drop")
             assert (91, 0) not in set(sv.target.index.chunks(0))  # nothing left of it: unindexed
     run(test)
+
+
+def test_a_server_that_starts_during_a_creation_holds_until_resumed(run):
+    """Its hold, given before a restart, is gone with the old process: it holds again."""
+    async def test(net: Net, servers):
+        _prepare(net)
+        await write(net, servers, 95, 0, b"z" * 10)
+        _, _, s = _cmd(net, "snap_begin", "r", 1, "/d", S_TS)
+        fresh = servers[T1]
+        fresh.map = None
+        fresh.svc._epochs_known = False  # as a new process: its first map
+        fresh.install(net.map)
+        assert fresh.svc.holding() == s
+        w = asyncio.ensure_future(write(net, servers, 95, 0, b"Z"))
+        await until(lambda: fresh.svc.waiting_on_hold == 1, "the write waiting")
+        _, _, epoch, live = _cmd(net, "snap_ready", s)
+        for sv in servers.values():
+            await resume(sv, s, epoch, live)
+        await w
+        assert await read_at(fresh, 95, 0, s) == b"z" * 10
+    run(test)
