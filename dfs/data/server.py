@@ -182,6 +182,8 @@ class DataServer:
                   len(self.svc.live)),
             gauge("dfs_data_held", "1 while a snapshot hold stops client mutations here",
                   0 if self.svc.holding() is None else 1),
+            gauge("dfs_data_held_mutations", "client mutations waiting for a snapshot hold to end",
+                  self.svc.waiting_on_hold),
             gauge("dfs_data_preserved_versions", "chunk versions kept for snapshots on the target",
                   labels=["target"], samples=[([str(tid)], t.store.preserved_count()) for tid, t in self.targets.items()]),
             gauge("dfs_data_snapshot_bytes", "bytes of chunk versions the target keeps for a live snapshot "
