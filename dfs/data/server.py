@@ -352,9 +352,9 @@ class DataServer:
             try:
                 st = await s.run_once()
                 # running totals since the server started
-                log.info("scrub of target %d: pass %d, %d chunks, %d preserved versions, %d bad, %d repaired, "
-                         "%d repair failures", tid, st.passes, st.chunks, st.versions, st.bad_chunks, st.repaired,
-                         st.repair_failures)
+                log.info("scrub of target %d: pass %d, %d chunks, %d bad, %d repaired, %d repair failures, "
+                         "%d preserved versions", tid, st.passes, st.chunks, st.bad_chunks, st.repaired,
+                         st.repair_failures, st.versions)
             except asyncio.CancelledError:
                 raise
             except Exception:
