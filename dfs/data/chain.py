@@ -792,6 +792,11 @@ class ChainService:
             first = not self._epochs_known
             self.set_epochs(getattr(m, "data_epoch", 1), getattr(m, "live_snapshots", ()))
             creating = [s for s, x in getattr(m, "snapshots", {}).items() if x.state == "creating" and s >= self.epoch]
+            hold = self._hold
+            if hold is not None and self.epoch > hold.snap:
+                # the snapshot is ready (the map says so): as good as its resume, which may be lost
+                log.info("snapshot %d is ready in the map: hold over at epoch %d", hold.snap, self.epoch)
+                self._release(hold)
             if first and creating and self._hold is None:
                 # started (or restarted) while a snapshot is being made: the hold this server may
                 # have given before is gone with its old process, so hold again until the

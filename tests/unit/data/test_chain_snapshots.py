@@ -358,3 +358,14 @@ def test_a_server_that_starts_during_a_creation_holds_until_resumed(run):
         await w
         assert await read_at(fresh, 95, 0, s) == b"z" * 10
     run(test)
+
+
+def test_a_map_that_shows_the_snapshot_ready_ends_its_hold(run):
+    async def test(net: Net, servers):
+        _prepare(net)
+        _, _, s = _cmd(net, "snap_begin", "m", 1, "/d", S_TS)
+        await hold(servers[T1], s)
+        _cmd(net, "snap_ready", s)
+        servers[T1].install(net.map)  # the resume was lost; the next map says enough
+        assert servers[T1].svc.holding() is None and servers[T1].svc.epoch == s + 1
+    run(test)
