@@ -76,6 +76,14 @@ def preserved_files(c: LocalCluster, tid: int) -> list[str]:
     return glob.glob(os.path.join(target_path(c, tid), "chunks", "*", "*@*"))
 
 
+async def answers(dc: DataClient, tid: int) -> bool:
+    try:
+        await dc.stat_target(tid, 1, 0)
+        return True
+    except (ConnectionError, TimeoutError, err.DfsError):
+        return False
+
+
 async def every_replica_reads(dc: DataClient, ino: int, index: int, at: int, want: bytes) -> bool:
     ch = dc.chain_for(ino, index, LAYOUT)
     for tid in ch.targets:
@@ -140,13 +148,14 @@ def test_snapshot_versions_on_real_data_servers(cluster):
             victim = c.data_procs()[0]
             c.kill(victim)
             c.spawn(victim)
+            await until_async(lambda: answers(dc, c.cfg.data[0].targets[0].id), 60, "the restarted server answering")
 
             async def healthy() -> bool:
                 dc.map = await tr.refresh_map()
                 return all(len(ch.targets) == 3 and not ch.syncing for ch in dc.map.chains) and all(
                     t.state == "serving" for t in dc.map.targets.values())
-            await until_async(healthy, 60, "every target serving again")
-            await until_async(all_consistent, 30, "every replica reading the snapshot after kill -9")
+            await until_async(healthy, 90, "every target serving again")
+            await until_async(all_consistent, 60, "every replica reading the snapshot after kill -9")
 
             # a target wiped while its server was down comes back by resync, versions included
             victim = c.data_procs()[1]
@@ -159,9 +168,10 @@ def test_snapshot_versions_on_real_data_servers(cluster):
             await until_async(out, 15, "the dead target out of its chains")
             shutil.rmtree(target_path(c, vt))
             c.spawn(victim)
-            await until_async(healthy, 60, "the wiped target resynced")
+            await until_async(lambda: answers(dc, vt), 60, "the restarted server answering")
+            await until_async(healthy, 90, "the wiped target resynced")
             assert len(preserved_files(c, vt)) == 7
-            await until_async(all_consistent, 30, "every replica reading the snapshot after the resync")
+            await until_async(all_consistent, 60, "every replica reading the snapshot after the resync")
 
             # what the snapshot keeps is counted: in the map (from heartbeats) and in the metrics
             kept = sum(len(old[k]) for k in old)  # on each of 3 replicas, read by this snapshot only
