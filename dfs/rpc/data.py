@@ -464,10 +464,13 @@ class DataClient:
 
     # ------------------------------------------------------------------ snapshots: the coordinator's cut
     def _servers(self) -> dict[str, int]:
-        """Every data server of the map: address -> one of its targets."""
+        """Every data server of the map with a target that is not offline: address -> one of
+        its targets. An offline server heads no chain (mgmt took it out), and one that comes
+        back while a snapshot is being created holds by itself (dfs/data/chain.py)."""
         out: dict[str, int] = {}
         for tid, t in sorted(self.map.targets.items()):
-            out.setdefault(t.address, tid)
+            if t.state != "offline":
+                out.setdefault(t.address, tid)
         return out
 
     async def _each_server(self, h: dp.Header, payload=b"", timeout: float | None = None) -> None:
@@ -481,7 +484,7 @@ class DataClient:
                 raise r
 
     async def snap_hold(self, snapshot: int, lease: float) -> None:
-        """SNAP_HOLD on every data server: each stops admitting client mutations and answers
+        """SNAP_HOLD on every data server not offline: each stops admitting client mutations and answers
         once those in flight are done. Raises the first failure (the hold still ends at
         the lease on the servers that took it)."""
         await self._each_server(dp.Header(dp.SNAP_HOLD, version=snapshot, arg=int(lease * 1000)),
