@@ -956,7 +956,7 @@ class ChainService:
                     await self.drop_unread(tgt)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - the next change of the live set tries again
+                except Exception:
                     log.exception("dropping versions on target %d", tgt.id)
             if not self._drop_again:
                 return

@@ -363,10 +363,10 @@ class Resyncer:
             async with svc.locks((tgt.id, ino, index)):
                 self._check(st)
                 removed = 0
-                if (ino, index) not in remote and not st.was_touched(ino, index):
-                    if await tgt.run(tgt.store.stat, ino, index) is not None:
-                        await tgt.run(tgt.store.remove, ino, index)
-                        removed += 1
+                if ((ino, index) not in remote and not st.was_touched(ino, index)
+                        and await tgt.run(tgt.store.stat, ino, index) is not None):
+                    await tgt.run(tgt.store.remove, ino, index)
+                    removed += 1
                 if not st.versions_touched(ino, index):
                     want = remote_versions.get((ino, index), {})
                     for p in await tgt.run(tgt.store.versions, ino, index):

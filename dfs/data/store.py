@@ -340,32 +340,32 @@ class ChunkStore:
         self._kv.write(b, sync=True)
 
     def _remove_temp_files(self) -> None:
-        # ``*.tmp``: left by an install or a preserve that crashed before its rename;
-        # ``name@t`` without a record: by a preserve that crashed before its record,
-        # or by a drop after it.
         for b in range(256):
             d = os.path.join(self._chunks, f"{b:02x}")
             with os.scandir(d) as it:
                 for e in it:
-                    name = e.name
-                    if name.endswith(".tmp"):
-                        pass
-                    elif "@" in name and self._nversions == 0:
-                        pass
-                    elif "@" in name:
+                    if self._leftover(e.name):
                         try:
-                            base, t = name.split("@")
-                            ino, index = (int(x, 16) for x in base.split("."))
-                            if self._kv.get(_vkey(ino, index, int(t, 16))) is not None:
-                                continue
-                        except ValueError:
-                            continue  # not one of ours
-                    else:
-                        continue
-                    try:
-                        os.unlink(e.path)
-                    except FileNotFoundError:
-                        pass
+                            os.unlink(e.path)
+                        except FileNotFoundError:
+                            pass
+
+    def _leftover(self, name: str) -> bool:
+        """``*.tmp``: left by an install or a preserve that crashed before its rename;
+        ``<chunk>@<t>`` without a record: by a preserve that crashed before its record,
+        a remove before its batch, or a drop after it."""
+        if name.endswith(".tmp"):
+            return True
+        if "@" not in name:
+            return False
+        if not self._nversions:
+            return True
+        try:
+            base, t = name.split("@")
+            ino, index = (int(x, 16) for x in base.split("."))
+            return self._kv.get(_vkey(ino, index, int(t, 16))) is None
+        except ValueError:
+            return False  # not one of ours
 
     def _file(self, ino: int, index: int) -> str:
         return os.path.join(self._chunks, f"{_bucket(ino, index):02x}", f"{ino:016x}.{index:08x}")

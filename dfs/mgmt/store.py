@@ -136,10 +136,9 @@ from __future__ import annotations
 import copy
 import errno
 
-from dfs.common.limits import NAME_MAX
-
 import msgpack
 
+from dfs.common.limits import NAME_MAX
 from dfs.consensus.api import StateMachine
 from dfs.kv import KV, MemoryKV, RocksKV, WriteBatch
 

@@ -18,7 +18,18 @@ import pytest
 from dfs.common import errors as err
 from dfs.rpc import dataplane as dp
 
-from .test_resync import T1, T2, T3, Net, Server, _remove, promoted, remove_inode, until, write
+from .test_resync import (
+    T1,
+    T2,
+    T3,
+    Net,
+    Server,
+    _remove,
+    promoted,
+    remove_inode,
+    until,
+    write,
+)
 
 S_TS = 10**18
 
@@ -265,7 +276,7 @@ def test_an_expired_hold_asks_mgmt_and_releases(run):
 
         async def resolve(snap):  # what the data server asks mgmt: snap_abort
             asked.append(snap)
-            _, _, state, epoch, live = _cmd(net, "snap_abort", snap)
+            _, _, _state, epoch, live = _cmd(net, "snap_abort", snap)
             return epoch, live
         for sv in servers.values():
             sv.svc.resolve_hold = resolve

@@ -6,7 +6,13 @@ import errno
 
 import msgpack
 
-from dfs.common.config import ClusterConfig, DataServerConfig, ReplicaAddr, ShardConfig, TargetConfig
+from dfs.common.config import (
+    ClusterConfig,
+    DataServerConfig,
+    ReplicaAddr,
+    ShardConfig,
+    TargetConfig,
+)
 from dfs.mgmt.server import map_from_config, map_to_pb
 from dfs.mgmt.store import CREATING_TIMEOUT, MgmtStore, live_snapshots
 from dfs.rpc.transport import ClusterMap
