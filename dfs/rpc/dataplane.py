@@ -171,7 +171,7 @@ def encode(h: Header, payload=b"", crc: int | None = None) -> bytes:
 
 
 def decode(b) -> Header:
-    """Parse 64 header bytes; ``ProtocolError`` on bad magic or a length over ``MAX_PAYLOAD``."""
+    """Parse ``HEADER_SIZE`` header bytes; ``ProtocolError`` on bad magic or a length over ``MAX_PAYLOAD``."""
     t = HEADER.unpack_from(b)
     if t[0] != MAGIC:
         raise ProtocolError(f"bad magic {t[0]:#x}")
