@@ -35,23 +35,49 @@ of this server's targets (``header.target``) and returns the reply
   that copies never undo them. This module serves SYNC_LIST and SYNC_FETCH
   and tells the resync about every forwarded op. A forward to a syncing
   member that fails fails the write, like one to a serving member.
+* **Snapshots** (docs/design/snapshots.md, "Data"). The server has a data
+  epoch and a set of live snapshots, from every newer map and from
+  SNAP_RESUME (whichever names the higher epoch; never backwards). A chain
+  head tags each client mutation with its epoch ``e`` and with ``snap``, the
+  newest live snapshot older than ``e``; both travel down the chain in the
+  header, so every replica keeps (the store's ``keep``) exactly the versions
+  the head keeps. A predecessor answering NEED_INSTALL sends the chunk's
+  preserved versions (INSTALL ``F_SNAP``) before the chunk itself. READ
+  ``F_SNAP`` reads at a snapshot epoch; a preserved version never changes, so
+  any serving member serves it. A chunk keeps its chain index entry while it
+  has preserved versions (resync lists them, repair finds its chain). When a
+  snapshot leaves the live set, ``drop_unread`` removes, in the background,
+  the versions no live snapshot reads; ``refresh_usage`` counts what each live
+  snapshot keeps.
+* **Hold and resume** (the snapshot coordinator's cut): SNAP_HOLD makes the
+  server stop admitting client mutations as a chain head (they wait) and
+  answers once those in flight (with their forwards) are done; forwarded
+  mutations are never held. The hold ends at SNAP_RESUME (which sets the data
+  epoch and live snapshots first) or when its lease runs out; then the
+  server first asks mgmt to abort the snapshot (``resolve_hold``), which
+  tells it through the Raft log whether the snapshot was made ready
+  meanwhile (resume at its epoch) or never will be (resume as before), so
+  that a resume lost on the way never lets writes of the old epoch follow a
+  ready snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno as E
 import logging
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import msgpack
 
 from dfs.common import errors as err
-from dfs.data.resync import InflightGate, Resyncer, digest
+from dfs.data.resync import InflightGate, Resyncer, digest, vdigest
+from dfs.data.store import Preserved
 from dfs.kv import RocksKV, WriteBatch
 from dfs.rpc import dataplane as dp
 from dfs.rpc.data import Pool
@@ -60,6 +86,9 @@ log = logging.getLogger("dfs.data.chain")
 
 MAX_CHUNK = 64 << 20
 SYNC_PAGE = 2048
+MAX_HOLD_LEASE = 60.0  # seconds: the longest hold a coordinator may ask for
+RESTART_HOLD_LEASE = 10.0  # seconds: the hold of a server that starts while a snapshot is being created
+USAGE_INTERVAL = 5.0   # seconds between two counts of a target's preserved versions (when they changed)
 _CK = struct.Struct(">IQI")
 _IK = struct.Struct(">QI")
 
@@ -171,6 +200,22 @@ class _Held:
             self.locks._locks.pop(self.key, None)
 
 
+class _Hold:
+    """A SNAP_HOLD in force: client mutations wait until it is released."""
+
+    __slots__ = ("deadline", "snap", "timer")
+
+    def __init__(self, snap: int) -> None:
+        self.snap = snap
+        self.deadline = 0.0
+        self.timer: asyncio.Task | None = None
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class Extent(NamedTuple):
     """A READ reply to send from a file (see FrameWriter.send_extent); the sender closes fd."""
 
@@ -184,7 +229,8 @@ class ChainService:
     """The data-plane request handlers of one data server (all its targets)."""
 
     def __init__(self, targets: dict[int, Target], peers: Pool, *, get_map: Callable, refresh_map: Callable,
-                 forward_timeout: float = 10.0, resync_rate: int = 0) -> None:
+                 forward_timeout: float = 10.0, resync_rate: int = 0,
+                 resolve_hold: Callable[[int], Awaitable[tuple[int, list[int]] | None]] | None = None) -> None:
         self.targets = targets
         self.peers = peers
         self.get_map = get_map          # () -> ClusterMap | None
@@ -195,8 +241,25 @@ class ChainService:
                          "resync_removed": 0}
         self.gate = InflightGate()      # mutations in flight per chain version (SYNC_LIST waits on older ones)
         self.resync = Resyncer(self, resync_rate)
-        self._repairs: set[tuple[int, int, int]] = set()
+        self._repairs: set[tuple] = set()
         self._bg: set[asyncio.Task] = set()
+        # snapshots: the data epoch, the live snapshots (ascending, each < epoch), whether a map or
+        # resume has set them yet
+        self.epoch = 1
+        self.live: tuple[int, ...] = ()
+        self._epochs_known = False
+        self.resolve_hold = resolve_hold  # async (S) -> (epoch, live) | None: an expired hold's outcome
+        self._hold: _Hold | None = None
+        self._open = asyncio.Event()      # set while no hold stops client mutations
+        self._open.set()
+        self._heading = 0                 # client mutations admitted as a chain head, in flight
+        self.waiting_on_hold = 0          # client mutations waiting for a hold to end
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._drop_task: asyncio.Task | None = None
+        self._drop_again = False
+        self.usage: dict[int, dict[int, tuple[int, int]]] = {}  # target -> {snapshot: (exclusive, shared)}
+        self._usage_seen: dict[int, tuple] = {}
 
     # ------------------------------------------------------------------ map helpers
     def chain(self, cid: int):
@@ -227,6 +290,10 @@ class ChainService:
     # ------------------------------------------------------------------ dispatch
     async def handle(self, h: dp.Header, payload) -> tuple[dp.Header, bytes]:
         try:
+            if h.op == dp.SNAP_HOLD:
+                return await self.snap_hold(h), b""
+            if h.op == dp.SNAP_RESUME:
+                return self.snap_resume(h, payload), b""
             tgt = self.targets.get(h.target)
             if tgt is None:
                 raise err.InvalidArgument(f"target {h.target} is not on this server")
@@ -244,7 +311,8 @@ class ChainService:
                 m = await tgt.run(tgt.store.stat, h.ino, h.index)
                 if m is None:
                     raise err.NotFound(f"chunk {h.ino:x}.{h.index}")
-                return dp.reply_to(h, version=m.version), msgpack.packb([m.version, m.committed, m.length, m.crcs])
+                return dp.reply_to(h, version=m.version)._replace(epoch=m.epoch), \
+                    msgpack.packb([m.version, m.committed, m.length, m.crcs, m.epoch])
             if op == dp.SYNC_LIST:
                 return await self.sync_list(tgt, h)
             if op == dp.SYNC_FETCH:
@@ -272,8 +340,15 @@ class ChainService:
 
     async def mutate(self, tgt: Target, h: dp.Header, payload) -> int:
         ch, members, pos = await self._place(tgt, h)
-        with self.gate.entered(ch.id, ch.version):
-            return await self._mutate(tgt, h, payload, ch, members, pos)
+        async with self._admitted(h):
+            with self.gate.entered(ch.id, ch.version):
+                return await self._mutate(tgt, h, payload, ch, members, pos)
+
+    def tag(self) -> tuple[int, int]:
+        """(epoch, snap) for a mutation this server heads: its data epoch, and the
+        newest live snapshot older than it (0: none), whose versions are kept."""
+        e = self.epoch
+        return e, max((s for s in self.live if s < e), default=0)
 
     async def _mutate(self, tgt: Target, h: dp.Header, payload, ch, members, pos: int) -> int:
         forwarded = bool(h.flags & dp.F_FORWARD)
@@ -282,15 +357,22 @@ class ChainService:
             self._recheck(ch)
             store = tgt.store
             if forwarded:
-                self.resync.touch(tgt.id, ch.id, ch.version, h.ino, h.index)
                 v = h.version
+                if h.op == dp.INSTALL and h.flags & dp.F_SNAP:
+                    # a preserved version of the predecessor's, sent before the chunk itself
+                    self.resync.touch_version(tgt.id, ch.id, ch.version, h.ino, h.index)
+                    await tgt.run(tgt.index.add, ch.id, h.ino, h.index)
+                    await tgt.run(store.install_version, h.ino, h.index, h.epoch, h.snap, payload, v)
+                    await self._forward(tgt, ch, members, pos, h, payload)
+                    return v
+                self.resync.touch(tgt.id, ch.id, ch.version, h.ino, h.index)
                 if h.op == dp.INSTALL:
                     # the predecessor's whole chunk, sent under its chunk lock: it is the chain's,
                     # even below a version held here (versions restart after a remove)
                     cur = await tgt.run(store.stat, h.ino, h.index)
                     await tgt.run(tgt.index.add, ch.id, h.ino, h.index)
                     await tgt.run(store.install, h.ino, h.index, payload, v,
-                                  committed=min(cur.committed, v - 1) if cur else 0)
+                                  committed=min(cur.committed, v - 1) if cur else 0, epoch=h.epoch)
                     self.resync.known(tgt.id, ch.id, ch.version, h.ino, h.index)
                 else:
                     cur = await tgt.run(store.stat, h.ino, h.index)
@@ -303,6 +385,8 @@ class ChainService:
                     self.resync.known(tgt.id, ch.id, ch.version, h.ino, h.index)
                     return v
             else:
+                e, k = self.tag()
+                h = h._replace(epoch=e, snap=k)
                 cur = await tgt.run(store.stat, h.ino, h.index)
                 v = (cur.version if cur else 0) + 1
                 try:
@@ -341,20 +425,17 @@ class ChainService:
         store = tgt.store
         if cur is None:
             await tgt.run(tgt.index.add, cid, h.ino, h.index)
-        if h.op == dp.WRITE:
-            try:
-                await tgt.run(store.write, h.ino, h.index, h.offset, payload, v, chunk_size=chunk_size_of(h.arg))
-            except err.ChecksumError:
-                if h.flags & dp.F_FORWARD:
-                    raise NeedInstall() from None  # the predecessor's whole chunk replaces the bad one
-                raise
-        else:  # TRUNCATE: offset is the new length
-            try:
-                await tgt.run(store.truncate, h.ino, h.index, h.offset, v, chunk_size=chunk_size_of(h.arg))
-            except err.ChecksumError:
-                if h.flags & dp.F_FORWARD:
-                    raise NeedInstall() from None
-                raise
+        try:
+            if h.op == dp.WRITE:
+                await tgt.run(store.write, h.ino, h.index, h.offset, payload, v, chunk_size=chunk_size_of(h.arg),
+                              epoch=h.epoch, keep=h.snap)
+            else:  # TRUNCATE: offset is the new length
+                await tgt.run(store.truncate, h.ino, h.index, h.offset, v, chunk_size=chunk_size_of(h.arg),
+                              epoch=h.epoch, keep=h.snap)
+        except err.ChecksumError:
+            if h.flags & dp.F_FORWARD:
+                raise NeedInstall() from None  # the predecessor's whole chunk replaces the bad one
+            raise
 
     async def _forward(self, tgt: Target, ch, members: tuple[int, ...], pos: int, h: dp.Header, payload,
                        applied: asyncio.Future | None = None) -> None:
@@ -365,7 +446,8 @@ class ChainService:
             return
         nxt = members[pos + 1]
         syncing = nxt not in ch.targets
-        fh = h._replace(flags=dp.F_FORWARD, target=nxt, chain_id=ch.id, chain_version=ch.version)
+        fh = h._replace(flags=(h.flags & dp.F_SNAP) | dp.F_FORWARD, target=nxt, chain_id=ch.id,
+                        chain_version=ch.version)
         try:
             addr = self.address_of(nxt)
             # the payload arrived with this CRC and was checked against it: pass it on
@@ -375,9 +457,23 @@ class ChainService:
                 if applied is not None:
                     await applied  # the local apply failing fails the write: no install then
                 self.counters["installs_forwarded"] += 1
-                m, data = await tgt.run(self._whole, tgt.store, h.ino, h.index)
-                ih = fh._replace(op=dp.INSTALL, offset=0, version=m.version if m else h.version)
-                rh, rp = await self.peers.call(addr, ih, data, self.forward_timeout)
+                # the chunk's preserved versions first (the successor's may be missing or differ:
+                # it did not apply the writes that made them here), then the chunk
+                for p in await tgt.run(tgt.store.versions, h.ino, h.index):
+                    got = await tgt.run(tgt.store.read_version, h.ino, h.index, p.epoch)
+                    if got is None:
+                        continue
+                    p, data = got
+                    ph = fh._replace(op=dp.INSTALL, flags=dp.F_FORWARD | dp.F_SNAP, offset=0, version=p.version,
+                                     epoch=p.epoch, snap=p.until)
+                    rh, rp = await self.peers.call(addr, ph, data, self.forward_timeout)
+                    if rh.status:
+                        break
+                else:
+                    m, data = await tgt.run(self._whole, tgt.store, h.ino, h.index)
+                    ih = fh._replace(op=dp.INSTALL, flags=dp.F_FORWARD, offset=0,
+                                     version=m.version if m else h.version, epoch=m.epoch if m else h.epoch, snap=0)
+                    rh, rp = await self.peers.call(addr, ih, data, self.forward_timeout)
         except (ConnectionError, TimeoutError, OSError) as e:
             # a syncing member too: one that silently missed a write could be promoted without it
             log.info("chain %d v%d: forward to %s target %d failed: %s", ch.id, ch.version,
@@ -426,95 +522,159 @@ class ChainService:
             raise err.Stale(f"target {tgt.id} is not the head of chain {ch.id} v{ch.version}")
         return ch, members, pos
 
+    def _epochs_of(self, h: dp.Header) -> dp.Header:
+        """A client's mutation tagged by this head; a forwarded one as it came."""
+        if h.flags & dp.F_FORWARD:
+            return h
+        e, k = self.tag()
+        return h._replace(epoch=e, snap=k)
+
     async def remove(self, tgt: Target, h: dp.Header) -> None:
         ch, members, pos = await self._place(tgt, h)
-        with self.gate.entered(ch.id, ch.version):
-            async with self.locks((tgt.id, h.ino, h.index)):
-                self._recheck(ch)
-                self.resync.touch(tgt.id, ch.id, ch.version, h.ino, h.index)
-                await tgt.run(tgt.store.remove, h.ino, h.index)
-                await tgt.run(tgt.index.remove, h.ino, h.index)
-                self.resync.known(tgt.id, ch.id, ch.version, h.ino, h.index)
-                await self._forward(tgt, ch, members, pos, h, b"")
+        async with self._admitted(h):
+            with self.gate.entered(ch.id, ch.version):
+                async with self.locks((tgt.id, h.ino, h.index)):
+                    self._recheck(ch)
+                    h = self._epochs_of(h)
+                    self.resync.touch(tgt.id, ch.id, ch.version, h.ino, h.index)
+                    if not await tgt.run(tgt.store.remove, h.ino, h.index, epoch=h.epoch, keep=h.snap):
+                        await tgt.run(tgt.index.remove, h.ino, h.index)  # kept while versions remain
+                    self.resync.known(tgt.id, ch.id, ch.version, h.ino, h.index)
+                    await self._forward(tgt, ch, members, pos, h, b"")
 
     async def remove_inode(self, tgt: Target, h: dp.Header) -> int:
         """Every chunk of the inode on this target, each under its lock (a resync
         copy of one of them, fetched before, is then never installed after)."""
         ch, members, pos = await self._place(tgt, h)
-        with self.gate.entered(ch.id, ch.version):
-            self.resync.touch_inode(tgt.id, ch.id, ch.version, h.ino)
-            indexes = await tgt.run(lambda: [x for _, x, _ in tgt.store.list_chunks(h.ino)])
-            n = 0
-            for index in indexes:
-                async with self.locks((tgt.id, h.ino, index)):
-                    self._recheck(ch)
-                    if await tgt.run(tgt.store.stat, h.ino, index) is not None:
-                        await tgt.run(tgt.store.remove, h.ino, index)
-                        n += 1
-            await tgt.run(tgt.index.remove_inode, h.ino)
-            await self._forward(tgt, ch, members, pos, h, b"")
-            return n
+        async with self._admitted(h):
+            with self.gate.entered(ch.id, ch.version):
+                h = self._epochs_of(h)
+                self.resync.touch_inode(tgt.id, ch.id, ch.version, h.ino)
+                indexes = await tgt.run(lambda: [x for _, x, _ in tgt.store.list_chunks(h.ino)])
+                n = 0
+                for index in indexes:
+                    async with self.locks((tgt.id, h.ino, index)):
+                        self._recheck(ch)
+                        if await tgt.run(tgt.store.stat, h.ino, index) is not None:
+                            await tgt.run(tgt.store.remove, h.ino, index, epoch=h.epoch, keep=h.snap)
+                            n += 1
+                await tgt.run(self._unindex_inode, tgt, h.ino)
+                await self._forward(tgt, ch, members, pos, h, b"")
+                return n
+
+    @staticmethod
+    def _unindex_inode(tgt: Target, ino: int) -> None:
+        """Drop the inode's chain index entries, except those of chunks that still have
+        preserved versions (they stay listed for resync and findable for repair)."""
+        if not tgt.store.has_versions():
+            tgt.index.remove_inode(ino)
+            return
+        kept = {x for _, x, _ in tgt.store.list_versions(ino)}
+        for _, x, _ in list(tgt.store.list_chunks(ino)):
+            kept.add(x)
+        for k, _ in list(tgt.index.kv.scan_prefix(b"i" + ino.to_bytes(8, "big"))):
+            _, index = _IK.unpack(k[1:])
+            if index not in kept:
+                tgt.index.remove(ino, index)
+
+    async def remove_local_inode(self, tid: int, ino: int) -> int:
+        """The orphan scan's removal: this target's chunks of ``ino``, nothing forwarded;
+        versions live snapshots read are kept (at this server's epochs)."""
+        t = self.targets[tid]
+        e, k = self.tag()
+        n = await t.run(t.store.remove_inode, ino, epoch=e, keep=k)
+        await t.run(self._unindex_inode, t, ino)
+        return n
 
     # ------------------------------------------------------------------ reads
     @staticmethod
-    def _read_consistent(store, ino: int, index: int, offset: int, length: int):
-        """(meta before, data, meta after): equal metas mean no write landed in between."""
-        a = store.stat(ino, index)
-        data = store.read(ino, index, offset, length) if a is not None else b""
-        b = store.stat(ino, index)
+    def _read_consistent(store, ino: int, index: int, offset: int, length: int, at: int | None = None):
+        """(meta before, data, meta after): equal metas mean no write landed in between.
+        ``at``: of the version snapshot ``at`` reads (a ``Preserved`` one, or the current)."""
+        if at is None:
+            a = store.stat(ino, index)
+            data = store.read(ino, index, offset, length) if a is not None else b""
+            b = store.stat(ino, index)
+        else:
+            a = store.version_at(ino, index, at)
+            data = store.read(ino, index, offset, length, at=at) if a is not None else b""
+            b = store.version_at(ino, index, at)
         return a, data, b
+
+    def _snap_of(self, h: dp.Header) -> int | None:
+        """The snapshot a READ is at (None: the current data), ESTALE for one this server
+        knows was deleted (or never made): what it kept for it may be gone."""
+        if not h.flags & dp.F_SNAP:
+            return None
+        if h.epoch < self.epoch and h.epoch not in self.live:
+            raise err.Stale(f"snapshot {h.epoch} is not kept (data epoch {self.epoch}, live {list(self.live)})")
+        return h.epoch
 
     async def read(self, tgt: Target, h: dp.Header):
         anyrole = bool(h.flags & dp.F_ANY)
+        at = self._snap_of(h)
         ch = None
         if not anyrole:
             ch = await self._checked_chain(h)
             if tgt.id not in ch.targets:
                 raise err.Stale(f"target {tgt.id} does not serve chain {ch.id} v{ch.version}")
         if h.flags & dp.F_BLOCKS and tgt.store.block_size == dp.BLOCK_SIZE:
-            return await self._read_blocks(tgt, h, ch, anyrole)
+            return await self._read_blocks(tgt, h, ch, anyrole, at)
         try:
-            a, data, b = await tgt.run(self._read_consistent, tgt.store, h.ino, h.index, h.offset, h.arg)
+            a, data, b = await tgt.run(self._read_consistent, tgt.store, h.ino, h.index, h.offset, h.arg, at)
         except err.ChecksumError:
-            self._schedule_repair(tgt, h.ino, h.index)
+            await self._repair_what_reads(tgt, h.ino, h.index, at)
             raise
         if a is None:
             return dp.reply_to(h, version=0), b""
-        if not anyrole:
+        if not anyrole and not isinstance(a, Preserved):  # a preserved version never changes
             is_tail = ch.targets[-1] == tgt.id
             if a != b or (a.committed != a.version and not is_tail):
                 raise err.Retryable(f"chunk {h.ino:x}.{h.index}: write in flight on target {tgt.id}")
+        elif a != b:
+            raise err.Retryable(f"chunk {h.ino:x}.{h.index}: changed while read on target {tgt.id}")
         return dp.reply_to(h, version=a.version), data
 
-    async def _read_blocks(self, tgt: Target, h: dp.Header, ch, anyrole: bool):
+    async def _read_blocks(self, tgt: Target, h: dp.Header, ch, anyrole: bool, at: int | None = None):
         """Zero-copy read: whole blocks sent from the chunk file with their stored
         CRCs; the reader verifies them. The CRCs are those of one committed
         version: bytes a concurrent write changes fail the reader's check, and it
-        reads again."""
+        reads again. At a snapshot, of the version it reads (a preserved one:
+        its own file, which never changes)."""
         try:
-            ext = await tgt.run(tgt.store.block_extent, h.ino, h.index, h.offset, h.arg)
+            ext = await tgt.run(tgt.store.block_extent, h.ino, h.index, h.offset, h.arg, at=at)
         except err.ChecksumError:
-            self._schedule_repair(tgt, h.ino, h.index)
+            await self._repair_what_reads(tgt, h.ino, h.index, at)
             raise
         if ext is None:
-            m = await tgt.run(tgt.store.stat, h.ino, h.index)
+            m = await tgt.run(tgt.store.stat, h.ino, h.index) if at is None else None
             return dp.reply_to(h, version=m.version if m else 0), b""
         m, fd, start, count, crcs = ext
-        if not anyrole and m.committed != m.version and ch.targets[-1] != tgt.id:
+        if (not anyrole and not isinstance(m, Preserved) and m.committed != m.version
+                and ch.targets[-1] != tgt.id):
             os.close(fd)
             raise err.Retryable(f"chunk {h.ino:x}.{h.index}: write in flight on target {tgt.id}")
         return dp.reply_to(h, version=m.version, offset=start), Extent(fd, start, count, crcs)
 
+    async def _repair_what_reads(self, tgt: Target, ino: int, index: int, at: int | None) -> None:
+        """A bad block in a read: repair the version that read hit (current or preserved)."""
+        preserved = None
+        if at is not None:
+            m = await tgt.run(tgt.store.version_at, ino, index, at)
+            if isinstance(m, Preserved):
+                preserved = m.epoch
+        self._schedule_repair(tgt, ino, index, preserved)
+
     # ------------------------------------------------------------------ repair
-    def _schedule_repair(self, tgt: Target, ino: int, index: int) -> None:
-        key = (tgt.id, ino, index)
+    def _schedule_repair(self, tgt: Target, ino: int, index: int, preserved: int | None = None) -> None:
+        key = (tgt.id, ino, index, preserved)
         if key in self._repairs:
             return
         self._repairs.add(key)
 
         async def run():
             try:
-                await self.repair_chunk(tgt.id, ino, index)
+                await self.repair_chunk(tgt.id, ino, index, preserved)
             except Exception as e:  # noqa: BLE001 - best effort; the next bad read schedules it again
                 log.warning("repair of %x.%d on target %d failed: %s", ino, index, tgt.id, e)
             finally:
@@ -522,14 +682,17 @@ class ChainService:
 
         self.spawn(run())
 
-    async def repair_chunk(self, tid: int, ino: int, index: int) -> bool:
-        """Repair a damaged chunk of target ``tid`` from a peer of its chain (the scrubber's repair callback)."""
+    async def repair_chunk(self, tid: int, ino: int, index: int, preserved: int | None = None) -> bool:
+        """Repair a damaged chunk of target ``tid`` from a peer of its chain (the
+        scrubber's repair callback); ``preserved``: its preserved version of that epoch."""
         tgt = self.targets[tid]
         idx = await tgt.run(tgt.index.kv.get, b"i" + _IK.pack(ino, index))
         ch = self.chain(int.from_bytes(idx, "big")) if idx is not None else None
         if ch is None:
             return False
         async with self.locks((tid, ino, index)):
+            if preserved is not None:
+                return await self._repair_version(tgt, ch, ino, index, preserved)
             return await self._repair_now(tgt, ch, ino, index)
 
     async def _repair_now(self, tgt: Target, ch, ino: int, index: int) -> bool:
@@ -547,15 +710,39 @@ class ChainService:
                 continue
             if rh.status or rh.version != cur.version:
                 continue
-            await tgt.run(tgt.store.install, ino, index, rp, cur.version, committed=cur.committed)
+            await tgt.run(tgt.store.install, ino, index, rp, cur.version, committed=cur.committed, epoch=cur.epoch)
             self.counters["repairs"] += 1
             log.info("repaired chunk %x.%d on target %d from target %d (v%d)", ino, index, tgt.id, peer, cur.version)
             return True
         return False
 
+    async def _repair_version(self, tgt: Target, ch, ino: int, index: int, t: int) -> bool:
+        """Replace a damaged preserved version with a peer's copy of it (caller holds the chunk lock)."""
+        ps = [p for p in await tgt.run(tgt.store.versions, ino, index) if p.epoch == t]
+        if not ps:
+            return False
+        p = ps[0]
+        for peer in ch.targets:
+            if peer == tgt.id:
+                continue
+            h = dp.Header(dp.SYNC_FETCH, flags=dp.F_SNAP, ino=ino, index=index, target=peer, epoch=t)
+            try:
+                rh, rp = await self.peers.call(self.address_of(peer), h, b"", self.forward_timeout)
+            except (ConnectionError, TimeoutError, OSError):
+                continue
+            if rh.status or rh.version != p.version:
+                continue
+            await tgt.run(tgt.store.install_version, ino, index, t, p.until, rp, p.version)
+            self.counters["repairs"] += 1
+            log.info("repaired chunk %x.%d@%d on target %d from target %d", ino, index, t, tgt.id, peer)
+            return True
+        return False
+
     # ------------------------------------------------------------------ resync (serving side)
     async def sync_list(self, tgt: Target, h: dp.Header):
-        """A page of the chain's chunks on this target. With a chain version (a
+        """A page of the chain's chunks on this target: ``[ino, index, version,
+        digest, epoch, [[t, until, version, digest] per preserved version]]``
+        (version 0: only preserved versions are left). With a chain version (a
         resync's listing), only at that version, and only after the mutations
         admitted here under older versions (never forwarded to the syncing
         member) have finished, so the listing holds every one of them."""
@@ -571,10 +758,13 @@ class ChainService:
             out = []
             ids = list(tgt.index.chunks(h.chain_id, after, SYNC_PAGE + 1))
             more = len(ids) > SYNC_PAGE
+            versions = tgt.store.has_versions()
             for ino, index in ids[:SYNC_PAGE]:
                 m = tgt.store.stat(ino, index)
-                if m is not None:
-                    out.append([ino, index, m.version, digest(m)])
+                vs = [[p.epoch, p.until, p.version, vdigest(p)] for p in tgt.store.versions(ino, index)] \
+                    if versions else []
+                if m is not None or vs:
+                    out.append([ino, index, m.version if m else 0, digest(m), m.epoch if m else 0, vs])
             last = ids[SYNC_PAGE - 1] if more else None
             return out, more, last
 
@@ -585,13 +775,34 @@ class ChainService:
         return rh, msgpack.packb(out)
 
     async def sync_fetch(self, tgt: Target, h: dp.Header):
+        if h.flags & dp.F_SNAP:
+            got = await tgt.run(tgt.store.read_version, h.ino, h.index, h.epoch)
+            if got is None:
+                raise err.NotFound(f"chunk {h.ino:x}.{h.index}@{h.epoch}")
+            p, data = got
+            return dp.reply_to(h, version=p.version)._replace(epoch=p.epoch, snap=p.until), data
         m, data = await tgt.run(self._whole, tgt.store, h.ino, h.index)
         if m is None:
             raise err.NotFound(f"chunk {h.ino:x}.{h.index}")
-        return dp.reply_to(h, version=m.version, offset=m.committed & 0xFFFFFFFF), data
+        return dp.reply_to(h, version=m.version, offset=m.committed & 0xFFFFFFFF)._replace(epoch=m.epoch), data
 
     # ------------------------------------------------------------------ resync (syncing side: dfs/data/resync.py)
     def on_map(self, m) -> None:
+        if m is not None:
+            first = not self._epochs_known
+            self.set_epochs(getattr(m, "data_epoch", 1), getattr(m, "live_snapshots", ()))
+            creating = [s for s, x in getattr(m, "snapshots", {}).items() if x.state == "creating" and s >= self.epoch]
+            hold = self._hold
+            if hold is not None and self.epoch > hold.snap:
+                # the snapshot is ready (the map says so): as good as its resume, which may be lost
+                log.info("snapshot %d is ready in the map: hold over at epoch %d", hold.snap, self.epoch)
+                self._release(hold)
+            if first and creating and self._hold is None:
+                # started (or restarted) while a snapshot is being made: the hold this server may
+                # have given before is gone with its old process, so hold again until the
+                # coordinator resumes, or the lease runs out and mgmt says what became of it
+                log.info("snapshot %d is being created: holding client mutations", max(creating))
+                self._start_hold(max(creating), RESTART_HOLD_LEASE)
         self.resync.on_map(m)
 
     def resyncs_running(self) -> int:
@@ -600,6 +811,184 @@ class ChainService:
     def synced_chains(self, tid: int) -> list[tuple[int, int]]:
         """(chain, chain version) of the chains target ``tid`` finished resyncing into."""
         return self.resync.synced(tid)
+
+    # ------------------------------------------------------------------ snapshots: epochs
+    def set_epochs(self, epoch: int, live) -> bool:
+        """Take a data epoch and live snapshots (from a map or SNAP_RESUME) unless they
+        are older than what this server has: a map fetched from a lagging mgmt
+        replica must not take back a resume. Whether they were taken."""
+        if epoch < self.epoch or epoch < 1:
+            return False
+        live = tuple(sorted({s for s in live if s < epoch}))
+        if self._epochs_known and (epoch, live) == (self.epoch, self.live):
+            return True
+        gone = set(self.live) - set(live)
+        first = not self._epochs_known
+        if (epoch, live) != (self.epoch, self.live):
+            log.info("data epoch %d, live snapshots %s", epoch, list(live))
+        moved = epoch != self.epoch
+        self.epoch, self.live, self._epochs_known = epoch, live, True
+        if gone or first or (moved and any(t.store.has_versions() for t in self.targets.values())):
+            self.schedule_drop()
+        return True
+
+    # ------------------------------------------------------------------ snapshots: hold and resume
+    @contextlib.asynccontextmanager
+    async def _admitted(self, h: dp.Header):
+        """A client's mutation waits while a hold stops them, then counts as in flight."""
+        if h.flags & dp.F_FORWARD:
+            yield
+            return
+        while not self._open.is_set():
+            self.waiting_on_hold += 1
+            try:
+                await self._open.wait()
+            finally:
+                self.waiting_on_hold -= 1
+        self._heading += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._heading -= 1
+            if not self._heading:
+                self._idle.set()
+
+    def holding(self) -> int | None:
+        """The snapshot a hold of this server is for (None: not held)."""
+        return self._hold.snap if self._hold is not None else None
+
+    async def snap_hold(self, h: dp.Header) -> dp.Header:
+        snap, lease = h.version, h.arg / 1000
+        if not 0 < lease <= MAX_HOLD_LEASE or not 0 < snap <= 0xFFFFFFFF:
+            raise err.InvalidArgument(f"bad hold: snapshot {snap}, lease {lease}s")
+        if snap < self.epoch:
+            raise err.Stale(f"snapshot {snap} is older than data epoch {self.epoch}")
+        if self._hold is not None and snap < self._hold.snap:
+            raise err.DfsError(f"held for snapshot {self._hold.snap}", code=E.EBUSY)
+        hold = self._start_hold(snap, lease)
+        try:
+            await asyncio.wait_for(self._idle.wait(), lease)
+        except TimeoutError:
+            raise err.Retryable(f"mutations still in flight after {lease}s") from None
+        if self._hold is not hold:
+            raise err.Retryable(f"hold for snapshot {snap} ended before it took")
+        return dp.reply_to(h)._replace(epoch=self.epoch)
+
+    def _start_hold(self, snap: int, lease: float) -> _Hold:
+        """Hold client mutations for snapshot ``snap`` for ``lease`` seconds from now (a
+        hold for it already in force is extended; one for an older snapshot is replaced)."""
+        hold = self._hold
+        if hold is None or hold.snap != snap:
+            if hold is not None:
+                hold.cancel()
+            hold = self._hold = _Hold(snap)
+            self._open.clear()
+            log.info("hold for snapshot %d (lease %.1fs)", snap, lease)
+        hold.deadline = asyncio.get_running_loop().time() + lease
+        if hold.timer is None:
+            hold.timer = self.spawn(self._expire(hold))
+        return hold
+
+    def snap_resume(self, h: dp.Header, payload) -> dp.Header:
+        try:
+            live = msgpack.unpackb(bytes(payload)) if len(payload) else []
+        except Exception:  # noqa: BLE001 - any undecodable list is EINVAL
+            live = None
+        if (not isinstance(live, list) or not all(isinstance(s, int) and 0 < s < h.epoch for s in live)
+                or not 0 < h.epoch <= 0xFFFFFFFF):
+            raise err.InvalidArgument(f"bad resume: epoch {h.epoch}, live {live!r}")
+        self.set_epochs(h.epoch, live)
+        hold = self._hold
+        if hold is not None and h.version == hold.snap:
+            log.info("resumed after snapshot %d at epoch %d", hold.snap, self.epoch)
+            self._release(hold)
+        return dp.reply_to(h)._replace(epoch=self.epoch)
+
+    def _release(self, hold: _Hold) -> None:
+        if self._hold is hold:
+            self._hold = None
+            self._open.set()
+        hold.cancel()
+
+    async def _expire(self, hold: _Hold) -> None:
+        """At the end of the lease: learn the snapshot's fate from mgmt (through its log),
+        take the epochs it says, and only then let client mutations in again."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < hold.deadline:
+            await asyncio.sleep(hold.deadline - loop.time())
+        if self._hold is not hold:
+            return
+        log.warning("hold for snapshot %d expired without a resume", hold.snap)
+        delay = 0.05
+        while self.resolve_hold is not None and self._hold is hold:
+            try:
+                got = await self.resolve_hold(hold.snap)
+            except Exception as e:  # noqa: BLE001 - mgmt unreachable: keep holding, ask again
+                log.info("hold for snapshot %d: asking mgmt failed: %s", hold.snap, e)
+                got = None
+            if got is not None:
+                self.set_epochs(*got)
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        hold.timer = None  # this task is ending: nothing to cancel
+        self._release(hold)
+
+    # ------------------------------------------------------------------ snapshots: dropping and counting
+    def schedule_drop(self) -> None:
+        """Drop, in the background, the preserved versions no live snapshot reads
+        (once more after the running pass if asked during it)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet (a map before the server runs): the first map after it schedules one
+        if self._drop_task is not None and not self._drop_task.done():
+            self._drop_again = True
+            return
+        self._drop_task = self.spawn(self._drop_loop())
+
+    async def _drop_loop(self) -> None:
+        while True:
+            self._drop_again = False
+            for tgt in self.targets.values():
+                try:
+                    await self.drop_unread(tgt)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("dropping versions on target %d", tgt.id)
+            if not self._drop_again:
+                return
+
+    async def drop_unread(self, tgt: Target) -> int:
+        """One pass over a target's preserved versions at the current epochs; returns how many went."""
+        if not tgt.store.has_versions():
+            return 0
+        epoch, live = self.epoch, self.live
+        n, nbytes, emptied = await tgt.run(tgt.store.drop, live, epoch)
+        for ino, index in emptied:  # no version left at all: the chain index entry goes too
+            async with self.locks((tgt.id, ino, index)):
+                if await tgt.run(lambda i=ino, x=index: tgt.store.stat(i, x) is None and not tgt.store.versions(i, x)):
+                    await tgt.run(tgt.index.remove, ino, index)
+        if n:
+            log.info("target %d: dropped %d preserved versions (%d bytes) no live snapshot of %s reads",
+                     tgt.id, n, nbytes, list(live))
+        return n
+
+    async def refresh_usage(self, force: bool = False) -> None:
+        """Count, per target, the bytes each live snapshot keeps (``usage``), when
+        the versions or the live set changed since the last count."""
+        for tid, tgt in self.targets.items():
+            c = tgt.store.counters
+            seen = (self.live, c["version_changes"])
+            if not force and self._usage_seen.get(tid) == seen:
+                continue
+            self._usage_seen[tid] = seen
+            if not tgt.store.has_versions():
+                self.usage[tid] = dict.fromkeys(self.live, (0, 0))
+                continue
+            self.usage[tid] = await tgt.run(tgt.store.usage, self.live)
 
     # ------------------------------------------------------------------ tasks
     def spawn(self, coro) -> asyncio.Task:

@@ -44,6 +44,15 @@ they close is described in docs/design/data.md, "Failure and resync"):
   copy answers NEED_INSTALL and gets the predecessor's whole chunk; an INSTALL
   from the predecessor always replaces what is there.
 
+* **Preserved versions** (kept for snapshots) are listed with their chunk
+  and copied the same way (SYNC_FETCH ``F_SNAP``, ``install_version``); one
+  never changes once made, so a local one is right when its (until, version,
+  digest) equal the tail's. A fetched copy is installed only if no forwarded
+  operation touched the chunk since the fetch was sent, and a local version
+  the tail does not list is removed only if none touched the chunk at all
+  (a forwarded write that keeps a version, or a predecessor's INSTALL of
+  one, may land here after the tail listed).
+
 Copies are rate-limited by the cluster file's ``resync_rate`` (bytes/s; 0 is
 unlimited) so that a resync stays a background load.
 
@@ -74,6 +83,11 @@ log = logging.getLogger("dfs.data.resync")
 def digest(meta) -> int:
     """What SYNC_LIST tells of a chunk besides its version: a CRC of its length and block CRCs."""
     return crc32c(meta.crcs, meta.length & 0xFFFFFFFF) if meta is not None else 0
+
+
+def vdigest(p) -> int:
+    """The same of a preserved version."""
+    return crc32c(p.crcs, p.length & 0xFFFFFFFF)
 
 
 def committed_from(version: int, low: int) -> int:
@@ -139,6 +153,8 @@ class ChainSync:
     touched: dict[tuple[int, int], int] = field(default_factory=dict)  # chunk -> seq of its last forwarded op
     inodes: dict[int, int] = field(default_factory=dict)                # ino -> seq of its last REMOVE_INODE
     same: set[tuple[int, int]] = field(default_factory=set)  # chunks known to be the chain's here
+    vtouched: dict[tuple[int, int], int] = field(default_factory=dict)  # chunk -> seq of its last forwarded
+    #                                                                     preserved-version INSTALL
     task: asyncio.Task | None = None
     abandoned: bool = False
     synced: bool = False
@@ -149,6 +165,12 @@ class ChainSync:
 
     def was_touched(self, ino: int, index: int) -> bool:
         return (ino, index) in self.touched or ino in self.inodes
+
+    def versions_touched_since(self, ino: int, index: int, seq: int) -> bool:
+        return self.touched_since(ino, index, seq) or self.vtouched.get((ino, index), -1) >= seq
+
+    def versions_touched(self, ino: int, index: int) -> bool:
+        return self.was_touched(ino, index) or (ino, index) in self.vtouched
 
 
 class Resyncer:
@@ -214,6 +236,12 @@ class Resyncer:
         st = self.syncs.get((tid, cid))
         if st is not None and st.version == version:
             st.touched[(ino, index)] = next(self._seq)
+
+    def touch_version(self, tid: int, cid: int, version: int, ino: int, index: int) -> None:
+        """A forwarded INSTALL of a preserved version of a chunk is about to be applied."""
+        st = self.syncs.get((tid, cid))
+        if st is not None and st.version == version:
+            st.vtouched[(ino, index)] = next(self._seq)
 
     def known(self, tid: int, cid: int, version: int, ino: int, index: int) -> None:
         """The chunk here is now the chain's (a forwarded op applied, an install, a remove)."""
@@ -286,6 +314,7 @@ class Resyncer:
         svc, tgt, cid = self.svc, st.target, st.chain
         addr = svc.address_of(src)
         remote: set[tuple[int, int]] = set()
+        remote_versions: dict[tuple[int, int], dict] = {}  # chunk -> {t: (until, version, digest)} on the tail
         changed = 0
         copied = 0
         t0 = self.clock()
@@ -300,18 +329,25 @@ class Resyncer:
                 h = h._replace(flags=dp.F_CURSOR, ino=cursor[0], index=cursor[1])
             rh, rp = await svc.peers.call(addr, h, b"", svc.forward_timeout)
             dp.raise_for(rh, rp)
-            for ino, index, version, dg in msgpack.unpackb(bytes(rp)):
+            for ino, index, version, dg, epoch, pres in msgpack.unpackb(bytes(rp)):
                 self._check(st)
-                remote.add((ino, index))
-                local = await tgt.run(tgt.store.stat, ino, index)
-                if local is not None and self._current(st, local, ino, index, version, dg):
-                    if local.version == version:
-                        st.same.add((ino, index))
-                    continue
-                n = await self._fetch_install(st, src, addr, ino, index)
-                if n and not st.was_touched(ino, index):
+                remote_versions[(ino, index)] = {t: (until, v, vdg) for t, until, v, vdg in pres}
+                n = await self._sync_versions(st, src, addr, ino, index, remote_versions[(ino, index)])
+                if n and not st.versions_touched(ino, index):
                     changed += 1
                 copied += n
+                if version:
+                    remote.add((ino, index))
+                    local = await tgt.run(tgt.store.stat, ino, index)
+                    if local is not None and self._current(st, local, ino, index, version, dg, epoch):
+                        if local.version == version:
+                            st.same.add((ino, index))
+                        n = 0
+                    else:
+                        n = await self._fetch_install(st, src, addr, ino, index)
+                    if n and not st.was_touched(ino, index):
+                        changed += 1
+                    copied += n
                 if self.rate and copied:
                     ahead = copied / self.rate - (self.clock() - t0)
                     if ahead > 0:
@@ -322,25 +358,65 @@ class Resyncer:
         self._check(st)
         local_ids = await tgt.run(lambda: list(tgt.index.chunks(cid)))
         for ino, index in local_ids:
-            if (ino, index) in remote or st.was_touched(ino, index):
+            if (ino, index) in remote and not tgt.store.has_versions():
                 continue
             async with svc.locks((tgt.id, ino, index)):
                 self._check(st)
-                if st.was_touched(ino, index):
-                    continue
-                await tgt.run(tgt.store.remove, ino, index)
-                await tgt.run(tgt.index.remove, ino, index)
-            svc.counters["resync_removed"] += 1
-            changed += 1
+                removed = 0
+                if ((ino, index) not in remote and not st.was_touched(ino, index)
+                        and await tgt.run(tgt.store.stat, ino, index) is not None):
+                    await tgt.run(tgt.store.remove, ino, index)
+                    removed += 1
+                if not st.versions_touched(ino, index):
+                    want = remote_versions.get((ino, index), {})
+                    for p in await tgt.run(tgt.store.versions, ino, index):
+                        if p.epoch not in want:
+                            await tgt.run(tgt.store.remove_version, ino, index, p.epoch)
+                            removed += 1
+                if (ino, index) not in remote and not st.versions_touched(ino, index) and await tgt.run(
+                        lambda i=ino, x=index: tgt.store.stat(i, x) is None and not tgt.store.versions(i, x)):
+                    await tgt.run(tgt.index.remove, ino, index)
+            if removed:
+                svc.counters["resync_removed"] += removed
+                changed += 1
         return changed
 
+    async def _sync_versions(self, st: ChainSync, src: int, addr: str, ino: int, index: int, want: dict) -> int:
+        """Copy the tail's preserved versions of a chunk that differ here; the bytes copied."""
+        svc, tgt = self.svc, st.target
+        if not want:
+            return 0
+        local = {p.epoch: p for p in await tgt.run(tgt.store.versions, ino, index)}
+        copied = 0
+        for t, (until, version, dg) in sorted(want.items()):
+            p = local.get(t)
+            if p is not None and (p.until, p.version, vdigest(p)) == (until, version, dg):
+                continue
+            seq = next(self._seq)
+            h = dp.Header(dp.SYNC_FETCH, flags=dp.F_SNAP, ino=ino, index=index, target=src, epoch=t)
+            rh, rp = await svc.peers.call(addr, h, b"", svc.forward_timeout)
+            if rh.status == E.ENOENT:
+                continue  # dropped there meanwhile
+            dp.raise_for(rh, rp)
+            async with svc.locks((tgt.id, ino, index)):
+                self._check(st)
+                if st.versions_touched_since(ino, index, seq):
+                    continue
+                await tgt.run(tgt.index.add, st.chain, ino, index)
+                await tgt.run(tgt.store.install_version, ino, index, t, rh.snap, rp, rh.version)
+            svc.counters["resync_copied"] += 1
+            copied += max(1, len(rp))
+        return copied
+
     @staticmethod
-    def _current(st: ChainSync, local, ino: int, index: int, version: int, dg: int | None) -> bool:
-        """Whether the local copy needs nothing from the tail's (version, digest). A newer
-        local version counts only for a chunk a forwarded op touched: versions start again
-        at 1 when a chunk is removed and written anew, so an untouched copy at a higher
+    def _current(st: ChainSync, local, ino: int, index: int, version: int, dg: int | None,
+                 epoch: int | None = None) -> bool:
+        """Whether the local copy needs nothing from the tail's (version, digest, epoch). A
+        newer local version counts only for a chunk a forwarded op touched: versions start
+        again at 1 when a chunk is removed and written anew, so an untouched copy at a higher
         version is an old one the target kept while it was out."""
-        if local.version == version and (dg is None or digest(local) == dg):
+        if (local.version == version and (dg is None or digest(local) == dg)
+                and (epoch is None or local.epoch == epoch)):
             return True
         return local.version > version and st.was_touched(ino, index)
 
@@ -362,13 +438,13 @@ class Resyncer:
             if local is not None:
                 if local.version > rh.version and st.was_touched(ino, index):
                     return 0
-                if (local.version == rh.version and local.length == len(rp)
+                if (local.version == rh.version and local.length == len(rp) and local.epoch == rh.epoch
                         and local.crcs == block_crcs(rp, tgt.store.block_size)):
                     st.same.add((ino, index))
                     return 0
             await tgt.run(tgt.index.add, st.chain, ino, index)
             await tgt.run(tgt.store.install, ino, index, rp, rh.version,
-                          committed=committed_from(rh.version, rh.offset))
+                          committed=committed_from(rh.version, rh.offset), epoch=rh.epoch)
             st.same.add((ino, index))
         svc.counters["resync_copied"] += 1
         return max(1, len(rp))

@@ -1,7 +1,8 @@
 """The scrubber: reads every chunk of a target at a bounded rate, compares
 each block with its CRC, and hands chunks with bad blocks to a repair
 callback (the data server's repair fetches the chunk from a good replica and
-``install``s it).
+``install``s it). Then the same for the chunks' preserved versions (kept for
+snapshots): the callback gets the version's epoch as a third argument.
 
 One pass is ``await Scrubber.run_once()``; the server runs passes on its own
 schedule. Chunk reads run in a worker thread (``asyncio.to_thread``) so a big
@@ -24,7 +25,7 @@ from dfs.data.store import ChunkStore
 
 log = logging.getLogger(__name__)
 
-RepairFn = Callable[[int, int], Awaitable[object]]
+RepairFn = Callable[..., Awaitable[object]]  # (ino, index) or, for a preserved version, (ino, index, epoch)
 
 
 @dataclass
@@ -37,7 +38,8 @@ class ScrubStats:
     repaired: int = 0  # bad chunks that scrub clean after the repair
     repair_failures: int = 0  # repair raised, or the chunk is still bad after it
     errors: int = 0  # chunks the scrub itself failed on (I/O errors)
-    bad: list[tuple[int, int, list[int]]] = field(default_factory=list)  # last pass: (ino, index, blocks)
+    versions: int = 0  # preserved versions scrubbed
+    bad: list[tuple] = field(default_factory=list)  # last pass: (ino, index, blocks), or (ino, index, blocks, epoch)
 
 
 class Scrubber:
@@ -89,34 +91,64 @@ class Scrubber:
             start = (ino, index + 1) if index < 0xFFFFFFFF else (ino + 1, 0)
             if start[0] > (1 << 64) - 1:
                 break
+        vstart: tuple[int, int, int] | None = None
+        while self.store.has_versions():
+            vpage = []
+            for ino, index, p in self.store.list_versions(start=vstart):
+                if len(vpage) == self.page:
+                    break
+                vpage.append((ino, index, p.epoch, p.length))
+            for ino, index, t, length in vpage:
+                done += length
+                await self._one(ino, index, length, t)
+                if self.rate and self.rate > 0:
+                    ahead = done / self.rate - (self.clock() - t0)
+                    if ahead > 0:
+                        await self.sleep(ahead)
+            if len(vpage) < self.page:
+                break
+            ino, index, t, _ = vpage[-1]
+            if t:
+                vstart = (ino, index, t - 1)
+            elif index < 0xFFFFFFFF:
+                vstart = (ino, index + 1, 0xFFFFFFFF)
+            else:
+                vstart = (ino + 1, 0, 0xFFFFFFFF)
+            if vstart[0] > (1 << 64) - 1:
+                break
         st.passes += 1
         return st
 
-    async def _one(self, ino: int, index: int, length: int) -> None:
+    async def _one(self, ino: int, index: int, length: int, preserved: int | None = None) -> None:
         st = self.stats
+        args = (ino, index) if preserved is None else (ino, index, preserved)
+        what = f"chunk {ino:016x}.{index:08x}" + ("" if preserved is None else f"@{preserved}")
         try:
-            bad = await asyncio.to_thread(self.store.scrub, ino, index)
+            bad = await asyncio.to_thread(self.store.scrub, ino, index, preserved=preserved)
         except OSError as e:
             st.errors += 1
-            log.warning("scrub of chunk %016x.%08x failed: %s", ino, index, e)
+            log.warning("scrub of %s failed: %s", what, e)
             return
-        st.chunks += 1
+        if preserved is None:
+            st.chunks += 1
+        else:
+            st.versions += 1
         st.bytes += length
         if not bad:
             return
         st.bad_chunks += 1
         st.bad_blocks += len(bad)
-        st.bad.append((ino, index, bad))
-        log.warning("chunk %016x.%08x has bad blocks %s: repairing", ino, index, bad)
+        st.bad.append((*args[:2], bad, *args[2:]))
+        log.warning("%s has bad blocks %s: repairing", what, bad)
         try:
-            await self.repair_fn(ino, index)
-            still = await asyncio.to_thread(self.store.scrub, ino, index)
+            await self.repair_fn(*args)
+            still = await asyncio.to_thread(self.store.scrub, ino, index, preserved=preserved)
         except Exception as e:  # noqa: BLE001 - a failed repair is counted, the pass goes on
             st.repair_failures += 1
-            log.warning("repair of chunk %016x.%08x failed: %s", ino, index, e)
+            log.warning("repair of %s failed: %s", what, e)
             return
         if still:
             st.repair_failures += 1
-            log.warning("chunk %016x.%08x still has bad blocks %s after repair", ino, index, still)
+            log.warning("%s still has bad blocks %s after repair", what, still)
         else:
             st.repaired += 1

@@ -19,6 +19,12 @@ With a client token in the cluster file a connection must open with a HELLO
 that shows it (``dfs.rpc.dataplane``); otherwise the server answers EACCES and
 closes it without reading a request. The server shows the token itself to mgmt
 and to its chain peers.
+Snapshots: the server takes the data epoch and live snapshots from every
+newer map and from SNAP_RESUME (``dfs.data.chain``), drops the versions no
+live snapshot reads, counts what each keeps about every ``USAGE_INTERVAL``
+seconds and reports it with its heartbeats (``TargetState.snapshots``). A
+hold whose lease runs out asks mgmt (``snap_abort``, with the internal token)
+what became of the snapshot before it lets writes in again.
 SIGTERM/SIGINT: stop accepting, let requests in flight finish (up to a few
 seconds), close the stores.
 """
@@ -49,7 +55,7 @@ from dfs.common.ids import shard_of
 from dfs.common.metrics import Metrics, counter, gauge
 from dfs.common.ops import Op
 from dfs.common.records import Caller
-from dfs.data.chain import ChainIndex, ChainService, Extent, Target
+from dfs.data.chain import USAGE_INTERVAL, ChainIndex, ChainService, Extent, Target
 from dfs.data.store import ChunkStore
 from dfs.rpc import dataplane as dp
 from dfs.rpc.auth import ServerAuth
@@ -64,6 +70,7 @@ MAX_CONN_REQUESTS = 256
 ORPHAN_BATCH = 256               # inodes per existence check (one GETATTRS per shard)
 ROOT = Caller(0, 0, ())          # internal caller of the metadata checks
 RESERVE_MAX = 64 << 20           # chunk writes leave 1/64 of a target's file system, at most this, free
+INTERNAL_HEADER = "x-dfs-internal"  # as dfs.mgmt.server: what servers show for internal operations
 
 
 def _op_name(op: int) -> str:
@@ -104,7 +111,7 @@ class DataServer:
                                        auth=self.auth.client)
         self.peers = Pool(auth=self.auth.client)
         self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map,
-                                resync_rate=cfg.resync_rate)
+                                resync_rate=cfg.resync_rate, resolve_hold=self.resolve_hold)
         self._refresh_task: asyncio.Task | None = None
         self._last_refresh = -1e9
         self._conns: set[asyncio.Task] = set()
@@ -149,6 +156,8 @@ class DataServer:
             if n is not None:
                 chunks.append((lv, n))
         store_events = [([str(tid), k], v) for tid, t in self.targets.items() for k, v in dict(t.store.counters).items()]
+        snap_bytes = [([str(tid), str(sn), kind], v) for tid, per in dict(self.svc.usage).items()
+                      for sn, (ex, sh) in sorted(per.items()) for kind, v in (("exclusive", ex), ("shared", sh))]
         return [
             gauge("dfs_data_target_capacity_bytes", "size of the target's file system", labels=["target"],
                   samples=[(lv, total) for lv, total, _ in caps]),
@@ -166,7 +175,20 @@ class DataServer:
                     "installs_forwarded, resync_copied, resync_removed)", labels=["event"],
                     samples=[([k], v) for k, v in dict(self.svc.counters).items()]),
             counter("dfs_data_store_events", "chunk store events by target (checksum_errors, nospace, "
-                    "scrubbed_bytes)", labels=["target", "event"], samples=store_events),
+                    "scrubbed_bytes, preserved, preserved_bytes, dropped, dropped_bytes, version_changes)",
+                    labels=["target", "event"], samples=store_events),
+            gauge("dfs_data_epoch", "the data epoch this server tags the mutations it heads with", self.svc.epoch),
+            gauge("dfs_data_live_snapshots", "snapshots whose chunk versions this server keeps",
+                  len(self.svc.live)),
+            gauge("dfs_data_held", "1 while a snapshot hold stops client mutations here",
+                  0 if self.svc.holding() is None else 1),
+            gauge("dfs_data_held_mutations", "client mutations waiting for a snapshot hold to end",
+                  self.svc.waiting_on_hold),
+            gauge("dfs_data_preserved_versions", "chunk versions kept for snapshots on the target",
+                  labels=["target"], samples=[([str(tid)], t.store.preserved_count()) for tid, t in self.targets.items()]),
+            gauge("dfs_data_snapshot_bytes", "bytes of chunk versions the target keeps for a live snapshot "
+                  "(exclusive: only it reads them; shared: another live snapshot too)",
+                  labels=["target", "snapshot", "kind"], samples=snap_bytes),
         ]
 
     def _account(self, h: dp.Header, payload, rh: dp.Header, rp, seconds: float) -> None:
@@ -226,7 +248,9 @@ class DataServer:
                 state = "syncing"
             out.append(pb.TargetState(id=tid, state=state, total=total, free=free,
                                       synced=[pb.SyncedChain(chain=cid, version=v)
-                                              for cid, v in self.svc.synced_chains(tid)]))
+                                              for cid, v in self.svc.synced_chains(tid)],
+                                      snapshots=[pb.SnapshotUsage(epoch=sn, exclusive=ex, shared=sh)
+                                                 for sn, (ex, sh) in sorted(self.svc.usage.get(tid, {}).items())]))
         return out
 
     async def heartbeat_once(self) -> bool:
@@ -258,6 +282,53 @@ class DataServer:
             return True
         return False
 
+    async def mgmt_admin(self, cmd: list) -> list | None:
+        """One mgmt command through Admin with the internal token, on the leader (following
+        NOT_LEADER once per address); what it answered beyond the epoch, or None if no
+        leader answered. A refusal raises it."""
+        req = pb.AdminRequest(command=msgpack.packb(cmd))
+        md = ((INTERNAL_HEADER, self.cfg.internal_token),)
+        addrs = [m.address for m in self.cfg.mgmt]
+        if self._mgmt_leader in addrs:
+            addrs.remove(self._mgmt_leader)
+            addrs.insert(0, self._mgmt_leader)
+        for addr in addrs:
+            for _ in range(2):
+                try:
+                    rep = await self._stub(addr).Admin(req, metadata=md, timeout=5.0)
+                except grpc.aio.AioRpcError:
+                    break
+                if rep.status == err.NOT_LEADER and rep.leader and rep.leader != addr:
+                    addr = rep.leader
+                    continue
+                if rep.status == 0:
+                    self._mgmt_leader = addr
+                    return msgpack.unpackb(rep.result, raw=False)
+                if rep.status in (err.NOT_LEADER, err.UNAVAILABLE, E.EAGAIN):
+                    break
+                raise err.error_for(rep.status, rep.message)
+        return None
+
+    async def resolve_hold(self, snap: int) -> tuple[int, list[int]] | None:
+        """An expired hold: abort the snapshot unless it was made ready meanwhile; through
+        mgmt's log either way, so the answer (the epochs to resume with) is final."""
+        res = await self.mgmt_admin(["snap_abort", snap])
+        if res is None:
+            return None
+        state, epoch, live = res
+        log.info("hold for snapshot %d: mgmt says %s; data epoch %d, live %s", snap, state, epoch, live)
+        return epoch, live
+
+    async def usage_loop(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_INTERVAL)
+            try:
+                await self.svc.refresh_usage()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("counting snapshot usage")
+
     async def heartbeats(self) -> None:
         while True:
             try:
@@ -273,15 +344,17 @@ class DataServer:
 
         t = self.targets[tid]
         rate = self.cfg.scrub_rate or None  # 0: unlimited
-        s = Scrubber(t.store, lambda ino, index: self.svc.repair_chunk(tid, ino, index), rate)
+        s = Scrubber(t.store, lambda ino, index, preserved=None: self.svc.repair_chunk(tid, ino, index, preserved),
+                     rate)
         self.scrubbers[tid] = s
         while True:
             await asyncio.sleep(self.cfg.scrub_interval * (0.5 + random.random()))
             try:
                 st = await s.run_once()
                 # running totals since the server started
-                log.info("scrub of target %d: pass %d, %d chunks, %d bad, %d repaired, %d repair failures",
-                         tid, st.passes, st.chunks, st.bad_chunks, st.repaired, st.repair_failures)
+                log.info("scrub of target %d: pass %d, %d chunks, %d bad, %d repaired, %d repair failures, "
+                         "%d preserved versions", tid, st.passes, st.chunks, st.bad_chunks, st.repaired,
+                         st.repair_failures, st.versions)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -320,11 +393,9 @@ class DataServer:
         return out
 
     async def _remove_orphan(self, tid: int, ino: int) -> int:
-        """Drop this target's chunks of ``ino`` (and their chain index entries); local only."""
-        t = self.targets[tid]
-        n = await t.run(t.store.remove_inode, ino)
-        await t.run(t.index.remove_inode, ino)
-        return n
+        """Drop this target's chunks of ``ino`` (and their chain index entries); local only.
+        Versions a live snapshot reads stay (the inode existed when it was taken)."""
+        return await self.svc.remove_local_inode(tid, ino)
 
     async def orphan_loop(self, tid: int) -> None:
         from dfs.data.orphans import OrphanScanner
@@ -470,6 +541,7 @@ class DataServer:
         acc = loop.create_task(self.accept_loop(lsock))
         scrubs = [loop.create_task(self.scrub_loop(tid)) for tid in self.targets]
         scrubs += [loop.create_task(self.orphan_loop(tid)) for tid in self.targets]
+        scrubs.append(loop.create_task(self.usage_loop()))
         log.info("data server %d serving targets %s on %s", self.id, sorted(self.targets), self.me.address)
         await stop.wait()
         log.info("stopping")

@@ -3,15 +3,37 @@
 A target is one directory on a local disk::
 
     target/
-      meta/                               RocksDB (dfs.kv.RocksKV): chunk id -> ChunkMeta
-      chunks/xx/<ino:016x>.<index:08x>    chunk data, at most chunk_size bytes
+      meta/                                        RocksDB (dfs.kv.RocksKV): chunk id -> ChunkMeta,
+                                                   (chunk id, epoch) -> Preserved
+      chunks/xx/<ino:016x>.<index:08x>             the current version of a chunk, at most chunk_size bytes
+      chunks/xx/<ino:016x>.<index:08x>@<t:08x>     a preserved version of it (written in epoch t)
 
 ``xx`` is two hex digits of a hash of the chunk id, so no directory grows past
 1/256 of the target. Meta keys are ``b"C" + ino (u64 BE) + index (u32 BE)``,
 so one inode's chunks are one prefix scan; values are ``version u64,
-committed u64, length u32`` (little-endian) followed by the CRCs, one CRC32C
-(u32 LE, ``dfs.common.blocks``) per ``block_size`` block of the chunk up to
-``length`` (a short last block is checksummed over its short length).
+committed u64, length u32, epoch u32`` (little-endian) followed by the CRCs,
+one CRC32C (u32 LE, ``dfs.common.blocks``) per ``block_size`` block of the
+chunk up to ``length`` (a short last block is checksummed over its short
+length). A store of the format before epochs (no ``epoch``) is rewritten
+once when it is opened (its chunks get epoch 0: older than every snapshot).
+
+**Versions for snapshots** (docs/design/snapshots.md). Every chunk version
+carries the *epoch* it was written in. A mutation given ``keep`` (the newest
+snapshot older than its epoch that is still live, 0: none) first *preserves*
+the current version when its epoch ``t <= keep``: the version becomes
+``Preserved(t, until=epoch)``, a file and a meta record of its own
+(``b"V" + ino + index + ~t (u32 BE)``: newest first per chunk; value
+``version u64, length u32, until u32`` + CRCs), and is never changed again.
+A write or truncate then applies to the current file as always, after the
+old bytes were copied out (``os.copy_file_range``: one chunk copy, a reflink
+where the file system has them); a remove hard-links the file to its
+preserved name instead of copying. Reads ``at=S`` get the current version if
+its epoch is ``<= S``, else the preserved one with ``t <= S < until``, else
+nothing (the chunk did not exist at ``S``). An empty write or a truncate to
+the same length changes only the version number, never the epoch: the
+content it names is unchanged since ``t``. ``drop`` removes the preserved
+versions no live snapshot reads. The store knows nothing else of snapshots:
+which are live is its caller's.
 
 What it guarantees:
 
@@ -51,6 +73,23 @@ Crash ordering. Data first, then meta; meta writes are not synced unless
   chunk, then the meta; a crash before the rename leaves a ``*.tmp`` file
   (removed when the store opens), a crash after it leaves new data under old
   CRCs (bad blocks: repaired again).
+* preserving (before a write or truncate): the bytes are copied to a
+  temporary file renamed to the preserved name, then its meta record is
+  written, then the mutation goes on as above. A crash before the record
+  leaves a preserved file without one (removed when the store opens); after
+  it, the version is preserved and the mutation not applied (or torn, as
+  above): the retry finds the version preserved already and does not copy
+  it again.
+* preserving for a remove: the file is hard-linked to its preserved name,
+  then one batch writes the preserved record and deletes the chunk's, then
+  the chunk's name is unlinked. A crash before the batch leaves an extra
+  link without a record (removed when the store opens, or replaced by the
+  retry); after it, a leaked name sharing the preserved file's inode, which
+  is why a new chunk's file is created with ``O_EXCL`` (an old name is
+  unlinked first, never written through).
+* install_version: temporary file, rename, then the record, like install.
+* drop: the record first, then the file (a crash leaks a file, removed when
+  the store opens).
 
 Concurrency. The data server calls the store from several threads. Every
 operation on a chunk runs under a lock picked by a hash of the chunk id (a
@@ -67,11 +106,13 @@ sends; a later write to the same chunk can, which is why the server does not
 serve reads of a chunk with a write in flight.
 
 This module may import only ``dfs.common`` and ``dfs.kv``; it knows nothing
-of chains, versions' meaning, the network or the metadata service.
+of chains, versions' meaning, snapshots beyond the epochs it is given, the
+network or the metadata service.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno as E
 import os
 import struct
@@ -83,17 +124,25 @@ from dfs.common import errors as err
 from dfs.common.blocks import BLOCK_SIZE, block_crcs, first_bad_block
 from dfs.kv import RocksKV, WriteBatch, prefix_end
 
-__all__ = ["ChunkMeta", "ChunkStore"]
+__all__ = ["ChunkMeta", "ChunkStore", "Preserved"]
 
 _KEY = struct.Struct(">QI")
-_VAL = struct.Struct("<QQI")
+_VKEY = struct.Struct(">QII")
+_VAL = struct.Struct("<QQII")
+_VAL1 = struct.Struct("<QQI")  # format 1, before epochs
+_PVAL = struct.Struct("<QII")
 _U32 = struct.Struct("<I")
 _CHUNK_PREFIX = b"C"
+_VERSION_PREFIX = b"V"
 _SETTING_BLOCK_SIZE = b"S:block_size"
 _SETTING_TARGET_ID = b"S:target_id"
+_SETTING_FORMAT = b"S:format"
+_FORMAT = 2  # 1: chunk meta without an epoch
 _NLOCKS = 256
 _SCRUB_PIECE = 1 << 20  # bytes read per step when scrubbing a chunk
 _U64 = (1 << 64) - 1
+_U32MAX = 0xFFFFFFFF
+_PAGE = 1024  # records read per step by the background scans (drop, usage)
 
 
 class ChunkMeta(NamedTuple):
@@ -101,19 +150,59 @@ class ChunkMeta(NamedTuple):
     committed: int  # highest version known committed (the tail has it)
     length: int  # logical length in bytes
     crcs: bytes  # one CRC32C (u32 LE) per block up to length
+    epoch: int = 0  # the epoch the content was written in (0: before epochs)
+
+
+class Preserved(NamedTuple):
+    """A version of a chunk kept for snapshots: its content as written in epoch
+    ``epoch`` and current until epoch ``until`` (exclusive); read by every
+    snapshot ``S`` with ``epoch <= S < until``."""
+
+    epoch: int
+    until: int
+    version: int  # the chunk version it was
+    length: int
+    crcs: bytes
 
 
 def _key(ino: int, index: int) -> bytes:
     return _CHUNK_PREFIX + _KEY.pack(ino, index)
 
 
+def _vkey(ino: int, index: int, epoch: int) -> bytes:
+    return _VERSION_PREFIX + _VKEY.pack(ino, index, _U32MAX - epoch)
+
+
+def _vprefix(ino: int, index: int | None = None) -> bytes:
+    return _VERSION_PREFIX + (ino.to_bytes(8, "big") if index is None else _KEY.pack(ino, index))
+
+
+def _vid(k: bytes) -> tuple[int, int, int]:
+    ino, index, neg = _VKEY.unpack_from(k, 1)
+    return ino, index, _U32MAX - neg
+
+
 def _pack(m: ChunkMeta) -> bytes:
-    return _VAL.pack(m.version, m.committed, m.length) + m.crcs
+    return _VAL.pack(m.version, m.committed, m.length, m.epoch) + m.crcs
 
 
 def _unpack(v: bytes) -> ChunkMeta:
-    version, committed, length = _VAL.unpack_from(v)
-    return ChunkMeta(version, committed, length, bytes(v[_VAL.size:]))
+    version, committed, length, epoch = _VAL.unpack_from(v)
+    return ChunkMeta(version, committed, length, bytes(v[_VAL.size:]), epoch)
+
+
+def _ppack(p: Preserved) -> bytes:
+    return _PVAL.pack(p.version, p.length, p.until) + p.crcs
+
+
+def _punpack(epoch: int, v: bytes) -> Preserved:
+    version, length, until = _PVAL.unpack_from(v)
+    return Preserved(epoch, until, version, length, bytes(v[_PVAL.size:]))
+
+
+def _check_epoch(epoch: int, what: str = "epoch") -> None:
+    if not 0 <= epoch <= _U32MAX:
+        raise err.InvalidArgument(f"bad {what} {epoch}")
 
 
 def _bucket(ino: int, index: int) -> int:
@@ -143,6 +232,21 @@ def _pread(fd: int, n: int, off: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+def _reads(live: list[int], t: int, until: int) -> bool:
+    """Whether a snapshot of sorted ``live`` reads a version of epochs ``[t, until)``."""
+    i = bisect.bisect_left(live, t)
+    return i < len(live) and live[i] < until
+
+
+def _take(it, n: int) -> list:
+    out = []
+    for x in it:
+        out.append(x)
+        if len(out) == n:
+            break
+    return out
 
 
 def _pwrite_all(fd: int, data: memoryview, off: int) -> None:
@@ -184,7 +288,12 @@ class ChunkStore:
         self._locks = [threading.Lock() for _ in range(_NLOCKS)]
         self._zero_crc = block_crcs(bytes(block_size), block_size)
         self._stats_lock = threading.Lock()
-        self.counters = {"checksum_errors": 0, "nospace": 0, "scrubbed_bytes": 0}
+        self.counters = {"checksum_errors": 0, "nospace": 0, "scrubbed_bytes": 0, "preserved": 0,
+                         "preserved_bytes": 0, "dropped": 0, "dropped_bytes": 0,
+                         "version_changes": 0}
+        # preserved versions on the target: while there are none (no snapshot ever kept one here),
+        # no operation looks for any
+        self._nversions = sum(1 for _ in self._kv.scan_prefix(_VERSION_PREFIX))
         self._remove_temp_files()
 
     # ------------------------------------------------------------ plumbing
@@ -205,21 +314,79 @@ class ChunkStore:
                 )
         if len(b):
             self._kv.write(b, sync=True)
+        fmt = self._kv.get(_SETTING_FORMAT)
+        if fmt is None:
+            self._upgrade_meta()
+        elif _U32.unpack(fmt)[0] > _FORMAT:
+            raise err.InvalidArgument(f"target {self.path} has store format {_U32.unpack(fmt)[0]}, "
+                                      f"this version reads {_FORMAT}")
+
+    def _upgrade_meta(self) -> None:
+        """Format 1 -> 2: every chunk gets epoch 0, in batches. A value is told
+        apart by its size (its CRCs are ``ceil(length / block_size)`` u32s), so a
+        crash half-way leaves nothing for the next open to misread."""
+        bs = self.block_size
+        b = WriteBatch()
+        for k, v in self._kv.scan_prefix(_CHUNK_PREFIX):
+            length = _VAL1.unpack_from(v)[2]
+            if len(v) == _VAL.size + 4 * ((length + bs - 1) // bs):
+                continue  # upgraded before a crash
+            version, committed, length = _VAL1.unpack_from(v)
+            b.put(k, _VAL.pack(version, committed, length, 0) + bytes(v[_VAL1.size:]))
+            if len(b) >= 10_000:
+                self._kv.write(b, sync=True)
+                b = WriteBatch()
+        b.put(_SETTING_FORMAT, _U32.pack(_FORMAT))
+        self._kv.write(b, sync=True)
 
     def _remove_temp_files(self) -> None:
-        # Left by an install that crashed before its rename.
         for b in range(256):
             d = os.path.join(self._chunks, f"{b:02x}")
             with os.scandir(d) as it:
                 for e in it:
-                    if e.name.endswith(".tmp"):
+                    if self._leftover(e.name):
                         try:
                             os.unlink(e.path)
                         except FileNotFoundError:
                             pass
 
+    def _leftover(self, name: str) -> bool:
+        """``*.tmp``: left by an install or a preserve that crashed before its rename;
+        ``<chunk>@<t>`` without a record: by a preserve that crashed before its record,
+        a remove before its batch, or a drop after it."""
+        if name.endswith(".tmp"):
+            return True
+        if "@" not in name:
+            return False
+        if not self._nversions:
+            return True
+        try:
+            base, t = name.split("@")
+            ino, index = (int(x, 16) for x in base.split("."))
+            return self._kv.get(_vkey(ino, index, int(t, 16))) is None
+        except ValueError:
+            return False  # not one of ours
+
     def _file(self, ino: int, index: int) -> str:
         return os.path.join(self._chunks, f"{_bucket(ino, index):02x}", f"{ino:016x}.{index:08x}")
+
+    def _vfile(self, ino: int, index: int, epoch: int) -> str:
+        return os.path.join(self._chunks, f"{_bucket(ino, index):02x}", f"{ino:016x}.{index:08x}@{epoch:08x}")
+
+    def _open_rw(self, ino: int, index: int) -> int:
+        # a chunk with meta and no file yet (an empty write made it) gets one here
+        return os.open(self._file(ino, index), os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _create(self, ino: int, index: int) -> int:
+        """A new chunk's file, read-write. A name left without meta (a crash in a
+        remove) may share its inode with a preserved version: unlink it, never
+        write through it."""
+        path = self._file(ino, index)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            os.unlink(path)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
 
     def _lock(self, ino: int, index: int) -> threading.Lock:
         return self._locks[_bucket(ino, index) % _NLOCKS]
@@ -315,16 +482,126 @@ class ChunkStore:
         out.append(old.crcs[4 * (last + 1):])
         return b"".join(out)
 
+    # ------------------------------------------------------------ versions (plumbing)
+
+    def _check_keep(self, epoch: int, keep: int) -> None:
+        _check_epoch(epoch)
+        _check_epoch(keep, "keep")
+        if keep and keep >= epoch:
+            raise err.InvalidArgument(f"keep {keep} is not older than epoch {epoch}")
+
+    def _version(self, ino: int, index: int, epoch: int) -> Preserved | None:
+        if not self._nversions:
+            return None
+        v = self._kv.get(_vkey(ino, index, epoch))
+        return None if v is None else _punpack(epoch, v)
+
+    def _versions(self, ino: int, index: int) -> list[Preserved]:
+        if not self._nversions:
+            return []
+        out = []
+        prefix = _vprefix(ino, index)
+        for k, v in self._kv.scan(prefix, prefix_end(prefix)):
+            out.append(_punpack(_vid(k)[2], v))
+        return out
+
+    def _at(self, ino: int, index: int, at: int | None):
+        """(meta, path) of the version read at snapshot ``at`` (None: the current
+        one), or (None, None) when there is none. Caller holds the chunk lock."""
+        m = self._get(ino, index)
+        if at is None or (m is not None and m.epoch <= at):
+            return m, self._file(ino, index)
+        if self._nversions and 0 <= at <= _U32MAX:
+            # the newest version written at or before ``at`` (keys are newest first)
+            prefix = _vprefix(ino, index)
+            for k, v in self._kv.scan(_vkey(ino, index, at), prefix_end(prefix), 1):
+                p = _punpack(_vid(k)[2], v)
+                if at < p.until:
+                    return p, self._vfile(ino, index, p.epoch)
+        return None, None
+
+    def _copy_out(self, src: str, dst: str, length: int) -> None:
+        """``length`` bytes of ``src`` into a new file renamed to ``dst`` (fewer if ``src`` is short)."""
+        tmp = f"{dst}.{threading.get_ident():x}.tmp"
+        try:
+            fin = os.open(src, os.O_RDONLY)
+        except FileNotFoundError:
+            fin = None
+        try:
+            fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                done = 0
+                while fin is not None and done < length:
+                    n = os.copy_file_range(fin, fout, length - done, done, done)
+                    if n == 0:
+                        break  # the file is short: the copy's blocks will read as bad, as the original's
+                    done += n
+                if self.sync:
+                    os.fsync(fout)
+            finally:
+                os.close(fout)
+            os.rename(tmp, dst)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            if e.errno in (E.ENOSPC, E.EDQUOT):
+                raise self._nospace(str(e)) from e
+            raise
+        finally:
+            if fin is not None:
+                os.close(fin)
+
+    def _added(self, p: Preserved) -> None:
+        with self._stats_lock:
+            self._nversions += 1
+            self.counters["preserved"] += 1
+            self.counters["preserved_bytes"] += p.length
+
+    def _changed(self) -> None:
+        with self._stats_lock:
+            self.counters["version_changes"] += 1
+
+    def _preserve(self, ino: int, index: int, old: ChunkMeta, until: int) -> None:
+        """Copy the current version out as ``Preserved(old.epoch, until)`` before it
+        changes (caller holds the chunk lock). A version preserved already (by a
+        mutation that failed after it, or crashed) is not copied again; its
+        ``until`` becomes this mutation's epoch, the one that really ends it."""
+        p = Preserved(old.epoch, until, old.version, old.length, old.crcs)
+        have = self._version(ino, index, old.epoch)
+        if have is not None and have[2:] == p[2:]:
+            if have.until != until:
+                self._put_version(ino, index, p)
+            return
+        if old.length and self._free() < old.length:
+            raise self._nospace(f"no room to keep {old.length} bytes for a snapshot")
+        self._copy_out(self._file(ino, index), self._vfile(ino, index, old.epoch), old.length)
+        self._put_version(ino, index, p)
+        if have is None:
+            self._added(p)
+
+    def _put_version(self, ino: int, index: int, p: Preserved) -> None:
+        b = WriteBatch()
+        b.put(_vkey(ino, index, p.epoch), _ppack(p))
+        self._kv.write(b, sync=self.sync)
+        self._changed()
+
+    def _keeps(self, old: ChunkMeta | None, keep: int) -> bool:
+        return old is not None and keep > 0 and old.epoch <= keep
+
     # ------------------------------------------------------------ the API
 
     def stat(self, ino: int, index: int) -> ChunkMeta | None:
         _check_id(ino, index)
         return self._get(ino, index)
 
-    def write(self, ino: int, index: int, offset: int, data, version: int, *, chunk_size: int) -> ChunkMeta:
-        """Apply ``data`` at ``offset`` as ``version``; past the length it
-        extends the chunk (a gap is a hole of zeros). ``committed`` is
-        unchanged. An empty write only records the version."""
+    def write(self, ino: int, index: int, offset: int, data, version: int, *, chunk_size: int, epoch: int = 0,
+              keep: int = 0) -> ChunkMeta:
+        """Apply ``data`` at ``offset`` as ``version`` written in ``epoch``; past the
+        length it extends the chunk (a gap is a hole of zeros). ``committed`` is
+        unchanged. An empty write only records the version. ``keep``: preserve
+        the current version first if its epoch is ``<= keep`` (module docstring)."""
         _check_id(ino, index)
         mv = memoryview(data).cast("B")
         n = len(mv)
@@ -332,18 +609,22 @@ class ChunkStore:
             raise err.InvalidArgument(f"write [{offset}, {offset + n}) outside chunk of {chunk_size}")
         if not 0 < version <= _U64:
             raise err.InvalidArgument(f"bad version {version}")
+        self._check_keep(epoch, keep)
         with self._lock(ino, index):
-            old = self._get(ino, index) or ChunkMeta(0, 0, 0, b"")
-            if n == 0:
+            cur = self._get(ino, index)
+            old = cur or ChunkMeta(0, 0, 0, b"", epoch)
+            if n == 0:  # the content is as it was since its epoch: the version alone moves
                 m = old._replace(version=version)
                 self._put(ino, index, m)
                 return m
+            if self._keeps(cur, keep):
+                self._preserve(ino, index, cur, epoch)
             end = offset + n
             old_len = old.length
             new_len = max(old_len, end)
             if new_len > old_len and self._free() < end - old_len:
                 raise self._nospace(f"no room for {end - old_len} bytes")
-            fd = os.open(self._file(ino, index), os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open_rw(ino, index) if cur is not None else self._create(ino, index)
             try:
                 crcs = self._new_crcs(fd, ino, index, old, offset, mv, new_len)
                 if new_len > old_len and os.fstat(fd).st_size > old_len:
@@ -368,24 +649,33 @@ class ChunkStore:
                     raise
             finally:
                 os.close(fd)
-            m = ChunkMeta(version, old.committed, new_len, crcs)
+            m = ChunkMeta(version, old.committed, new_len, crcs, epoch)
             self._put(ino, index, m)
             return m
 
-    def read(self, ino: int, index: int, offset: int, length: int) -> bytes:
+    def _open_path(self, path: str | None) -> int | None:
+        if path is None:
+            return None
+        try:
+            return os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+
+    def read(self, ino: int, index: int, offset: int, length: int, *, at: int | None = None) -> bytes:
         """Bytes ``[offset, min(offset + length, chunk length))``, every block
-        verified; b"" past the end or for a chunk that does not exist."""
+        verified; b"" past the end or for a chunk that does not exist. ``at``:
+        as of snapshot ``at`` (the version it reads; b"" if there was none)."""
         _check_id(ino, index)
         if offset < 0 or length < 0:
             raise err.InvalidArgument(f"bad read range {offset}+{length}")
         with self._lock(ino, index):
-            m = self._get(ino, index)
+            m, path = self._at(ino, index, at)
             if m is None or offset >= m.length or length == 0:
                 return b""
             end = min(offset + length, m.length)
             bs = self.block_size
             first = offset // bs
-            fd = self._open_ro(ino, index)
+            fd = self._open_path(path)
             try:
                 data = self._verified(fd, ino, index, m, first, (end - 1) // bs)
             finally:
@@ -396,7 +686,8 @@ class ChunkStore:
                 return data
             return data[offset - s0:end - s0]
 
-    def read_extent(self, ino: int, index: int, offset: int, length: int) -> tuple[int, int, int]:
+    def read_extent(self, ino: int, index: int, offset: int, length: int, *, at: int | None = None) \
+            -> tuple[int, int, int]:
         """``(fd, file offset, count)`` for ``os.sendfile`` after verifying the
         blocks of the range, as ``read`` does. The fd is new and the caller
         closes it. Nothing to send (past the end, no such chunk) is
@@ -405,12 +696,12 @@ class ChunkStore:
         if offset < 0 or length < 0:
             raise err.InvalidArgument(f"bad read range {offset}+{length}")
         with self._lock(ino, index):
-            m = self._get(ino, index)
+            m, path = self._at(ino, index, at)
             if m is None or offset >= m.length or length == 0:
                 return (-1, offset, 0)
             end = min(offset + length, m.length)
             bs = self.block_size
-            fd = self._open_ro(ino, index)
+            fd = self._open_path(path)
             try:
                 self._verified(fd, ino, index, m, offset // bs, (end - 1) // bs)
             except BaseException:
@@ -420,18 +711,19 @@ class ChunkStore:
             assert fd is not None  # a missing file fails verification (length > 0)
             return (fd, offset, end - offset)
 
-    def block_extent(self, ino: int, index: int, offset: int, length: int):
+    def block_extent(self, ino: int, index: int, offset: int, length: int, *, at: int | None = None):
         """For a zero-copy read checked by the reader: ``(meta, fd, start, count, crcs)``
         covering whole blocks from the block holding ``offset`` to the one holding
         the range's end (or the chunk's end), with the stored CRCs of exactly those
         blocks, or None when there is nothing to send. Nothing is verified here:
         the reader checks every block against ``crcs``. The fd is new; the caller
-        closes it."""
+        closes it. ``at``: of the version snapshot ``at`` reads (``meta`` is then a
+        ``Preserved`` when that is not the current one)."""
         _check_id(ino, index)
         if offset < 0 or length < 0:
             raise err.InvalidArgument(f"bad read range {offset}+{length}")
         with self._lock(ino, index):
-            m = self._get(ino, index)
+            m, path = self._at(ino, index, at)
             if m is None or offset >= m.length or length == 0:
                 return None
             bs = self.block_size
@@ -439,7 +731,7 @@ class ChunkStore:
             last = (min(offset + length, m.length) - 1) // bs
             start = first * bs
             count = min(m.length, (last + 1) * bs) - start
-            fd = self._open_ro(ino, index)
+            fd = self._open_path(path)
             if fd is None:
                 raise self._bad(ino, index, first, "chunk file missing")
             if os.fstat(fd).st_size < start + count:
@@ -455,41 +747,47 @@ class ChunkStore:
             if m is not None and version > m.committed:
                 self._put(ino, index, m._replace(committed=version))
 
-    def truncate(self, ino: int, index: int, length: int, version: int, *, chunk_size: int | None = None) -> ChunkMeta:
-        """Set the length (growing leaves a hole) as ``version``. A missing
-        chunk is created with that length."""
+    def truncate(self, ino: int, index: int, length: int, version: int, *, chunk_size: int | None = None,
+                 epoch: int = 0, keep: int = 0) -> ChunkMeta:
+        """Set the length (growing leaves a hole) as ``version`` written in
+        ``epoch``. A missing chunk is created with that length. ``keep``: as for
+        ``write`` (a truncate to the same length changes nothing but the version)."""
         _check_id(ino, index)
         if length < 0 or (chunk_size is not None and length > chunk_size) or length > 0xFFFFFFFF:
             raise err.InvalidArgument(f"bad chunk length {length}")
         if not 0 < version <= _U64:
             raise err.InvalidArgument(f"bad version {version}")
+        self._check_keep(epoch, keep)
         bs = self.block_size
         path = self._file(ino, index)
         with self._lock(ino, index):
-            old = self._get(ino, index) or ChunkMeta(0, 0, 0, b"")
+            cur = self._get(ino, index)
+            old = cur or ChunkMeta(0, 0, 0, b"", epoch)
             if length == old.length:
                 m = old._replace(version=version)
                 self._put(ino, index, m)
                 return m
+            if self._keeps(cur, keep):
+                self._preserve(ino, index, cur, epoch)
             if length < old.length:
                 nfull = length // bs
                 crcs = old.crcs[:4 * nfull]
                 if length % bs:
                     fd = self._open_ro(ino, index)
                     try:
-                        keep = self._verified(fd, ino, index, old, nfull, nfull)
+                        keep_bytes = self._verified(fd, ino, index, old, nfull, nfull)
                     finally:
                         if fd is not None:
                             os.close(fd)
-                    crcs += block_crcs(keep[:length % bs], bs)
-                m = ChunkMeta(version, old.committed, length, crcs)
+                    crcs += block_crcs(keep_bytes[:length % bs], bs)
+                m = ChunkMeta(version, old.committed, length, crcs, epoch)
                 self._put(ino, index, m)  # meta first: a crash leaves only unreferenced bytes
                 try:
                     os.truncate(path, length)
                 except FileNotFoundError:
                     pass
                 return m
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open_rw(ino, index) if cur is not None else self._create(ino, index)
             try:
                 crcs = self._new_crcs(fd, ino, index, old, length, memoryview(b""), length)
                 if os.fstat(fd).st_size > old.length:
@@ -497,34 +795,62 @@ class ChunkStore:
                 os.ftruncate(fd, length)
             finally:
                 os.close(fd)
-            m = ChunkMeta(version, old.committed, length, crcs)
+            m = ChunkMeta(version, old.committed, length, crcs, epoch)
             self._put(ino, index, m)
             return m
 
-    def remove(self, ino: int, index: int) -> None:
-        """Remove a chunk (no error if it does not exist)."""
+    def remove(self, ino: int, index: int, *, epoch: int = 0, keep: int = 0) -> bool:
+        """Remove a chunk (no error if it does not exist) in ``epoch``, preserving
+        it first if its epoch is ``<= keep``. Returns whether the chunk still has
+        preserved versions."""
         _check_id(ino, index)
+        self._check_keep(epoch, keep)
         with self._lock(ino, index):
-            self._remove_locked(ino, index)
+            return self._remove_locked(ino, index, epoch, keep)
 
-    def _remove_locked(self, ino: int, index: int) -> None:
+    def _remove_locked(self, ino: int, index: int, epoch: int = 0, keep: int = 0) -> bool:
         b = WriteBatch()
+        path = self._file(ino, index)
+        added = None
+        if keep:
+            cur = self._get(ino, index)
+            if self._keeps(cur, keep):
+                p = Preserved(cur.epoch, epoch, cur.version, cur.length, cur.crcs)
+                have = self._version(ino, index, cur.epoch)
+                if have is None or have[2:] != p[2:]:
+                    # the preserved name becomes a second link to the chunk's file: no copy
+                    vpath = self._vfile(ino, index, cur.epoch)
+                    tmp = f"{vpath}.{threading.get_ident():x}.tmp"
+                    try:
+                        os.link(path, tmp)
+                    except FileNotFoundError:
+                        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))  # nothing written
+                    os.rename(tmp, vpath)
+                    added = None if have is not None else p
+                b.put(_vkey(ino, index, cur.epoch), _ppack(p))
         b.delete(_key(ino, index))
         self._kv.write(b, sync=self.sync)  # meta first: a crash leaks a file, never resurrects a chunk
+        if added is not None:
+            self._added(added)
+        if keep and len(b) > 1:
+            self._changed()
         try:
-            os.unlink(self._file(ino, index))
+            os.unlink(path)
         except FileNotFoundError:
             pass
+        return bool(self._nversions) and bool(self._versions(ino, index))
 
-    def remove_inode(self, ino: int) -> int:
-        """Remove every chunk of ``ino``; returns how many there were."""
+    def remove_inode(self, ino: int, *, epoch: int = 0, keep: int = 0) -> int:
+        """Remove every chunk of ``ino`` (preserving, as ``remove`` does, those of
+        epoch ``<= keep``); returns how many there were."""
         _check_id(ino, 0)
+        self._check_keep(epoch, keep)
         indexes = [_KEY.unpack(k[1:])[1] for k, _ in self._kv.scan_prefix(_CHUNK_PREFIX + ino.to_bytes(8, "big"))]
         n = 0
         for index in indexes:
             with self._lock(ino, index):
                 if self._kv.get(_key(ino, index)) is not None:
-                    self._remove_locked(ino, index)
+                    self._remove_locked(ino, index, epoch, keep)
                     n += 1
         return n
 
@@ -532,25 +858,30 @@ class ChunkStore:
         self, ino: int | None = None, *, start: tuple[int, int] | None = None
     ) -> Iterator[tuple[int, int, ChunkMeta]]:
         """``(ino, index, meta)`` of every chunk (or of ``ino``'s), in id order,
-        from chunk id ``start`` on if given (to page through a long list)."""
+        from chunk id ``start`` on if given (to page through a long list).
+        Current versions only (``list_versions`` for the preserved ones)."""
         prefix = _CHUNK_PREFIX if ino is None else _CHUNK_PREFIX + ino.to_bytes(8, "big")
         lo = prefix if start is None else max(prefix, _key(*start))
         for k, v in self._kv.scan(lo, prefix_end(prefix)):
             i, x = _KEY.unpack(k[1:])
             yield i, x, _unpack(v)
 
-    def scrub(self, ino: int, index: int) -> list[int]:
+    def scrub(self, ino: int, index: int, *, preserved: int | None = None) -> list[int]:
         """Numbers of the blocks of the chunk whose data does not match its
-        CRC (missing data counts as bad); [] for a chunk that does not exist."""
+        CRC (missing data counts as bad); [] for a chunk that does not exist.
+        ``preserved``: of its preserved version of that epoch instead."""
         _check_id(ino, index)
         bs = self.block_size
         piece = max(bs, _SCRUB_PIECE // bs * bs)
         bad: list[int] = []
         with self._lock(ino, index):
-            m = self._get(ino, index)
+            if preserved is None:
+                m, path = self._get(ino, index), self._file(ino, index)
+            else:
+                m, path = self._version(ino, index, preserved), self._vfile(ino, index, preserved)
             if m is None or m.length == 0:
                 return bad
-            fd = self._open_ro(ino, index)
+            fd = self._open_path(path)
             try:
                 for off in range(0, m.length, piece):
                     want = min(piece, m.length - off)
@@ -571,47 +902,200 @@ class ChunkStore:
             self._count("checksum_errors", len(bad))
         return bad
 
-    def install(self, ino: int, index: int, data, version: int, *, committed: int | None = None) -> ChunkMeta:
-        """Replace the whole chunk with ``data`` as ``version`` (committed =
-        ``version`` unless given): resync and repair. Atomic for readers: a
-        temporary file renamed over the chunk."""
+    def _install_file(self, path: str, mv: memoryview) -> None:
+        """``mv`` as the whole content of ``path``: a temporary file renamed over it."""
+        n = len(mv)
+        if self._free() < n:
+            raise self._nospace(f"no room for {n} bytes")
+        tmp = f"{path}.{threading.get_ident():x}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            try:
+                if n:
+                    try:
+                        os.posix_fallocate(fd, 0, n)
+                    except OSError as e:
+                        if e.errno not in (E.EOPNOTSUPP, E.EINVAL, E.ENOSYS):
+                            raise
+                _pwrite_all(fd, mv, 0)
+                if self.sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            if e.errno in (E.ENOSPC, E.EDQUOT):
+                raise self._nospace(str(e)) from e
+            raise
+
+    def install(self, ino: int, index: int, data, version: int, *, committed: int | None = None,
+                epoch: int = 0) -> ChunkMeta:
+        """Replace the whole chunk with ``data`` as ``version`` written in
+        ``epoch`` (committed = ``version`` unless given): resync and repair.
+        Atomic for readers: a temporary file renamed over the chunk. Preserves
+        nothing: the caller installs the chunk's preserved versions itself."""
         _check_id(ino, index)
+        _check_epoch(epoch)
         mv = memoryview(data).cast("B")
         n = len(mv)
         if n > 0xFFFFFFFF or not 0 < version <= _U64:
             raise err.InvalidArgument(f"bad install of {n} bytes as version {version}")
         crcs = block_crcs(mv, self.block_size)
-        path = self._file(ino, index)
         with self._lock(ino, index):
-            if self._free() < n:
-                raise self._nospace(f"no room for {n} bytes")
-            tmp = f"{path}.{threading.get_ident():x}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                try:
-                    if n:
-                        try:
-                            os.posix_fallocate(fd, 0, n)
-                        except OSError as e:
-                            if e.errno not in (E.EOPNOTSUPP, E.EINVAL, E.ENOSYS):
-                                raise
-                    _pwrite_all(fd, mv, 0)
-                    if self.sync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, path)
-            except OSError as e:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
-                if e.errno in (E.ENOSPC, E.EDQUOT):
-                    raise self._nospace(str(e)) from e
-                raise
-            m = ChunkMeta(version, version if committed is None else committed, n, crcs)
+            self._install_file(self._file(ino, index), mv)
+            m = ChunkMeta(version, version if committed is None else committed, n, crcs, epoch)
             self._put(ino, index, m)
             return m
+
+    # ------------------------------------------------------------ preserved versions
+
+    def versions(self, ino: int, index: int) -> list[Preserved]:
+        """The chunk's preserved versions, newest first."""
+        _check_id(ino, index)
+        return self._versions(ino, index)
+
+    def version_at(self, ino: int, index: int, at: int) -> ChunkMeta | Preserved | None:
+        """The version snapshot ``at`` reads: the current one, a preserved one, or None."""
+        _check_id(ino, index)
+        with self._lock(ino, index):
+            return self._at(ino, index, at)[0]
+
+    def has_versions(self) -> bool:
+        """Whether the target holds any preserved version."""
+        return self._nversions > 0
+
+    def preserved_count(self) -> int:
+        """How many preserved versions the target holds."""
+        return self._nversions
+
+    def list_versions(self, ino: int | None = None, *, start: tuple[int, int, int] | None = None) \
+            -> Iterator[tuple[int, int, Preserved]]:
+        """``(ino, index, preserved)`` of every preserved version (or of ``ino``'s),
+        in chunk id order and newest first per chunk, from ``start`` = (ino,
+        index, epoch) on if given."""
+        if not self._nversions:
+            return
+        prefix = _VERSION_PREFIX if ino is None else _vprefix(ino)
+        lo = prefix if start is None else max(prefix, _vkey(*start))
+        for k, v in self._kv.scan(lo, prefix_end(prefix)):
+            i, x, t = _vid(k)
+            yield i, x, _punpack(t, v)
+
+    def read_version(self, ino: int, index: int, epoch: int) -> tuple[Preserved, bytes] | None:
+        """The preserved version of ``epoch`` and its bytes (verified), or None."""
+        _check_id(ino, index)
+        with self._lock(ino, index):
+            p = self._version(ino, index, epoch)
+            if p is None:
+                return None
+            if p.length == 0:
+                return p, b""
+            fd = self._open_path(self._vfile(ino, index, epoch))
+            try:
+                return p, self._verified(fd, ino, index, p, 0, (p.length - 1) // self.block_size)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+    def install_version(self, ino: int, index: int, epoch: int, until: int, data, version: int) -> Preserved:
+        """Set the preserved version of ``epoch`` (valid until ``until``) to
+        ``data``, created or replaced whole: resync, repair, a predecessor's copy."""
+        _check_id(ino, index)
+        _check_epoch(epoch)
+        _check_epoch(until, "until")
+        if until <= epoch or not 0 < version <= _U64:
+            raise err.InvalidArgument(f"bad preserved version {version} of epochs [{epoch}, {until})")
+        mv = memoryview(data).cast("B")
+        if len(mv) > 0xFFFFFFFF:
+            raise err.InvalidArgument(f"bad install of {len(mv)} bytes")
+        p = Preserved(epoch, until, version, len(mv), block_crcs(mv, self.block_size))
+        with self._lock(ino, index):
+            have = self._version(ino, index, epoch)
+            self._install_file(self._vfile(ino, index, epoch), mv)
+            self._put_version(ino, index, p)
+            if have is None:
+                self._added(p)
+            return p
+
+    def remove_version(self, ino: int, index: int, epoch: int) -> bool:
+        """Remove the preserved version of ``epoch``; whether there was one."""
+        _check_id(ino, index)
+        with self._lock(ino, index):
+            return self._remove_version_locked(ino, index, epoch) is not None
+
+    def _remove_version_locked(self, ino: int, index: int, epoch: int) -> Preserved | None:
+        p = self._version(ino, index, epoch)
+        if p is None:
+            return None
+        b = WriteBatch()
+        b.delete(_vkey(ino, index, epoch))
+        self._kv.write(b, sync=self.sync)  # record first: a crash leaks a file, removed at the next open
+        try:
+            os.unlink(self._vfile(ino, index, epoch))
+        except FileNotFoundError:
+            pass
+        with self._stats_lock:
+            self._nversions -= 1
+            self.counters["version_changes"] += 1
+        return p
+
+    def drop(self, live, epoch: int) -> tuple[int, int, list[tuple[int, int]]]:
+        """Remove every preserved version no snapshot of ``live`` reads and that
+        ended at or before ``epoch`` (a version ending later was made by a chain
+        head ahead of the caller's view: the snapshots it is for may not be in
+        ``live`` yet). Returns (versions, bytes, chunks left with no version at
+        all: neither current nor preserved)."""
+        live = sorted(live)
+        n = nbytes = 0
+        emptied: list[tuple[int, int]] = []
+        start = None
+        while self._nversions:
+            page = _take(self.list_versions(start=start), _PAGE)
+            for ino, index, p in page:
+                if p.until > epoch or _reads(live, p.epoch, p.until):
+                    continue
+                with self._lock(ino, index):
+                    q = self._version(ino, index, p.epoch)
+                    if q is None or q.until != p.until:
+                        continue
+                    self._remove_version_locked(ino, index, p.epoch)
+                    n += 1
+                    nbytes += p.length
+                    if self._get(ino, index) is None and not self._versions(ino, index):
+                        emptied.append((ino, index))
+            if len(page) < _PAGE:
+                break
+            ino, index, p = page[-1]
+            if p.epoch == 0:
+                start = (ino, index + 1, _U32MAX) if index < _U32MAX else (ino + 1, 0, _U32MAX)
+            else:
+                start = (ino, index, p.epoch - 1)
+        if n:
+            self._count("dropped", n)
+            self._count("dropped_bytes", nbytes)
+        return n, nbytes, emptied
+
+    def usage(self, live) -> dict[int, tuple[int, int]]:
+        """Per snapshot of ``live``: (exclusive, shared) bytes of the preserved
+        versions it reads: read by it alone (what deleting it frees here), or by
+        it and another live snapshot. Current versions are the live tree's and
+        count for none."""
+        live = sorted(live)
+        out = {s: [0, 0] for s in live}
+        for _ino, _index, p in self.list_versions():
+            i = bisect.bisect_left(live, p.epoch)
+            j = bisect.bisect_left(live, p.until)
+            readers = live[i:j]
+            if len(readers) == 1:
+                out[readers[0]][0] += p.length
+            else:
+                for s in readers:
+                    out[s][1] += p.length
+        return {s: (a, b) for s, (a, b) in out.items()}
 
     def capacity(self) -> tuple[int, int]:
         """``(total, free)`` bytes of the target's file system; free is what

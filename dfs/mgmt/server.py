@@ -68,9 +68,23 @@ def map_to_pb(m: dict) -> pb.ClusterMap:
                              total=t["total"], free=t["free"]) for tid, t in sorted(m.get("targets", {}).items())]
     chains = [pb.ChainInfo(id=c["id"], version=c["version"], members=c["members"], serving=c["serving"],
                            syncing=c["syncing"]) for c in m.get("chains", [])]
+    usage = snapshot_usage(m)
+    snaps = [pb.SnapshotInfo(epoch=s, name=x["name"], root=x["root"], path=x["path"], state=x["state"],
+                             created=x["created"], exclusive=usage.get(s, (0, 0))[0], shared=usage.get(s, (0, 0))[1])
+             for s, x in sorted(m.get("snapshots", {}).items())]
     return pb.ClusterMap(epoch=m["epoch"], cluster_id=m["cluster_id"], mgmt=[rep(r) for r in m["mgmt"]],
                          shards=[pb.ShardInfo(shard=i, replicas=[rep(r) for r in s]) for i, s in enumerate(m["shards"])],
-                         targets=targets, chains=chains)
+                         targets=targets, chains=chains, data_epoch=m.get("data_epoch", 1), snapshots=snaps)
+
+
+def snapshot_usage(m: dict) -> dict[int, tuple[int, int]]:
+    """Per snapshot: (exclusive, shared) bytes summed over the targets' last reports."""
+    out: dict[int, tuple[int, int]] = {}
+    for per in m.get("snap_usage", {}).values():
+        for s, (ex, sh) in per.items():
+            a, b = out.get(s, (0, 0))
+            out[s] = (a + ex, b + sh)
+    return out
 
 
 CAPACITY_INTERVAL = 5.0  # at most one capacity record per target per this many seconds (unless new)
@@ -101,6 +115,8 @@ def map_families(m: dict | None, replicas_per_chain: int) -> list:
     for t in m["targets"].values():
         states[t["state"]] = states.get(t["state"], 0) + 1
     chains = m["chains"]
+    snaps = m.get("snapshots", {})
+    usage = snapshot_usage(m)
     degraded = sum(1 for c in chains if len(c["serving"]) < replicas_per_chain)
     return [
         gauge("dfs_mgmt_map_epoch", "epoch of the cluster map this replica has applied", m["epoch"]),
@@ -115,6 +131,15 @@ def map_families(m: dict | None, replicas_per_chain: int) -> list:
               sum(t["total"] for t in m["targets"].values())),
         gauge("dfs_mgmt_free_bytes", "bytes chunk writes may still use on the data targets (last heartbeats)",
               sum(t["free"] for t in m["targets"].values())),
+        gauge("dfs_mgmt_data_epoch", "the data servers' write epoch", m.get("data_epoch", 1)),
+        gauge("dfs_mgmt_snapshots", "snapshots in the registry, by state", labels=["state"],
+              samples=[([st], sum(1 for x in snaps.values() if x["state"] == st))
+                       for st in ("creating", "ready", "deleting")]),
+        gauge("dfs_mgmt_snapshot_bytes", "bytes of chunk versions kept for a snapshot over every target "
+              "(exclusive: only it reads them; shared: another snapshot too), last heartbeats",
+              labels=["snapshot", "kind"],
+              samples=[([str(s), kind], v) for s, (ex, sh) in sorted(usage.items()) if s in snaps
+                       for kind, v in (("exclusive", ex), ("shared", sh))]),
     ]
 
 
@@ -128,6 +153,7 @@ class MgmtServicer(pbg.MgmtServiceServicer):
         self.target_timeout = cfg.target_timeout
         self._seen: dict[int, float] = {}  # target -> loop time of its last heartbeat (leader only)
         self._capacity_sent: dict[int, float] = {}
+        self._usage_sent: dict[int, float] = {}
         self._leading = False
         self._unknown: set[int] = set()
         self._internal_token = cfg.internal_token
@@ -162,8 +188,10 @@ class MgmtServicer(pbg.MgmtServiceServicer):
             return pb.GetClusterMapReply(status=e.errno, leader=self._leader())
         return await self._map_reply()
 
+    # snap_*: the snapshot coordinator (a metadata server) and data servers whose hold expired
     ADMIN_COMMANDS = ("drain", "remove_target", "add_server", "move", "member_begin", "member_end", "member_add",
-                      "member_remove", "add_shard")
+                      "member_remove", "add_shard", "snap_begin", "snap_ready", "snap_abort", "snap_delete",
+                      "snap_forget")
 
     @_timed
     async def Admin(self, request, context):
@@ -239,6 +267,11 @@ class MgmtServicer(pbg.MgmtServiceServicer):
                         and now - self._capacity_sent.get(ts.id, -1e9) >= CAPACITY_INTERVAL):
                     self._capacity_sent[ts.id] = now
                     await self._submit("capacity", ts.id, ts.total, ts.free)
+                usage = {u.epoch: [u.exclusive, u.shared] for u in ts.snapshots}
+                if (usage != m["snap_usage"].get(ts.id, {})
+                        and now - self._usage_sent.get(ts.id, -1e9) >= CAPACITY_INTERVAL):
+                    self._usage_sent[ts.id] = now
+                    await self._submit("snap_usage", ts.id, usage)
         except err.DfsError as e:
             return pb.HeartbeatReply(status=e.errno, leader=self._leader())
         m = self.store.cluster_map()

@@ -7,7 +7,11 @@ The map is a plain dict::
      "shards": [[{id, address, raft}...]...],   # shard i's replicas, by id
      "member_changes": {shard: {"op", "add", "remove"}},   # membership changes in flight
      "targets": {target_id: {"server", "address", "state", "total", "free"}},
-     "chains":  [{"id", "version", "members", "serving", "syncing"}...]}
+     "chains":  [{"id", "version", "members", "serving", "syncing"}...],
+     "data_epoch": e,      # the write epoch of the data servers (1 before any snapshot)
+     "snap_next": n,       # the lowest number a new snapshot may take
+     "snapshots": {S: {"name", "root", "path", "state", "created"}},
+     "snap_usage": {target_id: {S: [exclusive bytes, shared bytes]}}}
 
 A target's ``state`` is "serving", "syncing", "offline" or "draining" (a
 target an operator is moving out: it serves, but its chains are being
@@ -63,6 +67,46 @@ capacity bumps the epoch by one:
   while the chain has a move or drain replacement in progress; a no-op once
   ``old`` is no longer a member.
 
+Snapshots (docs/design/snapshots.md; the snapshot coordinator, a metadata
+server, sends them through ``Admin``). A snapshot ``S`` holds every change
+tagged ``<= S``; ``state`` is "creating", "ready" or "deleting"; the
+data servers keep chunk versions for the **live** snapshots, the ready ones
+(``live_snapshots``): a creating snapshot's number is at least the data epoch,
+so until it is ready nothing is written at an epoch above it and no version
+is its to keep; a deleting one's versions may be dropped.
+
+* ``["snap_begin", name, root, path, ts]``: a new snapshot of the tree at
+  inode ``root`` (``path`` is the root's path, for humans; ``ts`` the
+  coordinator's clock in ns, recorded as ``created``), "creating". Its number
+  is ``max(data_epoch, snap_next)``, and ``snap_next`` moves past it: a number
+  is never given twice, even after an abort (a shard that began the aborted
+  snapshot has moved its epoch on). Answered ``[0, epoch, S]``. The same
+  command again (same name, root, path and ts, still creating) answers the
+  same ``S``. Refused: a bad name (EINVAL: empty, over NAME_MAX bytes, ``/``
+  or NUL, ``.`` or ``..``), a name already used under that root (EEXIST), and
+  another snapshot still creating (EBUSY: creations are one at a time, since
+  the data epoch moves only when a snapshot is ready), unless that one was
+  created more than ``CREATING_TIMEOUT`` before ``ts``: its coordinator is
+  gone (every hold and fence has expired long before), and it is dropped;
+* ``["snap_ready", S]``: "ready"; the data epoch becomes ``S + 1`` (never
+  less than it was). Answered ``[0, epoch, data epoch, live snapshots]``
+  (what the coordinator sends the data servers with ``SNAP_RESUME``). A
+  repeat is a no-op; ENOENT for an unknown snapshot, EINVAL for a deleting one;
+* ``["snap_abort", S]``: a creating snapshot is dropped; anything else is
+  left as it is. Answered ``[0, epoch, state, data epoch, live snapshots]``
+  with the snapshot's state after the command ("gone", "ready", "deleting"):
+  a data server whose hold expired asks this to learn, through the log,
+  whether the snapshot it held for was made ready (resume at the new epoch)
+  or can no longer be (resume at the old one);
+* ``["snap_delete", S]``: a ready snapshot becomes "deleting" (the data
+  servers stop keeping its versions); a creating one is refused (EINVAL:
+  abort it); unknown or deleting: a no-op;
+* ``["snap_forget", S]``: a deleting snapshot is gone (with its usage
+  records); a ready or creating one is refused (EINVAL); unknown: a no-op;
+* ``["snap_usage", target, {S: [exclusive, shared]}]``: the bytes of the
+  chunk versions a target keeps per live snapshot (from heartbeats: only
+  that snapshot reads them / it and another snapshot do); no epoch bump.
+
 Metadata shards (``dfs admin add-meta-replica`` / ``remove-meta-replica`` /
 ``replace-meta-replica`` / ``add-meta-shard``; the Raft membership itself
 changes in the shard's group, these keep the map in step with it):
@@ -94,6 +138,7 @@ import errno
 
 import msgpack
 
+from dfs.common.limits import NAME_MAX
 from dfs.consensus.api import StateMachine
 from dfs.kv import KV, MemoryKV, RocksKV, WriteBatch
 
@@ -104,6 +149,12 @@ SERVING = "serving"
 SYNCING = "syncing"
 OFFLINE = "offline"
 DRAINING = "draining"
+
+CREATING = "creating"
+READY = "ready"
+DELETING = "deleting"
+CREATING_TIMEOUT = 600 * 10**9  # ns: a snapshot creating for longer has lost its coordinator
+MAX_EPOCH = 0xFFFFFFFE  # data epochs travel as u32 on the data plane
 
 
 def _unpack(b: bytes):
@@ -143,7 +194,16 @@ def targets_from_servers(servers: list[tuple[int, str, list[int]]]) -> dict[int,
 
 
 class CommandError(Exception):
-    pass
+    """A refused command: nothing changed; answered ``[errno, message]``."""
+
+    def __init__(self, message: str, code: int = errno.EINVAL) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+def live_snapshots(m: dict) -> list[int]:
+    """The snapshots whose chunk versions the data servers keep: the ready ones."""
+    return sorted(s for s, x in m.get("snapshots", {}).items() if x["state"] == READY)
 
 
 # ------------------------------------------------------------------ commands
@@ -284,6 +344,7 @@ def _remove_target(m: dict, tid: int, replicas: int, force: bool) -> tuple[bool,
         if touched:
             c["version"] += 1
     del m["targets"][tid]
+    m.get("snap_usage", {}).pop(tid, None)
     return True, True
 
 
@@ -434,6 +495,116 @@ def _add_shard(m: dict, shard: int, reps: list) -> tuple[bool, bool]:
     return True, True
 
 
+# ------------------------------------------------------------------ snapshots
+
+def _snap_name(name) -> str:
+    if not isinstance(name, str) or not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise CommandError(f"bad snapshot name {name!r}")
+    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:
+        raise CommandError(f"snapshot name longer than {NAME_MAX} bytes")
+    return name
+
+
+def _int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise CommandError(f"bad {what} {v!r}")
+    return v
+
+
+def _snap(m: dict, s) -> dict | None:
+    return m["snapshots"].get(_int(s, "snapshot"))
+
+
+def _snap_begin(m: dict, name, root, path, ts) -> tuple[bool, bool, int]:
+    name = _snap_name(name)
+    root, ts = _int(root, "root inode"), _int(ts, "timestamp")
+    if not isinstance(path, str):
+        raise CommandError(f"bad path {path!r}")
+    snaps = m["snapshots"]
+    for s, x in sorted(snaps.items()):
+        if x["name"] == name and x["root"] == root:
+            if x["state"] == CREATING and x["path"] == path and x["created"] == ts:
+                return False, False, s  # the same command again
+            raise CommandError(f"snapshot {name!r} of inode {root} exists (number {s}, {x['state']})",
+                               errno.EEXIST)
+    for s, x in sorted(snaps.items()):
+        if x["state"] == CREATING:
+            if ts - x["created"] <= CREATING_TIMEOUT:
+                raise CommandError(f"snapshot {x['name']!r} ({s}) is being created", errno.EBUSY)
+            del snaps[s]  # its coordinator is long gone
+    s = max(m["data_epoch"], m["snap_next"])
+    if s > MAX_EPOCH:
+        raise CommandError("snapshot numbers exhausted", errno.EOVERFLOW)
+    m["snap_next"] = s + 1
+    snaps[s] = {"name": name, "root": root, "path": path, "state": CREATING, "created": ts}
+    return True, True, s
+
+
+def _snap_ready(m: dict, s) -> tuple[bool, bool, int, list[int]]:
+    x = _snap(m, s)
+    if x is None:
+        raise CommandError(f"no snapshot {s}", errno.ENOENT)
+    if x["state"] == DELETING:
+        raise CommandError(f"snapshot {s} is being deleted")
+    changed = x["state"] != READY
+    x["state"] = READY
+    if m["data_epoch"] < s + 1:
+        m["data_epoch"] = s + 1
+        changed = True
+    return changed, changed, m["data_epoch"], live_snapshots(m)
+
+
+def _snap_abort(m: dict, s) -> tuple[bool, bool, str, int, list[int]]:
+    x = _snap(m, s)
+    changed = x is not None and x["state"] == CREATING
+    if changed:
+        del m["snapshots"][s]
+        x = None
+    return changed, changed, "gone" if x is None else x["state"], m["data_epoch"], live_snapshots(m)
+
+
+def _snap_delete(m: dict, s) -> tuple[bool, bool]:
+    x = _snap(m, s)
+    if x is None or x["state"] == DELETING:
+        return False, False
+    if x["state"] == CREATING:
+        raise CommandError(f"snapshot {s} is being created: abort it")
+    x["state"] = DELETING
+    return True, True
+
+
+def _snap_forget(m: dict, s) -> tuple[bool, bool]:
+    x = _snap(m, s)
+    if x is None:
+        return False, False
+    if x["state"] != DELETING:
+        raise CommandError(f"snapshot {s} is {x['state']}: delete it first")
+    del m["snapshots"][s]
+    for tid, per in list(m["snap_usage"].items()):
+        per.pop(s, None)
+        if not per:
+            del m["snap_usage"][tid]
+    return True, True
+
+
+def _snap_usage(m: dict, tid, usage) -> tuple[bool, bool]:
+    _target(m, tid)
+    if not isinstance(usage, dict):
+        raise CommandError(f"bad usage {usage!r}")
+    new = {}
+    for s, v in usage.items():
+        if not (isinstance(v, (list, tuple)) and len(v) == 2):
+            raise CommandError(f"bad usage of snapshot {s!r}: {v!r}")
+        new[_int(s, "snapshot")] = [_int(v[0], "byte count"), _int(v[1], "byte count")]
+    if m["snap_usage"].get(tid, {}) == new:
+        return False, False
+    if new:
+        m["snap_usage"][tid] = new
+    else:
+        m["snap_usage"].pop(tid, None)
+    return True, False
+
+
 COMMANDS = {
     "target_down": _target_down,
     "target_up": _target_up,
@@ -448,7 +619,17 @@ COMMANDS = {
     "member_add": _member_add,
     "member_remove": _member_remove,
     "add_shard": _add_shard,
+    "snap_begin": _snap_begin,
+    "snap_ready": _snap_ready,
+    "snap_abort": _snap_abort,
+    "snap_delete": _snap_delete,
+    "snap_forget": _snap_forget,
+    "snap_usage": _snap_usage,
 }
+
+# keys of the map that ``set`` (a new shard/mgmt layout) keeps, and their values in a map without them
+_KEPT = {"targets": dict, "chains": list, "data_epoch": lambda: 1, "snap_next": lambda: 1, "snapshots": dict,
+         "snap_usage": dict}
 
 
 class MgmtStore(StateMachine):
@@ -466,8 +647,8 @@ class MgmtStore(StateMachine):
         if b is None:
             return None
         m = _unpack(b)
-        m.setdefault("targets", {})
-        m.setdefault("chains", [])
+        for k, default in _KEPT.items():
+            m.setdefault(k, default())
         return m
 
     def apply(self, index: int, commands: list[bytes]) -> list[bytes]:
@@ -488,8 +669,9 @@ class MgmtStore(StateMachine):
                     if cur is not None and "targets" not in m:
                         m["targets"] = cur.get("targets", {})
                         m["chains"] = cur.get("chains", [])
-                    m.setdefault("targets", {})
-                    m.setdefault("chains", [])
+                    for k, default in _KEPT.items():
+                        if k not in m:
+                            m[k] = cur[k] if cur is not None and k in cur else default()
                     m["epoch"] = (cur["epoch"] if cur else 0) + 1
                     cur = m
                     dirty = True
@@ -508,6 +690,8 @@ class MgmtStore(StateMachine):
                     cur = new
                     dirty = True
                 results.append(msgpack.packb([0, cur["epoch"], *extra]))
+            except CommandError as e:
+                results.append(msgpack.packb([e.errno, str(e)]))
             except Exception as e:  # deterministic: same on every replica
                 results.append(msgpack.packb([errno.EINVAL, str(e)]))
         if dirty:

@@ -26,6 +26,13 @@ client was given, or that the cluster map was fetched with; a refusal raises
 Bounded buffers: at most ``max_inflight`` payload bytes are outstanding per
 connection (a semaphore of bytes); a caller beyond that waits.
 
+Snapshots: ``read``/``read_into`` take ``at``, a snapshot's epoch, and then
+read the chunk as it was in that snapshot (empty if it did not exist then);
+a server that no longer keeps the snapshot answers ESTALE, raised as
+``Stale`` once the map also says the snapshot is gone. ``snap_hold`` and
+``snap_resume`` are the snapshot coordinator's: they go to every data server
+of the map.
+
 Imports: dfs.common (and msgpack) only; the map is ``dfs.rpc.transport.ClusterMap``.
 """
 
@@ -368,19 +375,24 @@ class DataClient:
         return total
 
     # ------------------------------------------------------------------ reads
-    async def read(self, ino: int, index: int, offset: int, length: int, layout) -> memoryview:
-        """Up to ``length`` bytes of chunk ``index`` from ``offset`` (empty past its end or if it does not exist)."""
-        return await self._read(ino, index, offset, length, layout, None)
+    async def read(self, ino: int, index: int, offset: int, length: int, layout, at: int | None = None) \
+            -> memoryview:
+        """Up to ``length`` bytes of chunk ``index`` from ``offset`` (empty past its end or if it does not exist).
+        ``at``: as of the snapshot of that epoch."""
+        return await self._read(ino, index, offset, length, layout, None, at)
 
-    async def read_into(self, ino: int, index: int, offset: int, buf: memoryview, layout) -> int:
+    async def read_into(self, ino: int, index: int, offset: int, buf: memoryview, layout,
+                        at: int | None = None) -> int:
         """Read up to ``len(buf)`` bytes of chunk ``index`` from ``offset`` straight into ``buf``
-        (received from the socket into it); returns how many bytes arrived."""
-        got = await self._read(ino, index, offset, len(buf), layout, buf)
+        (received from the socket into it); returns how many bytes arrived. ``at``: as of
+        the snapshot of that epoch."""
+        got = await self._read(ino, index, offset, len(buf), layout, buf, at)
         if got.obj is not buf.obj:  # small replies come through the frame buffer
             buf[:len(got)] = got
         return len(got)
 
-    async def _read(self, ino: int, index: int, offset: int, length: int, layout, into) -> memoryview:
+    async def _read(self, ino: int, index: int, offset: int, length: int, layout, into,
+                    at: int | None = None) -> memoryview:
         loop = asyncio.get_running_loop()
         end = loop.time() + self.deadline
         delay = 0.01
@@ -401,8 +413,9 @@ class DataClient:
             for tid in order:
                 # Whole blocks with their stored CRCs, sent from the chunk file
                 # without a copy; checked here, end to end.
-                h = dp.Header(dp.READ, flags=dp.F_BLOCKS, ino=ino, index=index, offset=offset, arg=length,
-                              chain_id=ch.id, chain_version=ch.version, target=tid)
+                h = dp.Header(dp.READ, flags=dp.F_BLOCKS if at is None else dp.F_BLOCKS | dp.F_SNAP, ino=ino,
+                              index=index, offset=offset, arg=length, chain_id=ch.id, chain_version=ch.version,
+                              target=tid, epoch=at or 0)
                 dst = into if into is not None and offset % dp.BLOCK_SIZE == 0 else None
                 try:
                     rh, rp = await self.pool.call(self._addr(tid), h, b"",
@@ -416,20 +429,28 @@ class DataClient:
                         return rp[skip:skip + length]
                     return rp
                 if rh.status == E.EIO and bytes(rp) == BLOCK_CHECKSUM_MESSAGE:
-                    self._verify_on(tid, ch, ino, index)
+                    self._verify_on(tid, ch, ino, index, at)
                 last = err.error_for(rh.status, bytes(rp).decode(errors="replace"))
                 if rh.status == E.ESTALE:
+                    if at is not None and await self._snapshot_gone(at):
+                        raise err.Stale(f"snapshot {at} deleted")
                     force = True
                     break
                 if rh.status not in _RETRY_STATUSES:
                     dp.raise_for(rh, rp)
             delay = await self._retry_pause(end, last, force, delay, "read: no replica answered before the deadline")
 
-    def _verify_on(self, tid: int, ch, ino: int, index: int) -> None:
+    async def _snapshot_gone(self, at: int) -> bool:
+        """Whether the map (refreshed now) says snapshot ``at`` is not kept any more."""
+        m = await self.refresh(True)
+        return at < m.data_epoch and at not in m.live_snapshots
+
+    def _verify_on(self, tid: int, ch, ino: int, index: int, at: int | None = None) -> None:
         """A block from ``tid`` failed our check: ask it for a read it verifies
         itself, so that a really bad copy is found, counted and repaired there."""
         h = dp.Header(dp.READ, ino=ino, index=index, offset=0, arg=MAX_CHUNK, chain_id=ch.id,
-                      chain_version=ch.version, target=tid, flags=dp.F_ANY)
+                      chain_version=ch.version, target=tid, flags=dp.F_ANY if at is None else dp.F_ANY | dp.F_SNAP,
+                      epoch=at or 0)
 
         async def go():
             try:
@@ -441,11 +462,47 @@ class DataClient:
         self._bg.add(t)
         t.add_done_callback(self._bg.discard)
 
+    # ------------------------------------------------------------------ snapshots: the coordinator's cut
+    def _servers(self) -> dict[str, int]:
+        """Every data server of the map with a target that is not offline: address -> one of
+        its targets. An offline server heads no chain (mgmt took it out), and one that comes
+        back while a snapshot is being created holds by itself (dfs/data/chain.py)."""
+        out: dict[str, int] = {}
+        for tid, t in sorted(self.map.targets.items()):
+            if t.state != "offline":
+                out.setdefault(t.address, tid)
+        return out
+
+    async def _each_server(self, h: dp.Header, payload=b"", timeout: float | None = None) -> None:
+        async def one(addr: str, tid: int) -> None:
+            rh, rp = await self.pool.call(addr, h._replace(target=tid), payload, timeout or self.attempt_timeout)
+            dp.raise_for(rh, rp)
+
+        res = await asyncio.gather(*(one(a, t) for a, t in self._servers().items()), return_exceptions=True)
+        for r in res:
+            if isinstance(r, BaseException):
+                raise r
+
+    async def snap_hold(self, snapshot: int, lease: float) -> None:
+        """SNAP_HOLD on every data server not offline: each stops admitting client mutations and answers
+        once those in flight are done. Raises the first failure (the hold still ends at
+        the lease on the servers that took it)."""
+        await self._each_server(dp.Header(dp.SNAP_HOLD, version=snapshot, arg=int(lease * 1000)),
+                                timeout=lease + self.attempt_timeout)
+
+    async def snap_resume(self, snapshot: int, epoch: int, live) -> None:
+        """SNAP_RESUME on every data server: data epoch and live snapshots, then the hold
+        of ``snapshot`` (0: none) ends."""
+        await self._each_server(dp.Header(dp.SNAP_RESUME, version=snapshot, epoch=epoch),
+                                msgpack.packb(sorted(live)))
+
     # ------------------------------------------------------------------ one target (tests, tools)
-    async def read_target(self, tid: int, ino: int, index: int, offset: int = 0, length: int = MAX_CHUNK) \
-            -> tuple[int, bytes]:
-        """(version, bytes) from one target, whatever its role; raises on error (ChecksumError for a bad block)."""
-        h = dp.Header(dp.READ, flags=dp.F_ANY, ino=ino, index=index, offset=offset, arg=length, target=tid)
+    async def read_target(self, tid: int, ino: int, index: int, offset: int = 0, length: int = MAX_CHUNK,
+                          at: int | None = None) -> tuple[int, bytes]:
+        """(version, bytes) from one target, whatever its role; raises on error (ChecksumError for a bad block).
+        ``at``: as of the snapshot of that epoch."""
+        h = dp.Header(dp.READ, flags=dp.F_ANY if at is None else dp.F_ANY | dp.F_SNAP, ino=ino, index=index,
+                      offset=offset, arg=length, target=tid, epoch=at or 0)
         rh, rp = await self.pool.call(self._addr(tid), h, b"", self.attempt_timeout)
         dp.raise_for(rh, rp)
         return rh.version, bytes(rp)
@@ -457,5 +514,5 @@ class DataClient:
         if rh.status == E.ENOENT:
             return None
         dp.raise_for(rh, rp)
-        v, c, n, crcs = msgpack.unpackb(bytes(rp))
+        v, c, n, crcs, *_ = msgpack.unpackb(bytes(rp))
         return v, c, n, crcs

@@ -1,10 +1,10 @@
-"""The data-plane wire format: fixed 64-byte frame headers + payload, over TCP.
+"""The data-plane wire format: fixed 72-byte frame headers + payload, over TCP.
 
     magic u32 | op u8 | flags u8 | status i16 | req_id u64 | ino u64 | index u32 |
     chain_id u32 | chain_version u32 | offset u32 | length u32 | version u64 |
-    payload_crc u32 | arg u32 | target u32
+    payload_crc u32 | arg u32 | target u32 | epoch u32 | snap u32
 
-All little-endian (``struct`` format ``<IBBhQQIIIIIQII I``), 64 bytes. ``length``
+All little-endian (``struct`` format ``<IBBhQQIIIIIQIIIII``), 72 bytes. ``length``
 payload bytes follow; ``payload_crc`` is the CRC32C of the payload (0 for an
 empty one) and the receiver checks it. ``status`` is 0 or an errno (or one of
 dfs's internal statuses, see ``dfs.common.errors``; they fit an i16 only as
@@ -14,7 +14,15 @@ message as its UTF-8 payload. ``length`` is always the payload length.
 is for (a data server may own several targets, even two of one chain).
 ``arg`` (the design's ``token``) is a per-op argument: the packed layout for
 WRITE/TRUNCATE (the server learns the chunk size from it), the byte count for
-READ.
+READ. ``epoch`` and ``snap`` are for snapshots (docs/design/snapshots.md):
+a mutation's ``epoch`` is the data epoch its chain head tagged it with and
+``snap`` the newest live snapshot older than that (0: none), so that every
+replica keeps a version of epoch ``t <= snap`` before changing it; a READ
+with ``F_SNAP`` reads at snapshot ``epoch``; a preserved version in
+SYNC_FETCH (``F_SNAP``) and INSTALL (``F_SNAP``) frames is ``(epoch, until =
+snap)``. The header grew from 64 bytes for them, and the magic changed with
+it (``DFS2``): a server or client of the old format drops the connection at
+the first frame (bad magic) instead of misreading it.
 
 Per-op use of the fields is in ``docs/design/data.md`` ("Data plane").
 
@@ -57,10 +65,10 @@ from dfs.common import errors as err
 from dfs.common.blocks import BLOCK_SIZE, first_bad_block
 from dfs.common.checksum import crc32c
 
-MAGIC = 0x31534644  # b"DFS1" little-endian
-HEADER = struct.Struct("<IBBhQQIIIIIQIII")
+MAGIC = 0x32534644  # b"DFS2" little-endian (DFS1: the 64-byte header before epochs)
+HEADER = struct.Struct("<IBBhQQIIIIIQIIIII")
 HEADER_SIZE = HEADER.size
-assert HEADER_SIZE == 64
+assert HEADER_SIZE == 72
 
 MAX_PAYLOAD = (64 << 20) + (1 << 20)  # a whole 64 MiB chunk plus room for listings
 NO_TARGET = 0xFFFFFFFF
@@ -77,13 +85,15 @@ SYNC_FETCH = 8     # (ino, index) -> whole chunk payload, version
 INSTALL = 9        # forwarded whole-chunk replace at version (repairs a replica that missed writes)
 PING = 10
 HELLO = 11         # the first frame of a connection: arg = handshake version, payload = msgpack {"token": ...}
+SNAP_HOLD = 12     # version = snapshot S, arg = lease ms: stop admitting client mutations, answer once none is in flight
+SNAP_RESUME = 13   # version = the S whose hold ends (0: none), epoch = data epoch, payload = msgpack [live snapshots]
 
 HELLO_VERSION = 1
 HELLO_MAX = 4096   # the largest HELLO payload a server reads
 
 OP_NAMES = {WRITE: "WRITE", READ: "READ", TRUNCATE: "TRUNCATE", REMOVE: "REMOVE", REMOVE_INODE: "REMOVE_INODE",
             STAT: "STAT", SYNC_LIST: "SYNC_LIST", SYNC_FETCH: "SYNC_FETCH", INSTALL: "INSTALL", PING: "PING",
-            HELLO: "HELLO"}
+            HELLO: "HELLO", SNAP_HOLD: "SNAP_HOLD", SNAP_RESUME: "SNAP_RESUME"}
 
 # flags
 F_REPLY = 0x01      # a reply (req_id matches the request)
@@ -94,6 +104,8 @@ F_ANY = 0x10        # READ: serve even if not the tail / a write is in flight (r
 F_BLOCKS = 0x20     # READ request: reply with whole blocks and their stored CRCs (zero-copy send)
 F_BLOCKCRC = 0x40   # READ reply: payload = CRCs (arg bytes, one u32 per block) + whole blocks from
                     # offset; payload_crc unused: the reader checks every block (end to end)
+F_SNAP = 0x80       # READ: at snapshot ``epoch``; SYNC_FETCH / INSTALL: the preserved version of epoch
+                    # ``epoch`` (until = ``snap``), not the current one
 
 # internal status (fits an i16): a forwarded WRITE/TRUNCATE found a version gap;
 # the predecessor answers it with an INSTALL of its whole chunk.
@@ -115,6 +127,8 @@ class Header(NamedTuple):
     payload_crc: int = 0
     arg: int = 0
     target: int = NO_TARGET
+    epoch: int = 0
+    snap: int = 0
 
     @property
     def name(self) -> str:
@@ -153,11 +167,11 @@ def encode(h: Header, payload=b"", crc: int | None = None) -> bytes:
     elif crc is None:
         crc = crc32c(payload)
     return HEADER.pack(MAGIC, h.op, h.flags, h.status, h.req_id, h.ino, h.index, h.chain_id, h.chain_version,
-                       h.offset, n, h.version, crc, h.arg, h.target)
+                       h.offset, n, h.version, crc, h.arg, h.target, h.epoch, h.snap)
 
 
 def decode(b) -> Header:
-    """Parse 64 header bytes; ``ProtocolError`` on bad magic or a length over ``MAX_PAYLOAD``."""
+    """Parse ``HEADER_SIZE`` header bytes; ``ProtocolError`` on bad magic or a length over ``MAX_PAYLOAD``."""
     t = HEADER.unpack_from(b)
     if t[0] != MAGIC:
         raise ProtocolError(f"bad magic {t[0]:#x}")
@@ -329,7 +343,8 @@ class FrameWriter:
         """A READ reply of whole blocks straight from a chunk file (``os.sendfile``):
         the header and the blocks' stored CRCs, then ``count`` bytes of ``fd``."""
         hb = HEADER.pack(MAGIC, h.op, h.flags | F_BLOCKCRC, h.status, h.req_id, h.ino, h.index, h.chain_id,
-                         h.chain_version, h.offset, len(crcs) + count, h.version, 0, len(crcs), h.target)
+                         h.chain_version, h.offset, len(crcs) + count, h.version, 0, len(crcs), h.target, h.epoch,
+                         h.snap)
         async with self.lock:
             await self.loop.sock_sendall(self.sock, hb + crcs)
             sent = 0

@@ -80,7 +80,7 @@ async def listing(dc: DataClient, tid: int, cid: int) -> dict[tuple[int, int], t
             h = h._replace(flags=dp.F_CURSOR, ino=cursor[0], index=cursor[1])
         rh, rp = await dc.pool.call(addr, h, b"", 10.0)
         dp.raise_for(rh, rp)
-        for ino, index, version, _ in msgpack.unpackb(bytes(rp)):
+        for ino, index, version, *_ in msgpack.unpackb(bytes(rp)):  # then digest, epoch, preserved versions
             _, data = await dc.read_target(tid, ino, index)
             out[(ino, index)] = (version, crc32c(data))
         if not rh.flags & dp.F_MORE:

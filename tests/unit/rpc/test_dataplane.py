@@ -11,15 +11,23 @@ from dfs.common.checksum import crc32c
 from dfs.rpc import dataplane as dp
 
 
-def test_header_is_64_bytes():
-    assert dp.HEADER_SIZE == 64
-    assert len(dp.encode(dp.Header(dp.PING))) == 64
+def test_header_is_72_bytes():
+    assert dp.HEADER_SIZE == 72
+    assert len(dp.encode(dp.Header(dp.PING))) == 72
+
+
+def test_a_frame_of_the_64_byte_format_is_a_protocol_error():
+    import struct
+
+    old = struct.pack("<IBBhQQIIIIIQIII", 0x31534644, dp.PING, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(dp.ProtocolError):
+        dp.decode(old + bytes(8))
 
 
 def test_round_trip_every_field():
     h = dp.Header(dp.WRITE, flags=dp.F_FORWARD | dp.F_REPLY, status=-5, req_id=2**64 - 1, ino=2**63 + 7,
                   index=2**32 - 1, chain_id=12, chain_version=34, offset=4096, version=2**64 - 2, arg=0xDEADBEEF,
-                  target=9)
+                  target=9, epoch=2**32 - 2, snap=77)
     payload = b"hello world" * 100
     b = dp.encode(h, payload)
     d = dp.decode(b)
@@ -42,7 +50,7 @@ def test_bad_magic():
 
 def test_oversize_length_rejected():
     b = bytearray(dp.encode(dp.Header(dp.PING)))
-    dp.HEADER.pack_into(b, 0, dp.MAGIC, dp.WRITE, 0, 0, 1, 0, 0, 0, 0, 0, dp.MAX_PAYLOAD + 1, 0, 0, 0, 0)
+    dp.HEADER.pack_into(b, 0, dp.MAGIC, dp.WRITE, 0, 0, 1, 0, 0, 0, 0, 0, dp.MAX_PAYLOAD + 1, 0, 0, 0, 0, 0, 0)
     with pytest.raises(dp.ProtocolError):
         dp.decode(b)
 
