@@ -1,4 +1,4 @@
-"""The data plane's wire format (dfs.rpc.dataplane) and a real round trip.
+"""The data plane's wire format (dfs.wire.dataplane) and a real round trip.
 
 Codec (no I/O): the 64-byte frame header of a READ request, encoded and
 decoded; a WRITE request's header with a 4 KiB payload (its CRC32C
@@ -30,7 +30,7 @@ import msgpack
 import pytest
 
 from dfs.common.layout import Layout
-from dfs.rpc import dataplane as dp
+from dfs.wire import dataplane as dp
 
 READ_REQ = dp.Header(dp.READ, flags=dp.F_BLOCKS, req_id=12345, ino=0x1234_5678_9ABC, index=7, chain_id=3,
                      chain_version=9, offset=65536, arg=4096, target=2)
@@ -128,8 +128,8 @@ INO = 0x7E57_0000_0001  # no inode of the namespace: the data server does not as
 @pytest.fixture(scope="module")
 def data_client(bench_cluster):
     """(loop, DataClient, target id, its address) with one 64 KiB chunk written."""
-    from dfs.rpc.data import DataClient
-    from dfs.rpc.transport import GrpcTransport
+    from dfs.route.data import DataClient
+    from dfs.route.shards import GrpcTransport
 
     lp = asyncio.new_event_loop()
     tr = dc = None

@@ -7,8 +7,8 @@ from dfs.bench.data_path import Figure, run_dfs
 from dfs.client.file import FileHandle
 from dfs.client.meta import MetaClient
 from dfs.common.ids import ROOT_INO
-from dfs.rpc.data import DataClient
-from dfs.rpc.transport import GrpcTransport
+from dfs.route.data import DataClient
+from dfs.route.shards import GrpcTransport
 from dfs.local.cluster import LocalCluster
 
 

@@ -67,8 +67,8 @@ async def _run(workers: int, jobs: list, fn) -> tuple[float, list[float]]:
 
 
 async def bench(folder: str, files: int, parallel: int, sizes_kib: list[int], log=print) -> list[dict]:
-    from dfs.rpc.data import DataClient
-    from dfs.rpc.transport import GrpcTransport
+    from dfs.route.data import DataClient
+    from dfs.route.shards import GrpcTransport
     from dfs.local.cluster import LocalCluster
 
     cluster = LocalCluster(folder, shards=1, replicas=3, mgmt_replicas=1, data_servers=3)

@@ -53,8 +53,8 @@ from dfs.client.meta import MetaClient
 from dfs.common import errors as err
 from dfs.common.config import RaftOptions
 from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
-from dfs.rpc import auth as rpc_auth
-from dfs.rpc.transport import GrpcTransport
+from dfs.wire import auth as rpc_auth
+from dfs.route.shards import GrpcTransport
 from dfs.local.cluster import LocalCluster
 
 CASES = ("create", "create_many", "getattr", "getattr_many", "failover")

@@ -123,7 +123,7 @@ def _fetch_map(mgmt: list[str]):
     import asyncio
 
     from dfs.common import errors
-    from dfs.rpc.transport import GrpcTransport
+    from dfs.route.shards import GrpcTransport
 
     async def go():
         t = GrpcTransport(mgmt, deadline=3.0, attempt_timeout=1.0)

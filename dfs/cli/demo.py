@@ -18,7 +18,7 @@ def _data_demo(c, fs, parent: int, mib: int) -> None:
     """Write and read a file through the data servers; lose one and read again."""
     from dfs.client.file import FileHandle
     from dfs.common.layout import Layout, chain_of
-    from dfs.rpc.data import DataClient
+    from dfs.route.data import DataClient
 
     size = mib << 20
     lay = Layout(chunk_size=4 << 20, stripe=3, replicas=3)
@@ -71,7 +71,7 @@ def _data_demo(c, fs, parent: int, mib: int) -> None:
 def _client(c):
     """A synchronous namespace client of cluster ``c`` (inode-level: the demo shows ids and shards)."""
     from dfs.client.meta import MetaClient, SyncMetaClient
-    from dfs.rpc.transport import GrpcTransport
+    from dfs.route.shards import GrpcTransport
 
     async def connect() -> MetaClient:
         return MetaClient(await GrpcTransport(c.mgmt_addresses, auth=c.credentials).connect())

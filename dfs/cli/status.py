@@ -82,7 +82,7 @@ async def _shard_status(addr: str, timeout: float):
 
     from dfs._proto import meta_pb2 as pb
     from dfs._proto import meta_pb2_grpc as pbg
-    from dfs.rpc import auth
+    from dfs.wire import auth
 
     async with auth.channel(addr) as ch:  # the credentials `status` remembered
         try:
@@ -97,7 +97,7 @@ async def _mgmt_probe(addr: str, timeout: float):
 
     from dfs._proto import meta_pb2 as pb
     from dfs._proto import meta_pb2_grpc as pbg
-    from dfs.rpc import auth
+    from dfs.wire import auth
 
     async with auth.channel(addr) as ch:  # the credentials `status` remembered
         try:
@@ -110,7 +110,7 @@ async def _mgmt_probe(addr: str, timeout: float):
 def gather(mgmt: list[str], cfg=None, timeout: float = TIMEOUT) -> dict:
     """The cluster's state as `dfs status --json` prints it."""
     from dfs.cli.cluster import _fetch_map
-    from dfs.rpc import auth
+    from dfs.wire import auth
 
     cmap = _fetch_map(mgmt)
     if cmap is not None:  # the replicas are reached with what reaches mgmt
@@ -319,7 +319,7 @@ def render(st: dict) -> str:
 def status(data: str | None, cluster_path: str | None, as_json: bool, timeout: float) -> None:
     """The whole cluster: Raft roles and lag per shard, mgmt, data servers, targets, chains."""
     from dfs.client.api import find_cluster, find_credentials
-    from dfs.rpc import auth
+    from dfs.wire import auth
 
     try:
         mgmt = find_cluster(cluster_path, data=data)

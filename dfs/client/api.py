@@ -21,7 +21,7 @@ Layers, bottom up (each module's opener says more):
 
 Errors are ``dfs.common.errors.DfsError``: ``OSError`` subclasses with the
 errno a local file system would give (``FileNotFoundError``, ...).
-Imports: dfs.common, dfs.rpc and this package only.
+Imports: dfs.common, dfs.wire, dfs.route and this package only.
 """
 
 from __future__ import annotations

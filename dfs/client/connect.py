@@ -1,7 +1,7 @@
 """Finding a cluster and connecting to it: ``dfs.connect()``, ``dfs.aconnect()``, and ``dial``
 (the transports both faces use: the library here, the FUSE mount in dfs/fuse/mount.py).
 
-Imports: dfs.common, dfs.rpc and this package only.
+Imports: dfs.common, dfs.wire, dfs.route and this package only.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ def find_cluster(cluster: str | os.PathLike | None = None, *, data: str | None =
 def find_credentials(cluster: str | os.PathLike | None = None, *, data: str | None = None,
                      mgmt: list[str] | str | None = None, token: str | None = None,
                      token_file: str | None = None):
-    """The ``dfs.rpc.auth.Credentials`` to show the cluster ``find_cluster`` finds.
+    """The ``dfs.wire.auth.Credentials`` to show the cluster ``find_cluster`` finds.
 
     The client token: ``token``, else the file ``token_file``, else $DFS_TOKEN, else
     the file $DFS_TOKEN_FILE, else the cluster file's (``client_token`` or
     ``client_token_file``). TLS: the cluster file's ``[tls] ca``. Given addresses
     only (``mgmt``, $DFS_MGMT), the cluster file's part is what this process
-    remembers for those addresses (``dfs.rpc.auth.known``), else nothing."""
-    from dfs.rpc import auth
+    remembers for those addresses (``dfs.wire.auth.known``), else nothing."""
+    from dfs.wire import auth
 
     explicit = auth.client_token(token, token_file)
     where = locate(cluster, data=data, mgmt=mgmt)
@@ -58,10 +58,10 @@ def find_credentials(cluster: str | os.PathLike | None = None, *, data: str | No
 
 async def dial(mgmt: list[str], *, auth=None, caller: Caller = ROOT, deadline: float = 30.0):
     """(MetaClient, DataClient) of the cluster whose mgmt replicas are ``mgmt``, showing ``auth``
-    (``dfs.rpc.auth.Credentials``; None: those known for ``mgmt``). ``caller``: the
+    (``dfs.wire.auth.Credentials``; None: those known for ``mgmt``). ``caller``: the
     MetaClient's own identity (the one the data path's metadata calls run as)."""
-    from dfs.rpc.data import DataClient
-    from dfs.rpc.transport import GrpcTransport
+    from dfs.route.data import DataClient
+    from dfs.route.shards import GrpcTransport
 
     t = GrpcTransport(mgmt, deadline=deadline, auth=auth)
     try:

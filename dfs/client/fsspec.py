@@ -13,7 +13,7 @@ by the URL. Files are the ``Client``'s io objects (``open`` semantics, not
 fsspec's block cache): writes go out as they are buffered and are visible to
 others after ``close`` (close-to-open); there are no transactions.
 
-Imports: dfs.common, dfs.rpc, this package; fsspec.
+Imports: dfs.common, dfs.route, this package; fsspec.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Everything that sends a metadata operation to the leader of a shard goes
 through this interface: the client (``MetaClient`` over the gRPC transport,
-dfs/rpc/transport.py, or the in-process engine, dfs/meta/local.py), a shard
+dfs/route/shards.py, or the in-process engine, dfs/meta/local.py), a shard
 calling its peers (dfs/meta/server.py), and the coordinator of cross-shard
 operations (its view: its own shard directly, the others through the peers,
 dfs/meta/service.py). An implementation finds the leader, follows "not

@@ -1,7 +1,7 @@
 """Data servers: the chunk store of a target, and (later) the server process,
 chain replication, resync and the scrubber.
 
-``dfs.data`` may import ``dfs.common``, ``dfs.kv`` and ``dfs.rpc``; nothing
+``dfs.data`` may import ``dfs.common``, ``dfs.kv``, ``dfs.wire`` and ``dfs.route``; nothing
 below it imports ``dfs.data``.
 """
 

@@ -79,8 +79,8 @@ from dfs.common import errors as err
 from dfs.data.resync import InflightGate, Resyncer, digest, vdigest
 from dfs.data.store import Preserved
 from dfs.kv import RocksKV, WriteBatch
-from dfs.rpc import dataplane as dp
-from dfs.rpc.data import Pool
+from dfs.wire import dataplane as dp
+from dfs.route.data import Pool
 
 log = logging.getLogger("dfs.data.chain")
 

@@ -56,7 +56,7 @@ they close is described in docs/design/data.md, "Failure and resync"):
 Copies are rate-limited by the cluster file's ``resync_rate`` (bytes/s; 0 is
 unlimited) so that a resync stays a background load.
 
-This module may import dfs.common, dfs.rpc (the data-plane codec and peer
+This module may import dfs.common, dfs.wire (the data-plane codec), dfs.route (the peer
 pool) and dfs.data; the request handlers that call it are in dfs/data/chain.py.
 """
 
@@ -75,7 +75,7 @@ import msgpack
 
 from dfs.common.blocks import block_crcs
 from dfs.common.checksum import crc32c
-from dfs.rpc import dataplane as dp
+from dfs.wire import dataplane as dp
 
 log = logging.getLogger("dfs.data.resync")
 

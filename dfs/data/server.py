@@ -3,7 +3,7 @@
     python -m dfs.data.server --config cluster.toml --server 0
 
 It opens a ChunkStore (and the chain index sidecar, ``dfs.data.chain``) per
-target at the target's path, serves the data plane (``dfs.rpc.dataplane``) on
+target at the target's path, serves the data plane (``dfs.wire.dataplane``) on
 the server's address (bound there only), heartbeats to the mgmt leader every
 0.5 s with each target's state, capacity and finished resyncs, and refreshes
 its cluster map when the epoch in a heartbeat reply grows (or when a request
@@ -16,7 +16,7 @@ removes this target's chunks of inodes their metadata shard does not have
 (older than ``orphan_grace``); all four come from the cluster file. Each pass
 logs one line with its counts.
 With a client token in the cluster file a connection must open with a HELLO
-that shows it (``dfs.rpc.dataplane``); otherwise the server answers EACCES and
+that shows it (``dfs.wire.dataplane``); otherwise the server answers EACCES and
 closes it without reading a request. The server shows the token itself to mgmt
 and to its chain peers.
 Snapshots: the server takes the data epoch and live snapshots from every
@@ -57,10 +57,11 @@ from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.data.chain import USAGE_INTERVAL, ChainIndex, ChainService, Extent, Target
 from dfs.data.store import ChunkStore
-from dfs.rpc import dataplane as dp
-from dfs.rpc.auth import ServerAuth
-from dfs.rpc.data import Pool
-from dfs.rpc.transport import CHANNEL_OPTIONS, ClusterMap, GrpcTransport
+from dfs.wire import dataplane as dp
+from dfs.wire.auth import ServerAuth
+from dfs.route.data import Pool
+from dfs.common.clustermap import ClusterMap
+from dfs.route.shards import CHANNEL_OPTIONS, GrpcTransport
 
 log = logging.getLogger("dfs.data.server")
 

@@ -133,7 +133,7 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
                     read_ahead_kb: int = DEFAULT_READ_AHEAD_KB, options: tuple[str, ...] = (),
                     allow_other: bool | None = None, on_mounted=None, auth=None) -> None:
     """Connect to the cluster whose mgmt replicas are ``mgmt`` (showing ``auth``, a
-    ``dfs.rpc.auth.Credentials``) and serve it at ``mountpoint`` until unmounted."""
+    ``dfs.wire.auth.Credentials``) and serve it at ``mountpoint`` until unmounted."""
     if not os.path.isabs(mountpoint):
         raise ValueError("the mount point must be an absolute path")
     pyfuse3.asyncio.enable()

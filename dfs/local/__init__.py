@@ -14,6 +14,6 @@ The tests build on it (``dfs.testing.cluster.LocalCluster`` adds clients and
 reads of a replica's RocksDB; ``dfs.testing.netns.NetnsCluster`` runs the same
 processes in network namespaces).
 
-May import: dfs.common, dfs.rpc and the generated stubs; never the client
+May import: dfs.common, dfs.wire and the generated stubs; never the client
 library, the servers' code (it runs them as ``python -m``), cli, bench or testing.
 """

@@ -18,14 +18,14 @@ this class with test-only extras.
 Security is on as ``dfs cluster up`` deploys it: the cluster file gets a
 random client token (``auth=False``: none) and, with ``tls=TlsConfig(...)``,
 gRPC over TLS. The cluster's credentials are remembered for its addresses in
-this process (``dfs.rpc.auth.remember``), so clients made from its addresses
+this process (``dfs.wire.auth.remember``), so clients made from its addresses
 alone reach it; ``client.toml`` next to ``cluster.toml`` is what a client
 machine would get (no Raft password).
 
 Processes are tracked by PID; ``stop`` ends exactly the processes this object
 started (SIGTERM, then SIGKILL after a grace period).
 
-May import: dfs.common, dfs.rpc, dfs.local and the generated stubs; never the
+May import: dfs.common, dfs.wire, dfs.local and the generated stubs; never the
 client library (clients of the cluster are their user's business) or dfs.testing.
 """
 
@@ -50,8 +50,8 @@ from dfs.common.config import (
 )
 from dfs.local import probe
 from dfs.local.procs import Proc, ServerGroup, free_ports
-from dfs.rpc import auth as rpc_auth
-from dfs.rpc.transport import ClusterMap
+from dfs.wire import auth as wire_auth
+from dfs.common.clustermap import ClusterMap
 
 
 class LocalCluster(ServerGroup):
@@ -103,7 +103,7 @@ class LocalCluster(ServerGroup):
                 client_token=secrets.token_hex(32) if auth else None, tls=tls)
             self._save_private(self.config_path, self.cfg.save)
             self._save_private(os.path.join(self.root, "client.toml"), self.cfg.client_config().save)
-        self.credentials = rpc_auth.remember_config(self.cfg)  # what clients of this cluster show
+        self.credentials = wire_auth.remember_config(self.cfg)  # what clients of this cluster show
         self.procs: list[Proc] = []
         for m in self.cfg.mgmt:
             d = os.path.join(self.root, f"mgmt{m.id}")
@@ -126,12 +126,12 @@ class LocalCluster(ServerGroup):
     def reload(self) -> ClusterConfig:
         """Read the cluster file again (``dfs admin`` membership commands rewrite it)."""
         self.cfg = ClusterConfig.load(self.config_path)
-        self.credentials = rpc_auth.remember_config(self.cfg)
+        self.credentials = wire_auth.remember_config(self.cfg)
         return self.cfg
 
     def _edited(self, edit) -> None:
         self.cfg = edit_cluster_file(self.config_path, edit)
-        self.credentials = rpc_auth.remember_config(self.cfg)
+        self.credentials = wire_auth.remember_config(self.cfg)
 
     def _new_replica_addr(self, rid: int, metrics: bool) -> ReplicaAddr:
         host = self.cfg.mgmt[0].address.rsplit(":", 1)[0]
@@ -206,7 +206,7 @@ class LocalCluster(ServerGroup):
             f"{host}:{next(ports)}" if metrics else None)
         self.cfg = replace(self.cfg, data=self.cfg.data + (ds,))
         self._save_private(self.config_path, self.cfg.save)
-        self.credentials = rpc_auth.remember_config(self.cfg)
+        self.credentials = wire_auth.remember_config(self.cfg)
         d = os.path.join(self.root, f"data{sid}")
         p = Proc("data", -1, sid, ds.address, d, d + ".log", metrics=ds.metrics)
         self.procs.append(p)

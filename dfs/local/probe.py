@@ -4,7 +4,7 @@ answer is None, never an exception. The launcher's health waits use them, and
 so do ``dfs admin`` and ``dfs cluster status`` (against any cluster's
 addresses, with that cluster's credentials).
 
-May import: dfs.common, dfs.rpc (credentials) and the generated stubs.
+May import: dfs.common, dfs.wire (credentials) and the generated stubs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import grpc
 
 from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
-from dfs.rpc.auth import Credentials
+from dfs.wire.auth import Credentials
 
 TIMEOUT = 2.0
 

@@ -8,7 +8,7 @@ leader answers; a follower replies NOT_LEADER with the leader's gRPC address.
 This module is the thin gRPC edge: protobuf does not pass beyond it.
 
 With a client token in the cluster file every call must show it (refused
-UNAUTHENTICATED before it is parsed, ``dfs.rpc.auth.TokenCheck``); internal
+UNAUTHENTICATED before it is parsed, ``dfs.wire.auth.TokenCheck``); internal
 (two-phase) operations also need the internal token, which only servers
 derive (from the Raft password). With [tls] the port speaks TLS only.
 
@@ -46,8 +46,9 @@ from dfs.common.records import Caller
 from dfs.consensus.raft import RaftHost
 from dfs.meta.service import ShardService
 from dfs.meta.store import MetaStore
-from dfs.rpc.auth import ServerAuth, shows
-from dfs.rpc.transport import CHANNEL_OPTIONS, ClusterMap, GrpcTransport
+from dfs.wire.auth import ServerAuth, shows
+from dfs.common.clustermap import ClusterMap
+from dfs.route.shards import CHANNEL_OPTIONS, GrpcTransport
 
 log = logging.getLogger("dfs.meta.server")
 
@@ -433,7 +434,7 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
         # Chunks of deleted files are freed through the data plane, from the
         # cluster map of mgmt (which knows the chains as they are now).
         from dfs.common.layout import Layout
-        from dfs.rpc.data import DataClient
+        from dfs.route.data import DataClient
 
         async def remover(ino: int, layout: int, size: int) -> None:
             nonlocal data_client

@@ -15,7 +15,7 @@ silent for more than ``target_timeout`` seconds out of its chains
 (``target_down``). A new leader treats every target as just seen.
 
 With a client token in the cluster file every call must show it
-(``dfs.rpc.auth.TokenCheck``); SetClusterMap also needs the internal token
+(``dfs.wire.auth.TokenCheck``); SetClusterMap also needs the internal token
 (servers and operators with the Raft password only). With [tls] the port
 speaks TLS only.
 """
@@ -42,7 +42,7 @@ from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
 from dfs.consensus.raft import RaftHost
 from dfs.mgmt.store import OFFLINE, MgmtStore, build_chains, targets_from_servers
-from dfs.rpc.auth import ServerAuth, shows
+from dfs.wire.auth import ServerAuth, shows
 
 INTERNAL_HEADER = "x-dfs-internal"  # as dfs.meta.server: what servers show for internal operations
 

@@ -25,7 +25,7 @@ import os
 from dfs.client.meta import MetaClient, SyncMetaClient
 from dfs.local.cluster import LocalCluster as _Launcher
 from dfs.local.procs import Proc, free_ports
-from dfs.rpc.transport import GrpcTransport
+from dfs.route.shards import GrpcTransport
 from dfs.testing.replicas import ReplicaFiles
 
 __all__ = ["ClusterFactory", "LocalCluster", "Proc", "free_ports"]

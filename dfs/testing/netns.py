@@ -330,7 +330,8 @@ def _agent_main() -> int:
 
     async def create(req: dict) -> dict:
         from dfs.client.meta import MetaClient
-        from dfs.rpc.transport import ClusterMap, GrpcTransport
+        from dfs.common.clustermap import ClusterMap
+        from dfs.route.shards import GrpcTransport
 
         addr = req["addr"]
         nshards = int(req.get("nshards", req["shard"] + 1))

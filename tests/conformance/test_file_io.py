@@ -65,8 +65,8 @@ _names = iter(range(10**9))
 @given(script=ops)
 def test_random_io_matches_reference_cluster(data_cluster, script):
     """The same, through a real cluster: 3 data servers, chains of 3 replicas, 2 metadata shards."""
-    from dfs.rpc.data import DataClient
-    from dfs.rpc.transport import GrpcTransport
+    from dfs.route.data import DataClient
+    from dfs.route.shards import GrpcTransport
 
     async def go():
         t = await GrpcTransport(data_cluster.mgmt_addresses).connect()
@@ -83,8 +83,8 @@ def test_random_io_matches_reference_cluster(data_cluster, script):
 def test_replicas_hold_identical_chunks(data_cluster):
     """After writes through the client core, every replica of every chunk has the same version and bytes."""
     from dfs.common.layout import chain_of
-    from dfs.rpc.data import DataClient
-    from dfs.rpc.transport import GrpcTransport
+    from dfs.route.data import DataClient
+    from dfs.route.shards import GrpcTransport
 
     async def go():
         t = await GrpcTransport(data_cluster.mgmt_addresses).connect()

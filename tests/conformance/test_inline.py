@@ -402,8 +402,8 @@ _names = iter(range(10**9))
 @pytest.mark.slow
 def test_inline_on_a_real_cluster(data_cluster):
     """Through gRPC, Raft and data servers: inline small files, a migration, reads after reopen."""
-    from dfs.rpc.data import DataClient
-    from dfs.rpc.transport import GrpcTransport
+    from dfs.route.data import DataClient
+    from dfs.route.shards import GrpcTransport
 
     async def go():
         t = await GrpcTransport(data_cluster.mgmt_addresses).connect()
@@ -442,8 +442,8 @@ def test_inline_on_a_real_cluster(data_cluster):
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=script_st)
 def test_random_io_mixing_small_and_crossing_sizes_cluster(data_cluster, script):
-    from dfs.rpc.data import DataClient
-    from dfs.rpc.transport import GrpcTransport
+    from dfs.route.data import DataClient
+    from dfs.route.shards import GrpcTransport
 
     async def go():
         t = await GrpcTransport(data_cluster.mgmt_addresses).connect()

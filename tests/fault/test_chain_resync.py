@@ -21,9 +21,9 @@ import pytest
 
 from dfs.common.checksum import crc32c
 from dfs.common.layout import Layout
-from dfs.rpc import dataplane as dp
-from dfs.rpc.data import DataClient
-from dfs.rpc.transport import GrpcTransport
+from dfs.wire import dataplane as dp
+from dfs.route.data import DataClient
+from dfs.route.shards import GrpcTransport
 from dfs.testing.metrics import get, scrape
 from dfs.testing.wait import until_async
 

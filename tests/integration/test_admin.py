@@ -115,7 +115,7 @@ def test_map_commands_drain_move_remove() -> None:
 
 def test_plan_moves_balances() -> None:
     from dfs.mgmt.server import map_to_pb
-    from dfs.rpc.transport import ClusterMap
+    from dfs.common.clustermap import ClusterMap
 
     m = small_map(3)
     m["targets"][4] = {"server": 3, "address": "h:3", "state": "serving", "total": 0, "free": 0}
@@ -228,8 +228,8 @@ def chain_listings(cluster: LocalCluster, m) -> dict[tuple[int, int], list]:
 
     import msgpack
 
-    from dfs.rpc import dataplane as dp
-    from dfs.rpc.data import Pool
+    from dfs.wire import dataplane as dp
+    from dfs.route.data import Pool
 
     async def go():
         pool = Pool(auth=cluster.credentials)

@@ -33,10 +33,10 @@ from dfs.common.config import ClientConfig, ClusterConfig, TlsConfig
 from dfs.common.ids import ROOT_INO
 from dfs.common.layout import Layout
 from dfs.common.ops import Op
-from dfs.rpc import auth
-from dfs.rpc import dataplane as dp
-from dfs.rpc.data import DataClient
-from dfs.rpc.transport import GrpcTransport
+from dfs.wire import auth
+from dfs.wire import dataplane as dp
+from dfs.route.data import DataClient
+from dfs.route.shards import GrpcTransport
 from dfs.testing.cluster import LocalCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

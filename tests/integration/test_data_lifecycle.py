@@ -28,8 +28,8 @@ from dfs.common.layout import Layout
 from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.meta.server import INTERNAL_HEADER
-from dfs.rpc.data import DataClient
-from dfs.rpc.transport import GrpcTransport
+from dfs.route.data import DataClient
+from dfs.route.shards import GrpcTransport
 from dfs.testing.cluster import LocalCluster
 from dfs.testing.damage import chunk_file, flip_byte, target_path
 from dfs.testing.wait import until_async

@@ -14,8 +14,8 @@ import pytest
 
 from dfs.common import errors as err
 from dfs.common.layout import Layout
-from dfs.rpc.data import DataClient
-from dfs.rpc.transport import GrpcTransport
+from dfs.route.data import DataClient
+from dfs.route.shards import GrpcTransport
 from dfs.testing.cluster import LocalCluster
 from dfs.testing.damage import chunk_file, flip_byte
 from dfs.testing.wait import until_async

@@ -19,7 +19,7 @@ import pytest
 from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
-from dfs.rpc.transport import ClusterMap
+from dfs.common.clustermap import ClusterMap
 from dfs.testing.cluster import LocalCluster
 from dfs.testing.wait import until_async
 

@@ -24,9 +24,9 @@ from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common.layout import Layout
 from dfs.mgmt.server import INTERNAL_HEADER
-from dfs.rpc import auth as rpc_auth
-from dfs.rpc.data import DataClient
-from dfs.rpc.transport import GrpcTransport
+from dfs.wire import auth as rpc_auth
+from dfs.route.data import DataClient
+from dfs.route.shards import GrpcTransport
 from dfs.testing.cluster import LocalCluster
 from dfs.testing.damage import target_path
 from dfs.testing.metrics import scrape, total

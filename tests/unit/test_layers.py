@@ -25,28 +25,31 @@ TEST_SUPPORT = {"testing"}
 # "dfs" is the package root, dfs/__init__.py: the public API (dfs.connect, dfs.errors).
 # Rows are in layer order: a package imports only packages of rows above it.
 LAYERS: dict[str, set[str]] = {
-    # the foundation: records, errors, config; storage; consensus; the wire
+    # the foundation: records, errors, config, the cluster map; storage; consensus
     "common": set(),
     "kv": {"common"},
     "consensus": {"common", "kv"},
-    "rpc": {"common"},
-    # the servers (rpc: the servers' auth, dfs.rpc.auth)
-    "mgmt": {"common", "kv", "consensus", "rpc"},
-    "meta": {"common", "kv", "consensus", "rpc"},
-    "data": {"common", "kv", "rpc"},
+    # what every process speaks (frames, credentials), then how a client reaches servers
+    "wire": {"common"},
+    "route": {"common", "wire"},
+    # the servers (route: a server calling others, as a client does)
+    "mgmt": {"common", "kv", "consensus", "wire"},
+    "meta": {"common", "kv", "consensus", "wire", "route"},
+    "data": {"common", "kv", "wire", "route"},
     # the clients: one core, its public face, the FUSE adapter
-    "client": {"common", "rpc"},
+    "client": {"common", "wire", "route"},
     "dfs": {"common", "client"},
-    "fuse": {"common", "rpc", "client"},
+    "fuse": {"common", "client"},
     # running and exercising a cluster: the launcher, the model-checked workload
-    "local": {"common", "rpc"},
+    "local": {"common", "wire"},
     "stress": {"common", "dfs"},
     # the commands
-    "bench": {"common", "rpc", "client", "dfs", "local", "stress"},
-    "cli": {"common", "consensus", "rpc", "mgmt", "meta", "data", "client", "dfs", "fuse", "local", "bench"},
+    "bench": {"common", "wire", "route", "client", "dfs", "local", "stress"},
+    "cli": {"common", "consensus", "wire", "route", "mgmt", "meta", "data", "client", "dfs", "fuse", "local",
+            "bench"},
     # test support: any production package, never a command
-    "testing": {"common", "kv", "consensus", "rpc", "mgmt", "meta", "data", "client", "dfs", "fuse", "local",
-                "stress"},
+    "testing": {"common", "kv", "consensus", "wire", "route", "mgmt", "meta", "data", "client", "dfs", "fuse",
+                "local", "stress"},
 }
 
 

@@ -17,7 +17,7 @@ password, which only servers and operators have. Every command is safe to
 repeat: it works out what is left to do from the cluster's state and does
 only that.
 
-May import: dfs.common, dfs.rpc, dfs.consensus (the membership rules),
+May import: dfs.common, dfs.wire, dfs.route, dfs.consensus (the membership rules),
 dfs.local, dfs.meta.server (a header name) and the generated stubs; never
 dfs.testing. Heavy imports stay inside functions (``dfs --help`` loads this).
 """

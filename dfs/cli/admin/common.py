@@ -6,7 +6,7 @@ replicas name it, Status of replicas, and the progress bar.
 Heavy imports (grpc, the stubs, tqdm) stay inside the functions, as in every
 ``dfs`` subcommand: ``dfs --help`` loads this module.
 
-May import: dfs.common, dfs.rpc, dfs.local (probes), dfs.meta.server (the
+May import: dfs.common, dfs.wire, dfs.route, dfs.local (probes), dfs.meta.server (the
 internal header's name) and the generated stubs.
 """
 
@@ -47,7 +47,7 @@ def config_path(cluster: str | None, data: str | None) -> str:
 
 def session(obj: dict):
     """(cluster config, credentials) of the cluster the group's options name."""
-    from dfs.rpc import auth
+    from dfs.wire import auth
 
     cfg = config(obj["cluster"], obj["data"])
     return cfg, auth.remember_config(cfg)
@@ -56,7 +56,7 @@ def session(obj: dict):
 def creds_for(path: str):
     """The credentials of the cluster file at ``path`` (remembered for its addresses)."""
     from dfs.common.config import ClusterConfig
-    from dfs.rpc import auth
+    from dfs.wire import auth
 
     return auth.remember_config(ClusterConfig.load(path))
 
@@ -77,8 +77,8 @@ async def first_map(cfg, creds, timeout: float = 2.0):
 
 
 async def get_map(cfg, creds, timeout: float = 2.0):
-    """The cluster map of the first mgmt replica that answers (a ``dfs.rpc.transport.ClusterMap``)."""
-    from dfs.rpc.transport import ClusterMap
+    """The cluster map of the first mgmt replica that answers (a ``dfs.route.shards.ClusterMap``)."""
+    from dfs.common.clustermap import ClusterMap
 
     m = await first_map(cfg, creds, timeout)
     return None if m is None else ClusterMap.from_pb(m)

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 
 from dfs.common import errors as err
-from dfs.rpc import dataplane as dp
+from dfs.wire import dataplane as dp
 
 from .test_resync import (
     T1,

@@ -23,8 +23,8 @@ from dfs.data.chain import ChainIndex, ChainService, Target
 from dfs.data.store import ChunkStore
 from dfs.mgmt.server import map_to_pb
 from dfs.mgmt.store import COMMANDS
-from dfs.rpc import dataplane as dp
-from dfs.rpc.transport import ClusterMap
+from dfs.wire import dataplane as dp
+from dfs.common.clustermap import ClusterMap
 from dfs.testing.wait import until_async
 
 T1, T2, T3 = 1, 2, 3  # chain 0: head, tail, and the target that goes out and resyncs

@@ -14,7 +14,7 @@ from dfs.common.config import (
 )
 from dfs.mgmt.server import map_from_config, map_to_pb
 from dfs.mgmt.store import MgmtStore, build_chains, order_targets
-from dfs.rpc.transport import ClusterMap
+from dfs.common.clustermap import ClusterMap
 
 
 def cfg(servers: int, per: int, replicas: int = 3) -> ClusterConfig:

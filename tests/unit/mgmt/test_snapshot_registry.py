@@ -15,7 +15,7 @@ from dfs.common.config import (
 )
 from dfs.mgmt.server import map_from_config, map_to_pb
 from dfs.mgmt.store import CREATING_TIMEOUT, MgmtStore, live_snapshots
-from dfs.rpc.transport import ClusterMap
+from dfs.common.clustermap import ClusterMap
 
 T0 = 1_000_000_000_000
 

@@ -4,7 +4,7 @@ A cluster with a ``client_token`` in its cluster file refuses every request
 that does not show it: gRPC calls carry it as ``authorization: Bearer <token>``
 metadata (checked by ``TokenCheck``, a server interceptor, before the request
 is even parsed) and data-plane connections open with a HELLO frame that holds
-it (``dfs.rpc.dataplane``; checked by the data server before it reads a
+it (``dfs.wire.dataplane``; checked by the data server before it reads a
 request). Comparisons are constant-time (``hmac.compare_digest``). A refused
 gRPC call ends UNAUTHENTICATED, which clients raise as ``Unauthenticated`` (a
 ``PermissionError``, EACCES) saying whether the token was missing or wrong.

@@ -18,8 +18,8 @@ Retries (until ``deadline``):
   ``EAGAIN`` (a write in flight there) and ``EIO`` (a bad block there; the
   server repairs it from a peer) move on to the next replica.
 
-Every connection starts with the HELLO handshake (``dfs.rpc.dataplane``)
-carrying the client token of the ``Credentials`` (``dfs.rpc.auth``) the
+Every connection starts with the HELLO handshake (``dfs.wire.dataplane``)
+carrying the client token of the ``Credentials`` (``dfs.wire.auth``) the
 client was given, or that the cluster map was fetched with; a refusal raises
 ``Unauthenticated`` (EACCES), which is not retried.
 
@@ -33,7 +33,7 @@ a server that no longer keeps the snapshot answers ESTALE, raised as
 ``snap_resume`` are the snapshot coordinator's: they go to every data server
 of the map.
 
-Imports: dfs.common (and msgpack) only; the map is ``dfs.rpc.transport.ClusterMap``.
+Imports: dfs.common (and msgpack) only; the map is ``dfs.route.shards.ClusterMap``.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from typing import Any
 import msgpack
 
 from dfs.common import errors as err
-from dfs.rpc import dataplane as dp
-from dfs.rpc.auth import Credentials, Unauthenticated
-from dfs.rpc.transport import ClusterMap
+from dfs.wire import dataplane as dp
+from dfs.wire.auth import Credentials, Unauthenticated
+from dfs.common.clustermap import ClusterMap
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from dfs.common.checksum import crc32c
-from dfs.rpc import dataplane as dp
+from dfs.wire import dataplane as dp
 
 
 def test_header_is_72_bytes():

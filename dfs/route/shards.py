@@ -1,4 +1,5 @@
-"""gRPC transport to the metadata shards: cluster map, leader following, retries.
+"""gRPC transport to the metadata shards (a ``dfs.common.shards.ShardCalls``): the cluster
+map, leader following, retries.
 
 Used by clients (through MetaClient) and by shard servers to reach their
 peers. It fetches the cluster map from any mgmt replica, sends each operation
@@ -13,11 +14,11 @@ one than ours starts a map refresh in the background (that is how clients
 learn of replicas and shards added to a running cluster), and an inode of a
 shard our map does not have yet makes us fetch the map before giving up.
 
-Every call carries the client token of its ``Credentials`` (``dfs.rpc.auth``;
+Every call carries the client token of its ``Credentials`` (``dfs.wire.auth``;
 default: those remembered for the mgmt addresses) as metadata, over TLS when
 they have a CA. UNAUTHENTICATED is not retried: it raises ``Unauthenticated``.
 
-Imports: dfs.common and the generated stubs only.
+Imports: dfs.common, dfs.wire and the generated stubs only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -34,9 +34,10 @@ import msgpack
 from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
+from dfs.common.clustermap import ClusterMap
 from dfs.common.ops import Op
 from dfs.common.records import Caller
-from dfs.rpc import auth as _auth
+from dfs.wire import auth as _auth
 
 log = logging.getLogger(__name__)
 
@@ -53,92 +54,6 @@ _RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 
 def _unpack(b: bytes) -> Any:
     return msgpack.unpackb(b, raw=False, use_list=True, strict_map_key=False)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetInfo:
-    """A data target as mgmt sees it; state: "serving" | "syncing" | "offline"."""
-
-    id: int
-    server: int
-    address: str  # the owning data server's data-plane host:port
-    state: str
-    total: int = 0
-    free: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ChainInfo:
-    """A replication chain. ``targets``: the serving members, head -> tail;
-    ``syncing``: members being resynced (they follow the tail, serve no reads);
-    ``members``: the configured targets in configured order. ``id`` is the
-    chain's position in the chain table."""
-
-    id: int
-    version: int
-    targets: tuple[int, ...]
-    syncing: tuple[int, ...] = ()
-    members: tuple[int, ...] = ()
-
-    @property
-    def head(self) -> int | None:
-        return self.targets[0] if self.targets else None
-
-    @property
-    def tail(self) -> int | None:
-        return self.targets[-1] if self.targets else None
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    """A snapshot in mgmt's registry. ``epoch``: its number (it holds every change
-    tagged ``<= epoch``); ``state``: "creating" | "ready" | "deleting";
-    ``exclusive``/``shared``: bytes of the chunk versions the data servers keep
-    for it that only it reads / that another snapshot reads too, summed over
-    every target (replicas count each), from their last heartbeats."""
-
-    epoch: int
-    name: str
-    root: int
-    path: str
-    state: str
-    created: int = 0
-    exclusive: int = 0
-    shared: int = 0
-
-
-class ClusterMap:
-    """What a client knows of the cluster: shard -> replica gRPC addresses, the
-    data targets and the chain table, the epoch; and for snapshots the data
-    servers' write epoch and the snapshot registry."""
-
-    def __init__(self, epoch: int, shards: list[list[str]], mgmt: list[str],
-                 targets: dict[int, TargetInfo] | None = None, chains: list[ChainInfo] | None = None,
-                 data_epoch: int = 1, snapshots: dict[int, SnapshotInfo] | None = None) -> None:
-        self.epoch = epoch
-        self.shards = shards
-        self.mgmt = mgmt
-        self.targets: dict[int, TargetInfo] = targets or {}
-        self.chains: list[ChainInfo] = chains or []
-        self.data_epoch = data_epoch
-        self.snapshots: dict[int, SnapshotInfo] = snapshots or {}
-        # the credentials the map was fetched with: the data plane shows them to the map's servers
-        self.auth: _auth.Credentials | None = None
-
-    @classmethod
-    def from_pb(cls, m: pb.ClusterMap) -> ClusterMap:
-        shards = [[r.address for r in sorted(s.replicas, key=lambda r: r.id)] for s in sorted(m.shards, key=lambda s: s.shard)]
-        targets = {t.id: TargetInfo(t.id, t.server, t.address, t.state, t.total, t.free) for t in m.targets}
-        chains = [ChainInfo(c.id, c.version, tuple(c.serving), tuple(c.syncing), tuple(c.members))
-                  for c in sorted(m.chains, key=lambda c: c.id)]
-        snaps = {s.epoch: SnapshotInfo(s.epoch, s.name, s.root, s.path, s.state, s.created, s.exclusive, s.shared)
-                 for s in m.snapshots}
-        return cls(m.epoch, shards, [r.address for r in m.mgmt], targets, chains, m.data_epoch or 1, snaps)
-
-    @property
-    def live_snapshots(self) -> tuple[int, ...]:
-        """The snapshots the data servers keep chunk versions for (the ready ones), ascending."""
-        return tuple(sorted(s for s, x in self.snapshots.items() if x.state == "ready"))
 
 
 class GrpcTransport:
