@@ -53,7 +53,7 @@ from dfs.client.meta import MetaClient
 from dfs.common import errors as err
 from dfs.common.config import RaftOptions
 from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
-from dfs.wire import auth as rpc_auth
+from dfs.wire import auth as wire_auth
 from dfs.route.shards import GrpcTransport
 from dfs.local.cluster import LocalCluster
 
@@ -129,7 +129,7 @@ def _worker(mgmt: list[str], kind: str, parent: int, items: list, callers: int, 
 
     async def go() -> dict:
         if creds is not None:  # the cluster's token (a spawned process starts with nothing remembered)
-            rpc_auth.remember(mgmt, creds)
+            wire_auth.remember(mgmt, creds)
         c = await _connect(mgmt)
         try:
             await c.getattr(ROOT_INO)
@@ -154,7 +154,7 @@ async def _run_load(mgmt: list[str], client: MetaClient, kind: str, parent: int,
     barrier = ctx.Barrier(procs)
     out = ctx.Queue()
     per = max(1, callers // procs)
-    creds = rpc_auth.known(mgmt)
+    creds = wire_auth.known(mgmt)
     ps = [ctx.Process(target=_worker, args=(mgmt, kind, parent, items[i::procs], per, barrier, out, creds),
                       daemon=True)
           for i in range(procs)]

@@ -24,7 +24,7 @@ from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common.layout import Layout
 from dfs.mgmt.server import INTERNAL_HEADER
-from dfs.wire import auth as rpc_auth
+from dfs.wire import auth as wire_auth
 from dfs.route.data import DataClient
 from dfs.route.shards import GrpcTransport
 from dfs.testing.cluster import LocalCluster
@@ -52,7 +52,7 @@ async def mgmt(c: LocalCluster, *cmd) -> list:
     end = time.monotonic() + 20
     while True:
         for m in c.cfg.mgmt:
-            async with rpc_auth.channel(m.address) as ch:
+            async with wire_auth.channel(m.address) as ch:
                 rep = await pbg.MgmtServiceStub(ch).Admin(pb.AdminRequest(command=msgpack.packb(list(cmd))),
                                                           metadata=md, timeout=5.0)
             if rep.status == 0:
