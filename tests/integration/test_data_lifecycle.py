@@ -121,32 +121,21 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def make_cluster(root: str, **kw) -> LocalCluster:
-    return LocalCluster(root, mgmt_replicas=1, data_servers=3, **kw)
+BASE = {"mgmt_replicas": 1, "data_servers": 3}
 
 
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture
-def plain_cluster(tmp_path):
+def plain_cluster(make_cluster):
     """Default orphan scan (every 10 min, 1 h grace): only the metadata side frees chunks here."""
-    c = make_cluster(str(tmp_path / "c"), shards=2, replicas=1)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
+    return make_cluster(shards=2, replicas=1, **BASE)
 
 
 @pytest.fixture(scope="module")
-def busy_cluster(tmp_path_factory):
+def busy_cluster(module_clusters):
     """Scrub and orphan scan every ~0.5 s, no orphan grace."""
-    c = make_cluster(str(tmp_path_factory.mktemp("busy") / "c"), shards=1, replicas=1,
-                     scrub_interval=0.5, orphan_scan_interval=0.5, orphan_grace=0.0)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
+    return module_clusters.make(shards=1, replicas=1, scrub_interval=0.5, orphan_scan_interval=0.5,
+                                orphan_grace=0.0, **BASE)
 
 
 # ---------------------------------------------------------------------- tests
@@ -265,9 +254,9 @@ def test_scrubber_repairs_a_bad_copy(busy_cluster):
 
 # ---------------------------------------------------------------------- ENOSPC
 @pytest.fixture
-def tiny_cluster(tmp_path):
+def tiny_cluster(make_cluster):
     """Every target on its own 8 MiB tmpfs."""
-    c = make_cluster(str(tmp_path / "c"), shards=1, replicas=1)
+    c = make_cluster(shards=1, replicas=1, start=False, **BASE)
     mounted: list[str] = []
     try:
         for d in c.cfg.data:
@@ -385,23 +374,19 @@ def test_orphan_scanner_paging_grace_and_unknowns(tmp_path, monkeypatch):
         store.close()
 
 
-def test_layout_replicas_must_match_the_chain_table(tmp_path):
+def test_layout_replicas_must_match_the_chain_table(make_cluster):
     """One chain table: a layout that asks for another replica count is refused (EINVAL), not silently ignored."""
-    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=1, mgmt_replicas=1, data_servers=3, chain_replicas=3)
-    c.start()
-    try:
-        async def go():
-            meta = MetaClient(await GrpcTransport(c.mgmt_addresses).connect())
-            try:
-                d = await meta.mkdir(ROOT_INO, "d")
-                await meta.setlayout(d.ino, Layout(chunk_size=1 << 20, stripe=2, replicas=3).pack())
-                with pytest.raises(OSError) as ei:
-                    await meta.setlayout(d.ino, Layout(chunk_size=1 << 20, stripe=2, replicas=2).pack())
-                assert ei.value.errno == errno.EINVAL
-                assert Layout.unpack((await meta.getattr(d.ino)).layout).replicas == 3
-            finally:
-                await meta.close()
+    c = make_cluster(shards=1, replicas=1, chain_replicas=3, **BASE)
+    async def go():
+        meta = MetaClient(await GrpcTransport(c.mgmt_addresses).connect())
+        try:
+            d = await meta.mkdir(ROOT_INO, "d")
+            await meta.setlayout(d.ino, Layout(chunk_size=1 << 20, stripe=2, replicas=3).pack())
+            with pytest.raises(OSError) as ei:
+                await meta.setlayout(d.ino, Layout(chunk_size=1 << 20, stripe=2, replicas=2).pack())
+            assert ei.value.errno == errno.EINVAL
+            assert Layout.unpack((await meta.getattr(d.ino)).layout).replicas == 3
+        finally:
+            await meta.close()
 
-        asyncio.run(go())
-    finally:
-        c.stop()
+    asyncio.run(go())

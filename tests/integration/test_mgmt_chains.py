@@ -117,11 +117,10 @@ async def heartbeats(cluster: LocalCluster):
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(make_cluster):
     """3 mgmt replicas, 1 metadata replica; the 3 data servers of the cluster file are not started."""
-    with LocalCluster(str(tmp_path / "c"), shards=1, replicas=1, mgmt_replicas=3, data_servers=3,
-                      target_timeout=TIMEOUT, spawn_data=False) as c:
-        yield c
+    return make_cluster(shards=1, replicas=1, mgmt_replicas=3, data_servers=3, target_timeout=TIMEOUT,
+                        spawn_data=False)
 
 
 def all_serving(m: ClusterMap) -> bool:

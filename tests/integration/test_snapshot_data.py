@@ -36,14 +36,8 @@ LAYOUT = Layout(chunk_size=1 << 20, stripe=3, replicas=3)
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    c = LocalCluster(str(tmp_path / "c"), shards=1, replicas=1, mgmt_replicas=1, data_servers=3,
-                     target_timeout=1.5)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
+def cluster(make_cluster):
+    return make_cluster(shards=1, replicas=1, mgmt_replicas=1, data_servers=3, target_timeout=1.5)
 
 
 async def mgmt(c: LocalCluster, *cmd) -> list:
