@@ -179,6 +179,12 @@ def test_lost_majority_fails_pending_and_deadline(cluster_factory):
     asyncio.run(main())
 
 
+def stored(sm: CounterSM) -> dict:
+    """The counters a replica keeps on disk: ``restores`` counts the snapshots this
+    process installed and starts at 0 with every process."""
+    return {k: v for k, v in sm.counters().items() if k != "restores"}
+
+
 def test_restart_keeps_state_without_double_apply(cluster_factory):
     async def main():
         c = cluster_factory(log_compaction_min_entries=20)
@@ -186,7 +192,10 @@ def test_restart_keeps_state_without_double_apply(cluster_factory):
         for k in range(60):  # > compaction threshold: dump files exist at restart
             await asyncio.gather(*(leader.submit(add_cmd(f"r{k}-{j}")) for j in range(3)))
         await until(lambda: len({sm.applied_index() for sm in c.sms}) == 1, 10, "convergence")
-        before = [sm.counters() for sm in c.sms]
+        # A replica whose peers connected late (pysyncobj retries a connection every
+        # connection_retry) may have been sent a snapshot during the load: the leader had
+        # compacted the entries it lacked. Legitimate, and not what this test is about.
+        before = [stored(sm) for sm in c.sms]
         digests = [sm.digest() for sm in c.sms]
         assert all(h.status()["snapshots_taken"] > 0 for h in c.live())
         for i in range(3):
@@ -195,7 +204,7 @@ def test_restart_keeps_state_without_double_apply(cluster_factory):
             c.start(i)
         leader = await c.leader()
         # replay of journal/dump must not re-apply or restore anything
-        assert [sm.counters() for sm in c.sms] == before
+        assert [stored(sm) for sm in c.sms] == before
         assert [sm.digest() for sm in c.sms] == digests
         assert all(sm.restores == 0 for sm in c.sms)
         assert int(await leader.submit(add_cmd("after"))) == before[0]["seq"] + 1
