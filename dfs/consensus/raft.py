@@ -63,6 +63,7 @@ import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.transport import TCPTransport
 
+from dfs.common.config import DURABILITY
 from dfs.common.errors import InvalidArgument, NotLeader, Unavailable
 from dfs.consensus.api import Log, StateMachine
 from dfs.consensus.files import CorruptState
@@ -89,7 +90,6 @@ _LEADER_STATE = 2
 LOG_FILE = "raft.log"
 STATE_FILE = "raft.state"
 DUMP_FILE = "raft.dump"
-DURABILITY = ("sync", "async")  # see docs/design/durability.md
 
 
 def encode_entry(commands: list[bytes]) -> bytes:
@@ -235,6 +235,8 @@ class RaftHost(Log):
             self._snapshots.check(dump)  # pysyncobj would log a damaged dump and go on without it
         self._journal = DiskJournal(os.path.join(self.data_dir, LOG_FILE), os.path.join(self.data_dir, STATE_FILE),
                                     dump, sync=durability == "sync")
+        log.info("%s: Raft journal in %s (%d entries), durability %s", self_address, self.data_dir,
+                 len(self._journal), durability)
 
         self._queue: collections.deque[_Pending] = collections.deque()
         self._inflight: set[_Batch] = set()
