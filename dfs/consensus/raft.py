@@ -235,8 +235,10 @@ class RaftHost(Log):
             self._snapshots.check(dump)  # pysyncobj would log a damaged dump and go on without it
         self._journal = DiskJournal(os.path.join(self.data_dir, LOG_FILE), os.path.join(self.data_dir, STATE_FILE),
                                     dump, sync=durability == "sync")
-        log.info("%s: Raft journal in %s (%d entries), durability %s", self_address, self.data_dir,
-                 len(self._journal), durability)
+        log.info("%s: Raft journal in %s holds entries %s; state machine applied up to %d; durability %s",
+                 self_address, self.data_dir,
+                 f"{self._journal[0][1]}..{self._journal[-1][1]}" if len(self._journal) else "none",
+                 sm.applied_index(), durability)
 
         self._queue: collections.deque[_Pending] = collections.deque()
         self._inflight: set[_Batch] = set()

@@ -201,8 +201,11 @@ async def _handle(host, sm: CounterSM, req: dict, stop: asyncio.Event) -> dict:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    import logging
+
     from dfs.consensus.raft import RaftHost
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.makedirs(args.data, exist_ok=True)
     sm = CounterSM(os.path.join(args.data, "sm"))
     host = RaftHost(
