@@ -136,6 +136,7 @@ class _Node(SyncObj):
         self._dfs_host = host
         self._dfs_journal = journal
         self._dfs_transport: _Transport | None = None
+        self._dfs_halted = False
         super().__init__(self_address, peers, conf, transportClass=_Transport)
 
     @replicated
@@ -149,17 +150,21 @@ class _Node(SyncObj):
             super()._onTick(timeToWait)
 
     def sync_journal(self) -> bool:
-        """Flush the journal, then send what waited for it; False: the journal failed and
-        this replica stops taking part (pysyncobj's thread)."""
-        if self._dfs_journal.failed is None:
+        """Flush the journal, then send what waited for it; False: the journal failed (here,
+        or writing term and vote) and this replica stops taking part (pysyncobj's thread)."""
+        journal = self._dfs_journal
+        if journal.failed is None:
             try:
-                self._dfs_journal.flush()
+                journal.flush()
                 if self._dfs_transport is not None:
                     self._dfs_transport.release()
                 return True
-            except JournalFailed as e:
-                self._dfs_host._halt(e)
-                self.destroy()  # the tick thread stops after this tick
+            except JournalFailed:
+                pass
+        if not self._dfs_halted:
+            self._dfs_halted = True
+            self._dfs_host._halt(journal.failed)
+            self.destroy()  # the tick thread stops before its next tick
         return False
 
 

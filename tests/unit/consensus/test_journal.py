@@ -273,3 +273,20 @@ def test_pysyncobj_journal_is_imported_once(tmp_path):
     assert not (tmp_path / "raft.journal").exists() and not (tmp_path / "raft.journal.meta").exists()
     j._destroy()
     assert json.loads((tmp_path / "raft.state").read_text())["term"] == 5
+
+
+def test_a_failed_term_write_stops_the_journal(tmp_path, monkeypatch):
+    import dfs.consensus.journal as journal_mod
+
+    j, _ = open_journal(tmp_path)
+
+    def enospc(path, doc):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_mod, "write_state", enospc)
+    with pytest.raises(JournalFailed):  # pysyncobj would send the vote right after: it must not
+        j.setCurrentTerm(3, "127.0.0.1:1")
+    assert j.failed is not None
+    with pytest.raises(JournalFailed):
+        j.flush()
+    j._destroy()
