@@ -290,7 +290,11 @@ class RaftHost(Log):
             logCompactionMinTime=log_compaction_min_time,
             onStateChanged=self._on_state_changed,
         )
-        self._node = _Node(self, self_address, self._group.initial_peers, conf, self._journal)
+        try:
+            self._node = _Node(self, self_address, self._group.initial_peers, conf, self._journal)
+        except BaseException:
+            self._journal._destroy()
+            raise
         # Calls to run on pysyncobj's tick thread (its state is not thread-safe).
         self._on_tick: collections.deque[Callable[[], None]] = collections.deque()
         self._paused = False  # a leadership transfer holds new entries back

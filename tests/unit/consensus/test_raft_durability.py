@@ -65,7 +65,7 @@ def test_followers_acknowledge_only_synced_entries(cluster_factory):
         index = leader.commit_index + 1
         task = asyncio.ensure_future(leader.submit(add_cmd("x"), timeout=30))
         for b in blocks:  # both followers appended the entry and are writing it
-            await asyncio.to_thread(b.entered.wait, 10)
+            assert await asyncio.to_thread(b.entered.wait, 10), "no sync began"
         assert all(f._journal[-1][1] >= index for f in followers)
         # their acknowledgements wait behind the sync; the leader has no majority for it
         for f in followers:
@@ -92,7 +92,7 @@ def test_a_leader_counts_itself_only_once_synced(tmp_path):
             b = BlockedSync()
             h._journal.fsync = b
             task = asyncio.ensure_future(h.submit(add_cmd("b"), timeout=30))
-            await asyncio.to_thread(b.entered.wait, 10)
+            assert await asyncio.to_thread(b.entered.wait, 10), "no sync began"
             assert h._journal[-1][1] > h.commit_index and not task.done()
             b.release()
             assert await task == b"2"
@@ -271,7 +271,7 @@ def test_a_stop_between_a_dump_and_its_compaction_loses_no_entry(tmp_path):
             h._node.forceLogCompaction()
 
         h._on_tick.append(arm)
-        await asyncio.to_thread(stopped.wait, 10)
+        assert await asyncio.to_thread(stopped.wait, 10), "no dump was taken"
         await asyncio.to_thread(h._node._SyncObj__thread.join, 10)
         last = h._journal[-1]
         assert last[1] == h.applied_index + 1  # "late", after the dump
