@@ -151,7 +151,7 @@ class ShardService:
             try:
                 return to_wire(self.store.read_request(h, caller, req))
             except err.NotFound:
-                attr = self._held_orphan_attr(req)
+                attr = None if getattr(req, "snap", 0) else self._held_orphan_attr(req)
                 if attr is None:
                     raise
                 return to_wire(attr)

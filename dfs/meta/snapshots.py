@@ -145,7 +145,7 @@ class SnapshotCoordinator:
         delay = 0.05
         while True:
             try:
-                s = (await reg.command(["snap_begin", name, req.root, req.path, self.clock()]))[0]
+                s, *_ = await reg.command(["snap_begin", name, req.root, req.path, self.clock()])
                 break
             except err.DfsError as e:
                 if e.errno != 16 or loop.time() > end:  # EBUSY: another snapshot is being created
@@ -161,7 +161,7 @@ class SnapshotCoordinator:
             await self._all(lambda _: m.SnapBegin(s))
             if loop.time() - t0 > self.lease * 0.8:
                 raise err.Unavailable(f"snapshot {s}: the cut took longer than its lease")
-            epoch, live = (await reg.command(["snap_ready", s]))[:2]
+            epoch, live, *_ = await reg.command(["snap_ready", s])
         except BaseException as e:
             log.warning("snapshot %d (%s of %#x) aborted: %r", s, name, req.root, e)
             await self._abort(s)
@@ -193,9 +193,8 @@ class SnapshotCoordinator:
         except err.DfsError as e:  # a fence lifts at its lease anyway; an ended snapshot is pruned
             log.warning("snapshot %d abort: ending it on the shards: %s", s, e)
         try:
-            res = await self._need_registry().command(["snap_abort", s])
-            epoch, live = res[1], res[2]
-        except (err.DfsError, IndexError) as e:
+            _state, epoch, live, *_ = await self._need_registry().command(["snap_abort", s])
+        except (err.DfsError, ValueError) as e:
             log.warning("snapshot %d abort: mgmt: %s", s, e)
             return
         try:
