@@ -25,8 +25,11 @@ coordinator left: decided operations are committed everywhere, undecided ones
 aborted (presumed abort), and participants ask the coordinator about
 operations they hold prepared for too long.
 
-If a precondition changed between the read and the prepare (``Locked``), the
-operation is retried from the read, with backoff.
+If a precondition changed between the read and the prepare (``Locked``), or a
+PREPARE met a held key or a snapshot's fence (``Conflict``: answered at once,
+never waited on by the transport, since this coordinator may hold locks the
+other side waits for), everything prepared is aborted and the operation is
+retried from the read, with backoff.
 
 May import dfs.common, dfs.meta.schema and dfs.meta.ops; not the store or the service.
 """
@@ -98,7 +101,7 @@ class Coordinator:
         for _ in range(MAX_ATTEMPTS):
             try:
                 return h.answer(req, await h.fn(self, rid, caller, req))
-            except err.Locked:
+            except (err.Locked, err.Conflict):
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.2)
         raise err.Locked("gave up after repeated conflicts")
