@@ -66,9 +66,9 @@ Plan = dict[int, list[A.Action]]
 
 class Coordinator:
     def __init__(self, shard: int, shards: ShardCalls, clock=time.time_ns, *,
-                 pending: Callable[[], list[tuple[bytes, OpRecord]]]) -> None:
-        """``shards``: how to reach every shard (this one included); ``pending``: this
-        shard's cross-shard operation records."""
+                 pending: Callable[..., list[tuple[bytes, OpRecord]]]) -> None:
+        """``shards``: how to reach every shard (this one included); ``pending(prefix=b"")``:
+        this shard's cross-shard operation records (those whose id starts with ``prefix``)."""
         self.shard = shard
         self.shards = shards
         self.pending = pending
@@ -86,7 +86,7 @@ class Coordinator:
         rid = rid or uuid.uuid4().bytes
         if rid in self.active:
             raise err.Locked("operation already running")
-        for op_id, rec in self.pending():
+        for op_id, rec in self.pending(rid):  # an attempt's id is the request id + 8 bytes: no scan of all
             if rec.rid == rid and rec.is_coordinator:
                 # An earlier attempt of this very request is stuck: finish it
                 # (if decided) or undo it before answering, so that a retry's
@@ -200,7 +200,7 @@ class Recovery:
         st = (await c.call(c.shard, m.OpStatus(op_id))).state
         if not st:
             return
-        recs = dict(c.pending())
+        recs = dict(c.pending(op_id))
         rec = recs.get(op_id)
         if rec is None:
             return

@@ -131,9 +131,9 @@ class ShardService:
         self.store.nshards = n
         return True
 
-    def _pending(self) -> list:
+    def _pending(self, prefix: bytes = b"") -> list:
         """This shard's cross-shard operation records (the coordinator's recovery reads them)."""
-        return self.store.pending_ops()
+        return self.store.pending_ops(prefix)
 
     def _check_leader(self) -> None:
         if not self.log.is_leader:
