@@ -139,6 +139,13 @@ class ShardService:
         if not self.log.is_leader:
             raise err.NotLeader(leader=self.log.leader or "")
 
+    def _check_read(self) -> None:
+        """Before answering from this replica's state: its read lease (dfs.consensus.raft
+        RaftHost.read_lease) holds, or the client tries again (it may be a leader that lost
+        its majority without knowing yet)."""
+        if not self.log.read_lease():
+            raise err.Unavailable("leadership unconfirmed: no majority heard from within the read lease")
+
     async def execute(self, op: int, rid: bytes, caller: Caller, args: list, ts: int | None = None) -> Any:
         """Run one op (its wire fields ``args``): the reply's wire form; raises DfsError."""
         h = handler(op)
@@ -147,6 +154,7 @@ class ShardService:
         self._check_leader()
         kind = h.kind
         if kind is Kind.READ:
+            self._check_read()
             req = h.decode(args)
             try:
                 return to_wire(self.store.read_request(h, caller, req))
@@ -165,6 +173,7 @@ class ShardService:
                 raise err.error_for(status, payload)
             return payload
         if kind is Kind.READ_HANDLE or kind is Kind.LEADER:
+            self._check_read()
             return to_wire(await h.fn(self, rid, caller, h.decode(args)))
         return to_wire(await self.coordinator.run(h, rid, caller, h.decode(args)))
 
@@ -191,6 +200,7 @@ class ShardService:
                 if not isinstance(args, list):
                     raise err.InvalidArgument("arguments must be a list")
                 if h.kind is Kind.READ:
+                    self._check_read()
                     out[i] = to_wire(self.store.read_request(h, caller, h.decode(args)))
                 elif h.kind is Kind.LOGGED:
                     if h.admit is not None:

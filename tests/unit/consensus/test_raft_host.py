@@ -213,3 +213,36 @@ def test_close_fails_pending(tmp_path):
             await h.submit(add_cmd("y"))
 
     asyncio.run(main())
+
+
+def test_a_leader_cut_off_from_its_majority_stops_serving_reads_before_it_steps_down(cluster_factory):
+    """The read lease (RaftHost.read_lease): a leader answers reads only while a majority
+    answered it lately. pysyncobj keeps it leader until its fallback timeout (here far
+    longer than the test), while the others may already have elected a new leader that
+    commits what this one's reads would miss."""
+    async def main():
+        c = cluster_factory(leader_fallback_timeout=120.0)
+        leader = await c.leader()
+        await leader.submit(add_cmd("a"))
+        await until(leader.read_lease, 10, "a read lease")
+        for i, h in enumerate(c.hosts):
+            if h is not leader:
+                c.stop(i)
+        await until(lambda: not leader.read_lease(), 30, "the read lease to lapse")
+        assert leader.is_leader  # still leader in pysyncobj's view: reads would have been stale
+
+    asyncio.run(main())
+
+
+def test_a_new_leader_serves_reads_once_its_first_entry_is_applied(cluster_factory):
+    async def main():
+        c = cluster_factory()
+        leader = await c.leader()
+        await until(leader.read_lease, 10, "a read lease")
+        node = leader._node
+        assert node.raftLastApplied >= node._SyncObj__noopIDx
+        for h in c.hosts:
+            if h is not leader:
+                assert not h.read_lease()
+
+    asyncio.run(main())
