@@ -6,6 +6,7 @@ import errno
 
 import msgpack
 
+from dfs.testing.keys import raft_password
 from dfs.common.config import (
     ClusterConfig,
     DataServerConfig,
@@ -25,7 +26,7 @@ def cfg(servers: int, per: int) -> ClusterConfig:
     data = tuple(DataServerConfig(s, f"127.0.0.1:{9000 + s}",
                                   tuple(TargetConfig(s * per + t + 1, f"/d{s}/t{t}") for t in range(per)))
                  for s in range(servers))
-    return ClusterConfig("c", "pw", (r,), (ShardConfig(0, (r,)),), data=data)
+    return ClusterConfig("c", raft_password(), (r,), (ShardConfig(0, (r,)),), data=data)
 
 
 class Mgmt:
