@@ -156,8 +156,11 @@ class ShardService:
                     raise
                 return to_wire(attr)
         if kind is Kind.LOGGED:
+            # decoded here too: a malformed request is EINVAL before it costs a Raft entry
+            # and leaves an idempotency record (bad input changes nothing)
+            req = h.decode(args)
             if h.admit is not None:
-                h.admit(self, h.decode(args))
+                h.admit(self, req)
             cmd = encode_command(h.op, rid, ts or self.clock(), caller, args)
             raw = await self.log.submit(cmd, timeout=self.submit_timeout)
             status, payload = unpackb(raw)
@@ -193,8 +196,9 @@ class ShardService:
                 if h.kind is Kind.READ:
                     out[i] = to_wire(self.store.read_request(h, caller, h.decode(args)))
                 elif h.kind is Kind.LOGGED:
+                    req = h.decode(args)  # malformed: EINVAL, nothing logged (as execute)
                     if h.admit is not None:
-                        h.admit(self, h.decode(args))
+                        h.admit(self, req)
                     logged.append(i)
                     cmds.append(encode_command(h.op, rid, now, caller, args))
                 else:
