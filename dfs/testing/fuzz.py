@@ -52,3 +52,55 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+class GrpcEdge:
+    """A dfs gRPC server's edge in this process, on loopback: the production options and
+    token interceptor (``dfs.wire.limits``, ``dfs.wire.auth.ServerAuth``) in front of a
+    servicer; ``call`` sends raw request bytes, as a hostile client would.
+
+        edge = await GrpcEdge.start(cfg, lambda s: pbg.add_MetaServiceServicer_to_server(servicer, s))
+        code, reply = await edge.call("/dfs.v1.MetaService/Execute", raw, token=..., internal=...)
+    """
+
+    def __init__(self, server, channel, auth) -> None:
+        self.server = server
+        self.channel = channel
+        self.auth = auth
+
+    @classmethod
+    async def start(cls, cfg, add) -> GrpcEdge:
+        import grpc
+
+        from dfs.wire import limits
+        from dfs.wire.auth import ServerAuth
+
+        auth = ServerAuth(cfg)
+        server = grpc.aio.server(options=limits.grpc_server_options(), interceptors=auth.interceptors(),
+                                 maximum_concurrent_rpcs=limits.GRPC_MAX_RPCS)
+        add(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return cls(server, grpc.aio.insecure_channel(f"127.0.0.1:{port}"), auth)
+
+    async def call(self, method: str, raw: bytes, *, token: str | None = None, internal: str | None = None,
+                   timeout: float = 30.0):
+        """(grpc.StatusCode, reply bytes or None) of one unary call with request bytes ``raw``."""
+        import grpc
+
+        from dfs.wire.auth import AUTH_HEADER, BEARER, INTERNAL_HEADER
+
+        md = []
+        if token is not None:
+            md.append((AUTH_HEADER, BEARER + token))
+        if internal is not None:
+            md.append((INTERNAL_HEADER, internal))
+        fn = self.channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        try:
+            return grpc.StatusCode.OK, await fn(raw, metadata=md, timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            return e.code(), None
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.server.stop(None)
