@@ -205,6 +205,9 @@ class ShardService:
                     others.append(i)
             except err.DfsError as e:
                 out[i] = e
+            except Exception as e:  # a bug in one op: its EIO, not the whole batch's failure
+                log.exception("op %s of a batch failed", op)
+                out[i] = err.DfsError(repr(e))
 
         async def one(i: int) -> None:
             op, rid, caller, args = items[i]

@@ -9,6 +9,7 @@ malformed request cost a Raft entry and a stored record.
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import pytest
 
@@ -33,5 +34,18 @@ def test_a_malformed_create_is_einval_and_logs_nothing(args):
         (res,) = await svc.execute_batch([(Op.CREATE, b"rid-2", ROOT, args)])
         assert isinstance(res, err.InvalidArgument)
         assert list(svc.store.kv.items()) == before  # not even the applied index moved
+
+    asyncio.run(main())
+
+
+def test_a_failing_read_fails_alone_in_a_batch(caplog):
+    """A read op that raises something not a DfsError (a bug: found by the fuzzer with DIRPARENT
+    of inode -1, whose lock key cannot be packed) is that op's EIO; the batch's other ops are
+    answered (before, the exception ended the whole ExecuteBatch call)."""
+    async def main():
+        svc = LocalEngine(1).services[0]
+        res = await svc.execute_batch([(Op.DIRPARENT, b"", ROOT, [-1]), (Op.GETATTR, b"", ROOT, [ROOT_INO])])
+        assert isinstance(res[0], err.DfsError) and res[0].errno == errno.EIO
+        assert not isinstance(res[1], Exception) and res[1][0] == ROOT_INO  # the root's attributes
 
     asyncio.run(main())
