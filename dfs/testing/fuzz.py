@@ -24,6 +24,10 @@ import threading
 from hypothesis import HealthCheck, settings
 
 
+# pytest-timeout of a fuzz module: generous in the suite, none for scripts/fuzz.py's long runs
+TIMEOUT = 0 if os.environ.get("DFS_FUZZ_EXAMPLES") else 600
+
+
 def fuzz_settings(examples: int):
     """The settings of a fuzz test: ``examples`` in the suite, or ``DFS_FUZZ_EXAMPLES``;
     ``DFS_FUZZ_RANDOM=1``: fresh examples each run (scripts/fuzz.py --random)."""

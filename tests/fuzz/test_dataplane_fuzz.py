@@ -29,11 +29,12 @@ from hypothesis import strategies as st
 
 from dfs.common.checksum import crc32c
 from dfs.testing.dataplane import CHAIN, LAYOUT_ARG, TARGET, InProcessDataServer, recv, send
+from dfs.testing import fuzz
 from dfs.testing.fuzz import LoopThread, fuzz_settings
 from dfs.testing.wait import until_async
 from dfs.wire import dataplane as dp
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(fuzz.TIMEOUT)
 
 FUZZ = fuzz_settings(30)
 BUDGET = 4 << 20

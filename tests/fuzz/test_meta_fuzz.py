@@ -38,10 +38,11 @@ from dfs.common.wire import from_wire
 from dfs.meta.local import LocalEngine
 from dfs.meta.schema import K_APPLIED, P_EXPIRY, P_REQUEST
 from dfs.meta.server import MetaServicer
+from dfs.testing import fuzz
 from dfs.testing.fuzz import GrpcEdge, LoopThread, fuzz_settings
 from dfs.testing.keys import raft_password, raft_salt
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(fuzz.TIMEOUT)
 
 FUZZ = fuzz_settings(40)
 EXECUTE, BATCH = "/dfs.v1.MetaService/Execute", "/dfs.v1.MetaService/ExecuteBatch"

@@ -32,10 +32,11 @@ from dfs.common.config import ClusterConfig, DataServerConfig, ReplicaAddr, Shar
 from dfs.consensus.api import DirectLog
 from dfs.mgmt.server import MAX_UNKNOWN, MgmtServicer, map_from_config
 from dfs.mgmt.store import K_APPLIED, MgmtStore
+from dfs.testing import fuzz
 from dfs.testing.fuzz import GrpcEdge, LoopThread, fuzz_settings
 from dfs.testing.keys import raft_password, raft_salt
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(fuzz.TIMEOUT)
 
 FUZZ = fuzz_settings(40)
 SVC = "/dfs.v1.MgmtService/"
