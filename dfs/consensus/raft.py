@@ -116,6 +116,30 @@ class _Transport(TCPTransport):
         syncObj._dfs_transport = self
         super().__init__(syncObj, selfNode, otherNodes)
 
+    # Before an incoming connection names a member of the group (with a password: after
+    # the key exchange), pysyncobj buffers whatever length its 4-byte prefix claims (up to
+    # 2 GiB, by repeated concatenation) and keeps any number of such connections. Those
+    # first messages are a few hundred bytes: more, or too many strangers, is a hostile
+    # peer, dropped (docs/design/security.md, "Raft"). A named connection is not bounded.
+    PREAUTH_BYTES = 64 << 10
+    PREAUTH_CONNECTIONS = 64
+
+    def _onNewIncomingConnection(self, conn) -> None:
+        if len(self._unknownConnections) >= self.PREAUTH_CONNECTIONS:
+            conn.disconnect()
+            return
+        super()._onNewIncomingConnection(conn)
+        read = conn._TcpConnection__processRead  # pysyncobj's private reader: the patch point
+
+        def bounded_read() -> bool:
+            more = read()
+            if conn in self._unknownConnections and len(conn._TcpConnection__readBuffer) > self.PREAUTH_BYTES:
+                self._unknownConnections.discard(conn)
+                conn.disconnect()
+                return False
+            return more
+        conn._TcpConnection__processRead = bounded_read
+
     def send(self, node, message) -> bool:
         if message.get("type") != "append_entries" and (self._held or self._journal.dirty):
             self._held.append((node, message))

@@ -180,7 +180,7 @@ class ServerGroup:
 
     def spawn(self, p: Proc) -> None:
         assert not p.alive, f"{p.name} is running"
-        os.makedirs(p.data, exist_ok=True)
+        os.makedirs(p.data, mode=0o700, exist_ok=True)  # its state: the server's user's only (as the servers make theirs)
         p.argv = self.argv(p)
         with open(p.log, "ab") as logf:
             p.popen = subprocess.Popen(p.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

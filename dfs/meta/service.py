@@ -164,8 +164,11 @@ class ShardService:
                     raise
                 return to_wire(attr)
         if kind is Kind.LOGGED:
+            # decoded here too: a malformed request is EINVAL before it costs a Raft entry
+            # and leaves an idempotency record (bad input changes nothing)
+            req = h.decode(args)
             if h.admit is not None:
-                h.admit(self, h.decode(args))
+                h.admit(self, req)
             cmd = encode_command(h.op, rid, ts or self.clock(), caller, args)
             raw = await self.log.submit(cmd, timeout=self.submit_timeout)
             status, payload = unpackb(raw)
@@ -203,14 +206,18 @@ class ShardService:
                     self._check_read()
                     out[i] = to_wire(self.store.read_request(h, caller, h.decode(args)))
                 elif h.kind is Kind.LOGGED:
+                    req = h.decode(args)  # malformed: EINVAL, nothing logged (as execute)
                     if h.admit is not None:
-                        h.admit(self, h.decode(args))
+                        h.admit(self, req)
                     logged.append(i)
                     cmds.append(encode_command(h.op, rid, now, caller, args))
                 else:
                     others.append(i)
             except err.DfsError as e:
                 out[i] = e
+            except Exception as e:  # a bug in one op: its EIO, not the whole batch's failure
+                log.exception("op %s of a batch failed", op)
+                out[i] = err.DfsError(repr(e))
 
         async def one(i: int) -> None:
             op, rid, caller, args = items[i]

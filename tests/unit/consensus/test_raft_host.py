@@ -245,4 +245,50 @@ def test_a_new_leader_serves_reads_once_its_first_entry_is_applied(cluster_facto
             if h is not leader:
                 assert not h.read_lease()
 
+
+
+def test_a_stranger_cannot_make_a_raft_port_buffer_much(tmp_path):
+    """A connection that has not named a member may send PREAUTH_BYTES before it is dropped
+    (pysyncobj would buffer what a 2 GiB length prefix announces), and at most
+    PREAUTH_CONNECTIONS such connections stay open; the group goes on committing."""
+    import socket
+    import struct
+
+    from dfs.consensus.raft import _Transport
+
+    async def main():
+        sm = CounterSM(str(tmp_path / "sm"))
+        addr = f"127.0.0.1:{free_ports(1)[0]}"
+        h = RaftHost(sm, addr, [addr], str(tmp_path / "raft"), password="f" + os.urandom(16).hex())
+        loop = asyncio.get_running_loop()
+        host, port = addr.rsplit(":", 1)
+        try:
+            await until(lambda: h.is_leader, 10, "the host leading")
+            s = socket.create_connection((host, int(port)))
+            s.setblocking(False)
+            junk = struct.pack("i", (1 << 31) - 1) + b"\0" * (4 << 20)
+            try:
+                await asyncio.wait_for(loop.sock_sendall(s, junk), 30)
+                closed = not await asyncio.wait_for(loop.sock_recv(s, 1), 30)
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+            assert closed  # dropped, not buffering 4 MiB of an unauthenticated "message"
+            s.close()
+            many = [socket.create_connection((host, int(port))) for _ in range(_Transport.PREAUTH_CONNECTIONS + 8)]
+            for c in many:
+                c.setblocking(False)
+
+            async def refused(c) -> bool:
+                try:
+                    return not await asyncio.wait_for(loop.sock_recv(c, 1), 30)
+                except (ConnectionResetError, BrokenPipeError):
+                    return True
+            # the first PREAUTH_CONNECTIONS stay (each waits for its key exchange), the rest are closed
+            assert all([await refused(c) for c in many[_Transport.PREAUTH_CONNECTIONS:]])
+            assert await h.submit(add_cmd("still")) == b"1"
+            for c in many:
+                c.close()
+        finally:
+            h.close()
+            sm.close()
     asyncio.run(main())
