@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import stat
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +71,7 @@ def fail(code: int, message: str = "") -> bytes:
     return S.pack_result(code, message)
 
 
-_BAD_ARGS = (TypeError, ValueError, KeyError, IndexError, OverflowError)
+_BAD_ARGS = (TypeError, ValueError, KeyError, IndexError, OverflowError, struct.error)  # struct: an id out of 64 bits
 
 
 class Ctx:

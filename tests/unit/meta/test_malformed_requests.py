@@ -38,14 +38,35 @@ def test_a_malformed_create_is_einval_and_logs_nothing(args):
     asyncio.run(main())
 
 
-def test_a_failing_read_fails_alone_in_a_batch(caplog):
+def test_a_failing_read_fails_alone_in_a_batch(caplog, monkeypatch):
     """A read op that raises something not a DfsError (a bug: found by the fuzzer with DIRPARENT
-    of inode -1, whose lock key cannot be packed) is that op's EIO; the batch's other ops are
-    answered (before, the exception ended the whole ExecuteBatch call)."""
+    of inode -1, whose lock key could not be packed; that one is EINVAL now, below) is that
+    op's EIO; the batch's other ops are answered (before, the exception ended the whole
+    ExecuteBatch call)."""
     async def main():
         svc = LocalEngine(1).services[0]
-        res = await svc.execute_batch([(Op.DIRPARENT, b"", ROOT, [-1]), (Op.GETATTR, b"", ROOT, [ROOT_INO])])
+        real = svc.store.read_request
+
+        def buggy(h, caller, req):
+            if h.op == Op.DIRPARENT:
+                raise RuntimeError("a bug in a read op")
+            return real(h, caller, req)
+
+        monkeypatch.setattr(svc.store, "read_request", buggy)
+        res = await svc.execute_batch([(Op.DIRPARENT, b"", ROOT, [ROOT_INO]), (Op.GETATTR, b"", ROOT, [ROOT_INO])])
         assert isinstance(res[0], err.DfsError) and res[0].errno == errno.EIO
         assert not isinstance(res[1], Exception) and res[1][0] == ROOT_INO  # the root's attributes
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("ino", [-1, 1 << 64])
+def test_an_inode_id_outside_64_bits_is_einval(ino):
+    """DIRPARENT of inode -1 packed it into a lock key and answered EIO with a traceback
+    (found by scripts/fuzz.py --random)."""
+    async def main():
+        svc = LocalEngine(1).services[0]
+        with pytest.raises(err.InvalidArgument):
+            await svc.execute(Op.DIRPARENT, b"", ROOT, [ino])
 
     asyncio.run(main())
