@@ -62,6 +62,13 @@ class Op(enum.IntEnum):
     ABORT = 63
     FORGET = 64
 
+    # write-back (lazy mode, docs/design/writeback.md): delegated inode ids, ordered batches
+    DELEGATE = 70
+    RENEWDELEGATION = 71
+    EXPIREDELEGATIONS = 72
+    SETLAZY = 73
+    BATCH = 74
+
 
 def inline_digest(data: bytes) -> bytes:
     """What MIGRATE compares: the inline bytes a migrating writer copied."""
@@ -72,6 +79,14 @@ def inline_digest(data: bytes) -> bytes:
 DEFAULT_LEASE_S = 30.0
 MAX_LEASE_S = 3600.0
 HANDLE_MAX = 64  # bytes of a handle id (clients use 16 random bytes)
+
+
+# delegated inode ids (DELEGATE): granted in aligned blocks of this many ids; a client
+# session id is this many bytes; the longest grant a shard gives at once
+DELEGATION_BLOCK = 1024
+SESSION_BYTES = 16
+DELEGATE_MAX = 64 * DELEGATION_BLOCK
+DEFAULT_DELEGATION_LEASE_S = 60.0
 
 
 # setattr 'valid' bits (as FUSE's SETATTR_*)

@@ -14,6 +14,9 @@
     rename     RENAME DIRPARENT RENAMEEPOCH                       coordinated
     link       LINK                                               coordinated
     twophase   ONEPHASE PREPARE COMMIT ABORT FORGET OPSTATUS REQSTATUS
+    delegate   DELEGATE RENEWDELEGATION EXPIREDELEGATIONS           inode ids delegated to lazy clients
+    lazydir    SETLAZY                                            a directory's lazy policy
+    batch      BATCH                                              ordered logged ops in one command
     actions    the typed actions of cross-shard plans (no op of its own)
 
 Each registers its handlers in ``HANDLERS`` (``dfs.meta.ops.base``) against
