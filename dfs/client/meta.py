@@ -231,25 +231,8 @@ class MetaClient:
                       atime_now: bool = False, mtime_now: bool = False, grow: int | None = None,
                       caller: Caller | None = None) -> Attr:
         """``grow``: publish a writer's size first, as ``extend`` does (one command for both)."""
-        valid = 0
-        if mode is not None:
-            valid |= SET_MODE
-        if uid is not None and uid != -1:
-            valid |= SET_UID
-        if gid is not None and gid != -1:
-            valid |= SET_GID
-        if size is not None:
-            valid |= SET_SIZE
-        if atime_ns is not None:
-            valid |= SET_ATIME
-        if mtime_ns is not None:
-            valid |= SET_MTIME
-        if atime_now:
-            valid |= SET_ATIME | SET_ATIME_NOW
-        if mtime_now:
-            valid |= SET_MTIME | SET_MTIME_NOW
-        req = m.Setattr(ino, valid, mode or 0, uid if valid & SET_UID else 0, gid if valid & SET_GID else 0,
-                        size or 0, atime_ns or 0, mtime_ns or 0, None if grow is None else int(grow))
+        req = setattr_request(ino, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns, mtime_ns=mtime_ns,
+                              atime_now=atime_now, mtime_now=mtime_now, grow=grow)
         return await self._send(req, caller, True)
 
     async def extend(self, ino: int, size: int, *, caller: Caller | None = None) -> Attr:
@@ -444,6 +427,31 @@ class MetaClient:
         if not parent.is_dir():
             raise err.NotADirectory()
         return parent.ino, name
+
+
+def setattr_request(ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                    size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+                    atime_now: bool = False, mtime_now: bool = False, grow: int | None = None) -> m.Setattr:
+    """The SETATTR request of ``MetaClient.setattr``'s arguments (lazy mode queues it)."""
+    valid = 0
+    if mode is not None:
+        valid |= SET_MODE
+    if uid is not None and uid != -1:
+        valid |= SET_UID
+    if gid is not None and gid != -1:
+        valid |= SET_GID
+    if size is not None:
+        valid |= SET_SIZE
+    if atime_ns is not None:
+        valid |= SET_ATIME
+    if mtime_ns is not None:
+        valid |= SET_MTIME
+    if atime_now:
+        valid |= SET_ATIME | SET_ATIME_NOW
+    if mtime_now:
+        valid |= SET_MTIME | SET_MTIME_NOW
+    return m.Setattr(ino, valid, mode or 0, uid if valid & SET_UID else 0, gid if valid & SET_GID else 0,
+                     size or 0, atime_ns or 0, mtime_ns or 0, None if grow is None else int(grow))
 
 
 class SyncMetaClient:
