@@ -794,7 +794,7 @@ class LazyMode(StrictMode):
 
     async def _setattr(self, mu: Mutation) -> Attr:
         ino, caller = mu.inos[0], self._caller(mu)
-        fields = dict(mu.args)
+        fields = {k: v for k, v in mu.args.items() if v is not None and v is not False}
         grow = fields.pop("grow", None)
         eng = self._engine()
         await eng.admit()
@@ -802,10 +802,27 @@ class LazyMode(StrictMode):
         new = _applied(a, caller, fields, time.time_ns(), grow)
         self._put_attr(new)
         self.forget_attr(ino)
-        req = setattr_request(ino, grow=grow, **fields)
-        await self._queue(req, shard_of(ino), caller, op="setattr", path=self._ino_path(ino), ino=ino,
-                          reads=(), writes=(("i", ino),))
+        await self._queue_setattr(ino, caller, fields, grow)
         return new
+
+    async def _queue_setattr(self, ino: int, caller: Caller, fields: dict, grow: int | None) -> None:
+        """Queue SETATTR ``fields`` (and ``grow``) of ``ino``, folded into the inode's last change
+        when that one is an unsent SETATTR or EXTEND the two can be merged with (tar's
+        utimes, chown and chmod of each file become one command)."""
+        key = ("i", ino)
+        last = self.engine.unsent(key, caller) if self.engine is not None else None
+        if last is not None and last.merge is not None:
+            merged = _merge_setattr(last.merge, fields, grow)
+            if merged is not None:
+                last.merge = merged
+                last.req = setattr_request(ino, grow=merged[1], **merged[0])
+                last.op = "setattr"
+                self.engine.stats["merged"] += 1
+                self._stamped(last, (key,))
+                return
+        e = await self._queue(setattr_request(ino, grow=grow, **fields), shard_of(ino), caller, op="setattr",
+                              path=self._ino_path(ino), ino=ino, reads=(), writes=(key,))
+        e.merge = (fields, grow)
 
     def _ino_path(self, ino: int) -> str:
         w = self._where.get(ino)
@@ -819,6 +836,9 @@ class LazyMode(StrictMode):
         self.forget_attr(ino)
         if a.nlink == 0 and ino in self._own_attrs and not a.is_dir():
             return a  # a file this client unlinked: gone from the service, its bytes with it
+        if isinstance(req, m.Extend):
+            await self._queue_setattr(ino, self.meta.caller, {}, req.size)
+            return a
         await self._queue(req, shard_of(ino), self.meta.caller, op=req.OP.name.lower(), path=self._ino_path(ino),
                           ino=ino, reads=(), writes=(("i", ino),), nbytes=nbytes,
                           on_done=self._dropped_inline(ino))
@@ -926,6 +946,41 @@ def _applied(a: Attr, caller: Caller, f: dict, now: int, grow: int | None) -> At
             mtime = f["mtime_ns"]
         ctime = now
     return replace(a, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime, mtime_ns=mtime, ctime_ns=ctime)
+
+
+# SETATTR's parts in the order the shard applies them (dfs/meta/ops/setattr.py)
+_GROW, _OWNER, _MODE, _SIZE, _TIMES = range(5)
+_GROUP = {"uid": _OWNER, "gid": _OWNER, "mode": _MODE, "size": _SIZE, "atime_ns": _TIMES, "mtime_ns": _TIMES,
+          "atime_now": _TIMES, "mtime_now": _TIMES}
+
+
+def _groups(fields: dict, grow: int | None) -> set[int]:
+    g = {_GROUP[k] for k in fields}
+    if grow is not None:
+        g.add(_GROW)
+    return g
+
+
+def _merge_setattr(old: tuple[dict, int | None], fields: dict, grow: int | None) -> tuple[dict, int | None] | None:
+    """SETATTR ``old`` then (``fields``, ``grow``) as one SETATTR, or None when the shard's order
+    of the parts (grow, owner, mode, size, times) would give another result than the two in
+    turn: a later part may come before an earlier one only where they commute (times with
+    owner and mode; owner with a mode that has no set-id bits, which a chown would clear)."""
+    f0, g0 = old
+    a_groups, b_groups = _groups(f0, g0), _groups(fields, grow)
+    for a in a_groups:
+        for b in b_groups:
+            if b < a and not ((a == _TIMES and b in (_OWNER, _MODE)) or
+                              (a == _MODE and b == _OWNER and not f0["mode"] & (stat.S_ISUID | stat.S_ISGID))):
+                return None
+    merged = dict(f0)
+    for t in ("atime", "mtime"):  # an explicit time and "now" of the same one: the later wins
+        if f"{t}_ns" in fields or f"{t}_now" in fields:
+            merged.pop(f"{t}_ns", None)
+            merged.pop(f"{t}_now", None)
+    merged.update(fields)
+    g = g0 if grow is None else (grow if g0 is None else max(g0, grow))
+    return merged, g
 
 
 class LazySizes:

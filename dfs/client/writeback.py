@@ -100,7 +100,7 @@ class Entry:
     """One change of the log."""
 
     __slots__ = ("seq", "shard", "req", "rid", "caller", "coordinated", "reads", "writes", "op", "path", "ino",
-                 "deps", "waiters", "state", "added", "nbytes", "on_done", "on_fail", "fut", "error")
+                 "deps", "waiters", "state", "added", "nbytes", "on_done", "on_fail", "fut", "error", "merge")
 
     def __init__(self, seq: int, req: m.Request, shard: int, caller: Caller, op: str, path: str, ino: int,
                  reads: tuple, writes: tuple, nbytes: int, on_done: Callable[[Any], None] | None,
@@ -125,6 +125,7 @@ class Entry:
         self.on_fail = on_fail
         self.fut: asyncio.Future | None = None  # made when someone waits for this entry
         self.error: Failure | None = None
+        self.merge: Any = None  # what the mode needs to fold a later change into this one (unsent)
 
     def __lt__(self, other: Entry) -> bool:
         return self.seq < other.seq
@@ -260,7 +261,8 @@ class WriteBack:
         self._failures: list[Failure] = []  # not reported by a barrier yet
         self._by_ino: dict[int, list[Failure]] = {}  # not reported by a close yet
         self._closed = False
-        self.stats = {"entries": 0, "batches": 0, "items": 0, "coordinated": 0, "failed": 0, "resent": 0}
+        self.stats = {"entries": 0, "merged": 0, "batches": 0, "items": 0, "coordinated": 0, "failed": 0,
+                      "resent": 0, "admit_waits": 0, "admit_wait_s": 0.0}
 
     # ------------------------------------------------------------------ state
     @property
@@ -280,7 +282,11 @@ class WriteBack:
         """Back-pressure: wait while the log is full (entries, bytes) or its oldest unsent
         entry is older than ``delay`` (what this client changed must reach the service
         within about that). A log with nothing unfinished always admits."""
+        if not self._full(nbytes):
+            return
         loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        self.stats["admit_waits"] += 1
         while self._full(nbytes):
             self._kick()
             fut = loop.create_future()
@@ -289,6 +295,7 @@ class WriteBack:
                 await asyncio.wait_for(fut, timeout=max(0.005, self.delay / 8))
             except asyncio.TimeoutError:
                 pass
+        self.stats["admit_wait_s"] += time.monotonic() - t0
 
     def _full(self, nbytes: int) -> bool:
         if self._count == 0:
@@ -348,6 +355,15 @@ class WriteBack:
         else:
             heapq.heappush(self._ready.setdefault(e.shard, []), e)
         self._kick()
+
+    def unsent(self, key: Key, caller: Caller) -> Entry | None:
+        """The last entry that changes ``key``, if nothing since touched ``key``, it is not sent
+        yet and it runs as ``caller``: a later change of ``key`` may be folded into it (its
+        ``req`` replaced) instead of queued after it."""
+        e = self._writer.get(key)
+        if e is None or e.state != PENDING or e.caller != caller or self._readers.get(key):
+            return None
+        return e
 
     # ------------------------------------------------------------------ waiting
     async def settle(self, keys: Iterable[Key]) -> None:
