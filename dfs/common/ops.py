@@ -62,12 +62,20 @@ class Op(enum.IntEnum):
     ABORT = 63
     FORGET = 64
 
+    SNAPCREATE = 70
+    SNAPDELETE = 71
+    SNAPFENCE = 72
+    SNAPBEGIN = 73
+    SNAPEND = 74
+    SNAPPRUNE = 75
+    SNAPSTATUS = 76
+
     # write-back (lazy mode, docs/design/writeback.md): delegated inode ids, ordered batches
-    DELEGATE = 70
-    RENEWDELEGATION = 71
-    EXPIREDELEGATIONS = 72
-    SETLAZY = 73
-    BATCH = 74
+    DELEGATE = 80
+    RENEWDELEGATION = 81
+    EXPIREDELEGATIONS = 82
+    SETLAZY = 83
+    BATCH = 84
 
 
 def inline_digest(data: bytes) -> bytes:

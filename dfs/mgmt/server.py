@@ -42,9 +42,8 @@ from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
 from dfs.consensus.raft import RaftHost
 from dfs.mgmt.store import OFFLINE, MgmtStore, build_chains, targets_from_servers
-from dfs.wire.auth import ServerAuth, shows
+from dfs.wire.auth import INTERNAL_HEADER, ServerAuth, shows
 
-INTERNAL_HEADER = "x-dfs-internal"  # as dfs.meta.server: what servers show for internal operations
 
 log = logging.getLogger("dfs.mgmt.server")
 
@@ -320,7 +319,8 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
     o = cfg.raft
     host = RaftHost(store, me.raft, [m.raft for m in cfg.mgmt], os.path.join(data, "raft"),
                     password=cfg.raft_password, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
-                    leader_fallback_timeout=o.leader_fallback_timeout, loop=asyncio.get_running_loop())
+                    leader_fallback_timeout=o.leader_fallback_timeout, durability=cfg.durability,
+                    loop=asyncio.get_running_loop())
     metrics = requests = None
     if me.metrics:
         metrics = Metrics("mgmt", cluster=cfg.cluster_id, replica=replica)

@@ -14,6 +14,8 @@
     rename     RENAME DIRPARENT RENAMEEPOCH                       coordinated
     link       LINK                                               coordinated
     twophase   ONEPHASE PREPARE COMMIT ABORT FORGET OPSTATUS REQSTATUS
+    snapshots  SNAPCREATE SNAPDELETE (run by shard 0's leader) SNAPFENCE SNAPBEGIN SNAPEND
+               SNAPPRUNE SNAPSTATUS                               the epoch steps of a snapshot
     delegate   DELEGATE RENEWDELEGATION EXPIREDELEGATIONS           inode ids delegated to lazy clients
     lazydir    SETLAZY                                            a directory's lazy policy
     batch      BATCH                                              ordered logged ops in one command

@@ -52,6 +52,9 @@ def _handler(op: int):
 @apply(m.Batch)
 def batch(ctx, req: m.Batch) -> m.BatchReply:
     ov = ctx.ov
+    # The items' savepoints are the command's overlay's, under the versioned view MetaStore
+    # gives commands (dfs.kv.versioned.Versioned, which writes through and keeps no state).
+    sp = ov.base if hasattr(ov, "epochs") else ov
     out: list[m.Outcome | None] = []
     ok: list[bool] = []  # per item: applied (now or before)
     stopped = False
@@ -67,13 +70,13 @@ def batch(ctx, req: m.Batch) -> m.BatchReply:
                 out.append(m.Outcome(status, payload))
                 ok.append(status == 0)
                 continue
-        ov.savepoint()
+        sp.savepoint()
         sub = type(ctx)(ctx.store, ov, ctx.ts, Caller(it.uid, it.gid, tuple(it.groups)), it.rid)
         try:
             h = _handler(it.op)
             res = m.Outcome(0, to_wire(h.fn(sub, h.decode(it.args))))
         except err.Retryable:
-            ov.rollback()
+            sp.rollback()
             out.append(None)
             ok.append(False)
             stopped = True  # this item and the rest go again, in order
@@ -86,9 +89,9 @@ def batch(ctx, req: m.Batch) -> m.BatchReply:
             log.exception("batch item op %s failed", it.op)
             res = m.Outcome(E.EIO, repr(e))
         if res.status:
-            ov.rollback()
+            sp.rollback()
         else:
-            ov.release()
+            sp.release()
         if it.rid:
             sub.remember(it.rid, S.pack_result(res.status, res.payload))
         out.append(res)
