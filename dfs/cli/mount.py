@@ -206,7 +206,8 @@ def _serve(mp: str, addrs: list[str], log_file: str | None, log_level: str, **kw
 
     def mounted() -> None:
         with open(state + ".tmp", "w") as f:
-            json.dump({"mountpoint": mp, "pid": os.getpid(), "log": log_file, "mgmt": addrs}, f)
+            json.dump({"mountpoint": mp, "pid": os.getpid(), "log": log_file, "mgmt": addrs,
+                       "lazy": bool(kw.get("lazy"))}, f)
         os.replace(state + ".tmp", state)
 
     try:
@@ -224,8 +225,10 @@ def _serve(mp: str, addrs: list[str], log_file: str | None, log_level: str, **kw
 
 @click.command()
 @click.argument("mountpoint", type=click.Path())
-@click.option("--timeout", default=15.0, show_default=True, help="seconds to wait for the mount process to end")
-def umount(mountpoint: str, timeout: float) -> None:
+@click.option("--timeout", type=float, default=None,
+              help="seconds to wait for the mount process to end [default: 15; a lazy mount's, which writes "
+                   "back what it holds first (its barrier): 600]")
+def umount(mountpoint: str, timeout: float | None) -> None:
     """Unmount MOUNTPOINT (also one whose mount process crashed)."""
     from dfs.fuse.mount import is_mounted
 
@@ -244,6 +247,8 @@ def umount(mountpoint: str, timeout: float) -> None:
         else:
             raise click.ClickException(f"cannot unmount {mountpoint}:\n" + "\n".join(errs))
     pid = st.get("pid") if st else None
+    if timeout is None:
+        timeout = 600.0 if st and st.get("lazy") else 15.0
     if pid and _alive(pid) and "dfs" in _cmdline(pid):
         deadline = time.monotonic() + timeout
         while _alive(pid) and time.monotonic() < deadline:

@@ -104,7 +104,7 @@ def mount_options(*, allow_other: bool | None = None, extra: tuple[str, ...] = (
 
 
 async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_ahead_kb: int,
-                on_mounted=None) -> None:
+                on_mounted=None, close_timeout: float | None = 30.0) -> None:
     pyfuse3.init(ops, mountpoint, options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,9 +123,12 @@ async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         try:
-            await asyncio.wait_for(ops.close_all(), 30)
+            await asyncio.wait_for(ops.close_all(), close_timeout)
         except Exception as e:  # noqa: BLE001 - unmount anyway
-            log.warning("closing open files at unmount: %s", e)
+            if getattr(e, "failures", None):  # lazy write-back refused: nobody else will hear of it
+                log.error("changes refused at the unmount's barrier: %s", e)
+            else:
+                log.warning("closing open files at unmount: %s", e)
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
 
@@ -150,7 +153,10 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
                               budget=write_budget, scope="all" if lazy else "tree")
     ops = DfsOperations(Core(meta, data, mode), writeback_cache=writeback_cache, direct_io=direct_io)
     try:
-        await serve(ops, mountpoint, opts, read_ahead_kb=read_ahead_kb, on_mounted=on_mounted)
+        # a lazy mount's close is its last barrier: it writes back everything it holds, however
+        # long that takes (`dfs umount` bounds its wait for it)
+        await serve(ops, mountpoint, opts, read_ahead_kb=read_ahead_kb, on_mounted=on_mounted,
+                    close_timeout=None if lazy else 30.0)
     finally:
         await data.close()
         await meta.close()

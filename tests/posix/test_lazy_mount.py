@@ -211,3 +211,42 @@ def test_a_conflict_is_reported_at_the_barrier(both):
         os.close(dfd)
     assert _read(os.path.join(st, "d", "taken")) == b"strict"
     assert _read(os.path.join(st, "d", "mine")) == b"lazy"
+
+
+def test_fsync_of_a_file_is_a_barrier_for_everything_before_it(both):
+    lz, st = both
+    os.makedirs(os.path.join(lz, "x/y"))
+    _write(os.path.join(lz, "x/y/before"), b"closed before")
+    os.rename(os.path.join(lz, "x/y/before"), os.path.join(lz, "x/before"))
+    fd = os.open(os.path.join(lz, "x/y/synced"), os.O_WRONLY | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, b"s" * 200_000)
+        os.fsync(fd)
+        assert _read(os.path.join(st, "x/before")) == b"closed before"
+        assert _read(os.path.join(st, "x/y/synced")) == b"s" * 200_000
+        assert stat.S_IMODE(os.stat(os.path.join(st, "x/y/synced")).st_mode) == 0o640
+    finally:
+        os.close(fd)
+
+
+def test_the_unmount_is_a_barrier(data_cluster, dfs_mount, tmp_path):
+    """What a lazy mount did is on the service once `dfs umount` returns (its daemon's barrier),
+    with a write-back delay long enough that nothing else could have sent it."""
+    mp = str(tmp_path / "mnt")
+    os.mkdir(mp)
+    r = _dfs("mount", mp, "--cluster", data_cluster.config_path, "--log-file", str(tmp_path / "m.log"), "--lazy",
+             "--lazy-delay", "600")
+    assert r.returncode == 0, r.stdout + r.stderr
+    name = f"unmount{next(_n)}"
+    try:
+        os.makedirs(os.path.join(mp, name, "a"))
+        for i in range(50):
+            _write(os.path.join(mp, name, "a", f"f{i}"), b"%d" % i * 100)
+        os.symlink("a/f0", os.path.join(mp, name, "l"))
+    finally:
+        u = _dfs("umount", mp)
+        assert u.returncode == 0, u.stdout + u.stderr
+    st = os.path.join(dfs_mount, name)
+    assert sorted(os.listdir(os.path.join(st, "a"))) == sorted(f"f{i}" for i in range(50))
+    assert all(_read(os.path.join(st, "a", f"f{i}")) == b"%d" % i * 100 for i in range(50))
+    assert os.readlink(os.path.join(st, "l")) == "a/f0"
