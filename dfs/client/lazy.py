@@ -881,6 +881,22 @@ class LazyMode(StrictMode):
         if fails:
             raise WriteBackError.make(fails)
 
+    # ------------------------------------------------------------------ the per-directory mark
+    async def set_lazy(self, ino: int, lazy: bool, caller: Caller | None = None) -> Attr:
+        """SETLAZY of directory ``ino`` once this client's queued changes of it are on the
+        service (its mkdir may still be in the log); this client's scope follows at once."""
+        if self.engine is not None:
+            await self.engine.settle([("i", ino)])
+        a = await self.meta.setlazy(ino, lazy, caller=caller)
+        self.forget_attr(ino)
+        if ino in self._own_attrs:
+            self._own_attrs[ino] = a
+        if a.flags & FLAG_LAZY:
+            self._lazy_dirs.add(ino)
+        else:
+            self._lazy_dirs.discard(ino)
+        return a
+
     # ------------------------------------------------------------------ lazyio
     async def propagate(self, ino: int) -> None:
         """Make this client's published changes of ``ino`` visible to others now (lazyio)."""

@@ -26,7 +26,7 @@ from dfs.client.meta import MetaClient
 from dfs.client.mode import StrictMode
 from dfs.client.paths import AsyncClient
 from dfs.common.ids import ROOT_INO, shard_of
-from dfs.common.records import ROOT, Caller
+from dfs.common.records import FLAG_LAZY, ROOT, Caller
 from dfs.meta.local import LocalEngine
 
 ALICE = Caller(1000, 1000, (1000,))
@@ -488,3 +488,23 @@ def test_fsync_of_a_file_and_of_a_directory_are_barriers():
 def test_root_has_id_one_and_mode_names():
     assert LazyMode().name == "lazy" and LazyMode(scope="tree").name != "lazy"
     assert ROOT_INO == 1
+
+
+def test_set_lazy_marks_a_tree_lazy_for_clients_in_the_default_mode():
+    async def t(lazy, t, strict, eng):
+        await lazy.mkdir("/out")
+        await lazy.set_lazy("/out")  # through the default mode's own client: sent at once
+        assert (await strict.getattr("/out")).flags & FLAG_LAZY
+        t.take()
+        await lazy.makedirs("/out/a")
+        await lazy.write_bytes("/out/a/f", b"lazy")
+        assert "CREATE" not in t.take() and not await strict.exists("/out/a")
+        await lazy.sync()
+        assert await strict.read_bytes("/out/a/f") == b"lazy"
+        assert (await strict.getattr("/out/a")).flags & FLAG_LAZY  # inherited
+        await lazy.set_lazy("/out/a", False)
+        await lazy.write_bytes("/out/a/g", b"strict")
+        assert t.take().get("CREATE") == 1 and await strict.read_bytes("/out/a/g") == b"strict"
+        with pytest.raises(NotADirectoryError):
+            await lazy.set_lazy("/out/a/f")
+    run(t, mode_kw={"scope": "tree"})
