@@ -167,6 +167,29 @@ class FileRef:
         if dirty:
             self.core.mode.wrote(of.ino)
 
+    async def propagate(self) -> None:
+        """lazyio (CephFS's ``ceph_lazyio_propagate``): this open's writes reach the data
+        servers and the file's size the service, without waiting for the client's other
+        changes (a barrier does); others see them at their next open or ``synchronize``."""
+        of, core = self.of, self.core
+        async with of.lock:
+            dirty = of.fh.dirty()
+            await of.fh.flush()
+        if dirty:
+            core.mode.wrote(of.ino)
+        settle = getattr(core.mode, "propagate", None)  # a mode that queues the size: wait for it
+        if settle is not None:
+            await settle(of.ino)
+
+    async def synchronize(self) -> None:
+        """lazyio (``ceph_lazyio_synchronize``): see what other clients propagated to this
+        file: its size from the service, nothing read of an older version kept."""
+        of, core = self.of, self.core
+        core.mode.forget_attr(of.ino)
+        a = await core.meta.getattr(of.ino)
+        async with of.lock:
+            of.fh.refresh(a)
+
     async def fsync(self) -> None:
         of, core = self.of, self.core
         await core.wait_background()

@@ -508,3 +508,28 @@ def test_set_lazy_marks_a_tree_lazy_for_clients_in_the_default_mode():
         with pytest.raises(NotADirectoryError):
             await lazy.set_lazy("/out/a/f")
     run(t, mode_kw={"scope": "tree"})
+
+
+def test_lazyio_ranks_write_disjoint_ranges_of_one_file_propagate_and_synchronize():
+    """Two lazy clients (ranks) write halves of one file; propagate() pushes each one's writes,
+    synchronize() shows the other's to an open file, without a barrier of the whole client."""
+    async def t(lazy, t, strict, eng):
+        other = AsyncClient(MetaClient(eng, ROOT), lazy.core.data, mode=LazyMode())
+        try:
+            await strict.write_bytes("/ckpt", b"")
+            half = 300_000
+            fa = await lazy.open("/ckpt", "r+b")
+            fb = await other.open("/ckpt", "r+b")
+            await fa.pwrite(0, b"a" * half)
+            await fb.pwrite(half, b"b" * half)
+            await fa.propagate()
+            await fb.propagate()
+            assert (await strict.stat("/ckpt")).st_size == 2 * half
+            await fa.synchronize()
+            assert await fa.pread(0, 2 * half) == b"a" * half + b"b" * half
+            await fa.close()
+            await fb.close()
+            assert await strict.read_bytes("/ckpt") == b"a" * half + b"b" * half
+        finally:
+            await other.close()
+    run(t)
