@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dfs-bench-lazy-", dir=a.root) as root:
         rows = bench(root, a)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        if a.json:  # before the work directory's (long) removal
+            with open(a.json, "w") as f:
+                json.dump(rows, f, indent=1)
     return 0
 
 
