@@ -322,6 +322,9 @@ class Core:
             mode.forget_entry(parent, name)
             raise
         mode.remember(parent, name, a)
+        mine = mode.own_attr(a.ino)  # the name is the service's, the inode's attributes this client's
+        if mine is not None:
+            a = mine
         return self._seen(a) if self.files else a
 
     async def getattr(self, ino: int, *, caller: Caller | None = None, fresh: bool = False) -> Attr:

@@ -270,14 +270,21 @@ class LazyMode(StrictMode):
 
     def merge(self, ino, cookie, entries, eof):
         kids = self._kids.get(ino)
+        own = self._own_attrs
         if not kids:
-            return entries, eof
+            if not own:
+                return entries, eof
+            # the names are the service's; attributes this client changed are its own (readdirplus
+            # must agree with getattr: tar -c warns "file changed as we read it" otherwise)
+            return [replace(e, attr=own[e.ino]) if e.attr is not None and e.ino in own else e
+                    for e in entries], eof
         hi = entries[-1].cookie if entries and not eof else None  # the page covers hashes below hi
         out = []
         for e in entries:
             mine = kids.get(e.name)
             if mine is None:
-                out.append(e)
+                a = own.get(e.ino) if e.attr is not None else None
+                out.append(replace(e, attr=a) if a is not None else e)
             elif mine and mine == e.ino:
                 a = self._own_attrs.get(mine)
                 out.append(replace(e, attr=a) if a is not None and e.attr is not None else e)

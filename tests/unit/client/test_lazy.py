@@ -533,3 +533,19 @@ def test_lazyio_ranks_write_disjoint_ranges_of_one_file_propagate_and_synchroniz
         finally:
             await other.close()
     run(t)
+
+
+def test_listing_and_lookup_agree_with_getattr_on_what_this_client_changed():
+    """The entry is the service's (its change evicted), the inode's attributes still this
+    client's: readdirplus and a lookup give those, as getattr does (tar -c compares them)."""
+    async def t(lazy, t, strict, eng):
+        await lazy.mkdir("/d")
+        await lazy.write_bytes("/d/f", b"x")
+        await lazy.sync()
+        await lazy.mkdir("/other")  # a mutation: the view forgets what expired (ttl 0)
+        await lazy.chmod("/d/f", 0o600)  # queued: the inode's attributes are this client's
+        mine = await lazy.core.getattr((await lazy.stat("/d/f")).st_ino)
+        (e,) = await lazy.readdir("/d")
+        assert e.attr == mine
+        assert await lazy.core.lookup((await lazy.stat("/d")).st_ino, b"f", fresh=True) == mine
+    run(t, mode_kw={"ttl": 0})
