@@ -32,6 +32,7 @@ __all__ = [
     "AsyncFile",
     "Mode",
     "StrictMode",
+    "LazyMode",
     "Caller",
     "errors",
     "DfsError",
@@ -46,12 +47,13 @@ _LAZY = {
     "AsyncFile": "dfs.client.api",
     "Mode": "dfs.client.api",
     "StrictMode": "dfs.client.api",
+    "LazyMode": "dfs.client.api",
     "Caller": "dfs.common.records",
     "DfsError": "dfs.common.errors",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dfs.client.api import AsyncClient, AsyncFile, Client, Mode, StrictMode, aconnect, connect
+    from dfs.client.api import AsyncClient, AsyncFile, Client, LazyMode, Mode, StrictMode, aconnect, connect
     from dfs.common import errors
     from dfs.common.errors import DfsError
     from dfs.common.records import Caller

@@ -33,5 +33,7 @@ _passthrough("stress", "dfs.bench.stress",
              "Correctness under load: concurrent clients (and --chaos kills) checked against a model of the namespace.")
 _passthrough("meta", "dfs.bench.meta_bench",
              "Metadata stress, mdtest-style: P processes x N files, create/stat/read/rename/unlink, ops/s and latency.")
+_passthrough("lazy", "dfs.bench.lazy",
+             "Lazy mode: untar through a lazy mount, library creates, visibility delay; strict and local disk.")
 _passthrough("ai", "dfs.bench.ai",
              "AI workloads (ls -l, shuffled small reads, checkpoints, model load): library, mount and local disk.")

@@ -115,13 +115,22 @@ def _tail(path: str, n: int = 20) -> str:
 @click.option("--direct-io", is_flag=True, help="bypass the page cache (reads arrive as 1 MiB requests)")
 @click.option("--read-ahead-kb", default=4096, show_default=True, type=click.IntRange(0),
               help="raise the mount's read_ahead_kb (buffered read size); 0 leaves it")
+@click.option("--lazy", is_flag=True,
+              help="lazy mode: changes apply here at once and reach the service within --lazy-delay; "
+                   "fsync of any file or directory (`sync MOUNTPOINT`) and the unmount are barriers")
+@click.option("--lazy-delay", default=1.0, show_default=True, type=click.FloatRange(0.001),
+              help="lazy mode: seconds a change may wait before it is sent (back-pressure beyond)")
+@click.option("--lazy-ttl", default=10.0, show_default=True, type=click.FloatRange(0),
+              help="lazy mode: seconds this client keeps its own view of what it changed")
+@click.option("--write-budget-mib", default=256, show_default=True, type=click.IntRange(1),
+              help="MiB of written data the closes that do not wait (lazy mode) may hold")
 @click.option("-o", "options", multiple=True, help="extra FUSE mount options (comma-separated)")
 @click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for the mount to be live")
 def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file: str | None, foreground: bool,
           log_file: str | None,
           log_level: str, entry_timeout: float, attr_timeout: float, negative_timeout: float,
-          writeback_cache: bool, direct_io: bool, read_ahead_kb: int, options: tuple[str, ...],
-          timeout: float) -> None:
+          writeback_cache: bool, direct_io: bool, read_ahead_kb: int, lazy: bool, lazy_delay: float,
+          lazy_ttl: float, write_budget_mib: int, options: tuple[str, ...], timeout: float) -> None:
     """Mount the cluster at MOUNTPOINT (in the background unless --foreground)."""
     from dfs.fuse.mount import is_mounted
 
@@ -137,7 +146,8 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
     if foreground:  # logs to stderr unless --log-file
         _serve(mp, addrs, os.path.abspath(log_file) if log_file else None, log_level, entry_timeout=entry_timeout,
                attr_timeout=attr_timeout, negative_timeout=negative_timeout, writeback_cache=writeback_cache,
-               direct_io=direct_io, read_ahead_kb=read_ahead_kb, options=extra, auth=creds)
+               direct_io=direct_io, read_ahead_kb=read_ahead_kb, options=extra, auth=creds, lazy=lazy,
+               lazy_delay=lazy_delay, lazy_ttl=lazy_ttl, write_budget=write_budget_mib << 20)
         return
     log_file = os.path.abspath(log_file or _default_log(mp))
     where = ["--mgmt", ",".join(addrs)] if mgmt else ["--cluster", _cluster_file(cluster_path)]
@@ -151,6 +161,10 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
         argv.append("--writeback-cache")
     if direct_io:
         argv.append("--direct-io")
+    if lazy:
+        argv.append("--lazy")
+    argv += ["--lazy-delay", str(lazy_delay), "--lazy-ttl", str(lazy_ttl), "--write-budget-mib",
+             str(write_budget_mib)]
     if extra:
         argv += ["-o", ",".join(extra)]
     with open(log_file, "ab") as lf:
@@ -192,7 +206,8 @@ def _serve(mp: str, addrs: list[str], log_file: str | None, log_level: str, **kw
 
     def mounted() -> None:
         with open(state + ".tmp", "w") as f:
-            json.dump({"mountpoint": mp, "pid": os.getpid(), "log": log_file, "mgmt": addrs}, f)
+            json.dump({"mountpoint": mp, "pid": os.getpid(), "log": log_file, "mgmt": addrs,
+                       "lazy": bool(kw.get("lazy"))}, f)
         os.replace(state + ".tmp", state)
 
     try:
@@ -210,8 +225,10 @@ def _serve(mp: str, addrs: list[str], log_file: str | None, log_level: str, **kw
 
 @click.command()
 @click.argument("mountpoint", type=click.Path())
-@click.option("--timeout", default=15.0, show_default=True, help="seconds to wait for the mount process to end")
-def umount(mountpoint: str, timeout: float) -> None:
+@click.option("--timeout", type=float, default=None,
+              help="seconds to wait for the mount process to end [default: 15; a lazy mount's, which writes "
+                   "back what it holds first (its barrier): 600]")
+def umount(mountpoint: str, timeout: float | None) -> None:
     """Unmount MOUNTPOINT (also one whose mount process crashed)."""
     from dfs.fuse.mount import is_mounted
 
@@ -230,6 +247,8 @@ def umount(mountpoint: str, timeout: float) -> None:
         else:
             raise click.ClickException(f"cannot unmount {mountpoint}:\n" + "\n".join(errs))
     pid = st.get("pid") if st else None
+    if timeout is None:
+        timeout = 600.0 if st and st.get("lazy") else 15.0
     if pid and _alive(pid) and "dfs" in _cmdline(pid):
         deadline = time.monotonic() + timeout
         while _alive(pid) and time.monotonic() < deadline:

@@ -13,7 +13,8 @@ Layers, bottom up (each module's opener says more):
   mount: open files and ``FileHandle``s, server open handles (``leases``),
   the ``Mode``, the ``ChunkIO``;
 * ``mode.Mode`` / ``mode.StrictMode``: the consistency policy the core asks
-  before and tells after every request;
+  before and tells after every request; ``lazy.LazyMode`` (over
+  ``writeback``): lazy mode, and the default mode's lazy trees;
 * ``paths.AsyncClient``: path resolution and the path API on the core;
 * ``fileio``: ``AsyncFile``, ``RawFile`` and the ``io`` stack;
 * ``sync.Client``: the synchronous facade (``loop.SyncFacade``);
@@ -29,12 +30,14 @@ from __future__ import annotations
 from dfs.client.connect import DEFAULT_DATA, aconnect, connect, default_caller, find_cluster, find_credentials
 from dfs.client.core import Core, FileRef
 from dfs.client.fileio import AsyncFile, RawFile, parse_mode
+from dfs.client.lazy import LazyMode
 from dfs.client.mode import Mode, StrictMode
 from dfs.client.paths import MAXSYMLINKS, AsyncClient, ScandirEntry
 from dfs.client.sync import Client
 
 __all__ = [
-    "AsyncClient", "AsyncFile", "Client", "Core", "FileRef", "Mode", "StrictMode", "RawFile", "ScandirEntry",
+    "AsyncClient", "AsyncFile", "Client", "Core", "FileRef", "Mode", "StrictMode", "LazyMode", "RawFile",
+    "ScandirEntry",
     "connect", "aconnect", "find_cluster", "find_credentials", "default_caller", "parse_mode", "DEFAULT_DATA",
     "MAXSYMLINKS",
 ]

@@ -9,14 +9,16 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from dfs.client.lazy import LazyMode
 from dfs.client.meta import MetaClient
-from dfs.client.mode import Mode, StrictMode
+from dfs.client.mode import Mode
 from dfs.client.paths import AsyncClient
 from dfs.client.sync import Client
 from dfs.common.config import DEFAULT_DATA, ClientConfig, locate
 from dfs.common.records import ROOT, Caller
 
-__all__ = ["DEFAULT_DATA", "aconnect", "connect", "default_caller", "dial", "find_cluster", "find_credentials"]
+__all__ = ["DEFAULT_DATA", "aconnect", "connect", "default_caller", "dial", "find_cluster", "find_credentials",
+           "make_mode"]
 
 
 def default_caller() -> Caller:
@@ -72,12 +74,28 @@ async def dial(mgmt: list[str], *, auth=None, caller: Caller = ROOT, deadline: f
     return MetaClient(t, caller), DataClient(t.map, t.refresh_map, auth=auth)
 
 
+def make_mode(consistency: str = "strict", *, ttl: float = 1.0, lazy_delay: float = 1.0,
+              lazy_ttl: float = 10.0) -> Mode:
+    """The mode ``connect(consistency=...)`` builds: "strict" (close-to-open with ``ttl``
+    caches; directories marked lazy, SETLAZY, and their trees are written back lazily) or
+    "lazy" (everything written back lazily: changes reach the service within about
+    ``lazy_delay``, what came from it is reused for ``lazy_ttl``)."""
+    if consistency == "strict":
+        return LazyMode(lazy_ttl, delay=lazy_delay, scope="tree", strict_ttl=ttl)
+    if consistency == "lazy":
+        return LazyMode(lazy_ttl, delay=lazy_delay, scope="all")
+    raise ValueError(f"consistency: 'strict' or 'lazy', not {consistency!r}")
+
+
 async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None = None,
                    mgmt: list[str] | str | None = None, caller: Caller | None = None, uid: int | None = None,
                    gid: int | None = None, groups: tuple[int, ...] | None = None, mode: Mode | None = None,
                    ttl: float = 1.0, umask: int = 0o022, deadline: float = 30.0, token: str | None = None,
-                   token_file: str | None = None) -> AsyncClient:
+                   token_file: str | None = None, consistency: str = "strict", lazy_delay: float = 1.0,
+                   lazy_ttl: float = 10.0) -> AsyncClient:
     """The asyncio client; arguments as ``connect``."""
+    if mode is None:
+        mode = make_mode(consistency, ttl=ttl, lazy_delay=lazy_delay, lazy_ttl=lazy_ttl)
     addrs = find_cluster(cluster, data=data, mgmt=mgmt)
     creds = find_credentials(cluster, data=data, mgmt=mgmt, token=token, token_file=token_file)
     if caller is None:
@@ -85,21 +103,29 @@ async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None
         caller = Caller(me.uid if uid is None else uid, me.gid if gid is None else gid,
                         me.groups if groups is None else tuple(groups))
     meta, dc = await dial(addrs, auth=creds, caller=caller, deadline=deadline)
-    return AsyncClient(meta, dc, mode=mode if mode is not None else StrictMode(ttl), umask=umask, on_close=dc.close)
+    return AsyncClient(meta, dc, mode=mode, umask=umask, on_close=dc.close)
 
 
 def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None, mgmt: list[str] | str | None = None,
             uid: int | None = None, gid: int | None = None, groups: tuple[int, ...] | None = None,
             caller: Caller | None = None, mode: Mode | None = None, ttl: float = 1.0, umask: int = 0o022,
-            deadline: float = 30.0, token: str | None = None, token_file: str | None = None) -> Client:
+            deadline: float = 30.0, token: str | None = None, token_file: str | None = None,
+            consistency: str = "strict", lazy_delay: float = 1.0, lazy_ttl: float = 10.0) -> Client:
     """A synchronous ``Client`` of a cluster (see ``find_cluster`` for how it is found).
 
     ``uid``/``gid``/``groups`` (or ``caller``): the identity the service checks permissions
-    against (default: this process's). ``mode``: the consistency mode (default
-    ``StrictMode(ttl)``; ``ttl=0`` disables the caches). ``umask``: applied to created modes.
+    against (default: this process's). ``consistency``: "strict" (the default: close-to-open,
+    caches kept ``ttl`` seconds, ``ttl=0`` disables them; directories marked lazy and their
+    trees are written back lazily) or "lazy" (every change is applied here at once and
+    written back within about ``lazy_delay`` seconds; others' changes are seen within
+    ``lazy_ttl``; ``sync()`` and ``close()`` are the barriers: docs/design/client.md,
+    "Lazy mode"); ``mode``: a ``Mode`` instead. ``umask``: applied to created modes.
     ``token``/``token_file``: the client token, instead of $DFS_TOKEN or the cluster file's
     (see ``find_credentials``)."""
     kw = dict(data=data, mgmt=mgmt, uid=uid, gid=gid, groups=groups, caller=caller, mode=mode, ttl=ttl,
-              umask=umask, deadline=deadline, token=token, token_file=token_file)
+              umask=umask, deadline=deadline, token=token, token_file=token_file, consistency=consistency,
+              lazy_delay=lazy_delay, lazy_ttl=lazy_ttl)
+    if mode is None:
+        make_mode(consistency)  # a bad choice fails here, in the calling thread
     find_cluster(cluster, data=data, mgmt=mgmt)  # fail fast, in the calling thread
     return Client(lambda: aconnect(cluster, **kw))

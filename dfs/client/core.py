@@ -143,9 +143,15 @@ class FileRef:
         plan says its close waits, the flush goes to the background; an error of an
         earlier background flush of the file is raised, and the mode may report one."""
         of, core = self.of, self.core
-        if closing and not self.waits:
-            core._later(of.ino, self._flush())
+        if closing and not self.waits and not of.fh.inline and of.fh.pending_bytes():
+            # bytes for the data servers: they go in the background (the size follows them)
+            held = of.fh.pending_bytes() if core.budget is not None else 0
+            if held:  # back-pressure: the write-behind of closes that do not wait is bounded
+                await core.budget.take(held)
+            core._later(of.ino, self._flush(), release=held)
         else:
+            # nothing for the data servers (an inline file, or its bytes are sent): a mode that
+            # does not wait only queues its size now, in the order of this client's changes
             await self._flush()
         if closing:
             core._raise_later(of.ino)
@@ -160,6 +166,29 @@ class FileRef:
             await of.fh.flush()
         if dirty:
             self.core.mode.wrote(of.ino)
+
+    async def propagate(self) -> None:
+        """lazyio (CephFS's ``ceph_lazyio_propagate``): this open's writes reach the data
+        servers and the file's size the service, without waiting for the client's other
+        changes (a barrier does); others see them at their next open or ``synchronize``."""
+        of, core = self.of, self.core
+        async with of.lock:
+            dirty = of.fh.dirty()
+            await of.fh.flush()
+        if dirty:
+            core.mode.wrote(of.ino)
+        settle = getattr(core.mode, "propagate", None)  # a mode that queues the size: wait for it
+        if settle is not None:
+            await settle(of.ino)
+
+    async def synchronize(self) -> None:
+        """lazyio (``ceph_lazyio_synchronize``): see what other clients propagated to this
+        file: its size from the service, nothing read of an older version kept."""
+        of, core = self.of, self.core
+        core.mode.forget_attr(of.ino)
+        a = await core.meta.getattr(of.ino)
+        async with of.lock:
+            of.fh.refresh(a)
 
     async def fsync(self) -> None:
         of, core = self.of, self.core
@@ -247,6 +276,9 @@ class Core:
         self.leases = Leases(meta, lease_s, on_lost=self._lost)
         self._background: set[asyncio.Task] = set()  # closes that do not wait (OpenPlan.close_waits)
         self._failed: dict[int, BaseException] = {}  # ino -> the first error of its background work
+        # bytes the closes that do not wait still hold (a write-back mode's budget, or None)
+        self.budget = None
+        self.mode.bind(self)
 
     # ------------------------------------------------------------------ what this client sees
     def _seen(self, a: Attr) -> Attr:
@@ -275,6 +307,9 @@ class Core:
         service, never a cache; ``walk``: only to go through it to a path's next component
         (see Mode.walk_attr)."""
         mode = self.mode
+        own = mode.own(parent, name)  # this client's unflushed change: authoritative even fresh
+        if own is not None:
+            return self._seen(own) if self.files else own
         if not fresh:
             ino = mode.entry(parent, name)
             if ino is not None:
@@ -287,9 +322,15 @@ class Core:
             mode.forget_entry(parent, name)
             raise
         mode.remember(parent, name, a)
+        mine = mode.own_attr(a.ino)  # the name is the service's, the inode's attributes this client's
+        if mine is not None:
+            a = mine
         return self._seen(a) if self.files else a
 
     async def getattr(self, ino: int, *, caller: Caller | None = None, fresh: bool = False) -> Attr:
+        a = self.mode.own_attr(ino)  # this client's unflushed change: authoritative even fresh
+        if a is not None:
+            return self._seen(a) if self.files else a
         if not fresh:
             a = self.mode.attr(ino)
             if a is not None:
@@ -310,9 +351,12 @@ class Core:
         """One page of directory ``ino`` after ``cookie`` (readdirplus with ``plus``)."""
         limit = limit or self.readdir_page
         got = self.mode.listing(ino, cookie, limit, plus)
-        if got is None:
-            got = await self.meta.readdir(ino, cookie, limit, plus=plus, caller=caller)
-            self.mode.listed(ino, got[0])
+        while got is None:
+            entries, eof = await self.meta.readdir(ino, cookie, limit, plus=plus, caller=caller)
+            self.mode.listed(ino, entries)
+            got = self.mode.merge(ino, cookie, entries, eof)
+            if not got[0] and not got[1] and entries:  # all of it removed here: the next page
+                got, cookie = None, entries[-1].cookie
         entries, eof = got
         return self._seen_entries(entries), eof
 
@@ -406,7 +450,8 @@ class Core:
             if grow is not None:
                 try:
                     return self._seen(await self._change(
-                        m, lambda: self.meta.setattr(ino, caller=caller, grow=grow, **fields)))
+                        Mutation(Change.SETATTR, caller, inos=(ino,), args={**fields, "grow": grow}),
+                        lambda: self.meta.setattr(ino, caller=caller, grow=grow, **fields)))
                 except BaseException as e:
                     of.fh.unpublished()  # the close publishes it, if nothing here does
                     if not isinstance(e, err.DfsError):
@@ -514,6 +559,11 @@ class Core:
         if _writes(flags) or not plan.server_handle:
             return None
         try:
+            if self.mode.own(parent, name) is not None:
+                return None  # this client's own unflushed name: the service does not know it yet
+        except err.NotFound:
+            return None
+        try:
             a, h, durable = await self.meta.lookup_open(parent, name, self.leases.lease, access=access,
                                                         caller=caller)
         except err.NotFound:
@@ -537,6 +587,7 @@ class Core:
             lease_s=self.leases.lease, access=access, caller=caller))
         if not a.is_reg():
             return None, a, created
+        plan = self.mode.open_plan(a.ino, flags)  # the inode's own (a mode may decide by its directory)
         ref = await self._install(a, h, False, flags, caller=caller, truncate=not created,
                                   waits=plan.close_waits)
         return ref, ref.attr, created
@@ -546,7 +597,7 @@ class Core:
         """A fresh open of ``a.ino`` that brought handle ``h``: into the table."""
         if a.ino in self._closing:  # its last close is still flushing: see what it publishes
             await self._settled(a.ino)
-            a = await self.meta.getattr(a.ino, caller=caller)
+            a = self.mode.own_attr(a.ino) or await self.meta.getattr(a.ino, caller=caller)
         of = self.files.get(a.ino)
         if of is None:
             of = self.files[a.ino] = OpenFile(a.ino, self._file_handle(a), h, read)
@@ -623,15 +674,19 @@ class Core:
             of.fh.fail(err.Stale(f"the open of inode {ino} was lost: {e}"))
 
     # ------------------------------------------------------------------ background work and barriers
-    def _later(self, ino: int, coro) -> None:
+    def _later(self, ino: int, coro, release: int = 0) -> None:
         """Run ``coro`` (a close's flush or release of ``ino``) in the background; its error is
-        kept for the next barrier and the file's next close."""
+        kept for the next barrier and the file's next close. ``release``: bytes of the budget
+        it holds, given back when it is done."""
         async def run() -> None:
             try:
                 await coro
             except Exception as e:  # noqa: BLE001 - reported at the next barrier
                 log.warning("background flush of inode %d: %s", ino, e)
                 self._failed.setdefault(ino, e)
+            finally:
+                if release:
+                    self.budget.give(release)
 
         t = asyncio.get_running_loop().create_task(run())
         self._background.add(t)
@@ -677,5 +732,8 @@ class Core:
             of.refs = 0
             await self._last_close(of)
         await self.leases.close()
-        await self.mode.barrier(None)
+        try:
+            await self.mode.barrier(None)
+        finally:
+            await self.mode.close()
         self._raise_later()

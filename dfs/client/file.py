@@ -26,7 +26,11 @@ told about the size at the points close-to-open consistency needs: ``flush``,
   chunks, then ``MIGRATE`` clears the flag (the inline bytes stay the truth
   until then), and the handle goes on as for any other file.
 
-Memory is bounded by ``window`` (write buffers) plus ``readahead`` chunks.
+Memory is bounded by ``window`` (write buffers) plus ``readahead`` chunks per
+handle. A close that does not wait for its data (lazy mode) leaves the handle's
+buffers to a background flush; ``WriteBudget`` bounds what all such closes of a
+client hold at once (the close of a file that would pass it waits until
+earlier flushes are done: back-pressure, not an error).
 Imports: dfs.common and this package only.
 """
 
@@ -68,6 +72,36 @@ class SizeSink(Protocol):
     async def write_inline(self, ino: int, runs: list[tuple[int, bytes]], size: int) -> Attr: ...
 
     async def migrate_inline(self, ino: int, expect: bytes | None) -> Attr: ...
+
+
+class WriteBudget:
+    """Bytes of write-behind that closes which do not wait may hold at once (a client's).
+
+    ``take(n)`` waits while the budget would be passed (unless nothing is held: one file
+    larger than the whole budget still goes, alone); ``give(n)`` returns them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self.used = 0
+        self._waiters: list[asyncio.Future] = []
+        self.waited = 0  # how many takes had to wait (tests, stats)
+
+    async def take(self, n: int) -> None:
+        if self.used and self.used + n > self.limit:
+            self.waited += 1
+            loop = asyncio.get_running_loop()
+            while self.used and self.used + n > self.limit:
+                fut = loop.create_future()
+                self._waiters.append(fut)
+                await fut
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
 
 class MemoryChunks:
@@ -120,6 +154,7 @@ class FileHandle:
         self._sem = asyncio.Semaphore(max_inflight)
         self._bufs: dict[int, list[tuple[int, bytearray]]] = {}  # chunk -> [(offset, bytes)] coalesced runs
         self._buffered = 0
+        self._sending = 0  # bytes of the chunk writes on the wire
         self._tasks: set[asyncio.Task] = set()
         self._error: BaseException | None = None
         self._dirty_size = False
@@ -138,6 +173,10 @@ class FileHandle:
     def dirty(self) -> bool:
         """Whether writes or a size change of this handle are not published yet."""
         return bool(self._bufs or self._tasks or self._dirty_size)
+
+    def pending_bytes(self) -> int:
+        """Bytes this handle holds for writes not acknowledged yet (buffered or on the wire)."""
+        return self._buffered + self._sending
 
     def idle(self) -> bool:
         """Nothing to send and no error to report: ``flush`` would do nothing."""
@@ -232,6 +271,7 @@ class FileHandle:
             del self._bufs[index]
             for start, buf in runs:
                 self._buffered -= len(buf)
+                self._sending += len(buf)
                 await self._sem.acquire()
                 t = asyncio.ensure_future(self._send(index, start, buf))
                 self._tasks.add(t)
@@ -244,6 +284,7 @@ class FileHandle:
             if self._error is None:
                 self._error = e
         finally:
+            self._sending -= len(buf)
             self._sem.release()
 
     async def flush(self) -> None:

@@ -105,6 +105,12 @@ class Cursor:
     async def fsync(self) -> None:
         await self.ref.fsync()
 
+    async def propagate(self) -> None:
+        await self.ref.propagate()
+
+    async def synchronize(self) -> None:
+        await self.ref.synchronize()
+
     async def close(self) -> None:
         await self.ref.close()
 
@@ -164,6 +170,14 @@ class AsyncFile:
 
     async def fsync(self) -> None:
         await self._c.fsync()
+
+    async def propagate(self) -> None:
+        """lazyio: push this open's writes to the service (see docs/design/client.md, "Lazy mode")."""
+        await self._c.propagate()
+
+    async def synchronize(self) -> None:
+        """lazyio: see the writes other clients propagated to this file."""
+        await self._c.synchronize()
 
     async def close(self) -> None:
         if not self.closed:
@@ -237,6 +251,14 @@ class RawFile(io.RawIOBase):
         self._checkClosed()
         self._run(self._c.fsync())
 
+    def propagate(self) -> None:
+        self._checkClosed()
+        self._run(self._c.propagate())
+
+    def synchronize(self) -> None:
+        self._checkClosed()
+        self._run(self._c.synchronize())
+
     def fileno(self) -> int:
         raise io.UnsupportedOperation("a dfs file has no file descriptor")
 
@@ -261,6 +283,16 @@ class _Fsync:
     def fsync(self) -> None:
         self.flush()
         self._raw().fsync()
+
+    def propagate(self) -> None:
+        """lazyio: push this open's writes to the service (docs/design/client.md, "Lazy mode")."""
+        self.flush()
+        self._raw().propagate()
+
+    def synchronize(self) -> None:
+        """lazyio: see the writes other clients propagated (what this io object's own read
+        buffer holds stays: read shared files unbuffered, ``buffering=0``)."""
+        self._raw().synchronize()
 
     @property
     def size(self) -> int:

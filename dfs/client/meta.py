@@ -27,6 +27,7 @@ from dfs.common import messages as m
 from dfs.common.ids import ROOT_INO, shard_of
 from dfs.common.limits import NAME_MAX
 from dfs.common.ops import (
+    DEFAULT_DELEGATION_LEASE_S,
     DEFAULT_LEASE_S,
     SET_ATIME,
     SET_ATIME_NOW,
@@ -169,15 +170,17 @@ class MetaClient:
 
     # ------------------------------------------------------------------ mutations
     async def create(self, parent: int, name: str | bytes, mode: int = 0o644, *, excl: bool = True,
-                     umask: int = 0, inline: bool | None = None,
-                     caller: Caller | None = None) -> tuple[Attr, bool]:
+                     umask: int = 0, inline: bool | None = None, ino: int = 0, session: bytes = b"",
+                     layout: int = 0, caller: Caller | None = None) -> tuple[Attr, bool]:
         """Create a regular file; with ``excl=False`` an existing one is returned.
 
         ``inline``: whether the new file keeps its bytes in the metadata shard while
         they fit under ``INLINE_MAX`` (None: as its directory's policy says, see
-        ``setlayout``). Returns (attr, created)."""
+        ``setlayout``). ``ino``: an id the parent's shard delegated to ``session``
+        (``delegate``); ``layout``: the file's layout instead of its directory's.
+        Returns (attr, created)."""
         req = m.Create(parent, _enc(name), stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None,
-                       None if inline is None else bool(inline))
+                       None if inline is None else bool(inline), ino=ino, session=session, layout=layout)
         r = await self._send(req, caller, True)
         return await self._attr_of(r.ino, r.attr, caller), r.created
 
@@ -216,12 +219,13 @@ class MetaClient:
         r = await self._send(req, caller, True)
         return await self._attr_of(r.ino, r.attr, caller)
 
-    async def mkdir(self, parent: int, name: str | bytes, mode: int = 0o755, *, umask: int = 0,
-                    caller: Caller | None = None) -> Attr:
+    async def mkdir(self, parent: int, name: str | bytes, mode: int = 0o755, *, umask: int = 0, ino: int = 0,
+                    session: bytes = b"", caller: Caller | None = None) -> Attr:
+        """``ino``: an id the new directory's home shard delegated to ``session``."""
         name = _enc(name)
         if len(name) > NAME_MAX:
             raise err.NameTooLong()
-        return await self._send(m.Mkdir(parent, name, mode, umask), caller, True)
+        return await self._send(m.Mkdir(parent, name, mode, umask, ino, session), caller, True)
 
     async def unlink(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> None:
         """Remove a non-directory entry (EISDIR for a directory, ENOENT for none)."""
@@ -242,25 +246,8 @@ class MetaClient:
                       atime_now: bool = False, mtime_now: bool = False, grow: int | None = None,
                       caller: Caller | None = None) -> Attr:
         """``grow``: publish a writer's size first, as ``extend`` does (one command for both)."""
-        valid = 0
-        if mode is not None:
-            valid |= SET_MODE
-        if uid is not None and uid != -1:
-            valid |= SET_UID
-        if gid is not None and gid != -1:
-            valid |= SET_GID
-        if size is not None:
-            valid |= SET_SIZE
-        if atime_ns is not None:
-            valid |= SET_ATIME
-        if mtime_ns is not None:
-            valid |= SET_MTIME
-        if atime_now:
-            valid |= SET_ATIME | SET_ATIME_NOW
-        if mtime_now:
-            valid |= SET_MTIME | SET_MTIME_NOW
-        req = m.Setattr(ino, valid, mode or 0, uid if valid & SET_UID else 0, gid if valid & SET_GID else 0,
-                        size or 0, atime_ns or 0, mtime_ns or 0, None if grow is None else int(grow))
+        req = setattr_request(ino, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns, mtime_ns=mtime_ns,
+                              atime_now=atime_now, mtime_now=mtime_now, grow=grow)
         return await self._send(req, caller, True)
 
     async def extend(self, ino: int, size: int, *, caller: Caller | None = None) -> Attr:
@@ -303,6 +290,31 @@ class MetaClient:
         ``INLINE_MAX``; new subdirectories inherit the policy."""
         req = m.Setlayout(ino, int(layout), None if inline is None else bool(inline))
         return await self._send(req, caller, True)
+
+    async def setlazy(self, ino: int, lazy: bool = True, *, caller: Caller | None = None) -> Attr:
+        """Set directory ``ino``'s lazy policy (``Attr.flags & FLAG_LAZY``): clients in the
+        per-directory lazy mode change its tree lazily; new subdirectories inherit it."""
+        return await self._send(m.SetLazy(ino, bool(lazy)), caller, True)
+
+    # ------------------------------------------------------------------ write-back (lazy mode)
+    async def delegate(self, shard: int, session: bytes, count: int,
+                       lease_s: float = DEFAULT_DELEGATION_LEASE_S) -> m.Grant:
+        """Have ``shard`` delegate ``count`` inode ids (whole blocks) to client ``session``
+        until its lease ends (which also renews the session's earlier grants there)."""
+        return await self._send(m.Delegate(session, int(count), float(lease_s)), None, True, shard=shard)
+
+    async def renew_delegation(self, shard: int, session: bytes, lease_s: float = DEFAULT_DELEGATION_LEASE_S, *,
+                               release: bool = False) -> int:
+        """Extend ``session``'s grants on ``shard`` (the new expiry, ns); NotFound when none is
+        left. ``release``: drop them instead."""
+        r = await self._send(m.RenewDelegation(session, float(lease_s), bool(release)), None, True, shard=shard)
+        return r.expiry
+
+    async def batch(self, shard: int, items: list[m.BatchItem]) -> list[m.Outcome | None]:
+        """Logged ops of ``shard`` applied in order in one command (``m.Batch``): an outcome
+        per item, None for an item not run. Resending the same items (same request ids) is
+        answered from their idempotency records."""
+        return (await self._send(m.Batch(items), None, False, shard=shard)).results
 
     # ------------------------------------------------------------------ open handles
     async def open_handle(self, ino: int, lease_s: float = DEFAULT_LEASE_S, *, handle: bytes | None = None,
@@ -430,6 +442,31 @@ class MetaClient:
         if not parent.is_dir():
             raise err.NotADirectory()
         return parent.ino, name
+
+
+def setattr_request(ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                    size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+                    atime_now: bool = False, mtime_now: bool = False, grow: int | None = None) -> m.Setattr:
+    """The SETATTR request of ``MetaClient.setattr``'s arguments (lazy mode queues it)."""
+    valid = 0
+    if mode is not None:
+        valid |= SET_MODE
+    if uid is not None and uid != -1:
+        valid |= SET_UID
+    if gid is not None and gid != -1:
+        valid |= SET_GID
+    if size is not None:
+        valid |= SET_SIZE
+    if atime_ns is not None:
+        valid |= SET_ATIME
+    if mtime_ns is not None:
+        valid |= SET_MTIME
+    if atime_now:
+        valid |= SET_ATIME | SET_ATIME_NOW
+    if mtime_now:
+        valid |= SET_MTIME | SET_MTIME_NOW
+    return m.Setattr(ino, valid, mode or 0, uid if valid & SET_UID else 0, gid if valid & SET_GID else 0,
+                     size or 0, atime_ns or 0, mtime_ns or 0, None if grow is None else int(grow))
 
 
 class SyncMetaClient:

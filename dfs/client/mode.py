@@ -25,6 +25,12 @@ request asks what is in docs/design/client.md, "Mode hooks"):
     before it is on the service.
 (f) the kernel: ``kernel_cache`` (entry/attribute/negative timeouts of the
     mount) and ``keep_cache`` (may an open keep the file's cached pages).
+(g) life cycle: ``bind`` (the core it serves), ``close``.
+
+A write-back mode (lazy, dfs/client/lazy.py) also answers from its own
+unflushed changes where the service cannot yet: ``own`` and ``own_attr`` are
+asked before every lookup and getattr, fresh ones too, and ``merge`` adds its
+own entries to a listing page the service returned.
 
 ``Mode`` itself caches nothing: every read goes to the service, every change
 is sent at once. ``StrictMode`` is the default (and, today, the only other).
@@ -159,6 +165,22 @@ class Mode:
         """Before a STATFS."""
         return None
 
+    def own(self, parent: int, name: bytes) -> Attr | None:
+        """Before any lookup, fresh ones too: what ``name`` in ``parent`` is by this client's own
+        changes the service may not have yet (a write-back mode), else None; raises NotFound
+        for a name this client removed."""
+        return None
+
+    def own_attr(self, ino: int) -> Attr | None:
+        """Before any GETATTR, fresh ones too: ``ino``'s attributes by this client's own changes
+        the service may not have yet (a write-back mode), else None."""
+        return None
+
+    def merge(self, ino: int, cookie: int, entries: list[DirEntry], eof: bool) -> tuple[list[DirEntry], bool]:
+        """After a READDIR page of ``ino`` (after ``cookie``): the page as this client sees it
+        (a write-back mode adds and removes the entries of its own changes)."""
+        return entries, eof
+
     def remember(self, parent: int, name: bytes, attr: Attr) -> None:
         """After a lookup (or a change) found ``name`` in ``parent`` to be ``attr``."""
 
@@ -214,6 +236,13 @@ class Mode:
     def kernel_cache(self) -> KernelCache:
         """The mount's kernel cache timeouts."""
         return KernelCache()
+
+    # ------------------------------------------------------------ (g) life cycle
+    def bind(self, core: Any) -> None:
+        """The core this mode serves (its MetaClient, ChunkIO, open files); called once, by it."""
+
+    async def close(self) -> None:
+        """At client close and unmount, after the last barrier: stop background work."""
 
     def keep_cache(self, before: Version | None, now: Version, changing: bool) -> bool:
         """At an open through the mount: may the kernel keep the file's cached pages? ``before``:

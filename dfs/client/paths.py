@@ -323,6 +323,18 @@ class AsyncClient:
             raise _oserror(E.ENOTDIR, path)
         return a
 
+    async def set_lazy(self, path: PathLike, lazy: bool = True) -> None:
+        """Mark directory ``path`` lazy (``lazy=False``: strict again) for every client: in its
+        tree, clients in the default mode write their changes back lazily (docs/design/client.md,
+        "Lazy mode"); its new subdirectories inherit the mark. Its owner or root."""
+        d = await self._dir(path)
+        mode = self.core.mode
+        if hasattr(mode, "set_lazy"):  # a mode with lazy scopes keeps its own view in step
+            await mode.set_lazy(d.ino, lazy)
+        else:
+            await self.core.meta.setlazy(d.ino, lazy)
+            mode.forget_attr(d.ino)
+
     async def readdir(self, path: PathLike = ".", *, plus: bool = True) -> list[DirEntry]:
         """The raw entries of a directory (one readdirplus per page, the next prefetched)."""
         d = await self._dir(path)

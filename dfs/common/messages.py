@@ -433,6 +433,11 @@ class Create(Request):
     handle: bytes | None = None
     lease_s: float | None = None
     access: int = 0  # R_OK | W_OK, checked when an existing file is opened
+    # lazy mode: the new inode's id, from a DELEGATE grant of ``session`` on this shard (0: the
+    # shard picks one), and a regular file's layout, which the client already placed data by
+    ino: int = 0
+    session: bytes = b""
+    layout: int = 0
 
     def shard(self, nshards: int) -> int:
         return shard_of(self.parent)
@@ -578,8 +583,12 @@ class Mkdir(Request):
     name: bytes
     mode: int
     umask: int
+    ino: int = 0  # lazy mode: the new directory's id, from a DELEGATE grant of ``session`` on its home shard
+    session: bytes = b""
 
     def shard(self, nshards: int) -> int:
+        if self.ino:
+            return shard_of(self.ino)  # the home shard whose grant the id came from
         return dir_home_shard(self.parent, self.name, nshards)
 
 
@@ -782,3 +791,91 @@ class SnapState:
 @request(Op.SNAPSTATUS, Kind.READ, SnapState, internal=True)
 class SnapStatus(Request):
     """This shard's snapshot state (the snapshot coordinator waits on ``prepared``)."""
+
+
+# ------------------------------------------------------------------ write-back (lazy mode, docs/design/writeback.md)
+
+@record
+class Grant:
+    lo: int  # the first delegated inode id
+    hi: int  # one past the last
+    expiry: int  # ns, the shard leader's time: the session renews before it
+
+
+@request(Op.DELEGATE, Kind.LOGGED, Grant)
+class Delegate(Request):
+    """Delegate ``count`` new inode ids of this shard (whole blocks of DELEGATION_BLOCK) to client
+    session ``session`` until ts + lease (which also renews its earlier grants here): the session's
+    CREATE, MKDIR and SYMLINK may then carry them, each used once."""
+
+    session: bytes
+    count: int
+    lease_s: float
+
+    def shard(self, nshards: int) -> int:
+        raise TypeError("DELEGATE goes to the shard whose ids are wanted")
+
+
+@record(bare=True)
+class Expiry:
+    expiry: int  # ns
+
+
+@request(Op.RENEWDELEGATION, Kind.LOGGED, Expiry)
+class RenewDelegation(Request):
+    """Extend every grant of ``session`` on this shard to ts + lease (ENOENT: none is left, they
+    expired); with ``release`` drop them (the ids unused so far are never used)."""
+
+    session: bytes
+    lease_s: float
+    release: bool = False
+
+    def shard(self, nshards: int) -> int:
+        raise TypeError("RENEWDELEGATION goes to every shard holding a grant of the session")
+
+
+@request(Op.EXPIREDELEGATIONS, Kind.LOGGED, Expired, internal=True)
+class ExpireDelegations(Request):
+    """Drop the grants whose lease ended before the command's ts (their unused ids are never used)."""
+
+    limit: int = 1000
+
+
+@request(Op.SETLAZY, Kind.LOGGED, Attr)
+class SetLazy(Request):
+    """A directory's lazy policy (FLAG_LAZY): clients change its tree in lazy mode; new
+    subdirectories inherit it (owner or root)."""
+
+    ino: int
+    lazy: bool
+
+
+@record
+class BatchItem:
+    """One operation of a BATCH: a logged single-shard op with its own request id and caller;
+    ``after``: the indices of earlier items of the batch it depends on."""
+
+    op: int
+    rid: bytes
+    uid: int
+    gid: int
+    groups: list[int]
+    args: Any
+    after: list[int]
+
+
+@record(bare=True)
+class BatchReply:
+    results: list[Outcome | None]  # per item; None: not run (resend it, or it depends on a failed one)
+
+
+@request(Op.BATCH, Kind.LOGGED, BatchReply)
+class Batch(Request):
+    """Logged ops of this shard applied in order in one command, each as if alone (its own
+    idempotency record). An item whose ``after`` item failed is not run; a retryable error
+    (a lock) stops the batch there: the items from it on are not run."""
+
+    items: list[BatchItem]
+
+    def shard(self, nshards: int) -> int:
+        raise TypeError("BATCH goes to the shard of its items")

@@ -70,6 +70,13 @@ class Op(enum.IntEnum):
     SNAPPRUNE = 75
     SNAPSTATUS = 76
 
+    # write-back (lazy mode, docs/design/writeback.md): delegated inode ids, ordered batches
+    DELEGATE = 80
+    RENEWDELEGATION = 81
+    EXPIREDELEGATIONS = 82
+    SETLAZY = 83
+    BATCH = 84
+
 
 def inline_digest(data: bytes) -> bytes:
     """What MIGRATE compares: the inline bytes a migrating writer copied."""
@@ -80,6 +87,14 @@ def inline_digest(data: bytes) -> bytes:
 DEFAULT_LEASE_S = 30.0
 MAX_LEASE_S = 3600.0
 HANDLE_MAX = 64  # bytes of a handle id (clients use 16 random bytes)
+
+
+# delegated inode ids (DELEGATE): granted in aligned blocks of this many ids; a client
+# session id is this many bytes; the longest grant a shard gives at once
+DELEGATION_BLOCK = 1024
+SESSION_BYTES = 16
+DELEGATE_MAX = 64 * DELEGATION_BLOCK
+DEFAULT_DELEGATION_LEASE_S = 60.0
 
 
 # setattr 'valid' bits (as FUSE's SETATTR_*)

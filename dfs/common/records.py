@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 # Attr.flags bits (the client-visible part of the inode's flags word)
 FLAG_INLINE = 2  # the file's bytes live in its metadata shard (``B`` record), not on data servers
+FLAG_LAZY = 4  # a directory whose tree clients change in lazy mode (SETLAZY; inherited by new subdirectories)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,9 @@ class Attr:
 
     def is_inline(self) -> bool:
         return bool(self.flags & FLAG_INLINE)
+
+    def is_lazy(self) -> bool:
+        return bool(self.flags & FLAG_LAZY)
 
 
 @dataclass(frozen=True, slots=True)

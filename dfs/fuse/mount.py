@@ -2,9 +2,11 @@
 
 pyfuse3 runs in asyncio mode so its request tasks share one event loop with
 grpc.aio (the metadata transport) and the data client. The adapter
-(``DfsOperations``) is served over a client ``Core`` in strict mode whose
-kernel cache timeouts are the mount's ``--entry-timeout``, ``--attr-timeout``
-and ``--negative-timeout``. ``run_mount`` serves in the calling process until
+(``DfsOperations``) is served over a client ``Core`` whose mode's kernel cache
+timeouts are the mount's ``--entry-timeout``, ``--attr-timeout`` and
+``--negative-timeout``: strict mode (with lazy trees under directories marked
+lazy), or with ``--lazy`` lazy mode for the whole mount (``LazyMode``; a barrier
+is fsync of any file or directory, e.g. ``sync MOUNTPOINT``, and the unmount). ``run_mount`` serves in the calling process until
 the file system is unmounted (``dfs umount``, ``fusermount3 -u``) or the
 process gets SIGINT/SIGTERM.
 
@@ -24,7 +26,7 @@ import pyfuse3.asyncio
 
 from dfs.client.connect import dial
 from dfs.client.core import Core
-from dfs.client.mode import StrictMode
+from dfs.client.lazy import LazyMode
 from dfs.fuse.ops import DfsOperations
 
 log = logging.getLogger("dfs.fuse")
@@ -102,7 +104,7 @@ def mount_options(*, allow_other: bool | None = None, extra: tuple[str, ...] = (
 
 
 async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_ahead_kb: int,
-                on_mounted=None) -> None:
+                on_mounted=None, close_timeout: float | None = 30.0) -> None:
     pyfuse3.init(ops, mountpoint, options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -121,9 +123,12 @@ async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         try:
-            await asyncio.wait_for(ops.close_all(), 30)
+            await asyncio.wait_for(ops.close_all(), close_timeout)
         except Exception as e:  # noqa: BLE001 - unmount anyway
-            log.warning("closing open files at unmount: %s", e)
+            if getattr(e, "failures", None):  # lazy write-back refused: nobody else will hear of it
+                log.error("changes refused at the unmount's barrier: %s", e)
+            else:
+                log.warning("closing open files at unmount: %s", e)
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
 
@@ -131,9 +136,12 @@ async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_
 async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
                     negative_timeout: float = 1.0, writeback_cache: bool = False, direct_io: bool = False,
                     read_ahead_kb: int = DEFAULT_READ_AHEAD_KB, options: tuple[str, ...] = (),
-                    allow_other: bool | None = None, on_mounted=None, auth=None) -> None:
+                    allow_other: bool | None = None, on_mounted=None, auth=None, lazy: bool = False,
+                    lazy_delay: float = 1.0, lazy_ttl: float = 10.0, write_budget: int = 256 << 20) -> None:
     """Connect to the cluster whose mgmt replicas are ``mgmt`` (showing ``auth``, a
-    ``dfs.wire.auth.Credentials``) and serve it at ``mountpoint`` until unmounted."""
+    ``dfs.wire.auth.Credentials``) and serve it at ``mountpoint`` until unmounted. ``lazy``:
+    the whole mount in lazy mode (``lazy_delay``, ``lazy_ttl``: ``LazyMode``'s ``delay``
+    and ``ttl``; ``write_budget``: bytes the closes that do not wait may hold)."""
     if not os.path.isabs(mountpoint):
         raise ValueError("the mount point must be an absolute path")
     pyfuse3.asyncio.enable()
@@ -141,10 +149,14 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
     t0 = time.monotonic()
     meta, data = await dial(mgmt, auth=auth)  # as root: the data path runs as the mount
     log.info("connected to %s in %.2fs", mgmt, time.monotonic() - t0)
-    mode = StrictMode.for_mount(entry_timeout, attr_timeout, negative_timeout)
+    mode = LazyMode.for_mount(entry_timeout, attr_timeout, negative_timeout, ttl=lazy_ttl, delay=lazy_delay,
+                              budget=write_budget, scope="all" if lazy else "tree")
     ops = DfsOperations(Core(meta, data, mode), writeback_cache=writeback_cache, direct_io=direct_io)
     try:
-        await serve(ops, mountpoint, opts, read_ahead_kb=read_ahead_kb, on_mounted=on_mounted)
+        # a lazy mount's close is its last barrier: it writes back everything it holds, however
+        # long that takes (`dfs umount` bounds its wait for it)
+        await serve(ops, mountpoint, opts, read_ahead_kb=read_ahead_kb, on_mounted=on_mounted,
+                    close_timeout=None if lazy else 30.0)
     finally:
         await data.close()
         await meta.close()

@@ -20,6 +20,10 @@ holds:
                                        water = the longest the bytes ever were (absent: never written)
     H <ino:8> <handle>              -> an open handle of a regular file: msgpack [expiry ns]
     J <expiry:8> <ino:8> <handle>   -> expiry index of the H records (empty value)
+    G <session:16>                  -> a client session's delegation: <expiry ns:8> (DELEGATE)
+    G <session:16> <block:8>        -> one delegated block of DELEGATION_BLOCK inode ids (local ids
+                                       block * DELEGATION_BLOCK ...): a bitmap of the ids used
+    W <expiry:8> <session:16>       -> expiry index of the G headers (empty value)
     M <name>                        -> shard bookkeeping (applied index, id counter, counts, epochs)
     V <escaped key> 00 00 <~epoch:8> -> history: an older value of a versioned key that a live
                                        snapshot still reads (dfs/kv/versioned.py)
@@ -46,7 +50,7 @@ from typing import Any
 import msgpack
 
 from dfs.common.ids import name_hash
-from dfs.common.records import FLAG_INLINE, Attr
+from dfs.common.records import FLAG_INLINE, FLAG_LAZY, Attr
 
 P_INODE = b"I"
 P_DENTRY = b"D"
@@ -60,6 +64,8 @@ P_ORPHAN = b"O"
 P_INLINE = b"B"
 P_HANDLE = b"H"
 P_HANDLE_EXPIRY = b"J"
+P_GRANT = b"G"
+P_GRANT_EXPIRY = b"W"
 P_META = b"M"
 P_HISTORY = b"V"
 VERSIONED = (P_INODE, P_DENTRY, P_SYMLINK, P_XATTR, P_INLINE)  # what a snapshot holds
@@ -256,6 +262,38 @@ def split_read_mark(value: bytes | None) -> tuple[int, int, int]:
     return (0, 0, 0) if value is None else tuple(_unpackb(value))  # type: ignore[return-value]
 
 
+
+# delegated inode ids (G, W): see dfs.meta.ops.delegate
+
+def grant_key(session: bytes) -> bytes:
+    """The header of a session's delegation (its expiry)."""
+    return P_GRANT + session
+
+
+def grant_block_key(session: bytes, block: int) -> bytes:
+    return P_GRANT + session + _Q.pack(block)
+
+
+def split_grant_key(key: bytes, session_len: int) -> int | None:
+    """The block of a G key (None: the session's header)."""
+    rest = key[1 + session_len:]
+    return _Q.unpack(rest)[0] if rest else None
+
+
+def grant_expiry_key(expiry: int, session: bytes) -> bytes:
+    return P_GRANT_EXPIRY + _Q.pack(max(0, expiry)) + session
+
+
+def grant_expiry_end(ts: int) -> bytes:
+    """Where the W keys of delegations expired before ``ts`` end."""
+    return P_GRANT_EXPIRY + _Q.pack(max(0, ts))
+
+
+def split_grant_expiry_key(key: bytes) -> tuple[int, bytes]:
+    """(expiry ns, session) of a W key."""
+    return _Q.unpack_from(key, 1)[0], key[9:]
+
+
 # locks (K) held by prepared cross-shard operations
 
 class LockMode(enum.StrEnum):
@@ -360,7 +398,9 @@ class OpRecord:
 
 FLAG_XATTRS = 1  # the inode has (or had) extended attributes
 # FLAG_INLINE = 2 (from dfs.common.records): a regular file whose bytes are in its B record
-CLIENT_FLAGS = FLAG_INLINE  # the bits Attr.flags shows
+# FLAG_LAZY = 4 (from dfs.common.records): a directory whose tree clients change lazily (SETLAZY)
+CLIENT_FLAGS = FLAG_INLINE | FLAG_LAZY  # the bits Attr.flags shows
+INHERITED_FLAGS = FLAG_INLINE | FLAG_LAZY  # the directory policies a new subdirectory takes
 
 
 class Inode:

@@ -25,6 +25,11 @@ so that clients cut off by a failover or a restart get to renew first.
 Read handles (OPENREAD / RENEWREAD / CLOSEREAD) live in the leader's memory
 instead, with no Raft round per open or close: see ``dfs.meta.readhandles``.
 
+Delegated inode ids (lazy clients, ``dfs.meta.ops.delegate``): a task on the
+leader submits ``EXPIREDELEGATIONS`` whenever the earliest grant expiry has
+passed, which drops the grants of sessions that stopped renewing (a crashed
+client); their unused ids are never used.
+
 Routing is the registry's (``dfs.meta.ops.HANDLERS``): each op's ``Kind`` says
 whether it is read here, logged, served from the read-handle table or
 coordinated. Only requests that need it are decoded here (reads, read
@@ -55,6 +60,7 @@ from dfs.common.shards import ShardCalls
 from dfs.consensus.api import Log
 from dfs.meta.coordinator import Coordinator, Recovery
 from dfs.meta.ops import handler
+from dfs.meta.ops.delegate import next_expiry as next_delegation_expiry
 from dfs.meta.readhandles import MARK_AHEAD_NS, MARK_SKEW_NS, ReadHandles, foreign_until
 from dfs.meta.snapshots import Holds, Registry, SnapshotCoordinator
 from dfs.meta.store import MetaStore, encode_command, unpackb
@@ -122,6 +128,7 @@ class ShardService:
         self._mark: tuple[int, int] = (-1, 0)  # (term, until ns) of this leader's last READMARK
         self._mark_lock = asyncio.Lock()
         self._barrier_term = -1  # the term whose READMARK barrier the orphan task has passed
+        self._grant_task: asyncio.Task | None = None
 
     def set_nshards(self, n: int) -> bool:
         """The cluster map names ``n`` shards; counts only grow. Whether it changed."""
@@ -304,6 +311,7 @@ class ShardService:
             self._recovery_task = asyncio.get_running_loop().create_task(self._recovery_loop(interval))
         self.start_orphans(interval)
         self.start_handles(interval)
+        self.start_delegations(interval)
         self.start_pruning(max(interval, 0.5))
 
     # ------------------------------------------------------------ snapshot history
@@ -378,6 +386,40 @@ class ShardService:
                 log.exception("handle expiry failed")
             self.stats["handle_passes"] = self.stats.get("handle_passes", 0) + 1
 
+    # ------------------------------------------------------------ delegated inode ids
+    def start_delegations(self, interval: float = 0.5) -> None:
+        if self._grant_task is None:
+            self._grant_task = asyncio.get_running_loop().create_task(self._delegation_loop(interval))
+
+    async def expire_delegations(self, limit: int = 1000) -> int:
+        """Drop the delegations whose lease ran out (by this leader's clock, stamped into the
+        EXPIREDELEGATIONS command); returns how many. Leader only; nothing is logged while
+        nothing has expired."""
+        if not self.log.is_leader:
+            return 0
+        total = 0
+        while True:
+            nxt = next_delegation_expiry(self.store.kv)
+            if nxt is None or nxt >= self.clock():
+                return total
+            expired = (await self.request(m.ExpireDelegations(limit))).expired
+            total += expired
+            if expired < limit:
+                return total
+
+    async def _delegation_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if not self.log.is_leader:
+                continue
+            try:
+                await self.expire_delegations()
+            except err.DfsError as e:
+                log.info("delegation expiry: %s", e)
+            except Exception:
+                log.exception("delegation expiry failed")
+            self.stats["grant_passes"] = self.stats.get("grant_passes", 0) + 1
+
     def start_orphans(self, interval: float = 0.5) -> None:
         if self._orphan_task is None and self.chunk_remover is not None:
             self._orphan_task = asyncio.get_running_loop().create_task(self._orphan_loop(interval))
@@ -430,7 +472,7 @@ class ShardService:
                 log.exception("recovery sweep failed")
 
     async def stop(self) -> None:
-        for name in ("_recovery_task", "_orphan_task", "_handle_task", "_prune_task"):
+        for name in ("_recovery_task", "_orphan_task", "_handle_task", "_prune_task", "_grant_task"):
             t = getattr(self, name)
             if t is not None:
                 t.cancel()

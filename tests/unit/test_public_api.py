@@ -8,8 +8,8 @@ import sys
 
 import dfs
 
-CURATED = ["connect", "aconnect", "Client", "AsyncClient", "AsyncFile", "Mode", "StrictMode", "Caller", "errors",
-           "DfsError", "__version__"]
+CURATED = ["connect", "aconnect", "Client", "AsyncClient", "AsyncFile", "Mode", "StrictMode", "LazyMode", "Caller",
+           "errors", "DfsError", "__version__"]
 
 
 def test_all_is_the_curated_list():

@@ -16,6 +16,9 @@
     twophase   ONEPHASE PREPARE COMMIT ABORT FORGET OPSTATUS REQSTATUS
     snapshots  SNAPCREATE SNAPDELETE (run by shard 0's leader) SNAPFENCE SNAPBEGIN SNAPEND
                SNAPPRUNE SNAPSTATUS                               the epoch steps of a snapshot
+    delegate   DELEGATE RENEWDELEGATION EXPIREDELEGATIONS           inode ids delegated to lazy clients
+    lazydir    SETLAZY                                            a directory's lazy policy
+    batch      BATCH                                              ordered logged ops in one command
     actions    the typed actions of cross-shard plans (no op of its own)
 
 Each registers its handlers in ``HANDLERS`` (``dfs.meta.ops.base``) against

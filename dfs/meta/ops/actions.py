@@ -9,7 +9,7 @@ change. On the wire, and in a prepared operation's record, an action is
 ``[kind, field...]`` (``ActionKind`` values, the format records were first
 written in).
 
-May import dfs.common, dfs.meta.schema and dfs.meta.ops.base only.
+May import dfs.common, dfs.meta.schema and dfs.meta.ops.base, .delegate only.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import errno as E
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from dfs.common import errors as err
@@ -26,6 +26,7 @@ from dfs.common.limits import LINK_MAX
 from dfs.common.messages import codec, from_wire
 from dfs.meta import schema as S
 from dfs.meta.ops.base import check_access, check_name, check_sticky
+from dfs.meta.ops.delegate import check_delegated, use_delegated
 from dfs.meta.schema import Inode, LockMode
 
 Locks = list[tuple[bytes, LockMode]]
@@ -86,6 +87,7 @@ class Touched:
 class Action:
     __slots__ = ()
     KIND: ClassVar[ActionKind]
+    LATE_FIELDS: ClassVar[int] = 0  # trailing fields added later, left off the wire at their default
 
     def validate(self, ctx, state: PlanState) -> Locks:
         """Check the preconditions; the locks (key, mode) that keep them true."""
@@ -113,7 +115,17 @@ def action(kind: ActionKind):
 
 
 def encode(actions: list[Action]) -> list[list]:
-    return [[str(a.KIND), *codec(type(a)).encode(a)] for a in actions]
+    out = []
+    for a in actions:
+        w = [str(a.KIND), *codec(type(a)).encode(a)]
+        late = type(a).LATE_FIELDS
+        if late:  # fields added after the format: left off at their default, as before them
+            defaults = [f.default for f in fields(a)][-late:]
+            while late and w[-1] == defaults[late - 1]:
+                w.pop()
+                late -= 1
+        out.append(w)
+    return out
 
 
 def decode(wire: list) -> list[Action]:
@@ -262,8 +274,8 @@ class DirLinkCount(Action):
 
 @action(ActionKind.MKDIR)
 class MakeDir(Action):
-    """A new directory inode (``ino`` 0: allocated here) with its parent's inherited
-    ``layout`` and inline policy (``flags``)."""
+    """A new directory inode (``ino`` 0: allocated here; else an id delegated to client
+    ``session``, used once) with its parent's inherited ``layout`` and policies (``flags``)."""
 
     ino: int
     mode: int
@@ -272,6 +284,8 @@ class MakeDir(Action):
     parent: int
     layout: int = 0
     flags: int = 0
+    session: bytes = b""
+    LATE_FIELDS: ClassVar[int] = 1
 
     def validate(self, ctx, state):
         ino = self.ino
@@ -280,13 +294,18 @@ class MakeDir(Action):
             state.new_ino = ino
         else:
             ctx.store.check_owned(ino)
+            if self.session:  # a lazy client's: the id is checked now, marked used at commit
+                check_delegated(ctx, self.session, ino)
+            state.new_ino = ino
         return [(S.lock_key_inode(ino), LockMode.EXCLUSIVE)]
 
     def commit(self, ctx, state, touched):
         ts = ctx.ts
         ino = self.ino or state.new_ino
+        if self.ino and self.session:
+            use_delegated(ctx, self.session, ino)
         i = Inode(ino, stat.S_IFDIR | (self.mode & 0o7777), 2, self.uid, self.gid, 0, 0, ts, ts, ts, self.parent,
-                  flags=self.flags & S.FLAG_INLINE, layout=self.layout)
+                  flags=self.flags & S.INHERITED_FLAGS, layout=self.layout)
         ctx.put(i)
         ctx.count_inodes(1)
         touched.add(i)

@@ -9,7 +9,11 @@ attributes after the command: a FUSE client answers the kernel's next
 GETATTR of the directory (the kernel drops them on every create) without a
 round trip. Directories are MKDIR's (dfs.meta.ops.mkdir).
 
-May import dfs.common, dfs.meta.schema and dfs.meta.ops.base, .handles only.
+A lazy client's CREATE carries the new inode's id (``ino``, delegated to its
+``session``: dfs.meta.ops.delegate) and a regular file's ``layout`` (its
+directory's, as the client saw it when it placed the file's data).
+
+May import dfs.common, dfs.meta.schema and dfs.meta.ops.base, .handles, .delegate only.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import stat
 from dfs.common import errors as err
 from dfs.common import messages as m
 from dfs.common.ids import shard_of
-from dfs.common.layout import DEFAULT_LAYOUT
+from dfs.common.layout import DEFAULT_LAYOUT, Layout
 from dfs.common.limits import SYMLINK_MAX
 from dfs.meta import schema as S
 from dfs.meta.ops.base import R_OK, W_OK, X_OK, apply, check_access, check_handle, check_name, \
     check_open_access, lease_ns
+from dfs.meta.ops.delegate import check_delegated, use_delegated
 from dfs.meta.ops.handles import set_handle
 from dfs.meta.schema import Inode
 
@@ -80,10 +85,18 @@ def _create_entry(ctx, req: m.Create):
         gid = p.gid
     if perm & stat.S_ISGID and ctx.caller.uid != 0 and not ctx.caller.in_group(gid):
         perm &= ~stat.S_ISGID
-    ino = ctx.alloc_ino()
+    if req.ino:
+        check_delegated(ctx, req.session, req.ino)
+        use_delegated(ctx, req.session, req.ino)
+        ino = req.ino
+    else:
+        ino = ctx.alloc_ino()
     size = len(target) if fmt == stat.S_IFLNK else 0
-    # a regular file's layout is fixed here: the parent's default, made explicit
-    layout = (p.layout or DEFAULT_LAYOUT.pack()) if fmt == stat.S_IFREG else 0
+    # a regular file's layout is fixed here: the parent's default, made explicit (or the
+    # layout a lazy client already placed the file's data by)
+    layout = (req.layout or p.layout or DEFAULT_LAYOUT.pack()) if fmt == stat.S_IFREG else 0
+    if req.layout:
+        Layout.unpack(req.layout)  # EINVAL if malformed
     # A new regular file keeps its bytes inline until they reach past INLINE_MAX when
     # its directory says so (FLAG_INLINE on a directory: the policy), or the caller asks.
     inline = req.inline

@@ -3,7 +3,9 @@
 The client sends it to that home shard, which coordinates: the parent's entry
 and link count may live on another shard, so it is a cross-shard operation
 (one ONEPHASE when both are here). The new directory inherits its parent's
-default layout and inline policy, read with the parent's attributes.
+default layout and its inline and lazy policies, read with the parent's
+attributes. A lazy client's MKDIR carries the new directory's id (``ino``,
+delegated to its ``session`` by the home shard: dfs.meta.ops.delegate).
 
 May import dfs.common, dfs.meta.schema and dfs.meta.ops.base, .actions only.
 """
@@ -15,7 +17,8 @@ import stat
 from dfs.common import errors as err
 from dfs.common import messages as m
 from dfs.common.ids import dir_home_shard, shard_of
-from dfs.common.records import FLAG_INLINE, Attr, Caller
+from dfs.common.records import Attr, Caller
+from dfs.meta import schema as S
 from dfs.meta.ops import actions as A
 from dfs.meta.ops.base import W_OK, X_OK, check_name, coordinate
 
@@ -37,6 +40,8 @@ async def mkdir(coord, rid: bytes, caller: Caller, req: m.Mkdir) -> m.ActionResu
         # Shard counts only grow (dfs admin add-meta-shard), so a client that has not
         # seen the newest map yet places by a smaller count: its choice is accepted.
         raise err.WrongShard(f"mkdir of this name is coordinated by shard {home}")
+    if req.ino and shard_of(req.ino) != coord.shard:
+        raise err.WrongShard(f"mkdir of inode {req.ino:#x} is coordinated by its shard")
     home = coord.shard  # the new directory lives where the client sent it
     perm = req.mode & 0o7777 & ~req.umask
     gid = caller.gid
@@ -45,10 +50,10 @@ async def mkdir(coord, rid: bytes, caller: Caller, req: m.Mkdir) -> m.ActionResu
         perm |= stat.S_ISGID
     ts = coord.clock()
     layout = p.layout  # a new directory inherits its parent's default layout
-    flags = p.flags & FLAG_INLINE  # and its inline-files policy
+    flags = p.flags & S.INHERITED_FLAGS  # and its inline-files and lazy policies
     plan = coord.plan()
-    plan[home].append(A.MakeDir(0, perm, caller.uid, gid, parent, layout, flags))
-    plan[shard_of(parent)] += [A.DirUsable(parent, W_OK | X_OK), A.PutEntry(parent, name, 0, stat.S_IFDIR, 0),
+    plan[home].append(A.MakeDir(req.ino, perm, caller.uid, gid, parent, layout, flags, req.session))
+    plan[shard_of(parent)] += [A.DirUsable(parent, W_OK | X_OK), A.PutEntry(parent, name, req.ino, stat.S_IFDIR, 0),
                                A.DirLinkCount(parent, 1)]
 
     def reply_of(new_ino: int) -> m.ActionResult:
