@@ -128,19 +128,22 @@ def test_files_and_directories_behave_as_posix_says(both):
     assert os.listdir(st) == []
 
 
-@pytest.mark.timeout(1800)
-def test_untar_and_retar_10000_small_files(both, tmp_path):
-    """The issue's untar/re-tar of 10,000 small files through the lazy mount, compared with the
-    local tree after the barrier, through the other (strict) mount."""
+UNTAR_FILES = 2_000  # the issue's 10,000 are dfs bench lazy's (docs/benchmarks.md); a suite run stays short
+
+
+@pytest.mark.timeout(900)
+def test_untar_and_retar_small_files(both, tmp_path):
+    """Untar/re-tar of small files in 140 directories through the lazy
+    mount, compared with the local tree after the barrier, through the other (strict) mount."""
     lz, st = both
     src = str(tmp_path / "t10k")
-    _make_tree(src, 10_000)
+    _make_tree(src, UNTAR_FILES)
     tarball = str(tmp_path / "t10k.tar")
     subprocess.run(["tar", "-C", str(tmp_path), "-cf", tarball, "t10k"], check=True)
     t0 = time.monotonic()
     subprocess.run(["tar", "-C", lz, "-xf", tarball], check=True)
     barrier(lz)
-    print(f"untar of 10,000 files through the lazy mount, to the barrier: {time.monotonic() - t0:.1f} s")
+    print(f"untar of {UNTAR_FILES:,} files through the lazy mount, to the barrier: {time.monotonic() - t0:.1f} s")
     _same_tree(src, os.path.join(st, "t10k"))  # what another client sees
     for dp, _, fns in os.walk(src):
         for n in fns:
