@@ -16,7 +16,8 @@ from dfs.client.sync import Client
 from dfs.common.config import DEFAULT_DATA, ClientConfig, locate
 from dfs.common.records import ROOT, Caller
 
-__all__ = ["DEFAULT_DATA", "aconnect", "connect", "default_caller", "dial", "find_cluster", "find_credentials"]
+__all__ = ["DEFAULT_DATA", "aconnect", "connect", "default_caller", "dial", "find_cluster", "find_credentials",
+           "map_registry"]
 
 
 def default_caller() -> Caller:
@@ -72,11 +73,21 @@ async def dial(mgmt: list[str], *, auth=None, caller: Caller = ROOT, deadline: f
     return MetaClient(t, caller), DataClient(t.map, t.refresh_map, auth=auth)
 
 
+def map_registry(data):
+    """The snapshot registry as the cluster map has it (``DataClient.map``; ``fresh``: fetched
+    anew from mgmt): ``async (fresh) -> {S: SnapshotInfo}``."""
+    async def registry(fresh: bool = False) -> dict:
+        m = await data.refresh(True) if fresh else data.map
+        return dict(m.snapshots)
+
+    return registry
+
+
 async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None = None,
                    mgmt: list[str] | str | None = None, caller: Caller | None = None, uid: int | None = None,
                    gid: int | None = None, groups: tuple[int, ...] | None = None, mode: Mode | None = None,
                    ttl: float = 1.0, umask: int = 0o022, deadline: float = 30.0, token: str | None = None,
-                   token_file: str | None = None) -> AsyncClient:
+                   token_file: str | None = None, snapdir: str = ".snap") -> AsyncClient:
     """The asyncio client; arguments as ``connect``."""
     addrs = find_cluster(cluster, data=data, mgmt=mgmt)
     creds = find_credentials(cluster, data=data, mgmt=mgmt, token=token, token_file=token_file)
@@ -85,21 +96,24 @@ async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None
         caller = Caller(me.uid if uid is None else uid, me.gid if gid is None else gid,
                         me.groups if groups is None else tuple(groups))
     meta, dc = await dial(addrs, auth=creds, caller=caller, deadline=deadline)
-    return AsyncClient(meta, dc, mode=mode if mode is not None else StrictMode(ttl), umask=umask, on_close=dc.close)
+    return AsyncClient(meta, dc, mode=mode if mode is not None else StrictMode(ttl), umask=umask, on_close=dc.close,
+                       registry=map_registry(dc), snapdir=snapdir)
 
 
 def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None, mgmt: list[str] | str | None = None,
             uid: int | None = None, gid: int | None = None, groups: tuple[int, ...] | None = None,
             caller: Caller | None = None, mode: Mode | None = None, ttl: float = 1.0, umask: int = 0o022,
-            deadline: float = 30.0, token: str | None = None, token_file: str | None = None) -> Client:
+            deadline: float = 30.0, token: str | None = None, token_file: str | None = None,
+            snapdir: str = ".snap") -> Client:
     """A synchronous ``Client`` of a cluster (see ``find_cluster`` for how it is found).
 
     ``uid``/``gid``/``groups`` (or ``caller``): the identity the service checks permissions
     against (default: this process's). ``mode``: the consistency mode (default
     ``StrictMode(ttl)``; ``ttl=0`` disables the caches). ``umask``: applied to created modes.
     ``token``/``token_file``: the client token, instead of $DFS_TOKEN or the cluster file's
-    (see ``find_credentials``)."""
+    (see ``find_credentials``). ``snapdir``: the name of the virtual directory that holds a
+    directory's snapshots (``PATH/.snap/NAME/``, dfs/client/snapdir.py)."""
     kw = dict(data=data, mgmt=mgmt, uid=uid, gid=gid, groups=groups, caller=caller, mode=mode, ttl=ttl,
-              umask=umask, deadline=deadline, token=token, token_file=token_file)
+              umask=umask, deadline=deadline, token=token, token_file=token_file, snapdir=snapdir)
     find_cluster(cluster, data=data, mgmt=mgmt)  # fail fast, in the calling thread
     return Client(lambda: aconnect(cluster, **kw))

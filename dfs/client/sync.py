@@ -138,7 +138,8 @@ def _sync(name: str):
 
 for _n in ("stat", "lstat", "getattr", "exists", "isdir", "isfile", "islink", "readdir", "listdir", "readlink",
            "statfs", "statvfs", "getxattr", "listxattr", "setxattr", "removexattr", "mkdir", "makedirs", "remove",
-           "unlink", "rmdir", "rename", "replace", "link", "symlink", "chmod", "chown", "utime", "truncate"):
+           "unlink", "rmdir", "rename", "replace", "link", "symlink", "chmod", "chown", "utime", "truncate",
+           "snapshot_create", "snapshot_list", "snapshot_info", "snapshot_delete", "snapshot_diff"):
     setattr(Client, _n, _sync(_n))
 
 

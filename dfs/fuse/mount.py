@@ -22,9 +22,10 @@ import time
 import pyfuse3
 import pyfuse3.asyncio
 
-from dfs.client.connect import dial
+from dfs.client.connect import dial, map_registry
 from dfs.client.core import Core
 from dfs.client.mode import StrictMode
+from dfs.client.snapdir import SNAPDIR, SnapChunks, SnapMeta
 from dfs.fuse.ops import DfsOperations
 
 log = logging.getLogger("dfs.fuse")
@@ -131,7 +132,7 @@ async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_
 async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
                     negative_timeout: float = 1.0, writeback_cache: bool = False, direct_io: bool = False,
                     read_ahead_kb: int = DEFAULT_READ_AHEAD_KB, options: tuple[str, ...] = (),
-                    allow_other: bool | None = None, on_mounted=None, auth=None) -> None:
+                    allow_other: bool | None = None, on_mounted=None, auth=None, snapdir: str = SNAPDIR.decode()) -> None:
     """Connect to the cluster whose mgmt replicas are ``mgmt`` (showing ``auth``, a
     ``dfs.wire.auth.Credentials``) and serve it at ``mountpoint`` until unmounted."""
     if not os.path.isabs(mountpoint):
@@ -142,7 +143,9 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
     meta, data = await dial(mgmt, auth=auth)  # as root: the data path runs as the mount
     log.info("connected to %s in %.2fs", mgmt, time.monotonic() - t0)
     mode = StrictMode.for_mount(entry_timeout, attr_timeout, negative_timeout)
-    ops = DfsOperations(Core(meta, data, mode), writeback_cache=writeback_cache, direct_io=direct_io)
+    smeta = SnapMeta(meta, map_registry(data), snapdir=snapdir)  # PATH/.snap/NAME (dfs/client/snapdir.py)
+    core = Core(smeta, SnapChunks(data, smeta.ids), mode)
+    ops = DfsOperations(core, writeback_cache=writeback_cache, direct_io=direct_io)
     try:
         await serve(ops, mountpoint, opts, read_ahead_kb=read_ahead_kb, on_mounted=on_mounted)
     finally:

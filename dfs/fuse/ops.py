@@ -52,6 +52,7 @@ import time
 import pyfuse3
 
 from dfs.client.core import Core, DirStream, FileRef
+from dfs.client.snapdir import SNAP_BIT
 from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.ids import ROOT_INO
@@ -63,6 +64,7 @@ LOCAL_XATTR_PREFIXES = (b"security.", b"system.")
 # readdir offsets after "." and "..": above every entry cookie (name hash + 1 < 2**62 + 1)
 DOT_COOKIE, DOTDOT_COOKIE = (1 << 62) + 1, (1 << 62) + 2
 _GROUPS_TTL = 1.0
+FOREVER = 365 * 86400.0  # a kernel cache timeout for what never changes (snapshot objects)
 
 
 _request_ids = itertools.count(1)
@@ -147,6 +149,8 @@ class DfsOperations(pyfuse3.Operations):
         self.told: dict[int, tuple[int, int]] = {}  # ino -> (size, mtime) last given to the kernel
         # ino -> (size, mtime, ctime) of the file when an open last let the kernel fill its page cache
         self.pages: dict[int, tuple[int, int, int]] = {}
+        # snapshot objects under PATH/.snap (dfs/client/snapdir.py): names and attributes that never change
+        self._immutable = getattr(core.meta, "immutable", None)
 
     # ------------------------------------------------------------------ conversions
     def _caller(self, ctx) -> Caller:
@@ -175,8 +179,11 @@ class DfsOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.generation = 0
-        e.entry_timeout = self.entry_timeout
-        e.attr_timeout = self.attr_timeout
+        if a.ino & SNAP_BIT and self._immutable is not None and self._immutable(a.ino):
+            e.entry_timeout = e.attr_timeout = FOREVER
+        else:
+            e.entry_timeout = self.entry_timeout
+            e.attr_timeout = self.attr_timeout
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
