@@ -13,11 +13,12 @@ from dfs.client.meta import MetaClient
 from dfs.client.mode import Mode, StrictMode
 from dfs.client.paths import AsyncClient
 from dfs.client.sync import Client
+from dfs.common import errors as err
 from dfs.common.config import DEFAULT_DATA, ClientConfig, locate
 from dfs.common.records import ROOT, Caller
 
 __all__ = ["DEFAULT_DATA", "aconnect", "connect", "default_caller", "dial", "find_cluster", "find_credentials",
-           "map_registry"]
+           "find_snapshot", "map_registry", "open_snapshot"]
 
 
 def default_caller() -> Caller:
@@ -73,6 +74,27 @@ async def dial(mgmt: list[str], *, auth=None, caller: Caller = ROOT, deadline: f
     return MetaClient(t, caller), DataClient(t.map, t.refresh_map, auth=auth)
 
 
+async def find_snapshot(meta, data, spec: str):
+    """The registry entry of ``PATH@NAME`` (a ready snapshot of directory PATH), else ENOENT."""
+    from dfs.client.snapshots import parse_spec
+
+    path, name = parse_spec(spec)
+    root = await meta.resolve(path)
+    for info in (await map_registry(data)(True)).values():
+        if info.root == root.ino and info.name == name and info.state == "ready":
+            return info
+    raise err.NotFound(f"no snapshot {name!r} of {path}")
+
+
+async def open_snapshot(meta, data, spec: str, *, cache_dir: str | None = None, stats: dict | None = None):
+    """A client ``Core`` in snapshot mode over ``PATH@NAME`` (its manifest loaded: from the
+    machine's cache ``cache_dir``, default ~/.cache/dfs, else dfs, else built)."""
+    from dfs.client.snapmode import default_cache_dir, snapshot_core
+
+    info = await find_snapshot(meta, data, spec)
+    return await snapshot_core(meta, data, info, cache_dir=cache_dir or default_cache_dir(), stats=stats)
+
+
 def map_registry(data):
     """The snapshot registry as the cluster map has it (``DataClient.map``; ``fresh``: fetched
     anew from mgmt): ``async (fresh) -> {S: SnapshotInfo}``."""
@@ -87,7 +109,8 @@ async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None
                    mgmt: list[str] | str | None = None, caller: Caller | None = None, uid: int | None = None,
                    gid: int | None = None, groups: tuple[int, ...] | None = None, mode: Mode | None = None,
                    ttl: float = 1.0, umask: int = 0o022, deadline: float = 30.0, token: str | None = None,
-                   token_file: str | None = None, snapdir: str = ".snap") -> AsyncClient:
+                   token_file: str | None = None, snapdir: str = ".snap", snapshot: str | None = None,
+                   cache_dir: str | None = None) -> AsyncClient:
     """The asyncio client; arguments as ``connect``."""
     addrs = find_cluster(cluster, data=data, mgmt=mgmt)
     creds = find_credentials(cluster, data=data, mgmt=mgmt, token=token, token_file=token_file)
@@ -96,6 +119,14 @@ async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None
         caller = Caller(me.uid if uid is None else uid, me.gid if gid is None else gid,
                         me.groups if groups is None else tuple(groups))
     meta, dc = await dial(addrs, auth=creds, caller=caller, deadline=deadline)
+    if snapshot is not None:
+        try:
+            core = await open_snapshot(meta, dc, snapshot, cache_dir=cache_dir)
+        except BaseException:
+            await dc.close()
+            await meta.close()
+            raise
+        return AsyncClient(core=core, umask=umask, on_close=dc.close)
     return AsyncClient(meta, dc, mode=mode if mode is not None else StrictMode(ttl), umask=umask, on_close=dc.close,
                        registry=map_registry(dc), snapdir=snapdir)
 
@@ -104,7 +135,7 @@ def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None
             uid: int | None = None, gid: int | None = None, groups: tuple[int, ...] | None = None,
             caller: Caller | None = None, mode: Mode | None = None, ttl: float = 1.0, umask: int = 0o022,
             deadline: float = 30.0, token: str | None = None, token_file: str | None = None,
-            snapdir: str = ".snap") -> Client:
+            snapdir: str = ".snap", snapshot: str | None = None, cache_dir: str | None = None) -> Client:
     """A synchronous ``Client`` of a cluster (see ``find_cluster`` for how it is found).
 
     ``uid``/``gid``/``groups`` (or ``caller``): the identity the service checks permissions
@@ -112,8 +143,12 @@ def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None
     ``StrictMode(ttl)``; ``ttl=0`` disables the caches). ``umask``: applied to created modes.
     ``token``/``token_file``: the client token, instead of $DFS_TOKEN or the cluster file's
     (see ``find_credentials``). ``snapdir``: the name of the virtual directory that holds a
-    directory's snapshots (``PATH/.snap/NAME/``, dfs/client/snapdir.py)."""
+    directory's snapshots (``PATH/.snap/NAME/``, dfs/client/snapdir.py). ``snapshot``
+    (``"PATH@NAME"``): a read-only client of that snapshot, its ``/`` the snapshot's root,
+    served from its manifest (dfs/client/snapmode.py), cached under ``cache_dir`` (default
+    ~/.cache/dfs)."""
     kw = dict(data=data, mgmt=mgmt, uid=uid, gid=gid, groups=groups, caller=caller, mode=mode, ttl=ttl,
-              umask=umask, deadline=deadline, token=token, token_file=token_file, snapdir=snapdir)
+              umask=umask, deadline=deadline, token=token, token_file=token_file, snapdir=snapdir,
+              snapshot=snapshot, cache_dir=cache_dir)
     find_cluster(cluster, data=data, mgmt=mgmt)  # fail fast, in the calling thread
     return Client(lambda: aconnect(cluster, **kw))

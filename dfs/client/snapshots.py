@@ -21,6 +21,7 @@ Imports: dfs.common and this package only.
 from __future__ import annotations
 
 import errno as E
+import logging
 import os
 import stat as S
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from dfs.common import errors as err
 from dfs.common.clustermap import SnapshotInfo
 from dfs.common.limits import NAME_MAX
 from dfs.common.records import Attr
+
+log = logging.getLogger("dfs.client")
 
 __all__ = ["SnapshotAPI", "SnapshotDiff", "check_snapshot_name", "parse_spec"]
 
@@ -113,9 +116,10 @@ class SnapshotAPI:
         e.filename = path
         raise e
 
-    async def snapshot_create(self, path, name: str) -> SnapshotInfo:
+    async def snapshot_create(self, path, name: str, *, manifest: bool = False) -> SnapshotInfo:
         """Snapshot directory ``path`` as ``name``: every change acknowledged before this call
-        is in it, none made after it returns. Returns its registry entry."""
+        is in it, none made after it returns. Returns its registry entry. ``manifest``: also
+        build and store the manifest snapshot-mode clients load (else the first one builds it)."""
         name = check_snapshot_name(name)
         sm = self._snapmeta()
         a = await self._snap_root(path)
@@ -125,7 +129,16 @@ class SnapshotAPI:
             raise e
         s = await sm.inner.snapshot_create(a.ino, name, await self._normpath(path))
         reg = await sm.registry(True)
-        return reg.get(s) or SnapshotInfo(s, name, a.ino, await self._normpath(path), "ready")
+        info = reg.get(s) or SnapshotInfo(s, name, a.ino, await self._normpath(path), "ready")
+        if manifest:
+            from dfs.client.snapmode import build_and_store
+
+            await build_and_store(sm.inner, self._chunks(), info)
+        return info
+
+    def _chunks(self):
+        d = self.core.data
+        return getattr(d, "inner", d)  # under SnapChunks: the data client itself
 
     async def snapshot_delete(self, path, name: str) -> None:
         """Delete snapshot ``name`` of ``path``. A snapshot-mode client reading it keeps what it
@@ -138,7 +151,15 @@ class SnapshotAPI:
             e = err.NotFound(f"no snapshot {name!r}")
             e.filename = path
             raise e
+        snaps = [s for s, i in (await sm.registry(False)).items() if i.root == a.ino and i.name == name]
         await sm.inner.snapshot_delete(a.ino, name)
+        from dfs.client.snapmode import remove_manifest
+
+        for s in snaps:  # its manifest and packs, if one was built
+            try:
+                await remove_manifest(sm.inner, self._chunks(), s)
+            except err.DfsError as e:
+                log.warning("snapshot %d deleted; its manifest not removed: %s", s, e)
 
     async def _tree(self, snap: int, root: int) -> dict[str, tuple[Attr, bytes | None]]:
         """path -> (attributes, symlink target) of every object of ``root`` at ``snap`` (0: now)."""
