@@ -279,6 +279,8 @@ class PackReader:
         if whole:
             for i, coff, ln, boff in ps:
                 c = await self._chunk(p, i)
+                if len(c) < coff + ln:
+                    raise self._gone(p, spec)
                 buf[boff:boff + ln] = c[coff:coff + ln]
             last = ps[-1][0]
             for j in range(last + 1, min(last + 1 + self.ahead, (spec.size + cs - 1) // cs)):
@@ -296,7 +298,13 @@ class PackReader:
                 got = len(b)
                 buf[boff:boff + got] = b
             if got < ln:
-                raise err.DfsError(f"pack {p} is short ({spec.ino}): damaged or removed", code=E.EIO)
+                raise self._gone(p, spec)
+
+    @staticmethod
+    def _gone(p: int, spec: PackSpec) -> err.DfsError:
+        """A pack shorter than the manifest says: removed with its snapshot (snapshot_delete
+        removes the manifest and the packs)."""
+        return err.Stale(f"pack {p} (inode {spec.ino}) is gone: the snapshot was deleted")
 
 
 class ManifestMeta:
