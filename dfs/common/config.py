@@ -2,6 +2,9 @@
 
     cluster_id = "c1"
     raft_password = "..."          # encrypts and authenticates Raft peer traffic
+    durability = "sync"            # "sync": acknowledged writes survive a power cut of every
+                                   # machine; "async" (scratch data): only process crashes
+                                   # (docs/design/durability.md)
     client_token = "..."           # optional: the bearer token every client and server shows
     # client_token_file = "client.token"   # or: a file holding it (relative to this file's folder)
 
@@ -73,6 +76,7 @@ from dataclasses import dataclass, field, replace
 import tomli_w
 
 MAX_REPLICAS = 7  # per shard
+DURABILITY = ("sync", "async")  # what an acknowledged write survives: docs/design/durability.md
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +237,12 @@ class ClusterConfig:
     client_token: str | None = None  # None (and no client_token_file): no client authentication
     client_token_file: str | None = None
     tls: TlsConfig | None = None  # None: gRPC in plaintext
+    durability: str = "sync"  # one of DURABILITY
 
     def __post_init__(self) -> None:
+        if self.durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(map(repr, DURABILITY))}, "
+                             f"not {self.durability!r}")
         self._check_metrics()
         self._check_replicas()
         servers: set[int] = set()
@@ -351,6 +359,7 @@ class ClusterConfig:
         d = {
             "cluster_id": self.cluster_id,
             "raft_password": self.raft_password,
+            "durability": self.durability,
             **({"client_token": self.client_token} if self.client_token is not None else {}),
             **({"client_token_file": self.client_token_file} if self.client_token_file is not None else {}),
             "chain_replicas": self.chain_replicas,
@@ -413,7 +422,8 @@ class ClusterConfig:
                    scrub_rate=_as_int("scrub_rate", d.get("scrub_rate", 64 << 20)),
                    resync_rate=_as_int("resync_rate", d.get("resync_rate", 0)),
                    orphan_scan_interval=float(d.get("orphan_scan_interval", 600.0)),
-                   orphan_grace=float(d.get("orphan_grace", 3600.0)), **_auth_fields(d))
+                   orphan_grace=float(d.get("orphan_grace", 3600.0)), durability=d.get("durability", "sync"),
+                   **_auth_fields(d))
 
     def save(self, path: str) -> None:
         with open(path, "wb") as f:

@@ -13,15 +13,16 @@ the admin commands read, and single-server changes one at a time.
   is removing the leader itself (transfer the leadership first).
 * **Membership is persisted.** Whenever the set of replicas pysyncobj works
   with changes (a change appended, rolled back, replayed, or a snapshot
-  installed), it is written to ``members.json`` in the host's data folder; at
-  the next start that file, not the ``peers`` argument, gives the membership.
+  installed), it is written to ``members.json`` in the host's data folder
+  (replaced atomically and synced); at the next start that file, not the
+  ``peers`` argument, gives the membership, and a damaged one stops the start.
   A new replica starts with ``peers`` = the group as it is now (it joins empty
   and receives the log or a snapshot from the leader once it is added).
 
 ``GroupMembers`` reads pysyncobj's state only on pysyncobj's tick thread,
 through the host's on-tick calls (``RaftHost`` owns the node and the thread).
 
-May import: dfs.common.errors; pysyncobj (the consensus package is where it lives).
+May import: dfs.common.errors, dfs.consensus.files; pysyncobj (the consensus package is where it lives).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pysyncobj import FAIL_REASON, SyncObj
 from pysyncobj.syncobj import _COMMAND_TYPE
 
 from dfs.common.errors import DfsError, InvalidArgument, NotLeader, Retryable, Unavailable
+from dfs.consensus.files import CorruptState, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +121,19 @@ def code_future(loop: asyncio.AbstractEventLoop):
 
 
 def read_members(path: str) -> list[str] | None:
-    """The membership ``members.json`` holds (None: no file)."""
+    """The membership ``members.json`` holds (None: no file; damaged: ``CorruptState``,
+    never the cluster file's peers in its place)."""
     try:
-        with open(path) as f:
-            d = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         return None
-    members = d.get("members")
-    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
-        raise ValueError(f"{path}: no list of members")
+    try:
+        members = json.loads(raw).get("members")
+    except (ValueError, AttributeError):
+        members = None
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise CorruptState(f"{path} is damaged ({len(raw)} bytes, no list of members)")
     return members
 
 
@@ -191,12 +197,7 @@ class GroupMembers:
     def persist(self, others: frozenset[str]) -> None:
         """Write the membership (atomically) and publish it; pysyncobj's thread or ``bind``."""
         members = tuple(sorted([self.self_address, *others]))
-        tmp = self._path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"self": self.self_address, "members": list(members)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        write_atomic(self._path, json.dumps({"self": self.self_address, "members": list(members)}).encode())
         if self._persisted is not None:
             log.info("%s: membership now %s", self.self_address, ", ".join(members))
         self._persisted = others

@@ -16,6 +16,17 @@ changes). What the host adds on top of it:
   stores the index atomically with the effects.
 * **Snapshots are the state machine's own** (RocksDB checkpoints), packed for
   pysyncobj's log compaction by ``dfs.consensus.snapshot``.
+* **Nothing is acknowledged before it is on disk** (``durability="sync"``, the
+  default; docs/design/durability.md). pysyncobj's journal is a
+  ``dfs.consensus.journal.DiskJournal``; the node flushes it (one fdatasync for
+  everything appended since the last) at the start of every tick, before
+  pysyncobj counts an entry for a commit or applies it, and again just before
+  pysyncobj waits on its sockets, so a leader's new entries are written while
+  its followers write theirs. While it holds unsynced entries the transport
+  holds back every message but a leader's AppendEntries (a follower's
+  acknowledgement, a vote) until that flush. ``"async"``: the same writes,
+  without the fdatasync (a crash of the process loses nothing, a power cut may).
+  A journal that cannot be written halts the replica (``_halt``).
 * **Membership changes, one at a time, persisted in members.json**: the rules
   and the refusals are ``dfs.consensus.membership``'s; the host runs them on
   its node (``add_member``, ``remove_member``, ``membership``).
@@ -50,9 +61,13 @@ from typing import Any
 
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.transport import TCPTransport
 
+from dfs.common.config import DURABILITY
 from dfs.common.errors import InvalidArgument, NotLeader, Unavailable
 from dfs.consensus.api import Log, StateMachine
+from dfs.consensus.files import CorruptState
+from dfs.consensus.journal import DiskJournal, JournalFailed
 from dfs.consensus.membership import (
     MEMBERS_FILE,
     Busy,
@@ -64,15 +79,16 @@ from dfs.consensus.membership import (
 )
 from dfs.consensus.snapshot import SNAP_TMP_DIR, SnapshotCodec
 
-__all__ = ["MEMBERS_FILE", "SNAP_TMP_DIR", "Busy", "Membership", "PeerProgress", "RaftHost", "check_change",
-           "decode_entry", "encode_entry"]
+__all__ = ["DURABILITY", "MEMBERS_FILE", "SNAP_TMP_DIR", "Busy", "CorruptState", "Membership", "PeerProgress",
+           "RaftHost", "check_change", "decode_entry", "encode_entry"]
 
 log = logging.getLogger(__name__)
 
 _ROLE = {0: "follower", 1: "candidate", 2: "leader"}
 _LEADER_STATE = 2
 
-JOURNAL_FILE = "raft.journal"
+LOG_FILE = "raft.log"
+STATE_FILE = "raft.state"
 DUMP_FILE = "raft.dump"
 
 
@@ -85,16 +101,71 @@ def decode_entry(payload: bytes) -> list[bytes]:
     return msgpack.unpackb(payload, raw=False)
 
 
-class _Node(SyncObj):
-    """The pysyncobj object: one replicated method, which applies one entry."""
+class _Transport(TCPTransport):
+    """pysyncobj's TCP transport, holding back every message but a leader's
+    AppendEntries while the journal has entries not on disk: a follower's
+    acknowledgement, a vote, any answer goes out after the sync that covers what
+    it answers for (``_Node.sync_journal``), in the order it was sent. A leader's
+    AppendEntries go at once: a leader may replicate an entry before its own
+    write is done, it only may not count itself for it (Raft thesis 10.2.1)."""
 
-    def __init__(self, host: RaftHost, self_address: str, peers: list[str], conf: SyncObjConf) -> None:
+    def __init__(self, syncObj: _Node, selfNode, otherNodes) -> None:
+        self._journal = syncObj._dfs_journal
+        self._held: list[tuple[Any, dict]] = []
+        syncObj._dfs_transport = self
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def send(self, node, message) -> bool:
+        if message.get("type") != "append_entries" and (self._held or self._journal.dirty):
+            self._held.append((node, message))
+            return True  # as pysyncobj's own send: "thought to be sent"
+        return super().send(node, message)
+
+    def release(self) -> None:
+        held, self._held = self._held, []
+        for node, message in held:
+            super().send(node, message)
+
+
+class _Node(SyncObj):
+    """The pysyncobj object: one replicated method, which applies one entry; its
+    journal written (and, durability "sync", synced) before every tick."""
+
+    def __init__(self, host: RaftHost, self_address: str, peers: list[str], conf: SyncObjConf,
+                 journal: DiskJournal) -> None:
         self._dfs_host = host
-        super().__init__(self_address, peers, conf)
+        self._dfs_journal = journal
+        self._dfs_transport: _Transport | None = None
+        self._dfs_halted = False
+        super().__init__(self_address, peers, conf, transportClass=_Transport)
 
     @replicated
     def _apply_entry(self, payload: bytes) -> list[bytes] | None:
         return self._dfs_host._apply_entry(self.raftLastApplied + 1, payload)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        # What the last poll appended (a follower's AppendEntries, a new leader's no-op) is
+        # on disk before this tick counts it for a commit, applies it, or answers for it.
+        if self.sync_journal():
+            super()._onTick(timeToWait)
+
+    def sync_journal(self) -> bool:
+        """Flush the journal, then send what waited for it; False: the journal failed (here,
+        or writing term and vote) and this replica stops taking part (pysyncobj's thread)."""
+        journal = self._dfs_journal
+        if journal.failed is None:
+            try:
+                journal.flush()
+                if self._dfs_transport is not None:
+                    self._dfs_transport.release()
+                return True
+            except JournalFailed:
+                pass
+        if not self._dfs_halted:
+            self._dfs_halted = True
+            self._dfs_host._halt(journal.failed)
+            self.destroy()  # the tick thread stops before its next tick
+        return False
 
 
 @dataclass(eq=False)
@@ -141,10 +212,14 @@ class RaftHost(Log):
         default_timeout: float = 10.0,
         log_compaction_min_entries: int = 5000,
         log_compaction_min_time: float = 300.0,
+        durability: str = "sync",
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if max_batch < 1 or max_inflight < 1:
             raise ValueError("max_batch and max_inflight must be >= 1")
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
+        self.durability = durability
         self.sm = sm
         self.self_address = self_address
         self.data_dir = os.path.abspath(data_dir)
@@ -160,6 +235,15 @@ class RaftHost(Log):
         self._snapshots = SnapshotCodec(sm, self.data_dir, startup_members=self._group.take_startup_members,
                                         taken=lambda: self._count("snapshots_taken"),
                                         restored=lambda: self._count("snapshots_restored"))
+        dump = os.path.join(self.data_dir, DUMP_FILE)
+        if os.path.exists(dump):
+            self._snapshots.check(dump)  # pysyncobj would log a damaged dump and go on without it
+        self._journal = DiskJournal(os.path.join(self.data_dir, LOG_FILE), os.path.join(self.data_dir, STATE_FILE),
+                                    dump, sync=durability == "sync")
+        log.info("%s: Raft journal in %s holds entries %s; state machine applied up to %d; durability %s",
+                 self_address, self.data_dir,
+                 f"{self._journal[0][1]}..{self._journal[-1][1]}" if len(self._journal) else "none",
+                 sm.applied_index(), durability)
 
         self._queue: collections.deque[_Pending] = collections.deque()
         self._inflight: set[_Batch] = set()
@@ -188,10 +272,10 @@ class RaftHost(Log):
             password=password,
             autoTick=True,
             bindAddress=self_address,
-            journalFile=os.path.join(self.data_dir, JOURNAL_FILE),
-            fullDumpFile=os.path.join(self.data_dir, DUMP_FILE),
+            journalFile=self._journal,  # a Journal, not a path: see dfs.consensus.journal
+            fullDumpFile=dump,
             serializer=self._snapshots.serialize,
-            deserializer=self._snapshots.deserialize,
+            deserializer=self._load_dump,
             raftMinTimeout=lo,
             raftMaxTimeout=hi,
             appendEntriesPeriod=heartbeat,
@@ -206,7 +290,11 @@ class RaftHost(Log):
             logCompactionMinTime=log_compaction_min_time,
             onStateChanged=self._on_state_changed,
         )
-        self._node = _Node(self, self_address, self._group.initial_peers, conf)
+        try:
+            self._node = _Node(self, self_address, self._group.initial_peers, conf, self._journal)
+        except BaseException:
+            self._journal._destroy()
+            raise
         # Calls to run on pysyncobj's tick thread (its state is not thread-safe).
         self._on_tick: collections.deque[Callable[[], None]] = collections.deque()
         self._paused = False  # a leadership transfer holds new entries back
@@ -231,6 +319,25 @@ class RaftHost(Log):
     def _count(self, stat: str) -> None:  # pysyncobj's thread
         with self._stats_lock:
             self.stats[stat] += 1
+
+    def _load_dump(self, filename: str) -> tuple:
+        """pysyncobj's deserializer: the dump (at start, or a snapshot received), and the
+        journal aligned with it if a stop fell between a dump and its compaction."""
+        data = self._snapshots.deserialize(filename)  # (last entry, previous entry, nodes)
+        self._journal.align_to_dump(data[1], data[0])
+        return data
+
+    def _halt(self, e: BaseException) -> None:  # pysyncobj's thread
+        """The journal cannot be written: stop taking part in the group (no answer may claim
+        an entry is on disk now), keep failing submits; a restart reads what the disk has."""
+        self._fatal = e
+        log.critical("%s: Raft journal failed (%s); replica halted", self.self_address, e)
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._fail_all, Unavailable, f"replica halted: {e!r}")
+            except RuntimeError:  # loop closed
+                pass
 
     # ----------------------------------------------------------------- submit
 
@@ -462,6 +569,7 @@ class RaftHost(Log):
                     raise
         with self._stats_lock:
             stats = dict(self.stats)
+        journal = self._journal.stats
         return {
             "self": self.self_address,
             "role": self.role,
@@ -479,6 +587,9 @@ class RaftHost(Log):
             "queued": len(self._queue),
             "inflight": len(self._inflight),
             "halted": self._fatal is not None,
+            "durability": self.durability,
+            "journal_syncs": journal["syncs"],  # fdatasyncs of appended entries (durability "sync")
+            "journal_synced_entries": journal["synced_entries"],  # entries they covered
             **stats,
         }
 
@@ -507,6 +618,9 @@ class RaftHost(Log):
             self._group.persist_if_changed()
         except Exception:  # never break the tick
             log.exception("persisting the membership failed")
+        # Last thing before pysyncobj waits on its sockets: a leader's new entries go to
+        # disk while its followers write theirs (the AppendEntries went out already).
+        self._node.sync_journal()
 
     async def _on_tick_call(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Run ``fn`` on pysyncobj's thread (where its state may be read); its result."""

@@ -7,14 +7,19 @@ uncompressed tar holding ``meta.pickle`` (that tuple plus the state machine's
 applied index) and the ``state/`` directory from ``sm.snapshot``.
 ``deserialize`` (at startup, or a snapshot received from the leader) restores
 the state machine from it only when the snapshot is ahead of the state
-machine (a wiped or lagging replica receiving the leader's snapshot); at a
-restart the local state is already at or past the local dump and is kept.
+machine (a wiped or lagging replica receiving the leader's snapshot, or a
+state machine that lost its unsynced writes in a power cut); at a restart
+after a clean stop the local state is already at or past the local dump and
+is kept. A dump is fsynced before pysyncobj renames it into place, and again
+(with its directory) before the state machine moves to it; ``check`` refuses
+a damaged one at start (pysyncobj would log it and go on without it). At the
+first load, the membership of ``members.json`` replaces the dump's.
 
 Both run on pysyncobj's tick thread, as ``sm.apply`` does, so the applied
 index and the checkpoint taken together are consistent.
 
-May import: dfs.consensus.api; pysyncobj's node type only (for the membership
-that replaces a dump's at startup, see ``startup_members``).
+May import: dfs.consensus.api, dfs.consensus.files; pysyncobj's node type only
+(for the membership that replaces a dump's at startup, see ``startup_members``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from collections.abc import Callable
 
 from dfs.consensus.api import StateMachine
+from dfs.consensus.files import CorruptState, fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +92,44 @@ class SnapshotCodec:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
+    def check(self, filename: str) -> None:
+        """Raise ``CorruptState`` unless ``filename`` is a whole dump of this format (at
+        start: pysyncobj would log a damaged dump and go on without it, from less state
+        than the replica acknowledged)."""
+        size = os.path.getsize(filename)
+        try:
+            with tarfile.open(filename, mode="r") as tar:
+                members = tar.getmembers()
+                meta = pickle.loads(tar.extractfile(_META_MEMBER).read())
+            if meta.get("format") != _SNAPSHOT_FORMAT:
+                raise ValueError(f"unknown snapshot format {meta.get('format')!r}")
+            if len(meta["data"]) != 3 or not isinstance(meta["sm_applied"], int):
+                raise ValueError("no Raft entries or applied index in its metadata")
+            end = max(m.offset_data + m.size for m in members)
+            if end > size:
+                raise ValueError(f"{size} bytes, its last member ends at {end}")
+        except (tarfile.TarError, OSError, EOFError, KeyError, TypeError, ValueError, AttributeError,
+                pickle.UnpicklingError) as e:
+            raise CorruptState(f"{filename} is damaged: {e}") from None
+
     def deserialize(self, filename: str) -> tuple:
-        """Load a dump (at startup, or one received from the leader)."""
+        """Load a dump (at startup, or one received from the leader): ``(last entry,
+        previous entry, nodes)``, as ``serialize`` was given it."""
         with tarfile.open(filename, mode="r") as tar:
             meta = pickle.loads(tar.extractfile(_META_MEMBER).read())
             if meta.get("format") != _SNAPSHOT_FORMAT:
                 raise ValueError(f"unknown snapshot format {meta.get('format')!r}")
             data = tuple(meta["data"])
-            if len(data) == 4:
-                members = self._startup_members()
-                if members is not None:
-                    from pysyncobj.node import TCPNode
+            members = self._startup_members()
+            if members is not None:
+                from pysyncobj.node import TCPNode
 
-                    data = (*data[:3], {TCPNode(a) for a in members})
+                data = (*data[:2], {TCPNode(a) for a in members})
             if meta["sm_applied"] > self.sm.applied_index():
+                # pysyncobj renamed a received snapshot into place unsynced: the state machine
+                # may only move to it once it is on disk (a restart would restore it again)
+                fsync_file(filename)
+                fsync_dir(os.path.dirname(os.path.abspath(filename)))
                 work = tempfile.mkdtemp(dir=self.scratch)
                 try:
                     members = [

@@ -201,8 +201,11 @@ async def _handle(host, sm: CounterSM, req: dict, stop: asyncio.Event) -> dict:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    import logging
+
     from dfs.consensus.raft import RaftHost
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.makedirs(args.data, exist_ok=True)
     sm = CounterSM(os.path.join(args.data, "sm"))
     host = RaftHost(
@@ -211,6 +214,7 @@ async def serve(args: argparse.Namespace) -> None:
         heartbeat=args.heartbeat,
         log_compaction_min_entries=args.compact,
         group_commit=not args.no_group_commit,
+        durability=args.durability,
     )
     stop = asyncio.Event()
 
@@ -278,14 +282,15 @@ def bench(args: argparse.Namespace) -> None:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
-    root = tempfile.mkdtemp(prefix="raftbench-")
+    root = tempfile.mkdtemp(prefix="raftbench-", dir=args.root)
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
     procs, ctls = [], []
     try:
         for i, a in enumerate(addrs):
             logf = os.path.join(root, f"n{i}.log")
             cmd = [sys.executable, "-m", "dfs.consensus.testing", "serve", "--self", a,
-                   "--peers", ",".join(addrs), "--data", os.path.join(root, f"n{i}")]
+                   "--peers", ",".join(addrs), "--data", os.path.join(root, f"n{i}"),
+                   "--durability", args.durability]
             if args.no_group_commit:
                 cmd.append("--no-group-commit")
             with open(logf, "wb") as out:
@@ -305,14 +310,19 @@ def bench(args: argparse.Namespace) -> None:
             time.sleep(0.02)
         leader.call(op="bulk", n=200, size=args.size, concurrency=args.concurrency)  # warm up
         s0 = leader.call(op="status")["sm"]
+        j0 = [c.call(op="status")["raft"]["journal_syncs"] for c in ctls]
         r = leader.call(op="bulk", n=args.n, size=args.size, concurrency=args.concurrency)
         s1 = leader.call(op="status")["sm"]
+        syncs = [c.call(op="status")["raft"]["journal_syncs"] - j for c, j in zip(ctls, j0)]
         entries = s1["entries"] - s0["entries"]
         print(json.dumps({
+            "durability": args.durability,
             "group_commit": not args.no_group_commit, "concurrency": args.concurrency,
             "commands": args.n, "seconds": round(r["seconds"], 3), "errors": r["errors"],
             "commits_per_s": round(args.n / r["seconds"]), "entries": entries,
+            "entries_per_s": round(entries / r["seconds"]),
             "commands_per_entry": round(args.n / max(entries, 1), 1),
+            "journal_syncs": syncs,  # per replica (so far, followers included)
         }))
     finally:
         for c in ctls:
@@ -336,11 +346,14 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--election-max", type=float, default=0.8)
     s.add_argument("--heartbeat", type=float, default=0.1)
     s.add_argument("--no-group-commit", action="store_true")
+    s.add_argument("--durability", choices=("sync", "async"), default="sync")
     b = sub.add_parser("bench", help="3 local replica processes; commits/s at the leader")
     b.add_argument("--n", type=int, default=5000)
     b.add_argument("--concurrency", type=int, default=64)
     b.add_argument("--size", type=int, default=64, help="bytes written per command")
     b.add_argument("--no-group-commit", action="store_true")
+    b.add_argument("--durability", choices=("sync", "async"), default="sync")
+    b.add_argument("--root", default=None, help="replicas' folders under this one (default: a temp dir)")
     args = p.parse_args(argv)
     if args.cmd == "serve":
         asyncio.run(serve(args))

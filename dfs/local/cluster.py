@@ -60,14 +60,16 @@ class LocalCluster(ServerGroup):
                  targets_per_server: int = 1, chain_replicas: int = 3, target_timeout: float = 3.0,
                  spawn_data: bool = True, scrub_interval: float | None = None, scrub_rate: int | None = None,
                  orphan_scan_interval: float | None = None, orphan_grace: float | None = None,
-                 resync_rate: int | None = None, metrics: bool = True, auth: bool = True, tls: TlsConfig | None = None) -> None:
+                 resync_rate: int | None = None, metrics: bool = True, auth: bool = True, tls: TlsConfig | None = None,
+                 durability: str | None = None) -> None:
         """``spawn_data=False``: the data servers are in the cluster file, but this object
         does not run them (a test plays their part, e.g. sends their heartbeats).
         ``metrics``: give every process a free port for its Prometheus endpoint.
         ``scrub_interval``, ``scrub_rate``, ``orphan_scan_interval``, ``orphan_grace``, ``resync_rate``: the
         data servers' options of the cluster file (None: the cluster file's default).
-        ``auth``: generate a client token; ``tls``: gRPC over TLS with these files.
-        Both only for a new cluster file (an existing one is used as it is)."""
+        ``auth``: generate a client token; ``tls``: gRPC over TLS with these files;
+        ``durability``: "sync" or "async" (None: the cluster file's default, "sync").
+        These only for a new cluster file (an existing one is used as it is)."""
         self.root = os.path.abspath(root)
         self.config_path = os.path.join(self.root, "cluster.toml")
         if os.path.exists(self.config_path):
@@ -98,7 +100,8 @@ class LocalCluster(ServerGroup):
                 chain_replicas=chain_replicas, target_timeout=target_timeout,
                 **{k: v for k, v in (("scrub_interval", scrub_interval), ("scrub_rate", scrub_rate),
                                      ("orphan_scan_interval", orphan_scan_interval),
-                                     ("orphan_grace", orphan_grace), ("resync_rate", resync_rate))
+                                     ("orphan_grace", orphan_grace), ("resync_rate", resync_rate),
+                                     ("durability", durability))
                    if v is not None},
                 client_token=secrets.token_hex(32) if auth else None, tls=tls)
             self._save_private(self.config_path, self.cfg.save)

@@ -425,7 +425,8 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
                     leader_fallback_timeout=o.leader_fallback_timeout, group_commit=o.group_commit,
                     max_batch=o.max_batch, max_inflight=o.max_inflight,
                     log_compaction_min_entries=o.log_compaction_min_entries,
-                    log_compaction_min_time=o.log_compaction_min_time, loop=asyncio.get_running_loop())
+                    log_compaction_min_time=o.log_compaction_min_time, durability=cfg.durability,
+                    loop=asyncio.get_running_loop())
     sa = ServerAuth(cfg)
     peers = PeerTransport(cfg, sa)
     data_client = None

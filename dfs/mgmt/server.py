@@ -320,7 +320,8 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
     o = cfg.raft
     host = RaftHost(store, me.raft, [m.raft for m in cfg.mgmt], os.path.join(data, "raft"),
                     password=cfg.raft_password, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
-                    leader_fallback_timeout=o.leader_fallback_timeout, loop=asyncio.get_running_loop())
+                    leader_fallback_timeout=o.leader_fallback_timeout, durability=cfg.durability,
+                    loop=asyncio.get_running_loop())
     metrics = requests = None
     if me.metrics:
         metrics = Metrics("mgmt", cluster=cfg.cluster_id, replica=replica)

@@ -58,6 +58,7 @@ class PowerCutFS(pyfuse3.Operations):
         super().__init__()
         self.root = os.path.realpath(backing)
         self.paths: dict[int, str] = {pyfuse3.ROOT_INODE: self.root}  # fuse inode -> a backing path
+        self.names: dict[int, set[str]] = {}  # fuse inode -> the backing paths it was seen under (hard links)
         self.fuse_of: dict[int, int] = {}   # backing st_ino -> fuse inode
         self.backing_of: dict[int, int] = {}  # fuse inode -> backing st_ino
         self.lookups: dict[int, int] = {}
@@ -87,6 +88,7 @@ class PowerCutFS(pyfuse3.Operations):
             self.fuse_of[st.st_ino] = ino
             self.backing_of[ino] = st.st_ino
         self.paths[ino] = path
+        self.names.setdefault(ino, set()).add(path)
         return ino
 
     def _entry(self, ino: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
@@ -112,16 +114,34 @@ class PowerCutFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(ex.errno) from None
 
     def _gone(self, path: str) -> None:
-        """Before ``path`` is unlinked or replaced: forget its inode if this is its last name."""
+        """Before ``path`` is unlinked or replaced: forget its inode if this is its last name,
+        else keep it under another of its names (a hard link's inode outlives a name)."""
         try:
             st = os.lstat(path)
         except OSError:
             return
-        if st.st_nlink <= 1 and not stat.S_ISDIR(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            return
+        if st.st_nlink <= 1:
             ino = self.fuse_of.pop(st.st_ino, None)
             if ino is not None:
                 self.backing_of.pop(ino, None)
                 self.data.pop(ino, None)
+                self.names.pop(ino, None)
+            return
+        ino = self.fuse_of.get(st.st_ino)
+        if ino is None:
+            return
+        names = self.names.get(ino, set())
+        names.discard(path)
+        if self.paths.get(ino) == path:
+            for other in names:
+                try:
+                    if os.lstat(other).st_ino == st.st_ino:
+                        self.paths[ino] = other
+                        break
+                except OSError:
+                    continue
 
     async def lookup(self, parent_inode, name, ctx=None):
         path = self._child(parent_inode, name)
@@ -219,6 +239,9 @@ class PowerCutFS(pyfuse3.Operations):
         ino = self.fuse_of.get(st.st_ino)
         if ino is not None:
             self.paths[ino] = new
+            names = self.names.setdefault(ino, set())
+            names.discard(old)
+            names.add(new)
         if stat.S_ISDIR(st.st_mode):  # paths under it moved too
             for i, p in list(self.paths.items()):
                 if p.startswith(old + os.sep):

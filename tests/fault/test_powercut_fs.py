@@ -114,3 +114,23 @@ def test_directories_links_and_listing(pc):
     os.unlink(f"{m}/d/g")
     pc.cut()
     assert sorted(os.listdir(f"{m}/d")) == ["e2"] and read(f"{m}/d/e2/f") == b"1"
+
+
+def test_a_hard_linked_file_outlives_the_name_it_was_last_seen_under(pc):
+    m = pc.mountpoint
+    write(f"{m}/sst", b"s" * 5000, sync=True)
+    fd = os.open(f"{m}/sst", os.O_RDONLY)  # RocksDB keeps its tables open
+    try:
+        os.mkdir(f"{m}/ckpt")
+        os.link(f"{m}/sst", f"{m}/ckpt/sst")  # a checkpoint links them, is packed, is removed
+        assert read(f"{m}/ckpt/sst") == b"s" * 5000
+        os.unlink(f"{m}/ckpt/sst")
+        os.rmdir(f"{m}/ckpt")
+        assert os.fstat(fd).st_size == 5000 and os.pread(fd, 10, 0) == b"s" * 10  # no lookup of a name
+    finally:
+        os.close(fd)
+    assert read(f"{m}/sst") == b"s" * 5000
+    write(f"{m}/sst", b"t", sync=False, offset=5000)
+    assert read(f"{m}/sst") == b"s" * 5000 + b"t"
+    pc.cut()
+    assert read(f"{m}/sst") == b"s" * 5000
