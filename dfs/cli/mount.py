@@ -57,6 +57,28 @@ def _read_state(mountpoint: str) -> dict | None:
         return None
 
 
+def local_mounts() -> list[dict]:
+    """The dfs mounts of this machine whose serving process is alive: their state files
+    (mountpoint, pid, log, mgmt; a snapshot mount's ``snapshot`` and ``snapshot_state``,
+    "ready" or "deleted")."""
+    out = []
+    try:
+        names = sorted(os.listdir(STATE_DIR))
+    except OSError:
+        return out
+    for n in names:
+        if not n.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(STATE_DIR, n)) as f:
+                st = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if st.get("pid") and _alive(st["pid"]):
+            out.append(st)
+    return out
+
+
 def _cluster_file(cluster_path: str) -> str:
     from dfs.common.config import locate
 

@@ -215,6 +215,8 @@ def test_through_the_mount(cluster, tmp_path):
             until(lambda: (_read_state(snap) or {}).get("snapshot_state") == "deleted", 30,
                   "the mount's state saying the snapshot is deleted")
             assert sorted(os.listdir(snap))  # what it loaded stays
+            r = _dfs("status", "--cluster", cluster.config_path)
+            assert "snapshot /mnt@s1 was deleted" in r.stdout, r.stdout + r.stderr
         finally:
             _dfs("umount", snap)
     finally:
