@@ -86,13 +86,16 @@ async def find_snapshot(meta, data, spec: str):
     raise err.NotFound(f"no snapshot {name!r} of {path}")
 
 
-async def open_snapshot(meta, data, spec: str, *, cache_dir: str | None = None, stats: dict | None = None):
+async def open_snapshot(meta, data, spec: str, *, cache_dir: str | None = None, stats: dict | None = None,
+                        pack_cache: int = 256 << 20):
     """A client ``Core`` in snapshot mode over ``PATH@NAME`` (its manifest loaded: from the
-    machine's cache ``cache_dir``, default ~/.cache/dfs, else dfs, else built)."""
+    machine's cache ``cache_dir``, default ~/.cache/dfs, else dfs, else built). ``pack_cache``:
+    bytes of packed small files kept in memory."""
     from dfs.client.snapmode import default_cache_dir, snapshot_core
 
     info = await find_snapshot(meta, data, spec)
-    return await snapshot_core(meta, data, info, cache_dir=cache_dir or default_cache_dir(), stats=stats)
+    return await snapshot_core(meta, data, info, cache_dir=cache_dir or default_cache_dir(), stats=stats,
+                               pack_cache=pack_cache)
 
 
 def map_registry(data):
@@ -110,7 +113,7 @@ async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None
                    gid: int | None = None, groups: tuple[int, ...] | None = None, mode: Mode | None = None,
                    ttl: float = 1.0, umask: int = 0o022, deadline: float = 30.0, token: str | None = None,
                    token_file: str | None = None, snapdir: str = ".snap", snapshot: str | None = None,
-                   cache_dir: str | None = None) -> AsyncClient:
+                   cache_dir: str | None = None, pack_cache: int = 256 << 20) -> AsyncClient:
     """The asyncio client; arguments as ``connect``."""
     addrs = find_cluster(cluster, data=data, mgmt=mgmt)
     creds = find_credentials(cluster, data=data, mgmt=mgmt, token=token, token_file=token_file)
@@ -121,7 +124,7 @@ async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None
     meta, dc = await dial(addrs, auth=creds, caller=caller, deadline=deadline)
     if snapshot is not None:
         try:
-            core = await open_snapshot(meta, dc, snapshot, cache_dir=cache_dir)
+            core = await open_snapshot(meta, dc, snapshot, cache_dir=cache_dir, pack_cache=pack_cache)
         except BaseException:
             await dc.close()
             await meta.close()
@@ -135,7 +138,8 @@ def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None
             uid: int | None = None, gid: int | None = None, groups: tuple[int, ...] | None = None,
             caller: Caller | None = None, mode: Mode | None = None, ttl: float = 1.0, umask: int = 0o022,
             deadline: float = 30.0, token: str | None = None, token_file: str | None = None,
-            snapdir: str = ".snap", snapshot: str | None = None, cache_dir: str | None = None) -> Client:
+            snapdir: str = ".snap", snapshot: str | None = None, cache_dir: str | None = None,
+            pack_cache: int = 256 << 20) -> Client:
     """A synchronous ``Client`` of a cluster (see ``find_cluster`` for how it is found).
 
     ``uid``/``gid``/``groups`` (or ``caller``): the identity the service checks permissions
@@ -146,9 +150,10 @@ def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None
     directory's snapshots (``PATH/.snap/NAME/``, dfs/client/snapdir.py). ``snapshot``
     (``"PATH@NAME"``): a read-only client of that snapshot, its ``/`` the snapshot's root,
     served from its manifest (dfs/client/snapmode.py), cached under ``cache_dir`` (default
-    ~/.cache/dfs)."""
+    ~/.cache/dfs); ``pack_cache``: bytes of its packed small files kept in memory (when the
+    packs fit, each of their 4 MiB chunks is read once whatever the order)."""
     kw = dict(data=data, mgmt=mgmt, uid=uid, gid=gid, groups=groups, caller=caller, mode=mode, ttl=ttl,
               umask=umask, deadline=deadline, token=token, token_file=token_file, snapdir=snapdir,
-              snapshot=snapshot, cache_dir=cache_dir)
+              snapshot=snapshot, cache_dir=cache_dir, pack_cache=pack_cache)
     find_cluster(cluster, data=data, mgmt=mgmt)  # fail fast, in the calling thread
     return Client(lambda: aconnect(cluster, **kw))

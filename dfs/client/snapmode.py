@@ -227,7 +227,8 @@ class PackReader:
     """Reads of the packs (live files under /.dfs/snapshots/<S>/): a file's range when
     reads come in no order, whole pack chunks (kept, LRU, up to ``cache`` bytes) and the
     next ones ahead when they come in pack order, i.e. in the tree order the builder
-    packed them (an epoch over a directory, a sequential pass)."""
+    packed them (an epoch over a directory, a sequential pass), or always when every pack
+    fits the cache (each pack chunk is then read once, whatever the order)."""
 
     def __init__(self, manifest: Manifest, data, cache: int, ahead: int = 2) -> None:
         self.m = manifest
@@ -239,6 +240,9 @@ class PackReader:
         self.inflight: dict[tuple[int, int], asyncio.Task] = {}
         self.next: dict[int, int] = {}  # pack -> where a reader in pack order reads next
         self.requests = 0
+        # every pack fits the cache: a whole chunk fetched for one file serves its neighbours
+        # later, whatever the order (a shuffled epoch then reads each pack chunk once)
+        self.fits = cache > 0 and int(manifest.packs["size"].sum()) <= cache
 
     def _spec(self, p: int) -> tuple[PackSpec, Layout]:
         spec = self.m.pack(p)
@@ -264,7 +268,7 @@ class PackReader:
         if self.cap > 0:
             self.cached[(p, i)] = data
             self.bytes += len(data)
-            while self.bytes > self.cap and self.cached:
+            while self.bytes > self.cap and len(self.cached) > 1:  # the newest stays: its neighbours come next
                 self.bytes -= len(self.cached.popitem(last=False)[1])
         return data
 
@@ -275,7 +279,7 @@ class PackReader:
         in_order = self.next.get(p) == off
         self.next[p] = off + n
         ps = pieces(off, n, cs)
-        whole = in_order or all((p, i) in self.cached or (p, i) in self.inflight for i, _, _, _ in ps)
+        whole = in_order or self.fits or all((p, i) in self.cached or (p, i) in self.inflight for i, _, _, _ in ps)
         if whole:
             for i, coff, ln, boff in ps:
                 c = await self._chunk(p, i)

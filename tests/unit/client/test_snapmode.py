@@ -250,3 +250,27 @@ def test_listing_pages_and_cookies():
         assert m.lookup(sub, b"f017") == next(e.ino for e in whole if e.name == b"f017") - 1
         assert m.lookup(sub, b"nope") is None
     run(t)
+
+
+def test_packed_files_are_read_with_few_data_plane_requests(tmp_path):
+    async def t(c, t, meta, chunks, info):
+        import random
+
+        names = [f"/sub/f{i:03d}" for i in range(1, 40)]
+        random.Random(3).shuffle(names)
+        for cache, want in ((256 << 20, 1), (0, len(names))):
+            core = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path), pack_cache=cache)
+            s = AsyncClient(core=core)
+            for n in names:  # a shuffled epoch
+                i = int(n[-3:])
+                assert await s.read_bytes(n) == bytes([i]) * (100 * i + 1)
+            assert core.mode.chunks.packs.requests == want  # all in one pack chunk: read once if it fits
+            await core.close()
+        core = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path), pack_cache=1)
+        s = AsyncClient(core=core)
+        for name in await s.listdir("/sub"):  # in pack order (the tree's): whole chunks, whatever the cache
+            if name != "deep":
+                await s.read_bytes(f"/sub/{name}")
+        assert core.mode.chunks.packs.requests <= 3
+        await core.close()
+    run(t)
