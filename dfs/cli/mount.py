@@ -163,9 +163,6 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
         raise click.ClickException(f"{mountpoint}: not a directory")
     if is_mounted(mp):
         raise click.ClickException(f"{mountpoint} is already mounted (dfs umount {mountpoint})")
-    addrs = _resolve_mgmt(mgmt, cluster_path)
-    creds = _credentials(mgmt, cluster_path, token_file)
-    extra = tuple(o for opt in options for o in opt.split(",") if o)
     if snapshot is not None:
         from dfs.client.snapshots import parse_spec
 
@@ -173,6 +170,9 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
             parse_spec(snapshot)
         except OSError as e:
             raise click.ClickException(str(e)) from None
+    addrs = _resolve_mgmt(mgmt, cluster_path)
+    creds = _credentials(mgmt, cluster_path, token_file)
+    extra = tuple(o for opt in options for o in opt.split(",") if o)
     os.makedirs(STATE_DIR, exist_ok=True)
     if foreground:  # logs to stderr unless --log-file
         _serve(mp, addrs, os.path.abspath(log_file) if log_file else None, log_level, entry_timeout=entry_timeout,
