@@ -78,8 +78,9 @@ class SnapshotAPI:
 
     def _snapmeta(self) -> SnapMeta:
         m = self.core.meta
-        if not isinstance(m, SnapMeta):
-            raise err.DfsError("this client has no snapshot support (no registry)", code=E.ENOTSUP)
+        if not isinstance(m, SnapMeta) or not hasattr(m.inner, "snapshot_create"):
+            raise err.DfsError("no snapshots here (a snapshot-mode client, or a service without them)",
+                               code=E.ENOTSUP)
         return m
 
     async def _snap_root(self, path) -> Attr:
