@@ -77,25 +77,28 @@ class MetaClient:
         res = await self.t.call_many(shard, [(r.OP, c, r.to_wire(), _rid()) for r in reqs])
         return [x if isinstance(x, err.DfsError) else r.reply_from_wire(x) for r, x in zip(reqs, res)]
 
-    async def _attr_of(self, ino: int, attr: Attr | None, caller: Caller | None) -> Attr:
-        return attr if attr is not None else await self.getattr(ino, caller=caller)
+    async def _attr_of(self, ino: int, attr: Attr | None, caller: Caller | None, snap: int = 0) -> Attr:
+        return attr if attr is not None else await self.getattr(ino, caller=caller, snap=snap)
 
     # ------------------------------------------------------------------ reads
-    async def lookup(self, parent: int, name: str | bytes, *, caller: Caller | None = None) -> Attr:
-        r = await self._send(m.Lookup(parent, _enc(name)), caller)
-        return await self._attr_of(r.ino, r.attr, caller)
+    # ``snap``: read the tree as snapshot ``snap`` holds it (0: the live tree; ESTALE: no such
+    # live snapshot). Snapshots are read-only: no mutation takes one.
+    async def lookup(self, parent: int, name: str | bytes, *, caller: Caller | None = None, snap: int = 0) -> Attr:
+        r = await self._send(m.Lookup(parent, _enc(name), snap), caller)
+        return await self._attr_of(r.ino, r.attr, caller, snap)
 
-    async def getattr(self, ino: int, *, caller: Caller | None = None) -> Attr:
-        return await self._send(m.Getattr(ino), caller)
+    async def getattr(self, ino: int, *, caller: Caller | None = None, snap: int = 0) -> Attr:
+        return await self._send(m.Getattr(ino, snap), caller)
 
-    async def getattrs(self, inos: list[int], *, caller: Caller | None = None) -> dict[int, Attr | err.DfsError]:
+    async def getattrs(self, inos: list[int], *, caller: Caller | None = None,
+                       snap: int = 0) -> dict[int, Attr | err.DfsError]:
         """Attributes of many inodes: one request per shard, in parallel."""
         by_shard: dict[int, list[int]] = defaultdict(list)
         for ino in inos:
             by_shard[shard_of(ino)].append(ino)
 
         async def one(shard: int, group: list[int]):
-            res = await self._send(m.Getattrs(group), caller, shard=shard)
+            res = await self._send(m.Getattrs(group, False, snap), caller, shard=shard)
             return zip(group, res.attrs)
 
         out: dict[int, Attr | err.DfsError] = {}
@@ -105,13 +108,13 @@ class MetaClient:
         return out
 
     async def readdir(self, ino: int, cookie: int = 0, limit: int = 1000, *, plus: bool = True,
-                      caller: Caller | None = None) -> tuple[list[DirEntry], bool]:
+                      caller: Caller | None = None, snap: int = 0) -> tuple[list[DirEntry], bool]:
         """One page of entries after ``cookie`` and whether it is the last page."""
-        r = await self._send(m.Readdir(ino, cookie, limit, plus), caller)
+        r = await self._send(m.Readdir(ino, cookie, limit, plus, snap), caller)
         missing = [e.ino for e in r.entries if plus and e.attr is None]
         if not missing:
             return r.entries, r.eof
-        attrs = await self.getattrs(missing, caller=caller)
+        attrs = await self.getattrs(missing, caller=caller, snap=snap)
         out = []
         for e in r.entries:
             if e.attr is None:
@@ -121,27 +124,28 @@ class MetaClient:
         return out, r.eof
 
     async def iterdir(self, ino: int, *, plus: bool = True, page: int = 1000,
-                      caller: Caller | None = None) -> AsyncIterator[DirEntry]:
+                      caller: Caller | None = None, snap: int = 0) -> AsyncIterator[DirEntry]:
         cookie = 0
         while True:
-            entries, eof = await self.readdir(ino, cookie, page, plus=plus, caller=caller)
+            entries, eof = await self.readdir(ino, cookie, page, plus=plus, caller=caller, snap=snap)
             for e in entries:
                 yield e
             if eof or not entries:
                 return
             cookie = entries[-1].cookie
 
-    async def listdir(self, ino: int, *, plus: bool = False, caller: Caller | None = None) -> list[DirEntry]:
-        return [e async for e in self.iterdir(ino, plus=plus, caller=caller)]
+    async def listdir(self, ino: int, *, plus: bool = False, caller: Caller | None = None,
+                      snap: int = 0) -> list[DirEntry]:
+        return [e async for e in self.iterdir(ino, plus=plus, caller=caller, snap=snap)]
 
-    async def readlink(self, ino: int, *, caller: Caller | None = None) -> bytes:
-        return (await self._send(m.Readlink(ino), caller)).target
+    async def readlink(self, ino: int, *, caller: Caller | None = None, snap: int = 0) -> bytes:
+        return (await self._send(m.Readlink(ino, snap), caller)).target
 
-    async def getxattr(self, ino: int, name: str | bytes, *, caller: Caller | None = None) -> bytes:
-        return (await self._send(m.Getxattr(ino, _enc(name)), caller)).value
+    async def getxattr(self, ino: int, name: str | bytes, *, caller: Caller | None = None, snap: int = 0) -> bytes:
+        return (await self._send(m.Getxattr(ino, _enc(name), snap), caller)).value
 
-    async def listxattr(self, ino: int, *, caller: Caller | None = None) -> list[bytes]:
-        return (await self._send(m.Listxattr(ino), caller)).names
+    async def listxattr(self, ino: int, *, caller: Caller | None = None, snap: int = 0) -> list[bytes]:
+        return (await self._send(m.Listxattr(ino, snap), caller)).names
 
     async def statfs(self, *, caller: Caller | None = None) -> StatFs:
         counts = await asyncio.gather(*(self._send(m.Statfs(), caller, shard=s) for s in range(self.nshards)))
@@ -151,6 +155,17 @@ class MetaClient:
         block = 4096
         blocks = (1 << 50) // block
         return StatFs(block, blocks, blocks, total_files, total_files - files, NAME_MAX)
+
+    # ------------------------------------------------------------------ snapshots
+    async def snapshot_create(self, root: int, name: str | bytes, path: str = "", *,
+                              caller: Caller | None = None) -> int:
+        """Take snapshot ``name`` of directory ``root`` (its owner or root): its number. EEXIST:
+        the name is taken under that directory; ENOTDIR; EPERM; EINVAL: a bad name."""
+        return (await self._send(m.SnapCreate(root, _enc(name), path), caller, True)).snap
+
+    async def snapshot_delete(self, root: int, name: str | bytes, *, caller: Caller | None = None) -> None:
+        """Delete snapshot ``name`` of ``root`` (ENOENT: none): its space is freed in the background."""
+        await self._send(m.SnapDelete(root, _enc(name)), caller, True)
 
     # ------------------------------------------------------------------ mutations
     async def create(self, parent: int, name: str | bytes, mode: int = 0o644, *, excl: bool = True,
@@ -252,10 +267,10 @@ class MetaClient:
         """A writer publishes its size (grow only) and mtime: close-to-open's close."""
         return await self._send(m.Extend(ino, size), caller, True)
 
-    async def read_inline(self, ino: int, *, caller: Caller | None = None) -> tuple[bytes, int]:
+    async def read_inline(self, ino: int, *, caller: Caller | None = None, snap: int = 0) -> tuple[bytes, int]:
         """An inline file's stored bytes (the file is those, then zeros up to its size) and
         their high water (the longest they ever were). ENOTSUP: the file is not inline."""
-        r = await self._send(m.ReadInline(ino), caller)
+        r = await self._send(m.ReadInline(ino, snap), caller)
         return r.data, r.high_water
 
     async def write_inline(self, ino: int, runs: list[tuple[int, bytes]], size: int, *,

@@ -47,6 +47,7 @@ class Kind(enum.Enum):
     LOGGED = "logged"  # a command through Raft (group-committed), applied by MetaStore
     READ_HANDLE = "read handle"  # the leader, from its memory (dfs.meta.readhandles); never logged
     COORDINATED = "coordinated"  # may span shards: the coordinator plans it into 2PC actions
+    LEADER = "leader"  # the leader runs it as a task of its own (snapshot coordination), itself unlogged
 
 
 class Request:
@@ -163,6 +164,7 @@ class Lookup(Request):
 
     parent: int
     name: bytes
+    snap: int = 0  # a snapshot's number: the tree as it holds it (0: the live tree)
 
     def shard(self, nshards: int) -> int:
         return shard_of(self.parent)
@@ -173,6 +175,7 @@ class Getattr(Request):
     """An inode's attributes (also of an unlinked file a read handle of this leader still holds)."""
 
     ino: int
+    snap: int = 0  # a snapshot's number: the tree as it holds it (0: the live tree)
 
 
 @record
@@ -189,6 +192,7 @@ class Readdir(Request):
     cookie: int
     limit: int
     plus: bool
+    snap: int = 0  # a snapshot's number: the tree as it holds it (0: the live tree)
 
 
 @record(bare=True)
@@ -201,6 +205,7 @@ class Readlink(Request):
     """A symlink's target."""
 
     ino: int
+    snap: int = 0  # a snapshot's number: the tree as it holds it (0: the live tree)
 
 
 @record(bare=True)
@@ -214,6 +219,7 @@ class Getxattr(Request):
 
     ino: int
     name: bytes
+    snap: int = 0  # a snapshot's number: the tree as it holds it (0: the live tree)
 
 
 @record(bare=True)
@@ -226,6 +232,7 @@ class Listxattr(Request):
     """The names of an inode's extended attributes (trusted.* for root only)."""
 
     ino: int
+    snap: int = 0  # a snapshot's number: the tree as it holds it (0: the live tree)
 
 
 @record
@@ -253,6 +260,7 @@ class Getattrs(Request):
 
     inos: list[int]
     scan: bool = False
+    snap: int = 0  # a snapshot's number: the tree as it holds it (0: the live tree)
 
     def shard(self, nshards: int) -> int:
         return shard_of(self.inos[0])
@@ -333,6 +341,7 @@ class ReadInline(Request):
     """An inline file's bytes (ENOTSUP if the file is not inline; owner, root or r)."""
 
     ino: int
+    snap: int = 0  # a snapshot's number: the tree as it holds it (0: the live tree)
 
 
 # ------------------------------------------------------------------ read handles
@@ -688,3 +697,88 @@ class Forget(Request):
     """Drop the coordinator's record once every participant has committed."""
 
     op_id: bytes
+
+
+# ------------------------------------------------------------------ snapshots (docs/design/snapshots.md)
+
+@record(bare=True)
+class SnapNumber:
+    snap: int
+
+
+@request(Op.SNAPCREATE, Kind.LEADER, SnapNumber)
+class SnapCreate(Request):
+    """Take snapshot ``name`` of directory ``root`` (its owner or root): the cut across every
+    shard and data server, run by shard 0's leader. ``path``: the directory's path, for people."""
+
+    root: int
+    name: bytes
+    path: str = ""
+
+    def shard(self, nshards: int) -> int:
+        return 0
+
+
+@request(Op.SNAPDELETE, Kind.LEADER, Done)
+class SnapDelete(Request):
+    """Delete snapshot ``name`` of ``root`` (the directory's owner or root): every shard ends
+    it and prunes what only it read, every data server drops what only it read."""
+
+    root: int
+    name: bytes
+
+    def shard(self, nshards: int) -> int:
+        return 0
+
+
+@request(Op.SNAPFENCE, Kind.LOGGED, Done, internal=True)
+class SnapFence(Request):
+    """Until ``until`` (ns, the leader's clock) or SNAPBEGIN/SNAPEND of ``snap``: PREPAREs of
+    cross-shard operations answer LOCKED (their coordinators try again)."""
+
+    snap: int
+    until: int
+
+
+@request(Op.SNAPBEGIN, Kind.LOGGED, Done, internal=True)
+class SnapBegin(Request):
+    """Snapshot ``snap`` is taken here: it holds everything applied so far, later writes are
+    at ``snap + 1``; the fence lifts."""
+
+    snap: int
+
+
+@request(Op.SNAPEND, Kind.LOGGED, Done, internal=True)
+class SnapEnd(Request):
+    """Snapshot ``snap`` is deleted (or its creation aborted) here: what only it read is
+    pruned in the background; a fence for it lifts."""
+
+    snap: int
+
+
+@record
+class Pruned:
+    removed: int
+    cursor: bytes | None  # where to go on (None: a pass is over)
+
+
+@request(Op.SNAPPRUNE, Kind.LOGGED, Pruned, internal=True)
+class SnapPrune(Request):
+    """Remove history entries no live snapshot reads, from ``cursor`` on, about ``limit``."""
+
+    cursor: bytes
+    limit: int
+
+
+@record
+class SnapState:
+    epoch: int         # the write epoch
+    live: list[int]    # live snapshots
+    fence: int         # the snapshot a fence is up for (0: none)
+    prepared: int      # cross-shard operations prepared here and not decided yet
+    unpruned: bool     # a deleted snapshot's history may remain
+
+
+@request(Op.SNAPSTATUS, Kind.READ, SnapState, internal=True)
+class SnapStatus(Request):
+    """This shard's snapshot state (the snapshot coordinator waits on ``prepared``)."""

@@ -62,6 +62,14 @@ class Op(enum.IntEnum):
     ABORT = 63
     FORGET = 64
 
+    SNAPCREATE = 70
+    SNAPDELETE = 71
+    SNAPFENCE = 72
+    SNAPBEGIN = 73
+    SNAPEND = 74
+    SNAPPRUNE = 75
+    SNAPSTATUS = 76
+
 
 def inline_digest(data: bytes) -> bytes:
     """What MIGRATE compares: the inline bytes a migrating writer copied."""

@@ -60,6 +60,7 @@ from dfs.data.store import ChunkStore
 from dfs.wire import dataplane as dp
 from dfs.wire.auth import ServerAuth
 from dfs.route.data import Pool
+from dfs.route.mgmt import MgmtAdmin
 from dfs.common.clustermap import ClusterMap
 from dfs.route.shards import CHANNEL_OPTIONS, GrpcTransport
 
@@ -71,7 +72,6 @@ MAX_CONN_REQUESTS = 256
 ORPHAN_BATCH = 256               # inodes per existence check (one GETATTRS per shard)
 ROOT = Caller(0, 0, ())          # internal caller of the metadata checks
 RESERVE_MAX = 64 << 20           # chunk writes leave 1/64 of a target's file system, at most this, free
-INTERNAL_HEADER = "x-dfs-internal"  # as dfs.mgmt.server: what servers show for internal operations
 
 
 def _op_name(op: int) -> str:
@@ -111,6 +111,7 @@ class DataServer:
         self.transport = GrpcTransport([m.address for m in cfg.mgmt], deadline=5.0, attempt_timeout=2.0,
                                        auth=self.auth.client)
         self.peers = Pool(auth=self.auth.client)
+        self._admin = MgmtAdmin([m.address for m in cfg.mgmt], cfg.internal_token, self.auth.client)
         self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map,
                                 resync_rate=cfg.resync_rate, resolve_hold=self.resolve_hold)
         self._refresh_task: asyncio.Task | None = None
@@ -284,31 +285,12 @@ class DataServer:
         return False
 
     async def mgmt_admin(self, cmd: list) -> list | None:
-        """One mgmt command through Admin with the internal token, on the leader (following
-        NOT_LEADER once per address); what it answered beyond the epoch, or None if no
-        leader answered. A refusal raises it."""
-        req = pb.AdminRequest(command=msgpack.packb(cmd))
-        md = ((INTERNAL_HEADER, self.cfg.internal_token),)
-        addrs = [m.address for m in self.cfg.mgmt]
-        if self._mgmt_leader in addrs:
-            addrs.remove(self._mgmt_leader)
-            addrs.insert(0, self._mgmt_leader)
-        for addr in addrs:
-            for _ in range(2):
-                try:
-                    rep = await self._stub(addr).Admin(req, metadata=md, timeout=5.0)
-                except grpc.aio.AioRpcError:
-                    break
-                if rep.status == err.NOT_LEADER and rep.leader and rep.leader != addr:
-                    addr = rep.leader
-                    continue
-                if rep.status == 0:
-                    self._mgmt_leader = addr
-                    return msgpack.unpackb(rep.result, raw=False)
-                if rep.status in (err.NOT_LEADER, err.UNAVAILABLE, E.EAGAIN):
-                    break
-                raise err.error_for(rep.status, rep.message)
-        return None
+        """One mgmt command through Admin with the internal token (dfs.route.mgmt): what it
+        answered beyond the epoch, or None if no leader answered. A refusal raises it."""
+        try:
+            return await self._admin.command(cmd, deadline=5.0)
+        except err.Unavailable:
+            return None
 
     async def resolve_hold(self, snap: int) -> tuple[int, list[int]] | None:
         """An expired hold: abort the snapshot unless it was made ready meanwhile; through

@@ -16,6 +16,7 @@ from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.consensus.api import DirectLog
 from dfs.meta.service import ChunkRemover, ShardService
+from dfs.meta.snapshots import Registry
 from dfs.meta.store import MetaStore
 
 RETRY_DEADLINE = 30.0
@@ -41,13 +42,17 @@ class LocalEngine:
     transport and every shard's way to its peers."""
 
     def __init__(self, nshards: int = 2, path: str | None = None, *,
-                 chunk_remover: ChunkRemover | None = None, clock=time.time_ns) -> None:
+                 chunk_remover: ChunkRemover | None = None, clock=time.time_ns,
+                 registry: Registry | None = None) -> None:
+        """``registry``: where snapshots are registered (mgmt's part; e.g.
+        dfs.testing.registry.MemoryRegistry); None: SNAPCREATE answers EOPNOTSUPP."""
         self.nshards = nshards
+        self.registry = registry
         self.services: list[ShardService] = []
         for s in range(nshards):
             store = MetaStore(s, nshards, None if path is None else os.path.join(path, f"shard{s}"))
             self.services.append(ShardService(store, DirectLog(store), self, clock=clock,
-                                              chunk_remover=chunk_remover))
+                                              chunk_remover=chunk_remover, snapshot_registry=registry))
 
     async def call(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes = b"",
                    ts: int | None = None) -> Any:
@@ -76,6 +81,10 @@ class LocalEngine:
     async def expire_handles(self) -> int:
         """Expire lapsed open handles once on every shard (tests); see ShardService.expire_handles."""
         return sum([await s.expire_handles() for s in self.services])
+
+    async def prune_history(self) -> int:
+        """Prune snapshot history once on every shard (tests); see ShardService.prune_history."""
+        return sum([await s.prune_history() for s in self.services])
 
     async def close(self) -> None:
         for s in self.services:

@@ -20,7 +20,16 @@ holds:
                                        water = the longest the bytes ever were (absent: never written)
     H <ino:8> <handle>              -> an open handle of a regular file: msgpack [expiry ns]
     J <expiry:8> <ino:8> <handle>   -> expiry index of the H records (empty value)
-    M <name>                        -> shard bookkeeping (applied index, id counter, counts)
+    M <name>                        -> shard bookkeeping (applied index, id counter, counts, epochs)
+    V <escaped key> 00 00 <~epoch:8> -> history: an older value of a versioned key that a live
+                                       snapshot still reads (dfs/kv/versioned.py)
+
+**Versioned keys** (snapshots, docs/design/snapshots.md): the values of the
+I, D, L, X and B keys start with the epoch they were written in (a varint);
+``MetaStore`` reads and writes them through ``dfs.kv.versioned.Versioned``,
+which keeps what live snapshots read in the V history. Store format 2 (``M
+format``) is the one with epoch tags; a format-1 store is tagged at epoch 1
+when it opens.
 
 A directory's entries and its inode live on the directory's home shard; a
 file's inode lives on the shard of the directory it was created in.
@@ -52,6 +61,8 @@ P_INLINE = b"B"
 P_HANDLE = b"H"
 P_HANDLE_EXPIRY = b"J"
 P_META = b"M"
+P_HISTORY = b"V"
+VERSIONED = (P_INODE, P_DENTRY, P_SYMLINK, P_XATTR, P_INLINE)  # what a snapshot holds
 
 K_APPLIED = P_META + b"applied"
 K_NEXT_INO = P_META + b"next_ino"
@@ -61,6 +72,10 @@ K_RENAME_EPOCH = P_META + b"rename_epoch"  # bumped each time a directory rename
 # msgpack [last term, until ns of that term, until ns of every earlier term]: how long read
 # handles granted by a leader (in its memory, see OPENREAD) may live (READMARK)
 K_READ_MARK = P_META + b"read_mark"
+K_FORMAT = P_META + b"format"          # 2: versioned values carry their epoch
+K_EPOCHS = P_META + b"epochs"          # dfs.kv.versioned.Epochs: write epoch, live snapshots
+K_SNAP_FENCE = P_META + b"snap_fence"  # msgpack [snapshot, until ns]: 2PC PREPAREs wait (Locked)
+FORMAT = 2
 
 _Q = struct.Struct(">Q")
 

@@ -46,13 +46,13 @@ from dfs.common.records import Caller
 from dfs.consensus.raft import RaftHost
 from dfs.meta.service import ShardService
 from dfs.meta.store import MetaStore
-from dfs.wire.auth import ServerAuth, shows
+from dfs.wire.auth import INTERNAL_HEADER, ServerAuth, shows
 from dfs.common.clustermap import ClusterMap
+from dfs.route.mgmt import MgmtAdmin
 from dfs.route.shards import CHANNEL_OPTIONS, GrpcTransport
 
 log = logging.getLogger("dfs.meta.server")
 
-INTERNAL_HEADER = "x-dfs-internal"
 CLIENT_WINDOW = 60.0  # seconds: a client connection counts as connected this long after its last operation
 
 
@@ -414,6 +414,47 @@ class PeerTransport(GrpcTransport):
                          auth=(sa or ServerAuth(cfg)).client)
 
 
+class _Data:
+    """This server's DataClient (made at first use, from mgmt's map): frees chunks, and holds and
+    resumes the data servers for a snapshot (``dfs.meta.snapshots.Holds``)."""
+
+    def __init__(self, peers: PeerTransport) -> None:
+        self.peers = peers
+        self._dc = None
+
+    async def client(self):
+        from dfs.route.data import DataClient
+
+        if self._dc is None:
+            self._dc = DataClient(await self.peers.refresh_map(), self.peers.refresh_map)
+        return self._dc
+
+    async def snap_hold(self, snap: int, lease: float) -> None:
+        dc = await self.client()
+        await dc.refresh(force=True)
+        await dc.snap_hold(snap, lease)
+
+    async def snap_resume(self, snap: int, epoch: int, live: list[int]) -> None:
+        await (await self.client()).snap_resume(snap, epoch, live)
+
+    async def close(self) -> None:
+        if self._dc is not None:
+            await self._dc.close()
+
+
+class _MgmtRegistry:
+    """The snapshot registry in mgmt's cluster map (``dfs.meta.snapshots.Registry``)."""
+
+    def __init__(self, admin: MgmtAdmin, peers: PeerTransport) -> None:
+        self.admin, self.peers = admin, peers
+
+    async def command(self, cmd: list) -> list:
+        return await self.admin.command(cmd)
+
+    async def snapshots(self) -> dict:
+        return (await self.peers.refresh_map()).snapshots
+
+
 async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None:
     me = cfg.shard(shard).replica(replica)
     store = MetaStore(shard, cfg.nshards, os.path.join(data, "db"))
@@ -429,23 +470,20 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
                     loop=asyncio.get_running_loop())
     sa = ServerAuth(cfg)
     peers = PeerTransport(cfg, sa)
-    data_client = None
+    data = _Data(peers)
+    admin = MgmtAdmin([m.address for m in cfg.mgmt], cfg.internal_token, sa.client)
     remover = None
     if cfg.data:
         # Chunks of deleted files are freed through the data plane, from the
         # cluster map of mgmt (which knows the chains as they are now).
         from dfs.common.layout import Layout
-        from dfs.route.data import DataClient
 
         async def remover(ino: int, layout: int, size: int) -> None:
-            nonlocal data_client
-            if data_client is None:
-                cmap = await peers.refresh_map()
-                data_client = DataClient(cmap, peers.refresh_map)
-            await data_client.remove_inode(ino, Layout.unpack(layout), size)
+            await (await data.client()).remove_inode(ino, Layout.unpack(layout), size)
 
     svc = ShardService(store, host, peers, chunk_remover=remover,
-                       chain_replicas=cfg.replicas_per_chain if cfg.data else None)
+                       chain_replicas=cfg.replicas_per_chain if cfg.data else None,
+                       snapshot_registry=_MgmtRegistry(admin, peers), snapshot_holds=data if cfg.data else None)
     metrics = requests = None
     if me.metrics:
         metrics = Metrics("meta", cluster=cfg.cluster_id, shard=shard, replica=replica)
@@ -476,8 +514,8 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
     await server.stop(1.0)
     await follower.close()
     await svc.stop()
-    if data_client is not None:
-        await data_client.close()
+    await data.close()
+    await admin.close()
     await peers.close()
     if metrics is not None:
         metrics.close()

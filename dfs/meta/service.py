@@ -56,6 +56,7 @@ from dfs.consensus.api import Log
 from dfs.meta.coordinator import Coordinator, Recovery
 from dfs.meta.ops import handler
 from dfs.meta.readhandles import MARK_AHEAD_NS, MARK_SKEW_NS, ReadHandles, foreign_until
+from dfs.meta.snapshots import Holds, Registry, SnapshotCoordinator
 from dfs.meta.store import MetaStore, encode_command, unpackb
 
 INTERNAL = Caller(0, 0, ())
@@ -97,7 +98,8 @@ class _Shards:
 class ShardService:
     def __init__(self, store: MetaStore, log_: Log, peers: ShardCalls, clock=time.time_ns,
                  submit_timeout: float = 5.0, chunk_remover: ChunkRemover | None = None,
-                 chain_replicas: int | None = None, handle_grace: float = DEFAULT_LEASE_S) -> None:
+                 chain_replicas: int | None = None, handle_grace: float = DEFAULT_LEASE_S,
+                 snapshot_registry: Registry | None = None, snapshot_holds: Holds | None = None) -> None:
         self.store = store
         # The cluster has one chain table, all of whose chains have this many
         # targets; a layout asking for another count would not get it.
@@ -108,7 +110,9 @@ class ShardService:
         self.submit_timeout = submit_timeout
         self.coordinator = Coordinator(self.shard, _Shards(self, peers), clock, pending=self._pending)
         self.recovery = Recovery(self.coordinator)
+        self.snapshots = SnapshotCoordinator(self, snapshot_registry, snapshot_holds, clock=clock)
         self._recovery_task: asyncio.Task | None = None
+        self._prune_task: asyncio.Task | None = None
         self.chunk_remover = chunk_remover
         self._orphan_task: asyncio.Task | None = None
         self.handle_grace = handle_grace
@@ -147,7 +151,7 @@ class ShardService:
             try:
                 return to_wire(self.store.read_request(h, caller, req))
             except err.NotFound:
-                attr = self._held_orphan_attr(req)
+                attr = None if getattr(req, "snap", 0) else self._held_orphan_attr(req)
                 if attr is None:
                     raise
                 return to_wire(attr)
@@ -160,7 +164,7 @@ class ShardService:
             if status:
                 raise err.error_for(status, payload)
             return payload
-        if kind is Kind.READ_HANDLE:
+        if kind is Kind.READ_HANDLE or kind is Kind.LEADER:
             return to_wire(await h.fn(self, rid, caller, h.decode(args)))
         return to_wire(await self.coordinator.run(h, rid, caller, h.decode(args)))
 
@@ -283,6 +287,37 @@ class ShardService:
             self._recovery_task = asyncio.get_running_loop().create_task(self._recovery_loop(interval))
         self.start_orphans(interval)
         self.start_handles(interval)
+        self.start_pruning(max(interval, 0.5))
+
+    # ------------------------------------------------------------ snapshot history
+    def start_pruning(self, interval: float = 1.0) -> None:
+        if self._prune_task is None:
+            self._prune_task = asyncio.get_running_loop().create_task(self._prune_loop(interval))
+
+    async def prune_history(self, limit: int = 1000) -> int:
+        """Leader: one pass of SNAPPRUNE steps over the history (what no live snapshot reads
+        any more goes); returns the entries removed. Nothing is logged while nothing is owed."""
+        if not self.log.is_leader or not self.store.epochs.unpruned:
+            return 0
+        total, cursor = 0, b""
+        while True:
+            r = await self.request(m.SnapPrune(cursor, limit))
+            total += r.removed
+            if r.cursor is None:
+                return total
+            cursor = r.cursor
+
+    async def _prune_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                n = await self.prune_history()
+                if n:
+                    log.info("pruned %d snapshot history entries", n)
+            except err.DfsError as e:
+                log.info("snapshot history pruning: %s", e)
+            except Exception:
+                log.exception("snapshot history pruning failed")
 
     def start_handles(self, interval: float = 0.5) -> None:
         if self._handle_task is None:
@@ -378,7 +413,7 @@ class ShardService:
                 log.exception("recovery sweep failed")
 
     async def stop(self) -> None:
-        for name in ("_recovery_task", "_orphan_task", "_handle_task"):
+        for name in ("_recovery_task", "_orphan_task", "_handle_task", "_prune_task"):
             t = getattr(self, name)
             if t is not None:
                 t.cancel()

@@ -39,6 +39,7 @@ from dfs.common.records import Caller
 from dfs.consensus.api import StateMachine
 from dfs.kv import KV
 from dfs.kv.overlay import Overlay
+from dfs.kv.versioned import Epochs, Versioned, tag
 from dfs.meta import schema as S
 from dfs.meta.ops import HANDLERS
 from dfs.meta.schema import Inode, LockMode, OpRecord
@@ -296,6 +297,8 @@ class MetaStore(StateMachine):
         self._prune_from: bytes | None = None  # see remember
         if self._applied == 0 and self.kv.get(S.K_SHARD) is None:
             self._bootstrap()
+        self._upgrade()
+        self.epochs = Epochs.unpack(self.kv.get(S.K_EPOCHS))
 
     # ----------------------------------------------------------- lifecycle
     def _current_db_path(self) -> str | None:
@@ -320,12 +323,34 @@ class MetaStore(StateMachine):
 
         b = WriteBatch()
         b.put(S.K_SHARD, S.u64(self.shard))
+        b.put(S.K_FORMAT, S.u64(S.FORMAT))
         if self.shard == 0:
             root = Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, 0, 0, 0, ROOT_INO,
                          layout=DEFAULT_LAYOUT.pack())
-            b.put(S.inode_key(ROOT_INO), root.pack())
+            b.put(S.inode_key(ROOT_INO), tag(Epochs().epoch, root.pack()))
             b.put(S.K_NINODES, S.u64(1))
         self.kv.write(b, sync=True)
+
+    def _upgrade(self) -> None:
+        """A format-1 store (before snapshots): tag every versioned value with epoch 1, in one
+        batch. Every replica does the same to the same state, so they stay identical."""
+        from dfs.kv import WriteBatch
+
+        if self.kv.get(S.K_FORMAT) is not None:
+            return
+        b = WriteBatch()
+        for p in S.VERSIONED:
+            for k, v in self.kv.scan_prefix(p):
+                b.put(k, tag(1, v))
+        b.put(S.K_FORMAT, S.u64(S.FORMAT))
+        self.kv.write(b, sync=True)
+        log.info("shard %d: store upgraded to format %d (%d versioned values tagged)", self.shard, S.FORMAT,
+                 len(b) - 1)
+
+    def view(self, base, snap: int | None = None) -> Versioned:
+        """``base`` (the store, or an entry's overlay) with its versioned keys resolved: the
+        head (``snap`` None; writes at the current epoch), or what snapshot ``snap`` holds."""
+        return Versioned(base, S.VERSIONED, S.P_HISTORY, self.epochs, snap)
 
     def close(self) -> None:
         self.kv.close()
@@ -365,6 +390,8 @@ class MetaStore(StateMachine):
             old, self.kv = self.kv, newkv
             old.close()
             shutil.rmtree(cur, ignore_errors=True)
+        self._upgrade()
+        self.epochs = Epochs.unpack(self.kv.get(S.K_EPOCHS))
         self._applied = self._read_applied()
         self._prune_from: bytes | None = None  # see remember
 
@@ -407,7 +434,7 @@ class MetaStore(StateMachine):
             if prev is not None:
                 return S.request_result(prev)
         entry.savepoint()
-        ctx = Ctx(self, entry, ts, Caller(uid, gid, tuple(groups)), rid)
+        ctx = Ctx(self, self.view(entry), ts, Caller(uid, gid, tuple(groups)), rid)
         failed = True
         try:
             h = HANDLERS.get(op)
@@ -449,9 +476,14 @@ class MetaStore(StateMachine):
         ov.put(key, b"")
 
     # ----------------------------------------------------------- reads
-    def reader(self, caller: Caller) -> Ctx:
-        """A Ctx over the applied state, for reads (its accessors never write)."""
-        return Ctx(self, self.kv, 0, caller, b"")
+    def reader(self, caller: Caller, snap: int = 0) -> Ctx:
+        """A Ctx over the applied state, for reads (its accessors never write): the live
+        tree, or (``snap``) the tree as that snapshot holds it (ESTALE: not a live one here)."""
+        if snap:
+            if snap not in self.epochs.live:
+                raise err.Stale(f"no snapshot {snap} on shard {self.shard}")
+            return Ctx(self, self.view(self.kv, snap), 0, caller, b"")
+        return Ctx(self, self.view(self.kv), 0, caller, b"")
 
     def read(self, op: int, caller: Caller, args: Any):
         """Serve a read against applied state: the reply's wire form; raises DfsError."""
@@ -463,7 +495,7 @@ class MetaStore(StateMachine):
     def read_request(self, h, caller: Caller, req: Any) -> Any:
         """Serve a decoded read request: its typed reply."""
         try:
-            return h.fn(self.reader(caller), req)
+            return h.fn(self.reader(caller, getattr(req, "snap", 0)), req)
         except err.DfsError:
             raise
         except _BAD_ARGS as e:

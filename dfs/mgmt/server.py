@@ -42,9 +42,8 @@ from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
 from dfs.consensus.raft import RaftHost
 from dfs.mgmt.store import OFFLINE, MgmtStore, build_chains, targets_from_servers
-from dfs.wire.auth import ServerAuth, shows
+from dfs.wire.auth import INTERNAL_HEADER, ServerAuth, shows
 
-INTERNAL_HEADER = "x-dfs-internal"  # as dfs.meta.server: what servers show for internal operations
 
 log = logging.getLogger("dfs.mgmt.server")
 

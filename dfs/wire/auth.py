@@ -56,6 +56,12 @@ def _read(path: str | None) -> bytes | None:
         return f.read()
 
 
+# What servers (and operators' tools) show each other for internal operations (two-phase
+# commit steps, snapshot coordination, mgmt's admin commands): a secret derived from the Raft
+# password (``ClusterConfig.internal_token``), which clients never hold.
+INTERNAL_HEADER = "x-dfs-internal"
+
+
 # ---------------------------------------------------------------------- client side
 @dataclass(frozen=True)
 class Credentials:

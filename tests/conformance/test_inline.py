@@ -63,7 +63,8 @@ class Env:
         return self.engine.services[ino >> 48].store
 
     def inline_record(self, ino: int):
-        return self.store_of(ino).kv.get(S.inline_key(ino))
+        st = self.store_of(ino)
+        return st.view(st.kv).get(S.inline_key(ino))
 
 
 def run(coro_fn):

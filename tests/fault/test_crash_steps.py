@@ -133,10 +133,10 @@ def dump(engine: LocalEngine) -> dict:
     path -> (type, inode label, nlink); labels number inodes in walk order, so
     two dumps compare equal when the trees match up to inode numbering (an
     aborted mkdir consumes an inode number)."""
-    stores = [svc.store for svc in engine.services]
+    stores = [svc.store.view(svc.store.kv) for svc in engine.services]  # the live tree (versioned keys)
 
     def inode(ino: int) -> S.Inode | None:
-        b = stores[shard_of(ino)].kv.get(S.inode_key(ino))
+        b = stores[shard_of(ino)].get(S.inode_key(ino))
         return None if b is None else S.Inode.unpack(b)
 
     labels: dict[int, int] = {}
@@ -147,7 +147,7 @@ def dump(engine: LocalEngine) -> dict:
         d = inode(dino)
         assert d is not None and d.is_dir(), f"{path or '/'}: directory inode {dino:#x} missing"
         subdirs = 0
-        for k, v in stores[shard_of(dino)].kv.scan_prefix(S.dentry_prefix(dino)):
+        for k, v in stores[shard_of(dino)].scan_prefix(S.dentry_prefix(dino)):
             _, _, name = S.split_dentry_key(k)
             cino, mode = S.split_dentry_value(v)
             p = f"{path}/{name.decode()}"
@@ -172,12 +172,12 @@ def dump(engine: LocalEngine) -> dict:
         i = inode(ino)
         if not i.is_dir():
             assert i.nlink == n, f"inode {ino:#x}: nlink {i.nlink} but {n} names"
-    for st in stores:
-        inos = [S.from_u64(k[1:9]) for k, _ in st.kv.scan_prefix(S.P_INODE)]
+    for shard, st in enumerate(stores):
+        inos = [S.from_u64(k[1:9]) for k, _ in st.scan_prefix(S.P_INODE)]
         orphans = [hex(i) for i in inos if i != ROOT_INO and i not in labels]
-        assert not orphans, f"shard {st.shard}: orphan inodes {orphans}"
-        b = st.kv.get(S.K_NINODES)
-        assert (S.from_u64(b) if b else 0) == len(inos), f"shard {st.shard}: inode count"
+        assert not orphans, f"shard {shard}: orphan inodes {orphans}"
+        b = st.get(S.K_NINODES)
+        assert (S.from_u64(b) if b else 0) == len(inos), f"shard {shard}: inode count"
     return out
 
 
@@ -312,7 +312,7 @@ def check_reply(engine: LocalEngine, call: Call, res: Any) -> None:
     if call.op == Op.MKDIR:
         parent, name = call.args[0], call.args[1]
         st = engine.services[shard_of(parent)].store
-        v = st.kv.get(S.dentry_key(parent, name))
+        v = st.view(st.kv).get(S.dentry_key(parent, name))
         assert v is not None and res[0] == S.split_dentry_value(v)[0], "mkdir reply names another inode"
     elif call.op == Op.LINK:
         assert res[0] == call.args[0]

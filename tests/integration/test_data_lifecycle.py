@@ -27,7 +27,7 @@ from dfs.common.ids import ROOT_INO, make_ino, shard_of
 from dfs.common.layout import Layout
 from dfs.common.ops import Op
 from dfs.common.records import Caller
-from dfs.meta.server import INTERNAL_HEADER
+from dfs.wire.auth import INTERNAL_HEADER
 from dfs.route.data import DataClient
 from dfs.route.shards import GrpcTransport
 from dfs.testing.cluster import LocalCluster

@@ -23,7 +23,7 @@ from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common.layout import Layout
-from dfs.mgmt.server import INTERNAL_HEADER
+from dfs.wire.auth import INTERNAL_HEADER
 from dfs.wire import auth as wire_auth
 from dfs.route.data import DataClient
 from dfs.route.shards import GrpcTransport

@@ -13,7 +13,6 @@ internal header's name) and the generated stubs.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import click
 
@@ -63,7 +62,7 @@ def creds_for(path: str):
 
 def internal(cfg) -> tuple[tuple[str, str], ...]:
     """The gRPC metadata of an operator's call: the internal token, derived from the Raft password."""
-    from dfs.meta.server import INTERNAL_HEADER
+    from dfs.wire.auth import INTERNAL_HEADER
 
     return ((INTERNAL_HEADER, cfg.internal_token),)
 
@@ -115,40 +114,23 @@ def map_entry(rep) -> dict:
 
 
 async def mgmt_command(cfg, creds, cmd: list, deadline: float = DEADLINE) -> list:
-    """Run one admin command of the cluster map on the mgmt leader (following NOT_LEADER,
-    retrying while no leader answers); returns what it answered beyond the epoch."""
-    import grpc
-    import msgpack
-
-    from dfs._proto import meta_pb2 as pb
-    from dfs._proto import meta_pb2_grpc as pbg
+    """Run one admin command of the cluster map on the mgmt leader (dfs.route.mgmt: following
+    NOT_LEADER, retrying while no leader answers); returns what it answered beyond the epoch."""
     from dfs.common import errors as err
+    from dfs.route.mgmt import MgmtAdmin
 
-    req = pb.AdminRequest(command=msgpack.packb(cmd))
-    md = internal(cfg)
-    end = time.monotonic() + deadline
-    addrs = [m.address for m in cfg.mgmt]
-    hint = None
-    while time.monotonic() < end:
-        for addr in ([hint] if hint else []) + addrs:
-            async with creds.channel(addr) as ch:
-                try:
-                    rep = await pbg.MgmtServiceStub(ch).Admin(req, metadata=md, timeout=10.0)
-                except grpc.aio.AioRpcError:
-                    continue
-            if rep.status == err.NOT_LEADER:
-                hint = rep.leader or None
-                continue
-            if rep.status == 0:
-                return msgpack.unpackb(rep.result, raw=False)
-            if rep.status in (err.UNAVAILABLE, 11):  # no commit yet (EAGAIN-class): again
-                continue
-            raise click.ClickException(f"{cmd[0]} refused: {rep.message or rep.status}")
-        await asyncio.sleep(0.2)
-    raise click.ClickException(f"no mgmt leader accepted {cmd[0]} within {deadline:.0f}s")
+    admin = MgmtAdmin([m.address for m in cfg.mgmt], cfg.internal_token, creds, deadline=deadline,
+                      attempt_timeout=10.0)
+    try:
+        return await admin.command(cmd)
+    except err.Unavailable as e:
+        raise click.ClickException(f"no mgmt leader accepted {cmd[0]} within {deadline:.0f}s") from e
+    except err.DfsError as e:
+        raise click.ClickException(f"{cmd[0]} refused: {e.detail or e}") from None
+    finally:
+        await admin.close()
 
 
-# ------------------------------------------------------------------ replicas
 async def statuses(creds, addrs: list[str]) -> dict:
     """gRPC address -> the replica's Status (None: no answer)."""
     from dfs.local import probe

@@ -14,6 +14,8 @@
     rename     RENAME DIRPARENT RENAMEEPOCH                       coordinated
     link       LINK                                               coordinated
     twophase   ONEPHASE PREPARE COMMIT ABORT FORGET OPSTATUS REQSTATUS
+    snapshots  SNAPCREATE SNAPDELETE (run by shard 0's leader) SNAPFENCE SNAPBEGIN SNAPEND
+               SNAPPRUNE SNAPSTATUS                               the epoch steps of a snapshot
     actions    the typed actions of cross-shard plans (no op of its own)
 
 Each registers its handlers in ``HANDLERS`` (``dfs.meta.ops.base``) against

@@ -10,6 +10,8 @@ classes (``dfs.common.messages``) with one of four decorators, one per
                                                                READ_HANDLE: ShardService runs it
     @coordinate(m.Mkdir, answer)  async def mkdir(coord, rid, caller, req) -> ActionResult | None
                                                                COORDINATED: the Coordinator runs it
+    @lead(m.SnapCreate)    async def create(svc, rid, caller, req) -> reply
+                                                               LEADER: ShardService runs it
 
 ``HANDLERS`` (op code -> ``Handler``) is what MetaStore's dispatch,
 ShardService's routing and the protocol table read; ``dfs.meta.ops`` checks
@@ -87,6 +89,11 @@ def read(req: type[m.Request]) -> Callable:
 def serve(req: type[m.Request]) -> Callable:
     """A read-handle op: ``async fn(svc, rid, caller, req)`` on the leader."""
     return _register(req, m.Kind.READ_HANDLE)
+
+
+def lead(req: type[m.Request]) -> Callable:
+    """An op the leader runs as a task of its own: ``async fn(svc, rid, caller, req)``."""
+    return _register(req, m.Kind.LEADER)
 
 
 def coordinate(req: type[m.Request], answer: Callable[[Any, m.ActionResult | None], Any]) -> Callable:

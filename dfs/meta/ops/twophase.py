@@ -20,6 +20,7 @@ from dfs.common import messages as m
 from dfs.meta import schema as S
 from dfs.meta.ops import actions as A
 from dfs.meta.ops.base import apply, read
+from dfs.meta.ops.snapshots import check_fence
 from dfs.meta.schema import OpRecord, OpState
 
 
@@ -36,6 +37,7 @@ def prepare(ctx, req: m.Prepare) -> m.Prepared:
     prev = ctx.op_record(req.op_id)
     if prev is not None:
         return m.Prepared(*prev.res)
+    check_fence(ctx)  # a snapshot's cut: no 2PC may straddle it (docs/design/snapshots.md)
     acts = A.decode(req.actions)
     state = A.PlanState(req.op_id)
     locks = A.validate_all(ctx, acts, state)
