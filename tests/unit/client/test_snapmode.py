@@ -1,7 +1,8 @@
 """Snapshot mode and its manifest, in process: the manifest's format, its builder, its store in
 dfs and the machine's cache, and a client served from it with no metadata request.
 
-Against the in-process engine with the snapshot stand-in of dfs/testing/snapfake.py.
+Against the in-process engine with the in-process snapshot registry and chunk reads at
+a snapshot (dfs/testing/registry.py, dfs/testing/snapfake.py).
 tests/integration/test_snapshot_client.py runs the same against a real cluster, with
 processes and the mount."""
 
@@ -19,6 +20,7 @@ import pytest
 from dfs.client.core import Core
 from dfs.client.manifest import DIRENT, NODE, PACK, Manifest, build
 from dfs.client.mode import StrictMode
+from dfs.client.meta import MetaClient
 from dfs.client.paths import AsyncClient
 from dfs.client.snapmode import (
     SnapshotMode,
@@ -31,7 +33,8 @@ from dfs.client.snapmode import (
 from dfs.common import errors as err
 from dfs.common.records import ROOT
 from dfs.meta.local import LocalEngine
-from dfs.testing.snapfake import FrozenChunks, FrozenMeta
+from dfs.testing.registry import MemoryRegistry
+from dfs.testing.snapfake import FrozenChunks
 
 
 class Counting:
@@ -76,10 +79,14 @@ async def _tree(c: AsyncClient) -> None:
 
 def run(fn):
     async def go():
-        t = Counting(LocalEngine(2))
-        chunks = FrozenChunks()
-        meta = FrozenMeta(t, ROOT, chunks)
-        c = AsyncClient(meta, chunks, mode=StrictMode(0), registry=meta.registry)
+        reg = MemoryRegistry()
+        t = Counting(LocalEngine(2, registry=reg))
+        chunks = FrozenChunks(reg)
+        meta = MetaClient(t, ROOT)
+
+        async def registry(fresh=False):
+            return await reg.snapshots()
+        c = AsyncClient(meta, chunks, mode=StrictMode(0), registry=registry)
         try:
             await _tree(c)
             info = await c.snapshot_create("/d", "s1")

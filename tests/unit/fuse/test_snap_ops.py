@@ -1,6 +1,7 @@
 """Snapshots through the FUSE adapter, in process: ``.snap`` directories in the strict-mode
 mount and a snapshot-mode mount served from its manifest. The handlers are called directly
-over a Core on the in-process engine with the snapshot stand-in (dfs/testing/snapfake.py),
+over a Core on the in-process engine with its snapshot registry (dfs/testing/registry.py,
+snapfake.py),
 counting metadata requests; tests/integration/test_snapshot_client.py mounts for real."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from dfs.client.core import Core
 from dfs.client.mode import StrictMode
+from dfs.client.meta import MetaClient
 from dfs.client.paths import AsyncClient
 from dfs.client.snapdir import SNAP_BIT, SnapChunks, SnapMeta
 from dfs.client.snapmode import FOREVER, snapshot_core
@@ -23,7 +25,8 @@ from dfs.common.ids import ROOT_INO
 from dfs.common.records import ROOT
 from dfs.fuse.ops import DfsOperations
 from dfs.meta.local import LocalEngine
-from dfs.testing.snapfake import FrozenChunks, FrozenMeta
+from dfs.testing.registry import MemoryRegistry
+from dfs.testing.snapfake import FrozenChunks
 
 CTX = types.SimpleNamespace(uid=0, gid=0, pid=os.getpid(), umask=0o022)
 
@@ -72,16 +75,20 @@ def _fields(**kw):
 
 def run(fn):
     async def go():
-        t = Counting(LocalEngine(2))
-        chunks = FrozenChunks()
-        meta = FrozenMeta(t, ROOT, chunks)
-        c = AsyncClient(meta, chunks, mode=StrictMode(0), registry=meta.registry)
+        reg = MemoryRegistry()
+        t = Counting(LocalEngine(2, registry=reg))
+        chunks = FrozenChunks(reg)
+        meta = MetaClient(t, ROOT)
+
+        async def registry(fresh=False):
+            return await reg.snapshots()
+        c = AsyncClient(meta, chunks, mode=StrictMode(0), registry=registry)
         await c.makedirs("/d/sub")
         await c.write_bytes("/d/f", b"hello")
         await c.write_bytes("/d/sub/g", b"x" * 70_000)
         await c.snapshot_create("/d", "s1")
         await c.write_bytes("/d/f", b"later")
-        smeta = SnapMeta(meta, meta.registry)
+        smeta = SnapMeta(meta, registry)
         ops = DfsOperations(Core(smeta, SnapChunks(chunks, smeta.ids), StrictMode.for_mount()))
         try:
             d = (await ops.lookup(ROOT_INO, b"d", CTX)).st_ino
