@@ -90,13 +90,15 @@ class SnapshotMode(Mode):
     """Every metadata read answered from ``manifest``; every change refused (EROFS)."""
 
     name = "snapshot"
+    read_only = True  # nothing to flush, ever (the mount stops the kernel's FLUSHes)
 
-    def __init__(self, manifest: Manifest, snap: int, meta=None, data=None, *, pack_cache: int = 256 << 20) -> None:
+    def __init__(self, manifest: Manifest, snap: int, meta=None, data=None, *, pack_cache: int = 256 << 20,
+                 pack_dir: str | None = None) -> None:
         self.m = manifest
         self.snap = snap
         self.deleted = False  # a read found the snapshot deleted (ESTALE)
         self.sizes = _ReadOnlySizes(self, meta)
-        self.chunks = SnapshotChunks(self, data, pack_cache)
+        self.chunks = SnapshotChunks(self, data, pack_cache, pack_dir)
 
     def _node(self, ino: int) -> int:
         return self.m.node_of(ino)
@@ -183,10 +185,10 @@ class SnapshotChunks:
     """The chunk side in snapshot mode: packed files from their pack, others from the
     snapshot's chunks on the data servers (``at=S``)."""
 
-    def __init__(self, mode: SnapshotMode, data, pack_cache: int) -> None:
+    def __init__(self, mode: SnapshotMode, data, pack_cache: int, pack_dir: str | None = None) -> None:
         self.mode = mode
         self.data = data
-        self.packs = PackReader(mode.m, data, pack_cache)
+        self.packs = PackReader(mode.m, data, pack_cache, disk=pack_dir)
 
     async def read(self, ino, index, offset, length, layout):
         m = self.mode.m
@@ -233,29 +235,76 @@ class SnapshotChunks:
 
 
 class PackReader:
-    """Reads of the packs (live files under /.dfs/snapshots/<S>/): a file's range when
-    reads come in no order, whole pack chunks (kept, LRU, up to ``cache`` bytes) and the
-    next ones ahead when they come in pack order, i.e. in the tree order the builder
-    packed them (an epoch over a directory, a sequential pass), or always when every pack
-    fits the cache (each pack chunk is then read once, whatever the order)."""
+    """Reads of the packs (live files under /.dfs/snapshots/<S>/).
 
-    def __init__(self, manifest: Manifest, data, cache: int, ahead: int = 2) -> None:
+    With ``disk`` (a directory of the machine's cache, shared by its processes): every
+    pack chunk is fetched whole, once per machine, into ``disk/p<pack>-c<chunk>`` (a
+    temporary name, then a rename), and reads are ``pread``s of those files: the page
+    cache serves warm reads, and a shuffled epoch reads each 4 MiB chunk from the data
+    servers once however many processes read it. Without: a file's range when reads come
+    in no order, whole chunks (kept, LRU, up to ``cache`` bytes) and the next ones ahead
+    when they come in pack order (the tree order the builder packed them in), or always
+    when every pack fits ``cache``."""
+
+    def __init__(self, manifest: Manifest, data, cache: int, ahead: int = 2, disk: str | None = None) -> None:
         self.m = manifest
         self.data = data
         self.cap = cache
         self.ahead = ahead
+        self.disk = disk
         self.cached: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self.bytes = 0
         self.inflight: dict[tuple[int, int], asyncio.Task] = {}
         self.next: dict[int, int] = {}  # pack -> where a reader in pack order reads next
         self.requests = 0
+        self._fds: OrderedDict[tuple[int, int], int] = OrderedDict()  # open chunk files of ``disk``
         # every pack fits the cache: a whole chunk fetched for one file serves its neighbours
         # later, whatever the order (a shuffled epoch then reads each pack chunk once)
         self.fits = cache > 0 and int(manifest.packs["size"].sum()) <= cache
 
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
     def _spec(self, p: int) -> tuple[PackSpec, Layout]:
         spec = self.m.pack(p)
         return spec, _layout(spec.layout)
+
+    def _path(self, p: int, i: int) -> str:
+        return os.path.join(self.disk, f"p{p}-c{i}")
+
+    def _disk_fd(self, p: int, i: int) -> int | None:
+        key = (p, i)
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        try:
+            fd = os.open(self._path(p, i), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        self._fds[key] = fd
+        while len(self._fds) > 256:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def _store(self, p: int, i: int, data: bytes) -> None:
+        """Into the machine's cache (runs in a thread: a 4 MiB write)."""
+        try:
+            os.makedirs(self.disk, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.disk, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, self._path(p, i))
+            except BaseException:
+                with _quiet():
+                    os.unlink(tmp)
+                raise
+        except OSError as e:
+            log.warning("pack cache %s off: %s", self.disk, e)
+            self.disk = None
 
     async def _chunk(self, p: int, i: int) -> bytes:
         key = (p, i)
@@ -273,13 +322,26 @@ class PackReader:
         spec, layout = self._spec(p)
         cs = layout.chunk_size
         self.requests += 1
-        data = bytes(await self.data.read(spec.ino, i, 0, min(cs, spec.size - i * cs), layout))
-        if self.cap > 0:
+        want = min(cs, spec.size - i * cs)
+        data = bytes(await self.data.read(spec.ino, i, 0, want, layout))
+        if len(data) < want:
+            raise self._gone(p, spec)
+        if self.disk is not None:
+            await asyncio.to_thread(self._store, p, i, data)
+        elif self.cap > 0:
             self.cached[(p, i)] = data
             self.bytes += len(data)
             while self.bytes > self.cap and len(self.cached) > 1:  # the newest stays: its neighbours come next
                 self.bytes -= len(self.cached.popitem(last=False)[1])
         return data
+
+    def _ahead(self, p: int, last: int, spec: PackSpec, cs: int) -> None:
+        for j in range(last + 1, min(last + 1 + self.ahead, (spec.size + cs - 1) // cs)):
+            if (p, j) in self.cached or (p, j) in self.inflight or \
+                    (self.disk is not None and (p, j) in self._fds):
+                continue
+            t = self.inflight[(p, j)] = asyncio.ensure_future(self._fetch(p, j))
+            t.add_done_callback(lambda _t, key=(p, j): self.inflight.pop(key, None))
 
     async def read_into(self, p: int, off: int, buf: memoryview) -> None:
         spec, layout = self._spec(p)
@@ -288,6 +350,21 @@ class PackReader:
         in_order = self.next.get(p) == off
         self.next[p] = off + n
         ps = pieces(off, n, cs)
+        if self.disk is not None:
+            for i, coff, ln, boff in ps:
+                fd = self._disk_fd(p, i)
+                if fd is None:
+                    c = await self._chunk(p, i)  # fetched whole, into the machine's cache
+                    fd = self._disk_fd(p, i) if self.disk is not None else None
+                    if fd is None:  # the cache failed: this once from memory
+                        buf[boff:boff + ln] = c[coff:coff + ln]
+                        continue
+                # a pread of at most a small file from the machine's cache: short by construction
+                if os.preadv(fd, [buf[boff:boff + ln]], coff) < ln:
+                    raise self._gone(p, spec)
+            if in_order:
+                self._ahead(p, ps[-1][0], spec, cs)
+            return
         whole = in_order or self.fits or all((p, i) in self.cached or (p, i) in self.inflight for i, _, _, _ in ps)
         if whole:
             for i, coff, ln, boff in ps:
@@ -295,11 +372,7 @@ class PackReader:
                 if len(c) < coff + ln:
                     raise self._gone(p, spec)
                 buf[boff:boff + ln] = c[coff:coff + ln]
-            last = ps[-1][0]
-            for j in range(last + 1, min(last + 1 + self.ahead, (spec.size + cs - 1) // cs)):
-                if (p, j) not in self.cached and (p, j) not in self.inflight:
-                    t = self.inflight[(p, j)] = asyncio.ensure_future(self._fetch(p, j))
-                    t.add_done_callback(lambda _t, key=(p, j): self.inflight.pop(key, None))
+            self._ahead(p, ps[-1][0], spec, cs)
             return
         for i, coff, ln, boff in ps:
             self.requests += 1
@@ -334,6 +407,7 @@ class ManifestMeta:
         return self.inner.nshards
 
     async def close(self) -> None:
+        self.mode.chunks.packs.close()
         await self.inner.close()
 
     async def lookup(self, parent, name, *, caller=None):
@@ -585,10 +659,13 @@ async def remove_manifest(meta, data, snap: int) -> None:
 
 
 async def snapshot_core(meta, data, info: SnapshotInfo, *, cache_dir: str | None = None, key: str | None = None,
-                        stats: dict | None = None, pack_cache: int = 256 << 20):
-    """A ``Core`` in snapshot mode over snapshot ``info`` (its manifest loaded first)."""
+                        stats: dict | None = None, pack_cache: int = 256 << 20, pack_disk: bool = True):
+    """A ``Core`` in snapshot mode over snapshot ``info`` (its manifest loaded first). ``pack_disk``:
+    keep the packs' chunks in the machine's cache too (``cache_dir``), shared by its processes."""
     from dfs.client.core import Core
 
+    key = key or cluster_key(meta, data)
     m = await load_manifest(meta, data, info, cache_dir=cache_dir, key=key, stats=stats)
-    mode = SnapshotMode(m, info.epoch, meta, data, pack_cache=pack_cache)
+    packs = _cache_path(cache_dir, key, info)[:-len(".manifest")] + ".packs" if cache_dir and pack_disk else None
+    mode = SnapshotMode(m, info.epoch, meta, data, pack_cache=pack_cache, pack_dir=packs)
     return Core(ManifestMeta(meta, mode), data, mode)

@@ -30,8 +30,10 @@ what the kernel protocol itself needs:
   ``security.capability`` on writes, and ``ls -l`` asks for the SELinux label
   and the ACL of every entry, two round trips per entry, unless the answer is
   EOPNOTSUPP, after which it remembers and stops asking (ENODATA would not;
-  2,000 entries: 0.35 s against 0.05 s); ENOSYS is never answered (it would
-  turn off all xattrs of the mount, ``user.*`` included). The chmod the kernel
+  2,000 entries: 0.35 s against 0.05 s); ENOSYS is never answered for an xattr
+  (it would turn off all xattrs of the mount, ``user.*`` included), only for
+  FLUSH in a read-only mode (snapshot mode), where it stops the kernel's
+  FLUSHes for good, as wanted. The chmod the kernel
   sends on a non-owner's behalf to clear setuid/setgid before a write, and
   UTIME_NOW arriving as a timestamp, are what the kernel meant when the
   service refuses them as sent.
@@ -151,6 +153,9 @@ class DfsOperations(pyfuse3.Operations):
         self.pages: dict[int, tuple[int, int, int]] = {}
         # snapshot objects under PATH/.snap (dfs/client/snapdir.py): names and attributes that never change
         self._immutable = getattr(core.meta, "immutable", None)
+        # a mode that can never have anything to flush (snapshot mode): the first FLUSH answers
+        # ENOSYS, after which the kernel sends none (one round trip less per close(2))
+        self._no_flush = bool(getattr(core.mode, "read_only", False))
 
     # ------------------------------------------------------------------ conversions
     def _caller(self, ctx) -> Caller:
@@ -374,6 +379,8 @@ class DfsOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def flush(self, fh):
+        if self._no_flush:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         await self.fhs[fh].flush(closing=True)  # every close(2): close-to-open
 
     @_fuse_errors

@@ -265,19 +265,32 @@ def test_packed_files_are_read_with_few_data_plane_requests(tmp_path):
 
         names = [f"/sub/f{i:03d}" for i in range(1, 40)]
         random.Random(3).shuffle(names)
-        for cache, want in ((256 << 20, 1), (0, len(names))):
-            core = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path), pack_cache=cache)
-            s = AsyncClient(core=core)
+
+        async def epoch(s):
             for n in names:  # a shuffled epoch
                 i = int(n[-3:])
                 assert await s.read_bytes(n) == bytes([i]) * (100 * i + 1)
+
+        for cache, want in ((256 << 20, 1), (0, len(names))):  # in memory only
+            core = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path), pack_cache=cache,
+                                       pack_disk=False)
+            await epoch(AsyncClient(core=core))
             assert core.mode.chunks.packs.requests == want  # all in one pack chunk: read once if it fits
             await core.close()
-        core = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path), pack_cache=1)
+        core = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path), pack_cache=1, pack_disk=False)
         s = AsyncClient(core=core)
         for name in await s.listdir("/sub"):  # in pack order (the tree's): whole chunks, whatever the cache
             if name != "deep":
                 await s.read_bytes(f"/sub/{name}")
         assert core.mode.chunks.packs.requests <= 3
         await core.close()
+        # the machine's cache: each chunk once per machine, whatever the order and the process
+        for want in (1, 0):
+            core = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path / "m"), pack_cache=0)
+            await epoch(AsyncClient(core=core))
+            assert core.mode.chunks.packs.requests == want
+            core.mode.chunks.packs.close()
+            await core.close()
+        packs = [f for _, _, fs in os.walk(tmp_path / "m") for f in fs if f.startswith("p")]
+        assert packs == ["p0-c0"]
     run(t)

@@ -164,6 +164,11 @@ def test_a_snapshot_mode_mount_sends_no_metadata_request(kernel, tmp_path):
             await ro.release(fi.fh)
         assert (await ro.lookup(ROOT_INO, b"nope", CTX)).st_ino == 0
         assert (await ro.statfs(CTX)).f_files >= 4
+        fi = await ro.open(f.st_ino, os.O_RDONLY, CTX)
+        with pytest.raises(pyfuse3.FUSEError) as ei:
+            await ro.flush(fi.fh)
+        assert ei.value.errno == errno.ENOSYS  # the kernel stops sending FLUSH: nothing to flush
+        await ro.release(fi.fh)
         assert t.take() == {}
         for call in (ro.mkdir(ROOT_INO, b"x", 0o755, CTX), ro.unlink(ROOT_INO, b"f", CTX),
                      ro.open(f.st_ino, os.O_RDWR, CTX),
