@@ -603,6 +603,14 @@ class AsyncClient(SnapshotAPI):
             return None
         parent, last = step
         try:
+            if not self.mode.open_plan(None, flags).server_handle:
+                # a mode without server handles (snapshot mode): the last step and an open by
+                # inode, both answered by the mode, rather than a second walk
+                try:
+                    a = await self.core.lookup(parent.attr.ino, last)
+                except err.NotFound:
+                    return None
+                return await self.core.open(a.ino, flags, access=access) if a.is_reg() else None
             return await self.core.lookup_open(parent.attr.ino, last, flags, access=access)
         except err.DfsError as e:
             e.filename = path

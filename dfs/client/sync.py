@@ -72,7 +72,8 @@ class Client(SyncFacade):
         if buffering == 0 and not binary:
             raise ValueError("can't have unbuffered text I/O")
         ref = self.run(self.aio.open_handle(path, flags, perm))
-        raw = RawFile(self.run, Cursor(ref, path, mode, flags))
+        later = self.run_later if getattr(self.mode, "read_only", False) else None
+        raw = RawFile(self.run, Cursor(ref, path, mode, flags), later)
         try:
             return wrap(raw, mode, plus, binary, buffering, encoding, errors, newline)
         except BaseException:

@@ -294,3 +294,32 @@ def test_packed_files_are_read_with_few_data_plane_requests(tmp_path):
         packs = [f for _, _, fs in os.walk(tmp_path / "m") for f in fs if f.startswith("p")]
         assert packs == ["p0-c0"]
     run(t)
+
+
+def test_a_sync_read_of_a_snapshot_file_is_two_trips_to_the_loop_thread(tmp_path):
+    from dfs.client.sync import Client
+
+    got = {}
+
+    async def t(c, t, meta, chunks, info):
+        got["core"] = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path))
+
+    run(t)  # builds the manifest into the machine's cache, closes its cluster
+
+    async def again():  # a new in-process cluster would be another snapshot: reuse the cached manifest
+        return AsyncClient(core=got["core"])
+
+    s = Client(again)
+    try:
+        trips = []
+        real = s.run
+        s.run = lambda coro: trips.append(coro) or real(coro)
+        buf = bytearray(1 << 20)
+        with s.open("/sub/f005", "rb", buffering=0) as f:
+            n = f.readinto(buf)
+            assert f.readinto(buf) == 0  # EOF from the size this open sees: no trip
+        assert bytes(buf[:n]) == b"\x05" * 501
+        assert len(trips) == 2  # the open and the read; the close runs on its own
+    finally:
+        s.run = real
+        s.close()
