@@ -69,15 +69,26 @@ def _walk(c, top: str) -> dict:
     return out
 
 
-def _mutations(c, base: str) -> list:
-    """Every mutating call of the library on paths under ``base`` (a snapshot)."""
+def _mutations(c, base: str, live: str | None = None) -> list:
+    """Every mutating call of the library on paths under ``base`` (a snapshot); with ``live``
+    (a directory of the live tree), the calls that cross from one to the other too."""
     f = f"{base}/tiny"
-    return [lambda: c.mkdir(f"{base}/x"), lambda: c.remove(f), lambda: c.rmdir(f"{base}/emptydir"),
-            lambda: c.rename(f, f"{base}/y"), lambda: c.link(f, f"{base}/y"), lambda: c.symlink("a", f"{base}/y"),
-            lambda: c.chmod(f, 0o600), lambda: c.chown(f, 1, 1), lambda: c.utime(f), lambda: c.truncate(f, 0),
-            lambda: c.setxattr(f, "user.a", b"1"), lambda: c.removexattr(f"{base}/sub/f003", "user.k"),
-            lambda: c.open(f, "r+b"), lambda: c.open(f, "wb"), lambda: c.open(f, "ab"),
-            lambda: c.open(f"{base}/new", "wb"), lambda: c.write_bytes(f, b"")]
+    calls = [lambda: c.mkdir(f"{base}/x"), lambda: c.makedirs(f"{base}/x/y"), lambda: c.remove(f),
+             lambda: c.rmdir(f"{base}/emptydir"), lambda: c.rename(f, f"{base}/y"), lambda: c.link(f, f"{base}/y"),
+             lambda: c.symlink("a", f"{base}/y"), lambda: c.chmod(f, 0o600), lambda: c.chown(f, 1, 1),
+             lambda: c.utime(f), lambda: c.utime(f"{base}/link", (1, 1), follow_symlinks=False),
+             lambda: c.truncate(f, 0), lambda: c.setxattr(f, "user.a", b"1"),
+             lambda: c.removexattr(f"{base}/sub/f003", "user.k"), lambda: c.open(f, "r+b"),
+             lambda: c.open(f, "wb"), lambda: c.open(f, "ab"), lambda: c.open(f"{base}/new", "wb"),
+             lambda: c.open(f"{base}/new", "xb"), lambda: c.write_bytes(f, b""),
+             lambda: c.unlink(f), lambda: c.replace(f, f"{base}/y"),
+             lambda: c.run(c.aio.open_handle(f, os.O_RDWR)),
+             lambda: c.run(c.aio.open_handle(f, os.O_RDONLY | os.O_TRUNC)),
+             lambda: c.run(c.aio.open_handle(f"{base}/new", os.O_WRONLY | os.O_CREAT))]
+    if live is not None:
+        calls += [lambda: c.rename(f, f"{live}/y"), lambda: c.rename(f"{live}/tiny", f"{base}/y"),
+                  lambda: c.link(f, f"{live}/y"), lambda: c.link(f"{live}/tiny", f"{base}/y")]
+    return calls
 
 
 def test_snap_directories_and_commands_through_the_library(cluster):
@@ -91,10 +102,13 @@ def test_snap_directories_and_commands_through_the_library(cluster):
         assert c.read_bytes("/lib/.snap/s1/tiny") == b"tiny"
         assert c.read_bytes("/lib/.snap/s1/sub/f004") == b"\x04" * 4001
         assert c.read_bytes("/lib/.snap/s1/link") == b"\x01" * 1001
-        for call in _mutations(c, "/lib/.snap/s1"):
+        want = c.listdir("/lib/.snap/s1")
+        for call in _mutations(c, "/lib/.snap/s1", "/lib"):
             with pytest.raises(OSError) as ei:
                 call()
             assert ei.value.errno == errno.EROFS
+        assert c.read_bytes("/lib/.snap/s1/tiny") == b"tiny" and c.read_bytes("/lib/tiny") == b"changed"
+        assert c.listdir("/lib/.snap/s1") == want and c.getxattr("/lib/.snap/s1/sub/f003", "user.k") == b"v"
         for name, code in (("a/b", errno.EINVAL), ("x" * 256, errno.ENAMETOOLONG), ("s1", errno.EEXIST)):
             with pytest.raises(OSError) as ei:
                 c.snapshot_create("/lib", name)
@@ -120,12 +134,17 @@ def test_snapshot_mode_equals_a_strict_walk_and_refuses_every_change(cluster, tm
         c.snapshot_create("/mode", "s1")
         c.write_bytes("/mode/tiny", b"changed")
         want = _walk(c, "/mode/.snap/s1")
+    metas = [p for p in cluster.procs if p.role == "meta"]
     with dfs.connect(cluster.config_path, snapshot="/mode@s1", cache_dir=str(tmp_path)) as s:
-        assert _walk(s, "/") == want
+        before = total([scrape(p) for p in metas], "dfs_meta_requests_total")
+        assert _walk(s, "/") == want  # names, attributes, link targets, xattrs and bytes
+        assert s.stat("/hard").st_ino == s.stat("/sub/f002").st_ino
         for call in _mutations(s, ""):
             with pytest.raises(OSError) as ei:
                 call()
-            assert ei.value.errno == errno.EROFS
+            assert ei.value.errno == errno.EROFS, call
+        # the walk came from the manifest and the refusals from the client: nothing was asked
+        assert total([scrape(p) for p in metas], "dfs_meta_requests_total") == before
 
 
 def _reader(cfg: str, spec: str, cache: str, ready, go, out) -> None:
@@ -196,7 +215,7 @@ def test_through_the_mount(cluster, tmp_path):
         assert ".snap" not in os.listdir(f"{live}/mnt") and os.listdir(f"{live}/mnt/.snap") == ["s1"]
         with open(f"{base}/tiny", "rb") as f:
             assert f.read() == b"tiny"
-        _posix_erofs(base)
+        _posix_erofs(base, f"{live}/mnt")
         _mount(snap, "--cluster", cluster.config_path, "--snapshot", "/mnt@s1", "--cache-dir",
                str(tmp_path / "cache"))
         try:
@@ -221,15 +240,23 @@ def test_through_the_mount(cluster, tmp_path):
         _dfs("umount", live)
 
 
-def _posix_erofs(base: str) -> None:
+def _posix_erofs(base: str, live: str | None = None) -> None:
     f = f"{base}/tiny"
     calls = [lambda: os.mkdir(f"{base}/x"), lambda: os.unlink(f), lambda: os.rmdir(f"{base}/emptydir"),
              lambda: os.rename(f, f"{base}/y"), lambda: os.link(f, f"{base}/y"), lambda: os.symlink("a", f"{base}/y"),
+             lambda: os.mkfifo(f"{base}/fifo"), lambda: os.mknod(f"{base}/node", 0o100644),
              lambda: os.chmod(f, 0o600), lambda: os.chown(f, 1, 1), lambda: os.utime(f),
              lambda: os.truncate(f, 0), lambda: os.setxattr(f, "user.a", b"1"),
-             lambda: open(f, "r+b"), lambda: open(f, "ab"), lambda: open(f"{base}/new", "wb")]
+             lambda: os.removexattr(f"{base}/sub/f003", "user.k"),
+             lambda: open(f, "r+b"), lambda: open(f, "ab"), lambda: open(f"{base}/new", "wb"),
+             lambda: open(f"{base}/new", "xb"), lambda: os.open(f, os.O_RDONLY | os.O_TRUNC)]
+    if live is not None:
+        calls += [lambda: os.rename(f, f"{live}/y"), lambda: os.rename(f"{live}/tiny", f"{base}/y"),
+                  lambda: os.link(f, f"{live}/y"),
+                  lambda: os.link(f"{live}/tiny", f"{base}/y")]
     for call in calls:
         with pytest.raises(OSError) as ei:
             call()
         assert ei.value.errno == errno.EROFS, call
-
+    with open(f, "rb") as r:
+        assert r.read() == b"tiny"  # nothing changed
