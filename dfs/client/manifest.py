@@ -44,7 +44,6 @@ import asyncio
 import stat as S
 import struct
 import zlib
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -268,24 +267,34 @@ async def build(source: Source, *, snap: int, created: int = 0,
     node_of: dict[int, int] = {root.ino: 0}
     slices: dict[int, tuple[int, int]] = {}
     dirents: list[tuple[int, bytes, int, int]] = []
-    queue = deque([0])
-    while queue:
-        n = queue.popleft()
-        entries = await source.entries(attrs[n].ino)
-        rows = []
-        for e in entries:
-            if e.attr is None or (n == 0 and e.name in skip_root):
-                continue
-            c = node_of.get(e.ino)
-            if c is None:
-                c = node_of[e.ino] = len(attrs)
-                attrs.append(e.attr)
-                if e.attr.is_dir():
-                    queue.append(c)
-            rows.append((name_hash(e.name), e.name, c, S.S_IFMT(e.attr.mode) >> 12))
-        rows.sort()
-        slices[n] = (len(dirents), len(rows))
-        dirents.extend(rows)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def bounded(coro):
+        async with sem:
+            return await coro
+
+    # breadth first, one level's directories listed at once; numbered in the order a
+    # one-at-a-time walk would number them (the manifest does not depend on the timing)
+    level = [0]
+    while level:
+        listed = await asyncio.gather(*(bounded(source.entries(attrs[n].ino)) for n in level))
+        below = []
+        for n, entries in zip(level, listed):
+            rows = []
+            for e in entries:
+                if e.attr is None or (n == 0 and e.name in skip_root):
+                    continue
+                c = node_of.get(e.ino)
+                if c is None:
+                    c = node_of[e.ino] = len(attrs)
+                    attrs.append(e.attr)
+                    if e.attr.is_dir():
+                        below.append(c)
+                rows.append((name_hash(e.name), e.name, c, S.S_IFMT(e.attr.mode) >> 12))
+            rows.sort()
+            slices[n] = (len(dirents), len(rows))
+            dirents.extend(rows)
+        level = below
 
     strings = bytearray()
 
@@ -293,12 +302,6 @@ async def build(source: Source, *, snap: int, created: int = 0,
         off = len(strings)
         strings.extend(b)
         return off
-
-    sem = asyncio.Semaphore(concurrency)
-
-    async def bounded(coro):
-        async with sem:
-            return await coro
 
     links: dict[int, bytes] = {}
     xa: dict[int, bytes] = {}
