@@ -323,3 +323,47 @@ def test_a_sync_read_of_a_snapshot_file_is_two_trips_to_the_loop_thread(tmp_path
     finally:
         s.run = real
         s.close()
+
+
+def test_sync_namespace_reads_in_snapshot_mode_answer_on_the_callers_thread(tmp_path):
+    """stat and its kin come from the manifest on the calling thread: they answer while the
+    client's loop thread is held (a trip to it costs more than the answer)."""
+    import threading
+
+    from dfs.client.sync import Client
+
+    got = {}
+
+    async def t(c, t, meta, chunks, info):
+        got["core"] = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path))
+
+    run(t)
+
+    async def again():
+        return AsyncClient(core=got["core"])
+
+    s = Client(again)
+    held, release = threading.Event(), threading.Event()
+
+    async def hold():
+        held.set()
+        release.wait(60)  # blocks the loop thread itself
+
+    try:
+        s.run_later(hold())
+        assert held.wait(60)
+        assert s.stat("/sub/f005").st_size == 501
+        assert s.lstat("/link").st_mode & 0o170000 == stat.S_IFLNK and s.readlink("/link") == "sub/f001"
+        assert s.isdir("/sub") and s.isfile("/hard") and s.islink("/link") and not s.exists("/nope")
+        assert s.getxattr("/sub/f003", "user.k") == b"v" and s.listxattr("/sub/f003") == ["user.k"]
+        assert s.statvfs("/").f_files > 40
+        with pytest.raises(FileNotFoundError):
+            s.stat("/sub/nope")
+        with pytest.raises(NotADirectoryError):
+            s.stat("/hard/x")
+    finally:
+        release.set()
+    assert s.listdir("/sub/deep") == ["mid"]  # listings still page on the loop thread
+    s.close()
+    with pytest.raises(ValueError):
+        s.stat("/sub/f005")  # closed, as on the loop thread
