@@ -5,7 +5,8 @@ thread (``SyncFacade``, dfs/client/loop.py). It adds ``open`` with
 ``builtins.open``'s signature and io stack (dfs/client/fileio.py), ``scandir``
 and ``walk`` iterators, ``chdir``/``getcwd`` and ``read_bytes/write_bytes/
 read_text/write_text``. Its io objects may be used from any thread but the
-loop thread itself.
+loop thread itself. In a mode that answers the namespace from memory (snapshot
+mode's manifest) the stat-like reads run on the caller's thread (``now_or_run``).
 
 Imports: dfs.common and this package only.
 """
