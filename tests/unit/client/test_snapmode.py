@@ -367,3 +367,26 @@ def test_sync_namespace_reads_in_snapshot_mode_answer_on_the_callers_thread(tmp_
     s.close()
     with pytest.raises(ValueError):
         s.stat("/sub/f005")  # closed, as on the loop thread
+
+
+def test_the_builder_numbers_a_tree_the_same_however_its_listings_interleave():
+    """A level's directories are listed at once; the manifest does not depend on which
+    listing answers first (here: in an order set by the inode numbers, then one at a time)."""
+
+    class Delayed(SnapshotSource):
+        def __init__(self, *a, order: int, **kw) -> None:
+            super().__init__(*a, **kw)
+            self.order = order
+
+        async def entries(self, ino):
+            for _ in range(ino % 7 if self.order < 0 else 0):
+                await asyncio.sleep(0)  # yields only: the listings finish in another order than asked
+            return await super().entries(ino)
+
+    async def t(c, t, meta, chunks, info):
+        built = [await build(Delayed(meta, chunks, info.epoch, info.root, order=o), snap=info.epoch,
+                             created=info.created, concurrency=c_) for o, c_ in ((-1, 32), (1, 1))]
+        assert built[0] == built[1]
+        m = Manifest(built[0], verify=True)
+        assert m.attr(m.lookup(m.lookup(0, b"sub"), b"deep")).is_dir()
+    run(t)
