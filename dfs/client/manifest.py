@@ -141,6 +141,7 @@ class Manifest:
         # column views (no copies): one field of one record is then a cheap index
         self._hash = self.dirents["hash"]
         self._dnode = self.dirents["node"]
+        self._dir_cols = self.nodes[["mode", "d0", "d1"]]  # a view: one record's three fields in one call
         self.size_bytes = len(mv)
 
     def __len__(self) -> int:
@@ -159,7 +160,7 @@ class Manifest:
 
     def attr(self, n: int) -> Attr:
         (ino, size, atime, mtime, ctime, layout, _d0, _x, mode, nlink, uid, gid, rdev, flags, _d1, pack,
-         _xl, _p) = self.nodes[n].tolist()
+         _xl, _p) = self.nodes.item(n)
         if pack >= 0:
             flags &= ~FLAG_INLINE  # its bytes are in a pack, read through the chunk side
         return Attr(n + 1, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, layout, flags)
@@ -168,10 +169,10 @@ class Manifest:
         return int(self.nodes["ino"][n])
 
     def _dir(self, n: int) -> tuple[int, int]:
-        rec = self.nodes[n]
-        if not S.S_ISDIR(int(rec["mode"])):
+        mode, d0, d1 = self._dir_cols[n].tolist()
+        if not S.S_ISDIR(mode):
             raise err.NotADirectory()
-        return int(rec["d0"]), int(rec["d1"])
+        return d0, d1
 
     def name(self, d: int) -> bytes:
         off = int(self.dirents["name"][d])
@@ -184,7 +185,7 @@ class Manifest:
             return None
         hashes = self._hash[first:first + count]
         h = name_hash(name)
-        i = int(np.searchsorted(hashes, np.uint64(h)))  # a Python int would compare as a float
+        i = int(hashes.searchsorted(np.uint64(h)))  # a Python int would compare as a float
         while i < count and int(hashes[i]) == h:
             if self.name(first + i) == name:
                 return int(self._dnode[first + i])
@@ -195,7 +196,7 @@ class Manifest:
         """The entries of directory node ``n`` after ``cookie`` (``hash + 1`` of the last one seen)."""
         first, count = self._dir(n)
         hashes = self._hash[first:first + count]
-        start = int(np.searchsorted(hashes, np.uint64(cookie))) if cookie else 0  # hash >= cookie: after it
+        start = int(hashes.searchsorted(np.uint64(cookie))) if cookie else 0  # hash >= cookie: after it
         end = min(count, start + limit)
         rows = self.dirents[first + start:first + end].tolist()
         strings = self.strings
