@@ -29,6 +29,18 @@ first; each figure is printed with its ratio to the local one.
   4 MiB reads, cold (caches dropped: the local file, the data server
   targets, the mount's page cache) then warm; MB/s.
 
+* ``snapshot`` (``--snapshot``): a dataset of ``--snap-files`` files of
+  ``--snap-kib`` KiB in ``--snap-dirs`` directories, and a directory of
+  ``--list-entries`` empty files, written on both sides; dfs snapshots it
+  (``snapshot create``), builds its manifest (time, size), loads it (from dfs
+  into an empty cache, then from the machine's cache), mounts it with ``dfs
+  mount --snapshot`` and opens it with ``dfs.connect(snapshot=...)``. Then,
+  side by side with the local directory: ``ls -l`` of the big directory, stat
+  of ``--snap-stats`` random paths (twice: names first seen, then known), a shuffled epoch by ``--procs`` processes
+  cold (page caches dropped on both sides) and warm, and the same epoch by
+  ``--snap-procs`` processes at once; with the metadata requests the cluster
+  answered during the reads (the Prometheus counters: zero after the loads).
+
 Processes are spawned (multiprocessing), one library client per process.
 ``--plot DIR`` writes ``ai-<workload>.png`` per workload (matplotlib, Agg):
 the engines' figures side by side and their ratios to local.
@@ -54,7 +66,7 @@ from dfs.bench.meta_bench import open_fs, spawn_ranks
 MB = 1_000_000
 MiB = 1 << 20
 REQ = 4 * MiB
-WORKLOADS = ("list", "shuffle", "ckpt", "load")
+WORKLOADS = ("list", "shuffle", "ckpt", "load", "snapshot")
 ENGINES = ("local", "mount", "library")
 
 
@@ -104,12 +116,58 @@ def _ckpt_rank(rank: int, barrier, put, spec: tuple, base: str, ranks: int, mib:
                 "written": nblocks * REQ, "read": n}
 
 
+def _snap_fs(spec: tuple):
+    """A worker's engine: ("posix",) or ("snapshot", cluster file, PATH@NAME, cache dir)."""
+    from dfs.bench.client_paths import _Library, _Posix
+
+    if spec[0] == "posix":
+        return _Posix("/")
+    import dfs
+
+    return _Library(dfs.connect(spec[1], snapshot=spec[2], cache_dir=spec[3]))
+
+
+def _snap_epoch_rank(rank: int, barrier, put, spec: tuple, epochs: list[list[str]]) -> list[dict]:
+    fs = _snap_fs(spec)
+    try:
+        out = []
+        for paths in epochs:
+            barrier.wait(600)
+            n = 0
+            t0 = time.monotonic()
+            for p in paths:
+                n += fs.read(p)
+            out.append({"t0": t0, "t1": time.monotonic(), "files": len(paths), "bytes": n})
+        return out
+    finally:
+        c = getattr(fs, "c", None)
+        if c is not None:
+            c.close()
+
+
+def meta_requests(cluster) -> float:
+    """Requests the metadata service answered so far (every replica's counter, summed)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    n = 0.0
+    for p in cluster.procs:
+        if p.role != "meta" or not p.metrics:
+            continue
+        text = urllib.request.urlopen(f"http://{p.metrics}/metrics", timeout=5).read().decode()
+        for fam in text_string_to_metric_families(text):
+            n += sum(s.value for s in fam.samples if s.name == "dfs_meta_requests_total")
+    return n
+
+
 # ---------------------------------------------------------------------- the driver
 
 class Bench:
     def __init__(self, a, root: str, log=print) -> None:
         self.a, self.root, self.log = a, root, log
         self.rows: list[dict] = []
+        self.cluster = None
 
     def row(self, workload: str, figure: str, engine: str, value: float, unit: str, **kw) -> dict:
         r = {"workload": workload, "figure": figure, "engine": engine, "value": value, "unit": unit, **kw}
@@ -134,6 +192,7 @@ class Bench:
         self.log(f"starting a cluster: {a.shards} shard(s) x {a.replicas} replica(s), "
                  f"{a.data_servers} data server(s) in {cluster.root}")
         cluster.start(120.0)
+        self.cluster = cluster
         mnt = os.path.join(root, "mnt")
         os.makedirs(mnt, exist_ok=True)
         mounted = False
@@ -229,6 +288,110 @@ class Bench:
                 n = sum(x["bytes"] for x in per)
                 self._expect(n, total, f"shuffle {engine} epoch {e + 1} bytes")
                 self.row("shuffle", f"epoch {e + 1}", engine, a.files / dt, "files/s", mb_s=n / dt / MB, seconds=dt)
+
+    # ------------------------------------------------------------------ snapshot
+    def w_snapshot(self) -> None:
+        from dfs.client.connect import find_snapshot
+        from dfs.client.snapmode import build_and_store, load_manifest
+
+        a, c = self.a, self.client
+        nf, nd, size = a.snap_files, a.snap_dirs, a.snap_kib << 10
+        blob = os.urandom(size)
+        names = [f"data/d{i % nd:03d}/f{i:07d}" for i in range(nf)]
+        local = os.path.join(self.local, "snapset")
+        for d in range(nd):
+            os.makedirs(os.path.join(local, "data", f"d{d:03d}"))
+        os.makedirs(os.path.join(local, "ls"))
+        for i in range(a.list_entries):
+            os.close(os.open(os.path.join(local, "ls", f"f{i:07d}"), os.O_CREAT | os.O_WRONLY, 0o644))
+        c.makedirs("/snapset/ls")
+        for d in range(nd):
+            c.makedirs(f"/snapset/data/d{d:03d}")
+        _batch_create(c, "/snapset/ls", a.list_entries)
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(8) as ex:
+            for fs, base in ((_Posix("/"), local), (self.lib, "/snapset")):
+                list(ex.map(lambda n, fs=fs, base=base: fs.write(os.path.join(base, n), blob), names))
+        self.log(f"  (dataset written on both sides in {time.perf_counter() - t0:.0f}s)")
+        t0 = time.perf_counter()
+        info = c.snapshot_create("/snapset", "bench")
+        self.row("snapshot", "create", "library", time.perf_counter() - t0, "s")
+        meta, data = c.meta.inner, c.core.data.inner
+        t0 = time.perf_counter()
+        raw = c.run(build_and_store(meta, data, info))
+        dt = time.perf_counter() - t0
+        entries = nf + nd + a.list_entries + 2
+        self.row("snapshot", "manifest build", "library", dt, "s", entries=entries, per_s=entries / dt)
+        self.row("snapshot", "manifest size", "library", len(raw) / MB, "MB", bytes_per_entry=len(raw) / entries)
+        cache = os.path.join(self.root, "snapcache")
+        for figure in ("manifest load (dfs)", "manifest load (cache)"):
+            st: dict = {}
+            t0 = time.perf_counter()
+            m = c.run(load_manifest(meta, data, info, cache_dir=cache, stats=st))
+            dt = time.perf_counter() - t0
+            self.row("snapshot", figure, "library", dt, "s", source=st.get("source"),
+                     s_per_million=dt / len(m) * 1e6)
+        spec = "/snapset@bench"
+        assert c.run(find_snapshot(meta, data, spec)).epoch == info.epoch
+        smnt = os.path.join(self.root, "snapmnt")
+        os.makedirs(smnt, exist_ok=True)
+        _dfs("mount", smnt, "--cluster", self.cluster.config_path, "--snapshot", spec, "--cache-dir", cache,
+             "--log-file", os.path.join(self.root, "snapmount.log"))
+        import dfs
+
+        sc = dfs.connect(self.cluster.config_path, snapshot=spec, cache_dir=cache)
+        try:
+            self._snapshot_reads(local, smnt, sc, names, ("snapshot", self.cluster.config_path, spec, cache))
+        finally:
+            sc.close()
+            _dfs("umount", smnt)
+
+    def _snapshot_reads(self, local: str, smnt: str, sc, names: list[str], lib_spec: tuple) -> None:
+        from dfs.bench.client_paths import _Library
+
+        a = self.a
+        lib = _Library(sc)
+        where = {"local": (_Posix("/"), local, ("posix",)), "mount": (_Posix("/"), smnt, ("posix",)),
+                 "library": (lib, "/", lib_spec)}
+        rng = random.Random(7)
+        picks = [rng.choice(names) for _ in range(a.snap_stats)]
+        before = meta_requests(self.cluster)
+        for engine in ENGINES:
+            fs, base, _ = where[engine]
+            t0 = time.perf_counter()
+            got = fs.scan_stat(os.path.join(base, "ls"))
+            dt = time.perf_counter() - t0
+            self._expect(got, a.list_entries, f"ls -l {engine}")
+            self.row("snapshot", "ls -l", engine, a.list_entries / dt, "entries/s", seconds=dt)
+            for figure in ("stat random", "stat again"):  # names first seen, then known (the kernel's dcache)
+                t0 = time.perf_counter()
+                for p in picks:
+                    fs.stat(os.path.join(base, p))
+                dt = time.perf_counter() - t0
+                self.row("snapshot", figure, engine, len(picks) / dt, "stats/s", seconds=dt)
+        order = list(range(len(names)))
+        random.Random(11).shuffle(order)
+        total = len(names) * (a.snap_kib << 10)
+        for procs, figures in ((a.procs, ("epoch cold", "epoch warm")), (a.snap_procs, (f"{a.snap_procs} procs",))):
+            for engine in ENGINES:
+                _, base, spec = where[engine]
+                if "epoch cold" in figures:
+                    drop_cache([os.path.join(local)] if engine == "local" else
+                               [*self.targets, smnt] if engine == "mount" else list(self.targets))
+                paths = [os.path.join(base, names[i]) for i in order]
+                args = [(spec, [paths[r::procs]] * len(figures)) for r in range(procs)]
+                parts = spawn_ranks(_snap_epoch_rank, args)
+                for e, figure in enumerate(figures):
+                    per = [p[e] for p in parts]
+                    dt = max(x["t1"] for x in per) - min(x["t0"] for x in per)
+                    n = sum(x["bytes"] for x in per)
+                    self._expect(n, total, f"snapshot {figure} {engine} bytes")
+                    self.row("snapshot", figure, engine, len(names) / dt, "files/s", mb_s=n / dt / MB,
+                             seconds=dt)
+        after = meta_requests(self.cluster)
+        # the library workers' own loads (one lookup walk of PATH each, from the cache) are in it
+        self.row("snapshot", "meta requests", "library", after - before, "requests",
+                 note="answered by the metadata service during every read above (all engines)")
 
     # ------------------------------------------------------------------ ckpt
     def w_ckpt(self) -> None:
@@ -355,7 +518,7 @@ def _kib_range(s: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dfs bench ai", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"a subset of {','.join(WORKLOADS)}")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS[:4]), help=f"a subset of {','.join(WORKLOADS)}")
     ap.add_argument("--procs", "-P", type=int, default=4, help="reader processes (shuffle), ranks (ckpt)")
     ap.add_argument("--list-entries", type=int, default=100_000, help="list: entries of the directory")
     ap.add_argument("--files", type=int, default=5000, help="shuffle: files")
@@ -363,6 +526,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="shuffle: epochs")
     ap.add_argument("--ckpt-mib", type=int, default=256, help="ckpt: MiB per rank (a multiple of 4)")
     ap.add_argument("--load-mib", type=int, default=1024, help="load: MiB of the file (a multiple of 4)")
+    ap.add_argument("--snapshot", action="store_true", help="the snapshot workload only (same as --workloads snapshot)")
+    ap.add_argument("--snap-files", type=int, default=100_000, help="snapshot: files of the dataset")
+    ap.add_argument("--snap-dirs", type=int, default=64, help="snapshot: directories of the dataset")
+    ap.add_argument("--snap-kib", type=int, default=16, help="snapshot: KiB per file")
+    ap.add_argument("--snap-stats", type=int, default=10_000, help="snapshot: stats of random paths")
+    ap.add_argument("--snap-procs", type=int, default=8, help="snapshot: processes of the parallel epoch")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--data-servers", type=int, default=3)
@@ -370,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--plot", default=None, metavar="DIR", help="write PNG charts here")
     a = ap.parse_args(argv)
-    a.workloads = [w for w in a.workloads.split(",") if w]
+    a.workloads = ["snapshot"] if a.snapshot else [w for w in a.workloads.split(",") if w]
     bad = [w for w in a.workloads if w not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload(s) {bad}; choose from {','.join(WORKLOADS)}")

@@ -10,6 +10,7 @@ from dfs.cli import cluster as cluster_cmd
 from dfs.cli import demo as demo_cmd
 from dfs.cli import mount as mount_cmd
 from dfs.cli import servers as servers_cmd
+from dfs.cli import snapshot as snapshot_cmd
 from dfs.cli import status as status_cmd
 
 
@@ -29,6 +30,7 @@ cli.add_command(servers_cmd.mgmt_server)
 cli.add_command(servers_cmd.data_server)
 cli.add_command(mount_cmd.mount)
 cli.add_command(mount_cmd.umount)
+cli.add_command(snapshot_cmd.snapshot)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,28 @@ def _read_state(mountpoint: str) -> dict | None:
         return None
 
 
+def local_mounts() -> list[dict]:
+    """The dfs mounts of this machine whose serving process is alive: their state files
+    (mountpoint, pid, log, mgmt; a snapshot mount's ``snapshot`` and ``snapshot_state``,
+    "ready" or "deleted")."""
+    out = []
+    try:
+        names = sorted(os.listdir(STATE_DIR))
+    except OSError:
+        return out
+    for n in names:
+        if not n.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(STATE_DIR, n)) as f:
+                st = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if st.get("pid") and _alive(st["pid"]):
+            out.append(st)
+    return out
+
+
 def _cluster_file(cluster_path: str) -> str:
     from dfs.common.config import locate
 
@@ -126,12 +148,25 @@ def _tail(path: str, n: int = 20) -> str:
               help="MiB of written data the closes that do not wait (lazy mode) may hold")
 @click.option("-o", "options", multiple=True, help="extra FUSE mount options (comma-separated)")
 @click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for the mount to be live")
+@click.option("--snapshot", default=None, metavar="PATH@NAME",
+              help="mount snapshot NAME of directory PATH, read-only, served from its manifest")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="where this machine caches snapshot manifests [default: ~/.cache/dfs]")
+@click.option("--snapdir", default=".snap", show_default=True,
+              help="the name of the virtual directory of each directory's snapshots")
 def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file: str | None, foreground: bool,
           log_file: str | None,
           log_level: str, entry_timeout: float, attr_timeout: float, negative_timeout: float,
           writeback_cache: bool, direct_io: bool, read_ahead_kb: int, lazy: bool, lazy_delay: float,
-          lazy_ttl: float, write_budget_mib: int, options: tuple[str, ...], timeout: float) -> None:
-    """Mount the cluster at MOUNTPOINT (in the background unless --foreground)."""
+          lazy_ttl: float, write_budget_mib: int, options: tuple[str, ...], timeout: float, snapshot: str | None,
+          cache_dir: str | None, snapdir: str) -> None:
+    """Mount the cluster at MOUNTPOINT (in the background unless --foreground).
+
+    Every directory's snapshots are in its virtual directory .snap (--snapdir), read-only.
+    With --snapshot PATH@NAME the mount is that one snapshot, read-only: names, attributes
+    and listings come from its manifest (loaded once, cached on this machine), with no
+    metadata request, and the kernel caches them and the pages without expiry. With --lazy
+    the mount is in lazy mode (docs/design/client.md, "Lazy mode")."""
     from dfs.fuse.mount import is_mounted
 
     mp = _canon(mountpoint)
@@ -139,6 +174,13 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
         raise click.ClickException(f"{mountpoint}: not a directory")
     if is_mounted(mp):
         raise click.ClickException(f"{mountpoint} is already mounted (dfs umount {mountpoint})")
+    if snapshot is not None:
+        from dfs.client.snapshots import parse_spec
+
+        try:
+            parse_spec(snapshot)
+        except OSError as e:
+            raise click.ClickException(str(e)) from None
     addrs = _resolve_mgmt(mgmt, cluster_path)
     creds = _credentials(mgmt, cluster_path, token_file)
     extra = tuple(o for opt in options for o in opt.split(",") if o)
@@ -147,7 +189,8 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
         _serve(mp, addrs, os.path.abspath(log_file) if log_file else None, log_level, entry_timeout=entry_timeout,
                attr_timeout=attr_timeout, negative_timeout=negative_timeout, writeback_cache=writeback_cache,
                direct_io=direct_io, read_ahead_kb=read_ahead_kb, options=extra, auth=creds, lazy=lazy,
-               lazy_delay=lazy_delay, lazy_ttl=lazy_ttl, write_budget=write_budget_mib << 20)
+               lazy_delay=lazy_delay, lazy_ttl=lazy_ttl, write_budget=write_budget_mib << 20, snapshot=snapshot,
+               cache_dir=os.path.abspath(cache_dir) if cache_dir else None, snapdir=snapdir)
         return
     log_file = os.path.abspath(log_file or _default_log(mp))
     where = ["--mgmt", ",".join(addrs)] if mgmt else ["--cluster", _cluster_file(cluster_path)]
@@ -167,6 +210,12 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
              str(write_budget_mib)]
     if extra:
         argv += ["-o", ",".join(extra)]
+    if snapshot is not None:
+        argv += ["--snapshot", snapshot]
+    if cache_dir:
+        argv += ["--cache-dir", os.path.abspath(cache_dir)]
+    if snapdir != ".snap":
+        argv += ["--snapdir", snapdir]
     with open(log_file, "ab") as lf:
         start = lf.tell()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True,
@@ -203,15 +252,21 @@ def _serve(mp: str, addrs: list[str], log_file: str | None, log_level: str, **kw
     logs.setup(f"mount[{os.getpid()}]", getattr(logging, log_level.upper()),
                stream=open(log_file, "a", buffering=1) if log_file else None)
     state = _state_path(mp)
+    info = {"mountpoint": mp, "pid": os.getpid(), "log": log_file, "mgmt": addrs, "lazy": bool(kw.get("lazy"))}
+    if kw.get("snapshot"):
+        info.update(snapshot=kw["snapshot"], snapshot_state="ready")
 
-    def mounted() -> None:
+    def write() -> None:
         with open(state + ".tmp", "w") as f:
-            json.dump({"mountpoint": mp, "pid": os.getpid(), "log": log_file, "mgmt": addrs,
-                       "lazy": bool(kw.get("lazy"))}, f)
+            json.dump(info, f)
         os.replace(state + ".tmp", state)
 
+    def changed(what: dict) -> None:  # the snapshot was deleted under the mount
+        info.update(what)
+        write()
+
     try:
-        asyncio.run(run_mount(mp, addrs, on_mounted=mounted, **kw))
+        asyncio.run(run_mount(mp, addrs, on_mounted=write, on_state=changed, **kw))
     except KeyboardInterrupt:
         pass
     finally:

@@ -299,6 +299,11 @@ def render(st: dict) -> str:
             if c["degraded"] or c["syncing"]:
                 flag = "  DEGRADED" if c["degraded"] else ""
                 out.append(f"  chain {c['id']} v{c['version']}: serving {c['serving']} syncing {c['syncing']}{flag}")
+    if st.get("mounts"):
+        out.append("mounts on this machine:")
+        for m in st["mounts"]:
+            snap = f"  snapshot {m['snapshot']} ({m.get('snapshot_state', 'ready')})" if m.get("snapshot") else ""
+            out.append(f"  {m['mountpoint']} (pid {m['pid']}){snap}")
     out.append("")
     if st["problems"]:
         out.append("problems:")
@@ -327,4 +332,11 @@ def status(data: str | None, cluster_path: str | None, as_json: bool, timeout: f
     except FileNotFoundError as e:
         raise click.ClickException(str(e.strerror or e)) from None
     st = gather(mgmt, _cluster_file(cluster_path, data), timeout)
+    from dfs.cli.mount import local_mounts
+
+    st["mounts"] = [m for m in local_mounts() if set(m.get("mgmt") or ()) & set(mgmt)]
+    for m in st["mounts"]:  # a snapshot deleted under a snapshot-mode mount (docs/design/snapshots.md)
+        if m.get("snapshot_state") == "deleted":
+            st["problems"].append(f"mount {m['mountpoint']}: snapshot {m['snapshot']} was deleted "
+                                  "(loaded names and cached data stay; other reads answer ESTALE)")
     click.echo(json.dumps(st, indent=1) if as_json else render(st))

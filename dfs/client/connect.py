@@ -14,11 +14,12 @@ from dfs.client.meta import MetaClient
 from dfs.client.mode import Mode
 from dfs.client.paths import AsyncClient
 from dfs.client.sync import Client
+from dfs.common import errors as err
 from dfs.common.config import DEFAULT_DATA, ClientConfig, locate
 from dfs.common.records import ROOT, Caller
 
 __all__ = ["DEFAULT_DATA", "aconnect", "connect", "default_caller", "dial", "find_cluster", "find_credentials",
-           "make_mode"]
+           "make_mode", "find_snapshot", "map_registry", "open_snapshot"]
 
 
 def default_caller() -> Caller:
@@ -87,12 +88,47 @@ def make_mode(consistency: str = "strict", *, ttl: float = 1.0, lazy_delay: floa
     raise ValueError(f"consistency: 'strict' or 'lazy', not {consistency!r}")
 
 
+async def find_snapshot(meta, data, spec: str):
+    """The registry entry of ``PATH@NAME`` (a ready snapshot of directory PATH), else ENOENT."""
+    from dfs.client.snapshots import parse_spec
+
+    path, name = parse_spec(spec)
+    root = await meta.resolve(path)
+    for info in (await map_registry(data)(True)).values():
+        if info.root == root.ino and info.name == name and info.state == "ready":
+            return info
+    raise err.NotFound(f"no snapshot {name!r} of {path}")
+
+
+async def open_snapshot(meta, data, spec: str, *, cache_dir: str | None = None, stats: dict | None = None,
+                        pack_cache: int = 256 << 20):
+    """A client ``Core`` in snapshot mode over ``PATH@NAME`` (its manifest loaded: from the
+    machine's cache ``cache_dir``, default ~/.cache/dfs, else dfs, else built). ``pack_cache``:
+    bytes of packed small files kept in memory."""
+    from dfs.client.snapmode import default_cache_dir, snapshot_core
+
+    info = await find_snapshot(meta, data, spec)
+    return await snapshot_core(meta, data, info, cache_dir=cache_dir or default_cache_dir(), stats=stats,
+                               pack_cache=pack_cache)
+
+
+def map_registry(data):
+    """The snapshot registry as the cluster map has it (``DataClient.map``; ``fresh``: fetched
+    anew from mgmt): ``async (fresh) -> {S: SnapshotInfo}``."""
+    async def registry(fresh: bool = False) -> dict:
+        m = await data.refresh(True) if fresh else data.map
+        return dict(m.snapshots)
+
+    return registry
+
+
 async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None = None,
                    mgmt: list[str] | str | None = None, caller: Caller | None = None, uid: int | None = None,
                    gid: int | None = None, groups: tuple[int, ...] | None = None, mode: Mode | None = None,
                    ttl: float = 1.0, umask: int = 0o022, deadline: float = 30.0, token: str | None = None,
                    token_file: str | None = None, consistency: str = "strict", lazy_delay: float = 1.0,
-                   lazy_ttl: float = 10.0) -> AsyncClient:
+                   lazy_ttl: float = 10.0, snapdir: str = ".snap", snapshot: str | None = None,
+                   cache_dir: str | None = None, pack_cache: int = 256 << 20) -> AsyncClient:
     """The asyncio client; arguments as ``connect``."""
     if mode is None:
         mode = make_mode(consistency, ttl=ttl, lazy_delay=lazy_delay, lazy_ttl=lazy_ttl)
@@ -103,14 +139,25 @@ async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None
         caller = Caller(me.uid if uid is None else uid, me.gid if gid is None else gid,
                         me.groups if groups is None else tuple(groups))
     meta, dc = await dial(addrs, auth=creds, caller=caller, deadline=deadline)
-    return AsyncClient(meta, dc, mode=mode, umask=umask, on_close=dc.close)
+    if snapshot is not None:
+        try:
+            core = await open_snapshot(meta, dc, snapshot, cache_dir=cache_dir, pack_cache=pack_cache)
+        except BaseException:
+            await dc.close()
+            await meta.close()
+            raise
+        return AsyncClient(core=core, umask=umask, on_close=dc.close)
+    return AsyncClient(meta, dc, mode=mode, umask=umask, on_close=dc.close, registry=map_registry(dc),
+                       snapdir=snapdir)
 
 
 def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None, mgmt: list[str] | str | None = None,
             uid: int | None = None, gid: int | None = None, groups: tuple[int, ...] | None = None,
             caller: Caller | None = None, mode: Mode | None = None, ttl: float = 1.0, umask: int = 0o022,
             deadline: float = 30.0, token: str | None = None, token_file: str | None = None,
-            consistency: str = "strict", lazy_delay: float = 1.0, lazy_ttl: float = 10.0) -> Client:
+            consistency: str = "strict", lazy_delay: float = 1.0, lazy_ttl: float = 10.0,
+            snapdir: str = ".snap", snapshot: str | None = None, cache_dir: str | None = None,
+            pack_cache: int = 256 << 20) -> Client:
     """A synchronous ``Client`` of a cluster (see ``find_cluster`` for how it is found).
 
     ``uid``/``gid``/``groups`` (or ``caller``): the identity the service checks permissions
@@ -121,10 +168,16 @@ def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None
     ``lazy_ttl``; ``sync()`` and ``close()`` are the barriers: docs/design/client.md,
     "Lazy mode"); ``mode``: a ``Mode`` instead. ``umask``: applied to created modes.
     ``token``/``token_file``: the client token, instead of $DFS_TOKEN or the cluster file's
-    (see ``find_credentials``)."""
+    (see ``find_credentials``). ``snapdir``: the name of the virtual directory that holds a
+    directory's snapshots (``PATH/.snap/NAME/``, dfs/client/snapdir.py). ``snapshot``
+    (``"PATH@NAME"``): a read-only client of that snapshot, its ``/`` the snapshot's root,
+    served from its manifest (dfs/client/snapmode.py), cached under ``cache_dir`` (default
+    ~/.cache/dfs); ``pack_cache``: bytes of its packed small files kept in memory (when the
+    packs fit, each of their 4 MiB chunks is read once whatever the order)."""
     kw = dict(data=data, mgmt=mgmt, uid=uid, gid=gid, groups=groups, caller=caller, mode=mode, ttl=ttl,
               umask=umask, deadline=deadline, token=token, token_file=token_file, consistency=consistency,
-              lazy_delay=lazy_delay, lazy_ttl=lazy_ttl)
+              lazy_delay=lazy_delay, lazy_ttl=lazy_ttl, snapdir=snapdir, snapshot=snapshot, cache_dir=cache_dir,
+              pack_cache=pack_cache)
     if mode is None:
         make_mode(consistency)  # a bad choice fails here, in the calling thread
     find_cluster(cluster, data=data, mgmt=mgmt)  # fail fast, in the calling thread

@@ -193,11 +193,18 @@ class AsyncFile:
 
 class RawFile(io.RawIOBase):
     """The unbuffered io object over a FileRef: each call runs on the client's loop thread
-    (``run``) and waits. ``fileno`` raises io.UnsupportedOperation (there is no descriptor)."""
+    (``run``) and waits. ``fileno`` raises io.UnsupportedOperation (there is no descriptor).
 
-    def __init__(self, run, cursor: Cursor) -> None:
+    Two calls need no trip to the loop thread: a read at or past the size this open sees,
+    of an open that cannot write (EOF, as the loop would answer: the size moves only
+    with this client's writes and its opens), and, given ``later`` (run a coroutine on
+    the loop without waiting: a read-only mode, where a close has nothing to publish or
+    report), the close of such an open."""
+
+    def __init__(self, run, cursor: Cursor, later=None) -> None:
         super().__init__()
         self._run = run
+        self._later = later
         self._c = cursor
         self.name = cursor.name
         self.mode = cursor.mode.replace("t", "").replace("b", "") + "b"
@@ -217,7 +224,10 @@ class RawFile(io.RawIOBase):
 
     def readinto(self, b) -> int:
         self._checkClosed()
-        return self._run(self._c.readinto(b))
+        c = self._c
+        if not c.can_write and c.can_read and c.pos >= c.ref.size:
+            return 0
+        return self._run(c.readinto(b))
 
     def readall(self) -> bytes:
         self._checkClosed()
@@ -271,7 +281,10 @@ class RawFile(io.RawIOBase):
         try:
             super().close()  # flushes
         finally:
-            self._run(self._c.close())
+            if self._later is not None and not self._c.can_write:
+                self._later(self._c.close())
+            else:
+                self._run(self._c.close())
 
 
 class _Fsync:

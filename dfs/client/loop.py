@@ -12,9 +12,12 @@ Imports: the standard library only (every client module may build on it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+log = logging.getLogger("dfs.client")
 
 T = TypeVar("T")
 
@@ -57,6 +60,15 @@ class SyncFacade:
             coro.close()
             raise RuntimeError("a sync client call from its own loop thread would wait for itself")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def run_later(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Start ``coro`` on the loop thread without waiting for it (its error is logged)."""
+        if self._closed:
+            coro.close()
+            return
+        f = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        f.add_done_callback(lambda f: f.cancelled() or f.exception() is None
+                            or log.warning("background call failed: %s", f.exception()))
 
     # The name callers outside the client package used before ``run`` was public
     # (dfs.bench, dfs.cli.demo); tests use ``run``.

@@ -25,6 +25,8 @@ from dfs.client.core import Core, FileRef
 from dfs.client.fileio import AsyncFile, parse_mode
 from dfs.client.leases import Leases
 from dfs.client.mode import Mode
+from dfs.client.snapdir import SNAPDIR, SnapChunks, SnapMeta
+from dfs.client.snapshots import SnapshotAPI
 from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO
 from dfs.common.records import Attr, Caller, DirEntry
@@ -138,12 +140,17 @@ class _SyncView:
         return stat_result(a)
 
 
-class AsyncClient:
+class AsyncClient(SnapshotAPI):
     """The library's asyncio client: paths over a ``Core`` (built from ``meta``, ``data`` and
-    ``mode`` unless one is given). ``umask`` applies to created modes."""
+    ``mode`` unless one is given). ``umask`` applies to created modes. ``registry``
+    (``async (fresh) -> {S: SnapshotInfo}``, the cluster map's snapshots): snapshots are
+    reachable as ``PATH/<snapdir>/NAME`` and the snapshot commands work (dfs/client/snapdir.py)."""
 
     def __init__(self, meta=None, data=None, *, mode: Mode | None = None, umask: int = 0o022, on_close=None,
-                 core: Core | None = None) -> None:
+                 core: Core | None = None, registry=None, snapdir: str | bytes = SNAPDIR) -> None:
+        if core is None and registry is not None:
+            meta = SnapMeta(meta, registry, snapdir=snapdir)
+            data = SnapChunks(data, meta.ids)
         self.core = core if core is not None else Core(meta, data, mode)
         self.meta = self.core.meta
         self.data = self.core.data
@@ -608,6 +615,14 @@ class AsyncClient:
             return None
         parent, last = step
         try:
+            if not self.mode.open_plan(None, flags).server_handle:
+                # a mode without server handles (snapshot mode): the last step and an open by
+                # inode, both answered by the mode, rather than a second walk
+                try:
+                    a = await self.core.lookup(parent.attr.ino, last)
+                except err.NotFound:
+                    return None
+                return await self.core.open(a.ino, flags, access=access) if a.is_reg() else None
             return await self.core.lookup_open(parent.attr.ino, last, flags, access=access)
         except err.DfsError as e:
             e.filename = path

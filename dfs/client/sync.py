@@ -5,7 +5,8 @@ thread (``SyncFacade``, dfs/client/loop.py). It adds ``open`` with
 ``builtins.open``'s signature and io stack (dfs/client/fileio.py), ``scandir``
 and ``walk`` iterators, ``chdir``/``getcwd`` and ``read_bytes/write_bytes/
 read_text/write_text``. Its io objects may be used from any thread but the
-loop thread itself.
+loop thread itself. In a mode that answers the namespace from memory (snapshot
+mode's manifest) the stat-like reads run on the caller's thread (``now_or_run``).
 
 Imports: dfs.common and this package only.
 """
@@ -57,6 +58,14 @@ class Client(SyncFacade):
     def core(self) -> Core:
         return self.aio.core
 
+    def now_or_run(self, coro: Any) -> Any:
+        """A namespace read: on this thread when the mode answers it from memory (snapshot
+        mode: the manifest; no trip to the loop thread, which costs more than the answer),
+        else on the loop thread."""
+        if getattr(self.aio.mode, "in_memory", False) and not self._closed:
+            return _now(coro)
+        return self.run(coro)
+
     def sync(self) -> None:
         """Publish every open file's writes and wait for what this client still sends in the
         background (syncfs)."""
@@ -72,7 +81,8 @@ class Client(SyncFacade):
         if buffering == 0 and not binary:
             raise ValueError("can't have unbuffered text I/O")
         ref = self.run(self.aio.open_handle(path, flags, perm))
-        raw = RawFile(self.run, Cursor(ref, path, mode, flags))
+        later = self.run_later if getattr(self.mode, "read_only", False) else None
+        raw = RawFile(self.run, Cursor(ref, path, mode, flags), later)
         try:
             return wrap(raw, mode, plus, binary, buffering, encoding, errors, newline)
         except BaseException:
@@ -126,9 +136,20 @@ class Client(SyncFacade):
         return os.fsdecode(self.aio.cwd)
 
 
-def _sync(name: str):
+def _now(coro: Any) -> Any:
+    """Run ``coro``, which never waits, to its end on this thread."""
+    try:
+        coro.send(None)
+    except StopIteration as e:
+        return e.value
+    coro.close()
+    raise RuntimeError(f"{coro.__qualname__} waited where its mode answers from memory")
+
+
+def _sync(name: str, in_memory: bool = False):
     def call(self, *a, **kw):
-        return self.run(getattr(self.aio, name)(*a, **kw))
+        return self.now_or_run(getattr(self.aio, name)(*a, **kw)) if in_memory else \
+            self.run(getattr(self.aio, name)(*a, **kw))
 
     call.__name__ = name
     call.__qualname__ = f"Client.{name}"
@@ -136,11 +157,13 @@ def _sync(name: str):
     return call
 
 
-for _n in ("stat", "lstat", "getattr", "exists", "isdir", "isfile", "islink", "readdir", "listdir", "readlink",
-           "statfs", "statvfs", "getxattr", "listxattr", "setxattr", "removexattr", "mkdir", "makedirs", "remove",
-           "unlink", "rmdir", "rename", "replace", "link", "symlink", "chmod", "chown", "utime", "truncate",
-           "set_lazy"):
-    setattr(Client, _n, _sync(_n))
+# what answers from the mode's memory without waiting (a listing pages with a prefetch task: not these)
+_READS = ("stat", "lstat", "getattr", "exists", "isdir", "isfile", "islink", "readlink", "statfs", "statvfs",
+          "getxattr", "listxattr")
+for _n in (*_READS, "readdir", "listdir", "setxattr", "removexattr", "mkdir", "makedirs", "remove", "unlink", "rmdir", "rename",
+           "replace", "link", "symlink", "chmod", "chown", "utime", "truncate", "set_lazy", "snapshot_create",
+           "snapshot_list", "snapshot_info", "snapshot_delete", "snapshot_diff"):
+    setattr(Client, _n, _sync(_n, _n in _READS))
 
 
 class _ScandirIterator:

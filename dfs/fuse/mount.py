@@ -24,9 +24,10 @@ import time
 import pyfuse3
 import pyfuse3.asyncio
 
-from dfs.client.connect import dial
+from dfs.client.connect import dial, map_registry, open_snapshot
 from dfs.client.core import Core
 from dfs.client.lazy import LazyMode
+from dfs.client.snapdir import SNAPDIR, SnapChunks, SnapMeta
 from dfs.fuse.ops import DfsOperations
 
 log = logging.getLogger("dfs.fuse")
@@ -137,11 +138,16 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
                     negative_timeout: float = 1.0, writeback_cache: bool = False, direct_io: bool = False,
                     read_ahead_kb: int = DEFAULT_READ_AHEAD_KB, options: tuple[str, ...] = (),
                     allow_other: bool | None = None, on_mounted=None, auth=None, lazy: bool = False,
-                    lazy_delay: float = 1.0, lazy_ttl: float = 10.0, write_budget: int = 256 << 20) -> None:
+                    lazy_delay: float = 1.0, lazy_ttl: float = 10.0, write_budget: int = 256 << 20,
+                    snapdir: str = SNAPDIR.decode(), snapshot: str | None = None, cache_dir: str | None = None,
+                    on_state=None) -> None:
     """Connect to the cluster whose mgmt replicas are ``mgmt`` (showing ``auth``, a
     ``dfs.wire.auth.Credentials``) and serve it at ``mountpoint`` until unmounted. ``lazy``:
     the whole mount in lazy mode (``lazy_delay``, ``lazy_ttl``: ``LazyMode``'s ``delay``
-    and ``ttl``; ``write_budget``: bytes the closes that do not wait may hold)."""
+    and ``ttl``; ``write_budget``: bytes the closes that do not wait may hold).
+    ``snapshot`` (``PATH@NAME``): serve that snapshot read-only, from its manifest
+    (dfs/client/snapmode.py); ``on_state(dict)`` is told when the snapshot is found
+    deleted."""
     if not os.path.isabs(mountpoint):
         raise ValueError("the mount point must be an absolute path")
     pyfuse3.asyncio.enable()
@@ -149,14 +155,48 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
     t0 = time.monotonic()
     meta, data = await dial(mgmt, auth=auth)  # as root: the data path runs as the mount
     log.info("connected to %s in %.2fs", mgmt, time.monotonic() - t0)
-    mode = LazyMode.for_mount(entry_timeout, attr_timeout, negative_timeout, ttl=lazy_ttl, delay=lazy_delay,
-                              budget=write_budget, scope="all" if lazy else "tree")
-    ops = DfsOperations(Core(meta, data, mode), writeback_cache=writeback_cache, direct_io=direct_io)
+    watch = None
     try:
+        if snapshot is not None:
+            stats: dict = {}
+            core = await open_snapshot(meta, data, snapshot, cache_dir=cache_dir, stats=stats)
+            log.info("snapshot %s: manifest from %s, %d inodes, loaded in %.2fs", snapshot, stats.get("source"),
+                     len(core.mode.m), stats.get("load_s", 0.0))
+            watch = asyncio.get_running_loop().create_task(_watch_snapshot(core.mode, data, on_state))
+            opts.add("ro")
+        else:
+            mode = LazyMode.for_mount(entry_timeout, attr_timeout, negative_timeout, ttl=lazy_ttl, delay=lazy_delay,
+                                      budget=write_budget, scope="all" if lazy else "tree")
+            smeta = SnapMeta(meta, map_registry(data), snapdir=snapdir)  # PATH/.snap/NAME (dfs/client/snapdir.py)
+            core = Core(smeta, SnapChunks(data, smeta.ids), mode)
+        ops = DfsOperations(core, writeback_cache=writeback_cache and snapshot is None, direct_io=direct_io)
         # a lazy mount's close is its last barrier: it writes back everything it holds, however
         # long that takes (`dfs umount` bounds its wait for it)
         await serve(ops, mountpoint, opts, read_ahead_kb=read_ahead_kb, on_mounted=on_mounted,
                     close_timeout=None if lazy else 30.0)
     finally:
+        if watch is not None:
+            watch.cancel()
         await data.close()
         await meta.close()
+
+
+async def _watch_snapshot(mode, data, on_state, period: float = 5.0) -> None:
+    """Learn from the cluster map (mgmt, not the metadata service) when the snapshot a
+    snapshot-mode mount serves is deleted, and say so (``on_state``, the log)."""
+    registry = map_registry(data)
+    told = False
+    while True:
+        try:
+            info = (await registry(True)).get(mode.snap)
+            if info is None or info.state != "ready":
+                mode.deleted = True
+        except Exception as e:  # noqa: BLE001 - mgmt unreachable: try again later
+            log.debug("snapshot watch: %s", e)
+        if mode.deleted and not told:
+            told = True
+            log.warning("snapshot %d was deleted: what is loaded stays readable, other reads answer ESTALE",
+                        mode.snap)
+            if on_state is not None:
+                on_state({"snapshot_state": "deleted"})
+        await asyncio.sleep(period)

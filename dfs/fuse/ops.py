@@ -30,8 +30,10 @@ what the kernel protocol itself needs:
   ``security.capability`` on writes, and ``ls -l`` asks for the SELinux label
   and the ACL of every entry, two round trips per entry, unless the answer is
   EOPNOTSUPP, after which it remembers and stops asking (ENODATA would not;
-  2,000 entries: 0.35 s against 0.05 s); ENOSYS is never answered (it would
-  turn off all xattrs of the mount, ``user.*`` included). The chmod the kernel
+  2,000 entries: 0.35 s against 0.05 s); ENOSYS is never answered for an xattr
+  (it would turn off all xattrs of the mount, ``user.*`` included), only for
+  FLUSH in a read-only mode (snapshot mode), where it stops the kernel's
+  FLUSHes for good, as wanted. The chmod the kernel
   sends on a non-owner's behalf to clear setuid/setgid before a write, and
   UTIME_NOW arriving as a timestamp, are what the kernel meant when the
   service refuses them as sent.
@@ -52,6 +54,7 @@ import time
 import pyfuse3
 
 from dfs.client.core import Core, DirStream, FileRef
+from dfs.client.snapdir import SNAP_BIT
 from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.ids import ROOT_INO
@@ -63,6 +66,7 @@ LOCAL_XATTR_PREFIXES = (b"security.", b"system.")
 # readdir offsets after "." and "..": above every entry cookie (name hash + 1 < 2**62 + 1)
 DOT_COOKIE, DOTDOT_COOKIE = (1 << 62) + 1, (1 << 62) + 2
 _GROUPS_TTL = 1.0
+FOREVER = 365 * 86400.0  # a kernel cache timeout for what never changes (snapshot objects)
 
 
 _request_ids = itertools.count(1)
@@ -147,6 +151,11 @@ class DfsOperations(pyfuse3.Operations):
         self.told: dict[int, tuple[int, int]] = {}  # ino -> (size, mtime) last given to the kernel
         # ino -> (size, mtime, ctime) of the file when an open last let the kernel fill its page cache
         self.pages: dict[int, tuple[int, int, int]] = {}
+        # snapshot objects under PATH/.snap (dfs/client/snapdir.py): names and attributes that never change
+        self._immutable = getattr(core.meta, "immutable", None)
+        # a mode that can never have anything to flush (snapshot mode): the first FLUSH answers
+        # ENOSYS, after which the kernel sends none (one round trip less per close(2))
+        self._no_flush = bool(getattr(core.mode, "read_only", False))
 
     # ------------------------------------------------------------------ conversions
     def _caller(self, ctx) -> Caller:
@@ -175,8 +184,11 @@ class DfsOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.generation = 0
-        e.entry_timeout = self.entry_timeout
-        e.attr_timeout = self.attr_timeout
+        if a.ino & SNAP_BIT and self._immutable is not None and self._immutable(a.ino):
+            e.entry_timeout = e.attr_timeout = FOREVER
+        else:
+            e.entry_timeout = self.entry_timeout
+            e.attr_timeout = self.attr_timeout
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
@@ -367,6 +379,8 @@ class DfsOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def flush(self, fh):
+        if self._no_flush:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         await self.fhs[fh].flush(closing=True)  # every close(2): close-to-open
 
     @_fuse_errors
