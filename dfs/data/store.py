@@ -520,26 +520,18 @@ class ChunkStore:
                     return p, self._vfile(ino, index, p.epoch)
         return None, None
 
-    def _copy_out(self, src: str, dst: str, length: int) -> None:
-        """``length`` bytes of ``src`` into a new file renamed to ``dst`` (fewer if ``src`` is short)."""
+    def _replace(self, dst: str, fill) -> None:
+        """A new file renamed over ``dst``: ``fill(fd)`` writes it (synced with ``sync``); on an
+        error the temporary file goes and ENOSPC/EDQUOT become NoSpace (meta untouched)."""
         tmp = f"{dst}.{threading.get_ident():x}.tmp"
         try:
-            fin = os.open(src, os.O_RDONLY)
-        except FileNotFoundError:
-            fin = None
-        try:
-            fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                done = 0
-                while fin is not None and done < length:
-                    n = os.copy_file_range(fin, fout, length - done, done, done)
-                    if n == 0:
-                        break  # the file is short: the copy's blocks will read as bad, as the original's
-                    done += n
+                fill(fd)
                 if self.sync:
-                    os.fsync(fout)
+                    os.fsync(fd)
             finally:
-                os.close(fout)
+                os.close(fd)
             os.rename(tmp, dst)
         except OSError as e:
             try:
@@ -549,6 +541,24 @@ class ChunkStore:
             if e.errno in (E.ENOSPC, E.EDQUOT):
                 raise self._nospace(str(e)) from e
             raise
+
+    def _copy_out(self, src: str, dst: str, length: int) -> None:
+        """``length`` bytes of ``src`` into a new file renamed to ``dst`` (fewer if ``src`` is short)."""
+        try:
+            fin = os.open(src, os.O_RDONLY)
+        except FileNotFoundError:
+            fin = None
+
+        def copy(fout: int) -> None:
+            done = 0
+            while fin is not None and done < length:
+                n = os.copy_file_range(fin, fout, length - done, done, done)
+                if n == 0:
+                    break  # the file is short: the copy's blocks will read as bad, as the original's
+                done += n
+
+        try:
+            self._replace(dst, copy)
         finally:
             if fin is not None:
                 os.close(fin)
@@ -907,30 +917,17 @@ class ChunkStore:
         n = len(mv)
         if self._free() < n:
             raise self._nospace(f"no room for {n} bytes")
-        tmp = f"{path}.{threading.get_ident():x}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            try:
-                if n:
-                    try:
-                        os.posix_fallocate(fd, 0, n)
-                    except OSError as e:
-                        if e.errno not in (E.EOPNOTSUPP, E.EINVAL, E.ENOSYS):
-                            raise
-                _pwrite_all(fd, mv, 0)
-                if self.sync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-        except OSError as e:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            if e.errno in (E.ENOSPC, E.EDQUOT):
-                raise self._nospace(str(e)) from e
-            raise
+
+        def write(fd: int) -> None:
+            if n:
+                try:
+                    os.posix_fallocate(fd, 0, n)
+                except OSError as e:
+                    if e.errno not in (E.EOPNOTSUPP, E.EINVAL, E.ENOSYS):
+                        raise
+            _pwrite_all(fd, mv, 0)
+
+        self._replace(path, write)
 
     def install(self, ino: int, index: int, data, version: int, *, committed: int | None = None,
                 epoch: int = 0) -> ChunkMeta:

@@ -2,7 +2,7 @@
 every replica keeps the versions a snapshot reads, reads at a snapshot, resync
 copying them, hold and resume, dropping and counting.
 
-The harness is test_resync.py's: three ``ChainService``s with real chunk
+The harness is dfs/testing/chains.py: three ``ChainService``s with real chunk
 stores over an in-process data plane, one chain ``[1, 2, 3]``, mgmt's real
 commands. The test plays the snapshot coordinator: ``snap_begin`` in mgmt,
 SNAP_HOLD on every server, ``snap_ready``, SNAP_RESUME on every server.
@@ -18,38 +18,15 @@ import pytest
 from dfs.common import errors as err
 from dfs.wire import dataplane as dp
 
-from .test_resync import (
-    T1,
-    T2,
-    T3,
-    Net,
-    Server,
-    _remove,
-    promoted,
-    remove_inode,
-    until,
-    write,
-)
+from dfs.testing.chains import T1, T2, T3, Net, promoted, remove, remove_inode, run_chain, until, write
 
 S_TS = 10**18
 
 
 @pytest.fixture
 def run(tmp_path):
-    """run(test) runs ``await test(net, servers)`` with a fresh net of three servers (test_resync's)."""
-    def go(test):
-        async def main():
-            net = Net()
-            servers = {t: Server(net, t, tmp_path) for t in (T1, T2, T3)}
-            for s in servers.values():
-                s.install(net.map)
-            try:
-                await test(net, servers)
-            finally:
-                for s in servers.values():
-                    await s.close()
-        asyncio.run(main())
-    return go
+    """run(test) runs ``await test(net, servers)`` with a fresh net of three servers."""
+    return lambda test: run_chain(tmp_path, test)
 
 
 def _prepare(net: Net) -> None:
@@ -85,16 +62,7 @@ async def snapshot(net: Net, servers, name: str = "s", *, publish=()) -> int:
 
 
 def _cmd(net: Net, *cmd):
-    import copy
-
-    from dfs.mgmt.store import COMMANDS
-
-    new = copy.deepcopy(net.m)
-    changed, bump, *extra = COMMANDS[cmd[0]](new, *cmd[1:])
-    if changed and bump:
-        new["epoch"] += 1
-    net.m = new
-    return changed, bump, *extra
+    return net.command(*cmd)
 
 
 async def read_at(server, ino: int, index: int, at: int, *, anyrole: bool = False, blocks: bool = False) -> bytes:
@@ -155,7 +123,7 @@ def test_a_remove_and_a_remove_inode_after_a_snapshot(run):
             await write(net, servers, 20, k, bytes([k + 1]) * 3000)
         await write(net, servers, 21, 0, b"gone")
         s = await snapshot(net, servers, publish=(T1, T2, T3))
-        await _remove(net, servers, 21, 0)
+        await remove(net, servers, 21, 0)
         await remove_inode(net, servers, 20)
         for sv in servers.values():
             assert sv.target.store.stat(21, 0) is None and list(sv.target.store.list_chunks(20)) == []
@@ -176,7 +144,7 @@ def test_a_resync_copies_the_preserved_versions(run):
         net.do("target_down", T3)
         s = await snapshot(net, servers)
         await write(net, servers, 30, 0, b"A" * 100)   # kept on the chain, not on target 3
-        await _remove(net, servers, 31, 0)
+        await remove(net, servers, 31, 0)
         # target 3 keeps a version the chain never made (another lineage): the resync removes it
         servers[T3].target.store.write(32, 0, 0, b"x", 9, chunk_size=1 << 20, epoch=2, keep=1)
         net.do("target_up", T3)
@@ -327,7 +295,7 @@ def test_deleting_a_snapshot_drops_its_versions_and_counts_them_first(run):
         await write(net, servers, 90, 0, b"one")
         s2 = await snapshot(net, servers, "b")
         await write(net, servers, 90, 0, b"two")
-        await _remove(net, servers, 91, 0)
+        await remove(net, servers, 91, 0)
         for sv in servers.values():
             await sv.svc.refresh_usage()
             # 90.0: (1, 2) read by s1 only; (2, 3) by s2 only; 91.0: (1, 3) by both

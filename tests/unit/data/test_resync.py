@@ -1,10 +1,8 @@
 """Chain resync, one interleaving at a time (dfs/data/resync.py, dfs/data/chain.py).
 
-Three data servers' ``ChainService``s with real chunk stores run in one event
-loop over an in-process data plane (``Net``) that can cut a server off and
-hold a request before or after it is handled; the cluster map is the real
-mgmt state machine's (``dfs.mgmt.store.COMMANDS``), and each server has its
-own copy of it, so a server can be made to lag. Each test forces one
+Three data servers' chain services in one event loop (dfs/testing/chains.py:
+an in-process data plane that can cut a server off and hold a request, the
+real mgmt commands, a map per server so that one can lag). Each test forces one
 interleaving that let a syncing target be promoted without a write its
 chain acknowledged (docs/design/data.md, "Failure and resync"), and checks
 the target ends with exactly the tail's chunks.
@@ -13,149 +11,32 @@ the target ends with exactly the tail's chunks.
 from __future__ import annotations
 
 import asyncio
-import copy
 import threading
 
 import pytest
 
 from dfs.common import errors as err
-from dfs.data.chain import ChainIndex, ChainService, Target
-from dfs.data.store import ChunkStore
-from dfs.mgmt.server import map_to_pb
-from dfs.mgmt.store import COMMANDS
+from dfs.testing.chains import (
+    T1,
+    T2,
+    T3,
+    Net,
+    assert_same,
+    promoted,
+    remove,
+    remove_inode,
+    run_chain,
+    until,
+    write,
+)
 from dfs.wire import dataplane as dp
-from dfs.common.clustermap import ClusterMap
-from dfs.testing.wait import until_async
-
-T1, T2, T3 = 1, 2, 3  # chain 0: head, tail, and the target that goes out and resyncs
-
-
-class Net:
-    """The data plane between in-process servers, and mgmt's map."""
-
-    def __init__(self) -> None:
-        self.servers: dict[str, Server] = {}
-        self.down: set[str] = set()
-        self.hooks: list = []  # async hook(stage, addr, header) for stage "before" / "after"
-        self.m = {"epoch": 1, "cluster_id": "t", "mgmt": [], "shards": [],
-                  "targets": {t: {"server": t, "address": f"s{t}", "state": "serving", "total": 0, "free": 0}
-                              for t in (T1, T2, T3)},
-                  "chains": [{"id": 0, "version": 1, "members": [T1, T2, T3], "serving": [T1, T2, T3],
-                              "syncing": []}]}
-
-    @property
-    def map(self) -> ClusterMap:
-        return ClusterMap.from_pb(map_to_pb(self.m))
-
-    def do(self, cmd: str, *args, publish=(T1, T2, T3)) -> None:
-        """Apply a mgmt command and hand the new map to the servers in ``publish``."""
-        new = copy.deepcopy(self.m)
-        changed, bump, *_ = COMMANDS[cmd](new, *args)
-        if changed and bump:
-            new["epoch"] += 1
-        self.m = new
-        for t in publish:
-            self.servers[f"s{t}"].install(self.map)
-
-    def chain(self) -> dict:
-        return self.m["chains"][0]
-
-    async def call(self, addr: str, h: dp.Header, payload=b"", timeout: float = 10.0, into=None, crc=None):
-        if addr in self.down:
-            raise ConnectionError(f"{addr} is cut off")
-        for hook in list(self.hooks):
-            await hook("before", addr, h)
-        rh, rp = await self.servers[addr].svc.handle(h, bytes(payload))
-        for hook in list(self.hooks):
-            await hook("after", addr, h)
-        return rh, rp
-
-    async def report_synced(self) -> None:
-        """What a heartbeat does: mgmt hears each target's (chain, version) synced reports."""
-        for s in self.servers.values():
-            for cid, v in s.svc.synced_chains(s.tid):
-                self.do("chain_synced", cid, s.tid, v)
-
-
-class Server:
-    def __init__(self, net: Net, tid: int, root) -> None:
-        self.net, self.tid, self.addr = net, tid, f"s{tid}"
-        path = str(root / f"t{tid}")
-        self.target = Target(tid, ChunkStore(path, tid), ChainIndex(path + "/chains"), threads=2)
-        self.map: ClusterMap | None = None
-        self.svc = ChainService({tid: self.target}, net, get_map=lambda: self.map, refresh_map=self.refresh,
-                                forward_timeout=5.0)
-        net.servers[self.addr] = self
-
-    def install(self, m: ClusterMap) -> None:
-        if self.map is None or m.epoch > self.map.epoch:
-            self.map = m
-            self.svc.on_map(m)
-
-    async def refresh(self) -> None:
-        self.install(self.net.map)
-
-    def chunks(self) -> dict[tuple[int, int], tuple[int, bytes]]:
-        st = self.target.store
-        return {(i, x): (m.version, st.read(i, x, 0, m.length)) for i, x, m in st.list_chunks()}
-
-    async def close(self) -> None:
-        await self.svc.stop()
-        self.target.close()
 
 
 @pytest.fixture
 def run(tmp_path):
     """run(test) runs ``await test(net, servers)`` with a fresh net of three servers."""
-    def go(test):
-        async def main():
-            net = Net()
-            servers = {t: Server(net, t, tmp_path) for t in (T1, T2, T3)}
-            for s in servers.values():
-                s.install(net.map)
-            try:
-                await test(net, servers)
-            finally:
-                for s in servers.values():
-                    await s.close()
-        asyncio.run(main())
-    return go
+    return lambda test: run_chain(tmp_path, test)
 
-
-async def write(net: Net, servers, ino: int, index: int, data: bytes, *, via: int | None = None) -> int:
-    """A client's write of a whole chunk through the chain head (at the head's map)."""
-    head = servers[via or net.chain()["serving"][0]]
-    ch = head.map.chains[0]
-    h = dp.Header(dp.WRITE, ino=ino, index=index, chain_id=0, chain_version=ch.version, target=head.tid,
-                  length=len(data))
-    rh, rp = await head.svc.handle(h, data)
-    dp.raise_for(rh, rp)
-    return rh.version
-
-
-async def remove_inode(net: Net, servers, ino: int) -> None:
-    head = servers[net.chain()["serving"][0]]
-    h = dp.Header(dp.REMOVE_INODE, ino=ino, chain_id=0, chain_version=head.map.chains[0].version, target=head.tid)
-    rh, rp = await head.svc.handle(h, b"")
-    dp.raise_for(rh, rp)
-
-
-async def until(cond, what: str, timeout: float = 20.0) -> None:
-    await until_async(cond, timeout, what, interval=0.01)
-
-
-async def promoted(net: Net, servers, tid: int = T3) -> None:
-    """Report synced resyncs to mgmt until ``tid`` serves in the chain again."""
-    async def serving():
-        await net.report_synced()
-        return tid in net.chain()["serving"]
-    await until_async(serving, 20, f"target {tid} resynced", interval=0.01)
-
-
-def assert_same(servers) -> None:
-    want = servers[T2].chunks()
-    for t in (T1, T3):
-        assert servers[t].chunks() == want, f"target {t} differs from the tail"
 
 
 def test_a_pass_interrupted_by_a_chain_change_restarts_at_the_new_version(run):
@@ -339,14 +220,6 @@ async def _hold_passes(net: Net):
     return go
 
 
-async def _remove(net: Net, servers, ino: int, index: int) -> None:
-    head = servers[net.chain()["serving"][0]]
-    h = dp.Header(dp.REMOVE, ino=ino, index=index, chain_id=0, chain_version=head.map.chains[0].version,
-                  target=head.tid)
-    rh, rp = await head.svc.handle(h, b"")
-    dp.raise_for(rh, rp)
-
-
 def test_an_install_replaces_a_higher_version_of_another_lineage(run):
     """Target 3 kept v5 of a chunk that was removed and written anew (v1, v2) while it was out;
     the next write (v3) is forwarded to it while it syncs: the predecessor's whole chunk replaces
@@ -355,7 +228,7 @@ def test_an_install_replaces_a_higher_version_of_another_lineage(run):
         for k in range(5):
             await write(net, servers, 600, 0, bytes([k]) * 3000)
         net.do("target_down", T3)
-        await _remove(net, servers, 600, 0)
+        await remove(net, servers, 600, 0)
         await write(net, servers, 600, 0, b"new" * 300)
         await write(net, servers, 600, 0, b"NEW" * 300)
         go = await _hold_passes(net)
@@ -375,7 +248,7 @@ def test_a_forwarded_write_never_lands_on_an_old_copy_of_another_lineage(run):
     async def test(net: Net, servers):
         await write(net, servers, 700, 0, b"o" * 3000)
         net.do("target_down", T3)
-        await _remove(net, servers, 700, 0)
+        await remove(net, servers, 700, 0)
         await write(net, servers, 700, 0, b"n" * 900)
         go = await _hold_passes(net)
         net.do("target_up", T3)

@@ -6,44 +6,13 @@ import errno
 
 import msgpack
 
-from dfs.common.config import (
-    ClusterConfig,
-    DataServerConfig,
-    ReplicaAddr,
-    ShardConfig,
-    TargetConfig,
-)
-from dfs.mgmt.server import map_from_config, map_to_pb
+from dfs.mgmt.server import map_to_pb
 from dfs.mgmt.store import CREATING_TIMEOUT, MgmtStore, live_snapshots
 from dfs.common.clustermap import ClusterMap
 
+from .stores import Mgmt, cfg
+
 T0 = 1_000_000_000_000
-
-
-def cfg(servers: int, per: int) -> ClusterConfig:
-    r = ReplicaAddr(0, "127.0.0.1:1", "127.0.0.1:2")
-    data = tuple(DataServerConfig(s, f"127.0.0.1:{9000 + s}",
-                                  tuple(TargetConfig(s * per + t + 1, f"/d{s}/t{t}") for t in range(per)))
-                 for s in range(servers))
-    return ClusterConfig("c", "pw", (r,), (ShardConfig(0, (r,)),), data=data)
-
-
-class Mgmt:
-    """A store fed one command per entry, as the Raft host would."""
-
-    def __init__(self, c: ClusterConfig) -> None:
-        self.s = MgmtStore(None)
-        self.log: list[bytes] = []
-        assert self.do("init", map_from_config(c)) == [0, 1]
-
-    def do(self, *cmd):
-        raw = msgpack.packb(list(cmd))
-        self.log.append(raw)
-        return msgpack.unpackb(self.s.apply(self.s.applied_index() + 1, [raw])[0])
-
-    @property
-    def map(self) -> dict:
-        return self.s.cluster_map()
 
 
 def begin(mg: Mgmt, name: str, root: int = 1, ts: int = T0, path: str = "/d"):
