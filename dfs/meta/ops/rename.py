@@ -77,7 +77,8 @@ async def rename(coord, rid: bytes, caller: Caller, req: m.Rename) -> m.ActionRe
         check_access_wire(a, caller, W_OK)
     if not exchange:
         plan[ss].append(A.DeleteEntry(sp, sname, sino))
-        plan[ds].append(A.PutEntry(dp, dname, sino, smode, dst[0] if dst else 0))
+        plan[ds].append(A.PutEntry(dp, dname, sino, smode, dst[0] if dst else 0,
+                                   dst is None and not flags & RENAME_NOREPLACE))
         if dst is not None:
             if ddir:
                 plan[shard_of(dst[0])].append(A.RemoveDir(dst[0]))
@@ -106,7 +107,13 @@ async def rename(coord, rid: bytes, caller: Caller, req: m.Rename) -> m.ActionRe
         for ino, _, newp in moved_dirs:
             await _check_not_ancestor(coord, ino, newp)
         plan[0].append(A.RenameLock(epoch))
-    return await coord.execute(rid, caller, coord.clock(), plan)
+    try:
+        return await coord.execute(rid, caller, coord.clock(), plan)
+    except err.Exists:
+        if dst is not None or flags & RENAME_NOREPLACE:
+            raise
+        # the target appeared after it was read absent (A.PutEntry.replace): read again, replace it
+        raise err.Locked("the target appeared meanwhile") from None
 
 
 async def _check_not_ancestor(coord, ino: int, start: int) -> None:
