@@ -12,6 +12,10 @@ operation at exactly that point.
   its plan executes: the plan's "must be absent" fails with EEXIST, but rename
   replaces its target: it reads again and replaces it (RENAME_NOREPLACE still
   answers EEXIST).
+* A rename across shards, between the commit on its coordinator (the source
+  name is gone there) and the commit on the target's shard: a readdir of the
+  target directory showed the old state (no new name) while a lookup of the
+  source already answered ENOENT. The readdir waits (Locked) like a lookup.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dfs.client.meta import MetaClient
 from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO, dir_home_shard, shard_of
 from dfs.common.ops import RENAME_NOREPLACE, Op
+from dfs.common.records import ROOT
 from dfs.meta.local import LocalEngine
 
 NSHARDS = 3
@@ -170,6 +175,35 @@ def test_rename_target_created_after_it_was_read_absent(cross, flags):
             with pytest.raises(err.NotFound):
                 await c.lookup(a.ino, "s")
         assert t.fired and created
+        await engine.close()
+
+    run(go())
+
+
+def test_readdir_waits_for_a_rename_half_committed():
+    async def go():
+        engine = LocalEngine(NSHARDS)
+        c = MetaClient(engine)
+        a = await mkdir_on(c, ROOT_INO, 1, "a")
+        b = await mkdir_on(c, ROOT_INO, 2, "b")
+        f, _ = await c.create(a.ino, "f")
+        seen = {}
+
+        async def between():  # the decision is taken, the target's shard has not committed
+            with pytest.raises(err.NotFound):
+                await c.lookup(a.ino, "f")
+            svc = engine.services[shard_of(b.ino)]
+            with pytest.raises(err.Locked):
+                await svc.execute(Op.READDIR, b"", ROOT, [b.ino, 0, 100, False])
+            seen["between"] = True
+
+        coord = engine.services[shard_of(a.ino)].coordinator
+        coord.shards = Interpose(coord.shards, lambda shard, op, args: op == Op.COMMIT and shard == shard_of(b.ino),
+                                 between)
+        await c.rename(a.ino, "f", b.ino, "g")
+        assert seen == {"between": True}
+        entries, _ = await c.readdir(b.ino)
+        assert [(e.name, e.ino) for e in entries if e.name not in (b".", b"..")] == [(b"g", f.ino)]
         await engine.close()
 
     run(go())
