@@ -30,6 +30,13 @@ can be pasted into a ticket. The cluster file must name a client token
 (`client_token` or `client_token_file`); `--generate-token` makes one
 (`secrets.token_urlsafe`) into `client.token` next to the cluster file and
 names it there, so the file stays the one description of the cluster.
+
+The Raft password must pass the loader's rules (16 bytes or more, not a
+placeholder such as the example file's: ``dfs.common.config``), and the file
+must carry a ``raft_salt``; `--generate-salt` adds one (``secrets.token_hex``)
+to a file without. A salt changes every key derived from the password: the
+servers of a running cluster must all be restarted once it is added (the
+bootstrap never restarts anything; it says so).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ if __package__ in (None, ""):  # run as a file: python cluster/bootstrap.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cluster.plan import PHASES, Role, hosts, mgmt_addresses, roles, split_hostport
-from dfs.common.config import ClusterConfig
+from dfs.common.config import ClusterConfig, check_raft_password, new_raft_salt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PREFIX = "/opt/dfs"  # what the unit files in cluster/systemd/ name
@@ -130,6 +137,25 @@ def _generate_token(cfg_path: str) -> str:
     return path
 
 
+def _generate_salt(cfg_path: str) -> str:
+    """--generate-salt: a ``raft_salt`` line added to the cluster file (before its first
+    table, its comments kept). Returns the salt."""
+    cfg_path = os.path.abspath(cfg_path)
+    salt = new_raft_salt()
+    with open(cfg_path) as f:
+        lines = f.read().splitlines(keepends=True)
+    first = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("[")), len(lines))
+    lines[first:first] = ["# written by cluster/bootstrap.py --generate-salt\n", f'raft_salt = "{salt}"\n', "\n"]
+    tmp = cfg_path + ".new"
+    with open(tmp, "w") as f:
+        f.writelines(lines)
+    os.chmod(tmp, os.stat(cfg_path).st_mode & 0o7777)
+    os.replace(tmp, cfg_path)
+    if ClusterConfig.load(cfg_path).raft_salt != salt:
+        raise ValueError(f"{cfg_path}: the salt written is not the one the file gives")
+    return salt
+
+
 def host_path(p: str) -> str:
     """Where a file the cluster file names lives on a host: a relative path is
     taken from /etc/dfs (where the cluster file is), as the loader does."""
@@ -142,12 +168,18 @@ class Planner:
     def __init__(self, cfg_path: str, *, ssh: str = "ssh", user: str | None = None, sudo: bool = False,
                  prefix: str = DEFAULT_PREFIX, source: str = REPO, ref: str = "HEAD",
                  mounts: tuple[str, ...] = (), clients: tuple[str, ...] = (), mount_opts: str = "",
-                 install: bool = True, wait_timeout: int = 120, generate_token: bool = False) -> None:
+                 install: bool = True, wait_timeout: int = 120, generate_token: bool = False,
+                 generate_salt: bool = False) -> None:
         self.cfg_path = os.path.abspath(cfg_path)
-        self.cfg = ClusterConfig.load(cfg_path)
-        if len(self.cfg.raft_password) < 16:
-            raise ValueError("raft_password must be at least 16 characters: it is all that keeps "
-                             "strangers off the Raft ports")
+        self.cfg = ClusterConfig.load(cfg_path)  # refuses an empty, short or placeholder raft_password
+        check_raft_password(self.cfg.raft_password)
+        self.generates_salt = False
+        if self.cfg.raft_salt is None:
+            if not generate_salt:
+                raise ValueError("no raft_salt: add raft_salt = \"<python -c 'import secrets; "
+                                 "print(secrets.token_hex(16))'>\" to the cluster file, or give --generate-salt "
+                                 "(a running cluster's servers must then all be restarted: the Raft keys change)")
+            self.generates_salt = True
         if not prefix.startswith("/"):
             raise ValueError(f"--prefix must be absolute, not {prefix!r}")
         if clients and not mounts:
@@ -318,6 +350,9 @@ class Planner:
 
     def header(self) -> list[str]:
         lines = [f"# dfs cluster {self.cfg.cluster_id} from {self.cfg_path}"]
+        if self.generates_salt:
+            lines.append("# raft salt: none in the cluster file; --generate-salt adds one (running servers must "
+                         "all be restarted after: the Raft keys change)")
         if self.generates:
             lines.append(f"# client token: none in the cluster file; --generate-token makes one into "
                          f"{self.token_file} (0600) and names it there")
@@ -349,17 +384,24 @@ class Planner:
 @click.option("--generate-token", is_flag=True,
               help="if the cluster file has no client token: make one (secrets.token_urlsafe) into client.token "
                    "next to it, mode 0600, and name it in the file (client_token_file)")
+@click.option("--generate-salt", is_flag=True,
+              help="if the cluster file has no raft_salt: add one (secrets.token_hex) to it; the servers of a "
+                   "running cluster must then all be restarted")
 def main(cluster_file: str, dry_run: bool, ssh_cmd: str, user: str | None, sudo: bool, prefix: str, source: str,
          ref: str, no_install: bool, mounts: tuple[str, ...], clients: tuple[str, ...], mount_opts: str,
-         wait_timeout: int, generate_token: bool) -> None:
+         wait_timeout: int, generate_token: bool, generate_salt: bool) -> None:
     """Install dfs on the hosts of CLUSTER_FILE and start its roles in order."""
     def plan() -> Planner:
         return Planner(cluster_file, ssh=ssh_cmd, user=user, sudo=sudo, prefix=prefix, source=source, ref=ref,
                        mounts=mounts, clients=clients, mount_opts=mount_opts, install=not no_install,
-                       wait_timeout=wait_timeout, generate_token=generate_token)
+                       wait_timeout=wait_timeout, generate_token=generate_token, generate_salt=generate_salt)
 
     try:
         p = plan()
+        if p.generates_salt and not dry_run:
+            _generate_salt(cluster_file)
+            click.echo(f"# added a raft_salt to {p.cfg_path}: restart every server of a running cluster")
+            p = plan()
         if p.generates and not dry_run:
             click.echo(f"# generated a client token into {_generate_token(cluster_file)}, "
                        f"named in {p.cfg_path}")

@@ -28,6 +28,13 @@ carry cannot disagree:
 
 Role ids must therefore be 0..n-1 in order within each group. The renderer
 only reads the cluster file and prints YAML.
+
+The cluster file must pass the loader's rules: a Raft password of 16 bytes
+or more that is not a placeholder, and a ``raft_salt`` (it goes into the
+ConfigMap: it is not a secret, only unique to the cluster). ``--example``
+renders a documentation example whose secrets are still placeholders (the
+shipped cluster/k8s/example.yaml): its servers refuse to start until the
+Secret and the salt are replaced.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ if __package__ in (None, ""):  # run as a file: python cluster/render_k8s.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cluster.plan import Role, port_of, roles
-from dfs.common.config import ClusterConfig
+from dfs.common.config import ClusterConfig, example_secrets
 
 NAME = "app.kubernetes.io/name"
 COMPONENT = "app.kubernetes.io/component"
@@ -285,6 +292,9 @@ def _pdb(name: str, n: int, o: Options, component: str) -> dict:
 
 
 def render(cfg: ClusterConfig, o: Options) -> list[dict]:
+    if cfg.raft_salt is None:
+        raise ValueError("no raft_salt: add raft_salt = \"<python -c 'import secrets; print(secrets.token_hex(16))'>\" "
+                         "to the cluster file (a running cluster's servers all restart with new Raft keys)")
     if "'" in cfg.raft_password or any(ord(c) < 32 for c in cfg.raft_password):
         raise ValueError("raft_password: no quotes or control characters (it goes into a TOML literal string)")
     gs = groups(cfg)
@@ -406,9 +416,13 @@ def _str(dumper: yaml.SafeDumper, s: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def dump(docs: list[dict], source: str) -> str:
+def dump(docs: list[dict], source: str, example: bool = False) -> str:
     head = (f"# Rendered by cluster/render_k8s.py from {source}; do not edit, render again.\n"
             "# Apply with: kubectl apply -f THIS_FILE\n")
+    if example:
+        head += ("# AN EXAMPLE: the Secrets' raft_password and client.token and the ConfigMap's raft_salt are\n"
+                 "# placeholders (the servers refuse to start with the password and the salt). Put real ones in\n"
+                 "# the cluster file and render again.\n")
     return head + yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
 
 
@@ -425,10 +439,17 @@ def dump(docs: list[dict], source: str) -> str:
 @click.option("--target-storage", default="100Gi", show_default=True, help="per data target")
 @click.option("--generate-token", is_flag=True,
               help="if the cluster file has no client token: put a fresh one (secrets.token_urlsafe) in the Secrets")
-def main(cluster_file: str, output: str, **kw) -> None:
+@click.option("--example", is_flag=True,
+              help="render a documentation example: placeholder secrets allowed (the servers refuse them)")
+def main(cluster_file: str, output: str, example: bool, **kw) -> None:
     """Render Kubernetes manifests for CLUSTER_FILE."""
     try:
-        text = dump(render(ClusterConfig.load(cluster_file), Options(**kw)), os.path.basename(cluster_file))
+        if example:
+            with example_secrets():
+                cfg = ClusterConfig.load(cluster_file)
+        else:
+            cfg = ClusterConfig.load(cluster_file)
+        text = dump(render(cfg, Options(**kw)), os.path.basename(cluster_file), example)
     except (ValueError, KeyError, OSError) as e:
         raise click.ClickException(f"{cluster_file}: {e}") from None
     if output == "-":

@@ -1,7 +1,9 @@
 """The cluster file: one TOML document that every dfs process and client reads.
 
     cluster_id = "c1"
-    raft_password = "..."          # encrypts and authenticates Raft peer traffic
+    raft_password = "..."          # encrypts and authenticates Raft peer traffic (16+ bytes, not a placeholder)
+    raft_salt = "..."              # random per cluster (secrets.token_hex(16)): mixed into every key
+                                   # derived from the password (absent: an older file, see below)
     durability = "sync"            # "sync": acknowledged writes survive a power cut of every
                                    # machine; "async" (scratch data): only process crashes
                                    # (docs/design/durability.md)
@@ -37,6 +39,7 @@
     resync_rate = 0                # data servers: bytes/s a resync copies into a target (0: unlimited)
     orphan_scan_interval = 600.0   # data servers: seconds between orphan scans of a target
     orphan_grace = 3600.0          # data servers: an orphan scan leaves chunks younger than this (s)
+    max_inflight_bytes = 536870912 # data servers: client payload bytes in flight at once (more wait)
 
     [raft]                         # optional tuning
     election_timeout = [0.4, 0.8]
@@ -56,6 +59,17 @@ gRPC and Raft address is used once. Replicas are named by id, not by their
 position in the list: `dfs admin remove-meta-replica` takes entries out and
 ``add-meta-replica`` appends them with new ids (``edit_cluster_file``).
 
+The Raft password is refused when it is empty, shorter than
+``RAFT_PASSWORD_MIN`` bytes, has fewer than 8 distinct characters, or looks
+like a placeholder (``change-me``, ``password``, the example file's): it is
+all that keeps strangers off the Raft ports. ``raft_key`` (what pysyncobj
+gets) and ``internal_token`` are derived from it and ``raft_salt`` with
+HKDF-SHA256, so two clusters that share a password share no key. A file
+without ``raft_salt`` (written before it existed) still loads, with the keys
+derived as they were (the password itself for Raft); servers log a warning,
+and ``dfs cluster up``, the bootstrap and the Kubernetes renderer refuse or
+add one (adding a salt changes every key: restart all servers together).
+
 No ``client_token`` (nor ``client_token_file``) means no client
 authentication (files from before it existed). Relative paths of
 ``client_token_file`` and ``[tls]`` are taken from the cluster file's folder by
@@ -67,6 +81,8 @@ threat model.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import os
 import tomllib
@@ -76,6 +92,11 @@ from dataclasses import dataclass, field, replace
 import tomli_w
 
 MAX_REPLICAS = 7  # per shard
+RAFT_PASSWORD_MIN = 16  # bytes
+RAFT_SALT_MIN = 16  # characters
+# Substrings that mark a password as an example's or a placeholder (compared in lower case).
+PLACEHOLDERS = ("change-me", "changeme", "change_me", "replace-me", "replaceme", "replace_me", "placeholder",
+                "example", "password", "secret", "xxxxxxxx", "12345678", "qwerty")
 DURABILITY = ("sync", "async")  # what an acknowledged write survives: docs/design/durability.md
 
 
@@ -170,6 +191,68 @@ class TlsConfig:
         return replace(self, ca=j(self.ca), cert=j(self.cert), key=j(self.key))
 
 
+# Set only by ``example_secrets()``: render a documentation example whose secrets are still
+# placeholders. No server, no bootstrap and no `dfs` command ever sets it.
+_EXAMPLE_SECRETS: contextvars.ContextVar[bool] = contextvars.ContextVar("dfs_example_secrets", default=False)
+
+
+@contextlib.contextmanager
+def example_secrets():
+    """Within it, a cluster file's placeholder (never empty or short) Raft password and salt
+    load: for rendering the shipped examples (``cluster/render_k8s.py --example``) only."""
+    tok = _EXAMPLE_SECRETS.set(True)
+    try:
+        yield
+    finally:
+        _EXAMPLE_SECRETS.reset(tok)
+
+
+def _placeholder(v: str) -> str | None:
+    low = v.lower()
+    return next((p for p in PLACEHOLDERS if p in low), None)
+
+
+def check_raft_password(pw) -> str:
+    """``pw`` if it may be a cluster's Raft password, else ValueError saying why."""
+    if not isinstance(pw, str) or not pw:
+        raise ValueError("raft_password is empty: generate one (python -c 'import secrets; "
+                         "print(secrets.token_hex(32))')")
+    if len(pw.encode()) < RAFT_PASSWORD_MIN:
+        raise ValueError(f"raft_password must be at least {RAFT_PASSWORD_MIN} bytes (it is all that keeps "
+                         f"strangers off the Raft ports): generate one with secrets.token_hex(32)")
+    hit = _placeholder(pw)
+    if (hit is not None or len(set(pw)) < 8) and not _EXAMPLE_SECRETS.get():
+        raise ValueError(f"raft_password looks like a placeholder or is too regular"
+                         f"{f' (it contains {hit!r})' if hit else ''}: generate one with secrets.token_hex(32)")
+    return pw
+
+
+def check_raft_salt(salt) -> str:
+    """``salt`` if it may be a cluster's ``raft_salt`` (printable ASCII, ``RAFT_SALT_MIN``+ characters)."""
+    _check_token("raft_salt", salt)
+    if len(salt) < RAFT_SALT_MIN:
+        raise ValueError(f"raft_salt must be at least {RAFT_SALT_MIN} characters: generate one with "
+                         f"secrets.token_hex(16)")
+    hit = _placeholder(salt)
+    if hit is not None and not _EXAMPLE_SECRETS.get():  # an example's salt is everyone's: no salt at all
+        raise ValueError(f"raft_salt looks like a placeholder (it contains {hit!r}): generate one with "
+                         f"secrets.token_hex(16)")
+    return salt
+
+
+def new_raft_salt() -> str:
+    import secrets
+
+    return secrets.token_hex(16)
+
+
+def _hkdf(secret: str, salt: str, info: bytes) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt.encode(), info=info).derive(secret.encode()).hex()
+
+
 def _check_token(what: str, v) -> str:
     if not isinstance(v, str) or not v or v != v.strip() or any(ord(c) < 33 or ord(c) > 126 for c in v):
         raise ValueError(f"{what} must be a non-empty string of printable ASCII without spaces")
@@ -238,8 +321,17 @@ class ClusterConfig:
     client_token_file: str | None = None
     tls: TlsConfig | None = None  # None: gRPC in plaintext
     durability: str = "sync"  # one of DURABILITY
+    raft_salt: str | None = None  # None: a file from before salts (keys derived as they were)
+    max_inflight_bytes: int = 512 << 20  # data servers: client payload bytes in flight at once
 
     def __post_init__(self) -> None:
+        check_raft_password(self.raft_password)
+        if self.raft_salt is not None:
+            check_raft_salt(self.raft_salt)
+        if (isinstance(self.max_inflight_bytes, bool) or not isinstance(self.max_inflight_bytes, int)
+                or self.max_inflight_bytes < 1 << 20):
+            raise ValueError(f"max_inflight_bytes must be an integer of at least 1 MiB, not "
+                             f"{self.max_inflight_bytes!r}")
         if self.durability not in DURABILITY:
             raise ValueError(f"durability must be one of {', '.join(map(repr, DURABILITY))}, "
                              f"not {self.durability!r}")
@@ -327,11 +419,23 @@ class ClusterConfig:
 
     @property
     def internal_token(self) -> str:
-        """What shard servers show each other for internal (two-phase) operations."""
-        import hashlib
-        import hmac
+        """What servers show each other (and operators' tools show them) for internal
+        operations: two-phase steps, mgmt's admin commands and heartbeats, the chain's
+        own data-plane requests."""
+        if self.raft_salt is None:  # a file from before salts: as it was derived then
+            import hashlib
+            import hmac
 
-        return hmac.new(self.raft_password.encode(), b"dfs-internal-ops", hashlib.sha256).hexdigest()
+            return hmac.new(self.raft_password.encode(), b"dfs-internal-ops", hashlib.sha256).hexdigest()
+        return _hkdf(self.raft_password, self.raft_salt, b"dfs internal token v1")
+
+    @property
+    def raft_key(self) -> str:
+        """The password pysyncobj gets (it derives its Fernet key with a fixed salt of its own):
+        the Raft password and this cluster's salt through HKDF; without a salt, the password."""
+        if self.raft_salt is None:
+            return self.raft_password
+        return _hkdf(self.raft_password, self.raft_salt, b"dfs raft key v1")
 
     @property
     def auth_token(self) -> str | None:
@@ -359,6 +463,7 @@ class ClusterConfig:
         d = {
             "cluster_id": self.cluster_id,
             "raft_password": self.raft_password,
+            **({"raft_salt": self.raft_salt} if self.raft_salt is not None else {}),
             "durability": self.durability,
             **({"client_token": self.client_token} if self.client_token is not None else {}),
             **({"client_token_file": self.client_token_file} if self.client_token_file is not None else {}),
@@ -369,6 +474,7 @@ class ClusterConfig:
             "resync_rate": self.resync_rate,
             "orphan_scan_interval": self.orphan_scan_interval,
             "orphan_grace": self.orphan_grace,
+            "max_inflight_bytes": self.max_inflight_bytes,
             "mgmt": [rep(r) for r in self.mgmt],
             "shards": [{"id": s.id, "replicas": [rep(r) for r in s.replicas]} for s in self.shards],
             "raft": {
@@ -423,6 +529,8 @@ class ClusterConfig:
                    resync_rate=_as_int("resync_rate", d.get("resync_rate", 0)),
                    orphan_scan_interval=float(d.get("orphan_scan_interval", 600.0)),
                    orphan_grace=float(d.get("orphan_grace", 3600.0)), durability=d.get("durability", "sync"),
+                   raft_salt=d.get("raft_salt"),
+                   max_inflight_bytes=_as_int("max_inflight_bytes", d.get("max_inflight_bytes", 512 << 20)),
                    **_auth_fields(d))
 
     def save(self, path: str) -> None:

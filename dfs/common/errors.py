@@ -21,6 +21,8 @@ local disk.
           +-- Stale                    ESTALE   (stale chain version: refresh the map)
           +-- ChecksumError            EIO      (a block failed its CRC)
           +-- CrossDevice, Busy, NoSpace, TooManyLinks, ...
+          +-- Conflict                 internal: a PREPARE met a held key or a snapshot
+          |                            fence; its coordinator aborts and starts over
           +-- Retryable                internal: EAGAIN-class, retried by clients
                +-- NotLeader           carries the leader hint
                +-- Locked              a key is held by a cross-shard operation
@@ -53,6 +55,7 @@ __all__ = [
     "Unavailable",
     "StaleEpoch",
     "WrongShard",
+    "Conflict",
     "error_for",
     "LOCKED",
     "NOT_LEADER",
@@ -66,6 +69,7 @@ LOCKED = 10002
 STALE_EPOCH = 10003
 WRONG_SHARD = 10004
 UNAVAILABLE = 10005
+CONFLICT = 10006
 
 
 class DfsError(OSError):
@@ -138,12 +142,22 @@ class WrongShard(DfsError):
     errno_value = WRONG_SHARD
 
 
+class Conflict(DfsError):
+    """A PREPARE could not take its locks (a key held by another operation, a snapshot's
+    fence up). Not retried where it is received: the coordinator that sent it holds locks
+    on other shards, so waiting there could wait on itself (two operations each holding
+    what the other prepares, or a fence whose cut waits for this operation to end). The
+    coordinator aborts what it prepared and runs the operation again from its reads."""
+
+    errno_value = CONFLICT
+
+
 _BY_CODE: dict[int, type[DfsError]] = {
     cls.errno_value: cls
     for cls in (
         NotFound, Exists, NotADirectory, IsADirectory, PermissionDenied, NotPermitted,
         NotEmpty, InvalidArgument, NameTooLong, NoData, NoSpace, Stale, NotLeader, Locked, Unavailable,
-        StaleEpoch, WrongShard,
+        StaleEpoch, WrongShard, Conflict,
     )
 }
 _BY_CODE[E.EAGAIN] = Retryable

@@ -734,7 +734,7 @@ class SnapDelete(Request):
 @request(Op.SNAPFENCE, Kind.LOGGED, Done, internal=True)
 class SnapFence(Request):
     """Until ``until`` (ns, the leader's clock) or SNAPBEGIN/SNAPEND of ``snap``: PREPAREs of
-    cross-shard operations answer LOCKED (their coordinators try again)."""
+    cross-shard operations answer CONFLICT (their coordinators abort and start over)."""
 
     snap: int
     until: int

@@ -69,6 +69,12 @@ class Log(abc.ABC):
         """The current Raft term (a log of one has one term)."""
         return 1
 
+    def read_lease(self) -> bool:
+        """Whether this node may answer reads from its applied state as the leader, i.e. no
+        other node can have been made leader and have committed something since. A log of
+        one: whenever it leads."""
+        return self.is_leader
+
 
 class DirectLog(Log):
     """A log of one: commands apply at once, in submission order (unit tests,

@@ -61,6 +61,7 @@ from typing import Any
 
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic as _pysyncobj_clock
 from pysyncobj.transport import TCPTransport
 
 from dfs.common.config import DURABILITY
@@ -114,6 +115,30 @@ class _Transport(TCPTransport):
         self._held: list[tuple[Any, dict]] = []
         syncObj._dfs_transport = self
         super().__init__(syncObj, selfNode, otherNodes)
+
+    # Before an incoming connection names a member of the group (with a password: after
+    # the key exchange), pysyncobj buffers whatever length its 4-byte prefix claims (up to
+    # 2 GiB, by repeated concatenation) and keeps any number of such connections. Those
+    # first messages are a few hundred bytes: more, or too many strangers, is a hostile
+    # peer, dropped (docs/design/security.md, "Raft"). A named connection is not bounded.
+    PREAUTH_BYTES = 64 << 10
+    PREAUTH_CONNECTIONS = 64
+
+    def _onNewIncomingConnection(self, conn) -> None:
+        if len(self._unknownConnections) >= self.PREAUTH_CONNECTIONS:
+            conn.disconnect()
+            return
+        super()._onNewIncomingConnection(conn)
+        read = conn._TcpConnection__processRead  # pysyncobj's private reader: the patch point
+
+        def bounded_read() -> bool:
+            more = read()
+            if conn in self._unknownConnections and len(conn._TcpConnection__readBuffer) > self.PREAUTH_BYTES:
+                self._unknownConnections.discard(conn)
+                conn.disconnect()
+                return False
+            return more
+        conn._TcpConnection__processRead = bounded_read
 
     def send(self, node, message) -> bool:
         if message.get("type") != "append_entries" and (self._held or self._journal.dirty):
@@ -263,6 +288,7 @@ class RaftHost(Log):
         self.on_commit: Callable[[int, float], None] | None = None
 
         lo, hi = election_timeout
+        self.read_lease_s = lo / 2
         # Entries must stay below appendEntriesBatchSizeBytes: pysyncobj sends a
         # bigger single entry in a chunked "transmission" whose end test compares
         # against the command length instead of the pickled length.
@@ -536,6 +562,43 @@ class RaftHost(Log):
     @property
     def is_leader(self) -> bool:
         return self._node._isLeader()
+
+    def read_lease(self) -> bool:
+        """True while this leader may serve reads from its applied state (a lease read):
+
+        * it applied its term's first entry (pysyncobj's no-op), so every entry committed
+          by an earlier leader is in the state it reads;
+        * a majority (itself included) answered its AppendEntries within ``read_lease_s``
+          (half the shortest election timeout): a follower only votes for someone else after
+          an election timeout without hearing from this leader, so no new leader can have
+          been elected and have committed since those answers.
+
+        ``is_leader`` alone is pysyncobj's view, updated on its tick thread: a leader cut off
+        from the others (paused, partitioned, starved of CPU) keeps it until its next tick
+        past ``leader_fallback_timeout`` (1 s) while a new leader already commits, and reads
+        it served meanwhile were stale (a listing missed entries acknowledged to another
+        client: seen in ``dfs bench client`` on a loaded machine). pysyncobj grants votes to
+        a higher term without the Raft thesis's "leader stickiness", so the second point
+        assumes a candidate's election timeout ran out too; the window left is at most
+        ``read_lease_s`` after a follower's last answer. Reads here are never answered from
+        pysyncobj's state while a tick holds it: the dicts are read as they are (a change of
+        membership meanwhile answers False, and the caller tries again)."""
+        node = self._node
+        if not node._isLeader():
+            return False
+        noop = getattr(node, "_SyncObj__noopIDx", None)
+        if noop is None or node.raftLastApplied < noop:
+            return False
+        try:
+            others = list(node._SyncObj__otherNodes)
+            if not others:
+                return True
+            heard = node._SyncObj__lastResponseTime
+            since = _pysyncobj_clock() - self.read_lease_s  # its clock, not time.monotonic's
+            fresh = 1 + sum(1 for n in others if heard.get(n, 0.0) > since)
+        except RuntimeError:  # changed under us by the tick thread
+            return False
+        return 2 * fresh > len(others) + 1
 
     @property
     def leader(self) -> str | None:

@@ -9,6 +9,18 @@ the server's address (bound there only), heartbeats to the mgmt leader every
 its cluster map when the epoch in a heartbeat reply grows (or when a request
 names a newer chain version than it knows). Requests on a connection are
 handled concurrently (pipelining), at most ``MAX_CONN_REQUESTS`` at a time.
+Bounds (``dfs.wire.limits``, docs/design/security.md): at most
+``DATA_MAX_CONNECTIONS`` connections, ``DATA_MAX_PREAUTH`` of them before
+their HELLO (which must come within ``DATA_HELLO_TIMEOUT`` seconds, in a
+buffer of a few KiB); the payload bytes of client requests in flight (and
+the replies READs build in memory) come out of one budget per process,
+``max_inflight_bytes`` of the cluster file, charged when a frame's header
+arrives and before its payload is read: a request that does not fit waits,
+and the sender with it. Connections of servers (HELLO with the internal
+token) are not charged: what they forward was charged at the chain's head,
+and charging it twice could stall two chains' heads on each other. Only
+they may send the chain's own requests (``dfs.wire.dataplane.INTERNAL_OPS``,
+forwards); a client's get EPERM.
 Background work per target: a scrub pass (``dfs.data.scrub``) about every
 ``scrub_interval`` seconds at ``scrub_rate`` bytes/s, and an orphan scan
 (``dfs.data.orphans``) about every ``orphan_scan_interval`` seconds that
@@ -26,7 +38,8 @@ seconds and reports it with its heartbeats (``TargetState.snapshots``). A
 hold whose lease runs out asks mgmt (``snap_abort``, with the internal token)
 what became of the snapshot before it lets writes in again.
 SIGTERM/SIGINT: stop accepting, let requests in flight finish (up to a few
-seconds), close the stores.
+seconds), close the stores. Files and folders it creates are its user's only
+(umask 077: chunks, RocksDB, logs).
 """
 
 from __future__ import annotations
@@ -58,7 +71,8 @@ from dfs.common.records import Caller
 from dfs.data.chain import USAGE_INTERVAL, ChainIndex, ChainService, Extent, Target
 from dfs.data.store import ChunkStore
 from dfs.wire import dataplane as dp
-from dfs.wire.auth import ServerAuth
+from dfs.wire import limits
+from dfs.wire.auth import INTERNAL_HEADER, ServerAuth
 from dfs.route.data import Pool
 from dfs.route.mgmt import MgmtAdmin
 from dfs.common.clustermap import ClusterMap
@@ -67,8 +81,8 @@ from dfs.route.shards import CHANNEL_OPTIONS, GrpcTransport
 log = logging.getLogger("dfs.data.server")
 
 HEARTBEAT_INTERVAL = 0.5
-HELLO_TIMEOUT = 10.0             # seconds a new connection has to send its HELLO
 MAX_CONN_REQUESTS = 256
+PREAUTH_BUFFER = 8 << 10         # a connection's read buffer until its HELLO is good
 ORPHAN_BATCH = 256               # inodes per existence check (one GETATTRS per shard)
 ROOT = Caller(0, 0, ())          # internal caller of the metadata checks
 RESERVE_MAX = 64 << 20           # chunk writes leave 1/64 of a target's file system, at most this, free
@@ -102,7 +116,8 @@ class DataServer:
         self.me = cfg.data_server(server_id)
         self.targets: dict[int, Target] = {}
         for t in self.me.targets:
-            os.makedirs(t.path, exist_ok=True)
+            os.makedirs(t.path, mode=0o700, exist_ok=True)
+            os.chmod(t.path, 0o700)  # a target made by an older version, or by hand: others may not read chunks
             store = ChunkStore(t.path, t.id, reserve=target_reserve(t.path))
             self.targets[t.id] = Target(t.id, store, ChainIndex(os.path.join(t.path, "chains")))
         self.map: ClusterMap | None = None
@@ -110,13 +125,20 @@ class DataServer:
         self.auth = ServerAuth(cfg)
         self.transport = GrpcTransport([m.address for m in cfg.mgmt], deadline=5.0, attempt_timeout=2.0,
                                        auth=self.auth.client)
-        self.peers = Pool(auth=self.auth.client)
+        self.peers = Pool(auth=self.auth.peer)  # the chain's own requests: with the internal token
         self._admin = MgmtAdmin([m.address for m in cfg.mgmt], cfg.internal_token, self.auth.client)
         self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map,
                                 resync_rate=cfg.resync_rate, resolve_hold=self.resolve_hold)
         self._refresh_task: asyncio.Task | None = None
         self._last_refresh = -1e9
         self._conns: set[asyncio.Task] = set()
+        self._preauth = 0                  # connections still before a good HELLO
+        self.refused_connections = 0       # turned away at accept (over a cap)
+        self.max_connections = limits.DATA_MAX_CONNECTIONS
+        self.max_preauth = limits.DATA_MAX_PREAUTH
+        self.hello_timeout = limits.DATA_HELLO_TIMEOUT
+        self.budget = limits.ByteBudget(cfg.max_inflight_bytes)  # client payload bytes in flight
+        self._hb_metadata = ((INTERNAL_HEADER, cfg.internal_token),)
         self._mgmt_leader: str | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.scrubbers: dict = {}          # target -> dfs.data.scrub.Scrubber (its stats)
@@ -264,13 +286,13 @@ class DataServer:
             addrs.insert(0, self._mgmt_leader)
         for addr in addrs:
             try:
-                rep = await self._stub(addr).Heartbeat(req, timeout=2.0)
+                rep = await self._stub(addr).Heartbeat(req, timeout=2.0, metadata=self._hb_metadata)
             except grpc.aio.AioRpcError:
                 continue
             if rep.status == err.NOT_LEADER:
                 if rep.leader and rep.leader != addr:
                     try:
-                        rep = await self._stub(rep.leader).Heartbeat(req, timeout=2.0)
+                        rep = await self._stub(rep.leader).Heartbeat(req, timeout=2.0, metadata=self._hb_metadata)
                         addr = rep.leader or addr
                     except grpc.aio.AioRpcError:
                         continue
@@ -400,27 +422,38 @@ class DataServer:
                 log.exception("orphan scan of target %d", tid)
 
     # ------------------------------------------------------------------ data plane
-    async def handshake(self, reader: dp.FrameReader, writer: dp.FrameWriter) \
-            -> tuple[bool, tuple[dp.Header, memoryview] | None]:
-        """The connection's first frame: (go on?, a request to handle first).
+    async def handshake(self, reader: dp.FrameReader, writer: dp.FrameWriter, admit=None) \
+            -> tuple[bool, bool, tuple[dp.Header, memoryview] | None]:
+        """The connection's first frame: (go on?, internal?, a request to handle first).
 
         A HELLO is answered (EACCES when the cluster has a client token and the
-        HELLO does not show it: go on = False). Without a client token a first
-        frame that is a request is handed back to be handled."""
+        HELLO does not show it, or it shows an internal token that is not the
+        cluster's: go on = False). Without a client token a first frame that is
+        a request is handed back to be handled (``admit``: its charge to the
+        budget, as ``read_frame``'s). Whatever the peer sends, this returns (or
+        raises OSError): a connection that breaks the protocol is closed, never
+        the server's task."""
         required = self.auth.expected is not None
         try:
             h, payload = await asyncio.wait_for(
-                reader.read_frame(limit=dp.HELLO_MAX if required else dp.MAX_PAYLOAD), HELLO_TIMEOUT)
+                reader.read_frame(limit=dp.HELLO_MAX if required else dp.MAX_PAYLOAD,
+                                  admit=None if required else admit), self.hello_timeout)
         except (TimeoutError, ConnectionError, dp.ProtocolError, dp.PayloadChecksumError, OSError) as e:
             log.debug("connection closed before its HELLO: %s", e)
-            return False, None
+            return False, False, None
         if h.op != dp.HELLO:
             if required:
                 log.info("connection refused: %s before HELLO", h.name)
-                return False, None
-            return True, (h, payload)
+                return False, False, None
+            return True, False, (h, payload)
+        internal = False
         try:
-            why = self.auth.check(dp.parse_hello(h, payload).get("token"))
+            d = dp.parse_hello(h, payload)
+            why = self.auth.check(d.get("token"))
+            if why is None and "internal" in d:
+                internal = self.auth.check_internal(d["internal"])
+                if not internal:
+                    why = "wrong internal token"
         except dp.ProtocolError as e:
             why = str(e)
         if why is not None:
@@ -429,35 +462,68 @@ class DataServer:
                 await writer.send(dp.reply_to(h, status=E.EACCES), why.encode())
             except OSError:
                 pass
-            return False, None
+            return False, False, None
         await writer.send(dp.reply_to(h)._replace(arg=dp.HELLO_VERSION), msgpack.packb({}))
-        return True, None
+        return True, internal, None
+
+    def _charge(self, h: dp.Header) -> int:
+        """The bytes a client request holds while it is handled: its payload, and the
+        reply a READ builds in memory (one sent from the chunk file costs none)."""
+        n = h.length
+        if h.op == dp.READ:
+            t = self.targets.get(h.target)
+            zero_copy = h.flags & dp.F_BLOCKS and t is not None and t.store.block_size == dp.BLOCK_SIZE
+            if not zero_copy:
+                n += min(h.arg, dp.MAX_PAYLOAD)
+        return n
 
     async def serve_conn(self, sock: socket.socket) -> None:
         conn = next(self._conn_ids)
-        reader = dp.FrameReader(sock)
+        reader = dp.FrameReader(sock, PREAUTH_BUFFER, replies=False)
         writer = dp.FrameWriter(sock)
         sem = asyncio.Semaphore(MAX_CONN_REQUESTS)
         tasks: set[asyncio.Task] = set()
+        held = 0  # charged to the budget for the frame being read
+        budget = self.budget
+
+        async def admit(h: dp.Header) -> None:
+            nonlocal held
+            n = self._charge(h)
+            await budget.acquire(n)
+            held = n
+
+        self._preauth += 1
         try:
-            ok, first = await self.handshake(reader, writer)
+            ok, internal, first = await self.handshake(reader, writer, admit)
         except OSError:
-            ok, first = False, None
+            ok, internal, first = False, False, None
+        finally:
+            self._preauth -= 1
+        if held and first is None:  # a HELLO (or a frame that broke off) was charged: not a request
+            budget.release(held)
+            held = 0
         if not ok:
             sock.close()
             return
+        reader.grow()
+        if internal:
+            budget = None
 
-        async def one(h: dp.Header, payload) -> None:
+        async def one(h: dp.Header, payload, charged: int) -> None:
             logs.set_op(f"c{conn}.{h.req_id}")  # this task's log lines name the request
             self.inflight += 1
             try:
                 t0 = time.perf_counter()
-                rh, rp = await self.svc.handle(h, payload)
+                if not internal and dp.needs_internal(h):
+                    rh, rp = dp.reply_to(h, status=E.EPERM), b"data servers only (internal token)"
+                else:
+                    rh, rp = await self.svc.handle(h, payload)
                 if self._requests is not None:
                     try:
                         self._account(h, payload, rh, rp, time.perf_counter() - t0)
                     except Exception:  # metrics must never cost a reply
                         log.exception("metrics of %s", h.name)
+                del payload  # the budget's bytes: no longer held once the reply is built
                 if isinstance(rp, Extent):
                     try:
                         await writer.send_extent(rh, rp.crcs, rp.fd, rp.start, rp.count)
@@ -471,37 +537,70 @@ class DataServer:
                 pass
             finally:
                 self.inflight -= 1
+                if charged:
+                    budget.release(charged)
                 sem.release()
 
         try:
             while True:
                 await sem.acquire()
                 try:
-                    if first is not None:
+                    if first is not None:  # a request instead of a HELLO (no client token), charged
                         (h, payload), first = first, None
                     else:
-                        h, payload = await reader.read_frame()
+                        h, payload = await reader.read_frame(admit=admit if budget is not None else None)
                 except dp.PayloadChecksumError as e:
                     sem.release()
+                    if held:
+                        budget.release(held)
+                        held = 0
                     await writer.send(dp.reply_to(e.header, status=5), b"payload checksum mismatch")
                     continue
                 except BaseException:
                     sem.release()
+                    if held:
+                        budget.release(held)
+                        held = 0
                     raise
-                t = asyncio.get_running_loop().create_task(one(h, payload))
+                charged, held = held, 0
+                t = asyncio.get_running_loop().create_task(one(h, payload, charged))
+                del payload
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
         except (ConnectionError, dp.ProtocolError, OSError) as e:
             log.debug("connection closed: %s", e)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: lose the connection, never the server's task
+            log.exception("connection %d", conn)
         finally:
             if tasks:
                 await asyncio.wait(tasks, timeout=5.0)
             sock.close()
 
+    def _accept(self, conn: socket.socket) -> bool:
+        """Whether a new connection may stay (under the caps), else it is closed at once."""
+        if len(self._conns) >= self.max_connections or self._preauth >= self.max_preauth:
+            self.refused_connections += 1
+            if self.refused_connections & (self.refused_connections - 1) == 0:  # 1, 2, 4, 8, ...: a flood logs little
+                log.warning("connection refused: %d open, %d before their HELLO (caps %d, %d); %d refused so far",
+                            len(self._conns), self._preauth, self.max_connections, self.max_preauth,
+                            self.refused_connections)
+            conn.close()
+            return False
+        return True
+
     async def accept_loop(self, lsock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(lsock)
+            try:
+                conn, _ = await loop.sock_accept(lsock)
+            except OSError as e:  # out of file descriptors (EMFILE/ENFILE), a reset before accept
+                log.warning("accept: %s", e)
+                await asyncio.sleep(0.1)  # the process's limit: let connections close before trying again
+                continue
+            if not self._accept(conn):
+                continue
             dp.tune(conn)
             t = loop.create_task(self.serve_conn(conn))
             self._conns.add(t)
@@ -555,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--server", type=int, required=True)
     a = ap.parse_args(argv)
+    os.umask(0o077)  # chunks, RocksDB, the log: readable by this server's user only
     logs.setup(f"data[{a.server}]")
     cfg = ClusterConfig.load(a.config)
     asyncio.run(DataServer(cfg, a.server).run())

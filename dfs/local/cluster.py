@@ -16,8 +16,9 @@ this class with test-only extras.
     c.stop()
 
 Security is on as ``dfs cluster up`` deploys it: the cluster file gets a
-random client token (``auth=False``: none) and, with ``tls=TlsConfig(...)``,
-gRPC over TLS. The cluster's credentials are remembered for its addresses in
+random client token (``auth=False``: none), a random Raft password and salt
+and, with ``tls=TlsConfig(...)``, gRPC over TLS; the data folder is its
+owner's only (0700), as is everything the servers write in it. The cluster's credentials are remembered for its addresses in
 this process (``dfs.wire.auth.remember``), so clients made from its addresses
 alone reach it; ``client.toml`` next to ``cluster.toml`` is what a client
 machine would get (no Raft password).
@@ -46,6 +47,7 @@ from dfs.common.config import (
     TargetConfig,
     TlsConfig,
     edit_cluster_file,
+    new_raft_salt,
     replica_entry,
 )
 from dfs.local import probe
@@ -75,7 +77,8 @@ class LocalCluster(ServerGroup):
         if os.path.exists(self.config_path):
             self.cfg = ClusterConfig.load(self.config_path)  # the same cluster again
         else:
-            os.makedirs(self.root, exist_ok=True)
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            os.chmod(self.root, 0o700)  # secrets, chunks and logs below: not other users' to read
             per = 3 if metrics else 2
             n = mgmt_replicas * per + shards * replicas * per + data_servers * (per - 1)
             ports = iter(free_ports(n, host))
@@ -95,7 +98,7 @@ class LocalCluster(ServerGroup):
                     for t in range(targets_per_server)), mport())
                 for d in range(data_servers))
             self.cfg = ClusterConfig(
-                cluster_id=secrets.token_hex(4), raft_password=secrets.token_hex(16),
+                cluster_id=secrets.token_hex(4), raft_password=secrets.token_hex(32), raft_salt=new_raft_salt(),
                 mgmt=mgmt, shards=shard_cfgs, raft=raft or RaftOptions(), data=data,
                 chain_replicas=chain_replicas, target_timeout=target_timeout,
                 **{k: v for k, v in (("scrub_interval", scrub_interval), ("scrub_rate", scrub_rate),

@@ -142,6 +142,25 @@ def server_argv(config_path: str, p: Proc) -> list[str]:
             "--shard", str(p.shard), "--replica", str(p.replica), "--data", p.data]
 
 
+def _exit_on_sigterm():
+    """While a group started with ``with`` runs in the main thread of a program that left
+    SIGTERM at its default (a benchmark script, ``dfs bench``), a SIGTERM raises SystemExit
+    so that leaving the ``with`` stops the servers; by default Python would die at once and
+    leave them running. Returns the handler to put back (None: nothing changed)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+
+    def on_term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    return signal.SIG_DFL
+
+
 class ServerGroup:
     """The processes ``procs`` of the cluster file ``config_path``, with their data and
     logs under ``root``. Subclasses say how a status is asked (``statuses``,
@@ -161,7 +180,7 @@ class ServerGroup:
 
     def spawn(self, p: Proc) -> None:
         assert not p.alive, f"{p.name} is running"
-        os.makedirs(p.data, exist_ok=True)
+        os.makedirs(p.data, mode=0o700, exist_ok=True)  # its state: the server's user's only (as the servers make theirs)
         p.argv = self.argv(p)
         with open(p.log, "ab") as logf:
             p.popen = subprocess.Popen(p.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -216,10 +235,20 @@ class ServerGroup:
         self.spawn(p)
 
     def __enter__(self):
-        return self.start()
+        self._sigterm = _exit_on_sigterm()
+        try:
+            return self.start()
+        except BaseException:
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            prev, self._sigterm = getattr(self, "_sigterm", None), None
+            if prev is not None:
+                signal.signal(signal.SIGTERM, prev)
 
     # ------------------------------------------------------------------ inspection
     def meta_procs(self, shard: int | None = None) -> list[Proc]:

@@ -25,8 +25,11 @@ coordinator left: decided operations are committed everywhere, undecided ones
 aborted (presumed abort), and participants ask the coordinator about
 operations they hold prepared for too long.
 
-If a precondition changed between the read and the prepare (``Locked``), the
-operation is retried from the read, with backoff.
+If a precondition changed between the read and the prepare (``Locked``), or a
+PREPARE met a held key or a snapshot's fence (``Conflict``: answered at once,
+never waited on by the transport, since this coordinator may hold locks the
+other side waits for), everything prepared is aborted and the operation is
+retried from the read, with backoff.
 
 May import dfs.common, dfs.meta.schema and dfs.meta.ops; not the store or the service.
 """
@@ -64,9 +67,9 @@ Plan = dict[int, list[A.Action]]
 
 class Coordinator:
     def __init__(self, shard: int, shards: ShardCalls, clock=time.time_ns, *,
-                 pending: Callable[[], list[tuple[bytes, OpRecord]]]) -> None:
-        """``shards``: how to reach every shard (this one included); ``pending``: this
-        shard's cross-shard operation records."""
+                 pending: Callable[..., list[tuple[bytes, OpRecord]]]) -> None:
+        """``shards``: how to reach every shard (this one included); ``pending(prefix=b"")``:
+        this shard's cross-shard operation records (those whose id starts with ``prefix``)."""
         self.shard = shard
         self.shards = shards
         self.pending = pending
@@ -84,7 +87,7 @@ class Coordinator:
         rid = rid or uuid.uuid4().bytes
         if rid in self.active:
             raise err.Locked("operation already running")
-        for op_id, rec in self.pending():
+        for op_id, rec in self.pending(rid):  # an attempt's id is the request id + 8 bytes: no scan of all
             if rec.rid == rid and rec.is_coordinator:
                 # An earlier attempt of this very request is stuck: finish it
                 # (if decided) or undo it before answering, so that a retry's
@@ -99,7 +102,7 @@ class Coordinator:
         for _ in range(MAX_ATTEMPTS):
             try:
                 return h.answer(req, await h.fn(self, rid, caller, req))
-            except err.Locked:
+            except (err.Locked, err.Conflict):
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.2)
         raise err.Locked("gave up after repeated conflicts")
@@ -207,7 +210,7 @@ class Recovery:
         st = (await c.call(c.shard, m.OpStatus(op_id))).state
         if not st:
             return
-        recs = dict(c.pending())
+        recs = dict(c.pending(op_id))
         rec = recs.get(op_id)
         if rec is None:
             return

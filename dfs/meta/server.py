@@ -11,6 +11,10 @@ With a client token in the cluster file every call must show it (refused
 UNAUTHENTICATED before it is parsed, ``dfs.wire.auth.TokenCheck``); internal
 (two-phase) operations also need the internal token, which only servers
 derive (from the Raft password). With [tls] the port speaks TLS only.
+Bounds (``dfs.wire.limits.grpc_server_options``): connections, streams per
+connection, calls in progress (more end RESOURCE_EXHAUSTED, which clients
+retry) and the time to a usable connection. Files and folders it creates
+are its user's only (umask 077).
 
 The replica follows the cluster map (``MapFollower``): every reply carries
 the map epoch it knows, so clients notice a newer map (a replica added, a
@@ -46,6 +50,7 @@ from dfs.common.records import Caller
 from dfs.consensus.raft import RaftHost
 from dfs.meta.service import ShardService
 from dfs.meta.store import MetaStore
+from dfs.wire import limits
 from dfs.wire.auth import INTERNAL_HEADER, ServerAuth, shows
 from dfs.common.clustermap import ClusterMap
 from dfs.route.mgmt import MgmtAdmin
@@ -418,15 +423,16 @@ class _Data:
     """This server's DataClient (made at first use, from mgmt's map): frees chunks, and holds and
     resumes the data servers for a snapshot (``dfs.meta.snapshots.Holds``)."""
 
-    def __init__(self, peers: PeerTransport) -> None:
+    def __init__(self, peers: PeerTransport, auth=None) -> None:
         self.peers = peers
+        self.auth = auth  # the data plane's credentials: with the internal token (holds, resumes)
         self._dc = None
 
     async def client(self):
         from dfs.route.data import DataClient
 
         if self._dc is None:
-            self._dc = DataClient(await self.peers.refresh_map(), self.peers.refresh_map)
+            self._dc = DataClient(await self.peers.refresh_map(), self.peers.refresh_map, auth=self.auth)
         return self._dc
 
     async def snap_hold(self, snap: int, lease: float) -> None:
@@ -457,12 +463,18 @@ class _MgmtRegistry:
 
 async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None:
     me = cfg.shard(shard).replica(replica)
+    os.makedirs(data, mode=0o700, exist_ok=True)
+    os.chmod(data, 0o700)  # the shard's RocksDB and Raft journal: this server's user only
+    if cfg.raft_salt is None:
+        log.warning("the cluster file has no raft_salt: Raft keys are derived from the password alone, as "
+                    "before salts (clusters sharing a password share keys); add raft_salt = "
+                    "<secrets.token_hex(16)> and restart every server together")
     store = MetaStore(shard, cfg.nshards, os.path.join(data, "db"))
     o = cfg.raft
     # The group as the cluster file has it; once this replica has run, the membership its
     # log left (members.json, RaftHost) wins: the file may predate membership changes.
     host = RaftHost(store, me.raft, [r.raft for r in cfg.shard(shard).replicas], os.path.join(data, "raft"),
-                    password=cfg.raft_password, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
+                    password=cfg.raft_key, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
                     leader_fallback_timeout=o.leader_fallback_timeout, group_commit=o.group_commit,
                     max_batch=o.max_batch, max_inflight=o.max_inflight,
                     log_compaction_min_entries=o.log_compaction_min_entries,
@@ -470,7 +482,7 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
                     loop=asyncio.get_running_loop())
     sa = ServerAuth(cfg)
     peers = PeerTransport(cfg, sa)
-    data = _Data(peers)
+    data = _Data(peers, sa.peer)
     admin = MgmtAdmin([m.address for m in cfg.mgmt], cfg.internal_token, sa.client)
     remover = None
     if cfg.data:
@@ -493,10 +505,8 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
     if metrics is not None:
         metrics.collect(lambda: shard_families(svc, servicer.clients), "shard")
         metrics.serve(me.metrics)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                      ("grpc.max_send_message_length", 64 << 20),
-                                      ("grpc.so_reuseport", 0)],
-                             interceptors=sa.interceptors())
+    server = grpc.aio.server(options=limits.grpc_server_options(64 << 20), interceptors=sa.interceptors(),
+                             maximum_concurrent_rpcs=limits.GRPC_MAX_RPCS)
     follower = MapFollower(cfg, shard, sa, servicer, svc, peers)
     servicer.follower = follower
     pbg.add_MetaServiceServicer_to_server(servicer, server)
@@ -530,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replica", type=int, required=True)
     ap.add_argument("--data", required=True)
     a = ap.parse_args(argv)
+    os.umask(0o077)  # RocksDB, the Raft journal, the log: readable by this server's user only
     logs.setup(f"meta[{a.shard}.{a.replica}]")
     cfg = ClusterConfig.load(a.config)
     if not 0 <= a.shard < cfg.nshards:

@@ -131,13 +131,20 @@ class ShardService:
         self.store.nshards = n
         return True
 
-    def _pending(self) -> list:
+    def _pending(self, prefix: bytes = b"") -> list:
         """This shard's cross-shard operation records (the coordinator's recovery reads them)."""
-        return self.store.pending_ops()
+        return self.store.pending_ops(prefix)
 
     def _check_leader(self) -> None:
         if not self.log.is_leader:
             raise err.NotLeader(leader=self.log.leader or "")
+
+    def _check_read(self) -> None:
+        """Before answering from this replica's state: its read lease (dfs.consensus.raft
+        RaftHost.read_lease) holds, or the client tries again (it may be a leader that lost
+        its majority without knowing yet)."""
+        if not self.log.read_lease():
+            raise err.Unavailable("leadership unconfirmed: no majority heard from within the read lease")
 
     async def execute(self, op: int, rid: bytes, caller: Caller, args: list, ts: int | None = None) -> Any:
         """Run one op (its wire fields ``args``): the reply's wire form; raises DfsError."""
@@ -147,6 +154,7 @@ class ShardService:
         self._check_leader()
         kind = h.kind
         if kind is Kind.READ:
+            self._check_read()
             req = h.decode(args)
             try:
                 return to_wire(self.store.read_request(h, caller, req))
@@ -156,8 +164,11 @@ class ShardService:
                     raise
                 return to_wire(attr)
         if kind is Kind.LOGGED:
+            # decoded here too: a malformed request is EINVAL before it costs a Raft entry
+            # and leaves an idempotency record (bad input changes nothing)
+            req = h.decode(args)
             if h.admit is not None:
-                h.admit(self, h.decode(args))
+                h.admit(self, req)
             cmd = encode_command(h.op, rid, ts or self.clock(), caller, args)
             raw = await self.log.submit(cmd, timeout=self.submit_timeout)
             status, payload = unpackb(raw)
@@ -165,6 +176,7 @@ class ShardService:
                 raise err.error_for(status, payload)
             return payload
         if kind is Kind.READ_HANDLE or kind is Kind.LEADER:
+            self._check_read()
             return to_wire(await h.fn(self, rid, caller, h.decode(args)))
         return to_wire(await self.coordinator.run(h, rid, caller, h.decode(args)))
 
@@ -191,16 +203,21 @@ class ShardService:
                 if not isinstance(args, list):
                     raise err.InvalidArgument("arguments must be a list")
                 if h.kind is Kind.READ:
+                    self._check_read()
                     out[i] = to_wire(self.store.read_request(h, caller, h.decode(args)))
                 elif h.kind is Kind.LOGGED:
+                    req = h.decode(args)  # malformed: EINVAL, nothing logged (as execute)
                     if h.admit is not None:
-                        h.admit(self, h.decode(args))
+                        h.admit(self, req)
                     logged.append(i)
                     cmds.append(encode_command(h.op, rid, now, caller, args))
                 else:
                     others.append(i)
             except err.DfsError as e:
                 out[i] = e
+            except Exception as e:  # a bug in one op: its EIO, not the whole batch's failure
+                log.exception("op %s of a batch failed", op)
+                out[i] = err.DfsError(repr(e))
 
         async def one(i: int) -> None:
             op, rid, caller, args = items[i]

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import stat
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +71,7 @@ def fail(code: int, message: str = "") -> bytes:
     return S.pack_result(code, message)
 
 
-_BAD_ARGS = (TypeError, ValueError, KeyError, IndexError, OverflowError)
+_BAD_ARGS = (TypeError, ValueError, KeyError, IndexError, OverflowError, struct.error)  # struct: an id out of 64 bits
 
 
 class Ctx:
@@ -547,6 +548,7 @@ class MetaStore(StateMachine):
         first = next(iter(self.kv.scan_prefix(S.P_HANDLE_EXPIRY, 1)), None)
         return None if first is None else S.split_handle_expiry_key(first[0])[0]
 
-    def pending_ops(self) -> list[tuple[bytes, OpRecord]]:
-        """Cross-shard operation records on this shard (for the recovery task)."""
-        return [(S.op_id_of(k), OpRecord.unpack(v)) for k, v in self.kv.scan_prefix(S.P_OP)]
+    def pending_ops(self, prefix: bytes = b"") -> list[tuple[bytes, OpRecord]]:
+        """Cross-shard operation records on this shard (for the recovery task); ``prefix``: only
+        those whose operation id starts with it (a request id: that request's attempts)."""
+        return [(S.op_id_of(k), OpRecord.unpack(v)) for k, v in self.kv.scan_prefix(S.op_key(prefix))]

@@ -15,9 +15,14 @@ silent for more than ``target_timeout`` seconds out of its chains
 (``target_down``). A new leader treats every target as just seen.
 
 With a client token in the cluster file every call must show it
-(``dfs.wire.auth.TokenCheck``); SetClusterMap also needs the internal token
-(servers and operators with the Raft password only). With [tls] the port
-speaks TLS only.
+(``dfs.wire.auth.TokenCheck``); SetClusterMap, Admin, TransferLeader and
+Heartbeat also need the internal token (servers and operators with the Raft
+password only: a client cannot bring a dead target back or change what the
+map says of capacity). A heartbeat's snapshot usage is kept for snapshots the
+registry has only, and unknown target ids are remembered (for a one-time log
+line) up to ``MAX_UNKNOWN``. With [tls] the port speaks TLS only. Bounds as
+every dfs gRPC server (``dfs.wire.limits``); files it creates are its user's
+only (umask 077).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
 from dfs.consensus.raft import RaftHost
 from dfs.mgmt.store import OFFLINE, MgmtStore, build_chains, targets_from_servers
+from dfs.wire import limits
 from dfs.wire.auth import INTERNAL_HEADER, ServerAuth, shows
 
 
@@ -87,6 +93,7 @@ def snapshot_usage(m: dict) -> dict[int, tuple[int, int]]:
 
 
 CAPACITY_INTERVAL = 5.0  # at most one capacity record per target per this many seconds (unless new)
+MAX_UNKNOWN = 1024  # unknown target ids remembered for their one log line
 
 
 def _timed(fn):
@@ -234,6 +241,8 @@ class MgmtServicer(pbg.MgmtServiceServicer):
 
     @_timed
     async def Heartbeat(self, request, context):
+        if not shows(context.invocation_metadata(), INTERNAL_HEADER, self._internal_token):
+            return pb.HeartbeatReply(status=1, leader=self._leader())  # EPERM: data servers only
         if not self.host.is_leader:
             return pb.HeartbeatReply(status=err.NOT_LEADER, leader=self._leader())
         m = self.store.cluster_map()
@@ -244,7 +253,7 @@ class MgmtServicer(pbg.MgmtServiceServicer):
             for ts in request.targets:
                 t = m["targets"].get(ts.id)
                 if t is None:  # never in the map, or removed (dfs admin remove-target): once per target
-                    if ts.id not in self._unknown:
+                    if ts.id not in self._unknown and len(self._unknown) < MAX_UNKNOWN:
                         self._unknown.add(ts.id)
                         log.warning("heartbeat from server %d names unknown target %d", request.server, ts.id)
                     continue
@@ -266,7 +275,8 @@ class MgmtServicer(pbg.MgmtServiceServicer):
                         and now - self._capacity_sent.get(ts.id, -1e9) >= CAPACITY_INTERVAL):
                     self._capacity_sent[ts.id] = now
                     await self._submit("capacity", ts.id, ts.total, ts.free)
-                usage = {u.epoch: [u.exclusive, u.shared] for u in ts.snapshots}
+                # of the registry's snapshots only: what else a heartbeat names is not kept
+                usage = {u.epoch: [u.exclusive, u.shared] for u in ts.snapshots if u.epoch in m["snapshots"]}
                 if (usage != m["snap_usage"].get(ts.id, {})
                         and now - self._usage_sent.get(ts.id, -1e9) >= CAPACITY_INTERVAL):
                     self._usage_sent[ts.id] = now
@@ -315,10 +325,16 @@ async def _initialise(store: MgmtStore, host: RaftHost, cfg: ClusterConfig) -> N
 
 async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
     me = cfg.mgmt[replica]
+    os.makedirs(data, mode=0o700, exist_ok=True)
+    os.chmod(data, 0o700)  # the map's RocksDB and Raft journal: this server's user only
+    if cfg.raft_salt is None:
+        log.warning("the cluster file has no raft_salt: Raft keys are derived from the password alone, as "
+                    "before salts (clusters sharing a password share keys); add raft_salt = "
+                    "<secrets.token_hex(16)> and restart every server together")
     store = MgmtStore(os.path.join(data, "db"))
     o = cfg.raft
     host = RaftHost(store, me.raft, [m.raft for m in cfg.mgmt], os.path.join(data, "raft"),
-                    password=cfg.raft_password, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
+                    password=cfg.raft_key, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
                     leader_fallback_timeout=o.leader_fallback_timeout, durability=cfg.durability,
                     loop=asyncio.get_running_loop())
     metrics = requests = None
@@ -329,7 +345,8 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
         metrics.collect(lambda: map_families(store.cluster_map(), cfg.replicas_per_chain), "cluster map")
         metrics.serve(me.metrics)
     sa = ServerAuth(cfg)
-    server = grpc.aio.server(interceptors=sa.interceptors())
+    server = grpc.aio.server(options=limits.grpc_server_options(), interceptors=sa.interceptors(),
+                             maximum_concurrent_rpcs=limits.GRPC_MAX_RPCS)
     servicer = MgmtServicer(store, host, cfg, requests)
     pbg.add_MgmtServiceServicer_to_server(servicer, server)
     sa.add_port(server, me.address)
@@ -357,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replica", type=int, required=True)
     ap.add_argument("--data", required=True)
     a = ap.parse_args(argv)
+    os.umask(0o077)  # RocksDB, the Raft journal, the log: readable by this server's user only
     logs.setup(f"mgmt[{a.replica}]")
     asyncio.run(serve(ClusterConfig.load(a.config), a.replica, a.data))
     return 0

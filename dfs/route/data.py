@@ -96,11 +96,11 @@ class Connection:
 
     @classmethod
     async def open(cls, addr: str, timeout: float = 5.0, max_inflight: int = 64 << 20,
-                   token: str | None = None) -> Connection:
-        """Connect and shake hands (HELLO with ``token``)."""
+                   token: str | None = None, internal: str | None = None) -> Connection:
+        """Connect and shake hands (HELLO with ``token``, and a server's ``internal`` token)."""
         sock = await dp.open_connection(addr, timeout)
         try:
-            reader = await asyncio.wait_for(handshake(addr, sock, token), timeout)
+            reader = await asyncio.wait_for(handshake(addr, sock, token, internal), timeout)
         except BaseException as e:
             sock.close()
             if isinstance(e, TimeoutError):
@@ -184,10 +184,11 @@ class Connection:
             pass
 
 
-async def handshake(addr: str, sock: socket.socket, token: str | None) -> dp.FrameReader:
+async def handshake(addr: str, sock: socket.socket, token: str | None,
+                    internal: str | None = None) -> dp.FrameReader:
     """HELLO on a fresh connection; the reader to go on with (``Unauthenticated`` if refused)."""
     reader, writer = dp.FrameReader(sock), dp.FrameWriter(sock)
-    h, payload = dp.hello(token)
+    h, payload = dp.hello(token, internal)
     await writer.send(h, payload)
     try:
         rh, rp = await reader.read_frame(limit=dp.HELLO_MAX)
@@ -205,7 +206,8 @@ async def handshake(addr: str, sock: socket.socket, token: str | None) -> dp.Fra
 class Pool:
     """One connection per address, opened on first use, replaced when it breaks.
 
-    ``auth``: the credentials whose token the connections show (default: none)."""
+    ``auth``: the credentials whose token (and, a server's, internal token) the
+    connections show (default: none)."""
 
     def __init__(self, *, connect_timeout: float = 3.0, max_inflight: int = 64 << 20,
                  auth: Credentials | None = None) -> None:
@@ -214,6 +216,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.max_inflight = max_inflight
         self.token = auth.token if auth is not None else None
+        self.internal = auth.internal if auth is not None else None  # servers only
 
     async def get(self, addr: str) -> Connection:
         c = self.conns.get(addr)
@@ -224,7 +227,7 @@ class Pool:
             c = self.conns.get(addr)
             if c is None or c.closed:
                 c = self.conns[addr] = await Connection.open(addr, self.connect_timeout, self.max_inflight,
-                                                             self.token)
+                                                             self.token, self.internal)
             return c
 
     async def call(self, addr: str, h: dp.Header, payload=b"", timeout: float = 10.0, into=None,

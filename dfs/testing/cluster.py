@@ -19,6 +19,7 @@ stops every one it made, whatever the test did (tests/conftest.py's
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 
@@ -37,6 +38,12 @@ class LocalCluster(_Launcher, ReplicaFiles):
 
     def client(self) -> SyncMetaClient:
         return SyncMetaClient(self.aclient)
+
+    @property
+    def server_credentials(self):
+        """What a server shows the data plane: the client token and the internal token (tests
+        that play a server's part: snapshot holds, resync listings)."""
+        return dataclasses.replace(self.credentials, internal=self.cfg.internal_token)
 
     def _argv(self, p: Proc) -> list[str]:  # the name older tests use
         return self.argv(p)

@@ -64,6 +64,7 @@ from dfs.common.config import (
     TargetConfig,
 )
 from dfs.local.procs import Proc, ServerGroup, pid_alive
+from dfs.testing.keys import raft_password, raft_salt
 from dfs.testing.replicas import ReplicaFiles
 
 PREFIX = "dfsnt-"  # every namespace this module makes: dfsnt-<pid>-<hex>-<label>
@@ -449,7 +450,8 @@ class NetnsCluster(ServerGroup, ReplicaFiles):
         data = tuple(DataServerConfig(d, f"{self.hosts[d % n].addr}:{next(port)}",
                                       (TargetConfig(d + 1, os.path.join(self.root, f"data{d}", "t0")),))
                      for d in range(data_servers))
-        self.cfg = ClusterConfig(cluster_id=secrets.token_hex(4), raft_password=secrets.token_hex(16), mgmt=mgmt,
+        self.cfg = ClusterConfig(cluster_id=secrets.token_hex(4), raft_password=raft_password(), raft_salt=raft_salt(),
+                                 mgmt=mgmt,
                                  shards=shard_cfgs, raft=raft or RaftOptions(), data=data,
                                  chain_replicas=chain_replicas, target_timeout=target_timeout)
         self.cfg.save(self.config_path)

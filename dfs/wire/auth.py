@@ -29,7 +29,7 @@ import hmac
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -72,6 +72,9 @@ class Credentials:
     token: str | None = None
     ca: bytes | None = None
     server_name: str | None = None
+    # servers only: the internal token, shown in data-plane HELLOs so that the chain's own
+    # requests (forwards, installs, resync, snapshot holds) are taken; never on gRPC by itself
+    internal: str | None = None
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig | ClientConfig, token: str | None = None) -> Credentials:
@@ -222,12 +225,23 @@ class ServerAuth:
         self.expected = self.token.encode() if self.token else None
         self.tls = cfg.tls
         self.client = Credentials.from_config(cfg)  # what this server shows the other servers
+        self.internal = cfg.internal_token
+        # the same, with the internal token for the data plane (data servers' chains, the
+        # snapshot coordinator's holds)
+        self.peer = replace(self.client, internal=self.internal)
 
     def interceptors(self) -> list:
         return [TokenCheck(self.token)] if self.token else []
 
     def check(self, got: str | bytes | None) -> str | None:
         return check_token(self.expected, got)
+
+    def check_internal(self, got) -> bool:
+        """Whether a data-plane HELLO's ``internal`` is this cluster's internal token."""
+        if not isinstance(got, (str, bytes)) or not got:
+            return False
+        return hmac.compare_digest(got.encode("utf-8", "replace") if isinstance(got, str) else got,
+                                   self.internal.encode())
 
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
         """Listen on ``address``, over TLS when the cluster file has [tls]."""

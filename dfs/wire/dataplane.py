@@ -33,7 +33,15 @@ server answers HELLO with status 0 (``arg`` = the version it speaks, payload a
 msgpack map of what it offers) or, when the token is missing or wrong, with
 EACCES and a message, and closes the connection; it reads no request before a
 good HELLO when the cluster has a client token. A server without one also takes
-a connection that starts with a request.
+a connection that starts with a request. Servers add ``"internal": <internal
+token>`` to the map: only such a connection may send the chain's own requests
+(``INTERNAL_OPS`` and anything ``F_FORWARD``); a client's is answered EPERM.
+
+Hostile input (docs/design/security.md): a HELLO payload is at most
+``HELLO_MAX`` bytes wherever it arrives (the length is checked before a byte
+of it is read), ``F_BLOCKCRC`` is a reply's flag only (a server's reader
+refuses it: ``FrameReader(replies=False)``), and ``read_frame(admit=...)``
+lets a server charge a payload to a budget before its buffer exists.
 
 I/O: **raw non-blocking sockets** driven by the event loop
 (``loop.sock_recv_into`` / ``sock.sendmsg``), not asyncio streams. A
@@ -89,7 +97,11 @@ SNAP_HOLD = 12     # version = snapshot S, arg = lease ms: stop admitting client
 SNAP_RESUME = 13   # version = the S whose hold ends (0: none), epoch = data epoch, payload = msgpack [live snapshots]
 
 HELLO_VERSION = 1
-HELLO_MAX = 4096   # the largest HELLO payload a server reads
+HELLO_MAX = 4096   # the largest HELLO payload anyone reads (request or reply)
+
+# The chain's own requests: a data server's successor, resync and the snapshot
+# coordinator send them; a client connection (no internal token) gets EPERM.
+INTERNAL_OPS = frozenset({INSTALL, SYNC_LIST, SYNC_FETCH, SNAP_HOLD, SNAP_RESUME})
 
 OP_NAMES = {WRITE: "WRITE", READ: "READ", TRUNCATE: "TRUNCATE", REMOVE: "REMOVE", REMOVE_INODE: "REMOVE_INODE",
             STAT: "STAT", SYNC_LIST: "SYNC_LIST", SYNC_FETCH: "SYNC_FETCH", INSTALL: "INSTALL", PING: "PING",
@@ -217,9 +229,17 @@ def raise_for(h: Header, payload) -> None:
     raise err.error_for(h.status, msg)
 
 
-def hello(token: str | None) -> tuple[Header, bytes]:
-    """A client's HELLO frame (header, payload)."""
-    return Header(HELLO, arg=HELLO_VERSION), msgpack.packb({"token": token} if token else {})
+def needs_internal(h: Header) -> bool:
+    """Whether request ``h`` is one only servers may send (an internal connection)."""
+    return h.op in INTERNAL_OPS or bool(h.flags & F_FORWARD)
+
+
+def hello(token: str | None, internal: str | None = None) -> tuple[Header, bytes]:
+    """A HELLO frame (header, payload): a client's (``token``), or a server's (and ``internal``)."""
+    d = {"token": token} if token else {}
+    if internal:
+        d["internal"] = internal
+    return Header(HELLO, arg=HELLO_VERSION), msgpack.packb(d)
 
 
 def parse_hello(h: Header, payload) -> dict:
@@ -244,17 +264,35 @@ class FrameReader:
     ones are received directly into their own bytearray). Raises
     ``ConnectionError`` at EOF, ``ProtocolError`` on garbage and
     ``PayloadChecksumError`` (the stream stays usable) on a CRC mismatch.
+
+    ``replies``: whether the peer may send ``F_BLOCKCRC`` frames (replies); a
+    server's reader says False, and such a frame is a ``ProtocolError``.
+    ``bufsize``: a server starts a connection with a small buffer (enough for
+    a HELLO) and ``grow``s it once the peer is known.
     """
 
     SMALL = 64 << 10
+    BUFSIZE = 256 << 10
 
-    def __init__(self, sock: socket.socket, bufsize: int = 256 << 10) -> None:
+    def __init__(self, sock: socket.socket, bufsize: int = BUFSIZE, *, replies: bool = True) -> None:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
+        self.replies = replies
         self.buf = bytearray(bufsize)
         self.view = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        self.small = min(self.SMALL, bufsize // 2)
+
+    def grow(self, bufsize: int = BUFSIZE) -> None:
+        """A bigger buffer, keeping what is buffered (frames pipelined behind a HELLO)."""
+        if bufsize <= len(self.buf):
+            return
+        n = self.end - self.start
+        buf = bytearray(bufsize)
+        buf[:n] = self.view[self.start:self.end]
+        self.buf, self.view = buf, memoryview(buf)
+        self.start, self.end = 0, n
         self.small = min(self.SMALL, bufsize // 2)
 
     async def _fill(self, need: int) -> None:
@@ -269,15 +307,24 @@ class FrameReader:
                 raise ConnectionError("connection closed")
             self.end += got
 
-    async def read_frame(self, dest=None, limit: int = MAX_PAYLOAD) -> tuple[Header, memoryview]:
+    async def read_frame(self, dest=None, limit: int = MAX_PAYLOAD, admit=None) -> tuple[Header, memoryview]:
         """The next frame. ``dest(header)`` may name a writable buffer that a
         large payload is received into directly (a read straight into the
         caller's memory: no copy after the socket). ``limit``: a longer payload
-        is a ``ProtocolError`` (found before any of it is read)."""
+        is a ``ProtocolError`` (found before any of it is read), as is a HELLO
+        over ``HELLO_MAX``. ``admit(header)``: awaited once the header is
+        known and before any payload byte is read or buffered for it (a
+        server's budget of payload bytes)."""
         await self._fill(HEADER_SIZE)
         h = decode(self.view[self.start:self.start + HEADER_SIZE])
         if h.length > limit:
             raise ProtocolError(f"{h.name}: payload length {h.length} over {limit}")
+        if h.op == HELLO and h.length > HELLO_MAX:
+            raise ProtocolError(f"HELLO payload length {h.length} over {HELLO_MAX}")
+        if h.flags & F_BLOCKCRC and not self.replies:
+            raise ProtocolError(f"{h.name}: block CRCs (a reply's flag) in a request")
+        if admit is not None:
+            await admit(h)
         self.start += HEADER_SIZE
         crcs = b""
         if h.flags & F_BLOCKCRC:

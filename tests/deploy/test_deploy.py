@@ -5,6 +5,7 @@ a recorder, systemd only verifies, kubectl only parses."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -13,9 +14,11 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import tomllib
 
 import pytest
+import tomli_w
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,11 +26,32 @@ sys.path.insert(0, REPO)
 
 from cluster import bootstrap, plan, render_k8s
 from dfs.cli.main import cli
-from dfs.common.config import ClusterConfig
+from dfs.common.config import ClusterConfig, example_secrets
+from dfs.testing.keys import raft_password, raft_salt
 
-EXAMPLE = os.path.join(REPO, "cluster", "example-cluster.toml")
+EXAMPLE_SRC = os.path.join(REPO, "cluster", "example-cluster.toml")  # placeholders: refused by every tool
 UNITS = os.path.join(REPO, "cluster", "systemd")
-K8S_EXAMPLE = os.path.join(REPO, "cluster", "k8s", "example.yaml")
+K8S_EXAMPLE = os.path.join(REPO, "cluster", "k8s", "example.yaml")  # EXAMPLE_SRC rendered with --example
+TEST_PASSWORD, TEST_SALT = raft_password(), raft_salt()  # what an operator puts in
+
+
+def _example_copy() -> str:
+    """The example cluster file as an operator makes it usable: its Raft password and salt
+    replaced (its lines, comments and the rest kept)."""
+    with open(EXAMPLE_SRC) as f:
+        text = f.read()
+    for key, value in (("raft_password", TEST_PASSWORD), ("raft_salt", TEST_SALT)):
+        text, n = re.subn(rf'^{key} = "replace-me[^"]*"$', f'{key} = "{value}"', text, flags=re.M)
+        assert n == 1, key
+    d = tempfile.mkdtemp(prefix="dfs-deploy-example-")
+    atexit.register(shutil.rmtree, d, True)
+    path = os.path.join(d, "example-cluster.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+EXAMPLE = _example_copy()
 
 
 def _read(path: str, mode: str = "r"):
@@ -336,13 +360,18 @@ def test_roles_follow_addresses(tmp_path):
         ("data", "10.0.2.1"), ("data", "10.0.2.2"), ("data", "10.0.2.3")]
 
 
-def test_bootstrap_refuses_bad_cluster_files(tmp_path):
-    def weak(d):
-        d["raft_password"] = "short"
-
-    r = subprocess.run([sys.executable, "-m", "cluster.bootstrap", _write_cluster(tmp_path, weak), "--dry-run"],
-                       capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
-    assert r.returncode != 0 and "raft_password" in r.stderr
+@pytest.mark.parametrize("password", ["", "short", "change-me-change-me-change-me", "0000000000000000000000",
+                                      "replace-me-with-64-hex-digits-from-secrets-token-hex"])
+def test_bootstrap_and_renderer_refuse_weak_raft_passwords(tmp_path, password):
+    with open(EXAMPLE, "rb") as f:
+        d = tomllib.load(f)
+    d["raft_password"] = password
+    path = tmp_path / "cluster.toml"
+    path.write_text(tomli_w.dumps(d))  # as an operator may write it: the loader has not seen it
+    for cmd in (["-m", "cluster.bootstrap", str(path), "--dry-run"],
+                [os.path.join(REPO, "cluster", "render_k8s.py"), str(path)]):
+        r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+        assert r.returncode != 0 and "raft_password" in r.stderr, r.stderr
 
 
 def _record_run(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[tuple[str, str, bytes]]]:
@@ -516,7 +545,13 @@ def test_bootstrap_wants_a_token_or_generates_one(tmp_path):
 # --- Kubernetes --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def docs() -> list[dict]:
+def docs(cfg) -> list[dict]:
+    """The manifests of the (usable) example, as kubectl would read them."""
+    text = render_k8s.dump(render_k8s.render(cfg, render_k8s.Options()), "example-cluster.toml")
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+def _example_docs() -> list[dict]:
     with open(K8S_EXAMPLE) as f:
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
@@ -525,17 +560,59 @@ def _by(docs, kind):
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
-def test_checked_in_manifests_are_a_fresh_render(cfg):
-    fresh = render_k8s.dump(render_k8s.render(cfg, render_k8s.Options()), "example-cluster.toml")
+def test_checked_in_manifests_are_a_fresh_render():
+    with example_secrets():
+        ex = ClusterConfig.load(EXAMPLE_SRC)
+    fresh = render_k8s.dump(render_k8s.render(ex, render_k8s.Options()), "example-cluster.toml", example=True)
     assert _read(K8S_EXAMPLE) == fresh, "run: python cluster/render_k8s.py " \
-        "cluster/example-cluster.toml -o cluster/k8s/example.yaml"
+        "cluster/example-cluster.toml --example -o cluster/k8s/example.yaml"
 
 
 def test_renderer_cli_writes_the_same(tmp_path):
     out = tmp_path / "x.yaml"
-    subprocess.run([sys.executable, os.path.join(REPO, "cluster", "render_k8s.py"), EXAMPLE, "-o", str(out)],
-                   check=True, timeout=60)
+    subprocess.run([sys.executable, os.path.join(REPO, "cluster", "render_k8s.py"), EXAMPLE_SRC, "--example",
+                    "-o", str(out)], check=True, timeout=60)
     assert out.read_text() == _read(K8S_EXAMPLE)
+
+
+def test_the_example_with_its_placeholders_is_refused_everywhere(tmp_path):
+    """The example's secrets are placeholders: the loader (every server), the bootstrap and the
+    renderer refuse them; only the renderer's --example takes them, and the servers of such
+    manifests still refuse to start (their cluster file is assembled with the placeholder)."""
+    with pytest.raises(ValueError, match="raft_password looks like a placeholder"):
+        ClusterConfig.load(EXAMPLE_SRC)
+    for cmd in (["-m", "cluster.bootstrap", EXAMPLE_SRC, "--dry-run"],
+                [os.path.join(REPO, "cluster", "render_k8s.py"), EXAMPLE_SRC]):
+        r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+        assert r.returncode != 0 and "raft_password looks like a placeholder" in r.stderr, r.stderr
+    ex = _example_docs()
+    where = _pod_dirs(tmp_path, ex, "dfs-server", "cluster.toml")
+    c = _by(ex, "StatefulSet")["dfs-mgmt"]["spec"]["template"]["spec"]["containers"][0]
+    subprocess.run(["/bin/sh", "-c", _in_pod_dirs(c["command"][2].split(" && exec ")[0], where)], check=True,
+                   timeout=30)
+    with pytest.raises(ValueError, match="placeholder"):
+        ClusterConfig.load(os.path.join(where[render_k8s.RUN_DIR], "cluster.toml"))
+
+
+def test_a_salt_is_required_or_generated(tmp_path):
+    """No raft_salt: the renderer refuses; the bootstrap refuses unless --generate-salt, which adds
+    one to the file (a dry run says so and writes nothing); the loader still takes such an older
+    file, with the keys derived as before salts."""
+    path = _write_cluster(tmp_path, lambda d: d.pop("raft_salt"))
+    old = ClusterConfig.load(path)
+    assert old.raft_salt is None and old.raft_key == old.raft_password
+    with pytest.raises(ValueError, match="no raft_salt"):
+        render_k8s.render(old, render_k8s.Options())
+    r = subprocess.run([sys.executable, "-m", "cluster.bootstrap", path, "--dry-run"], capture_output=True,
+                       text=True, cwd=REPO, timeout=60, check=False)
+    assert r.returncode != 0 and "--generate-salt" in r.stderr
+    original = _read(path)
+    assert "--generate-salt adds one" in _dry_run(path, "--generate-salt") and _read(path) == original
+    r, _ = _record_run(tmp_path, path, "--generate-salt", "--no-install", "--wait-timeout", "0")
+    assert r.returncode == 0, r.stderr
+    new = ClusterConfig.load(path)
+    assert len(new.raft_salt) == 32 and new.raft_key not in (new.raft_password, old.raft_key)
+    assert new.internal_token != old.internal_token
 
 
 def test_manifests_agree_with_the_cluster_file(cfg, docs):

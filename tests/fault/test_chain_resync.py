@@ -102,7 +102,8 @@ def test_syncing_server_frozen_mid_pass_under_load(make_cluster):
 
     async def main():
         tr = await GrpcTransport(c.mgmt_addresses, deadline=10.0).connect()
-        dc = DataClient(tr.map, tr.refresh_map, deadline=60.0, attempt_timeout=5.0)
+        dc = DataClient(tr.map, tr.refresh_map, deadline=60.0, attempt_timeout=5.0,
+                        auth=c.server_credentials)  # listing() sends SYNC_LIST, a server's request
 
         async def state() -> str:
             m = await tr.refresh_map()

@@ -232,7 +232,7 @@ def chain_listings(cluster: LocalCluster, m) -> dict[tuple[int, int], list]:
     from dfs.route.data import Pool
 
     async def go():
-        pool = Pool(auth=cluster.credentials)
+        pool = Pool(auth=cluster.server_credentials)  # SYNC_LIST: a server's request
         out = {}
         try:
             for c in m.chains:

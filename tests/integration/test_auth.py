@@ -252,6 +252,32 @@ def test_data_plane_with_the_token_writes(cluster):
     assert _has_chunk(cluster, m, t.id, ino)
 
 
+def test_server_state_is_its_users_only(cluster):
+    """Chunk files, target folders, RocksDB and Raft state are created 0600/0700 (servers run
+    under umask 077 and make their folders 0700), and the cluster folder is 0700: another
+    local user reads nothing (docs/design/security.md, "Bounds")."""
+    m, ch, t = _chain(cluster)
+    ino = (1 << 40) + 11
+    h, p = dp.hello(cluster.cfg.client_token)
+    host, port = dp.split_address(t.address)
+    with socket.create_connection((host, port), timeout=10.0) as s:
+        s.sendall(dp.encode(h, p) + p + _write_frame(ch, t.id, ino))
+        buf = b""
+        while len(buf) < 2 * dp.HEADER_SIZE:
+            buf += s.recv(65536)
+    assert _has_chunk(cluster, m, t.id, ino)
+    assert stat.S_IMODE(os.stat(cluster.root).st_mode) == 0o700
+    roots = [tc.path for d in cluster.cfg.data for tc in d.targets] + [p.data for p in cluster.procs if p.data]
+    seen = 0
+    for root in roots:
+        for d, dirs, files in os.walk(root):
+            for name in [d, *(os.path.join(d, f) for f in files)]:
+                mode = stat.S_IMODE(os.lstat(name).st_mode)
+                assert mode & 0o077 == 0, f"{name}: {mode:o}"
+                seen += 1
+    assert seen > 20  # chunks, RocksDB files, Raft journals
+
+
 def test_data_client_with_a_wrong_token(cluster):
     m, _, _ = _chain(cluster)
 

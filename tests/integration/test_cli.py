@@ -52,3 +52,39 @@ def test_cluster_up_status_down_up_again(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
     finally:
         run("cluster", "down", "--data", data)
+
+
+_HOLDER = """
+import sys, time
+from dfs.local.cluster import LocalCluster
+with LocalCluster(sys.argv[1], shards=1, replicas=1, mgmt_replicas=1) as c:
+    print(" ".join(str(p.popen.pid) for p in c.procs), flush=True)
+    while True:
+        time.sleep(3600)
+"""
+
+
+def test_a_sigterm_to_a_program_running_a_cluster_stops_its_servers(tmp_path):
+    """A benchmark script (or ``dfs bench``) stopped with SIGTERM leaves no server running:
+    the group started with ``with`` turns the signal into SystemExit and stops its servers."""
+    import os
+    import signal
+
+    from dfs.testing.wait import until
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "c")],
+                              stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        pids = [int(x) for x in holder.stdout.readline().split()]
+        assert pids and all(_runs_dfs(p) for p in pids)
+        holder.send_signal(signal.SIGTERM)
+        assert holder.wait(60) == 128 + signal.SIGTERM
+        until(lambda: not any(_runs_dfs(p) for p in pids), timeout=30, what="servers stopped")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        for p in pids:
+            if _runs_dfs(p):
+                os.kill(p, signal.SIGKILL)

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 import dfs
+from dfs.testing.keys import raft_password
 from dfs.common.config import (
     ClusterConfig,
     DataServerConfig,
@@ -173,7 +174,7 @@ def test_config_round_trips_metrics_addresses(tmp_path):
     r0 = ReplicaAddr(0, "h:1", "h:2", "h:9100")
     r1 = ReplicaAddr(0, "h:3", "h:4")  # no endpoint
     d = DataServerConfig(0, "h:5", (TargetConfig(1, "/t"),), "h:9200")
-    c = ClusterConfig("c", "pw", (r0,), (ShardConfig(0, (r1,)),), data=(d,))
+    c = ClusterConfig("c", raft_password(), (r0,), (ShardConfig(0, (r1,)),), data=(d,))
     dd = c.to_dict()
     assert dd["mgmt"][0]["metrics"] == "h:9100" and "metrics" not in dd["shards"][0]["replicas"][0]
     assert dd["data"][0]["metrics"] == "h:9200"
@@ -181,9 +182,9 @@ def test_config_round_trips_metrics_addresses(tmp_path):
     c.save(str(tmp_path / "c.toml"))
     assert ClusterConfig.load(str(tmp_path / "c.toml")) == c
     with pytest.raises(ValueError, match="host:port"):
-        ClusterConfig("c", "pw", (ReplicaAddr(0, "h:1", "h:2", "nohostport"),), (ShardConfig(0, (r1,)),))
+        ClusterConfig("c", raft_password(), (ReplicaAddr(0, "h:1", "h:2", "nohostport"),), (ShardConfig(0, (r1,)),))
     with pytest.raises(ValueError, match="also"):
-        ClusterConfig("c", "pw", (r0,), (ShardConfig(0, (ReplicaAddr(0, "h:3", "h:4", "h:9100"),)),))
+        ClusterConfig("c", raft_password(), (r0,), (ShardConfig(0, (ReplicaAddr(0, "h:3", "h:4", "h:9100"),)),))
 
 
 def test_local_cluster_config_has_the_endpoints(cluster):

@@ -22,6 +22,7 @@ from dfs.common import errors as err
 from dfs.common.clustermap import ClusterMap
 from dfs.testing.cluster import LocalCluster
 from dfs.testing.wait import until_async
+from dfs.wire.auth import INTERNAL_HEADER
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -68,7 +69,8 @@ class FakeDataServers:
         for addr in [self.leader] + [x.address for x in self.cfg.mgmt]:
             async with self.cluster.credentials.channel(addr) as ch:
                 try:
-                    rep = await pbg.MgmtServiceStub(ch).Heartbeat(req, timeout=3.0)
+                    rep = await pbg.MgmtServiceStub(ch).Heartbeat(
+                        req, timeout=3.0, metadata=((INTERNAL_HEADER, self.cfg.internal_token),))  # a server's call
                 except grpc.aio.AioRpcError:
                     continue
             if rep.status == err.NOT_LEADER:

@@ -95,7 +95,7 @@ def test_snapshot_versions_on_real_data_servers(cluster):
 
     async def main():
         tr = await GrpcTransport(c.mgmt_addresses, deadline=10.0).connect()
-        dc = DataClient(tr.map, tr.refresh_map, deadline=30.0, attempt_timeout=5.0)
+        dc = DataClient(tr.map, tr.refresh_map, deadline=30.0, attempt_timeout=5.0, auth=c.server_credentials)
         try:
             old = {(1001, k): os.urandom(300_000 + k) for k in range(3)}
             old[(1002, 0)] = b"removed later" * 1000
@@ -209,7 +209,7 @@ def test_a_hold_holds_client_writes_until_the_resume(cluster):
 
     async def main():
         tr = await GrpcTransport(c.mgmt_addresses, deadline=10.0).connect()
-        dc = DataClient(tr.map, tr.refresh_map, deadline=30.0, attempt_timeout=10.0)
+        dc = DataClient(tr.map, tr.refresh_map, deadline=30.0, attempt_timeout=10.0, auth=c.server_credentials)
         try:
             await dc.write(2001, 0, 0, b"before", LAYOUT)
             (s,) = await mgmt(c, "snap_begin", "held", 1, "/", time.time_ns())

@@ -103,3 +103,20 @@ def test_kept_page_cache_never_hides_a_change(both, lib):
     with open(p, "rb") as f:
         assert f.read() == b"C" + b"B" * 99_999
     assert lib.read_bytes(f"{ldir}/same-size") == b"C" + b"B" * 99_999
+
+
+def test_a_directory_the_library_filled_lists_whole_through_the_mount(both, lib):
+    """Entries made by another client (several readdir pages of them, created in batches)
+    all show in ``ls -l`` and ``os.listdir`` through the mount, every time."""
+    import subprocess
+
+    mdir, ldir = both
+    ino = lib.stat(ldir).st_ino
+    names = [f"f{i:07d}" for i in range(2000)]
+    for k in range(0, len(names), 1000):
+        for r in lib.run(lib.meta.create_many(ino, names[k:k + 1000])):
+            assert not isinstance(r, Exception), r
+    for _ in range(3):
+        out = subprocess.run(["ls", "-l", mdir], check=True, capture_output=True, text=True).stdout
+        assert len(out.splitlines()) - 1 == len(names)
+        assert sorted(os.listdir(mdir)) == names

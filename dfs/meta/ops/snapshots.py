@@ -27,7 +27,7 @@ def fence_of(ctx) -> tuple[int, int] | None:
 
 
 def check_fence(ctx) -> None:
-    """For a PREPARE: Locked while a fence is up (the coordinator of the 2PC tries again)."""
+    """For a PREPARE: Locked while a fence is up (PREPARE answers it as Conflict)."""
     f = fence_of(ctx)
     if f is not None and f[1] > ctx.ts:
         raise err.Locked(f"shard {ctx.store.shard} is cutting snapshot {f[0]}")

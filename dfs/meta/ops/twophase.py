@@ -16,6 +16,7 @@ May import dfs.common, dfs.meta.schema and dfs.meta.ops.base, .actions only.
 
 from __future__ import annotations
 
+from dfs.common import errors as err
 from dfs.common import messages as m
 from dfs.meta import schema as S
 from dfs.meta.ops import actions as A
@@ -37,12 +38,15 @@ def prepare(ctx, req: m.Prepare) -> m.Prepared:
     prev = ctx.op_record(req.op_id)
     if prev is not None:
         return m.Prepared(*prev.res)
-    check_fence(ctx)  # a snapshot's cut: no 2PC may straddle it (docs/design/snapshots.md)
-    acts = A.decode(req.actions)
-    state = A.PlanState(req.op_id)
-    locks = A.validate_all(ctx, acts, state)
-    for k, mode in locks:
-        ctx.take_lock(k, mode, req.op_id)
+    try:
+        check_fence(ctx)  # a snapshot's cut: no 2PC may straddle it (docs/design/snapshots.md)
+        acts = A.decode(req.actions)
+        state = A.PlanState(req.op_id)
+        locks = A.validate_all(ctx, acts, state)
+        for k, mode in locks:
+            ctx.take_lock(k, mode, req.op_id)
+    except err.Locked as e:  # answered, not waited on: the coordinator holds locks elsewhere
+        raise err.Conflict(e.detail) from None
     res = [state.new_ino]
     rec = OpRecord(req.coord, req.actions, ctx.ts, OpState.PREPARED, res, state.to_record(), locks, req.rid,
                    req.parts if req.coord == ctx.shard else None)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from dfs.testing.keys import raft_password
 from dfs.common.config import DURABILITY, ClusterConfig, ReplicaAddr, ShardConfig
 
 R = ReplicaAddr(0, "127.0.0.1:1", "127.0.0.1:2")
 
 
 def make(**kw) -> ClusterConfig:
-    return ClusterConfig("c", "pw", (R,), (ShardConfig(0, (R,)),), **kw)
+    return ClusterConfig("c", raft_password(), (R,), (ShardConfig(0, (R,)),), **kw)
 
 
 def test_sync_by_default_and_in_older_files():

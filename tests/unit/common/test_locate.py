@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from dfs.testing.keys import raft_password
 from dfs.common.config import (
     ClientConfig,
     ClusterConfig,
@@ -17,7 +18,7 @@ from dfs.common.config import (
 
 @pytest.fixture
 def files(tmp_path):
-    cfg = ClusterConfig("c", "p" * 32, (ReplicaAddr(0, "127.0.0.1:7000", "127.0.0.1:7100"),),
+    cfg = ClusterConfig("c", raft_password(), (ReplicaAddr(0, "127.0.0.1:7000", "127.0.0.1:7100"),),
                         (ShardConfig(0, (ReplicaAddr(0, "127.0.0.1:7010", "127.0.0.1:7110"),)),))
     d = tmp_path / "data"
     d.mkdir()

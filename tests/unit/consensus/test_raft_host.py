@@ -213,3 +213,82 @@ def test_close_fails_pending(tmp_path):
             await h.submit(add_cmd("y"))
 
     asyncio.run(main())
+
+
+def test_a_leader_cut_off_from_its_majority_stops_serving_reads_before_it_steps_down(cluster_factory):
+    """The read lease (RaftHost.read_lease): a leader answers reads only while a majority
+    answered it lately. pysyncobj keeps it leader until its fallback timeout (here far
+    longer than the test), while the others may already have elected a new leader that
+    commits what this one's reads would miss."""
+    async def main():
+        c = cluster_factory(leader_fallback_timeout=120.0)
+        leader = await c.leader()
+        await leader.submit(add_cmd("a"))
+        await until(leader.read_lease, 10, "a read lease")
+        for i, h in enumerate(c.hosts):
+            if h is not leader:
+                c.stop(i)
+        await until(lambda: not leader.read_lease(), 30, "the read lease to lapse")
+        assert leader.is_leader  # still leader in pysyncobj's view: reads would have been stale
+
+    asyncio.run(main())
+
+
+def test_a_new_leader_serves_reads_once_its_first_entry_is_applied(cluster_factory):
+    async def main():
+        c = cluster_factory()
+        leader = await c.leader()
+        await until(leader.read_lease, 10, "a read lease")
+        node = leader._node
+        assert node.raftLastApplied >= node._SyncObj__noopIDx
+        for h in c.hosts:
+            if h is not leader:
+                assert not h.read_lease()
+
+
+
+def test_a_stranger_cannot_make_a_raft_port_buffer_much(tmp_path):
+    """A connection that has not named a member may send PREAUTH_BYTES before it is dropped
+    (pysyncobj would buffer what a 2 GiB length prefix announces), and at most
+    PREAUTH_CONNECTIONS such connections stay open; the group goes on committing."""
+    import socket
+    import struct
+
+    from dfs.consensus.raft import _Transport
+
+    async def main():
+        sm = CounterSM(str(tmp_path / "sm"))
+        addr = f"127.0.0.1:{free_ports(1)[0]}"
+        h = RaftHost(sm, addr, [addr], str(tmp_path / "raft"), password="f" + os.urandom(16).hex())
+        loop = asyncio.get_running_loop()
+        host, port = addr.rsplit(":", 1)
+        try:
+            await until(lambda: h.is_leader, 10, "the host leading")
+            s = socket.create_connection((host, int(port)))
+            s.setblocking(False)
+            junk = struct.pack("i", (1 << 31) - 1) + b"\0" * (4 << 20)
+            try:
+                await asyncio.wait_for(loop.sock_sendall(s, junk), 30)
+                closed = not await asyncio.wait_for(loop.sock_recv(s, 1), 30)
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+            assert closed  # dropped, not buffering 4 MiB of an unauthenticated "message"
+            s.close()
+            many = [socket.create_connection((host, int(port))) for _ in range(_Transport.PREAUTH_CONNECTIONS + 8)]
+            for c in many:
+                c.setblocking(False)
+
+            async def refused(c) -> bool:
+                try:
+                    return not await asyncio.wait_for(loop.sock_recv(c, 1), 30)
+                except (ConnectionResetError, BrokenPipeError):
+                    return True
+            # the first PREAUTH_CONNECTIONS stay (each waits for its key exchange), the rest are closed
+            assert all([await refused(c) for c in many[_Transport.PREAUTH_CONNECTIONS:]])
+            assert await h.submit(add_cmd("still")) == b"1"
+            for c in many:
+                c.close()
+        finally:
+            h.close()
+            sm.close()
+    asyncio.run(main())

@@ -22,6 +22,7 @@ from dfs.common.ops import XATTR_CREATE
 from dfs.common.records import Caller
 from dfs.meta import schema as S
 from dfs.meta.local import LocalEngine
+from dfs.meta.ops import actions as A
 from dfs.testing.registry import MemoryRegistry
 
 USER = Caller(1000, 1000, ())
@@ -197,7 +198,7 @@ def test_a_fence_holds_back_prepares_until_the_snapshot_begins():
         svc = eng.services[shard_of(ROOT_INO)]
         now = svc.clock()
         await svc.request(m.SnapFence(77, now + 60 * 10**9))
-        with pytest.raises(err.Locked):
+        with pytest.raises(err.Conflict):
             await svc.coordinator.execute(b"r" * 16, Caller(0, 0, ()), now, {
                 shard_of(ROOT_INO): [], dir_home_shard(ROOT_INO, name, 3): []})  # empty plan: nothing to lock
         st = await svc.request(m.SnapStatus())
@@ -205,4 +206,26 @@ def test_a_fence_holds_back_prepares_until_the_snapshot_begins():
         await svc.request(m.SnapBegin(77))
         assert (await svc.request(m.SnapStatus())).fence == 0
         await c.mkdir(ROOT_INO, name)  # goes through now
+    run(t)
+
+
+def test_a_fenced_participant_is_answered_at_once_and_the_coordinator_lets_go():
+    """A coordinator whose own PREPARE took its locks meets a fence on a participant: the
+    participant answers CONFLICT at once (not LOCKED, which the transport would retry while
+    the coordinator holds its prepare and the cut waits for that prepare to end), and the
+    coordinator aborts, so no shard keeps anything prepared while the fence is up."""
+    async def t(eng, c):
+        fenced = eng.services[shard_of(ROOT_INO)]
+        name = next(b"y%d" % i for i in range(100) if dir_home_shard(ROOT_INO, b"y%d" % i, 3) != fenced.shard)
+        d = await c.mkdir(ROOT_INO, name)
+        coord = eng.services[shard_of(d.ino)]
+        now = coord.clock()
+        await fenced.request(m.SnapFence(78, now + 60 * 10**9))
+        plan = {coord.shard: [A.DirUsable(d.ino, 0)], fenced.shard: [A.DirUsable(ROOT_INO, 0)]}
+        with pytest.raises(err.Conflict):
+            await coord.coordinator.execute(b"s" * 16, Caller(0, 0, ()), now, plan)
+        for svc in eng.services:
+            assert (await svc.request(m.SnapStatus())).prepared == 0
+        await fenced.request(m.SnapEnd(78))
+        await coord.coordinator.execute(b"t" * 16, Caller(0, 0, ()), now, plan)
     run(t)

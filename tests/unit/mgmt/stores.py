@@ -12,6 +12,7 @@ from dfs.common.config import (
     ShardConfig,
     TargetConfig,
 )
+from dfs.testing.keys import raft_password
 from dfs.mgmt.server import map_from_config
 from dfs.mgmt.store import MgmtStore
 
@@ -21,7 +22,7 @@ def cfg(servers: int, per: int, replicas: int = 3) -> ClusterConfig:
     data = tuple(DataServerConfig(s, f"127.0.0.1:{9000 + s}",
                                   tuple(TargetConfig(s * per + t + 1, f"/d{s}/t{t}") for t in range(per)))
                  for s in range(servers))
-    return ClusterConfig("c", "pw", (r,), (ShardConfig(0, (r,)),), data=data, chain_replicas=replicas)
+    return ClusterConfig("c", raft_password(), (r,), (ShardConfig(0, (r,)),), data=data, chain_replicas=replicas)
 
 
 class Mgmt:

@@ -6,13 +6,14 @@ import sys
 
 import pytest
 
+from dfs.testing.keys import raft_password
 from dfs.common.config import ClusterConfig, DataServerConfig, ReplicaAddr, ShardConfig, TargetConfig
 
 R = ReplicaAddr(0, "127.0.0.1:1", "127.0.0.1:2")
 
 
 def make(data, **kw) -> ClusterConfig:
-    return ClusterConfig("c", "pw", (R,), (ShardConfig(0, (R,)),), data=tuple(data), **kw)
+    return ClusterConfig("c", raft_password(), (R,), (ShardConfig(0, (R,)),), data=tuple(data), **kw)
 
 
 def test_round_trip(tmp_path):
