@@ -174,10 +174,7 @@ class PutEntry(Action):
         ctx.dir(self.parent)
         cur = ctx.dentry(self.parent, self.name)
         if self.expect == 0 and cur is not None:
-            if self.replace and state.onephase:
-                # Not EEXIST: a ONEPHASE's error is remembered as its request's answer.
-                # In a PREPARE it is EEXIST, which comes back at once (a peer's Locked
-                # is retried by the transport until its deadline); rename turns it into Locked.
+            if self.replace:  # a PREPARE answers it as Conflict; either way the coordinator reads again
                 raise err.Locked("the name appeared since it was read")
             raise err.Exists()
         if self.expect != 0 and (cur is None or cur[0] != self.expect):

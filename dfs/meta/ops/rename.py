@@ -107,13 +107,7 @@ async def rename(coord, rid: bytes, caller: Caller, req: m.Rename) -> m.ActionRe
         for ino, _, newp in moved_dirs:
             await _check_not_ancestor(coord, ino, newp)
         plan[0].append(A.RenameLock(epoch))
-    try:
-        return await coord.execute(rid, caller, coord.clock(), plan)
-    except err.Exists:
-        if dst is not None or flags & RENAME_NOREPLACE:
-            raise
-        # the target appeared after it was read absent (A.PutEntry.replace): read again, replace it
-        raise err.Locked("the target appeared meanwhile") from None
+    return await coord.execute(rid, caller, coord.clock(), plan)
 
 
 async def _check_not_ancestor(coord, ino: int, start: int) -> None:
