@@ -36,6 +36,19 @@ at most one per shard down at a time), a data server (one at a time, and only
 when every target serves), or an mgmt replica (one at a time) -- and restarts it
 ``--chaos-down`` seconds later on average.
 
+``--linearizable``: instead, a linearizability check (dfs.stress.history): the
+clients do whole-file puts and gets, O_EXCL creates, unlinks, renames, stats and
+listings of a few names in ``--groups`` groups of two directories, recording each
+operation's call and return times; with ``--chaos`` a nemesis (dfs.stress.nemesis)
+kills (-9, then restarts) or pauses (SIGSTOP, then SIGCONT) a metadata leader or
+follower, an mgmt replica or a data server about every ``--chaos-every`` seconds for
+about ``--chaos-down`` seconds, one member of a group at a time. At the end the
+history is checked against the ``Files`` model (dfs.stress.linearizable); printed:
+ops per kind, unknown outcomes, the fault schedule and the verdict, with the
+checker's explanation on failure (and the history written to ``--history``). The
+exit status is 1 if the history is not linearizable, 2 if the check ran out of
+``--check-timeout``. Network partitions need network namespaces: tests/netns.
+
 At the end the cluster is brought back to health, then every directory and file
 is compared with the model: names, types, sizes, full contents, link counts
 (files: their names; directories: 2 + subdirectories), and that the names of one
@@ -84,6 +97,121 @@ def summary(res: dict) -> str:
     return "\n".join(lines)
 
 
+def own_cluster(a, log):
+    """A LocalCluster in a temporary folder: (cluster, folder)."""
+    from dfs.local.cluster import LocalCluster
+
+    tmp = tempfile.mkdtemp(prefix="dfs-stress-", dir=a.dir or None)
+    log(f"starting a LocalCluster in {tmp}: {a.shards} shards x {a.replicas}, 3 mgmt, "
+        f"{a.data_servers} data servers")
+    cluster = LocalCluster(os.path.join(tmp, "cluster"), shards=a.shards, replicas=a.replicas,
+                           data_servers=a.data_servers, chain_replicas=min(3, a.data_servers), metrics=False)
+    cluster.start(180.0)
+    return cluster, tmp
+
+
+def linearizable(a, log=print) -> dict:
+    """The --linearizable run: record, with the nemesis if --chaos, then check."""
+    from collections import Counter
+
+    from dfs.stress.history import Recorder, check, describe, dump
+    from dfs.stress.nemesis import Nemesis, plan
+
+    cluster = tmp = None
+    nem = None
+    if a.data or a.cluster or a.mgmt:
+        connect_kw = {"data": a.data or None, "mgmt": a.mgmt or None, **({"cluster": a.cluster} if a.cluster else {})}
+    else:
+        cluster, tmp = own_cluster(a, log)
+        connect_kw = {"mgmt": cluster.mgmt_addresses}
+    root = f"/lin-{a.seed}-{os.getpid()}-{int(time.time())}"
+    groups = a.groups or max(1, a.clients // 2)
+    rec = Recorder(connect_kw, root, groups=groups, clients=a.clients, seed=a.seed)
+    try:
+        rec.setup()
+        t0 = time.monotonic()
+        rec.start()
+        if a.chaos:
+            n = max(1, int(a.duration / a.chaos_every))
+            schedule = plan(random.Random(f"{a.seed}/schedule"), n, kinds=("kill", "pause"), first=a.chaos_every / 2,
+                            every=a.chaos_every, length=a.chaos_down)
+            nem = Nemesis(cluster, schedule, clock=lambda: time.monotonic() - t0,
+                          rng=random.Random(f"{a.seed}/nemesis"), max_s=max(10.0, 3 * a.chaos_down), wait_s=30.0)
+            nem.start()
+        progress_lin(rec, nem, a, t0)
+        if nem is not None:
+            nem.stop.set()
+            nem.join(300)
+        rec.join(300)
+        elapsed = time.monotonic() - t0
+        if rec.failure is not None:
+            raise RuntimeError(f"a recording client failed: {rec.failure!r}") from rec.failure
+        ops = list(rec.ops)
+        log(f"checking {len(ops)} operations ...")
+        c0 = time.monotonic()
+        res = check(ops, timeout=a.check_timeout)
+        out = {
+            "config": {"clients": a.clients, "groups": groups, "duration_s": a.duration, "seed": a.seed,
+                       "chaos": a.chaos, "cluster": "own" if cluster is not None else "external", "root": root},
+            "elapsed_s": round(elapsed, 3),
+            "ops": dict(sorted(Counter(op.kind for op in ops).items())),
+            "ops_total": len(ops),
+            "ops_per_s": round(len(ops) / elapsed, 1) if elapsed else 0.0,
+            "unknown": dict(rec.errors.most_common()),
+            "verdict": "linearizable" if res.ok else ("undecided" if res.timed_out else "not linearizable"),
+            "check_s": round(time.monotonic() - c0, 3),
+            "explanation": None if res.ok else describe(res, ops),
+            "faults": [] if nem is None else [f.describe() for f in nem.schedule],
+            "nemesis_error": repr(nem.error) if nem is not None and nem.error else None,
+        }
+        if not res.ok and a.history:
+            with open(a.history, "w") as f:
+                json.dump({"ops": dump(ops), "schedule": out["faults"]}, f)
+        return out
+    finally:
+        rec.stop.set()
+        if nem is not None:
+            nem.stop.set()
+        if cluster is not None:
+            cluster.stop()
+        if tmp is not None and not a.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp is not None:
+            log(f"cluster folder kept: {tmp}")
+
+
+def progress_lin(rec, nem, a, t0: float) -> None:
+    from tqdm import tqdm
+
+    end = t0 + a.duration
+    with tqdm(total=int(a.duration), unit="s", disable=not a.progress, file=sys.stderr,
+              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s {postfix}") as bar:
+        while time.monotonic() < end and rec.failure is None:
+            rec.stop.wait(min(0.5, max(0.0, end - time.monotonic())))  # the duration's pacing
+            bar.n = min(int(a.duration), int(time.monotonic() - t0))
+            post = {"ops": rec.ops_done, "unknown": sum(rec.errors.values())}
+            if nem is not None:
+                post["faults"] = len(nem.injected)
+            bar.set_postfix(post, refresh=False)
+            bar.refresh()
+
+
+def summary_lin(res: dict) -> str:
+    lines = ["ops: " + ", ".join(f"{k} {v}" for k, v in res["ops"].items())
+             + f"; {res['ops_total']} in {res['elapsed_s']:.1f} s ({res['ops_per_s']:,.1f} ops/s)"]
+    if res["unknown"]:
+        lines.append("unknown outcomes: " + ", ".join(f"{k} x{v}" for k, v in res["unknown"].items()))
+    if res["faults"]:
+        lines.append("faults:")
+        lines += [f"  {f}" for f in res["faults"]]
+    if res["nemesis_error"]:
+        lines.append(f"nemesis error: {res['nemesis_error']}")
+    lines.append(f"verdict: {res['verdict']} (checked in {res['check_s']:.1f} s)")
+    if res["explanation"]:
+        lines.append(res["explanation"])
+    return "\n".join(lines)
+
+
 def stress(a, log=print) -> dict:
     cluster = None
     tmp = None
@@ -92,14 +220,7 @@ def stress(a, log=print) -> dict:
         if a.cluster:
             connect_kw["cluster"] = a.cluster
     else:
-        from dfs.local.cluster import LocalCluster
-
-        tmp = tempfile.mkdtemp(prefix="dfs-stress-", dir=a.dir or None)
-        log(f"starting a LocalCluster in {tmp}: {a.shards} shards x {a.replicas}, 3 mgmt, "
-            f"{a.data_servers} data servers")
-        cluster = LocalCluster(os.path.join(tmp, "cluster"), shards=a.shards, replicas=a.replicas,
-                               data_servers=a.data_servers, chain_replicas=min(3, a.data_servers), metrics=False)
-        cluster.start(180.0)
+        cluster, tmp = own_cluster(a, log)
         connect_kw = {"mgmt": cluster.mgmt_addresses}
     root = f"/stress-{a.seed}-{os.getpid()}-{int(time.time())}"
     run = Run(a.seed, a.clients, connect_kw, root)
@@ -208,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="own cluster: keep its folder (logs) at the end")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--json", default="")
+    ap.add_argument("--linearizable", action="store_true",
+                    help="record a history of a few names and check it for linearizability (with --chaos: "
+                         "kills and pauses)")
+    ap.add_argument("--groups", type=int, default=0, help="--linearizable: groups of names (default clients/2)")
+    ap.add_argument("--check-timeout", type=float, default=600.0, help="--linearizable: seconds the check may take")
+    ap.add_argument("--history", default="", help="--linearizable: where the history goes when it fails the check")
     a = ap.parse_args(argv)
     if a.chaos and (a.data or a.cluster or a.mgmt):
         ap.error("--chaos kills processes: only with the cluster this tool starts itself")
@@ -216,7 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.seed is None:
         a.seed = int(time.time() * 1000) % 1_000_000
     print(f"dfs bench stress: {a.clients} clients, {a.duration:g} s, seed {a.seed}"
-          + (", chaos" if a.chaos else ""), flush=True)
+          + (", linearizable" if a.linearizable else "") + (", chaos" if a.chaos else ""), flush=True)
+    if a.linearizable:
+        res = linearizable(a)
+        print(summary_lin(res), flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1, default=str)
+        return {"linearizable": 0, "not linearizable": 1}.get(res["verdict"], 2)
     res = stress(a)
     print(summary(res), flush=True)
     if a.json:

@@ -44,6 +44,11 @@ from dfs.common.shards import ShardCalls
 
 T = TypeVar("T")
 
+# A name whose inode lives on another shard is read in two requests (the entry, then the
+# inode); a rename or unlink may delete that inode in between. The name was then changed
+# meanwhile, never missing: it is read again, this many times at most.
+NAME_RACES = 8
+
 
 def _rid() -> bytes:
     return uuid.uuid4().bytes
@@ -85,8 +90,14 @@ class MetaClient:
     # ``snap``: read the tree as snapshot ``snap`` holds it (0: the live tree; ESTALE: no such
     # live snapshot). Snapshots are read-only: no mutation takes one.
     async def lookup(self, parent: int, name: str | bytes, *, caller: Caller | None = None, snap: int = 0) -> Attr:
-        r = await self._send(m.Lookup(parent, _enc(name), snap), caller)
-        return await self._attr_of(r.ino, r.attr, caller, snap)
+        for attempt in range(NAME_RACES):
+            r = await self._send(m.Lookup(parent, _enc(name), snap), caller)
+            try:
+                return await self._attr_of(r.ino, r.attr, caller, snap)
+            except err.NotFound:
+                if attempt == NAME_RACES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def getattr(self, ino: int, *, caller: Caller | None = None, snap: int = 0) -> Attr:
         return await self._send(m.Getattr(ino, snap), caller)
@@ -192,17 +203,24 @@ class MetaClient:
         (``excl=False``) is opened too, after an ``access`` check (os.R_OK | os.W_OK); an
         existing entry of another type (a directory, a symlink the caller must follow) is
         returned with handle None."""
-        h = os.urandom(16)
-        req = m.Create(parent, _enc(name), stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None, inline, h,
-                       float(lease_s), int(access))
-        r = await self._send(req, caller, True)
-        if r.opened:
-            return r.attr, r.created, h, r.parent
-        attr = await self._attr_of(r.ino, r.attr, caller)
-        if not attr.is_reg():
-            return attr, False, None, r.parent
-        attr, _ = await self.open_file(r.ino, lease_s, access=access, handle=h, caller=caller)  # on another shard
-        return attr, r.created, h, r.parent
+        for attempt in range(NAME_RACES):
+            h = os.urandom(16)
+            req = m.Create(parent, _enc(name), stat.S_IFREG | (mode & 0o7777), 0, excl, umask, None, inline, h,
+                           float(lease_s), int(access))
+            r = await self._send(req, caller, True)
+            if r.opened:
+                return r.attr, r.created, h, r.parent
+            try:
+                attr = await self._attr_of(r.ino, r.attr, caller)
+                if not attr.is_reg():
+                    return attr, False, None, r.parent
+                attr, _ = await self.open_file(r.ino, lease_s, access=access, handle=h, caller=caller)  # on another shard
+            except err.NotFound:  # an existing name whose inode went meanwhile (NAME_RACES)
+                if r.created or attempt == NAME_RACES - 1:
+                    raise
+                continue
+            return attr, r.created, h, r.parent
+        raise AssertionError("unreachable")
 
     async def mknod(self, parent: int, name: str | bytes, mode: int, rdev: int = 0, *, umask: int = 0,
                     caller: Caller | None = None) -> Attr:
@@ -353,9 +371,17 @@ class MetaClient:
         handle, durable). The handle is None when nothing was opened (not a regular file,
         or an inode on another shard than the directory's: the caller opens it itself)."""
         h = handle if handle is not None else os.urandom(16)
-        r = await self._send(m.LookupOpen(parent, _enc(name), h, float(lease_s), int(access)), caller, True)
-        opened = r.opened != m.Opened.NO
-        return await self._attr_of(r.ino, r.attr, caller), (h if opened else None), r.opened == m.Opened.DURABLE
+        for attempt in range(NAME_RACES):
+            r = await self._send(m.LookupOpen(parent, _enc(name), h, float(lease_s), int(access)), caller, True)
+            opened = r.opened != m.Opened.NO
+            try:
+                attr = await self._attr_of(r.ino, r.attr, caller)
+            except err.NotFound:  # not opened (another shard's inode), and gone meanwhile (NAME_RACES)
+                if attempt == NAME_RACES - 1:
+                    raise
+                continue
+            return attr, (h if opened else None), r.opened == m.Opened.DURABLE
+        raise AssertionError("unreachable")
 
     async def renew_read_handles(self, pairs: list[tuple[int, bytes]], lease_s: float = DEFAULT_LEASE_S, *,
                                  caller: Caller | None = None) -> list[tuple[int, bytes]]:

@@ -24,6 +24,7 @@ from typing import Any
 from dfs.client.core import Core, FileRef
 from dfs.client.fileio import AsyncFile, parse_mode
 from dfs.client.leases import Leases
+from dfs.client.meta import NAME_RACES
 from dfs.client.mode import Mode
 from dfs.client.snapdir import SNAPDIR, SnapChunks, SnapMeta
 from dfs.client.snapshots import SnapshotAPI
@@ -556,7 +557,18 @@ class AsyncClient(SnapshotAPI):
             ref = None
         if ref is not None:
             return ref
-        fresh = self.mode.open_plan(None, flags).revalidate
+        for attempt in range(NAME_RACES):
+            ref = await self._open_slow(path, flags, mode, access, attempt)
+            if ref is not None:
+                return ref
+        raise AssertionError("unreachable")
+
+    async def _open_slow(self, path: PathLike, flags: int, mode: int, access: int, attempt: int) -> FileRef | None:
+        """open_handle by a walk of the path, then a create or an open of the inode found. None:
+        that inode went between the walk and the open, i.e. the name changed meanwhile (a
+        rename replaced it): the caller walks again, the last name fresh from the service
+        (after NAME_RACES attempts: ENOENT)."""
+        fresh = self.mode.open_plan(None, flags).revalidate or attempt > 0
         r = await self._namei(path, follow=not flags & os.O_NOFOLLOW, fresh_last=fresh)
         try:
             if r.attr is None:
@@ -578,7 +590,12 @@ class AsyncClient(SnapshotAPI):
                 raise _oserror(E.ELOOP, path)  # O_NOFOLLOW on a symlink
             if not attr.is_reg():
                 raise _oserror(E.ENXIO, path)
-            return await self.core.open(attr.ino, flags, access=access)
+            try:
+                return await self.core.open(attr.ino, flags, access=access)
+            except err.NotFound:
+                if attempt == NAME_RACES - 1:
+                    raise
+                return None
         except err.DfsError as e:
             e.filename = path
             raise

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 INTERNAL = Caller(0, 0, ())
 MAX_ATTEMPTS = 40
+NAME_RACES = 8  # lookups of one name whose inode keeps vanishing between two reads, at most
 RECOVERY_GRACE_NS = 2 * 10**9  # an undecided operation older than this, not running here, is aborted
 
 Plan = dict[int, list[A.Action]]
@@ -108,12 +109,21 @@ class Coordinator:
 
     # ------------------------------------------------------------ reads the plans share
     async def lookup(self, parent: int, name: bytes) -> tuple[int, int, Attr]:
-        """(ino, mode, attr) of an entry; attr fetched from the inode's shard."""
-        r = await self.call(shard_of(parent), m.Lookup(parent, name))
-        attr = r.attr
-        if attr is None:
-            attr = await self.call(shard_of(r.ino), m.Getattr(r.ino))
-        return r.ino, r.mode, attr
+        """(ino, mode, attr) of an entry; attr fetched from the inode's shard. An inode on
+        another shard that went between the two reads was replaced by a rename meanwhile
+        (the name never went missing): the name is read again."""
+        for attempt in range(NAME_RACES):
+            r = await self.call(shard_of(parent), m.Lookup(parent, name))
+            attr = r.attr
+            if attr is None:
+                try:
+                    attr = await self.call(shard_of(r.ino), m.Getattr(r.ino))
+                except err.NotFound:
+                    if attempt == NAME_RACES - 1:
+                        raise
+                    continue
+            return r.ino, r.mode, attr
+        raise AssertionError("unreachable")
 
     async def maybe_lookup(self, parent: int, name: bytes) -> tuple[int, int, Attr] | None:
         try:

@@ -217,6 +217,16 @@ class Ctx:
         if others and (mode is LockMode.EXCLUSIVE or held is LockMode.EXCLUSIVE):
             raise err.Locked()
 
+    def check_entry_locks(self, parent: int) -> None:
+        """Locked (retryable) if an operation holds an entry of directory ``parent``
+        exclusively: a name a prepared cross-shard operation adds, removes or changes."""
+        if not self.store._locks_present:
+            return
+        for _, v in self.ov.scan_prefix(S.lock_record_key(S.lock_key_dentry(parent, b""))):
+            held, holders = S.split_lock_value(v)
+            if holders and held is LockMode.EXCLUSIVE:
+                raise err.Locked()
+
     def take_lock(self, key: bytes, mode: LockMode, op_id: bytes) -> None:
         self.store._locks_present = True
         held, holders = self.lock_holders(key)

@@ -55,8 +55,9 @@ class Model(Protocol):
 class Result:
     ok: bool
     order: list[Call] = field(default_factory=list)  # a linearisation, when ok
-    longest: list[Call] = field(default_factory=list)  # the longest prefix found, when not ok
-    stuck: list[Call] = field(default_factory=list)  # operations pending where the search got stuck
+    longest: list[Call] = field(default_factory=list)  # the deepest prefix found, when not ok
+    # where it got stuck: the operation that returned there, then the others pending
+    stuck: list[Call] = field(default_factory=list)
     timed_out: bool = False
 
     def explain(self) -> str:
@@ -64,9 +65,9 @@ class Result:
             return f"linearizable ({len(self.order)} operations)"
         if self.timed_out:
             return "undecided: the search ran out of time"
-        lines = [f"not linearizable: after {len(self.longest)} operations no pending one fits:"]
-        lines += [f"  {c}" for c in self.longest[-5:]]
-        lines.append("  pending:")
+        lines = [f"not linearizable: after {len(self.longest)} operations (the last ones:)"]
+        lines += [f"  {c}" for c in self.longest[-8:]]
+        lines.append("  the first of these returned, and neither it nor another one called before fits next:")
         lines += [f"    {c}" for c in self.stuck[:10]]
         return "\n".join(lines)
 
@@ -137,6 +138,8 @@ def check(model: Model, history: Sequence[Call], timeout: float | None = None) -
     cache: set[tuple[int, Hashable]] = set()
     stack: list[tuple[_Entry, Hashable]] = []
     longest: list[Call] = []
+    deepest: list[Call] = []  # the prefix where the search got stuck the deepest
+    stuck: list[Call] = []
     deadline = None if timeout is None else time.monotonic() + timeout
     e = head.next
     steps = 0
@@ -162,9 +165,13 @@ def check(model: Model, history: Sequence[Call], timeout: float | None = None) -
             e = e.next
             continue
         # a return (of an operation not linearised yet) or the end: backtrack
+        if e is not None and len(stack) >= len(deepest):
+            # as deep as the search got: e's operation had to come next, and neither it nor
+            # any other one called before its return fits
+            deepest = [x.call for x, _ in stack]
+            stuck = [e.call] + [x.call for x in _until(head, e) if x.is_call and x.match is not e]
         if not stack:
-            stuck = [x.call for x in _rest(head) if x.is_call][:20]
-            return Result(False, longest=longest, stuck=stuck)
+            return Result(False, longest=deepest or longest, stuck=stuck[:20])
         top, state = stack.pop()
         linearised &= ~(1 << top.id)
         known_left += top.call.ret is not None
@@ -175,9 +182,9 @@ def check(model: Model, history: Sequence[Call], timeout: float | None = None) -
             return Result(False, longest=longest, timed_out=True)
 
 
-def _rest(head: _Entry) -> Iterable[_Entry]:
+def _until(head: _Entry, end: _Entry) -> Iterable[_Entry]:
     e = head.next
-    while e is not None:
+    while e is not None and e is not end:
         yield e
         e = e.next
 
@@ -255,4 +262,98 @@ class Namespace:
             return (not known or output is None), frozenset(d.items())
         if kind == "ls":
             return (not known or tuple(output) == tuple(sorted(d))), state
+        raise ValueError(f"unknown operation {input!r}")
+
+
+class Files:
+    """Files and names as a client of a file system sees them, down to open files: a name
+    points at an inode, an open binds a handle to the inode its name pointed at then, and
+    what is written or read through the handle is that inode's, whatever happened to the
+    name meanwhile (close-to-open). Paths are ``"dir/name"``; every file's content is a
+    ``bytes`` value, ``b""`` when it was just created. Operations (``k``: the id of the
+    operation that opened a handle, unique in the history):
+
+    * ``("create", k, path)`` -> None, or "EEXIST": open(O_CREAT|O_EXCL), a new empty file;
+    * ``("open_w", k, path)`` -> None: open(O_CREAT) for writing: the file, created empty if
+      missing, bound to handle k;
+    * ``("write", k, data)`` -> None: the written data published at close: the content of
+      handle k's inode becomes ``data``; the handle is gone;
+    * ``("open_r", k, path)`` -> None, or "ENOENT": an open for reading (or the lookup of a
+      stat): handle k bound to the name's inode, and its size then;
+    * ``("read", k)`` -> bytes: the content of handle k's inode, cut to the size it had at
+      the open (a reader sees the size as of its open); ``("size", k)`` -> int: the
+      inode's size now (the attributes of a stat); either ends the handle;
+    * ``("unlink", path)`` -> None, or "ENOENT";
+    * ``("rename", src, dst)`` -> None (dst replaced), or "ENOENT" (no src);
+    * ``("ls", dir)`` -> the sorted tuple of the names in ``dir``.
+
+    An inode is named by the id of the operation that created it. The state is a tuple
+    (names, contents, handles) of sorted tuples: (path, ino), (ino, content) of every inode a
+    name or a handle holds, (k, (ino, size at the open))."""
+
+    def init(self) -> Hashable:
+        return ((), (), ())
+
+    def step(self, state, input, output, known):
+        names, contents, handles = (dict(x) for x in state)
+        kind = input[0]
+
+        def done(out_ok: bool = True):
+            if not (out_ok or not known):
+                return False, state
+            live = set(names.values()) | {i for i, _ in handles.values()}
+            return True, (tuple(sorted(names.items())),
+                          tuple(sorted((i, c) for i, c in contents.items() if i in live)),
+                          tuple(sorted(handles.items())))
+
+        if kind == "create":
+            _, k, path = input
+            if path in names:
+                return (not known or output == "EEXIST"), state
+            names[path] = k
+            contents[k] = b""
+            return done(output is None)
+        if kind == "open_w":
+            _, k, path = input
+            if path not in names:
+                names[path] = k
+                contents[k] = b""
+            handles[k] = (names[path], 0)
+            return done(output is None)
+        if kind == "write":
+            _, k, data = input
+            if k not in handles:
+                return False, state  # its open did not take effect (yet)
+            contents[handles.pop(k)[0]] = data
+            return done(output is None)
+        if kind == "open_r":
+            _, k, path = input
+            if path not in names:
+                return (not known or output == "ENOENT"), state
+            handles[k] = (names[path], len(contents[names[path]]))
+            return done(output is None)
+        if kind in ("read", "size"):
+            k = input[1]
+            if k not in handles:
+                return False, state
+            ino, size = handles.pop(k)
+            c = contents[ino]
+            return done(output == (c[:size] if kind == "read" else len(c)))
+        if kind == "unlink":
+            path = input[1]
+            if path not in names:
+                return (not known or output == "ENOENT"), state
+            del names[path]
+            return done(output is None)
+        if kind == "rename":
+            _, src, dst = input
+            if src not in names:
+                return (not known or output == "ENOENT"), state
+            if src != dst:
+                names[dst] = names.pop(src)
+            return done(output is None)
+        if kind == "ls":
+            prefix = input[1] + "/"
+            want = tuple(sorted(p[len(prefix):] for p in names if p.startswith(prefix)))
+            return (not known or tuple(output) == want), state
         raise ValueError(f"unknown operation {input!r}")

@@ -204,6 +204,15 @@ class Fabric:
         for h in hosts:
             _ip("-n", self.switch, "link", "set", h.port, "up")
 
+    def cut(self, host: Host, *others: Host) -> None:
+        """Cut ``host`` off ``others`` only (blackhole routes to them in ``host``): what it
+        sends them is dropped, so neither side gets an answer; the rest still reach it."""
+        for o in others:
+            _ip("-n", host.ns, "route", "replace", "blackhole", f"{o.addr}/32")
+
+    def uncut(self, host: Host) -> None:
+        _ip("-n", host.ns, "route", "flush", "type", "blackhole")
+
     def close(self) -> None:
         """Delete every namespace this fabric made (their veths and the bridge go with them)."""
         if self._closed:
@@ -222,6 +231,31 @@ class Fabric:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class HostFaults:
+    """The network faults of dfs.stress.nemesis (its ``Net``) on a NetnsCluster: a fault of a
+    process is its host's (every process there): ``partition`` pulls the host's cable,
+    ``cut`` isolates it from the hosts of the given peers only (the client host still
+    reaches it: a leader its clients talk to that cannot reach its followers)."""
+
+    def __init__(self, fabric: Fabric, cluster: NetnsCluster) -> None:
+        self.fabric = fabric
+        self.cluster = cluster
+
+    def affected(self, proc: NetProc) -> list[NetProc]:
+        return self.cluster.on_host(proc.host)
+
+    def partition(self, proc: NetProc) -> None:
+        self.fabric.partition(proc.host)
+
+    def cut(self, proc: NetProc, peers: list[NetProc]) -> None:
+        hosts = {q.host.ns: q.host for q in peers if q.host is not proc.host}
+        self.fabric.cut(proc.host, *hosts.values())
+
+    def heal(self, proc: NetProc) -> None:
+        self.fabric.heal(proc.host)
+        self.fabric.uncut(proc.host)
 
 
 # ---------------------------------------------------------------------- agent

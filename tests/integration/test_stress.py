@@ -48,3 +48,19 @@ def test_stress_chaos(tmp_path):
     kills = [e["kill"] for e in ch["events"] if "kill" in e]
     restarts = [e["restart"] for e in ch["events"] if "restart" in e]
     assert sorted(kills) == sorted(restarts)  # everything killed came back before the check
+
+
+def test_stress_linearizable_chaos(tmp_path):
+    """The linearizability mode's command: a history recorded under kills and pauses, checked."""
+    out = tmp_path / "lin.json"
+    r = subprocess.run([*DFS, "bench", "stress", "--linearizable", "--chaos", "--clients", "3", "--seed", "11",
+                        "--duration", "8", "--chaos-every", "2", "--chaos-down", "1", "--no-progress",
+                        "--dir", str(tmp_path), "--json", str(out), "--history", str(tmp_path / "h.json")],
+                       check=False, capture_output=True, text=True, timeout=500)
+    assert out.exists(), r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert res["verdict"] == "linearizable", r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert res["nemesis_error"] is None
+    assert res["ops_total"] == sum(res["ops"].values())
+    assert res["faults"] and "verdict: linearizable" in r.stdout

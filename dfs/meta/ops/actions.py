@@ -24,6 +24,7 @@ from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO
 from dfs.common.limits import LINK_MAX
 from dfs.common.messages import codec, from_wire
+from dfs.common.wire import register
 from dfs.meta import schema as S
 from dfs.meta.ops.base import check_access, check_name, check_sticky
 from dfs.meta.ops.delegate import check_delegated, use_delegated
@@ -169,19 +170,24 @@ class StickyOk(Action):
 @action(ActionKind.DPUT)
 class PutEntry(Action):
     """Entry ``parent/name`` -> ``ino`` (0: the new inode of this operation's mkdir);
-    ``expect``: the inode it must map to now, 0 = absent."""
+    ``expect``: the inode it must map to now, 0 = absent. ``replace``: absent was only
+    what the coordinator read (a rename replaces its target): a name there now appeared
+    since, and the coordinator reads again."""
 
     parent: int
     name: bytes
     ino: int
     mode: int
     expect: int
+    replace: bool = False
 
     def validate(self, ctx, state):
         check_name(self.name)
         ctx.dir(self.parent)
         cur = ctx.dentry(self.parent, self.name)
         if self.expect == 0 and cur is not None:
+            if self.replace:  # a PREPARE answers it as Conflict; either way the coordinator reads again
+                raise err.Locked("the name appeared since it was read")
             raise err.Exists()
         if self.expect != 0 and (cur is None or cur[0] != self.expect):
             raise err.Locked("entry changed")  # the coordinator re-reads and retries
@@ -195,7 +201,11 @@ class PutEntry(Action):
         touched.add(p)
 
     def fill(self, new_ino):
-        return self if self.ino else PutEntry(self.parent, self.name, new_ino, self.mode, self.expect)
+        return self if self.ino else PutEntry(self.parent, self.name, new_ino, self.mode, self.expect,
+                                              self.replace)
+
+
+register(PutEntry, trim=True)  # replace=False is left off: the format records were first written in
 
 
 @action(ActionKind.DDEL)

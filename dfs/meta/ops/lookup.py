@@ -2,8 +2,10 @@
 
 Served by the shard leader from applied state (``MetaStore.read``), never
 logged. A lookup or getattr of a name or inode that a prepared cross-shard
-operation holds exclusively waits (Locked, retried by the client), so the
-middle of a rename is never seen through the names it changes.
+operation holds exclusively waits (Locked, retried by the client), and so
+does a readdir of a directory one of whose names such an operation holds, so
+the middle of a rename is never seen through the names it changes (its other
+shard may already show its end).
 
 May import dfs.common, dfs.meta.schema and dfs.meta.ops.base only.
 """
@@ -62,6 +64,7 @@ def getattrs(ctx, req: m.Getattrs) -> m.AttrsReply:
 def readdir(ctx, req: m.Readdir) -> m.ReaddirReply:
     d = ctx.dir(req.ino)
     check_access(d, ctx.caller, R_OK)
+    ctx.check_entry_locks(req.ino)
     limit = max(1, min(req.limit, READDIR_MAX))
     out = []
     last_hash = -1

@@ -77,7 +77,8 @@ async def rename(coord, rid: bytes, caller: Caller, req: m.Rename) -> m.ActionRe
         check_access_wire(a, caller, W_OK)
     if not exchange:
         plan[ss].append(A.DeleteEntry(sp, sname, sino))
-        plan[ds].append(A.PutEntry(dp, dname, sino, smode, dst[0] if dst else 0))
+        plan[ds].append(A.PutEntry(dp, dname, sino, smode, dst[0] if dst else 0,
+                                   dst is None and not flags & RENAME_NOREPLACE))
         if dst is not None:
             if ddir:
                 plan[shard_of(dst[0])].append(A.RemoveDir(dst[0]))
