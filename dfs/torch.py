@@ -8,6 +8,9 @@
   (shuffled by ``seed`` and ``set_epoch``), split across ranks and then across
   DataLoader workers; each worker streams its share through ``read_many`` so
   the next files are on their way while the current one is decoded.
+* ``DfsStorageWriter`` / ``DfsStorageReader``: ``torch.distributed.checkpoint``
+  storage that commits a checkpoint of many ranks' files atomically
+  (dfs/checkpoint.py: staging directory, commit marker, one rename, ``latest``).
 * ``load_safetensors``: the header first, then every tensor's bytes with one
   read of the data region, which the file handle splits into chunk reads sent
   in parallel into one buffer; tensors are views of that buffer.
@@ -19,28 +22,33 @@ its own; a spawned one unpickles a dataset without a client). ``decode`` must
 be picklable for the spawn start method (a module-level function).
 
 This is the only module of dfs that imports torch; ``import dfs`` never does
-(torch is the optional ``ai`` extra). Imports: torch, dfs.common, dfs.client.
+(torch is the optional ``ai`` extra). Imports: torch, dfs.common, dfs.client, dfs.checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno as E
 import json
 import os
+import posixpath
 import random
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemReader, FileSystemWriter, _StoragePrefix
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from dfs.checkpoint import CheckpointDir, check_name
 from dfs.client.loop import live_at_fork
 from dfs.client.prefetch import DEFAULT_MAX_BYTES
 from dfs.common import errors as err
 
-__all__ = ["DfsDataset", "DfsIterableDataset", "load_safetensors", "list_files", "raw"]
+__all__ = ["DfsDataset", "DfsIterableDataset", "DfsStorageWriter", "DfsStorageReader", "load_safetensors", "list_files",
+           "raw"]
 
 
 def raw(path: str, data: bytearray) -> bytearray:
@@ -300,3 +308,153 @@ async def _load(aio, path) -> tuple[dict, dict]:
             tensors[name] = torch.frombuffer(buf, dtype=dtype, count=(end - begin) // dtype.itemsize,
                                              offset=begin).reshape(shape)
     return tensors, meta
+
+
+# ---------------------------------------------------------------------------- torch.distributed.checkpoint
+# The writer and reader of atomic checkpoints (dfs/checkpoint.py): the coordinator makes the
+# staging directory while planning and sends its name to every rank with the plan; the ranks
+# write their files there (torch's own file format and writer threads, over the dfs library);
+# the coordinator's ``finish`` writes torch's ``.metadata`` there and commits (one rename).
+
+
+class _DcpFs(FileSystemBase):
+    """torch.distributed.checkpoint's file system interface over a dfs ``Client``; a written
+    file is fsync'd before its close (torch's own fsync needs a descriptor)."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    @contextlib.contextmanager
+    def create_stream(self, path, mode: str):
+        f = self.client.open(os.fspath(path), mode)
+        if any(ch in mode for ch in "wax+"):
+            f = _SyncedOnClose(f)
+        try:
+            yield f
+        finally:
+            f.close()
+
+    def concat_path(self, path, suffix: str) -> str:
+        return posixpath.join(os.fspath(path), suffix)
+
+    def init_path(self, path) -> str:
+        return os.fspath(path)
+
+    def rename(self, path, new_path) -> None:
+        self.client.replace(os.fspath(path), os.fspath(new_path))
+
+    def mkdir(self, path) -> None:
+        self.client.makedirs(os.fspath(path), exist_ok=True)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id) -> bool:
+        return False
+
+    def exists(self, path) -> bool:
+        return self.client.exists(os.fspath(path))
+
+    def rm_file(self, path) -> None:
+        self.client.remove(os.fspath(path))
+
+    def ls(self, path) -> list[str]:
+        p = os.fspath(path)
+        return [posixpath.join(p, n) for n in self.client.listdir(p)]
+
+@dataclasses.dataclass
+class _Staged(_StoragePrefix):
+    staging: str = ""
+
+class DfsStorageWriter(FileSystemWriter):
+    """A ``torch.distributed.checkpoint`` writer that saves checkpoint ``name`` under ``root``
+    on dfs atomically (see the module's docstring). Every rank builds it with the same
+    ``root`` and ``name``; ``client`` (this process's) or ``connect`` (``dfs.connect``
+    arguments). Other arguments as torch's ``FileSystemWriter`` (``sync_files`` is dfs's
+    fsync at each file's close)."""
+
+    def __init__(self, root: str, name: str, *, client=None, connect: dict | None = None,
+                 single_file_per_rank: bool = True, sync_files: bool = True, thread_count: int = 1,
+                 per_thread_copy_ahead: int = 10_000_000, **kw: Any) -> None:
+        super().__init__(root, single_file_per_rank, False, thread_count, per_thread_copy_ahead,
+                         overwrite=False, **kw)
+        self.client = client if client is not None else _connect(connect)
+        self._own = client is None
+        self.fs = _DcpFs(self.client) if sync_files else _NoSyncFs(self.client)
+        self.dir = CheckpointDir(self.client, root)
+        self.name = check_name(name)
+        self.path = self.dir.root
+        self.committed: str | None = None
+
+    def prepare_local_plan(self, plan):
+        return plan  # no mkdir of a final directory, no "exists" probe: the staging dir is the coordinator's
+
+    def prepare_global_plan(self, plans):
+        staging = self.dir.stage(self.name)
+        self.path = staging
+        return [dataclasses.replace(p, storage_data=_Staged(f"__{i}_", staging)) for i, p in enumerate(plans)]
+
+    def write_data(self, plan, planner):
+        self.path = plan.storage_data.staging
+        return super().write_data(plan, planner)
+
+    def finish(self, metadata, results) -> None:
+        super().finish(metadata, results)  # .metadata into the staging directory
+        self.committed = self.dir.commit(self.path, self.name)
+
+    def close(self) -> None:
+        if self._own:
+            self.client.close()
+
+class _NoSyncFs(_DcpFs):
+    @contextlib.contextmanager
+    def create_stream(self, path, mode: str):
+        with self.client.open(os.fspath(path), mode) as f:
+            yield f
+
+
+class _SyncedOnClose:
+    """A dfs file whose close fsyncs first (torch's writer closes the stream itself)."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            try:
+                self._f.flush()
+                self._f.fsync()
+            finally:
+                self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+class DfsStorageReader(FileSystemReader):
+    """A ``torch.distributed.checkpoint`` reader of checkpoint ``name`` under ``root`` (None:
+    the one ``latest`` names; ENOENT when there is none)."""
+
+    def __init__(self, root: str, name: str | None = None, *, client=None, connect: dict | None = None,
+                 **kw: Any) -> None:
+        super().__init__(root, **kw)
+        self.client = client if client is not None else _connect(connect)
+        self._own = client is None
+        self.fs = _DcpFs(self.client)
+        self.dir = CheckpointDir(self.client, root)
+        if name is None:
+            name = self.dir.latest()
+            if name is None:
+                e = err.NotFound(f"no checkpoint under {self.dir.root}")
+                e.filename = self.dir.root
+                raise e
+        self.dir.manifest(name)
+        self.name = name
+        self.path = self.dir.path(name)
+
+    def close(self) -> None:
+        if self._own:
+            self.client.close()

@@ -78,7 +78,7 @@ conn, top, ctx = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 out = {}
 ds = DfsDataset(top, decode_index, connect=conn)
 dl = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=True, num_workers=2, multiprocessing_context=ctx,
-                                 generator=torch.Generator().manual_seed(1))
+                                 generator=torch.Generator().manual_seed(1), persistent_workers=True)
 out["map"] = [[int(x) for b in dl for x in b] for _epoch in range(2)]
 out["iter"] = []
 for rank in range(2):
@@ -90,12 +90,13 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # spawned workers import torch: minutes on a loaded machine
 @pytest.mark.parametrize("ctx", ["fork", "spawn"])
 def test_datasets_under_dataloader_workers(tree, conn, ctx):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(conn), tree, ctx], capture_output=True,
-                       text=True, cwd=root, env=env, timeout=300)
+                       text=True, cwd=root, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     for epoch in out["map"]:
@@ -183,3 +184,53 @@ def test_a_malformed_safetensors_file_is_einval(fs, blob):
 def test_safetensors_of_a_missing_file_is_enoent(fs):
     with pytest.raises(FileNotFoundError):
         load_safetensors("/no/such.safetensors", client=fs)
+
+
+# ---------------------------------------------------------------------------- torch.distributed.checkpoint
+def _state(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"model": {"w": torch.randn(256, 64, generator=g), "b": torch.randn(64, generator=g)},
+            "step": torch.tensor(seed), "big": torch.randn(1 << 20, generator=g)}
+
+
+def test_dcp_save_commits_atomically_and_load_reads_latest(fs):
+    import torch.distributed.checkpoint as dcp
+
+    from dfs.checkpoint import CheckpointDir
+    from dfs.torch import DfsStorageReader, DfsStorageWriter
+
+    root = f"/dcp{next(_n)}"
+    for step in (1, 2):
+        w = DfsStorageWriter(root, f"step{step}", client=fs, thread_count=2)
+        dcp.save(_state(step), storage_writer=w)
+        assert w.committed == f"{root}/step{step}"
+    ck = CheckpointDir(fs, root)
+    assert ck.latest() == "step2" and ck.names() == ["step1", "step2"] and ck.abandoned() == []
+    ck.verify("step2")
+    assert ".metadata" in ck.manifest("step2")["files"]
+    got = _state(0)
+    dcp.load(got, storage_reader=DfsStorageReader(root, client=fs))
+    want = _state(2)
+    assert torch.equal(got["model"]["w"], want["model"]["w"]) and torch.equal(got["big"], want["big"])
+    assert int(got["step"]) == 2
+    older = _state(0)
+    dcp.load(older, storage_reader=DfsStorageReader(root, "step1", client=fs))
+    assert torch.equal(older["big"], _state(1)["big"])
+    with pytest.raises(dcp.api.CheckpointException, match="File exists"):  # a name is committed once
+        dcp.save(_state(3), storage_writer=DfsStorageWriter(root, "step2", client=fs))
+    assert ck.latest() == "step2" and ck.abandoned() == []
+    with pytest.raises(FileNotFoundError):
+        DfsStorageReader(f"/dcp{next(_n)}", client=fs)
+
+
+def test_torch_fsspec_writer_and_reader_work_on_dfs_urls(conn, fs):
+    """The other route the issue names: torch's own fsspec storage on dfs:// (not atomic)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+
+    url = f"dfs:///dcpfs{next(_n)}/c"
+    opts = {"cluster": conn["cluster"], "uid": 0, "gid": 0}
+    dcp.save(_state(5), storage_writer=FsspecWriter(url, sync_files=False, **opts))
+    got = _state(0)
+    dcp.load(got, storage_reader=FsspecReader(url, **opts))
+    assert torch.equal(got["big"], _state(5)["big"])
