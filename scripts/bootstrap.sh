@@ -75,11 +75,26 @@ want=$(inputs_hash)
 if [[ -z ${DFS_BOOTSTRAP_FORCE:-} && -f $STAMP && "$(cat "$STAMP")" == "$want" ]] &&
    .venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c, dfs._native.datapath' 2>/dev/null; then
   log "up to date"
-  exit 0
+else
+  log "installing dfs (editable) with test extras"
+  rm -f "$STAMP"
+  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c, dfs._native.datapath'
+  echo "$want" > "$STAMP"
 fi
-log "installing dfs (editable) with test extras"
-rm -f "$STAMP"
-.venv/bin/python -m pip install -q -e '.[test]'
-.venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c, dfs._native.datapath'
-echo "$want" > "$STAMP"
+
+# --- 4. the optional "ai" extra (torch, safetensors) for tests/unit/test_torch.py ----------
+# Only a CPU build: where pip would pull CUDA (gigabytes of nvidia-* wheels) it is left out
+# and the torch tests skip. DFS_BOOTSTRAP_AI=0 never installs it.
+if [[ ${DFS_BOOTSTRAP_AI:-1} != 0 ]] && ! .venv/bin/python -c 'import torch, safetensors' 2>/dev/null; then
+  mapfile -t ai < <(.venv/bin/python -c 'import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["ai"]))')
+  if plan=$(.venv/bin/python -m pip install --dry-run -q --report - "${ai[@]}" 2>/dev/null) &&
+     ! grep -qi '"name": *"nvidia-' <<<"$plan"; then
+    log "installing the ai extra (CPU torch, safetensors)"
+    .venv/bin/python -m pip install -q "${ai[@]}" || log "the ai extra did not install; the torch tests will skip"
+  else
+    log "no CPU-only torch available here; the torch tests will skip"
+  fi
+fi
 log "done"
