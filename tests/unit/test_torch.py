@@ -234,3 +234,45 @@ def test_torch_fsspec_writer_and_reader_work_on_dfs_urls(conn, fs):
     got = _state(0)
     dcp.load(got, storage_reader=FsspecReader(url, **opts))
     assert torch.equal(got["big"], _state(5)["big"])
+
+
+DCP_RANKS = """
+import json, os, sys
+import torch, torch.distributed as dist, torch.distributed.checkpoint as dcp
+import dfs
+from dfs.torch import DfsStorageReader, DfsStorageWriter
+
+def rank_main(rank, conn, root, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    with dfs.connect(**conn) as fs:
+        state = {f"r{rank}": torch.full((1000,), float(rank)), "shared": torch.arange(10)}
+        dcp.save(state, storage_writer=DfsStorageWriter(root, "s1", client=fs))
+        got = {f"r{rank}": torch.zeros(1000), "shared": torch.zeros(10, dtype=torch.int64)}
+        dcp.load(got, storage_reader=DfsStorageReader(root, client=fs))
+        assert torch.equal(got[f"r{rank}"], state[f"r{rank}"]) and torch.equal(got["shared"], torch.arange(10))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    import socket
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    torch.multiprocessing.spawn(rank_main, args=(json.loads(sys.argv[1]), sys.argv[2], port), nprocs=2)
+    print("ok")
+"""
+
+
+@pytest.mark.slow  # two spawned ranks import torch
+def test_dcp_from_two_ranks_commits_one_checkpoint(conn, fs, tmp_path):
+    from dfs.checkpoint import CheckpointDir
+
+    root = f"/dcp{next(_n)}"
+    script = tmp_path / "ranks.py"
+    script.write_text(DCP_RANKS)
+    r = subprocess.run([sys.executable, str(script), json.dumps(conn), root], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+    ck = CheckpointDir(fs, root)
+    assert ck.latest() == "s1" and ck.abandoned() == []
+    files = ck.manifest("s1")["files"]
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(files)  # both ranks' files, one commit
+    ck.verify("s1")
