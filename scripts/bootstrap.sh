@@ -75,11 +75,36 @@ want=$(inputs_hash)
 if [[ -z ${DFS_BOOTSTRAP_FORCE:-} && -f $STAMP && "$(cat "$STAMP")" == "$want" ]] &&
    .venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c, dfs._native.datapath' 2>/dev/null; then
   log "up to date"
-  exit 0
+else
+  log "installing dfs (editable) with test extras"
+  rm -f "$STAMP"
+  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c, dfs._native.datapath'
+  echo "$want" > "$STAMP"
 fi
-log "installing dfs (editable) with test extras"
-rm -f "$STAMP"
-.venv/bin/python -m pip install -q -e '.[test]'
-.venv/bin/python -c 'import dfs._proto.meta_pb2, dfs._proto.meta_pb2_grpc, dfs._native.crc32c, dfs._native.datapath'
-echo "$want" > "$STAMP"
+
+# --- 4. the optional "ai" extra (torch, safetensors) for tests/unit/test_torch.py ----------
+# Only a CPU build: the extra as pyproject.toml states it when pip resolves that without CUDA
+# (no nvidia-* wheels in its dry-run report), else a "+cpu" build of $DFS_TORCH_CPU (a local
+# wheel or index may serve one; PyPI's plain torch for Linux pulls gigabytes of CUDA), else
+# nothing and the torch tests skip. DFS_BOOTSTRAP_AI=0 never installs it.
+cpu_only() {
+  local plan
+  plan=$(.venv/bin/python -m pip install --dry-run -q --report - "$@" 2>/dev/null) &&
+    ! grep -qi '"name": *"\(nvidia-\|cuda-\|triton\)' <<<"$plan"
+}
+if [[ ${DFS_BOOTSTRAP_AI:-1} != 0 ]] && ! .venv/bin/python -c 'import torch, safetensors' 2>/dev/null; then
+  mapfile -t ai < <(.venv/bin/python -c 'import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["ai"]))')
+  cpu=("torch==${DFS_TORCH_CPU:-2.13.0}+cpu" "${ai[@]:1}")
+  if cpu_only "${ai[@]}"; then
+    log "installing the ai extra (CPU torch, safetensors)"
+    .venv/bin/python -m pip install -q "${ai[@]}" || log "the ai extra did not install; the torch tests will skip"
+  elif cpu_only "${cpu[@]}"; then
+    log "installing the ai extra with ${cpu[0]}"
+    .venv/bin/python -m pip install -q "${cpu[@]}" || log "the ai extra did not install; the torch tests will skip"
+  else
+    log "no CPU-only torch available here; the torch tests will skip"
+  fi
+fi
 log "done"

@@ -6,6 +6,11 @@ daemon thread runs an event loop, ``run(coro)`` runs a coroutine there and
 waits for its result in the calling thread, ``close()`` closes the wrapped
 object on the loop and stops the thread.
 
+A process forked while a facade's loop thread is running cannot use gRPC
+(its state is the parent's, mid-poll: the child aborts in the poller), so
+``live_at_fork()`` tells a child whether that happened, for code that makes a
+client per worker process (dfs/torch.py) to say so instead of crashing.
+
 Imports: the standard library only (every client module may build on it).
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -20,6 +26,23 @@ from typing import Any, TypeVar
 log = logging.getLogger("dfs.client")
 
 T = TypeVar("T")
+
+_live = 0  # facades of this process whose loop thread runs
+_live_at_fork = 0  # in a forked child: the parent's count at the fork
+
+
+def _forked() -> None:
+    global _live, _live_at_fork
+    _live_at_fork, _live = _live, 0
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def live_at_fork() -> int:
+    """How many facades (clients) were running in the parent when this process was forked
+    from it (0 in a process that was not forked, or forked with none running)."""
+    return _live_at_fork
 
 
 class SyncFacade:
@@ -29,9 +52,12 @@ class SyncFacade:
     called on the loop thread, so it may create asyncio objects."""
 
     def __init__(self, make: Any, *, thread_name: str = "dfs-client") -> None:
+        global _live
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=thread_name, daemon=True)
         self._thread.start()
+        _live += 1
+        self._pid = os.getpid()
         self._closed = False
         try:
             self.aio = self.run(self._make(make))
@@ -74,6 +100,9 @@ class SyncFacade:
     # (dfs.bench, dfs.cli.demo); tests use ``run``.
 
     def _stop(self) -> None:
+        global _live
+        if self._pid == os.getpid():
+            _live -= 1
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()

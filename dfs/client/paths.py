@@ -26,6 +26,7 @@ from dfs.client.fileio import AsyncFile, parse_mode
 from dfs.client.leases import Leases
 from dfs.client.meta import NAME_RACES
 from dfs.client.mode import Mode
+from dfs.client.prefetch import DEFAULT_AHEAD, DEFAULT_MAX_BYTES, read_many
 from dfs.client.snapdir import SNAPDIR, SnapChunks, SnapMeta
 from dfs.client.snapshots import SnapshotAPI
 from dfs.common import errors as err
@@ -665,3 +666,9 @@ class AsyncClient(SnapshotAPI):
             return await f.write(data)
         finally:
             await f.close()
+
+    def read_many(self, paths, *, ahead: int = DEFAULT_AHEAD, max_bytes: int = DEFAULT_MAX_BYTES):
+        """An async iterator of ``(path, contents)`` in the order of ``paths``, up to ``ahead``
+        files and ``max_bytes`` fetched ahead concurrently (dfs/client/prefetch.py); an error
+        is raised at its file's turn, carrying its path."""
+        return read_many(self, paths, ahead=ahead, max_bytes=max_bytes)

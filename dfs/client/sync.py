@@ -22,6 +22,7 @@ from dfs.client.core import Core
 from dfs.client.fileio import Cursor, RawFile, parse_mode, wrap
 from dfs.client.loop import SyncFacade
 from dfs.client.mode import Mode
+from dfs.client.prefetch import DEFAULT_AHEAD, DEFAULT_MAX_BYTES
 from dfs.client.paths import AsyncClient, PathLike, ScandirEntry, _oserror
 from dfs.common.records import Caller
 
@@ -95,6 +96,23 @@ class Client(SyncFacade):
     def write_bytes(self, path: PathLike, data: bytes) -> int:
         return self.run(self.aio.write_bytes(path, data))
 
+    def read_many(self, paths, *, ahead: int = DEFAULT_AHEAD,
+                  max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[tuple[Any, bytearray]]:
+        """Yield ``(path, contents)`` in the order of ``paths`` while the client's loop fetches
+        up to ``ahead`` files (``max_bytes``) ahead; an error is raised at its file's turn.
+        Closing the iterator early (``break``, ``close()``) cancels what was fetched ahead."""
+        agen = self.aio.read_many(paths, ahead=ahead, max_bytes=max_bytes)
+        try:
+            while True:
+                try:
+                    item = self.run(_anext(agen))
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if not self._closed:
+                self.run(agen.aclose())
+
     def read_text(self, path: PathLike, encoding: str = "utf-8") -> str:
         return self.read_bytes(path).decode(encoding)
 
@@ -134,6 +152,10 @@ class Client(SyncFacade):
 
     def getcwd(self) -> str:
         return os.fsdecode(self.aio.cwd)
+
+
+async def _anext(agen):
+    return await agen.__anext__()
 
 
 def _now(coro: Any) -> Any:
