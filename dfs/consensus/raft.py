@@ -53,6 +53,7 @@ import asyncio
 import collections
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,7 @@ from typing import Any
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as _pysyncobj_clock
+from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from dfs.common.config import DURABILITY
@@ -113,6 +115,7 @@ class _Transport(TCPTransport):
     def __init__(self, syncObj: _Node, selfNode, otherNodes) -> None:
         self._journal = syncObj._dfs_journal
         self._held: list[tuple[Any, dict]] = []
+        self._auth_logged: dict[str, float] = {}  # peer -> when its failed authentication was last logged
         syncObj._dfs_transport = self
         super().__init__(syncObj, selfNode, otherNodes)
 
@@ -139,6 +142,34 @@ class _Transport(TCPTransport):
                 return False
             return more
         conn._TcpConnection__processRead = bounded_read
+        self._log_failed_auth(conn)
+
+    AUTH_LOG_EVERY = 60.0  # seconds between two warnings about one peer address
+
+    def _log_failed_auth(self, conn) -> None:
+        """pysyncobj drops a connection whose message does not decrypt (or unpickle) without a
+        word, so a replica given the wrong Raft password or salt looked like a partition. Say
+        it: a complete message that ends the connection unparsed is a failed authentication."""
+        parse = conn._TcpConnection__processParseMessage  # pysyncobj's private parser
+        sock = conn._TcpConnection__socket
+        try:
+            peer = "%s:%s" % sock.getpeername()[:2] if sock is not None else "?"
+        except OSError:
+            peer = "?"
+
+        def logged_parse():
+            buf = conn._TcpConnection__readBuffer
+            whole = len(buf) >= 4 and len(buf) - 4 >= struct.unpack("i", bytes(buf[:4]))[0]
+            message = parse()
+            if message is None and whole and conn.state == CONNECTION_STATE.DISCONNECTED:
+                now = time.monotonic()
+                if now - self._auth_logged.get(peer, -self.AUTH_LOG_EVERY) >= self.AUTH_LOG_EVERY:
+                    self._auth_logged[peer] = now
+                    log.warning("Raft connection from %s failed authentication: a message that does not "
+                                "decrypt with this group's key (a wrong raft password or raft_salt?), dropped",
+                                peer)
+            return message
+        conn._TcpConnection__processParseMessage = logged_parse
 
     def send(self, node, message) -> bool:
         if message.get("type") != "append_entries" and (self._held or self._journal.dirty):

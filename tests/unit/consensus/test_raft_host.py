@@ -292,3 +292,26 @@ def test_a_stranger_cannot_make_a_raft_port_buffer_much(tmp_path):
             h.close()
             sm.close()
     asyncio.run(main())
+
+
+def test_a_wrong_raft_password_is_logged_as_such(tmp_path, caplog):
+    """A peer with another password used to look like a partition (pysyncobj drops what does
+    not decrypt without a word): the replica now says a connection failed authentication."""
+    import logging
+
+    async def main():
+        a_addr, b_addr = (f"127.0.0.1:{p}" for p in free_ports(2))
+        sa, sb = CounterSM(str(tmp_path / "sa")), CounterSM(str(tmp_path / "sb"))
+        a = RaftHost(sa, a_addr, [a_addr, b_addr], str(tmp_path / "ra"), password="a" + os.urandom(16).hex())
+        b = RaftHost(sb, b_addr, [a_addr, b_addr], str(tmp_path / "rb"), password="b" + os.urandom(16).hex())
+        try:
+            await until(lambda: "failed authentication" in caplog.text, 30, "the warning")
+            assert not a.is_leader and not b.is_leader  # neither got the other's vote
+        finally:
+            b.close()
+            a.close()
+            sb.close()
+            sa.close()
+
+    with caplog.at_level(logging.WARNING, logger="dfs.consensus.raft"):
+        asyncio.run(main())
