@@ -87,6 +87,9 @@ __all__ = ["DURABILITY", "MEMBERS_FILE", "SNAP_TMP_DIR", "Busy", "CorruptState",
 
 log = logging.getLogger(__name__)
 
+BIND_RETRIES = 30    # tries to bind the Raft port before the replica halts, saying why
+BIND_RETRY_S = 1.0
+
 _ROLE = {0: "follower", 1: "candidate", 2: "leader"}
 _LEADER_STATE = 2
 
@@ -346,6 +349,8 @@ class RaftHost(Log):
             logCompactionMinEntries=log_compaction_min_entries,
             logCompactionMinTime=log_compaction_min_time,
             onStateChanged=self._on_state_changed,
+            bindRetryTime=BIND_RETRY_S,
+            maxBindRetries=BIND_RETRIES,
         )
         try:
             self._node = _Node(self, self_address, self._group.initial_peers, conf, self._journal)
@@ -357,6 +362,18 @@ class RaftHost(Log):
         self._paused = False  # a leadership transfer holds new entries back
         self._group.bind(self._node, self._on_tick.append, self._on_tick_call, self._get_loop)
         self._node.addOnTickCallback(self._run_on_tick)
+        threading.Thread(target=self._watch_bind, name=f"raft-bind {self_address}", daemon=True).start()
+
+    def _watch_bind(self) -> None:
+        """pysyncobj retries binding the Raft port and, when it cannot, runs on unbound: the
+        replica then looked like a partitioned one (no term, no leader; seen when another
+        process took the port of a replica while it was down). Say it, and halt."""
+        try:
+            self._node.waitBinded()
+        except Exception:  # noqa: BLE001 - pysyncobj's SyncObjException('BindError')
+            if not self._closed:
+                self._halt(OSError(f"cannot bind the Raft address {self.self_address} after "
+                                   f"{BIND_RETRIES} tries {BIND_RETRY_S:g}s apart (in use by another process?)"))
 
     # ----------------------------------------------------------------- apply
 
@@ -388,7 +405,8 @@ class RaftHost(Log):
         """The journal cannot be written: stop taking part in the group (no answer may claim
         an entry is on disk now), keep failing submits; a restart reads what the disk has."""
         self._fatal = e
-        log.critical("%s: Raft journal failed (%s); replica halted", self.self_address, e)
+        log.critical("%s: %s; replica halted", self.self_address,
+                     e if isinstance(e, OSError) and "bind" in str(e) else f"Raft journal failed ({e})")
         loop = self._loop
         if loop is not None:
             try:

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(600)]
 
 def snapshot_view(fs, top: int, snap: int) -> dict:
     """name -> (size, mode, bytes) of every file under ``top`` at ``snap`` (one level of dirs)."""
-    meta, dc = fs.aio.core.meta, fs.aio.core.data
+    meta, dc = fs.aio.core.meta.inner, fs.aio.core.data.inner  # the raw clients under .snap's addressing
 
     async def go():
         out = {}

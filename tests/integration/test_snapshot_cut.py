@@ -127,7 +127,7 @@ def _dirs(top: int, nshards: int) -> list[tuple[str, str]]:
 
 
 async def _snapshot_state(fs, dc: DataClient, top: int, dirs: tuple[str, str], snap: int) -> dict:
-    meta = fs.aio.core.meta
+    meta = fs.aio.core.meta.inner  # the raw MetaClient under .snap's addressing (snap= reads)
     out = {}
     for d in dirs:
         dino = (await meta.lookup(top, d, snap=snap)).ino
@@ -173,7 +173,7 @@ def test_snapshots_are_consistent_cuts_under_load(make_cluster):
         assert all(len(t.ops) >= MIN_OPS for t in clients)
 
         async def check():
-            dc = fs.aio.core.data
+            dc = fs.aio.core.data.inner  # the raw DataClient (at= reads)
             bad = []
             for s, began, returned in snaps:
                 for t, (a, b) in zip(clients, pairs):

@@ -315,3 +315,37 @@ def test_a_wrong_raft_password_is_logged_as_such(tmp_path, caplog):
 
     with caplog.at_level(logging.WARNING, logger="dfs.consensus.raft"):
         asyncio.run(main())
+
+
+def test_a_raft_port_in_use_halts_the_replica_saying_so(tmp_path, caplog, monkeypatch):
+    """pysyncobj kept retrying the bind and ran unbound, looking like a partitioned replica;
+    after a bounded number of tries the replica now halts with the reason in its log."""
+    import logging
+    import socket
+
+    from dfs.consensus import raft
+
+    monkeypatch.setattr(raft, "BIND_RETRIES", 2)
+    monkeypatch.setattr(raft, "BIND_RETRY_S", 0.1)
+
+    async def main():
+        port = free_ports(1)[0]
+        taken = socket.socket()
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        sm = CounterSM(str(tmp_path / "sm"))
+        addr = f"127.0.0.1:{port}"
+        h = RaftHost(sm, addr, [addr], str(tmp_path / "raft"))
+        try:
+            await until(lambda: h._fatal is not None, 30, "the replica to halt")
+            assert "cannot bind the Raft address" in caplog.text
+            with pytest.raises(Unavailable):
+                await h.submit(add_cmd("x"))
+        finally:
+            h.close()
+            sm.close()
+            taken.close()
+
+    with caplog.at_level(logging.CRITICAL, logger="dfs.consensus.raft"):
+        asyncio.run(main())
