@@ -22,7 +22,10 @@ of this server's targets (``header.target``) and returns the reply
   that silently missed a write could later be promoted without it.
 * **Reads** are served by serving members when the chunk has no write in
   flight (``committed == version``) — the tail always (it has everything
-  that is acknowledged); otherwise EAGAIN. A bad block answers EIO
+  that is acknowledged); otherwise EAGAIN. A chain read also needs the
+  server's membership lease (dfs/data/lease.py: a heartbeat mgmt answered
+  recently), or a member mgmt took out while it could not hear of it would
+  answer from a copy that missed the new chain's writes. A bad block answers EIO
   ("checksum ...") and schedules a repair of the chunk from a peer.
 * **Chunk -> chain index.** A chunk's meta does not say which chain it
   belongs to (the layout is per file and unknown here), so each target keeps
@@ -76,6 +79,7 @@ from typing import NamedTuple
 import msgpack
 
 from dfs.common import errors as err
+from dfs.data.lease import MembershipLease
 from dfs.data.resync import InflightGate, Resyncer, digest, vdigest
 from dfs.data.store import Preserved
 from dfs.kv import RocksKV, WriteBatch
@@ -230,15 +234,17 @@ class ChainService:
 
     def __init__(self, targets: dict[int, Target], peers: Pool, *, get_map: Callable, refresh_map: Callable,
                  forward_timeout: float = 10.0, resync_rate: int = 0,
-                 resolve_hold: Callable[[int], Awaitable[tuple[int, list[int]] | None]] | None = None) -> None:
+                 resolve_hold: Callable[[int], Awaitable[tuple[int, list[int]] | None]] | None = None,
+                 lease: MembershipLease | None = None) -> None:
         self.targets = targets
+        self.lease = lease              # None: no mgmt to answer to (in-process tests), reads never gated
         self.peers = peers
         self.get_map = get_map          # () -> ClusterMap | None
         self.refresh_map = refresh_map  # async () -> None (rate-limited by the caller)
         self.forward_timeout = forward_timeout
         self.locks = KeyedLocks()       # (target, ino, index): head ordering, local apply/install ordering
         self.counters = {"checksum_errors": 0, "repairs": 0, "installs_forwarded": 0, "resync_copied": 0,
-                         "resync_removed": 0}
+                         "resync_removed": 0, "reads_without_lease": 0}
         self.gate = InflightGate()      # mutations in flight per chain version (SYNC_LIST waits on older ones)
         self.resync = Resyncer(self, resync_rate)
         self._repairs: set[tuple] = set()
@@ -615,6 +621,7 @@ class ChainService:
         at = self._snap_of(h)
         ch = None
         if not anyrole:
+            self._check_lease(tgt)
             ch = await self._checked_chain(h)
             if tgt.id not in ch.targets:
                 raise err.Stale(f"target {tgt.id} does not serve chain {ch.id} v{ch.version}")
@@ -634,6 +641,15 @@ class ChainService:
         elif a != b:
             raise err.Retryable(f"chunk {h.ino:x}.{h.index}: changed while read on target {tgt.id}")
         return dp.reply_to(h, version=a.version), data
+
+    def _check_lease(self, tgt: Target) -> None:
+        """A chain read needs the membership lease (dfs/data/lease.py): without it mgmt
+        may already have taken this target out of the chain, and writes acknowledged since
+        are not here."""
+        if self.lease is not None and not self.lease.held():
+            self.counters["reads_without_lease"] += 1
+            raise err.Retryable(f"target {tgt.id}: no word from mgmt for {-self.lease.left():.1f}s "
+                                f"beyond its lease; it may no longer be in the chain")
 
     async def _read_blocks(self, tgt: Target, h: dp.Header, ch, anyrole: bool, at: int | None = None):
         """Zero-copy read: whole blocks sent from the chunk file with their stored

@@ -5,9 +5,10 @@
 It opens a ChunkStore (and the chain index sidecar, ``dfs.data.chain``) per
 target at the target's path, serves the data plane (``dfs.wire.dataplane``) on
 the server's address (bound there only), heartbeats to the mgmt leader every
-0.5 s with each target's state, capacity and finished resyncs, and refreshes
+0.5 s (less with a short ``target_timeout``) with each target's state, capacity and finished resyncs, and refreshes
 its cluster map when the epoch in a heartbeat reply grows (or when a request
-names a newer chain version than it knows). Requests on a connection are
+names a newer chain version than it knows). An answered heartbeat renews
+its membership lease (``dfs.data.lease``): chain reads need it. Requests on a connection are
 handled concurrently (pipelining), at most ``MAX_CONN_REQUESTS`` at a time.
 Bounds (``dfs.wire.limits``, docs/design/security.md): at most
 ``DATA_MAX_CONNECTIONS`` connections, ``DATA_MAX_PREAUTH`` of them before
@@ -69,6 +70,7 @@ from dfs.common.metrics import Metrics, counter, gauge
 from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.data.chain import USAGE_INTERVAL, ChainIndex, ChainService, Extent, Target
+from dfs.data.lease import MembershipLease
 from dfs.data.store import ChunkStore
 from dfs.wire import dataplane as dp
 from dfs.wire import limits
@@ -80,7 +82,7 @@ from dfs.route.shards import CHANNEL_OPTIONS, GrpcTransport
 
 log = logging.getLogger("dfs.data.server")
 
-HEARTBEAT_INTERVAL = 0.5
+HEARTBEAT_INTERVAL = 0.5         # at most; more often when target_timeout is short (heartbeat_interval)
 MAX_CONN_REQUESTS = 256
 PREAUTH_BUFFER = 8 << 10         # a connection's read buffer until its HELLO is good
 ORPHAN_BATCH = 256               # inodes per existence check (one GETATTRS per shard)
@@ -109,6 +111,12 @@ def target_reserve(path: str) -> int:
     return min(RESERVE_MAX, st.f_blocks * st.f_frsize // 64)
 
 
+def heartbeat_interval(target_timeout: float) -> float:
+    """Seconds between heartbeats: HEARTBEAT_INTERVAL, or less so that the membership
+    lease (target_timeout / 2) spans at least three of them."""
+    return min(HEARTBEAT_INTERVAL, target_timeout / 6)
+
+
 class DataServer:
     def __init__(self, cfg: ClusterConfig, server_id: int) -> None:
         self.cfg = cfg
@@ -127,8 +135,11 @@ class DataServer:
                                        auth=self.auth.client)
         self.peers = Pool(auth=self.auth.peer)  # the chain's own requests: with the internal token
         self._admin = MgmtAdmin([m.address for m in cfg.mgmt], cfg.internal_token, self.auth.client)
+        # reads need word from mgmt within half the time after which mgmt takes a silent target out
+        self.lease = MembershipLease(cfg.target_timeout / 2)
+        self.heartbeat_interval = heartbeat_interval(cfg.target_timeout)
         self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map,
-                                resync_rate=cfg.resync_rate, resolve_hold=self.resolve_hold)
+                                resync_rate=cfg.resync_rate, resolve_hold=self.resolve_hold, lease=self.lease)
         self._refresh_task: asyncio.Task | None = None
         self._last_refresh = -1e9
         self._conns: set[asyncio.Task] = set()
@@ -194,9 +205,11 @@ class DataServer:
             gauge("dfs_data_inflight_requests", "data-plane requests being handled", self.inflight),
             gauge("dfs_data_resyncs", "resyncs of a chain into a local target in progress",
                   self.svc.resyncs_running()),
+            gauge("dfs_data_membership_lease_seconds", "seconds left of the lease mgmt's last answered heartbeat "
+                  "gave (chain reads need it; negative: run out)", max(-1e6, self.lease.left())),
             gauge("dfs_data_map_epoch", "epoch of the cluster map this server has", self.map.epoch if self.map else 0),
             counter("dfs_data_chain_events", "chain replication events (checksum_errors, repairs, "
-                    "installs_forwarded, resync_copied, resync_removed)", labels=["event"],
+                    "installs_forwarded, resync_copied, resync_removed, reads_without_lease)", labels=["event"],
                     samples=[([k], v) for k, v in dict(self.svc.counters).items()]),
             counter("dfs_data_store_events", "chunk store events by target (checksum_errors, nospace, "
                     "scrubbed_bytes, preserved, preserved_bytes, dropped, dropped_bytes, version_changes)",
@@ -285,6 +298,7 @@ class DataServer:
             addrs.remove(self._mgmt_leader)
             addrs.insert(0, self._mgmt_leader)
         for addr in addrs:
+            sent = self.lease.now()
             try:
                 rep = await self._stub(addr).Heartbeat(req, timeout=2.0, metadata=self._hb_metadata)
             except grpc.aio.AioRpcError:
@@ -292,6 +306,7 @@ class DataServer:
             if rep.status == err.NOT_LEADER:
                 if rep.leader and rep.leader != addr:
                     try:
+                        sent = self.lease.now()
                         rep = await self._stub(rep.leader).Heartbeat(req, timeout=2.0, metadata=self._hb_metadata)
                         addr = rep.leader or addr
                     except grpc.aio.AioRpcError:
@@ -300,6 +315,7 @@ class DataServer:
                     continue
             if rep.status != 0:
                 continue
+            self.lease.renewed(sent)
             self._mgmt_leader = addr
             if self.map is None or rep.epoch > self.map.epoch:
                 await self.refresh_map(0)
@@ -342,7 +358,7 @@ class DataServer:
                 raise
             except Exception:
                 log.exception("heartbeat")
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self.heartbeat_interval)
 
     async def scrub_loop(self, tid: int) -> None:
         from dfs.data.scrub import Scrubber

@@ -12,7 +12,10 @@ targets' state; the leader remembers when it last heard of each target (in
 memory), brings an offline target back (``target_up``), records finished
 resyncs (``chain_synced``) and capacity, and a monitor task takes a target
 silent for more than ``target_timeout`` seconds out of its chains
-(``target_down``). A new leader treats every target as just seen.
+(``target_down``). A new leader treats every target as just seen. A heartbeat
+is answered only under the leader's Raft read lease: the answer renews the data
+server's membership lease (``dfs.data.lease``), which must run out before any
+leader can take the target out.
 
 With a client token in the cluster file every call must show it
 (``dfs.wire.auth.TokenCheck``); SetClusterMap, Admin, TransferLeader and
@@ -246,7 +249,10 @@ class MgmtServicer(pbg.MgmtServiceServicer):
         if not self.host.is_leader:
             return pb.HeartbeatReply(status=err.NOT_LEADER, leader=self._leader())
         m = self.store.cluster_map()
-        if m is None:
+        if m is None or not self.host.read_lease():
+            # an answer renews the server's membership lease (dfs/data/lease.py): only a leader
+            # no other can have replaced may give it, or a deposed one would vouch for a target
+            # the new leader is taking out
             return pb.HeartbeatReply(status=err.UNAVAILABLE, leader=self._leader())
         now = asyncio.get_running_loop().time()
         try:
@@ -290,16 +296,23 @@ class MgmtServicer(pbg.MgmtServiceServicer):
         """On the leader: take targets silent for longer than target_timeout out of their chains."""
         interval = interval or max(0.05, min(0.5, self.target_timeout / 6))
         loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
             await asyncio.sleep(interval)
+            now = loop.time()
+            gap, last = now - last, now
+            paused = gap > max(2 * interval, self.target_timeout / 2)
             if not self.host.is_leader:
                 self._leading = False
                 continue
             m = self.store.cluster_map()
             if m is None:
                 continue
-            now = loop.time()
-            if not self._leading:  # just became leader: everyone counts as just seen
+            if paused and self._leading:
+                # this process did not run (stopped, starved): the heartbeats of that time wait
+                # unread, so silence says nothing about the targets yet
+                log.info("failure detection paused for %.1fs: every target counts as just seen", gap)
+            if not self._leading or paused:  # just became leader: everyone counts as just seen
                 self._leading = True
                 self._seen = {tid: now for tid in m["targets"]}
             for tid, t in m["targets"].items():

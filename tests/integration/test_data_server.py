@@ -8,7 +8,10 @@ with one target each: 3 chains of 3 targets) and talks to the data plane with
 from __future__ import annotations
 
 import asyncio
+import errno as E
+import os
 import random
+import signal
 
 import pytest
 
@@ -19,6 +22,7 @@ from dfs.route.shards import GrpcTransport
 from dfs.testing.cluster import LocalCluster
 from dfs.testing.damage import chunk_file, flip_byte
 from dfs.testing.wait import until_async
+from dfs.wire import dataplane as dp
 
 LAYOUT = Layout(chunk_size=1 << 20, stripe=3, replicas=3)
 
@@ -199,3 +203,61 @@ def test_kill_data_server_during_writes_then_resync(cluster):
             await tr.close()
 
     asyncio.run(main())
+
+
+def test_chain_reads_need_word_from_mgmt(cluster):
+    """With mgmt silent (frozen), data servers stop answering chain reads once their
+    membership lease runs out (dfs/data/lease.py: mgmt could be taking them out of their
+    chains by then), still answer reads of a given target (repair, verification), and
+    serve again once mgmt answers their heartbeats. mgmt itself, thawed, does not take
+    them out for the silence it did not witness."""
+    c = cluster
+    mgmt = c.mgmt_procs()[0]
+    frozen = False
+
+    def freeze(on: bool) -> None:
+        nonlocal frozen
+        os.kill(mgmt.pid, signal.SIGSTOP if on else signal.SIGCONT)
+        frozen = on
+
+    async def main():
+        tr, dc = await _client(c)
+        try:
+            data = random.Random(5).randbytes(100_000)
+            await dc.write(21, 0, 0, data, LAYOUT)
+            ch = dc.chain_for(21, 0, LAYOUT)
+
+            async def chain_read(tid: int) -> int:
+                h = dp.Header(dp.READ, ino=21, index=0, offset=0, arg=len(data), chain_id=ch.id,
+                              chain_version=ch.version, target=tid)
+                rh, rp = await dc.pool.call(dc.map.targets[tid].address, h, b"", 5.0)
+                assert rh.status in (0, E.EAGAIN), (rh, bytes(rp))
+                assert rh.status or bytes(rp) == data
+                return rh.status
+
+            assert [await chain_read(t) for t in ch.targets] == [0] * len(ch.targets)
+            freeze(True)
+            try:
+                for tid in ch.targets:
+                    await until_async(lambda: _is(chain_read(tid), E.EAGAIN), 30,
+                                      f"target {tid} refuses chain reads without word from mgmt")
+                    _, got = await dc.read_target(tid, 21, 0)
+                    assert got == data
+            finally:
+                freeze(False)
+            for tid in ch.targets:
+                await until_async(lambda: _is(chain_read(tid), 0), 30, f"target {tid} serves chain reads again")
+            assert await dc.read(21, 0, 0, len(data), LAYOUT) == data
+            m = await tr.refresh_map()
+            assert m.chains[ch.id].version == ch.version, "mgmt took targets out for its own pause"
+        finally:
+            if frozen:
+                freeze(False)
+            await dc.close()
+            await tr.close()
+
+    asyncio.run(main())
+
+
+async def _is(aw, want) -> bool:
+    return await aw == want

@@ -112,11 +112,6 @@ class RemoteRecorder:
         self.err.close()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open bug found by this test (docs/design/testing.md, 'Open'): with a data server's host cut off "
-    "from the other servers, a read right after a close returned zeros for bytes the file's size "
-    "already covered; it does not happen on every run. The test keeps running and reporting until "
-    "the data path is fixed."))
 def test_linearizable_under_partitions(fabric, cluster, tmp_path):
     rec = RemoteRecorder(cluster, f"/lin-{SEED}", str(tmp_path / "history.json"), SEED)
     nem = None
