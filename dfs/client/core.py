@@ -43,6 +43,7 @@ from dfs.client.mode import Change, Mode, Mutation, StrictMode
 from dfs.common import errors as err
 from dfs.common.ops import DEFAULT_LEASE_S
 from dfs.common.records import Attr, Caller, DirEntry, StatFs
+from dfs.common.tasks import Supervisor
 
 log = logging.getLogger("dfs.client")
 
@@ -273,7 +274,8 @@ class Core:
         self.readdir_page = readdir_page
         self.files: dict[int, OpenFile] = {}
         self._closing: dict[int, asyncio.Future] = {}  # ino -> its last close, still flushing
-        self.leases = Leases(meta, lease_s, on_lost=self._lost)
+        self.tasks = Supervisor()  # the core's long-running tasks (dfs/common/tasks.py): none dies silently
+        self.leases = Leases(meta, lease_s, on_lost=self._lost, tasks=self.tasks)
         self._background: set[asyncio.Task] = set()  # closes that do not wait (OpenPlan.close_waits)
         self._failed: dict[int, BaseException] = {}  # ino -> the first error of its background work
         # bytes the closes that do not wait still hold (a write-back mode's budget, or None)

@@ -7,7 +7,9 @@ Opens for reading take read handles (kept in the shard leader's memory, no
 Raft round); the others, and reads of inline files, durable ones.
 
 * Renewal: every third of the lease, one request per shard for all handles of
-  each kind (``renew_handles``, ``renew_read_handles``).
+  each kind (``renew_handles``, ``renew_read_handles``). The renewer and the
+  close batcher run under the core's ``Supervisor`` (dfs/common/tasks.py): an
+  unexpected error is logged and the task runs again, never dies silently.
 * A lost handle (the service answers that it is gone: this client could not
   renew it for a whole lease, e.g. partitioned or suspended) of a file still
   open here is registered again under the same id (``open_handle(ino,
@@ -32,6 +34,7 @@ from collections.abc import Callable
 
 from dfs.common import errors as err
 from dfs.common.ops import DEFAULT_LEASE_S
+from dfs.common.tasks import Supervisor
 
 log = logging.getLogger("dfs.client")
 
@@ -43,8 +46,10 @@ class Leases:
     handle that is gone and could not be registered again."""
 
     def __init__(self, meta, lease_s: float = DEFAULT_LEASE_S,
-                 on_lost: Callable[[int, bytes, err.DfsError], None] | None = None) -> None:
+                 on_lost: Callable[[int, bytes, err.DfsError], None] | None = None,
+                 tasks: Supervisor | None = None) -> None:
         self.meta = meta
+        self.tasks = tasks if tasks is not None else Supervisor()  # a renewer that died would lose handles
         self.lease = lease_s
         self.on_lost = on_lost
         self.held: dict[bytes, tuple[int, bool]] = {}  # handle -> (ino, read handle?)
@@ -56,7 +61,7 @@ class Leases:
         """Renew (and later close) ``h``, a handle of ``ino`` registered with the service."""
         self.held[h] = (ino, read)
         if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.get_running_loop().create_task(self._renew())
+            self._renewer = self.tasks.spawn("handle-renewal", self._renew, forever=False)
 
     def made_durable(self, ino: int, h: bytes) -> None:
         """``h`` was a read handle and is now also durable (an OPEN of the same id, for a
@@ -75,7 +80,7 @@ class Leases:
     def _queue(self, ino: int, h: bytes, read: bool) -> None:
         self._closing.append((ino, h, read))
         if self._closer is None or self._closer.done():
-            self._closer = asyncio.get_running_loop().create_task(self._close_pending())
+            self._closer = self.tasks.spawn("handle-close", self._close_pending, forever=False)
 
     async def _close_pending(self) -> None:
         while self._closing:

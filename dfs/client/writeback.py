@@ -54,6 +54,7 @@ from typing import Any
 from dfs.common import errors as err
 from dfs.common import messages as m
 from dfs.common.ops import DEFAULT_DELEGATION_LEASE_S, DELEGATION_BLOCK, SESSION_BYTES
+from dfs.common.tasks import Supervisor
 from dfs.common.records import ROOT, Caller
 
 log = logging.getLogger("dfs.client.writeback")
@@ -138,7 +139,7 @@ class Delegations:
     """Inode ids delegated to this client's session, per shard."""
 
     def __init__(self, meta, session: bytes, *, lease_s: float = DEFAULT_DELEGATION_LEASE_S,
-                 count: int = 4 * DELEGATION_BLOCK) -> None:
+                 count: int = 4 * DELEGATION_BLOCK, tasks: Supervisor | None = None) -> None:
         if len(session) != SESSION_BYTES:
             raise ValueError(f"a session id is {SESSION_BYTES} bytes")
         self.meta = meta
@@ -149,6 +150,7 @@ class Delegations:
         self._left: dict[int, int] = {}
         self._fetching: dict[int, asyncio.Task] = {}
         self._renewer: asyncio.Task | None = None
+        self.tasks = tasks if tasks is not None else Supervisor()
         self.granted: dict[int, int] = {}  # shard -> ids granted so far (tests, stats)
 
     async def take(self, shard: int) -> int:
@@ -187,7 +189,7 @@ class Delegations:
             self._left[shard] = self._left.get(shard, 0) + (g.hi - g.lo)
             self.granted[shard] = self.granted.get(shard, 0) + (g.hi - g.lo)
             if self._renewer is None:
-                self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+                self._renewer = self.tasks.spawn("delegation-renewal", self._renew_loop)
         finally:
             self._fetching.pop(shard, None)
 

@@ -67,6 +67,14 @@ def counter(name: str, doc: str, value: float | None = None, labels: Iterable[st
     return c
 
 
+def task_failures(failures) -> CounterMetricFamily:
+    """``dfs_task_failures_total{task}`` from a ``dfs.common.tasks.Supervisor``'s ``failures``
+    (a Counter by task name; passed as such: this module does not import the supervisor)."""
+    return counter("dfs_task_failures", "unexpected failures of background tasks (each logged with a "
+                   "traceback; the task restarted, or the process exited)", labels=["task"],
+                   samples=[([k], v) for k, v in sorted(dict(failures).items())])
+
+
 class RequestMetrics:
     """Requests by kind: ``<prefix>_requests_total{op,result}`` and ``<prefix>_request_seconds{op}``.
 

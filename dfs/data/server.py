@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno as E
+import functools
 import itertools
 import logging
 import os
@@ -66,9 +67,10 @@ from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.config import ClusterConfig
 from dfs.common.ids import shard_of
-from dfs.common.metrics import Metrics, counter, gauge
+from dfs.common.metrics import Metrics, counter, gauge, task_failures
 from dfs.common.ops import Op
 from dfs.common.records import Caller
+from dfs.common.tasks import Supervisor
 from dfs.data.chain import USAGE_INTERVAL, ChainIndex, ChainService, Extent, Target
 from dfs.data.lease import MembershipLease
 from dfs.data.store import ChunkStore
@@ -138,6 +140,7 @@ class DataServer:
         # reads need word from mgmt within half the time after which mgmt takes a silent target out
         self.lease = MembershipLease(cfg.target_timeout / 2)
         self.heartbeat_interval = heartbeat_interval(cfg.target_timeout)
+        self.tasks = Supervisor()  # background loops (dfs/common/tasks.py): none stops silently
         self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map,
                                 resync_rate=cfg.resync_rate, resolve_hold=self.resolve_hold, lease=self.lease)
         self._refresh_task: asyncio.Task | None = None
@@ -205,6 +208,7 @@ class DataServer:
             gauge("dfs_data_inflight_requests", "data-plane requests being handled", self.inflight),
             gauge("dfs_data_resyncs", "resyncs of a chain into a local target in progress",
                   self.svc.resyncs_running()),
+            task_failures(self.tasks.failures),
             gauge("dfs_data_membership_lease_seconds", "seconds left of the lease mgmt's last answered heartbeat "
                   "gave (chain reads need it; negative: run out)", max(-1e6, self.lease.left())),
             gauge("dfs_data_map_epoch", "epoch of the cluster map this server has", self.map.epoch if self.map else 0),
@@ -635,19 +639,21 @@ class DataServer:
             loop.add_signal_handler(sig, stop.set)
         if self.metrics is not None:
             self.metrics.serve(self.me.metrics)
-        hb = loop.create_task(self.heartbeats())
-        acc = loop.create_task(self.accept_loop(lsock))
-        scrubs = [loop.create_task(self.scrub_loop(tid)) for tid in self.targets]
-        scrubs += [loop.create_task(self.orphan_loop(tid)) for tid in self.targets]
-        scrubs.append(loop.create_task(self.usage_loop()))
+        tasks = self.tasks
+        tasks.spawn("heartbeats", self.heartbeats)
+        # without its accept loop the server serves nothing: exit, and be restarted, rather than linger
+        tasks.spawn("accept", lambda: self.accept_loop(lsock), policy="fatal")
+        for tid in self.targets:
+            tasks.spawn(f"scrub.{tid}", functools.partial(self.scrub_loop, tid))
+            tasks.spawn(f"orphan-scan.{tid}", functools.partial(self.orphan_loop, tid))
+        tasks.spawn("snapshot-usage", self.usage_loop)
         log.info("data server %d serving targets %s on %s", self.id, sorted(self.targets), self.me.address)
         await stop.wait()
         log.info("stopping")
-        acc.cancel()
-        hb.cancel()
-        for t in scrubs:
-            t.cancel()
-        await asyncio.wait(scrubs, timeout=5.0)
+        try:
+            await asyncio.wait_for(tasks.stop(), 5.0)
+        except TimeoutError:
+            log.warning("background tasks did not stop within 5 s: %s", tasks.running())
         lsock.close()
         await self.svc.stop()
         conns = list(self._conns)

@@ -43,7 +43,7 @@ from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.config import ClusterConfig
-from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
+from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft, task_failures
 from dfs.common.messages import is_internal
 from dfs.common.ops import Op
 from dfs.common.records import Caller
@@ -300,7 +300,8 @@ def shard_families(svc: ShardService, clients: Clients) -> list:
     from dfs.meta import schema as S
 
     out = [gauge("dfs_meta_clients", f"client connections (gRPC peers) that sent operations to this replica "
-                 f"in the last {CLIENT_WINDOW:.0f}s; the leader's is the shard's", clients.count())]
+                 f"in the last {CLIENT_WINDOW:.0f}s; the leader's is the shard's", clients.count()),
+           task_failures(svc.tasks.failures)]
     try:  # one key of applied state; RocksDB reads are safe from this thread
         b = svc.store.kv.get(S.K_NINODES)
     except Exception:  # noqa: BLE001 - the store is being swapped by a snapshot install: skip it this scrape
@@ -397,7 +398,7 @@ class MapFollower:
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = self.svc.tasks.spawn("map-follower", self._run)
 
     async def close(self) -> None:
         for t in (self._task, self._inflight):

@@ -57,6 +57,7 @@ from dfs.common.messages import Kind, to_wire
 from dfs.common.ops import DEFAULT_LEASE_S, Op
 from dfs.common.records import Attr, Caller
 from dfs.common.shards import ShardCalls
+from dfs.common.tasks import Supervisor
 from dfs.consensus.api import Log
 from dfs.meta.coordinator import Coordinator, Recovery
 from dfs.meta.ops import handler
@@ -117,6 +118,7 @@ class ShardService:
         self.coordinator = Coordinator(self.shard, _Shards(self, peers), clock, pending=self._pending)
         self.recovery = Recovery(self.coordinator)
         self.snapshots = SnapshotCoordinator(self, snapshot_registry, snapshot_holds, clock=clock)
+        self.tasks = Supervisor()  # the leader's background loops (dfs/common/tasks.py): none stops silently
         self._recovery_task: asyncio.Task | None = None
         self._prune_task: asyncio.Task | None = None
         self.chunk_remover = chunk_remover
@@ -308,7 +310,7 @@ class ShardService:
     def start_recovery(self, interval: float = 0.5) -> None:
         """Start the leader's background tasks: 2PC recovery, and freeing orphans (with a chunk_remover)."""
         if self._recovery_task is None:
-            self._recovery_task = asyncio.get_running_loop().create_task(self._recovery_loop(interval))
+            self._recovery_task = self.tasks.spawn("recovery", lambda: self._recovery_loop(interval))
         self.start_orphans(interval)
         self.start_handles(interval)
         self.start_delegations(interval)
@@ -317,7 +319,7 @@ class ShardService:
     # ------------------------------------------------------------ snapshot history
     def start_pruning(self, interval: float = 1.0) -> None:
         if self._prune_task is None:
-            self._prune_task = asyncio.get_running_loop().create_task(self._prune_loop(interval))
+            self._prune_task = self.tasks.spawn("snapshot-pruning", lambda: self._prune_loop(interval))
 
     async def prune_history(self, limit: int = 1000) -> int:
         """Leader: one pass of SNAPPRUNE steps over the history (what no live snapshot reads
@@ -346,7 +348,7 @@ class ShardService:
 
     def start_handles(self, interval: float = 0.5) -> None:
         if self._handle_task is None:
-            self._handle_task = asyncio.get_running_loop().create_task(self._handle_loop(interval))
+            self._handle_task = self.tasks.spawn("read-handle-expiry", lambda: self._handle_loop(interval))
 
     async def expire_handles(self, limit: int = 1000) -> int:
         """Expire the open handles whose lease ran out (by this leader's clock, stamped into
@@ -389,7 +391,7 @@ class ShardService:
     # ------------------------------------------------------------ delegated inode ids
     def start_delegations(self, interval: float = 0.5) -> None:
         if self._grant_task is None:
-            self._grant_task = asyncio.get_running_loop().create_task(self._delegation_loop(interval))
+            self._grant_task = self.tasks.spawn("delegation-expiry", lambda: self._delegation_loop(interval))
 
     async def expire_delegations(self, limit: int = 1000) -> int:
         """Drop the delegations whose lease ran out (by this leader's clock, stamped into the
@@ -422,7 +424,7 @@ class ShardService:
 
     def start_orphans(self, interval: float = 0.5) -> None:
         if self._orphan_task is None and self.chunk_remover is not None:
-            self._orphan_task = asyncio.get_running_loop().create_task(self._orphan_loop(interval))
+            self._orphan_task = self.tasks.spawn("orphan-sweep", lambda: self._orphan_loop(interval))
 
     async def orphan_sweep(self, limit: int = 256) -> int:
         """Free the chunks of up to ``limit`` orphans; returns how many records were cleared.
@@ -472,12 +474,6 @@ class ShardService:
                 log.exception("recovery sweep failed")
 
     async def stop(self) -> None:
+        await self.tasks.stop()
         for name in ("_recovery_task", "_orphan_task", "_handle_task", "_prune_task", "_grant_task"):
-            t = getattr(self, name)
-            if t is not None:
-                t.cancel()
-                try:
-                    await t
-                except asyncio.CancelledError:
-                    pass
-                setattr(self, name, None)
+            setattr(self, name, None)

@@ -47,7 +47,8 @@ from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.config import ClusterConfig
-from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
+from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft, task_failures
+from dfs.common.tasks import Supervisor
 from dfs.consensus.raft import RaftHost
 from dfs.mgmt.store import OFFLINE, MgmtStore, build_chains, targets_from_servers
 from dfs.wire import limits
@@ -350,12 +351,14 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
                     password=cfg.raft_key, election_timeout=tuple(o.election_timeout), heartbeat=o.heartbeat,
                     leader_fallback_timeout=o.leader_fallback_timeout, durability=cfg.durability,
                     loop=asyncio.get_running_loop())
+    tasks = Supervisor()  # background loops (dfs/common/tasks.py): none stops silently
     metrics = requests = None
     if me.metrics:
         metrics = Metrics("mgmt", cluster=cfg.cluster_id, replica=replica)
         requests = metrics.requests("dfs_mgmt", "mgmt RPCs")
         instrument_raft(metrics, host)
-        metrics.collect(lambda: map_families(store.cluster_map(), cfg.replicas_per_chain), "cluster map")
+        metrics.collect(lambda: [*map_families(store.cluster_map(), cfg.replicas_per_chain),
+                                 task_failures(tasks.failures)], "cluster map")
         metrics.serve(me.metrics)
     sa = ServerAuth(cfg)
     server = grpc.aio.server(options=limits.grpc_server_options(), interceptors=sa.interceptors(),
@@ -364,16 +367,15 @@ async def serve(cfg: ClusterConfig, replica: int, data: str) -> None:
     pbg.add_MgmtServiceServicer_to_server(servicer, server)
     sa.add_port(server, me.address)
     await server.start()
-    init = asyncio.get_running_loop().create_task(_initialise(store, host, cfg))
-    monitor = asyncio.get_running_loop().create_task(servicer.monitor())
+    tasks.spawn("map-init", lambda: _initialise(store, host, cfg), forever=False)
+    tasks.spawn("failure-detection", servicer.monitor)
     log.info("mgmt replica %d serving on %s (raft %s)", replica, me.address, me.raft)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    init.cancel()
-    monitor.cancel()
+    await tasks.stop()
     await server.stop(1.0)
     if metrics is not None:
         metrics.close()
