@@ -52,22 +52,12 @@ of this server's targets (``header.target``) and returns the reply
   snapshot leaves the live set, ``drop_unread`` removes, in the background,
   the versions no live snapshot reads; ``refresh_usage`` counts what each live
   snapshot keeps.
-* **Hold and resume** (the snapshot coordinator's cut): SNAP_HOLD makes the
-  server stop admitting client mutations as a chain head (they wait) and
-  answers once those in flight (with their forwards) are done; forwarded
-  mutations are never held. The hold ends at SNAP_RESUME (which sets the data
-  epoch and live snapshots first) or when its lease runs out; then the
-  server first asks mgmt to abort the snapshot (``resolve_hold``), which
-  tells it through the Raft log whether the snapshot was made ready
-  meanwhile (resume at its epoch) or never will be (resume as before), so
-  that a resume lost on the way never lets writes of the old epoch follow a
-  ready snapshot.
+* **Hold and resume** (the snapshot coordinator's cut): dfs/data/hold.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno as E
 import logging
 import os
@@ -79,6 +69,7 @@ from typing import NamedTuple
 import msgpack
 
 from dfs.common import errors as err
+from dfs.data.hold import HoldGate
 from dfs.data.lease import MembershipLease
 from dfs.data.resync import InflightGate, Resyncer, digest, vdigest
 from dfs.data.store import Preserved
@@ -90,8 +81,6 @@ log = logging.getLogger("dfs.data.chain")
 
 MAX_CHUNK = 64 << 20
 SYNC_PAGE = 2048
-MAX_HOLD_LEASE = 60.0  # seconds: the longest hold a coordinator may ask for
-RESTART_HOLD_LEASE = 10.0  # seconds: the hold of a server that starts while a snapshot is being created
 USAGE_INTERVAL = 5.0   # seconds between two counts of a target's preserved versions (when they changed)
 _CK = struct.Struct(">IQI")
 _IK = struct.Struct(">QI")
@@ -204,22 +193,6 @@ class _Held:
             self.locks._locks.pop(self.key, None)
 
 
-class _Hold:
-    """A SNAP_HOLD in force: client mutations wait until it is released."""
-
-    __slots__ = ("deadline", "snap", "timer")
-
-    def __init__(self, snap: int) -> None:
-        self.snap = snap
-        self.deadline = 0.0
-        self.timer: asyncio.Task | None = None
-
-    def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-
 class Extent(NamedTuple):
     """A READ reply to send from a file (see FrameWriter.send_extent); the sender closes fd."""
 
@@ -255,13 +228,7 @@ class ChainService:
         self.live: tuple[int, ...] = ()
         self._epochs_known = False
         self.resolve_hold = resolve_hold  # async (S) -> (epoch, live) | None: an expired hold's outcome
-        self._hold: _Hold | None = None
-        self._open = asyncio.Event()      # set while no hold stops client mutations
-        self._open.set()
-        self._heading = 0                 # client mutations admitted as a chain head, in flight
-        self.waiting_on_hold = 0          # client mutations waiting for a hold to end
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self.holds = HoldGate(self)       # SNAP_HOLD / SNAP_RESUME: client mutations wait while held
         self._drop_task: asyncio.Task | None = None
         self._drop_again = False
         self.usage: dict[int, dict[int, tuple[int, int]]] = {}  # target -> {snapshot: (exclusive, shared)}
@@ -297,9 +264,9 @@ class ChainService:
     async def handle(self, h: dp.Header, payload) -> tuple[dp.Header, bytes]:
         try:
             if h.op == dp.SNAP_HOLD:
-                return await self.snap_hold(h), b""
+                return await self.holds.snap_hold(h), b""
             if h.op == dp.SNAP_RESUME:
-                return self.snap_resume(h, payload), b""
+                return self.holds.snap_resume(h, payload), b""
             tgt = self.targets.get(h.target)
             if tgt is None:
                 raise err.InvalidArgument(f"target {h.target} is not on this server")
@@ -346,7 +313,7 @@ class ChainService:
 
     async def mutate(self, tgt: Target, h: dp.Header, payload) -> int:
         ch, members, pos = await self._place(tgt, h)
-        async with self._admitted(h):
+        async with self.holds.admitted(h):
             with self.gate.entered(ch.id, ch.version):
                 return await self._mutate(tgt, h, payload, ch, members, pos)
 
@@ -537,7 +504,7 @@ class ChainService:
 
     async def remove(self, tgt: Target, h: dp.Header) -> None:
         ch, members, pos = await self._place(tgt, h)
-        async with self._admitted(h):
+        async with self.holds.admitted(h):
             with self.gate.entered(ch.id, ch.version):
                 async with self.locks((tgt.id, h.ino, h.index)):
                     self._recheck(ch)
@@ -552,7 +519,7 @@ class ChainService:
         """Every chunk of the inode on this target, each under its lock (a resync
         copy of one of them, fetched before, is then never installed after)."""
         ch, members, pos = await self._place(tgt, h)
-        async with self._admitted(h):
+        async with self.holds.admitted(h):
             with self.gate.entered(ch.id, ch.version):
                 h = self._epochs_of(h)
                 self.resync.touch_inode(tgt.id, ch.id, ch.version, h.ino)
@@ -808,18 +775,18 @@ class ChainService:
             first = not self._epochs_known
             self.set_epochs(getattr(m, "data_epoch", 1), getattr(m, "live_snapshots", ()))
             creating = [s for s, x in getattr(m, "snapshots", {}).items() if x.state == "creating" and s >= self.epoch]
-            hold = self._hold
-            if hold is not None and self.epoch > hold.snap:
-                # the snapshot is ready (the map says so): as good as its resume, which may be lost
-                log.info("snapshot %d is ready in the map: hold over at epoch %d", hold.snap, self.epoch)
-                self._release(hold)
-            if first and creating and self._hold is None:
-                # started (or restarted) while a snapshot is being made: the hold this server may
-                # have given before is gone with its old process, so hold again until the
-                # coordinator resumes, or the lease runs out and mgmt says what became of it
-                log.info("snapshot %d is being created: holding client mutations", max(creating))
-                self._start_hold(max(creating), RESTART_HOLD_LEASE)
+            self.holds.on_map(first, creating)
         self.resync.on_map(m)
+
+    # ------------------------------------------------------------------ snapshots: hold and resume (dfs/data/hold.py)
+    def holding(self) -> int | None:
+        """The snapshot a hold of this server is for (None: not held)."""
+        return self.holds.holding()
+
+    @property
+    def waiting_on_hold(self) -> int:
+        """Client mutations waiting for a hold to end."""
+        return self.holds.waiting
 
     def resyncs_running(self) -> int:
         return self.resync.running()
@@ -847,109 +814,6 @@ class ChainService:
         if gone or first or (moved and any(t.store.has_versions() for t in self.targets.values())):
             self.schedule_drop()
         return True
-
-    # ------------------------------------------------------------------ snapshots: hold and resume
-    @contextlib.asynccontextmanager
-    async def _admitted(self, h: dp.Header):
-        """A client's mutation waits while a hold stops them, then counts as in flight."""
-        if h.flags & dp.F_FORWARD:
-            yield
-            return
-        while not self._open.is_set():
-            self.waiting_on_hold += 1
-            try:
-                await self._open.wait()
-            finally:
-                self.waiting_on_hold -= 1
-        self._heading += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._heading -= 1
-            if not self._heading:
-                self._idle.set()
-
-    def holding(self) -> int | None:
-        """The snapshot a hold of this server is for (None: not held)."""
-        return self._hold.snap if self._hold is not None else None
-
-    async def snap_hold(self, h: dp.Header) -> dp.Header:
-        snap, lease = h.version, h.arg / 1000
-        if not 0 < lease <= MAX_HOLD_LEASE or not 0 < snap <= 0xFFFFFFFF:
-            raise err.InvalidArgument(f"bad hold: snapshot {snap}, lease {lease}s")
-        if snap < self.epoch:
-            raise err.Stale(f"snapshot {snap} is older than data epoch {self.epoch}")
-        if self._hold is not None and snap < self._hold.snap:
-            raise err.DfsError(f"held for snapshot {self._hold.snap}", code=E.EBUSY)
-        hold = self._start_hold(snap, lease)
-        try:
-            await asyncio.wait_for(self._idle.wait(), lease)
-        except TimeoutError:
-            raise err.Retryable(f"mutations still in flight after {lease}s") from None
-        if self._hold is not hold:
-            raise err.Retryable(f"hold for snapshot {snap} ended before it took")
-        return dp.reply_to(h)._replace(epoch=self.epoch)
-
-    def _start_hold(self, snap: int, lease: float) -> _Hold:
-        """Hold client mutations for snapshot ``snap`` for ``lease`` seconds from now (a
-        hold for it already in force is extended; one for an older snapshot is replaced)."""
-        hold = self._hold
-        if hold is None or hold.snap != snap:
-            if hold is not None:
-                hold.cancel()
-            hold = self._hold = _Hold(snap)
-            self._open.clear()
-            log.info("hold for snapshot %d (lease %.1fs)", snap, lease)
-        hold.deadline = asyncio.get_running_loop().time() + lease
-        if hold.timer is None:
-            hold.timer = self.spawn(self._expire(hold))
-        return hold
-
-    def snap_resume(self, h: dp.Header, payload) -> dp.Header:
-        try:
-            live = msgpack.unpackb(bytes(payload)) if len(payload) else []
-        except Exception:  # noqa: BLE001 - any undecodable list is EINVAL
-            live = None
-        if (not isinstance(live, list) or not all(isinstance(s, int) and 0 < s < h.epoch for s in live)
-                or not 0 < h.epoch <= 0xFFFFFFFF):
-            raise err.InvalidArgument(f"bad resume: epoch {h.epoch}, live {live!r}")
-        self.set_epochs(h.epoch, live)
-        hold = self._hold
-        if hold is not None and h.version == hold.snap:
-            log.info("resumed after snapshot %d at epoch %d", hold.snap, self.epoch)
-            self._release(hold)
-        return dp.reply_to(h)._replace(epoch=self.epoch)
-
-    def _release(self, hold: _Hold) -> None:
-        if self._hold is hold:
-            self._hold = None
-            self._open.set()
-        hold.cancel()
-
-    async def _expire(self, hold: _Hold) -> None:
-        """At the end of the lease: learn the snapshot's fate from mgmt (through its log),
-        take the epochs it says, and only then let client mutations in again."""
-        loop = asyncio.get_running_loop()
-        while loop.time() < hold.deadline:
-            await asyncio.sleep(hold.deadline - loop.time())
-        if self._hold is not hold:
-            return
-        log.warning("hold for snapshot %d expired without a resume", hold.snap)
-        delay = 0.05
-        while self.resolve_hold is not None and self._hold is hold:
-            try:
-                got = await self.resolve_hold(hold.snap)
-            except Exception as e:  # noqa: BLE001 - mgmt unreachable: keep holding, ask again
-                log.info("hold for snapshot %d: asking mgmt failed: %s", hold.snap, e)
-                got = None
-            if got is not None:
-                self.set_epochs(*got)
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        hold.timer = None  # this task is ending: nothing to cancel
-        self._release(hold)
 
     # ------------------------------------------------------------------ snapshots: dropping and counting
     def schedule_drop(self) -> None:
