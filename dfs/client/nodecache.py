@@ -124,48 +124,62 @@ class CacheStats:
 class NodeCache:
     """The cache directory of one cluster under ``root`` (blocking calls: run them in a thread)."""
 
-    def __init__(self, root: str, identity: str, capacity: int) -> None:
-        if capacity <= 0:
+    def __init__(self, root: str, identity: str, capacity: int | None) -> None:
+        """``capacity``: bytes at most (recorded in the identity file); None: the capacity
+        recorded there by the last process that gave one (EINVAL if there is no cache yet)."""
+        if capacity is not None and capacity <= 0:
             raise err.InvalidArgument(f"cache capacity must be positive, not {capacity}")
         self.identity = identity
-        self.capacity = capacity
+        self.capacity = capacity or 0
         self.dir = os.path.join(root, "chunks-" + hashlib.sha1(identity.encode()).hexdigest()[:16])
         self.tmp = os.path.join(self.dir, "tmp")
         self.stats = CacheStats()
         self.used = 0  # bytes on disk, as of the last scan plus what this process wrote since
         self._since_scan = 0
-        self._rescan = max(capacity // 32, 1 << 20)
-        self._open()
+        self._open(capacity)
+        self._rescan = max(self.capacity // 32, 1 << 20)
 
     # ------------------------------------------------------------------ identity
-    def _open(self) -> None:
+    def _open(self, capacity: int | None) -> None:
+        if capacity is None and not os.path.exists(os.path.join(self.dir, _IDENTITY)):
+            raise err.InvalidArgument(f"no node cache of this cluster in {os.path.dirname(self.dir)} yet: "
+                                      "give its size")
         os.makedirs(os.path.dirname(self.dir) or ".", exist_ok=True)
         with open(self.dir + ".lock", "a+b") as lk:  # one process checks (and rebuilds) at a time
             fcntl.flock(lk, fcntl.LOCK_EX)
-            why = self._check_identity()
+            why, ident = self._check_identity()
             if why is not None:
                 log.warning("cache %s %s: emptied and rebuilt", self.dir, why)
+                if capacity is None:
+                    self._rebuild(write=False)
+                    raise err.InvalidArgument(f"the node cache {self.dir} {why}: emptied; give its size")
                 self._rebuild()
+            elif capacity is None:
+                recorded = ident.get("capacity") if ident else None
+                if not isinstance(recorded, int) or recorded <= 0:
+                    raise err.InvalidArgument(f"the node cache {self.dir} records no size: give one")
+                self.capacity = recorded
+            elif ident is None or ident.get("capacity") != capacity:
+                self._write_identity()  # the size the next process without one uses
             os.makedirs(self.tmp, exist_ok=True)
             self._scan(clean_tmp=True)
 
-    def _check_identity(self) -> str | None:
-        """None if the directory is ours (or new and empty), else why it is not."""
+    def _check_identity(self) -> tuple[str | None, dict | None]:
+        """(None if the directory is ours (or new and empty), else why not; its identity)."""
         try:
             with open(os.path.join(self.dir, _IDENTITY), "rb") as f:
                 ident = json.loads(f.read())
         except FileNotFoundError:
             if not os.path.isdir(self.dir) or not any(n != "tmp" for n in os.listdir(self.dir)):
-                self._write_identity()
-                return None
-            return "has entries but no identity"
+                return None, None
+            return "has entries but no identity", None
         except (OSError, ValueError) as e:
-            return f"has an unreadable identity ({e})"
+            return f"has an unreadable identity ({e})", None
         if not isinstance(ident, dict) or ident.get("format") != FORMAT:
-            return f"is of format {ident.get('format') if isinstance(ident, dict) else ident!r}, not {FORMAT}"
+            return f"is of format {ident.get('format') if isinstance(ident, dict) else ident!r}, not {FORMAT}", None
         if ident.get("cluster") != self.identity:
-            return f"belongs to cluster {ident.get('cluster')!r}, not {self.identity!r}"
-        return None
+            return f"belongs to cluster {ident.get('cluster')!r}, not {self.identity!r}", None
+        return None, ident
 
     def _write_identity(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
@@ -174,12 +188,13 @@ class NodeCache:
             f.write(json.dumps({"format": FORMAT, "cluster": self.identity, "capacity": self.capacity}).encode())
         os.replace(tmp, os.path.join(self.dir, _IDENTITY))
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, write: bool = True) -> None:
         if os.path.isdir(self.dir):
             old = f"{self.dir}.old-{uuid.uuid4().hex[:8]}"
             os.rename(self.dir, old)  # at once: nothing is read from it any more
             shutil.rmtree(old, ignore_errors=True)
-        self._write_identity()
+        if write:
+            self._write_identity()
 
     # ------------------------------------------------------------------ entries
     def path(self, key: CacheKey) -> str:

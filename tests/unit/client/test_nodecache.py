@@ -196,3 +196,12 @@ def test_store_failure_serves_the_read_but_fails_a_warmup(tmp_path):
         assert ei.value.errno == 28
 
     asyncio.run(go())
+
+
+def test_capacity_recorded_for_processes_that_give_none(tmp_path):
+    with pytest.raises(err.InvalidArgument):
+        NodeCache(str(tmp_path), "c1@a:1", None)  # no cache yet
+    NodeCache(str(tmp_path), "c1@a:1", 5 << 20)
+    assert NodeCache(str(tmp_path), "c1@a:1", None).capacity == 5 << 20
+    NodeCache(str(tmp_path), "c1@a:1", 7 << 20)  # the last size given
+    assert NodeCache(str(tmp_path), "c1@a:1", None).capacity == 7 << 20
