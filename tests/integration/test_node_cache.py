@@ -91,3 +91,40 @@ def test_cache_is_off_by_default_and_warmup_says_so(make_cluster):
         c.snapshot_create("/d", "s")
         with pytest.raises(dfs.errors.InvalidArgument):
             c.warmup("/d", snapshot="s")
+
+
+def test_mount_with_the_cache_shares_it_and_reports_counters(make_cluster, tmp_path):
+    """A strict-mode mount with --cache-size reads a snapshot (PATH/.snap/NAME) warmed up by
+    another process from the cache: hits, no miss, in its state file and `dfs status`."""
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        pytest.skip("no usable /dev/fuse")
+    from dfs.cli.mount import _read_state
+    from dfs.testing.wait import until
+
+    cl = make_cluster(shards=1, replicas=1, mgmt_replicas=1, data_servers=1, chain_replicas=1)
+    cache = str(tmp_path / "cache")
+    data = os.urandom(9 << 20)
+    with dfs.connect(cl.config_path) as c:
+        c.makedirs("/m")
+        c.write_bytes("/m/big", data)
+        c.snapshot_create("/m", "s1")
+    p = _dfs("warmup", "--cluster", cl.config_path, "--cache-dir", cache, "--cache-size", "64M",
+             "--snapshot", "s1", "--no-progress", "/m")
+    assert p.returncode == 0, p.stdout + p.stderr
+    mp_ = str(tmp_path / "mnt")
+    os.mkdir(mp_)
+    r = _dfs("mount", mp_, "--cluster", cl.config_path, "--cache-dir", cache, "--cache-size", "64M")
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        with open(f"{mp_}/m/.snap/s1/big", "rb") as f:
+            assert f.read() == data
+
+        def counters():
+            return (_read_state(mp_) or {}).get("cache") or {}
+
+        until(lambda: counters().get("hits", 0) > 0, 30, "the mount's state file showing cache hits")
+        assert counters()["misses"] == 0
+        s = _dfs("status", "--cluster", cl.config_path)
+        assert "node cache: hits" in s.stdout, s.stdout + s.stderr
+    finally:
+        _dfs("umount", mp_)
