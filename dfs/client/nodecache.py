@@ -228,7 +228,73 @@ class NodeCache:
         self.stats.hit_bytes += len(out)
         return out
 
-    def _read(self, fd: int, offset: int, length: int | None) -> bytes | None:
+    def get_into(self, key: CacheKey, offset: int, buf: memoryview) -> int | None:
+        """``get`` straight into ``buf`` (no copy for a block-aligned ``offset``): how many
+        bytes, or None for a missing or bad entry (``buf`` may then hold garbage)."""
+        buf = memoryview(buf).cast("B")
+        if offset % BLOCK:
+            got = self.get(key, offset, len(buf))
+            if got is not None:
+                buf[:len(got)] = got
+            return None if got is None else len(got)
+        p = self.path(key)
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.stats.misses += 1
+            return None
+        try:
+            n = self._read_into(fd, offset, buf)
+            if n is None:
+                self._drop_bad(p)
+                self.stats.misses += 1
+                return None
+            try:
+                os.utime(fd)
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
+        self.stats.hits += 1
+        self.stats.hit_bytes += n
+        return n
+
+    def _read_into(self, fd: int, offset: int, buf: memoryview) -> int | None:
+        hdr = self._header(fd)
+        if hdr is None:
+            return None
+        size, block, crcs, base = hdr
+        if block != BLOCK:
+            got = self._read(fd, offset, len(buf))
+            if got is not None:
+                buf[:len(got)] = got
+            return None if got is None else len(got)
+        end = min(size, offset + len(buf))
+        if offset >= end:
+            return 0
+        n = end - offset
+        b0, b1 = offset // block, -(-end // block)
+        full = min(size, b1 * block) - offset  # whole blocks (the chunk's last one may be short)
+        if full <= len(buf):
+            parts, tail = [buf[:full]], None
+        else:  # the range ends inside a block: its whole block is read aside to be checked
+            cut = (b1 - 1) * block - offset
+            tail = bytearray(min(size, b1 * block) - (b1 - 1) * block)
+            parts = [buf[:cut], tail] if cut else [tail]
+        if os.preadv(fd, parts, base + offset) != full:
+            return None
+        for i in range(b0, b1):
+            lo = (i - b0) * block
+            piece = tail if tail is not None and i == b1 - 1 else buf[lo:min(lo + block, full)]
+            if crc32c(piece) != int.from_bytes(crcs[4 * i:4 * i + 4], "little"):
+                return None
+        if tail is not None:
+            cut = (b1 - 1) * block - offset
+            buf[cut:n] = tail[:n - cut]
+        return n
+
+    def _header(self, fd: int) -> tuple[int, int, bytes, int] | None:
+        """(data length, block size, block CRCs, where the data starts), checked; None if bad."""
         head = os.pread(fd, _HEAD.size, 0)
         if len(head) < _HEAD.size:
             return None
@@ -239,7 +305,13 @@ class NodeCache:
         crcs = os.pread(fd, 4 * n, _HEAD.size)
         if len(crcs) != 4 * n or crc32c(crcs, crc32c(head[:16])) != hcrc:
             return None
-        base = _HEAD.size + 4 * n
+        return size, block, crcs, _HEAD.size + 4 * n
+
+    def _read(self, fd: int, offset: int, length: int | None) -> bytes | None:
+        hdr = self._header(fd)
+        if hdr is None:
+            return None
+        size, block, crcs, base = hdr
         end = size if length is None else min(size, offset + length)
         if offset >= end:
             return b""
@@ -428,9 +500,10 @@ class CachedChunks:
             got = await self.inner.read(ino, index, offset, len(buf), layout, **kw)
             buf[:len(got)] = got
             return len(got)
-        got = await asyncio.to_thread(self.cache.get, key, offset, len(buf))
-        if got is None:
-            got = memoryview(await self.fill(key, layout))[offset:offset + len(buf)]
+        n = await asyncio.to_thread(self.cache.get_into, key, offset, buf)
+        if n is not None:
+            return n
+        got = memoryview(await self.fill(key, layout))[offset:offset + len(buf)]
         buf[:len(got)] = got
         return len(got)
 

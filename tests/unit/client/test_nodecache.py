@@ -205,3 +205,28 @@ def test_capacity_recorded_for_processes_that_give_none(tmp_path):
     assert NodeCache(str(tmp_path), "c1@a:1", None).capacity == 5 << 20
     NodeCache(str(tmp_path), "c1@a:1", 7 << 20)  # the last size given
     assert NodeCache(str(tmp_path), "c1@a:1", None).capacity == 7 << 20
+
+
+@pytest.mark.parametrize("size", [0, 1000, BLOCK, 3 * BLOCK + 17])
+def test_get_into_every_range(tmp_path, size):
+    c = NodeCache(str(tmp_path), "c1@a:1", 1 << 30)
+    data = os.urandom(size)
+    c.put(key(0), data)
+    for off in sorted({0, BLOCK, 2 * BLOCK, 5, BLOCK + 3, max(0, size - 1), size}):
+        for n in (1, 100, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK + 5, 1 << 20):
+            buf = bytearray(n)
+            got = c.get_into(key(0), off, memoryview(buf))
+            want = data[off:off + n]
+            assert got == len(want) and bytes(buf[:got]) == want, (off, n)
+
+
+def test_get_into_never_serves_a_bad_block(tmp_path):
+    c = NodeCache(str(tmp_path), "c1@a:1", 1 << 30)
+    data = os.urandom(3 * BLOCK + 17)
+    c.put(key(0), data)
+    raw = bytearray(open(c.path(key(0)), "rb").read())
+    raw[-3] ^= 1  # in the last, short block
+    open(c.path(key(0)), "wb").write(raw)
+    assert c.get_into(key(0), 0, memoryview(bytearray(2 * BLOCK))) == 2 * BLOCK  # good blocks only
+    assert c.get_into(key(0), 2 * BLOCK, memoryview(bytearray(BLOCK + 1))) is None
+    assert not c.contains(key(0)) and c.stats.corrupt == 1
