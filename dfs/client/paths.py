@@ -690,7 +690,7 @@ class AsyncClient(SnapshotAPI):
             paths = [paths]
         if snapshot is not None:
             sd = getattr(self.meta, "snapdir", None)
-            if sd is None:
+            if not isinstance(sd, bytes):  # a snapshot-mode client (its paths are a snapshot's already)
                 raise err.InvalidArgument("warmup: this client has no snapshot directories (snapshot=)")
             paths = [os.path.join(os.fsencode(p), sd, os.fsencode(snapshot)) for p in paths]
         return await warmup(self, paths, parallel=parallel, evict=evict, progress=progress)

@@ -47,7 +47,8 @@ def test_warmup_then_read_with_every_data_server_down(make_cluster, tmp_path):
         r = w.warmup("/ds", snapshot="s1")
         assert r.ok, r.errors
         assert r.files == len(want) and r.bytes == sum(map(len, want.values()))
-        assert r.fetched >= 3 * (5 << 20)
+        assert r.fetched >= 3 * (5 << 20) and r.chunks >= 3 * 2 + 1  # two chunks per big file, sub/mid
+        warmed = r.chunks
         again = w.warmup(["/ds"], snapshot="s1")  # idempotent: nothing fetched again
         assert again.ok and again.fetched == 0 and again.files == len(want)
         # a missing path and live data are reported by name; the rest is warmed
@@ -81,6 +82,13 @@ def test_warmup_then_read_with_every_data_server_down(make_cluster, tmp_path):
         got = dict(s.read_many([f"/{n}" for n in want]))
         assert got == {f"/{n}": d for n, d in want.items()}
         assert s.cache_stats()["misses"] == 0
+        with pytest.raises(dfs.errors.InvalidArgument):  # its paths are the snapshot's already
+            s.warmup("/", snapshot="s1")
+    # --evict drops the files' chunks (it needs no data server); a second one finds none
+    with dfs.connect(mgmt=cl.mgmt_addresses, cache_dir=cache, cache_size="256M") as r:
+        ev = r.warmup("/ds", snapshot="s1", evict=True)
+        assert ev.ok and ev.chunks == warmed  # every chunk the first warm-up stored
+        assert r.warmup("/ds", snapshot="s1", evict=True).chunks == 0
 
 
 def test_cache_is_off_by_default_and_warmup_says_so(make_cluster):
