@@ -12,6 +12,7 @@ from dfs.cli import mount as mount_cmd
 from dfs.cli import servers as servers_cmd
 from dfs.cli import snapshot as snapshot_cmd
 from dfs.cli import status as status_cmd
+from dfs.cli import warmup as warmup_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,11 +32,13 @@ cli.add_command(servers_cmd.data_server)
 cli.add_command(mount_cmd.mount)
 cli.add_command(mount_cmd.umount)
 cli.add_command(snapshot_cmd.snapshot)
+cli.add_command(warmup_cmd.warmup)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="dfs", standalone_mode=False)
+        # without standalone mode click returns a command's ``Exit`` code instead of raising it
+        rv = cli.main(args=argv, prog_name="dfs", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.ClickException as e:
@@ -44,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
     except click.Abort:
         click.echo("Aborted!", err=True)
         return 1
-    return 0
+    return rv if isinstance(rv, int) else 0

@@ -151,7 +151,10 @@ def _tail(path: str, n: int = 20) -> str:
 @click.option("--snapshot", default=None, metavar="PATH@NAME",
               help="mount snapshot NAME of directory PATH, read-only, served from its manifest")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
-              help="where this machine caches snapshot manifests [default: ~/.cache/dfs]")
+              help="where this machine caches snapshot manifests and data [default: ~/.cache/dfs]")
+@click.option("--cache-size", default=None, metavar="SIZE",
+              help="keep up to SIZE (e.g. 50G) of the snapshots' data read in the node-local cache "
+                   "under --cache-dir, shared with this machine's other dfs clients [default: off]")
 @click.option("--snapdir", default=".snap", show_default=True,
               help="the name of the virtual directory of each directory's snapshots")
 def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file: str | None, foreground: bool,
@@ -159,7 +162,7 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
           log_level: str, entry_timeout: float, attr_timeout: float, negative_timeout: float,
           writeback_cache: bool, direct_io: bool, read_ahead_kb: int, lazy: bool, lazy_delay: float,
           lazy_ttl: float, write_budget_mib: int, options: tuple[str, ...], timeout: float, snapshot: str | None,
-          cache_dir: str | None, snapdir: str) -> None:
+          cache_dir: str | None, cache_size: str | None, snapdir: str) -> None:
     """Mount the cluster at MOUNTPOINT (in the background unless --foreground).
 
     Every directory's snapshots are in its virtual directory .snap (--snapdir), read-only.
@@ -181,6 +184,13 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
             parse_spec(snapshot)
         except OSError as e:
             raise click.ClickException(str(e)) from None
+    if cache_size is not None:
+        from dfs.client.nodecache import parse_size
+
+        try:
+            parse_size(cache_size)
+        except OSError as e:
+            raise click.ClickException(f"--cache-size: {e}") from None
     addrs = _resolve_mgmt(mgmt, cluster_path)
     creds = _credentials(mgmt, cluster_path, token_file)
     extra = tuple(o for opt in options for o in opt.split(",") if o)
@@ -190,7 +200,7 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
                attr_timeout=attr_timeout, negative_timeout=negative_timeout, writeback_cache=writeback_cache,
                direct_io=direct_io, read_ahead_kb=read_ahead_kb, options=extra, auth=creds, lazy=lazy,
                lazy_delay=lazy_delay, lazy_ttl=lazy_ttl, write_budget=write_budget_mib << 20, snapshot=snapshot,
-               cache_dir=os.path.abspath(cache_dir) if cache_dir else None, snapdir=snapdir)
+               cache_dir=os.path.abspath(cache_dir) if cache_dir else None, snapdir=snapdir, cache_size=cache_size)
         return
     log_file = os.path.abspath(log_file or _default_log(mp))
     where = ["--mgmt", ",".join(addrs)] if mgmt else ["--cluster", _cluster_file(cluster_path)]
@@ -216,6 +226,8 @@ def mount(mountpoint: str, mgmt: tuple[str, ...], cluster_path: str, token_file:
         argv += ["--cache-dir", os.path.abspath(cache_dir)]
     if snapdir != ".snap":
         argv += ["--snapdir", snapdir]
+    if cache_size is not None:
+        argv += ["--cache-size", cache_size]
     with open(log_file, "ab") as lf:
         start = lf.tell()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=lf, stderr=lf, start_new_session=True,
@@ -256,14 +268,19 @@ def _serve(mp: str, addrs: list[str], log_file: str | None, log_level: str, **kw
     if kw.get("snapshot"):
         info.update(snapshot=kw["snapshot"], snapshot_state="ready")
 
+    live = False
+
     def write() -> None:
+        nonlocal live
+        live = True
         with open(state + ".tmp", "w") as f:
             json.dump(info, f)
         os.replace(state + ".tmp", state)
 
-    def changed(what: dict) -> None:  # the snapshot was deleted under the mount
+    def changed(what: dict) -> None:  # the snapshot was deleted under the mount; the cache's counters
         info.update(what)
-        write()
+        if live:  # the state file says a mount is there only once it is
+            write()
 
     try:
         asyncio.run(run_mount(mp, addrs, on_mounted=write, on_state=changed, **kw))

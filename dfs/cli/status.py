@@ -304,6 +304,14 @@ def render(st: dict) -> str:
         for m in st["mounts"]:
             snap = f"  snapshot {m['snapshot']} ({m.get('snapshot_state', 'ready')})" if m.get("snapshot") else ""
             out.append(f"  {m['mountpoint']} (pid {m['pid']}){snap}")
+            c = m.get("cache")
+            if c:  # the node-local cache's counters in that mount (dfs/client/nodecache.py)
+                looked = c["hits"] + c["misses"]
+                rate = f"{100 * c['hits'] / looked:.0f}%" if looked else "-"
+                out.append(f"    node cache: hits {c['hits']} ({rate}, {_size(c['hit_bytes'])}), misses "
+                           f"{c['misses']}, stored {_size(c['stored_bytes'])}, evictions {c['evictions']}, "
+                           f"corrupt {c['corrupt']}, store errors {c['store_errors']}, "
+                           f"capacity {_size(c['capacity'])}")
     out.append("")
     if st["problems"]:
         out.append("problems:")

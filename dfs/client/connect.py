@@ -6,11 +6,14 @@ Imports: dfs.common, dfs.wire, dfs.route and this package only.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import errno as E
 import os
 
 from dfs.client.lazy import LazyMode
 from dfs.client.meta import MetaClient
+from dfs.client.nodecache import CachedChunks, NodeCache, cache_identity, parse_size
 from dfs.client.mode import Mode
 from dfs.client.paths import AsyncClient
 from dfs.client.sync import Client
@@ -19,7 +22,7 @@ from dfs.common.config import DEFAULT_DATA, ClientConfig, locate
 from dfs.common.records import ROOT, Caller
 
 __all__ = ["DEFAULT_DATA", "aconnect", "connect", "default_caller", "dial", "find_cluster", "find_credentials",
-           "make_mode", "find_snapshot", "map_registry", "open_snapshot"]
+           "make_mode", "find_snapshot", "map_registry", "open_snapshot", "with_node_cache"]
 
 
 def default_caller() -> Caller:
@@ -128,7 +131,8 @@ async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None
                    ttl: float = 1.0, umask: int = 0o022, deadline: float = 30.0, token: str | None = None,
                    token_file: str | None = None, consistency: str = "strict", lazy_delay: float = 1.0,
                    lazy_ttl: float = 10.0, snapdir: str = ".snap", snapshot: str | None = None,
-                   cache_dir: str | None = None, pack_cache: int = 256 << 20) -> AsyncClient:
+                   cache_dir: str | None = None, pack_cache: int = 256 << 20,
+                   cache_size: int | str | None = None) -> AsyncClient:
     """The asyncio client; arguments as ``connect``."""
     if mode is None:
         mode = make_mode(consistency, ttl=ttl, lazy_delay=lazy_delay, lazy_ttl=lazy_ttl)
@@ -139,16 +143,40 @@ async def aconnect(cluster: str | os.PathLike | None = None, *, data: str | None
         caller = Caller(me.uid if uid is None else uid, me.gid if gid is None else gid,
                         me.groups if groups is None else tuple(groups))
     meta, dc = await dial(addrs, auth=creds, caller=caller, deadline=deadline)
-    if snapshot is not None:
-        try:
+    try:
+        dc = await with_node_cache(dc, cache_dir, cache_size)
+        if snapshot is not None:
             core = await open_snapshot(meta, dc, snapshot, cache_dir=cache_dir, pack_cache=pack_cache)
-        except BaseException:
-            await dc.close()
-            await meta.close()
-            raise
-        return AsyncClient(core=core, umask=umask, on_close=dc.close)
-    return AsyncClient(meta, dc, mode=mode, umask=umask, on_close=dc.close, registry=map_registry(dc),
-                       snapdir=snapdir)
+            c = AsyncClient(core=core, umask=umask, on_close=dc.close)
+        else:
+            c = AsyncClient(meta, dc, mode=mode, umask=umask, on_close=dc.close, registry=map_registry(dc),
+                            snapdir=snapdir)
+    except BaseException:
+        await dc.close()
+        await meta.close()
+        raise
+    c.node_cache = dc if isinstance(dc, CachedChunks) else None
+    return c
+
+
+async def with_node_cache(data, cache_dir: str | None, cache_size: int | str | None):
+    """``data`` (a DataClient) behind the node-local cache of ``cache_dir`` (default
+    ~/.cache/dfs) bounded to ``cache_size`` bytes (dfs/client/nodecache.py; "auto": the
+    size recorded there); ``data`` itself when ``cache_size`` is None or 0 (no cache)."""
+    if cache_size == "auto":  # the size the cache directory records (the last one given)
+        size = None
+    else:
+        size = parse_size(cache_size) if cache_size is not None else 0
+        if not size:
+            return data
+    from dfs.client.snapmode import default_cache_dir
+
+    root = cache_dir or default_cache_dir()
+    try:
+        nc = await asyncio.to_thread(NodeCache, root, cache_identity(data), size)
+    except OSError as e:
+        raise err.DfsError(f"node cache in {root}: {e.strerror or e}", code=e.errno or E.EIO) from None
+    return CachedChunks(data, nc)
 
 
 def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None, mgmt: list[str] | str | None = None,
@@ -157,7 +185,7 @@ def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None
             deadline: float = 30.0, token: str | None = None, token_file: str | None = None,
             consistency: str = "strict", lazy_delay: float = 1.0, lazy_ttl: float = 10.0,
             snapdir: str = ".snap", snapshot: str | None = None, cache_dir: str | None = None,
-            pack_cache: int = 256 << 20) -> Client:
+            pack_cache: int = 256 << 20, cache_size: int | str | None = None) -> Client:
     """A synchronous ``Client`` of a cluster (see ``find_cluster`` for how it is found).
 
     ``uid``/``gid``/``groups`` (or ``caller``): the identity the service checks permissions
@@ -173,11 +201,16 @@ def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None
     (``"PATH@NAME"``): a read-only client of that snapshot, its ``/`` the snapshot's root,
     served from its manifest (dfs/client/snapmode.py), cached under ``cache_dir`` (default
     ~/.cache/dfs); ``pack_cache``: bytes of its packed small files kept in memory (when the
-    packs fit, each of their 4 MiB chunks is read once whatever the order)."""
+    packs fit, each of their 4 MiB chunks is read once whatever the order). ``cache_size``
+    (bytes, or "50G"; default None: off): keep the chunks of immutable data (snapshots)
+    this client reads in the machine's node-local cache under ``cache_dir``, shared by
+    its processes and bounded to that size (dfs/client/nodecache.py; ``warmup`` fills it)."""
+    if cache_size is not None and cache_size != "auto":
+        parse_size(cache_size)  # a bad size fails here, in the calling thread
     kw = dict(data=data, mgmt=mgmt, uid=uid, gid=gid, groups=groups, caller=caller, mode=mode, ttl=ttl,
               umask=umask, deadline=deadline, token=token, token_file=token_file, consistency=consistency,
               lazy_delay=lazy_delay, lazy_ttl=lazy_ttl, snapdir=snapdir, snapshot=snapshot, cache_dir=cache_dir,
-              pack_cache=pack_cache)
+              pack_cache=pack_cache, cache_size=cache_size)
     if mode is None:
         make_mode(consistency)  # a bad choice fails here, in the calling thread
     find_cluster(cluster, data=data, mgmt=mgmt)  # fail fast, in the calling thread

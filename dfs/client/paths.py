@@ -29,6 +29,7 @@ from dfs.client.mode import Mode
 from dfs.client.prefetch import DEFAULT_AHEAD, DEFAULT_MAX_BYTES, read_many
 from dfs.client.snapdir import SNAPDIR, SnapChunks, SnapMeta
 from dfs.client.snapshots import SnapshotAPI
+from dfs.client.warmup import DEFAULT_PARALLEL as DEFAULT_PARALLEL_WARMUP
 from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO
 from dfs.common.records import Attr, Caller, DirEntry
@@ -672,3 +673,31 @@ class AsyncClient(SnapshotAPI):
         files and ``max_bytes`` fetched ahead concurrently (dfs/client/prefetch.py); an error
         is raised at its file's turn, carrying its path."""
         return read_many(self, paths, ahead=ahead, max_bytes=max_bytes)
+
+    # ------------------------------------------------------------------ the node cache
+    node_cache = None  # the CachedChunks in front of the data path (connect(cache_size=...)), or None
+
+    async def warmup(self, paths, *, snapshot: str | None = None, evict: bool = False,
+                     parallel: int = DEFAULT_PARALLEL_WARMUP, progress=None):
+        """Fetch every regular file under ``paths`` into the node-local cache (``evict``: drop
+        them from it) ahead of a job; a ``WarmupResult`` (dfs/client/warmup.py). The paths are
+        of immutable data: inside a snapshot-mode client, under ``PATH/.snap/NAME/``, or
+        each ``PATH``'s snapshot ``snapshot`` (``PATH/.snap/NAME``). Errors are per path
+        (``result.errors``), the rest goes on."""
+        from dfs.client.warmup import warmup
+
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            paths = [paths]
+        if snapshot is not None:
+            sd = getattr(self.meta, "snapdir", None)
+            if not isinstance(sd, bytes):  # a snapshot-mode client (its paths are a snapshot's already)
+                raise err.InvalidArgument("warmup: this client has no snapshot directories (snapshot=)")
+            paths = [os.path.join(os.fsencode(p), sd, os.fsencode(snapshot)) for p in paths]
+        return await warmup(self, paths, parallel=parallel, evict=evict, progress=progress)
+
+    def cache_stats(self) -> dict[str, int] | None:
+        """The node cache's counters in this process (hits, misses, hit_bytes, stored,
+        stored_bytes, evictions, corrupt, store_errors) and its ``capacity``; None without one."""
+        if self.node_cache is None:
+            return None
+        return {**self.node_cache.stats.as_dict(), "capacity": self.node_cache.cache.capacity}

@@ -113,6 +113,21 @@ class Client(SyncFacade):
             if not self._closed:
                 self.run(agen.aclose())
 
+    def warmup(self, paths, *, snapshot: str | None = None, evict: bool = False, parallel: int = 16,
+               progress: bool | Any = False):
+        """Fetch every regular file under ``paths`` into the node-local cache (``evict``: drop
+        them); ``AsyncClient.warmup``. ``progress=True``: a progress bar on stderr (tqdm),
+        or a ``dfs.client.warmup.Progress``. Returns a ``WarmupResult`` (``.errors``: the
+        paths that failed and why; the others were warmed)."""
+        from dfs.client.warmup import TqdmProgress
+
+        bar = TqdmProgress("evict" if evict else "warmup") if progress is True else progress or None
+        return self.run(self.aio.warmup(paths, snapshot=snapshot, evict=evict, parallel=parallel, progress=bar))
+
+    def cache_stats(self) -> dict[str, int] | None:
+        """The node cache's counters in this process (``AsyncClient.cache_stats``), None without one."""
+        return self.aio.cache_stats()
+
     def read_text(self, path: PathLike, encoding: str = "utf-8") -> str:
         return self.read_bytes(path).decode(encoding)
 

@@ -72,8 +72,10 @@ class ClusterMap:
 
     def __init__(self, epoch: int, shards: list[list[str]], mgmt: list[str],
                  targets: dict[int, TargetInfo] | None = None, chains: list[ChainInfo] | None = None,
-                 data_epoch: int = 1, snapshots: dict[int, SnapshotInfo] | None = None) -> None:
+                 data_epoch: int = 1, snapshots: dict[int, SnapshotInfo] | None = None,
+                 cluster_id: str = "") -> None:
         self.epoch = epoch
+        self.cluster_id = cluster_id  # the cluster's name (cluster.toml), what a machine's caches are kept by
         self.shards = shards
         self.mgmt = mgmt
         self.targets: dict[int, TargetInfo] = targets or {}
@@ -91,7 +93,8 @@ class ClusterMap:
                   for c in sorted(m.chains, key=lambda c: c.id)]
         snaps = {s.epoch: SnapshotInfo(s.epoch, s.name, s.root, s.path, s.state, s.created, s.exclusive, s.shared)
                  for s in m.snapshots}
-        return cls(m.epoch, shards, [r.address for r in m.mgmt], targets, chains, m.data_epoch or 1, snaps)
+        return cls(m.epoch, shards, [r.address for r in m.mgmt], targets, chains, m.data_epoch or 1, snaps,
+                   m.cluster_id)
 
     @property
     def live_snapshots(self) -> tuple[int, ...]:

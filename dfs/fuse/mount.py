@@ -24,7 +24,8 @@ import time
 import pyfuse3
 import pyfuse3.asyncio
 
-from dfs.client.connect import dial, map_registry, open_snapshot
+from dfs.client.connect import dial, map_registry, open_snapshot, with_node_cache
+from dfs.client.nodecache import CachedChunks
 from dfs.client.core import Core
 from dfs.client.lazy import LazyMode
 from dfs.client.snapdir import SNAPDIR, SnapChunks, SnapMeta
@@ -140,14 +141,16 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
                     allow_other: bool | None = None, on_mounted=None, auth=None, lazy: bool = False,
                     lazy_delay: float = 1.0, lazy_ttl: float = 10.0, write_budget: int = 256 << 20,
                     snapdir: str = SNAPDIR.decode(), snapshot: str | None = None, cache_dir: str | None = None,
-                    on_state=None) -> None:
+                    on_state=None, cache_size: int | str | None = None) -> None:
     """Connect to the cluster whose mgmt replicas are ``mgmt`` (showing ``auth``, a
     ``dfs.wire.auth.Credentials``) and serve it at ``mountpoint`` until unmounted. ``lazy``:
     the whole mount in lazy mode (``lazy_delay``, ``lazy_ttl``: ``LazyMode``'s ``delay``
     and ``ttl``; ``write_budget``: bytes the closes that do not wait may hold).
     ``snapshot`` (``PATH@NAME``): serve that snapshot read-only, from its manifest
     (dfs/client/snapmode.py); ``on_state(dict)`` is told when the snapshot is found
-    deleted."""
+    deleted, and every few seconds the node cache's counters (``cache``). ``cache_size``:
+    keep the chunks of snapshots read in the node-local cache under ``cache_dir``
+    (dfs/client/nodecache.py; None or 0: off)."""
     if not os.path.isabs(mountpoint):
         raise ValueError("the mount point must be an absolute path")
     pyfuse3.asyncio.enable()
@@ -155,8 +158,12 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
     t0 = time.monotonic()
     meta, data = await dial(mgmt, auth=auth)  # as root: the data path runs as the mount
     log.info("connected to %s in %.2fs", mgmt, time.monotonic() - t0)
-    watch = None
+    watch = report = None
     try:
+        data = await with_node_cache(data, cache_dir, cache_size)
+        if isinstance(data, CachedChunks):
+            log.info("node cache %s, %d bytes at most", data.cache.dir, data.cache.capacity)
+            report = asyncio.get_running_loop().create_task(_report_cache(data, on_state))
         if snapshot is not None:
             stats: dict = {}
             core = await open_snapshot(meta, data, snapshot, cache_dir=cache_dir, stats=stats)
@@ -175,10 +182,25 @@ async def run_mount(mountpoint: str, mgmt: list[str], *, entry_timeout: float = 
         await serve(ops, mountpoint, opts, read_ahead_kb=read_ahead_kb, on_mounted=on_mounted,
                     close_timeout=None if lazy else 30.0)
     finally:
-        if watch is not None:
-            watch.cancel()
+        for t in (watch, report):
+            if t is not None:
+                t.cancel()
         await data.close()
         await meta.close()
+
+
+async def _report_cache(data: CachedChunks, on_state, period: float = 5.0) -> None:
+    """The node cache's counters into the mount's state file (`dfs status`), when they change."""
+    last = None
+    while True:
+        now = {**data.stats.as_dict(), "capacity": data.cache.capacity, "dir": data.cache.dir}
+        if now != last and on_state is not None:
+            try:
+                on_state({"cache": now})
+            except OSError as e:
+                log.debug("mount state: %s", e)
+            last = now
+        await asyncio.sleep(period)
 
 
 async def _watch_snapshot(mode, data, on_state, period: float = 5.0) -> None:
