@@ -8,7 +8,6 @@ adapter; tests/integration/test_snapshot_client.py against a real cluster."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 
 import pytest
@@ -21,36 +20,13 @@ from dfs.common.records import ROOT
 from dfs.meta.local import LocalEngine
 from dfs.testing.registry import MemoryRegistry
 from dfs.testing.snapfake import FrozenChunks
-
-
-class Counting:
-    def __init__(self, engine: LocalEngine) -> None:
-        self.engine = engine
-        self.nshards = engine.nshards
-        self.counts: collections.Counter = collections.Counter()
-
-    async def call(self, shard, op, caller, args, rid=b""):
-        self.counts[op.name] += 1
-        return await self.engine.call(shard, op, caller, args, rid)
-
-    async def call_many(self, shard, ops):
-        for o in ops:
-            self.counts[o[0].name] += 1
-        return await self.engine.call_many(shard, ops)
-
-    async def close(self) -> None:
-        await self.engine.close()
-
-    def take(self) -> dict:
-        out = dict(self.counts)
-        self.counts.clear()
-        return out
+from dfs.testing.counting import CountingTransport
 
 
 def run(fn, **kw):
     async def go():
         reg = MemoryRegistry()
-        t = Counting(LocalEngine(2, registry=reg))
+        t = CountingTransport(LocalEngine(2, registry=reg))
         chunks = FrozenChunks(reg)
         meta = MetaClient(t, ROOT)
 
