@@ -26,44 +26,14 @@ import pytest
 from dfs.common.ids import ROOT_INO, shard_of
 from dfs.kv import RocksKV
 from dfs.testing import wait
-from dfs.testing.netns import Fabric, NetnsCluster, unavailable
+from dfs.testing.netns import Fabric, NetnsCluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.timeout(240)]
 
 NSCLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsclient.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _needs_netns():
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-
-
 until = functools.partial(wait.until, interval=0.1)  # each probe is a round trip through a host's agent
-
-
-@pytest.fixture
-def fabric():
-    f = Fabric()
-    try:
-        yield f
-    finally:
-        f.close()
-
-
-@pytest.fixture
-def cluster(fabric, tmp_path):
-    """3 server hosts (10.213.0.11-13) and a client host (10.213.0.100); 3 mgmt, 2 shards x 3, 3 data servers."""
-    hosts = [fabric.add_host(f"h{i}", 11 + i) for i in range(3)]
-    client = fabric.add_host("c", 100)
-    c = NetnsCluster(str(tmp_path / "cluster"), hosts, client, shards=2, replicas=3, mgmt_replicas=3,
-                     data_servers=3)
-    try:
-        c.start(timeout=120)
-        yield c
-    finally:
-        c.stop()
 
 
 def run_client(c: NetnsCluster, *args: str, host=None, timeout: float = 120) -> str:
