@@ -24,7 +24,6 @@ from collections import Counter
 import pytest
 
 from dfs.common.ids import ROOT_INO, shard_of
-from dfs.kv import RocksKV
 from dfs.testing import wait
 from dfs.testing.netns import Fabric, NetnsCluster
 
@@ -143,18 +142,6 @@ def test_cluster_across_namespaces(cluster: NetnsCluster):
 
 # ---------------------------------------------------------------- 2. partition of a shard leader's host
 
-def replica_contents(c: NetnsCluster, shard: int) -> list[list[tuple[bytes, bytes]]]:
-    out = []
-    for p in c.meta_procs(shard):
-        assert not p.alive
-        kv = RocksKV(c.db_path(p))
-        try:
-            out.append(list(kv.items()))
-        finally:
-            kv.close()
-    return out
-
-
 def test_partition_of_a_leader_host(cluster: NetnsCluster, fabric: Fabric):
     c = cluster
     wl = Workload(c, "/w", workers=4)
@@ -232,13 +219,4 @@ def test_partition_of_a_leader_host(cluster: NetnsCluster, fabric: Fabric):
     for s in range(c.cfg.nshards):
         c.wait_converged(s, 60)
     c.stop()
-    for s in range(c.cfg.nshards):
-        reps = replica_contents(c, s)
-        for i, r in enumerate(reps[1:], 1):
-            if r != reps[0]:
-                a, b = dict(reps[0]), dict(r)
-                diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-                raise AssertionError(f"shard {s}: replica {i} differs from replica 0 at {len(diff)} keys: "
-                                     f"{diff[:10]}")
-        leftovers = [k for k, _ in reps[0] if k[:1] in (b"P", b"K")]
-        assert not leftovers, f"shard {s}: op records / locks left: {leftovers}"
+    c.assert_replicas_identical()
