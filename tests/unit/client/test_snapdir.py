@@ -12,27 +12,13 @@ import errno
 
 import pytest
 
-from dfs.client.mode import StrictMode
-from dfs.client.meta import MetaClient
-from dfs.client.paths import AsyncClient
 from dfs.client.snapdir import SNAP_BIT
-from dfs.common.records import ROOT
-from dfs.meta.local import LocalEngine
-from dfs.testing.registry import MemoryRegistry
-from dfs.testing.snapfake import FrozenChunks
-from dfs.testing.counting import CountingTransport
+from dfs.testing.snapfake import snapshot_client
 
 
 def run(fn, **kw):
     async def go():
-        reg = MemoryRegistry()
-        t = CountingTransport(LocalEngine(2, registry=reg))
-        chunks = FrozenChunks(reg)
-        meta = MetaClient(t, ROOT)
-
-        async def registry(fresh=False):
-            return await reg.snapshots()
-        c = AsyncClient(meta, chunks, mode=StrictMode(3600), registry=registry, **kw)
+        c, t, meta, chunks, registry = snapshot_client(3600, **kw)
         try:
             await c.makedirs("/d/sub")
             await c.write_bytes("/d/f", b"one")

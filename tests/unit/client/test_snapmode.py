@@ -18,8 +18,6 @@ import pytest
 
 from dfs.client.core import Core
 from dfs.client.manifest import DIRENT, NODE, PACK, Manifest, build
-from dfs.client.mode import StrictMode
-from dfs.client.meta import MetaClient
 from dfs.client.paths import AsyncClient
 from dfs.client.snapmode import (
     SnapshotMode,
@@ -30,11 +28,7 @@ from dfs.client.snapmode import (
     snapshot_core,
 )
 from dfs.common import errors as err
-from dfs.common.records import ROOT
-from dfs.meta.local import LocalEngine
-from dfs.testing.registry import MemoryRegistry
-from dfs.testing.snapfake import FrozenChunks
-from dfs.testing.counting import CountingTransport
+from dfs.testing.snapfake import snapshot_client
 
 
 async def _tree(c: AsyncClient) -> None:
@@ -55,14 +49,7 @@ async def _tree(c: AsyncClient) -> None:
 
 def run(fn):
     async def go():
-        reg = MemoryRegistry()
-        t = CountingTransport(LocalEngine(2, registry=reg))
-        chunks = FrozenChunks(reg)
-        meta = MetaClient(t, ROOT)
-
-        async def registry(fresh=False):
-            return await reg.snapshots()
-        c = AsyncClient(meta, chunks, mode=StrictMode(0), registry=registry)
+        c, t, meta, chunks, registry = snapshot_client(0)
         try:
             await _tree(c)
             info = await c.snapshot_create("/d", "s1")
