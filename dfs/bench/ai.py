@@ -72,17 +72,23 @@ ENGINES = ("local", "mount", "library")
 
 # ---------------------------------------------------------------------- workers (spawned)
 
+def _read_epochs(fs, barrier, epochs: list[list[str]]) -> list[dict]:
+    """Each epoch's files read whole through ``fs``, once every rank reached ``barrier``: its
+    start and end times, files and bytes."""
+    out = []
+    for paths in epochs:
+        barrier.wait(600)
+        n = 0
+        t0 = time.monotonic()
+        for p in paths:
+            n += fs.read(p)
+        out.append({"t0": t0, "t1": time.monotonic(), "files": len(paths), "bytes": n})
+    return out
+
+
 def _shuffle_rank(rank: int, barrier, put, spec: tuple, epochs: list[list[str]]) -> list[dict]:
     with open_fs(spec) as fs:
-        out = []
-        for paths in epochs:
-            barrier.wait(600)
-            n = 0
-            t0 = time.monotonic()
-            for p in paths:
-                n += fs.read(p)
-            out.append({"t0": t0, "t1": time.monotonic(), "files": len(paths), "bytes": n})
-        return out
+        return _read_epochs(fs, barrier, epochs)
 
 
 def _ckpt_rank(rank: int, barrier, put, spec: tuple, base: str, ranks: int, mib: int,
@@ -130,15 +136,7 @@ def _snap_fs(spec: tuple):
 def _snap_epoch_rank(rank: int, barrier, put, spec: tuple, epochs: list[list[str]]) -> list[dict]:
     fs = _snap_fs(spec)
     try:
-        out = []
-        for paths in epochs:
-            barrier.wait(600)
-            n = 0
-            t0 = time.monotonic()
-            for p in paths:
-                n += fs.read(p)
-            out.append({"t0": t0, "t1": time.monotonic(), "files": len(paths), "bytes": n})
-        return out
+        return _read_epochs(fs, barrier, epochs)
     finally:
         c = getattr(fs, "c", None)
         if c is not None:

@@ -1,4 +1,5 @@
-"""Support for the fuzz tests (tests/fuzz): hypothesis settings and a server's event loop.
+"""Support for the fuzz tests (tests/fuzz): hypothesis settings, a server's event loop, its
+gRPC edge and the errors it logs.
 
     FUZZ = fuzz_settings(40)          # 40 examples in the suite; DFS_FUZZ_EXAMPLES=N for more
     lt = LoopThread()                 # one event loop in a thread for the whole module
@@ -7,6 +8,11 @@
     @given(...)
     def test_x(...):
         lt.run(exchange(...))         # each example's I/O on the server's loop
+
+    @pytest.fixture(scope="module")   # a server with a gRPC edge on its loop, the errors it logs
+    def shard():
+        with serving(Shard().start()) as (lt, shard, errors):
+            yield lt, shard, errors
 
 The suite's runs are deterministic (``derandomize``: the examples follow from
 the test's source) and keep no example database; ``scripts/fuzz.py`` runs the
@@ -18,8 +24,11 @@ Test support: may import any production package (and hypothesis).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import threading
+from collections.abc import Awaitable, Iterator
 
 from hypothesis import HealthCheck, settings
 
@@ -108,3 +117,32 @@ class GrpcEdge:
     async def stop(self) -> None:
         await self.channel.close()
         await self.server.stop(None)
+
+
+class ErrorLog(logging.Handler):
+    """The records of level ERROR and above logged while it is attached (a server that logs an
+    error answered a bug, whatever it replied)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def serving(start: Awaitable, logger: str = "dfs") -> Iterator[tuple]:
+    """(a LoopThread, what ``start`` returns, an ErrorLog on ``logger``) for the block: ``start``
+    (which makes a server whose ``edge`` is a GrpcEdge) runs on the loop; at the end the edge
+    stops and the loop closes."""
+    lt = LoopThread()
+    server = lt.run(start)
+    errors = ErrorLog()
+    logging.getLogger(logger).addHandler(errors)
+    try:
+        yield lt, server, errors
+    finally:
+        logging.getLogger(logger).removeHandler(errors)
+        lt.run(server.edge.stop())
+        lt.close()

@@ -1,17 +1,20 @@
 """A metadata replica's RocksDB read behind its back, for fault tests: which
 database directory it uses, its pairs under a prefix, the cross-shard records
-and locks left on live replicas. A mixin of the test clusters (``LocalCluster``
+and locks left on live replicas, and whether the stopped replicas of every
+shard hold the same pairs. A mixin of the test clusters (``LocalCluster``
 and ``NetnsCluster`` of dfs.testing), over their ``meta_procs``.
 
 Read-only: RocksDB's read-only mode takes no lock and sees what the process
-wrote, its WAL included, as of the open, so it works on a running replica.
+wrote, its WAL included, as of the open, so it works on a running replica
+(``replica_contents`` opens the database as its replica does: the replicas
+must be stopped).
 """
 
 from __future__ import annotations
 
 import os
 
-from dfs.kv import prefix_end
+from dfs.kv import RocksKV, prefix_end
 
 
 class ReplicaFiles:
@@ -60,3 +63,29 @@ class ReplicaFiles:
                 if keys:
                     out[p.name] = keys
         return out
+
+    def replica_contents(self, shard: int) -> list[list[tuple[bytes, bytes]]]:
+        """Every pair of each replica of ``shard`` (the replicas must be stopped)."""
+        out = []
+        for p in self.meta_procs(shard):
+            assert not p.alive, p.name
+            kv = RocksKV(self.db_path(p))
+            try:
+                out.append(list(kv.items()))
+            finally:
+                kv.close()
+        return out
+
+    def assert_replicas_identical(self) -> None:
+        """The replicas of every shard (stopped) hold the same pairs, and no cross-shard op
+        record or lock is left."""
+        for s in range(self.cfg.nshards):
+            reps = self.replica_contents(s)
+            for i, r in enumerate(reps[1:], 1):
+                if r != reps[0]:
+                    a, b = dict(reps[0]), dict(r)
+                    diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+                    raise AssertionError(f"shard {s}: replica {i} differs from replica 0 at {len(diff)} keys: "
+                                         f"{diff[:10]}")
+            leftovers = [k for k, _ in reps[0] if k[:1] in (b"P", b"K")]
+            assert not leftovers, f"shard {s}: op records / locks left: {leftovers}"

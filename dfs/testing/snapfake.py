@@ -7,7 +7,12 @@ snapshot that is not live (deleted, never made) answers ESTALE. The live
 snapshots are those of the in-process registry (dfs/testing/registry.py)
 the metadata side uses (``LocalEngine(registry=...)``).
 
-Imports: dfs.common, dfs.client and dfs.testing only.
+``snapshot_client`` puts the three together under a library client whose
+metadata requests are counted, as the snapshot tests of the library and of
+the FUSE adapter start.
+
+Imports: dfs.common, dfs.client, dfs.meta.local (the in-process engine) and
+dfs.testing only.
 """
 
 from __future__ import annotations
@@ -15,9 +20,16 @@ from __future__ import annotations
 import copy
 
 from dfs.client.file import MemoryChunks
+from dfs.client.meta import MetaClient
+from dfs.client.mode import StrictMode
+from dfs.client.paths import AsyncClient
 from dfs.common import errors as err
+from dfs.common.records import ROOT
+from dfs.meta.local import LocalEngine
+from dfs.testing.counting import CountingTransport
+from dfs.testing.registry import MemoryRegistry
 
-__all__ = ["FrozenChunks"]
+__all__ = ["FrozenChunks", "snapshot_client"]
 
 
 class FrozenChunks(MemoryChunks):
@@ -58,3 +70,20 @@ class FrozenChunks(MemoryChunks):
             raise err.Stale(f"snapshot {at} deleted")
         c = self.frozen.get(at, self.chunks).get((ino, index))
         return b"" if c is None else bytes(c[offset:offset + length])
+
+
+
+def snapshot_client(ttl: float, **kw):
+    """``(client, transport, meta, chunks, registry)``: a strict-mode (``ttl``) AsyncClient on
+    the in-process engine (2 shards) with the in-process snapshot registry and FrozenChunks;
+    ``transport`` counts its metadata requests, ``meta`` is the MetaClient under it,
+    ``registry`` the callable it reads the snapshots through; ``kw`` go to AsyncClient."""
+    reg = MemoryRegistry()
+    t = CountingTransport(LocalEngine(2, registry=reg))
+    chunks = FrozenChunks(reg)
+    meta = MetaClient(t, ROOT)
+
+    async def registry(fresh=False):
+        return await reg.snapshots()
+    c = AsyncClient(meta, chunks, mode=StrictMode(ttl), registry=registry, **kw)
+    return c, t, meta, chunks, registry

@@ -22,7 +22,6 @@ import pytest
 from dfs.common.config import RaftOptions
 from dfs.common.ids import ROOT_INO, shard_of
 from dfs.common.records import Attr
-from dfs.kv import RocksKV
 from dfs.testing.cluster import LocalCluster
 from dfs.testing.wait import until
 
@@ -57,32 +56,6 @@ def tree(c, ino: int = ROOT_INO, path: str = "") -> dict[str, Attr]:
     d = c.getattr(ino)
     assert d.nlink == 2 + subdirs, f"{path or '/'}: nlink {d.nlink} with {subdirs} subdirectories"
     return out
-
-
-def replica_contents(cluster: LocalCluster, shard: int) -> list[list[tuple[bytes, bytes]]]:
-    """Every pair of each replica's RocksDB (the cluster must be stopped)."""
-    out = []
-    for p in cluster.meta_procs(shard):
-        assert not p.alive
-        kv = RocksKV(cluster.db_path(p))
-        try:
-            out.append(list(kv.items()))
-        finally:
-            kv.close()
-    return out
-
-
-def assert_replicas_identical(cluster: LocalCluster) -> None:
-    for s in range(cluster.cfg.nshards):
-        reps = replica_contents(cluster, s)
-        for i, r in enumerate(reps[1:], 1):
-            if r != reps[0]:
-                a, b = dict(reps[0]), dict(r)
-                diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-                raise AssertionError(f"shard {s}: replica {i} differs from replica 0 at {len(diff)} keys: "
-                                     f"{diff[:10]}")
-        leftovers = [k for k, _ in reps[0] if k[:1] in (b"P", b"K")]
-        assert not leftovers, f"shard {s}: op records / locks left: {leftovers}"
 
 
 def wait_recovered(cluster: LocalCluster, timeout: float = 60.0) -> None:
@@ -280,7 +253,7 @@ def test_kill9_during_workload(clusters):
     finally:
         c.close()
     cluster.stop()
-    assert_replicas_identical(cluster)
+    cluster.assert_replicas_identical()
 
 
 # ---------------------------------------------------------------- b. whole-cluster restart
@@ -343,7 +316,7 @@ def test_kill9_all_replicas_of_a_shard(clusters):
         c.create(ROOT_INO, "after")
     wait_recovered(cluster)
     cluster.stop()
-    assert_replicas_identical(cluster)
+    cluster.assert_replicas_identical()
 
 
 # ---------------------------------------------------------------- d. a wiped replica catches up from a snapshot
@@ -391,4 +364,4 @@ def test_wiped_replica_catches_up_from_snapshot(clusters):
         names = {e.name for e in c.listdir(ROOT_INO)}
         assert {f"f{i}".encode() for i in range(n)} <= names
     cluster.stop()
-    assert_replicas_identical(cluster)
+    cluster.assert_replicas_identical()

@@ -18,7 +18,6 @@ small tree serves every example over loopback gRPC. For every example:
 from __future__ import annotations
 
 import errno
-import logging
 import typing
 
 import grpc
@@ -39,7 +38,7 @@ from dfs.meta.local import LocalEngine
 from dfs.meta.schema import K_APPLIED, P_EXPIRY, P_REQUEST
 from dfs.meta.server import MetaServicer
 from dfs.testing import fuzz
-from dfs.testing.fuzz import GrpcEdge, LoopThread, fuzz_settings
+from dfs.testing.fuzz import ErrorLog, GrpcEdge, fuzz_settings, serving
 from dfs.testing.keys import raft_password, raft_salt
 
 pytestmark = pytest.mark.timeout(fuzz.TIMEOUT)
@@ -75,27 +74,11 @@ class Shard:
         return [(k, v) for k, v in self.svc.store.kv.items() if k != K_APPLIED]
 
 
-class Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def shard():
-    lt = LoopThread()
-    s = lt.run(Shard().start())
-    errors = Errors()
-    logging.getLogger("dfs").addHandler(errors)
-    try:
-        yield lt, s, errors
-    finally:
-        logging.getLogger("dfs").removeHandler(errors)
-        lt.run(s.edge.stop())
-        lt.close()
+    """(the loop thread, the shard, the errors it logs)."""
+    with serving(Shard().start()) as x:
+        yield x
 
 
 # ---------------------------------------------------------------------- strategies
@@ -183,7 +166,7 @@ def outcomes_aside(state: list) -> list:
     return [(k, v) for k, v in state if not k.startswith((P_REQUEST, P_EXPIRY))]
 
 
-async def one(s: Shard, errors: Errors, reqs: list[pb.OpRequest], *, internal: bool, batch: bool) -> None:
+async def one(s: Shard, errors: ErrorLog, reqs: list[pb.OpRequest], *, internal: bool, batch: bool) -> None:
     before = s.state()
     token, itok = s.cfg.client_token, s.cfg.internal_token if internal else None
     if batch:

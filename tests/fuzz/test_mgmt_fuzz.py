@@ -18,7 +18,6 @@ example over loopback gRPC. For every example:
 
 from __future__ import annotations
 
-import logging
 
 import grpc
 import msgpack
@@ -33,7 +32,7 @@ from dfs.consensus.api import DirectLog
 from dfs.mgmt.server import MAX_UNKNOWN, MgmtServicer, map_from_config
 from dfs.mgmt.store import K_APPLIED, MgmtStore
 from dfs.testing import fuzz
-from dfs.testing.fuzz import GrpcEdge, LoopThread, fuzz_settings
+from dfs.testing.fuzz import GrpcEdge, fuzz_settings, serving
 from dfs.testing.keys import raft_password, raft_salt
 
 pytestmark = pytest.mark.timeout(fuzz.TIMEOUT)
@@ -79,27 +78,11 @@ class Mgmt:
         return [(k, v) for k, v in self.store.kv.items() if k != K_APPLIED]
 
 
-class Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def mgmt():
-    lt = LoopThread()
-    m = lt.run(Mgmt().start())
-    errors = Errors()
-    logging.getLogger("dfs").addHandler(errors)
-    try:
-        yield lt, m, errors
-    finally:
-        logging.getLogger("dfs").removeHandler(errors)
-        lt.run(m.edge.stop())
-        lt.close()
+    """(the loop thread, the mgmt, the errors it logs)."""
+    with serving(Mgmt().start()) as x:
+        yield x
 
 
 # ---------------------------------------------------------------------- strategies

@@ -11,6 +11,7 @@ only. A second, smaller cluster runs gRPC over TLS with a CA made here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import errno as E
 import ipaddress
@@ -231,10 +232,10 @@ def test_data_plane_refuses_and_writes_nothing(cluster, hello):
     assert not _has_chunk(cluster, m, t.id, ino)
 
 
-def test_data_plane_with_the_token_writes(cluster):
-    """The control: the same frames after a good HELLO are served."""
-    m, ch, t = _chain(cluster)
-    ino = (1 << 40) + 9
+@contextlib.contextmanager
+def _hello_and_write(cluster, ch, t, ino: int):
+    """(the socket, what it received: two headers at least) of a connection to target ``t``
+    that sent a HELLO with the client token and a write of chunk (``ino``, 0)."""
     h, p = dp.hello(cluster.cfg.client_token)
     host, port = dp.split_address(t.address)
     with socket.create_connection((host, port), timeout=10.0) as s:
@@ -242,6 +243,14 @@ def test_data_plane_with_the_token_writes(cluster):
         buf = b""
         while len(buf) < 2 * dp.HEADER_SIZE:
             buf += s.recv(65536)
+        yield s, buf
+
+
+def test_data_plane_with_the_token_writes(cluster):
+    """The control: the same frames after a good HELLO are served."""
+    m, ch, t = _chain(cluster)
+    ino = (1 << 40) + 9
+    with _hello_and_write(cluster, ch, t, ino) as (s, buf):
         hello_rep = dp.decode(buf[:dp.HEADER_SIZE])
         assert hello_rep.op == dp.HELLO and hello_rep.status == 0 and hello_rep.arg == dp.HELLO_VERSION
         rest = buf[dp.HEADER_SIZE + hello_rep.length:]
@@ -258,13 +267,8 @@ def test_server_state_is_its_users_only(cluster):
     local user reads nothing (docs/design/security.md, "Bounds")."""
     m, ch, t = _chain(cluster)
     ino = (1 << 40) + 11
-    h, p = dp.hello(cluster.cfg.client_token)
-    host, port = dp.split_address(t.address)
-    with socket.create_connection((host, port), timeout=10.0) as s:
-        s.sendall(dp.encode(h, p) + p + _write_frame(ch, t.id, ino))
-        buf = b""
-        while len(buf) < 2 * dp.HEADER_SIZE:
-            buf += s.recv(65536)
+    with _hello_and_write(cluster, ch, t, ino):
+        pass
     assert _has_chunk(cluster, m, t.id, ino)
     assert stat.S_IMODE(os.stat(cluster.root).st_mode) == 0o700
     roots = [tc.path for d in cluster.cfg.data for tc in d.targets] + [p.data for p in cluster.procs if p.data]

@@ -26,7 +26,7 @@ import pytest
 from dfs.stress.history import check, describe, load
 from dfs.stress.nemesis import Nemesis, plan
 from dfs.testing import wait
-from dfs.testing.netns import Fabric, HostFaults, NetnsCluster, unavailable
+from dfs.testing.netns import HostFaults, NetnsCluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -36,35 +36,6 @@ KINDS = ("partition", "cut")
 FAULTS = 8  # each kind once on the host of a metadata leader, a follower, an mgmt replica, a data server
 
 until = functools.partial(wait.until, interval=0.1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _needs_netns():
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-
-
-@pytest.fixture
-def fabric():
-    f = Fabric()
-    try:
-        yield f
-    finally:
-        f.close()
-
-
-@pytest.fixture
-def cluster(fabric, tmp_path):
-    hosts = [fabric.add_host(f"h{i}", 11 + i) for i in range(3)]
-    client = fabric.add_host("c", 100)
-    c = NetnsCluster(str(tmp_path / "cluster"), hosts, client, shards=2, replicas=3, mgmt_replicas=3,
-                     data_servers=3)
-    try:
-        c.start(timeout=120)
-        yield c
-    finally:
-        c.stop()
 
 
 class RemoteRecorder:

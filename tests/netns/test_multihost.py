@@ -24,46 +24,15 @@ from collections import Counter
 import pytest
 
 from dfs.common.ids import ROOT_INO, shard_of
-from dfs.kv import RocksKV
 from dfs.testing import wait
-from dfs.testing.netns import Fabric, NetnsCluster, unavailable
+from dfs.testing.netns import Fabric, NetnsCluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.timeout(240)]
 
 NSCLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsclient.py")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _needs_netns():
-    why = unavailable()
-    if why:
-        pytest.skip(why)
-
-
 until = functools.partial(wait.until, interval=0.1)  # each probe is a round trip through a host's agent
-
-
-@pytest.fixture
-def fabric():
-    f = Fabric()
-    try:
-        yield f
-    finally:
-        f.close()
-
-
-@pytest.fixture
-def cluster(fabric, tmp_path):
-    """3 server hosts (10.213.0.11-13) and a client host (10.213.0.100); 3 mgmt, 2 shards x 3, 3 data servers."""
-    hosts = [fabric.add_host(f"h{i}", 11 + i) for i in range(3)]
-    client = fabric.add_host("c", 100)
-    c = NetnsCluster(str(tmp_path / "cluster"), hosts, client, shards=2, replicas=3, mgmt_replicas=3,
-                     data_servers=3)
-    try:
-        c.start(timeout=120)
-        yield c
-    finally:
-        c.stop()
 
 
 def run_client(c: NetnsCluster, *args: str, host=None, timeout: float = 120) -> str:
@@ -173,18 +142,6 @@ def test_cluster_across_namespaces(cluster: NetnsCluster):
 
 # ---------------------------------------------------------------- 2. partition of a shard leader's host
 
-def replica_contents(c: NetnsCluster, shard: int) -> list[list[tuple[bytes, bytes]]]:
-    out = []
-    for p in c.meta_procs(shard):
-        assert not p.alive
-        kv = RocksKV(c.db_path(p))
-        try:
-            out.append(list(kv.items()))
-        finally:
-            kv.close()
-    return out
-
-
 def test_partition_of_a_leader_host(cluster: NetnsCluster, fabric: Fabric):
     c = cluster
     wl = Workload(c, "/w", workers=4)
@@ -262,13 +219,4 @@ def test_partition_of_a_leader_host(cluster: NetnsCluster, fabric: Fabric):
     for s in range(c.cfg.nshards):
         c.wait_converged(s, 60)
     c.stop()
-    for s in range(c.cfg.nshards):
-        reps = replica_contents(c, s)
-        for i, r in enumerate(reps[1:], 1):
-            if r != reps[0]:
-                a, b = dict(reps[0]), dict(r)
-                diff = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-                raise AssertionError(f"shard {s}: replica {i} differs from replica 0 at {len(diff)} keys: "
-                                     f"{diff[:10]}")
-        leftovers = [k for k, _ in reps[0] if k[:1] in (b"P", b"K")]
-        assert not leftovers, f"shard {s}: op records / locks left: {leftovers}"
+    c.assert_replicas_identical()

@@ -9,10 +9,11 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
+
+from dfs.testing.mount import dfs_cli, make_tree, mounted, same_tree
 
 pyfuse3 = pytest.importorskip("pyfuse3")
 
@@ -27,55 +28,13 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _make_tree(root: str, n: int = 500) -> None:
-    """The tree of tests/posix/test_posix.py: n small files in 20 x 7 directories, a symlink."""
-    for i in range(n):
-        d = os.path.join(root, f"d{i % 20:02d}", f"e{i % 7}")
-        os.makedirs(d, exist_ok=True)
-        _write(os.path.join(d, f"f{i:05d}.txt"), f"file {i}\n".encode() * (i % 50 + 1))
-    os.symlink("d00", os.path.join(root, "link"))
-
-
-def _same_tree(a: str, b: str) -> None:
-    def walk(r):
-        out = {}
-        for dp, dns, fns in os.walk(r):
-            for n in dns + fns:
-                p = os.path.join(dp, n)
-                rel = os.path.relpath(p, r)
-                if os.path.islink(p):
-                    out[rel] = ("l", os.readlink(p))
-                elif os.path.isdir(p):
-                    out[rel] = ("d",)
-                else:
-                    out[rel] = ("f", _read(p))
-        return out
-
-    assert walk(a) == walk(b)
-
-
-def _dfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dfs.cli", *args], check=False, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def lazy_mount(data_cluster, dfs_mount, tmp_path_factory):
     """A lazy mount of the session's data cluster (the strict ``dfs_mount`` is the other client)."""
     mp = str(tmp_path_factory.mktemp("lazymnt"))
     log = str(tmp_path_factory.mktemp("lazylog") / "mount.log")
-    r = _dfs("mount", mp, "--cluster", data_cluster.config_path, "--log-file", log, "--lazy")
-    try:
-        assert r.returncode == 0, f"dfs mount --lazy failed: {r.stdout}{r.stderr}"
+    with mounted(data_cluster.config_path, mp, log, "--lazy", error_marks=(" ERROR ", '"level": "ERROR"')):
         yield mp
-    finally:
-        u = _dfs("umount", mp)
-        if u.returncode != 0:
-            subprocess.run(["fusermount3", "-uz", mp], check=False, capture_output=True)
-        if os.path.exists(log):
-            with open(log, errors="replace") as f:
-                errors = [ln for ln in f if " ERROR " in ln or '"level": "ERROR"' in ln]
-            assert not errors, "errors in the lazy mount's log:\n" + "".join(errors[-20:])
 
 
 _n = iter(range(10**6))
@@ -137,14 +96,14 @@ def test_untar_and_retar_small_files(both, tmp_path):
     mount, compared with the local tree after the barrier, through the other (strict) mount."""
     lz, st = both
     src = str(tmp_path / "t10k")
-    _make_tree(src, UNTAR_FILES)
+    make_tree(src, UNTAR_FILES)
     tarball = str(tmp_path / "t10k.tar")
     subprocess.run(["tar", "-C", str(tmp_path), "-cf", tarball, "t10k"], check=True)
     t0 = time.monotonic()
     subprocess.run(["tar", "-C", lz, "-xf", tarball], check=True)
     barrier(lz)
     print(f"untar of {UNTAR_FILES:,} files through the lazy mount, to the barrier: {time.monotonic() - t0:.1f} s")
-    _same_tree(src, os.path.join(st, "t10k"))  # what another client sees
+    same_tree(src, os.path.join(st, "t10k"))  # what another client sees
     for dp, _, fns in os.walk(src):
         for n in fns:
             a = os.lstat(os.path.join(dp, n))
@@ -155,7 +114,7 @@ def test_untar_and_retar_small_files(both, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run(["tar", "-C", str(out), "-xf", back], check=True)
-    _same_tree(src, str(out / "t10k"))
+    same_tree(src, str(out / "t10k"))
     subprocess.run(["rm", "-rf", os.path.join(lz, "t10k")], check=True)
     barrier(lz)
     assert os.listdir(st) == []
@@ -164,7 +123,7 @@ def test_untar_and_retar_small_files(both, tmp_path):
 @pytest.fixture(scope="module")
 def local_tree(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("lazytree") / "src")
-    _make_tree(root)
+    make_tree(root)
     return root
 
 
@@ -173,7 +132,7 @@ def test_cp_a(both, local_tree):
     dst = os.path.join(lz, "cpa")
     subprocess.run(["cp", "-a", local_tree, dst], check=True)
     barrier(lz)
-    _same_tree(local_tree, os.path.join(st, "cpa"))
+    same_tree(local_tree, os.path.join(st, "cpa"))
     for dp, _, fns in os.walk(local_tree):
         for n in fns:
             a = os.lstat(os.path.join(dp, n))
@@ -186,7 +145,7 @@ def test_rsync_a(both, local_tree):
     lz, st = both
     subprocess.run(["rsync", "-a", local_tree + "/", lz + "/r/"], check=True)
     barrier(lz)
-    _same_tree(local_tree, os.path.join(st, "r"))
+    same_tree(local_tree, os.path.join(st, "r"))
     r = subprocess.run(["rsync", "-a", "--itemize-changes", local_tree + "/", st + "/r/"], check=True,
                        capture_output=True, text=True)
     assert r.stdout.strip() == ""  # sizes and mtimes as rsync left them, seen by another client
@@ -237,7 +196,7 @@ def test_the_unmount_is_a_barrier(data_cluster, dfs_mount, tmp_path):
     with a write-back delay long enough that nothing else could have sent it."""
     mp = str(tmp_path / "mnt")
     os.mkdir(mp)
-    r = _dfs("mount", mp, "--cluster", data_cluster.config_path, "--log-file", str(tmp_path / "m.log"), "--lazy",
+    r = dfs_cli("mount", mp, "--cluster", data_cluster.config_path, "--log-file", str(tmp_path / "m.log"), "--lazy",
              "--lazy-delay", "600")
     assert r.returncode == 0, r.stdout + r.stderr
     name = f"unmount{next(_n)}"
@@ -247,7 +206,7 @@ def test_the_unmount_is_a_barrier(data_cluster, dfs_mount, tmp_path):
             _write(os.path.join(mp, name, "a", f"f{i}"), b"%d" % i * 100)
         os.symlink("a/f0", os.path.join(mp, name, "l"))
     finally:
-        u = _dfs("umount", mp)
+        u = dfs_cli("umount", mp)
         assert u.returncode == 0, u.stdout + u.stderr
     st = os.path.join(dfs_mount, name)
     assert sorted(os.listdir(os.path.join(st, "a"))) == sorted(f"f{i}" for i in range(50))

@@ -13,6 +13,7 @@ import sys
 import time
 
 import pytest
+from dfs.testing.mount import make_tree, same_tree
 from dfs.testing.wait import until
 
 
@@ -337,39 +338,10 @@ def test_permissions_as_unprivileged_user(mdir):
 
 
 # ---------------------------------------------------------------- real programs
-def _make_tree(root: str, n: int = 500) -> None:
-    for i in range(n):
-        d = os.path.join(root, f"d{i % 20:02d}", f"e{i % 7}")
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"f{i:05d}.txt"), "wb") as f:
-            f.write(f"file {i}\n".encode() * (i % 50 + 1))
-    os.symlink("d00", os.path.join(root, "link"))
-
-
-def _same_tree(a: str, b: str) -> None:
-    def walk(r):
-        out = {}
-        for dp, dns, fns in os.walk(r):
-            for n in dns + fns:
-                p = os.path.join(dp, n)
-                rel = os.path.relpath(p, r)
-                if os.path.islink(p):
-                    out[rel] = ("l", os.readlink(p))
-                elif os.path.isdir(p):
-                    out[rel] = ("d",)
-                else:
-                    out[rel] = ("f", _read(p))
-        return out
-
-    wa, wb = walk(a), walk(b)
-    assert wa.keys() == wb.keys()
-    assert wa == wb
-
-
 @pytest.fixture(scope="module")
 def local_tree(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("tree") / "src")
-    _make_tree(root)
+    make_tree(root)
     return root
 
 
@@ -378,7 +350,7 @@ def test_tar_10000_small_files(mdir, tmp_path):
     """The issue's untar/re-tar of a tree of 10,000 small files, compared with the local copy.
     (~20 ms a file through the mount on the 2-core test machine: see docs/benchmarks.md.)"""
     src = str(tmp_path / "t10k")
-    _make_tree(src, 10_000)
+    make_tree(src, 10_000)
     tarball = str(tmp_path / "t10k.tar")
     subprocess.run(["tar", "-C", str(tmp_path), "-cf", tarball, "t10k"], check=True)
     subprocess.run(["tar", "-C", mdir, "-xf", tarball], check=True)
@@ -387,7 +359,7 @@ def test_tar_10000_small_files(mdir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run(["tar", "-C", str(out), "-xf", back], check=True)
-    _same_tree(src, str(out / "t10k"))
+    same_tree(src, str(out / "t10k"))
     # what tar restored: modes and mtimes of every file
     for dp, _, fns in os.walk(src):
         for n in fns:
@@ -400,10 +372,10 @@ def test_tar_10000_small_files(mdir, tmp_path):
 def test_cp_a_and_copytree(mdir, local_tree):
     small = os.path.join(mdir, "small")
     shutil.copytree(os.path.join(local_tree, "d01"), small)
-    _same_tree(os.path.join(local_tree, "d01"), small)
+    same_tree(os.path.join(local_tree, "d01"), small)
     cpd = os.path.join(mdir, "cpa")
     subprocess.run(["cp", "-a", small, cpd], check=True)
-    _same_tree(small, cpd)
+    same_tree(small, cpd)
     f = os.path.join("e0", min(os.listdir(os.path.join(small, "e0"))))
     assert os.stat(os.path.join(cpd, f)).st_mtime_ns == os.stat(os.path.join(small, f)).st_mtime_ns
     back = os.path.join(mdir, "back")
@@ -415,7 +387,7 @@ def test_cp_a_and_copytree(mdir, local_tree):
 def test_rsync(mdir, local_tree):
     src = os.path.join(local_tree, "d02")
     subprocess.run(["rsync", "-a", src + "/", mdir + "/r/"], check=True)
-    _same_tree(src, os.path.join(mdir, "r"))
+    same_tree(src, os.path.join(mdir, "r"))
     r = subprocess.run(["rsync", "-a", "--itemize-changes", src + "/", mdir + "/r/"], check=True,
                        capture_output=True, text=True)
     assert r.stdout.strip() == ""  # nothing to do the second time (sizes and mtimes kept)

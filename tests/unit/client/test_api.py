@@ -17,29 +17,11 @@ import time
 import pytest
 
 import dfs
-from dfs.client.api import AsyncClient, Client, StrictMode, find_cluster
-from dfs.client.file import MemoryChunks
-from dfs.client.meta import MetaClient
-from dfs.common.records import ROOT, Caller
+from dfs.client.api import StrictMode, find_cluster
+from dfs.common.records import Caller
 from dfs.testing.clock import FakeClock
 
 _n = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def memory_client():
-    from dfs.meta.local import LocalEngine
-
-    c = Client(lambda: AsyncClient(MetaClient(LocalEngine(3), ROOT), MemoryChunks()))
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def cluster_client(data_cluster):
-    c = dfs.connect(mgmt=data_cluster.mgmt_addresses, uid=0, gid=0, groups=())
-    yield c
-    c.close()
 
 
 @pytest.fixture(params=["memory", "cluster"])

@@ -8,7 +8,6 @@ FUSE face's own in-process tests are in tests/unit/fuse/test_ops.py."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 import os
 
@@ -24,34 +23,9 @@ from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO
 from dfs.common.records import ROOT
 from dfs.meta.local import LocalEngine
+from dfs.testing.counting import CountingTransport
 
 S = 1_000_000_000
-
-
-class Counting:
-    """A MetaClient transport over a LocalEngine that counts requests by op name."""
-
-    def __init__(self, engine: LocalEngine) -> None:
-        self.engine = engine
-        self.nshards = engine.nshards
-        self.counts: collections.Counter = collections.Counter()
-
-    async def call(self, shard, op, caller, args, rid=b""):
-        self.counts[op.name] += 1
-        return await self.engine.call(shard, op, caller, args, rid)
-
-    async def call_many(self, shard, ops):
-        for o in ops:
-            self.counts[o[0].name] += 1
-        return await self.engine.call_many(shard, ops)
-
-    async def close(self) -> None:
-        await self.engine.close()
-
-    def take(self) -> dict:
-        out = dict(self.counts)
-        self.counts.clear()
-        return out
 
 
 class Clock:
@@ -68,7 +42,7 @@ def run(fn, mode: Mode | None = None):
     async def go():
         clock = Clock()
         eng = LocalEngine(2, clock=clock)
-        t = Counting(eng)
+        t = CountingTransport(eng)
         c = AsyncClient(MetaClient(t, ROOT), MemoryChunks(), mode=mode or StrictMode(3600))
         try:
             await c.makedirs("/d")

@@ -12,7 +12,6 @@ strict except under directories marked lazy."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 import os
 import stat
@@ -28,45 +27,9 @@ from dfs.client.paths import AsyncClient
 from dfs.common.ids import ROOT_INO, shard_of
 from dfs.common.records import FLAG_LAZY, ROOT, Caller
 from dfs.meta.local import LocalEngine
+from dfs.testing.counting import CountingTransport
 
 ALICE = Caller(1000, 1000, (1000,))
-
-
-MUTATIONS = {"BATCH", "MKDIR", "RMDIR", "UNLINK", "RENAME", "LINK", "CREATE", "SETATTR", "EXTEND", "WRITEINLINE"}
-
-
-class Counting:
-    """A MetaClient transport over a LocalEngine that counts requests by op name; while
-    ``gate`` is clear, mutations wait (so a test sees what completes without the service)."""
-
-    def __init__(self, engine: LocalEngine) -> None:
-        self.engine = engine
-        self.nshards = engine.nshards
-        self.counts: collections.Counter = collections.Counter()
-        self.batch_sizes: list[int] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-
-    async def call(self, shard, op, caller, args, rid=b"", ts=None):
-        if op.name in MUTATIONS:
-            await self.gate.wait()
-        self.counts[op.name] += 1
-        if op.name == "BATCH":
-            self.batch_sizes.append(len(args[0]))
-        return await self.engine.call(shard, op, caller, args, rid)
-
-    async def call_many(self, shard, ops):
-        for o in ops:
-            self.counts[o[0].name] += 1
-        return await self.engine.call_many(shard, ops)
-
-    async def close(self) -> None:
-        pass
-
-    def take(self) -> dict:
-        out = dict(self.counts)
-        self.counts.clear()
-        return out
 
 
 def run(fn, *, nshards: int = 3, mode_kw: dict | None = None, caller=ROOT, setup=None):
@@ -74,7 +37,7 @@ def run(fn, *, nshards: int = 3, mode_kw: dict | None = None, caller=ROOT, setup
     async def go():
         eng = LocalEngine(nshards)
         chunks = MemoryChunks()
-        t = Counting(eng)
+        t = CountingTransport(eng, close_engine=False)
         strict = AsyncClient(MetaClient(eng, ROOT), chunks, mode=StrictMode(0))
         if setup is not None:
             await setup(strict)

@@ -12,7 +12,6 @@ import os
 
 import pytest
 
-import dfs
 from dfs.client import prefetch
 from dfs.client.api import AsyncClient, Client
 from dfs.client.file import MemoryChunks
@@ -48,22 +47,6 @@ class _Counted:
     async def close(self):
         self.counter.open_now -= 1
         await self.ref.close()
-
-
-@pytest.fixture(scope="module")
-def memory_client():
-    from dfs.meta.local import LocalEngine
-
-    c = Client(lambda: AsyncClient(MetaClient(LocalEngine(3), ROOT), MemoryChunks()))
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def cluster_client(data_cluster):
-    c = dfs.connect(mgmt=data_cluster.mgmt_addresses, uid=0, gid=0, groups=())
-    yield c
-    c.close()
 
 
 @pytest.fixture(params=["memory", "cluster"])

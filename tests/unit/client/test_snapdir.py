@@ -8,55 +8,17 @@ adapter; tests/integration/test_snapshot_client.py against a real cluster."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 
 import pytest
 
-from dfs.client.mode import StrictMode
-from dfs.client.meta import MetaClient
-from dfs.client.paths import AsyncClient
 from dfs.client.snapdir import SNAP_BIT
-from dfs.common.records import ROOT
-from dfs.meta.local import LocalEngine
-from dfs.testing.registry import MemoryRegistry
-from dfs.testing.snapfake import FrozenChunks
-
-
-class Counting:
-    def __init__(self, engine: LocalEngine) -> None:
-        self.engine = engine
-        self.nshards = engine.nshards
-        self.counts: collections.Counter = collections.Counter()
-
-    async def call(self, shard, op, caller, args, rid=b""):
-        self.counts[op.name] += 1
-        return await self.engine.call(shard, op, caller, args, rid)
-
-    async def call_many(self, shard, ops):
-        for o in ops:
-            self.counts[o[0].name] += 1
-        return await self.engine.call_many(shard, ops)
-
-    async def close(self) -> None:
-        await self.engine.close()
-
-    def take(self) -> dict:
-        out = dict(self.counts)
-        self.counts.clear()
-        return out
+from dfs.testing.snapfake import snapshot_client
 
 
 def run(fn, **kw):
     async def go():
-        reg = MemoryRegistry()
-        t = Counting(LocalEngine(2, registry=reg))
-        chunks = FrozenChunks(reg)
-        meta = MetaClient(t, ROOT)
-
-        async def registry(fresh=False):
-            return await reg.snapshots()
-        c = AsyncClient(meta, chunks, mode=StrictMode(3600), registry=registry, **kw)
+        c, t, meta, chunks, registry = snapshot_client(3600, **kw)
         try:
             await c.makedirs("/d/sub")
             await c.write_bytes("/d/f", b"one")

@@ -9,7 +9,6 @@ processes and the mount."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 import os
 import stat
@@ -19,8 +18,6 @@ import pytest
 
 from dfs.client.core import Core
 from dfs.client.manifest import DIRENT, NODE, PACK, Manifest, build
-from dfs.client.mode import StrictMode
-from dfs.client.meta import MetaClient
 from dfs.client.paths import AsyncClient
 from dfs.client.snapmode import (
     SnapshotMode,
@@ -31,34 +28,7 @@ from dfs.client.snapmode import (
     snapshot_core,
 )
 from dfs.common import errors as err
-from dfs.common.records import ROOT
-from dfs.meta.local import LocalEngine
-from dfs.testing.registry import MemoryRegistry
-from dfs.testing.snapfake import FrozenChunks
-
-
-class Counting:
-    def __init__(self, engine: LocalEngine) -> None:
-        self.engine = engine
-        self.nshards = engine.nshards
-        self.counts: collections.Counter = collections.Counter()
-
-    async def call(self, shard, op, caller, args, rid=b""):
-        self.counts[op.name] += 1
-        return await self.engine.call(shard, op, caller, args, rid)
-
-    async def call_many(self, shard, ops):
-        for o in ops:
-            self.counts[o[0].name] += 1
-        return await self.engine.call_many(shard, ops)
-
-    async def close(self) -> None:
-        await self.engine.close()
-
-    def take(self) -> dict:
-        out = dict(self.counts)
-        self.counts.clear()
-        return out
+from dfs.testing.snapfake import snapshot_client
 
 
 async def _tree(c: AsyncClient) -> None:
@@ -79,14 +49,7 @@ async def _tree(c: AsyncClient) -> None:
 
 def run(fn):
     async def go():
-        reg = MemoryRegistry()
-        t = Counting(LocalEngine(2, registry=reg))
-        chunks = FrozenChunks(reg)
-        meta = MetaClient(t, ROOT)
-
-        async def registry(fresh=False):
-            return await reg.snapshots()
-        c = AsyncClient(meta, chunks, mode=StrictMode(0), registry=registry)
+        c, t, meta, chunks, registry = snapshot_client(0)
         try:
             await _tree(c)
             info = await c.snapshot_create("/d", "s1")

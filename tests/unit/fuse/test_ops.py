@@ -6,7 +6,6 @@ real mount in test_posix.py."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 import os
 import types
@@ -23,34 +22,8 @@ from dfs.common.ids import ROOT_INO
 from dfs.common.records import ROOT
 from dfs.fuse.ops import DfsOperations
 from dfs.meta.local import LocalEngine
+from dfs.testing.counting import CountingTransport
 CTX = types.SimpleNamespace(uid=0, gid=0, pid=os.getpid(), umask=0o022)
-
-
-class Counting:
-    """A MetaClient transport over a LocalEngine that counts requests by op name
-    (as in tests/unit/client/test_core.py)."""
-
-    def __init__(self, engine: LocalEngine) -> None:
-        self.engine = engine
-        self.nshards = engine.nshards
-        self.counts: collections.Counter = collections.Counter()
-
-    async def call(self, shard, op, caller, args, rid=b""):
-        self.counts[op.name] += 1
-        return await self.engine.call(shard, op, caller, args, rid)
-
-    async def call_many(self, shard, ops):
-        for o in ops:
-            self.counts[o[0].name] += 1
-        return await self.engine.call_many(shard, ops)
-
-    async def close(self) -> None:
-        await self.engine.close()
-
-    def take(self) -> dict:
-        out = dict(self.counts)
-        self.counts.clear()
-        return out
 
 
 class ReadOnlyView(StrictMode):
@@ -100,7 +73,7 @@ def kernel(monkeypatch):
 
 def run(fn, mode=None):
     async def go():
-        t = Counting(LocalEngine(2))
+        t = CountingTransport(LocalEngine(2))
         meta = MetaClient(t, ROOT)
         ops = DfsOperations(Core(meta, MemoryChunks(), mode or StrictMode.for_mount()))
         try:

@@ -7,7 +7,6 @@ counting metadata requests; tests/integration/test_snapshot_client.py mounts for
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 import os
 import types
@@ -17,42 +16,13 @@ import pytest
 
 from dfs.client.core import Core
 from dfs.client.mode import StrictMode
-from dfs.client.meta import MetaClient
-from dfs.client.paths import AsyncClient
 from dfs.client.snapdir import SNAP_BIT, SnapChunks, SnapMeta
 from dfs.client.snapmode import FOREVER, snapshot_core
 from dfs.common.ids import ROOT_INO
-from dfs.common.records import ROOT
 from dfs.fuse.ops import DfsOperations
-from dfs.meta.local import LocalEngine
-from dfs.testing.registry import MemoryRegistry
-from dfs.testing.snapfake import FrozenChunks
+from dfs.testing.snapfake import snapshot_client
 
 CTX = types.SimpleNamespace(uid=0, gid=0, pid=os.getpid(), umask=0o022)
-
-
-class Counting:
-    def __init__(self, engine: LocalEngine) -> None:
-        self.engine = engine
-        self.nshards = engine.nshards
-        self.counts: collections.Counter = collections.Counter()
-
-    async def call(self, shard, op, caller, args, rid=b""):
-        self.counts[op.name] += 1
-        return await self.engine.call(shard, op, caller, args, rid)
-
-    async def call_many(self, shard, ops):
-        for o in ops:
-            self.counts[o[0].name] += 1
-        return await self.engine.call_many(shard, ops)
-
-    async def close(self) -> None:
-        await self.engine.close()
-
-    def take(self) -> dict:
-        out = dict(self.counts)
-        self.counts.clear()
-        return out
 
 
 @pytest.fixture
@@ -75,14 +45,7 @@ def _fields(**kw):
 
 def run(fn):
     async def go():
-        reg = MemoryRegistry()
-        t = Counting(LocalEngine(2, registry=reg))
-        chunks = FrozenChunks(reg)
-        meta = MetaClient(t, ROOT)
-
-        async def registry(fresh=False):
-            return await reg.snapshots()
-        c = AsyncClient(meta, chunks, mode=StrictMode(0), registry=registry)
+        c, t, meta, chunks, registry = snapshot_client(0)
         await c.makedirs("/d/sub")
         await c.write_bytes("/d/f", b"hello")
         await c.write_bytes("/d/sub/g", b"x" * 70_000)
