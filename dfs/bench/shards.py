@@ -16,7 +16,7 @@ to 3) runs, one after the other:
   its own requests, none answered from the client's cache): mkdir, create
   (empty), stat, readdir, rename in the same directory, rename to another
   directory (files), unlink, write and read of small files (``--small``
-  bytes: inline in the metadata) and of ``--large`` bytes (on data servers),
+  bytes) and of ``--large`` bytes (both on the data servers by default),
   their unlink, rename of directories to another parent (the one kind that
   takes the ordering point on shard 0), rmdir;
 * the **workloads** whose share of two-phase commits is asked for: an
@@ -506,6 +506,28 @@ def table(results: list[dict]) -> str:
     return "\n".join(out)
 
 
+def compact(results: list[dict]) -> str:
+    """Total CPU ms per operation (net of idle) by shard count, the leaders' part, the
+    busiest leader's, shard 0's, and the share of two-phase commits among the changes."""
+    counts = [r["shards"] for r in results]
+    head = ("| phase | " + " | ".join(f"{s} shard{'s' if s > 1 else ''}" for s in counts)
+            + f" | leaders at {counts[-1]} (busiest, shard 0's) | 2PC share of changes at "
+            + ", ".join(map(str, counts)) + " |")
+    out = [head, "|---|" + "---|" * (len(counts) + 2)]
+    for name in [r["phase"] for r in results[0]["phases"]]:
+        rows = [next((x for x in res["phases"] if x["phase"] == name), None) for res in results]
+        if any(r is None or not r["ops"] for r in rows):
+            continue
+        tot = " | ".join(f"{1e3 * r['cpu_net']['total'] / r['ops']:.2f}" for r in rows)
+        last = rows[-1]
+        n = last["ops"]
+        lead = (f"{1e3 * last['cpu_net']['leaders'] / n:.2f} ({1e3 * last['cpu_net']['max_leader'] / n:.2f}, "
+                f"{1e3 * last['cpu_net']['leader0'] / n:.2f})")
+        share = ", ".join(f"{100 * r['two_phase_share']:.0f}%" for r in rows)
+        out.append(f"| {name} (per {last['unit']}) | {tot} | {lead} | {share} |")
+    return "\n".join(out)
+
+
 def machine() -> dict:
     cpu = ""
     try:
@@ -525,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=2000, help="files of each file phase")
     ap.add_argument("--dirs", type=int, default=64, help="directories the files are spread over")
     ap.add_argument("--readdir-rounds", type=int, default=8, help="listdir calls per directory")
-    ap.add_argument("--small", type=int, default=4096, help="bytes of the small files (inline)")
+    ap.add_argument("--small", type=int, default=4096, help="bytes of the small files")
     ap.add_argument("--large", type=int, default=256 * 1024, help="bytes of the data-server files")
     ap.add_argument("--large-files", type=int, default=300)
     ap.add_argument("--inflight", type=int, default=16, help="operations in flight from the client")
@@ -539,7 +561,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, default=5.0, help="seconds the idle cost is measured over")
     ap.add_argument("--root", default=None, help="keep the clusters' folders here (default: temp, removed)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--report", default=None, metavar="JSON", help="print the tables of an earlier run's JSON")
     a = ap.parse_args(argv)
+    if a.report:
+        with open(a.report) as f:
+            results = json.load(f)["results"]
+        print(table(results))
+        print()
+        print(compact(results))
+        return 0
     counts = [int(x) for x in a.shards.split(",") if x.strip()]
     if not counts or min(counts) < 1 or a.files < 1 or a.dirs < 2 or a.inflight < 1:
         ap.error("--shards >= 1 each, --files >= 1, --dirs >= 2, --inflight >= 1")
@@ -556,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     print()
     print(table(results))
+    print()
+    print(compact(results))
     if a.json:
         _save(a, before, results)
     loads = [before["loadavg"][0], os.getloadavg()[0]]
