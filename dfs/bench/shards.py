@@ -113,11 +113,13 @@ class Procs:
         return all(self.cluster.leader_of(s) is p for s, p in self.leaders.items())
 
     def commits(self) -> Counter:
-        """dfs_meta_commits_total of every leader, summed: (op, protocol) -> count."""
+        """dfs_meta_commits_total of every metadata replica, summed: (op, protocol) -> count
+        (each operation is counted by the replica that coordinated it; all are asked, since
+        a leader may change during a phase on a loaded machine)."""
         from prometheus_client.parser import text_string_to_metric_families
 
         out: Counter = Counter()
-        for p in self.leaders.values():
+        for p in self.cluster.meta_procs():
             with urllib.request.urlopen(f"http://{p.metrics}/metrics", timeout=10) as r:
                 text = r.read().decode()
             for fam in text_string_to_metric_families(text):
@@ -232,11 +234,22 @@ class Meter:
 
 # ---------------------------------------------------------------------- phases
 
+WORKLOADS = ("workload: mdtest tree", "workload: untar", "workload: shuffle", "workload: checkpoint")
+
+
+class _Stop(Exception):
+    """No operation phase left that ``--phases`` wants."""
+
+
 class Bench:
     def __init__(self, cluster_file: str, a, meter: Meter) -> None:
         self.cluster_file = cluster_file
         self.a = a
         self.m = meter
+        self.measured: set[str] = set()
+
+    def wanted(self, name: str) -> bool:
+        return not self.a.phases or name in self.a.phases
 
     async def client(self, warm: list[str] = (), ttl: float = 3600.0):
         """A fresh library client with ``warm`` paths resolved (and cached for ``ttl``)."""
@@ -249,7 +262,16 @@ class Bench:
 
     async def ops_phase(self, name: str, items: list, fn, warm: list[str], unit: str = "op",
                         ttl: float = 3600.0, groups: bool = False, inflight: int | None = None) -> dict:
-        """``fn(client, item)`` for each of ``items`` (``groups``: lists of items, one after the other)."""
+        """``fn(client, item)`` for each of ``items`` (``groups``: lists of items, one after the other).
+        A phase not among ``--phases`` runs unmeasured when a later one needs what it makes."""
+        if not self.wanted(name):
+            c = await self.client(warm, ttl)  # later phases need what it makes
+            try:
+                for group in (items if groups else [items]):
+                    await run_all(group, lambda x: fn(c, x), inflight or self.a.inflight)
+            finally:
+                await c.close()
+            return {}
         c = await self.client(warm, ttl)
         reqs = count_requests(c)
 
@@ -262,7 +284,11 @@ class Bench:
                 await c.close()  # its background closes are this phase's work
             return len(lat), lat, reqs
 
-        return await self.m.phase(name, body, unit)
+        row = await self.m.phase(name, body, unit)
+        self.measured.add(name)
+        if self.a.phases and set(self.a.phases) <= self.measured | set(WORKLOADS):
+            raise _Stop  # the rest of the operation phases is wanted by none
+        return row
 
     async def operations(self) -> None:
         a = self.a
@@ -472,10 +498,16 @@ def measure(shards: int, a, root: str, log=print) -> dict:
         tmp = tempfile.mkdtemp(prefix="tar-", dir=folder)
 
         async def go():
-            await bench.operations()
-            await bench.mdtest_tree()
-            await bench.untar_and_shuffle(tmp)
-            await bench.checkpoints()
+            try:
+                await bench.operations()
+            except _Stop:
+                pass
+            if bench.wanted("workload: mdtest tree"):
+                await bench.mdtest_tree()
+            if bench.wanted("workload: untar"):
+                await bench.untar_and_shuffle(tmp)
+            if bench.wanted("workload: checkpoint"):
+                await bench.checkpoints()
 
         asyncio.run(go())
         stable = procs.same_leaders()
@@ -561,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, default=5.0, help="seconds the idle cost is measured over")
     ap.add_argument("--root", default=None, help="keep the clusters' folders here (default: temp, removed)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--phases", default="", help="only these phases (comma-separated names), e.g. create,stat")
     ap.add_argument("--report", default=None, metavar="JSON", help="print the tables of an earlier run's JSON")
     a = ap.parse_args(argv)
     if a.report:
@@ -570,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(compact(results))
         return 0
+    a.phases = [x.strip() for x in a.phases.split(",") if x.strip()]
     counts = [int(x) for x in a.shards.split(",") if x.strip()]
     if not counts or min(counts) < 1 or a.files < 1 or a.dirs < 2 or a.inflight < 1:
         ap.error("--shards >= 1 each, --files >= 1, --dirs >= 2, --inflight >= 1")
