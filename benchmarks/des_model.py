@@ -30,6 +30,8 @@ The model (simpy; every figure below is an input or an assumption, none is fitte
 * A directory moving to another parent holds the cluster-wide ordering point
   on shard 0 for its whole two-phase commit (a lock of capacity one; the real
   service is optimistic and retries, which is worse under contention).
+* Data servers: as many as shards (at least 3) unless ``--data-servers``; a
+  small file's data CPU goes to one of them (the chain's copies included).
 * Directories, hence operations, are spread uniformly over the shards;
   ``--hot F`` sends a fraction F of them to one directory (shard 1).
 * Clients are closed loops, one operation outstanding each, no think time.
@@ -311,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtt-ms", type=float, default=0.2, help="network round trip (datacenter LAN)")
     ap.add_argument("--fsync-ms", type=float, default=0.5, help="a Raft journal sync (NVMe)")
     ap.add_argument("--ttl", type=float, default=1.0, help="clients' cache TTL (root revalidation)")
+    ap.add_argument("--data-servers", type=int, default=0,
+                    help="data servers of the predicted clusters (0: as many as shards, at least 3)")
     ap.add_argument("--ops", type=int, default=5000, help="operations simulated per point (after warm-up)")
     ap.add_argument("--plot", default=None, help="PNG of the curves")
     ap.add_argument("--markdown", default=None, help="write the tables here")
@@ -352,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     curves: dict[tuple[str, int], list[dict]] = {}
     out()
     out(f"### Predicted: dedicated cores (a core per server process and per client), rtt {a.rtt_ms} ms, "
-        f"journal sync {a.fsync_ms} ms, client TTL {a.ttl} s")
+        f"journal sync {a.fsync_ms} ms, client TTL {a.ttl} s, "
+        + (f"{a.data_servers} data servers" if a.data_servers else "as many data servers as shards (at least 3)"))
     out()
     out("| workload | clients | " + " | ".join(f"{s} shards" for s in shards) + " |")
     out("|---|---|" + "---|" * len(shards))
@@ -360,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         kinds = MIX if w == "mix" else (w,)
         for n in clients:
             pts = [simulate(costs, shards=s, clients=n, kinds=kinds, rtt=a.rtt_ms / 1e3, fsync=a.fsync_ms / 1e3,
-                            ttl=a.ttl, ops=a.ops, replicas=replicas) for s in shards]
+                            ttl=a.ttl, ops=a.ops, replicas=replicas, data_servers=a.data_servers or max(3, s))
+                   for s in shards]
             curves[(w, n)] = pts
             out(f"| {w} | {n} | " + " | ".join(f"{p['ops_per_s']:,.0f}/s, p99 {p['p99_ms']:.1f} ms" for p in pts) + " |")
             sys.stdout.flush()
