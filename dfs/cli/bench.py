@@ -37,3 +37,6 @@ _passthrough("lazy", "dfs.bench.lazy",
              "Lazy mode: untar through a lazy mount, library creates, visibility delay; strict and local disk.")
 _passthrough("ai", "dfs.bench.ai",
              "AI workloads (ls -l, shuffled small reads, checkpoints, model load): library, mount and local disk.")
+_passthrough("shards", "dfs.bench.shards",
+             "CPU seconds per operation on every process (leaders, followers, mgmt, data, client) "
+             "on 1, 2, 4, 8 shards; the share of two-phase commits of real workloads.")

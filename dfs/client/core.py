@@ -318,6 +318,14 @@ class Core:
                 a = mode.walk_attr(ino) if walk else mode.attr(ino)
                 if a is not None:
                     return self._seen(a) if self.files else a
+                # The name is still cached, only the inode's attributes are not (a change
+                # under a directory drops its attributes): ask the inode's shard, not the
+                # parent's. Asked of the parent, every change under a top-level directory
+                # would cost a lookup on the root's shard (shard 0), every client's hot spot.
+                try:
+                    return await self.getattr(ino, caller=caller)
+                except err.NotFound:
+                    mode.forget_entry(parent, name)  # gone meanwhile: the name decides
         try:
             a = await self.meta.lookup(parent, name, caller=caller)
         except err.NotFound:

@@ -37,12 +37,13 @@ May import dfs.common, dfs.meta.schema and dfs.meta.ops; not the store or the se
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import random
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,9 @@ RECOVERY_GRACE_NS = 2 * 10**9  # an undecided operation older than this, not run
 
 Plan = dict[int, list[A.Action]]
 
+# the op a plan executes for (set by Coordinator.run in the request's task), for the counts
+_OP: contextvars.ContextVar[str] = contextvars.ContextVar("dfs_coordinated_op", default="?")
+
 
 class Coordinator:
     def __init__(self, shard: int, shards: ShardCalls, clock=time.time_ns, *,
@@ -75,6 +79,10 @@ class Coordinator:
         self.pending = pending
         self.clock = clock
         self.active: set[bytes] = set()
+        # (op name, "one_phase" | "two_phase"): plans committed by this coordinator, so that
+        # the share of operations that needed two-phase commit can be measured (the
+        # leader's /metrics: dfs_meta_commits_total); in memory, per leadership
+        self.commits: Counter[tuple[str, str]] = Counter()
 
     async def call(self, shard: int, req: m.Request, caller: Caller = INTERNAL, rid: bytes = b"",
                    ts: int | None = None) -> Any:
@@ -85,6 +93,7 @@ class Coordinator:
     # ------------------------------------------------------------ entry point
     async def run(self, h: Handler, rid: bytes, caller: Caller, req: m.Request) -> Any:
         rid = rid or uuid.uuid4().bytes
+        _OP.set(req.OP.name)
         if rid in self.active:
             raise err.Locked("operation already running")
         for op_id, rec in self.pending(rid):  # an attempt's id is the request id + 8 bytes: no scan of all
@@ -145,7 +154,9 @@ class Coordinator:
         decision records for the client's retries (default: the new inode, no attributes)."""
         plan = {s: a for s, a in plan.items() if a}
         if set(plan) == {self.shard}:
-            return await self.call(self.shard, m.OnePhase(rid, A.encode(plan[self.shard])), caller, rid=rid, ts=ts)
+            res = await self.call(self.shard, m.OnePhase(rid, A.encode(plan[self.shard])), caller, rid=rid, ts=ts)
+            self.commits[(_OP.get(), "one_phase")] += 1
+            return res
         plan.setdefault(self.shard, [])
         others = sorted(s for s in plan if s != self.shard)
         # Each attempt has its own operation id, so a participant's record left
@@ -174,6 +185,7 @@ class Coordinator:
                 raise
             reply = reply_of(new_ino) if reply_of else m.ActionResult(new_ino, [])
             await self.call(self.shard, m.Commit(op_id, reply), ts=ts)  # the decision
+            self.commits[(_OP.get(), "two_phase")] += 1
             try:
                 await self.finish(op_id, others, ts)
             except err.DfsError as e:  # decided and durable: recovery completes it

@@ -43,7 +43,7 @@ from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.config import ClusterConfig
-from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft, task_failures
+from dfs.common.metrics import Metrics, RequestMetrics, counter, gauge, instrument_raft, task_failures
 from dfs.common.messages import is_internal
 from dfs.common.ops import Op
 from dfs.common.records import Caller
@@ -301,7 +301,12 @@ def shard_families(svc: ShardService, clients: Clients) -> list:
 
     out = [gauge("dfs_meta_clients", f"client connections (gRPC peers) that sent operations to this replica "
                  f"in the last {CLIENT_WINDOW:.0f}s; the leader's is the shard's", clients.count()),
-           task_failures(svc.tasks.failures)]
+           task_failures(svc.tasks.failures),
+           counter("dfs_meta_commits", "operations that may span shards (mkdir, rmdir, unlink, rename, link) "
+                   "committed by this replica as their coordinator, by op and protocol (one_phase: all on "
+                   "this shard; two_phase: 2PC over shards); since the process started",
+                   labels=("op", "protocol"),
+                   samples=[([op, proto], n) for (op, proto), n in dict(svc.coordinator.commits).items()])]
     try:  # one key of applied state; RocksDB reads are safe from this thread
         b = svc.store.kv.get(S.K_NINODES)
     except Exception:  # noqa: BLE001 - the store is being swapped by a snapshot install: skip it this scrape
