@@ -11,6 +11,10 @@ With a client token in the cluster file every call must show it (refused
 UNAUTHENTICATED before it is parsed, ``dfs.wire.auth.TokenCheck``); internal
 (two-phase) operations also need the internal token, which only servers
 derive (from the Raft password). With [tls] the port speaks TLS only.
+With ``[security] root_squash`` a client's uid 0 (and gid 0) is taken as
+``squash_uid`` (``squash_gid``) here, before any permission check; calls
+with the internal token (servers, whose callers were squashed at the first
+edge they reached) are taken as they come.
 Bounds (``dfs.wire.limits.grpc_server_options``): connections, streams per
 connection, calls in progress (more end RESOURCE_EXHAUSTED, which clients
 retry) and the time to a usable connection. Files and folders it creates
@@ -46,7 +50,7 @@ from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
 from dfs.common.messages import is_internal
 from dfs.common.ops import Op
-from dfs.common.records import Caller
+from dfs.common.records import Caller, squash_root
 from dfs.consensus.raft import RaftHost
 from dfs.meta.service import ShardService
 from dfs.meta.store import MetaStore
@@ -101,6 +105,8 @@ class MetaServicer(pbg.MetaServiceServicer):
         self.replica = replica
         self._raft_to_grpc = {r.raft: r.address for r in cfg.shard(shard).replicas}
         self._internal_token = cfg.internal_token
+        sec = cfg.security
+        self._squash = (sec.squash_uid, sec.squash_gid) if sec.root_squash else None
         self.requests = requests
         self.clients = Clients()
         self.follower: MapFollower | None = None  # set by serve(): the map epoch replies carry
@@ -129,6 +135,12 @@ class MetaServicer(pbg.MetaServiceServicer):
     def _is_peer(self, context) -> bool:
         return shows(context.invocation_metadata(), INTERNAL_HEADER, self._internal_token)
 
+    def _caller(self, c: pb.Caller, peer: bool) -> Caller:
+        caller = Caller(c.uid, c.gid, tuple(c.groups))
+        if self._squash is not None and not peer:
+            return squash_root(caller, *self._squash)
+        return caller
+
     async def _one(self, req: pb.OpRequest, peer: bool) -> pb.OpReply:
         if self.follower is not None and req.epoch > self.follower.epoch:
             # the caller routed with a newer map than ours (e.g. a shard was added and it
@@ -143,7 +155,7 @@ class MetaServicer(pbg.MetaServiceServicer):
             return pb.OpReply(status=err.WRONG_SHARD, message=f"this is shard {self.shard}")
         if not self.host.is_leader:
             return pb.OpReply(status=err.NOT_LEADER, leader=self.leader_address())
-        caller = Caller(req.caller.uid, req.caller.gid, tuple(req.caller.groups))
+        caller = self._caller(req.caller, peer)
         ts = req.ts if req.ts and is_internal(req.op) else None
         try:
             args = msgpack.unpackb(req.body, raw=False, use_list=True, strict_map_key=False) if req.body else []
@@ -215,7 +227,7 @@ class MetaServicer(pbg.MetaServiceServicer):
                 except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
                     replies[i] = pb.OpReply(status=errno.EINVAL, message="malformed body")
                     continue
-                items.append((r.op, r.request_id, Caller(r.caller.uid, r.caller.gid, tuple(r.caller.groups)), args))
+                items.append((r.op, r.request_id, self._caller(r.caller, peer), args))
                 where.append(i)
         if items:
             try:
@@ -515,6 +527,9 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
     follower.start()
     svc.start_recovery()
     log.info("shard %d replica %d serving on %s (raft %s)", shard, replica, me.address, me.raft)
+    if cfg.security.root_squash:
+        log.info("root squashing: clients' uid 0 acts as %d, gid 0 as %d", cfg.security.squash_uid,
+                 cfg.security.squash_gid)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
