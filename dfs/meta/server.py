@@ -14,7 +14,8 @@ derive (from the Raft password). With [tls] the port speaks TLS only.
 With ``[security] root_squash`` a client's uid 0 (and gid 0) is taken as
 ``squash_uid`` (``squash_gid``) here, before any permission check; calls
 with the internal token (servers, whose callers were squashed at the first
-edge they reached) are taken as they come.
+edge they reached) are taken as they come. A BATCH's items carry callers of
+their own (a lazy client's flush): squashed likewise.
 Bounds (``dfs.wire.limits.grpc_server_options``): connections, streams per
 connection, calls in progress (more end RESOURCE_EXHAUSTED, which clients
 retry) and the time to a usable connection. Files and folders it creates
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -48,7 +50,7 @@ from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, gauge, instrument_raft
-from dfs.common.messages import is_internal
+from dfs.common.messages import Batch, is_internal
 from dfs.common.ops import Op
 from dfs.common.records import Caller, squash_root
 from dfs.consensus.raft import RaftHost
@@ -141,6 +143,21 @@ class MetaServicer(pbg.MetaServiceServicer):
             return squash_root(caller, *self._squash)
         return caller
 
+    def _squash_items(self, op: int, args, peer: bool):
+        """A BATCH's ``args`` with its items' callers squashed (malformed ones as they are: the
+        handler refuses them EINVAL)."""
+        if self._squash is None or peer or op != Op.BATCH:
+            return args
+        try:
+            b = Batch.from_wire(args)
+        except err.InvalidArgument:
+            return args
+        items = []
+        for it in b.items:
+            c = squash_root(Caller(it.uid, it.gid, tuple(it.groups)), *self._squash)
+            items.append(dataclasses.replace(it, uid=c.uid, gid=c.gid, groups=list(c.groups)))
+        return Batch(items).to_wire()
+
     async def _one(self, req: pb.OpRequest, peer: bool) -> pb.OpReply:
         if self.follower is not None and req.epoch > self.follower.epoch:
             # the caller routed with a newer map than ours (e.g. a shard was added and it
@@ -161,6 +178,7 @@ class MetaServicer(pbg.MetaServiceServicer):
             args = msgpack.unpackb(req.body, raw=False, use_list=True, strict_map_key=False) if req.body else []
         except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
             return pb.OpReply(status=errno.EINVAL, message="malformed body")
+        args = self._squash_items(req.op, args, peer)
         # the log lines written while serving it name the request (its id, as retried)
         token = logs.set_op(req.request_id or None)
         t0 = time.monotonic()
@@ -227,7 +245,7 @@ class MetaServicer(pbg.MetaServiceServicer):
                 except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
                     replies[i] = pb.OpReply(status=errno.EINVAL, message="malformed body")
                     continue
-                items.append((r.op, r.request_id, self._caller(r.caller, peer), args))
+                items.append((r.op, r.request_id, self._caller(r.caller, peer), self._squash_items(r.op, args, peer)))
                 where.append(i)
         if items:
             try:

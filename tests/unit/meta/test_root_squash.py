@@ -20,6 +20,7 @@ from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.client.meta import MetaClient, setattr_request
 from dfs.common import errors as err
+from dfs.common import messages as m
 from dfs.common.config import ClusterConfig, ReplicaAddr, SecurityConfig, ShardConfig
 from dfs.common.ids import ROOT_INO
 from dfs.common.records import Caller, squash_root
@@ -162,6 +163,13 @@ def test_a_squashed_root_is_nobody_to_the_permission_checks():
             res = await client.t.call_many(0, [(chown.OP, ROOT, chown.to_wire(), b"r" * 16)])
             assert isinstance(res[0], err.DfsError) and res[0].errno == errno.EPERM
             assert (await client.getattr(f.ino)).uid == 1000 and (await client.getattr(f.ino)).mode & 0o777 == 0o600
+            # a lazy client's BATCH: its items' own callers are squashed too
+            for c in (ROOT, Caller(0, 1000, (0,))):
+                item = m.BatchItem(chown.OP, b"b" * 15 + bytes([c.gid & 0xFF]), c.uid, c.gid, list(c.groups),
+                                   chown.to_wire(), [])
+                (res,) = await client.batch(0, [item])
+                assert res.status == errno.EPERM, res
+            assert (await client.getattr(f.ino)).uid == 1000
             # alice herself is not affected
             await client.open_read(f.ino, access=R_OK, caller=ALICE)
             await client.setattr(f.ino, mode=0o640, caller=ALICE)
@@ -169,6 +177,9 @@ def test_a_squashed_root_is_nobody_to_the_permission_checks():
             await server.open_read(f.ino, access=R_OK, caller=ROOT)
             await server.setattr(f.ino, uid=7, caller=ROOT)
             assert (await client.getattr(f.ino)).uid == 7
+            item = m.BatchItem(chown.OP, b"s" * 16, 0, 0, [], setattr_request(f.ino, uid=8).to_wire(), [])
+            (res,) = await server.batch(0, [item])
+            assert res.status == 0 and (await client.getattr(f.ino)).uid == 8
         finally:
             await edge.stop()
 
