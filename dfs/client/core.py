@@ -49,7 +49,14 @@ log = logging.getLogger("dfs.client")
 
 T = TypeVar("T")
 
-__all__ = ["Core", "DirStream", "FileRef", "OpenFile"]
+__all__ = ["Core", "DirStream", "FileRef", "OpenFile", "open_access"]
+
+
+def open_access(flags: int) -> int:
+    """The access (os.R_OK | os.W_OK) an open with os.O_* ``flags`` needs (O_TRUNC writes)."""
+    acc = flags & os.O_ACCMODE
+    return (os.R_OK if acc in (os.O_RDONLY, os.O_RDWR) else 0) | \
+        (os.W_OK if acc in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC else 0)
 
 
 def _writes(flags: int) -> bool:

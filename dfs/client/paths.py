@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dfs.client.core import Core, FileRef
+from dfs.client.core import Core, FileRef, open_access
 from dfs.client.fileio import AsyncFile, parse_mode
 from dfs.client.leases import Leases
 from dfs.client.meta import NAME_RACES
@@ -548,9 +548,7 @@ class AsyncClient(SnapshotAPI):
         """open(2): the open (a ``FileRef``) of ``path`` with os.O_* ``flags``. Close-to-open:
         the last component and the attributes are fetched afresh (the mode permitting);
         the service checks the access wanted."""
-        acc = flags & os.O_ACCMODE
-        access = (os.R_OK if acc in (os.O_RDONLY, os.O_RDWR) else 0) | \
-                 (os.W_OK if acc in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC else 0)
+        access = open_access(flags)
         if flags & os.O_CREAT:
             ref = await self._create_open(path, flags, mode, access)
         elif not access & os.W_OK and not flags & os.O_NOFOLLOW:

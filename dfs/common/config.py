@@ -45,6 +45,12 @@
     election_timeout = [0.4, 0.8]
     group_commit = true
 
+    [security]                     # optional
+    root_squash = false            # true: metadata servers treat a client's uid 0 (and gid 0) as
+                                   # squash_uid / squash_gid (servers, with the internal token, are not squashed)
+    squash_uid = 65534             # nobody
+    squash_gid = 65534             # nogroup
+
     [tls]                          # optional: gRPC over TLS (the data plane stays plaintext)
     cert = "server.pem"            # this host's certificate chain (servers only)
     key = "server.key"             # its private key (servers only)
@@ -191,6 +197,38 @@ class TlsConfig:
         return replace(self, ca=j(self.ca), cert=j(self.cert), key=j(self.key))
 
 
+NOBODY = 65534  # the default uid and gid a squashed root acts as (nobody / nogroup)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """``[security]``: root squashing of the clients' requests (docs/design/security.md)."""
+
+    root_squash: bool = False
+    squash_uid: int = NOBODY
+    squash_gid: int = NOBODY
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.root_squash, bool):
+            raise ValueError(f"[security] root_squash must be true or false, not {self.root_squash!r}")
+        for k in ("squash_uid", "squash_gid"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32:
+                raise ValueError(f"[security] {k} must be an integer in 0..2^32-1, not {v!r}")
+
+    def to_dict(self) -> dict:
+        return {"root_squash": self.root_squash, "squash_uid": self.squash_uid, "squash_gid": self.squash_gid}
+
+    @classmethod
+    def from_dict(cls, d) -> SecurityConfig:
+        if not isinstance(d, dict):
+            raise ValueError("security must be a table ([security])")
+        unknown = set(d) - {"root_squash", "squash_uid", "squash_gid"}
+        if unknown:
+            raise ValueError(f"[security]: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
 # Set only by ``example_secrets()``: render a documentation example whose secrets are still
 # placeholders. No server, no bootstrap and no `dfs` command ever sets it.
 _EXAMPLE_SECRETS: contextvars.ContextVar[bool] = contextvars.ContextVar("dfs_example_secrets", default=False)
@@ -323,6 +361,7 @@ class ClusterConfig:
     durability: str = "sync"  # one of DURABILITY
     raft_salt: str | None = None  # None: a file from before salts (keys derived as they were)
     max_inflight_bytes: int = 512 << 20  # data servers: client payload bytes in flight at once
+    security: SecurityConfig = field(default_factory=SecurityConfig)  # [security]: root squashing
 
     def __post_init__(self) -> None:
         check_raft_password(self.raft_password)
@@ -492,6 +531,8 @@ class ClusterConfig:
             d["data"] = [server(x) for x in self.data]
         if self.tls is not None:
             d["tls"] = self.tls.to_dict()
+        if self.security != SecurityConfig():
+            d["security"] = self.security.to_dict()
         return d
 
     def client_config(self) -> ClientConfig:
@@ -531,7 +572,7 @@ class ClusterConfig:
                    orphan_grace=float(d.get("orphan_grace", 3600.0)), durability=d.get("durability", "sync"),
                    raft_salt=d.get("raft_salt"),
                    max_inflight_bytes=_as_int("max_inflight_bytes", d.get("max_inflight_bytes", 512 << 20)),
-                   **_auth_fields(d))
+                   security=SecurityConfig.from_dict(d.get("security", {})), **_auth_fields(d))
 
     def save(self, path: str) -> None:
         with open(path, "wb") as f:

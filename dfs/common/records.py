@@ -67,6 +67,15 @@ class Caller:
 ROOT = Caller(0, 0, ())
 
 
+def squash_root(c: Caller, uid: int, gid: int) -> Caller:
+    """``c`` under root squashing (as NFS ``root_squash``): uid 0 acts as ``uid``, and gid 0,
+    as the primary group or a supplementary one, as ``gid``; anyone else is unchanged."""
+    if c.uid != 0 and c.gid != 0 and 0 not in c.groups:
+        return c
+    groups = tuple(dict.fromkeys(gid if g == 0 else g for g in c.groups))
+    return Caller(uid if c.uid == 0 else c.uid, gid if c.gid == 0 else c.gid, groups)
+
+
 @dataclass(frozen=True, slots=True)
 class StatFs:
     block_size: int

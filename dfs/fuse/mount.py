@@ -75,7 +75,8 @@ def is_mounted(mountpoint: str, fstype_prefix: str = "fuse") -> bool:
 
 def raise_read_ahead(mountpoint: str, kb: int) -> bool:
     """Buffered reads reach the file system in read_ahead_kb pieces (128 KiB by
-    default): raise the mount's bdi setting (needs root)."""
+    default, at most ``max_pages``, 1 MiB with libfuse >= 3.6): raise the mount's bdi
+    setting (needs root; after INIT: ``_raise_read_ahead_after_init``)."""
     dev = mount_device(mountpoint)
     if dev is None or kb <= 0:
         return False
@@ -86,6 +87,20 @@ def raise_read_ahead(mountpoint: str, kb: int) -> bool:
     except OSError as e:
         log.info("read_ahead_kb of %s not raised: %s", dev, e)
         return False
+
+
+async def _raise_read_ahead_after_init(mountpoint: str, kb: int) -> None:
+    """``raise_read_ahead`` once the kernel has taken INIT's reply, which sets the bdi's
+    read-ahead to at most its 128 KiB default (raised before, it fell back: buffered reads
+    came in 128 KiB requests, not ``max_pages`` 1 MiB ones). A statfs of the mount point, from
+    a thread while ``main`` serves, returns only after INIT."""
+    try:
+        await asyncio.to_thread(os.statvfs, mountpoint)
+    except OSError as e:
+        log.info("read_ahead_kb not raised: statfs of %s: %s", mountpoint, e)
+        return
+    if raise_read_ahead(mountpoint, kb):
+        log.info("read_ahead_kb of %s raised to %d", mountpoint, kb)
 
 
 def mount_options(*, allow_other: bool | None = None, extra: tuple[str, ...] = ()) -> set[str]:
@@ -111,9 +126,8 @@ async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pyfuse3.terminate)
+    raising = loop.create_task(_raise_read_ahead_after_init(mountpoint, read_ahead_kb)) if read_ahead_kb else None
     try:
-        if read_ahead_kb:
-            raise_read_ahead(mountpoint, read_ahead_kb)
         log.info("mounted %s (options %s)", mountpoint, ",".join(sorted(options)))
         if on_mounted is not None:
             on_mounted()
@@ -122,6 +136,8 @@ async def serve(ops: DfsOperations, mountpoint: str, options: set[str], *, read_
         log.exception("serving %s failed", mountpoint)
         raise
     finally:
+        if raising is not None:
+            raising.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         try:

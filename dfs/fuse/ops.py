@@ -53,7 +53,7 @@ import time
 
 import pyfuse3
 
-from dfs.client.core import Core, DirStream, FileRef
+from dfs.client.core import Core, DirStream, FileRef, open_access
 from dfs.client.snapdir import SNAP_BIT
 from dfs.common import errors as err
 from dfs.common import logs
@@ -338,7 +338,11 @@ class DfsOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------ files
     @_fuse_errors
     async def open(self, inode, flags, ctx):
-        ref = await self.core.open(inode, flags, caller=self._caller(ctx))
+        # The kernel checked the open's access (default_permissions), except root's: it lets
+        # root past every mode bit (CAP_DAC_OVERRIDE). The service checks root's, in the same
+        # request, so that under root squashing root opens only what nobody may.
+        access = open_access(flags) if ctx.uid == 0 else 0
+        ref = await self.core.open(inode, flags, caller=self._caller(ctx), access=access)
         a = ref.attr
         told = self.told.get(inode)
         if told is not None and told != (a.size, a.mtime_ns) and not ref.dirty():

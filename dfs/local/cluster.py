@@ -43,6 +43,7 @@ from dfs.common.config import (
     DataServerConfig,
     RaftOptions,
     ReplicaAddr,
+    SecurityConfig,
     ShardConfig,
     TargetConfig,
     TlsConfig,
@@ -63,14 +64,15 @@ class LocalCluster(ServerGroup):
                  spawn_data: bool = True, scrub_interval: float | None = None, scrub_rate: int | None = None,
                  orphan_scan_interval: float | None = None, orphan_grace: float | None = None,
                  resync_rate: int | None = None, metrics: bool = True, auth: bool = True, tls: TlsConfig | None = None,
-                 durability: str | None = None) -> None:
+                 durability: str | None = None, security: SecurityConfig | None = None) -> None:
         """``spawn_data=False``: the data servers are in the cluster file, but this object
         does not run them (a test plays their part, e.g. sends their heartbeats).
         ``metrics``: give every process a free port for its Prometheus endpoint.
         ``scrub_interval``, ``scrub_rate``, ``orphan_scan_interval``, ``orphan_grace``, ``resync_rate``: the
         data servers' options of the cluster file (None: the cluster file's default).
         ``auth``: generate a client token; ``tls``: gRPC over TLS with these files;
-        ``durability``: "sync" or "async" (None: the cluster file's default, "sync").
+        ``durability``: "sync" or "async" (None: the cluster file's default, "sync");
+        ``security``: the ``[security]`` table (root squashing; None: the default, off).
         These only for a new cluster file (an existing one is used as it is)."""
         self.root = os.path.abspath(root)
         self.config_path = os.path.join(self.root, "cluster.toml")
@@ -106,7 +108,8 @@ class LocalCluster(ServerGroup):
                                      ("orphan_grace", orphan_grace), ("resync_rate", resync_rate),
                                      ("durability", durability))
                    if v is not None},
-                client_token=secrets.token_hex(32) if auth else None, tls=tls)
+                client_token=secrets.token_hex(32) if auth else None, tls=tls,
+                **({"security": security} if security is not None else {}))
             self._save_private(self.config_path, self.cfg.save)
             self._save_private(os.path.join(self.root, "client.toml"), self.cfg.client_config().save)
         self.credentials = wire_auth.remember_config(self.cfg)  # what clients of this cluster show

@@ -11,6 +11,11 @@ With a client token in the cluster file every call must show it (refused
 UNAUTHENTICATED before it is parsed, ``dfs.wire.auth.TokenCheck``); internal
 (two-phase) operations also need the internal token, which only servers
 derive (from the Raft password). With [tls] the port speaks TLS only.
+With ``[security] root_squash`` a client's uid 0 (and gid 0) is taken as
+``squash_uid`` (``squash_gid``) here, before any permission check; calls
+with the internal token (servers, whose callers were squashed at the first
+edge they reached) are taken as they come. A BATCH's items carry callers of
+their own (a lazy client's flush): squashed likewise.
 Bounds (``dfs.wire.limits.grpc_server_options``): connections, streams per
 connection, calls in progress (more end RESOURCE_EXHAUSTED, which clients
 retry) and the time to a usable connection. Files and folders it creates
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -44,9 +50,9 @@ from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, counter, gauge, instrument_raft, task_failures
-from dfs.common.messages import is_internal
+from dfs.common.messages import Batch, is_internal
 from dfs.common.ops import Op
-from dfs.common.records import Caller
+from dfs.common.records import Caller, squash_root
 from dfs.consensus.raft import RaftHost
 from dfs.meta.service import ShardService
 from dfs.meta.store import MetaStore
@@ -101,6 +107,8 @@ class MetaServicer(pbg.MetaServiceServicer):
         self.replica = replica
         self._raft_to_grpc = {r.raft: r.address for r in cfg.shard(shard).replicas}
         self._internal_token = cfg.internal_token
+        sec = cfg.security
+        self._squash = (sec.squash_uid, sec.squash_gid) if sec.root_squash else None
         self.requests = requests
         self.clients = Clients()
         self.follower: MapFollower | None = None  # set by serve(): the map epoch replies carry
@@ -129,6 +137,27 @@ class MetaServicer(pbg.MetaServiceServicer):
     def _is_peer(self, context) -> bool:
         return shows(context.invocation_metadata(), INTERNAL_HEADER, self._internal_token)
 
+    def _caller(self, c: pb.Caller, peer: bool) -> Caller:
+        caller = Caller(c.uid, c.gid, tuple(c.groups))
+        if self._squash is not None and not peer:
+            return squash_root(caller, *self._squash)
+        return caller
+
+    def _squash_items(self, op: int, args, peer: bool):
+        """A BATCH's ``args`` with its items' callers squashed (malformed ones as they are: the
+        handler refuses them EINVAL)."""
+        if self._squash is None or peer or op != Op.BATCH:
+            return args
+        try:
+            b = Batch.from_wire(args)
+        except err.InvalidArgument:
+            return args
+        items = []
+        for it in b.items:
+            c = squash_root(Caller(it.uid, it.gid, tuple(it.groups)), *self._squash)
+            items.append(dataclasses.replace(it, uid=c.uid, gid=c.gid, groups=list(c.groups)))
+        return Batch(items).to_wire()
+
     async def _one(self, req: pb.OpRequest, peer: bool) -> pb.OpReply:
         if self.follower is not None and req.epoch > self.follower.epoch:
             # the caller routed with a newer map than ours (e.g. a shard was added and it
@@ -143,12 +172,13 @@ class MetaServicer(pbg.MetaServiceServicer):
             return pb.OpReply(status=err.WRONG_SHARD, message=f"this is shard {self.shard}")
         if not self.host.is_leader:
             return pb.OpReply(status=err.NOT_LEADER, leader=self.leader_address())
-        caller = Caller(req.caller.uid, req.caller.gid, tuple(req.caller.groups))
+        caller = self._caller(req.caller, peer)
         ts = req.ts if req.ts and is_internal(req.op) else None
         try:
             args = msgpack.unpackb(req.body, raw=False, use_list=True, strict_map_key=False) if req.body else []
         except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
             return pb.OpReply(status=errno.EINVAL, message="malformed body")
+        args = self._squash_items(req.op, args, peer)
         # the log lines written while serving it name the request (its id, as retried)
         token = logs.set_op(req.request_id or None)
         t0 = time.monotonic()
@@ -215,7 +245,7 @@ class MetaServicer(pbg.MetaServiceServicer):
                 except Exception:  # noqa: BLE001 - any undecodable body is EINVAL
                     replies[i] = pb.OpReply(status=errno.EINVAL, message="malformed body")
                     continue
-                items.append((r.op, r.request_id, Caller(r.caller.uid, r.caller.gid, tuple(r.caller.groups)), args))
+                items.append((r.op, r.request_id, self._caller(r.caller, peer), self._squash_items(r.op, args, peer)))
                 where.append(i)
         if items:
             try:
@@ -521,6 +551,9 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
     follower.start()
     svc.start_recovery()
     log.info("shard %d replica %d serving on %s (raft %s)", shard, replica, me.address, me.raft)
+    if cfg.security.root_squash:
+        log.info("root squashing: clients' uid 0 acts as %d, gid 0 as %d", cfg.security.squash_uid,
+                 cfg.security.squash_gid)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
