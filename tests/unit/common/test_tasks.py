@@ -107,6 +107,12 @@ def test_injected_faults(monkeypatch, caplog):
         await started.wait()
         assert sup.failures["hb"] == 1 and "InjectedFault" in sup.tasks["hb"].last_error
         await sup.stop()
+        # spawned again under its name (a renewer that ended and is needed again): no second fault
+        started.clear()
+        sup.spawn("hb", hb)
+        await started.wait()
+        assert sup.failures["hb"] == 1
+        await sup.stop()
 
     with caplog.at_level(logging.ERROR, logger="dfs.tasks"):
         run(main())
