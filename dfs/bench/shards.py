@@ -453,19 +453,7 @@ def _count_sync(c) -> Counter:
     t = c.meta.t
     counts = getattr(t, "_bench_counts", None)
     if counts is None:
-        counts = t._bench_counts = Counter()
-        call, call_many = t.call, t.call_many
-
-        async def counted_call(shard, op, *a, **kw):
-            counts[(shard, op.name)] += 1
-            return await call(shard, op, *a, **kw)
-
-        async def counted_many(shard, ops):
-            for o in ops:
-                counts[(shard, o[0].name)] += 1
-            return await call_many(shard, ops)
-
-        t.call, t.call_many = counted_call, counted_many
+        t._bench_counts = count_requests(c)
         return Counter()
     out = Counter(counts)
     counts.clear()

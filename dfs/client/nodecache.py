@@ -206,26 +206,9 @@ class NodeCache:
     def get(self, key: CacheKey, offset: int = 0, length: int | None = None) -> bytes | None:
         """Bytes ``[offset, offset + length)`` of the chunk (shorter where it ends), verified;
         None if the entry is missing or bad (a bad one is removed)."""
-        p = self.path(key)
-        try:
-            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self.stats.misses += 1
-            return None
-        try:
-            out = self._read(fd, offset, length)
-            if out is None:
-                self._drop_bad(p)
-                self.stats.misses += 1
-                return None
-            try:
-                os.utime(fd)  # least recently used = oldest modification time
-            except OSError:
-                pass
-        finally:
-            os.close(fd)
-        self.stats.hits += 1
-        self.stats.hit_bytes += len(out)
+        out = self._hit(key, lambda fd: self._read(fd, offset, length))
+        if out is not None:
+            self.stats.hit_bytes += len(out)
         return out
 
     def get_into(self, key: CacheKey, offset: int, buf: memoryview) -> int | None:
@@ -237,6 +220,14 @@ class NodeCache:
             if got is not None:
                 buf[:len(got)] = got
             return None if got is None else len(got)
+        n = self._hit(key, lambda fd: self._read_into(fd, offset, buf))
+        if n is not None:
+            self.stats.hit_bytes += n
+        return n
+
+    def _hit(self, key: CacheKey, read):
+        """``read(fd)`` of the entry of ``key``, counted a hit; None (a miss) if it is missing
+        or ``read`` finds it bad (then it is removed). A hit makes the entry the most recent."""
         p = self.path(key)
         try:
             fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
@@ -244,20 +235,19 @@ class NodeCache:
             self.stats.misses += 1
             return None
         try:
-            n = self._read_into(fd, offset, buf)
-            if n is None:
+            out = read(fd)
+            if out is None:
                 self._drop_bad(p)
                 self.stats.misses += 1
                 return None
             try:
-                os.utime(fd)
+                os.utime(fd)  # least recently used = oldest modification time
             except OSError:
                 pass
         finally:
             os.close(fd)
         self.stats.hits += 1
-        self.stats.hit_bytes += n
-        return n
+        return out
 
     def _read_into(self, fd: int, offset: int, buf: memoryview) -> int | None:
         hdr = self._header(fd)

@@ -12,8 +12,10 @@ So a member answers reads only while its lease holds: ``length`` seconds from th
 only while it holds its own Raft read lease (dfs/mgmt/server.py). mgmt takes a target
 out of its chains only after ``target_timeout`` seconds without a heartbeat,
 counted from their *arrival* (and from its own election for a new leader), and
-``length`` is half of that: the lease has run out, with margin for the two clocks'
-rates, before any chain can change without the member. Reads it refuses answer
+``length`` is two thirds of that: the lease has run out, with a third of the
+timeout as margin for the two clocks' rates, before any chain can change without
+the member. mgmt answers a heartbeat without waiting for the Raft commits of the
+statistics it carries, so its answer comes back well within the lease. Reads it refuses answer
 EAGAIN, and the client moves on to another replica.
 
 What the lease costs: with every mgmt replica unreachable, a data server stops

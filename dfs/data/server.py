@@ -115,7 +115,7 @@ def target_reserve(path: str) -> int:
 
 def heartbeat_interval(target_timeout: float) -> float:
     """Seconds between heartbeats: HEARTBEAT_INTERVAL, or less so that the membership
-    lease (target_timeout / 2) spans at least three of them."""
+    lease (two thirds of target_timeout) spans at least four of them."""
     return min(HEARTBEAT_INTERVAL, target_timeout / 6)
 
 
@@ -137,8 +137,9 @@ class DataServer:
                                        auth=self.auth.client)
         self.peers = Pool(auth=self.auth.peer)  # the chain's own requests: with the internal token
         self._admin = MgmtAdmin([m.address for m in cfg.mgmt], cfg.internal_token, self.auth.client)
-        # reads need word from mgmt within half the time after which mgmt takes a silent target out
-        self.lease = MembershipLease(cfg.target_timeout / 2)
+        # reads need word from mgmt within two thirds of the time after which mgmt takes a silent
+        # target out (counted from the heartbeat's arrival, after its sending: the rest is margin)
+        self.lease = MembershipLease(cfg.target_timeout * 2 / 3)
         self.heartbeat_interval = heartbeat_interval(cfg.target_timeout)
         self.tasks = Supervisor()  # background loops (dfs/common/tasks.py): none stops silently
         self.svc = ChainService(self.targets, self.peers, get_map=lambda: self.map, refresh_map=self.refresh_map,

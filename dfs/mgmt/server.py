@@ -166,6 +166,7 @@ class MgmtServicer(pbg.MgmtServiceServicer):
         self._usage_sent: dict[int, float] = {}
         self._leading = False
         self._unknown: set[int] = set()
+        self._bg: set[asyncio.Task] = set()  # statistics commands a heartbeat started
         self._internal_token = cfg.internal_token
 
     def _leader(self) -> str:
@@ -281,17 +282,31 @@ class MgmtServicer(pbg.MgmtServiceServicer):
                 if ((ts.total, ts.free) != (t["total"], t["free"])
                         and now - self._capacity_sent.get(ts.id, -1e9) >= CAPACITY_INTERVAL):
                     self._capacity_sent[ts.id] = now
-                    await self._submit("capacity", ts.id, ts.total, ts.free)
+                    self._submit_later("capacity", ts.id, ts.total, ts.free)
                 # of the registry's snapshots only: what else a heartbeat names is not kept
                 usage = {u.epoch: [u.exclusive, u.shared] for u in ts.snapshots if u.epoch in m["snapshots"]}
                 if (usage != m["snap_usage"].get(ts.id, {})
                         and now - self._usage_sent.get(ts.id, -1e9) >= CAPACITY_INTERVAL):
                     self._usage_sent[ts.id] = now
-                    await self._submit("snap_usage", ts.id, usage)
+                    self._submit_later("snap_usage", ts.id, usage)
         except err.DfsError as e:
             return pb.HeartbeatReply(status=e.errno, leader=self._leader())
         m = self.store.cluster_map()
         return pb.HeartbeatReply(status=0, epoch=m["epoch"] if m else 0, leader=self._leader())
+
+    def _submit_later(self, *cmd) -> None:
+        """Submit a statistics command (capacity, snapshot usage) without holding up the
+        heartbeat's answer: that answer renews the server's membership lease, counted from
+        when the heartbeat was sent, so a Raft commit inside it would eat into the lease."""
+        async def run() -> None:
+            try:
+                await self._submit(*cmd)
+            except err.DfsError as e:
+                log.info("%s of target %s: %s", cmd[0], cmd[1], e)
+
+        t = asyncio.get_running_loop().create_task(run())
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
 
     async def monitor(self, interval: float | None = None) -> None:
         """On the leader: take targets silent for longer than target_timeout out of their chains."""
