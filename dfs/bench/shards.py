@@ -46,7 +46,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -58,6 +57,8 @@ import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from dfs.bench.meta_service import _machine
 
 TICK = os.sysconf("SC_CLK_TCK")
 ROLES = ("client", "leaders", "leader0", "followers", "mgmt", "data")
@@ -549,14 +550,9 @@ def compact(results: list[dict]) -> str:
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.gmtime())}
+    """meta_service's machine facts, with the load average and a UTC date."""
+    return {**_machine(), "loadavg": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.gmtime())}
 
 
 def main(argv: list[str] | None = None) -> int:
