@@ -141,6 +141,9 @@ class LazyMode(StrictMode):
         self._where: OrderedDict[int, tuple[int, bytes]] = OrderedDict()  # directory -> (parent, name)
         self._lazy_dirs: set[int] = set()  # tree scope: directories seen with FLAG_LAZY
         self._lazy_inos: set[int] = set()  # tree scope: files met in them
+        # files made here whose create the service refused, as the view last had them: what
+        # their opens still write goes nowhere (their close and the barrier report the refusal)
+        self._refused: OrderedDict[int, Attr] = OrderedDict()
 
     @classmethod
     def for_mount(cls, entry_timeout: float = 1.0, attr_timeout: float = 1.0, negative_timeout: float = 1.0,
@@ -390,6 +393,10 @@ class LazyMode(StrictMode):
     def _on_failure(self, e, f: Failure) -> None:
         """The service refused an entry: its objects are what the service says (the view of them
         is dropped, and what their directories' listings were known to hold)."""
+        if isinstance(e.req, m.Create) and e.ino in self._own_attrs:
+            self._refused[e.ino] = self._own_attrs[e.ino]
+            while len(self._refused) > 10_000:
+                self._refused.popitem(last=False)
         for k in e.writes:
             self._stamp.pop(k, None)
             self._forget_key(k)
@@ -1015,8 +1022,20 @@ class LazySizes:
         self.mode = mode
         self.meta = meta
 
+    def _refused(self, ino: int, change) -> Attr | None:
+        """``ino``'s view after ``change(attr)`` if its create was refused: the change goes
+        nowhere (the file is not on the service; its close and the next barrier say why)."""
+        a = self.mode._refused.get(ino)
+        if a is None:
+            return None
+        self.mode._inline.pop(ino, None)
+        a = self.mode._refused[ino] = change(a)
+        return a
+
     async def extend(self, ino: int, size: int) -> Attr:
         mode = self.mode
+        if (a := self._refused(ino, lambda a: replace(a, size=max(a.size, size)))) is not None:
+            return a
         if not mode._lazy_file(ino):
             return await self.meta.extend(ino, size)
         await mode._engine().admit()
@@ -1027,6 +1046,8 @@ class LazySizes:
 
     async def setattr(self, ino: int, *, size: int | None = None) -> Attr:
         mode = self.mode
+        if size is not None and (a := self._refused(ino, lambda a: replace(a, size=size))) is not None:
+            return a
         if not mode._lazy_file(ino) or size is None:
             return await self.meta.setattr(ino, size=size)
         await mode._engine().admit()
@@ -1051,6 +1072,8 @@ class LazySizes:
 
     async def write_inline(self, ino: int, runs: list[tuple[int, bytes]], size: int) -> Attr:
         mode = self.mode
+        if (a := self._refused(ino, lambda a: replace(a, size=max(a.size, size)))) is not None:
+            return a
         if not mode._lazy_file(ino):
             return await self.meta.write_inline(ino, runs, size)
         nbytes = sum(len(b) for _, b in runs)
@@ -1069,6 +1092,8 @@ class LazySizes:
 
     async def migrate_inline(self, ino: int, expect: bytes | None) -> Attr:
         mode = self.mode
+        if (a := self._refused(ino, lambda a: replace(a, flags=a.flags & ~FLAG_INLINE))) is not None:
+            return a
         if not mode._lazy_file(ino):
             return await self.meta.migrate_inline(ino, expect)
         await mode._engine().admit()

@@ -254,6 +254,31 @@ def test_an_error_is_raised_at_the_close_of_its_file():
     run(t, setup=setup)
 
 
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_close_after_its_create_was_refused_raises_the_refusal(inline):
+    """The write-back sent the create (and the service refused it) before the file's close:
+    the close reports the refusal, never the ENOENT of publishing the bytes of an inode the
+    service does not have (inline or on the data servers)."""
+    async def setup(strict):
+        await strict.mkdir("/s")
+
+    async def t(lazy, t, strict, eng):
+        await lazy.write_bytes("/s/mine", b"")  # the lazy client now knows what /s holds
+        await strict.write_bytes("/s/x", b"strict")
+        f = await lazy.open("/s/x", "xb")
+        await f.write(b"lazy" * (1 if inline else 50_000))
+        await _flushed(lazy)  # the refusal comes before the close
+        with pytest.raises(FileExistsError) as ei:
+            await f.close()
+        assert ei.value.filename == "/s/x"
+        await lazy.core.wait_background()
+        with pytest.raises(FileExistsError):
+            await lazy.sync()  # and the barrier, once
+        await lazy.sync()
+        assert await strict.read_bytes("/s/x") == b"strict"
+    run(t, setup=setup, mode_kw={"inline": inline})
+
+
 async def _flushed(lazy: AsyncClient) -> None:
     """Wait until everything queued is on the service without taking its failures."""
     eng = lazy.core.mode.engine
