@@ -26,10 +26,14 @@ replaces it (pysyncobj's journal interface, subclassed, not a fork):
   and its compaction (a tick later) leaves the old file: ``align_to_dump``
   completes that compaction at the next start instead of letting pysyncobj
   clear the journal (which dropped the entries after the dump).
-* **Truncation keeps identical entries**: a follower told to replace its tail
-  with the same entries (pysyncobj truncates from ``prevLogIdx`` on every
-  AppendEntries that overlaps the log) rewrites nothing: only a differing
-  entry cuts the file.
+* **Only a conflict cuts the file** (Raft's rule): pysyncobj truncates a
+  follower's log from ``prevLogIdx`` on every AppendEntries that overlaps it,
+  and a message with fewer entries than the follower holds removes acknowledged
+  ones. Removed entries leave pysyncobj's view but stay in the file (the
+  shadow; buffered ones are written first, a held reply may count them); the
+  same entry added again is taken back without a write, a differing one drops
+  the rest of the shadow and the next flush cuts the file there
+  (docs/design/durability.md).
 * **State file** (``raft.state``): term, vote and commit index as JSON with a
   CRC, replaced atomically (temp file, fsync, rename, directory fsync) and
   always synced; term and vote before pysyncobj sends anything that reflects
@@ -90,7 +94,7 @@ class DiskJournal(Journal):
         self.sync = sync
         self.failed: BaseException | None = None
         self.fsync = os.fdatasync  # tests replace it (count, block, fail)
-        self.stats = {"syncs": 0, "synced_entries": 0, "rewrites": 0}
+        self.stats = {"syncs": 0, "synced_entries": 0, "rewrites": 0, "kept_tail": 0}
         self._dir = os.path.dirname(os.path.abspath(path))
         self._entries: list[tuple[bytes, int, int]] = []
         self._ends: list[int] = []  # file offset after each entry's record
@@ -179,14 +183,15 @@ class DiskJournal(Journal):
     # ------------------------------------------------------------------ the log
     def add(self, command: bytes, idx: int, term: int) -> None:
         entry = (bytes(command), idx, term)
-        if self._shadow and not self._buf and not self._rewrite:
+        if self._shadow:
             if self._shadow[0][0] == entry:  # the file holds this very entry here already
                 _, end = self._shadow.pop(0)
                 self._entries.append(entry)
-                self._ends.append(end)
-                self._on_disk = end
+                self._ends.append(end)  # (a rewrite computes the ends anew)
+                if not self._rewrite:
+                    self._on_disk = end
                 return
-            self._shadow.clear()  # a differing entry: the rest of the old tail goes
+            self._shadow.clear()  # a differing entry (a conflict): the rest of the old tail goes
         start = self._ends[-1] if self._ends else len(MAGIC)
         rec = _record(entry[0], idx, term)
         self._entries.append(entry)
@@ -202,22 +207,25 @@ class DiskJournal(Journal):
         return len(self._entries)
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
-        """Drop the entries from position ``entryFrom`` on (a follower's conflicting tail)."""
+        """Drop the entries from position ``entryFrom`` on, from the log pysyncobj sees. In the
+        file they stay (the shadow) until an entry that differs is added in their place:
+        pysyncobj truncates on every AppendEntries that overlaps the log, conflict or not,
+        and a message with fewer entries than the follower holds must not drop, durably,
+        entries it already acknowledged (Raft truncates only from a conflict)."""
         if entryFrom >= len(self._entries):
             return
-        start = self._ends[entryFrom - 1] if entryFrom else len(MAGIC)
+        if self._buf and not self._rewrite:
+            # the last ones are only buffered, and a reply held for the next flush may count
+            # them: on disk first, then they go to the shadow like the rest
+            try:
+                self.flush()
+            except JournalFailed:
+                return  # the replica halts at its next tick, before it answers for anything
+        removed = list(zip(self._entries[entryFrom:], self._ends[entryFrom:]))
+        self._shadow = removed + self._shadow
+        self.stats["kept_tail"] += len(removed)
         if not self._rewrite:
-            if start >= self._on_disk:  # all of it still in the buffer
-                self._buf_entries -= len(self._entries) - entryFrom
-                del self._buf[start - self._on_disk:]
-            else:
-                # kept aside: pysyncobj re-adds the same entries more often than not
-                written = [(e, end) for e, end in zip(self._entries[entryFrom:], self._ends[entryFrom:])
-                           if end <= self._on_disk]
-                self._shadow = written + self._shadow
-                self._buf.clear()
-                self._buf_entries = 0
-                self._on_disk = start
+            self._on_disk = self._ends[entryFrom - 1] if entryFrom else len(MAGIC)
         del self._entries[entryFrom:]
         del self._ends[entryFrom:]
 
@@ -230,16 +238,17 @@ class DiskJournal(Journal):
         self._replace_file()
 
     def clear(self) -> None:
+        """A snapshot was installed: the log starts again after it (the shadow goes too)."""
         self._entries.clear()
         self._ends.clear()
+        self._shadow.clear()
         self._replace_file()
 
     def _replace_file(self) -> None:
-        # the whole file is written anew at the next flush: what is pending is in it
+        # the whole file is written anew at the next flush: the log, then the shadow
         self._rewrite = True
         self._buf.clear()
         self._buf_entries = 0
-        self._shadow.clear()
 
     def align_to_dump(self, prev: tuple, last: tuple) -> None:
         """At a dump load: if the log still holds the dump's last two entries further on
@@ -259,7 +268,7 @@ class DiskJournal(Journal):
     @property
     def dirty(self) -> bool:
         """Entries (or removals) not written yet: what pysyncobj may not answer for."""
-        return bool(self._buf) or self._rewrite or self._file_len != self._on_disk
+        return bool(self._buf) or self._rewrite or (self._file_len != self._on_disk and not self._shadow)
 
     def flush(self) -> None:
         """Write everything added (and removed) since the last flush; with ``sync``, fdatasync."""
@@ -272,10 +281,9 @@ class DiskJournal(Journal):
                 self._rewrite_file()
                 return
             entries = self._buf_entries
-            if self._file_len != self._on_disk:
+            if self._file_len != self._on_disk and not self._shadow:  # a conflict cut the tail
                 os.ftruncate(self._fd, self._on_disk)
                 self._file_len = self._on_disk
-                self._shadow.clear()
             if self._buf:
                 _pwrite_all(self._fd, self._buf, self._on_disk)
                 self._on_disk += len(self._buf)
@@ -300,14 +308,24 @@ class DiskJournal(Journal):
         for command, idx, term in self._entries:
             body += _record(command, idx, term)
             ends.append(len(body))
+        on_disk = len(body)
+        shadow = []
+        last = self._entries[-1][1] if self._entries else None
+        for entry, _ in self._shadow:  # the tail pysyncobj dropped without a conflict stays
+            if last is not None and entry[1] != last + 1:
+                break  # (cannot happen: the shadow continues the log)
+            body += _record(*entry)
+            shadow.append((entry, len(body)))
+            last = entry[1]
         write_atomic(self.path, bytes(body))
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_RDWR)
         self._ends = ends
-        self._on_disk = self._file_len = len(body)
+        self._on_disk = on_disk
+        self._file_len = len(body)
         self._buf.clear()
         self._buf_entries = 0
-        self._shadow.clear()
+        self._shadow = shadow
         self._rewrite = False
         self.stats["rewrites"] += 1
 

@@ -612,6 +612,15 @@ class RaftHost(Log):
     def is_leader(self) -> bool:
         return self._node._isLeader()
 
+    def leader_ready(self) -> bool:
+        """This replica leads and applied its term's first entry (pysyncobj's no-op): every
+        entry committed before it, by any leader, is applied here."""
+        node = self._node
+        if not node._isLeader():
+            return False
+        noop = getattr(node, "_SyncObj__noopIDx", None)
+        return noop is not None and node.raftLastApplied >= noop
+
     def read_lease(self) -> bool:
         """True while this leader may serve reads from its applied state (a lease read):
 
@@ -633,10 +642,7 @@ class RaftHost(Log):
         pysyncobj's state while a tick holds it: the dicts are read as they are (a change of
         membership meanwhile answers False, and the caller tries again)."""
         node = self._node
-        if not node._isLeader():
-            return False
-        noop = getattr(node, "_SyncObj__noopIDx", None)
-        if noop is None or node.raftLastApplied < noop:
+        if not self.leader_ready():
             return False
         try:
             others = list(node._SyncObj__otherNodes)
@@ -692,6 +698,7 @@ class RaftHost(Log):
             "sm_applied_index": self.sm.applied_index(),
             "log_len": st["log_len"],
             "has_quorum": st["has_quorum"],
+            "leader_ready": self.leader_ready(),
             "peers": {
                 str(k[len("partner_node_status_server_"):]): v == 2
                 for k, v in st.items() if k.startswith("partner_node_status_server_")
@@ -702,6 +709,8 @@ class RaftHost(Log):
             "durability": self.durability,
             "journal_syncs": journal["syncs"],  # fdatasyncs of appended entries (durability "sync")
             "journal_synced_entries": journal["synced_entries"],  # entries they covered
+            # entries pysyncobj dropped from a follower's log without a conflict, kept on disk
+            "journal_kept_tail": journal["kept_tail"],
             **stats,
         }
 

@@ -396,14 +396,25 @@ class PowerCutFS(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         ino, fd = self.fds[fh]
         d = self.data.pop(ino, None)
-        if d is not None:
-            os.ftruncate(fd, d.valid)  # what a truncation cut reads as zeros from here
-            for p, pg in sorted(d.pages.items()):
-                n = min(PAGE, d.size - p * PAGE)
-                if n > 0:
-                    os.pwrite(fd, bytes(pg[:n]), p * PAGE)
-            os.ftruncate(fd, d.size)
-        os.fsync(fd)
+        try:
+            if d is not None:
+                # through a descriptor of its own: the fsync may come on a read-only open
+                wfd = os.open(self._path(ino), os.O_WRONLY)
+                try:
+                    os.ftruncate(wfd, d.valid)  # what a truncation cut reads as zeros from here
+                    for p, pg in sorted(d.pages.items()):
+                        n = min(PAGE, d.size - p * PAGE)
+                        if n > 0:
+                            os.pwrite(wfd, bytes(pg[:n]), p * PAGE)
+                    os.ftruncate(wfd, d.size)
+                    os.fsync(wfd)
+                finally:
+                    os.close(wfd)
+            os.fsync(fd)
+        except OSError as e:
+            if d is not None:
+                self.data.setdefault(ino, d)  # not on disk: still lost at a cut
+            raise pyfuse3.FUSEError(e.errno) from None
 
 
 def serve(backing: str, mountpoint: str) -> None:

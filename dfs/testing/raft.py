@@ -120,11 +120,16 @@ class ProcCluster:
         return until(find, timeout, "a leader")
 
     def converged(self, timeout: float = 10.0) -> list[dict]:
-        """Wait until all live replicas applied the same index; return their `results`."""
+        """Wait until a leader applied its term's first entry (so everything committed before
+        it) and every live replica applied as far; return their `results`. (Equal applied
+        indexes alone are not enough: right after a restart from the same dump, every replica
+        agrees before the new leader committed the log's tail.)"""
 
         def same():
-            applied = {r.status()["sm"]["applied"] for r in self.live()}
-            return len(applied) == 1
+            st = [r.status() for r in self.live()]
+            if not any(s["raft"]["role"] == "leader" and s["raft"]["leader_ready"] for s in st):
+                return False
+            return len({s["sm"]["applied"] for s in st}) == 1
 
         until(same, timeout, "replicas to converge")
         return [r.call(op="results") for r in self.live()]

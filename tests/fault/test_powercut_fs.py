@@ -70,6 +70,21 @@ def test_rename_of_an_unsynced_temporary_file_loses_its_data(pc):
     assert read(f"{m}/g") == b"new" * 1000
 
 
+def test_an_fsync_through_a_read_only_open_makes_the_data_durable(pc):
+    """What a dump loader does (dfs/consensus/snapshot.py): write and rename without a sync,
+    then open the file read-only and fsync it. The file system once died on that fsync."""
+    m = pc.mountpoint
+    write(f"{m}/d.tmp", b"dump" * 1000, sync=False)
+    os.rename(f"{m}/d.tmp", f"{m}/d")
+    fd = os.open(f"{m}/d", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    pc.cut()
+    assert read(f"{m}/d") == b"dump" * 1000
+
+
 def test_truncate_and_regrow(pc):
     m = pc.mountpoint
     write(f"{m}/t", bytes(range(256)) * 100, sync=True)

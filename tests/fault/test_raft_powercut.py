@@ -86,10 +86,6 @@ def run_and_cut(tmp_path, powercut, durability: str, compact: int, acked_before_
         raise
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open bug (docs/design/durability.md, 'Open'): in CI on 2026-12-07 an acknowledged batch was missing "
-    "on every replica after the cut; the likely cause is pysyncobj truncating a follower's non-conflicting "
-    "entries (the first 'Limit' there). The test keeps running and reporting until that is fixed."))
 def test_sync_power_cut_of_every_replica_keeps_every_acknowledged_entry(tmp_path, powercut):
     c, acked = run_and_cut(tmp_path, powercut, "sync", compact=10, acked_before_cut=600)
     try:

@@ -130,15 +130,61 @@ def test_truncating_to_the_same_entries_rewrites_nothing(tmp_path):
     assert not j.dirty
     j.flush()
     assert s.n == 1 and (tmp_path / "raft.log").read_bytes() == before
-    # the same prefix and then a shorter tail: the rest is cut at the next flush
+    # the same prefix and then a shorter tail (a retransmission after a reordered reset):
+    # pysyncobj no longer sees 4 and 5, but the file keeps them (acknowledged already)
     j.deleteEntriesFrom(2)
     j.add(*E(3))
-    assert j.dirty
+    assert not j.dirty
     j.flush()
     assert entries(j) == [E(1), E(2), E(3)]
+    assert s.n == 1 and (tmp_path / "raft.log").read_bytes() == before
     j._destroy()
     j2, _ = open_journal(tmp_path)
-    assert entries(j2) == [E(1), E(2), E(3)]
+    assert entries(j2) == [E(i) for i in range(1, 6)]
+
+
+def test_a_shorter_retransmission_never_drops_what_a_held_reply_counts(tmp_path):
+    """A follower's reply waits for the next flush; if a later message of the same poll drops
+    the entries it counts while they are only buffered, they are written first, then kept."""
+    j, s = open_journal(tmp_path)
+    for i in range(1, 4):
+        j.add(*E(i))
+    j.flush()
+    j.add(*E(4))  # message A: 4 and 5, its reply held until the flush
+    j.add(*E(5))
+    j.deleteEntriesFrom(3)  # message B (prevLogIdx 3): only 4
+    assert s.n == 2  # A's entries went to disk before they left pysyncobj's log
+    j.add(*E(4))
+    j.flush()
+    assert entries(j) == [E(1), E(2), E(3), E(4)]
+    j._destroy()
+    j2, _ = open_journal(tmp_path)
+    assert entries(j2) == [E(i) for i in range(1, 6)]
+
+
+def test_a_compaction_keeps_the_tail_pysyncobj_dropped(tmp_path):
+    j, _ = open_journal(tmp_path)
+    for i in range(1, 8):
+        j.add(*E(i))
+    j.flush()
+    j.deleteEntriesFrom(4)  # 5..7 leave pysyncobj's log without a conflict
+    (tmp_path / "raft.dump").write_bytes(b"the dump stands for entries 1..2")
+    j.deleteEntriesTo(2)  # the compaction rewrites the file: 3, 4, and still 5..7
+    j.flush()
+    assert entries(j) == [E(3), E(4)]
+    j.add(*E(5))  # the same again: nothing to write
+    assert not j.dirty
+    j._destroy()
+    j2, _ = open_journal(tmp_path)
+    assert entries(j2) == [E(i) for i in range(3, 8)]
+    # a shadow met by a conflict during a pending rewrite: the rewrite has the new entry only
+    j2.deleteEntriesFrom(2)  # 5..7 to the shadow
+    j2.deleteEntriesTo(1)
+    j2.add(*E(5))
+    j2.add(*E(6, 2, b"new"))
+    j2._destroy()
+    j3, _ = open_journal(tmp_path)
+    assert entries(j3) == [E(4), E(5), E(6, 2, b"new")]
 
 
 def test_a_conflicting_entry_replaces_the_tail(tmp_path):
@@ -176,6 +222,7 @@ def test_compaction_and_clear_replace_the_file(tmp_path):
     j._destroy()
     j2, _ = open_journal(tmp_path)
     assert entries(j2) == [E(4), E(5), E(6), E(7, 2)]
+    j2.deleteEntriesFrom(2)  # a tail in the shadow: a snapshot install drops it with the rest
     j2.clear()  # a snapshot installed: the dump's two entries follow
     j2.add(*E(20, 3))
     j2.add(*E(21, 3))
