@@ -34,6 +34,7 @@ import dataclasses
 import errno as E
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -270,6 +271,13 @@ class DirStream:
             self._ahead = None
 
 
+STATFS_TTL = 1.0  # seconds a STATFS answer is reused
+
+
+async def _nothing() -> None:
+    return None
+
+
 class Core:
     """The client core over a MetaClient and a ChunkIO, with a Mode (default StrictMode())."""
 
@@ -287,6 +295,7 @@ class Core:
         self._failed: dict[int, BaseException] = {}  # ino -> the first error of its background work
         # bytes the closes that do not wait still hold (a write-back mode's budget, or None)
         self.budget = None
+        self._statfs: tuple[float, StatFs] | None = None  # (valid until, the answer)
         self.mode.bind(self)
 
     # ------------------------------------------------------------------ what this client sees
@@ -406,8 +415,24 @@ class Core:
         return v if v is not None else await self.meta.listxattr(ino, caller=caller)
 
     async def statfs(self, *, caller: Caller | None = None) -> StatFs:
+        """The file counts of every shard and the space of the data servers (their last
+        heartbeats, in the cluster map), kept for ``STATFS_TTL``: `df`, and programs that check
+        free space before each file, do not cost a request to every shard each time."""
         v = self.mode.statfs()
-        return v if v is not None else await self.meta.statfs(caller=caller)
+        if v is not None:
+            return v
+        now = time.monotonic()
+        if self._statfs is not None and now < self._statfs[0]:
+            return self._statfs[1]
+        space = getattr(self.data, "capacity", None)
+        s, room = await asyncio.gather(self.meta.statfs(caller=caller),
+                                       space() if space is not None else _nothing())
+        if room is not None:
+            total, free = room
+            s = dataclasses.replace(s, blocks=max(1, total // s.block_size),
+                                    blocks_free=min(free, total) // s.block_size)
+        self._statfs = (now + STATFS_TTL, s)
+        return s
 
     # ------------------------------------------------------------------ namespace changes
     async def _change(self, m: Mutation, send: Callable[[], Awaitable[T]]) -> T:

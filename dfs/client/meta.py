@@ -163,7 +163,8 @@ class MetaClient:
         counts = await asyncio.gather(*(self._send(m.Statfs(), caller, shard=s) for s in range(self.nshards)))
         files = sum(c.files for c in counts)
         total_files = max(1 << 32, files * 2)
-        # Capacity comes from the data servers (a later part); until then a nominal 1 PiB.
+        # Space is the data servers' (Core.statfs takes it from the cluster map); this nominal
+        # 1 PiB is what a client without them (or before any target reported) says.
         block = 4096
         blocks = (1 << 50) // block
         return StatFs(block, blocks, blocks, total_files, total_files - files, NAME_MAX)

@@ -287,6 +287,18 @@ class DataClient:
             self.map = m
         return self.map
 
+    async def capacity(self) -> tuple[int, int] | None:
+        """(bytes, free bytes) a file's data can use, from the targets' last heartbeats in the
+        map: their file systems' sums divided by the copies a chain keeps (the most any chain
+        keeps, so free space is never overstated). None: no target reported any yet. Targets
+        sharing one file system each count it, as Ceph's raw figures do."""
+        m = await self.refresh()
+        ts = [t for t in m.targets.values() if t.total > 0]
+        if not ts:
+            return None
+        copies = max((len(c.members) or len(c.targets) for c in m.chains), default=1) or 1
+        return sum(t.total for t in ts) // copies, sum(t.free for t in ts) // copies
+
     def chain_for(self, ino: int, index: int, layout) -> Any:
         from dfs.common.layout import chain_of
 
