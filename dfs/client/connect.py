@@ -176,6 +176,9 @@ async def with_node_cache(data, cache_dir: str | None, cache_size: int | str | N
         nc = await asyncio.to_thread(NodeCache, root, cache_identity(data), size)
     except OSError as e:
         raise err.DfsError(f"node cache in {root}: {e.strerror or e}", code=e.errno or E.EIO) from None
+    m = getattr(data, "map", None)
+    if m is not None:  # what it keeps of deleted snapshots goes (nobody reads it again)
+        await asyncio.to_thread(nc.prune, m.snapshot_gone)
     return CachedChunks(data, nc)
 
 

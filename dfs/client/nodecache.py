@@ -54,7 +54,8 @@ from dfs.common.checksum import crc32c
 
 log = logging.getLogger("dfs.client")
 
-__all__ = ["BLOCK", "FORMAT", "CacheKey", "CachedChunks", "NodeCache", "cache_identity", "parse_size", "warming"]
+__all__ = ["BLOCK", "FORMAT", "CacheKey", "CachedChunks", "NodeCache", "cache_identity", "parse_size", "remove_tree",
+           "warming"]
 
 FORMAT = 1
 BLOCK = 64 << 10
@@ -190,9 +191,7 @@ class NodeCache:
 
     def _rebuild(self, write: bool = True) -> None:
         if os.path.isdir(self.dir):
-            old = f"{self.dir}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.dir, old)  # at once: nothing is read from it any more
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(self.dir)  # at once: nothing is read from it any more
         if write:
             self._write_identity()
 
@@ -425,6 +424,24 @@ class NodeCache:
         self.stats.evictions += n
         return n
 
+    def prune(self, gone) -> int:
+        """Remove the entries of every snapshot ``gone(epoch, created)`` says is gone (deleted:
+        nobody can open it again); how many snapshots' entries were removed."""
+        n = 0
+        try:
+            dirs = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            return 0
+        for d in dirs:
+            m = _SNAP_DIR.fullmatch(d.name)
+            if m is None or not gone(int(m.group(1)), int(m.group(2))):
+                continue
+            remove_tree(d.path)
+            n += 1
+        if n:
+            self._scan()
+        return n
+
     def usage(self) -> tuple[int, int]:
         """(entries, bytes) on disk now."""
         n = b = 0
@@ -432,6 +449,19 @@ class NodeCache:
             n += 1
             b += size
         return n, b
+
+
+_SNAP_DIR = re.compile(r"s(\d+)-(\d+)")  # CacheKey.dirname()
+
+
+def remove_tree(path: str) -> None:
+    """``path`` gone at once (renamed aside, then removed): a reader sees all of it or none."""
+    old = f"{path}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(path, old)
+    except FileNotFoundError:
+        return  # another process pruned it
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_all(fd: int, data) -> None:

@@ -42,6 +42,7 @@ import hashlib
 import logging
 import mmap
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -51,6 +52,7 @@ from typing import Any
 from dfs.client.file import FileHandle
 from dfs.client.manifest import Manifest, PackSpec, build
 from dfs.client.mode import KernelCache, Mode, OpenPlan
+from dfs.client.nodecache import remove_tree
 from dfs.client.snapdir import check_access, readonly
 from dfs.common import errors as err
 from dfs.common.clustermap import SnapshotInfo
@@ -516,6 +518,33 @@ def _cache_path(cache_dir: str, key: str, info: SnapshotInfo) -> str:
     return os.path.join(cache_dir, key, f"{info.epoch}-{info.created}.manifest")
 
 
+_CACHED = re.compile(r"(\d+)-(\d+)\.(manifest|packs)")  # _cache_path's names, and the packs beside
+
+
+def prune_cache(cache_dir: str, key: str, gone) -> int:
+    """Remove the manifests and packs the machine's cache ``cache_dir`` keeps for the cluster
+    ``key`` of every snapshot ``gone(epoch, created)`` says is gone (deleted: never opened
+    again); how many were removed. Blocking: run it in a thread."""
+    d = os.path.join(cache_dir, key)
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return 0
+    n = 0
+    for name in names:
+        m = _CACHED.fullmatch(name)
+        if m is None or not gone(int(m.group(1)), int(m.group(2))):
+            continue
+        p = os.path.join(d, name)
+        if m.group(3) == "packs":
+            remove_tree(p)
+        else:
+            with _quiet():
+                os.unlink(p)
+        n += 1
+    return n
+
+
 def _map(path: str) -> Manifest:
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -666,6 +695,9 @@ async def snapshot_core(meta, data, info: SnapshotInfo, *, cache_dir: str | None
     from dfs.client.core import Core
 
     key = key or cluster_key(meta, data)
+    cmap = getattr(data, "map", None)
+    if cache_dir and cmap is not None:  # the machine keeps nothing of deleted snapshots
+        await asyncio.to_thread(prune_cache, cache_dir, key, cmap.snapshot_gone)
     m = await load_manifest(meta, data, info, cache_dir=cache_dir, key=key, stats=stats)
     packs = _cache_path(cache_dir, key, info)[:-len(".manifest")] + ".packs" if cache_dir and pack_disk else None
     mode = SnapshotMode(m, info.epoch, meta, data, pack_cache=pack_cache, pack_dir=packs)

@@ -100,3 +100,10 @@ class ClusterMap:
     def live_snapshots(self) -> tuple[int, ...]:
         """The snapshots the data servers keep chunk versions for (the ready ones), ascending."""
         return tuple(sorted(s for s, x in self.snapshots.items() if x.state == "ready"))
+
+    def snapshot_gone(self, epoch: int, created: int) -> bool:
+        """Whether snapshot ``epoch`` made at ``created`` (ns) is known to be gone: older than
+        the data epoch (so mgmt registered it, or never made it) and not in the registry as
+        that snapshot. What a machine's caches keep of such a snapshot is never read again."""
+        s = self.snapshots.get(epoch)
+        return epoch < self.data_epoch and (s is None or s.created != created)

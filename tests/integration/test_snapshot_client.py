@@ -260,3 +260,33 @@ def _posix_erofs(base: str, live: str | None = None) -> None:
         assert ei.value.errno == errno.EROFS, call
     with open(f, "rb") as r:
         assert r.read() == b"tiny"  # nothing changed
+
+
+def test_a_deleted_snapshot_leaves_nothing_in_the_machines_caches(cluster, tmp_path):
+    """The manifest, the pack chunks and the node cache's chunks of a snapshot go from the
+    machine's cache once the snapshot is deleted (at the next client that opens one), and
+    another snapshot's stay."""
+    cache = str(tmp_path / "cache")
+    with dfs.connect(cluster.config_path) as c:
+        _make_tree(c, "/gone")
+        epochs = {name: c.snapshot_create("/gone", name, manifest=True).epoch for name in ("s1", "s2")}
+    for name in ("s1", "s2"):
+        with dfs.connect(cluster.config_path, snapshot=f"/gone@{name}", cache_dir=cache, cache_size="64M") as s:
+            assert len(s.read_bytes("/big")) == 5 << 20  # its chunks, at the snapshot, into the node cache
+            assert s.read_bytes("/sub/f010") == bytes([10]) * 10001  # a packed file: its pack chunk too
+
+    def kept() -> set[int]:
+        out = set()
+        for _, dirs, files in os.walk(cache):
+            for n in dirs + files:
+                m = re.fullmatch(r"(?:s)?(\d+)-\d+(?:\.manifest|\.packs)?", n)
+                if m:
+                    out.add(int(m.group(1)))
+        return out
+
+    assert kept() == set(epochs.values())
+    with dfs.connect(cluster.config_path) as c:
+        c.snapshot_delete("/gone", "s1")
+    with dfs.connect(cluster.config_path, snapshot="/gone@s2", cache_dir=cache, cache_size="64M") as s:
+        assert s.read_bytes("/tiny") == b"tiny"
+    assert kept() == {epochs["s2"]}

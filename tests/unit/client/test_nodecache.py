@@ -230,3 +230,21 @@ def test_get_into_never_serves_a_bad_block(tmp_path):
     assert c.get_into(key(0), 0, memoryview(bytearray(2 * BLOCK))) == 2 * BLOCK  # good blocks only
     assert c.get_into(key(0), 2 * BLOCK, memoryview(bytearray(BLOCK + 1))) is None
     assert not c.contains(key(0)) and c.stats.corrupt == 1
+
+
+def test_a_gone_snapshot_is_pruned_and_the_others_stay(tmp_path):
+    from dfs.common.clustermap import ClusterMap, SnapshotInfo
+
+    nc = NodeCache(str(tmp_path), "c@m", 1 << 30)
+    for snap, created in ((1, 100), (2, 200), (3, 300), (9, 900)):
+        nc.put(CacheKey(snap, created, 5, 0), b"x" * 1000)
+    # snapshot 2 is live; 1 was deleted; 3 is live under another creation time (the cluster
+    # was rebuilt: this 3 is another snapshot); 9 is newer than the data epoch (not known yet)
+    cmap = ClusterMap(1, [], [], data_epoch=5, snapshots={
+        2: SnapshotInfo(2, "a", 1, "/", "ready", created=200),
+        3: SnapshotInfo(3, "b", 1, "/", "creating", created=301)})
+    assert nc.prune(cmap.snapshot_gone) == 2
+    assert [nc.contains(CacheKey(s, c, 5, 0)) for s, c in ((1, 100), (2, 200), (3, 300), (9, 900))] == \
+        [False, True, False, True]
+    assert nc.usage()[0] == 2 and nc.used == nc.usage()[1]
+    assert nc.prune(cmap.snapshot_gone) == 0
