@@ -75,6 +75,9 @@ K_NEXT_INO = P_META + b"next_ino"
 K_NINODES = P_META + b"ninodes"
 K_SHARD = P_META + b"shard"
 K_RENAME_EPOCH = P_META + b"rename_epoch"  # bumped each time a directory rename completes
+# + u64 epoch: msgpack [inodes] the directory rename that took the epoch there re-parented
+K_RENAMED = P_META + b"renamed/"
+RENAMED_KEPT = 1024  # epochs whose re-parented directories shard 0 remembers
 # msgpack [last term, until ns of that term, until ns of every earlier term]: how long read
 # handles granted by a leader (in its memory, see OPENREAD) may live (READMARK)
 K_READ_MARK = P_META + b"read_mark"

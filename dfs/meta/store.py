@@ -269,6 +269,19 @@ class Ctx:
     def bump_rename_epoch(self) -> None:
         self.ov.put(S.K_RENAME_EPOCH, S.u64(self.rename_epoch() + 1))
 
+    def record_renamed(self, epoch: int, inos: list[int]) -> None:
+        """The directories the rename completing at ``epoch`` re-parents (the oldest record
+        beyond ``RENAMED_KEPT`` goes)."""
+        self.ov.put(S.K_RENAMED + S.u64(epoch), msgpack.packb(list(inos)))
+        if epoch > S.RENAMED_KEPT:
+            self.ov.delete(S.K_RENAMED + S.u64(epoch - S.RENAMED_KEPT))
+
+    def renamed(self, epoch: int) -> list[int] | None:
+        """What the rename completing at ``epoch`` re-parented; None: not known (aborted,
+        forgotten, or of a build that recorded nothing)."""
+        b = self.ov.get(S.K_RENAMED + S.u64(epoch))
+        return None if b is None else msgpack.unpackb(b)
+
     # cross-shard operation records
     def op_record(self, op_id: bytes) -> OpRecord | None:
         v = self.ov.get(S.op_key(op_id))

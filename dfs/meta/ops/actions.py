@@ -380,19 +380,34 @@ class Touch(Action):
 
 @action(ActionKind.RENLOCK)
 class RenameLock(Action):
-    """The directory-rename ordering point (shard 0): the epoch read before the ancestry
-    walk must still hold; its release (or a one-phase commit) bumps it."""
+    """The directory-rename ordering point (shard 0). The ancestry ``walked`` (the new
+    parents' paths to the root, read after ``epoch``) must still hold: no directory rename
+    that completed since re-parented one of them. Without ``walked`` (a coordinator of an
+    earlier build), no directory rename may have completed since. Its release (or a
+    one-phase commit) bumps the epoch; its commit records the directories it ``moved``."""
 
     epoch: int
+    walked: list[int] | None = None
+    moved: list[int] | None = None
+    LATE_FIELDS: ClassVar[int] = 2
 
     def validate(self, ctx, state):
         if ctx.shard != 0:
             raise err.InvalidArgument("renlock outside shard 0")
-        if ctx.rename_epoch() != self.epoch:
-            raise err.Locked("a directory rename finished since the ancestry walk")
+        now = ctx.rename_epoch()
+        if now != self.epoch:
+            if self.walked is None or now - self.epoch > S.RENAMED_KEPT:
+                raise err.Locked("a directory rename finished since the ancestry walk")
+            path = set(self.walked)
+            for e in range(self.epoch + 1, now + 1):
+                moved = ctx.renamed(e)
+                if moved is None or path.intersection(moved):
+                    raise err.Locked("a directory rename since the ancestry walk moved a directory on its path")
         return [(S.LOCK_RENAME, LockMode.EXCLUSIVE)]
 
     def commit(self, ctx, state, touched):
+        # the epoch this rename completes at: the lock keeps every other until then
+        ctx.record_renamed(ctx.rename_epoch() + 1, self.moved or [])
         if state.onephase:
             ctx.bump_rename_epoch()
 

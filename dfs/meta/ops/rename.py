@@ -6,8 +6,10 @@ parent must not land under itself; two such renames could each pass a check
 and together build a cycle, so they are ordered through shard 0: the plan
 reads the rename epoch there, walks the new parent's ancestry (DIRPARENT,
 which waits while a directory is being re-parented) and adds a
-``RenameLock(epoch)`` action on shard 0, taken only if no directory rename
-completed since the read. Renames that keep the parent take no such lock.
+``RenameLock(epoch, walked, moved)`` action on shard 0, taken only if no
+directory rename that completed since the read re-parented a directory on the
+walked path (shard 0 remembers what each recent one moved). Renames that keep
+the parent take no such lock.
 
 May import dfs.common, dfs.meta.schema and dfs.meta.ops.base, .actions only.
 """
@@ -104,24 +106,26 @@ async def rename(coord, rid: bytes, caller: Caller, req: m.Rename) -> m.ActionRe
         # The ordering point: the rename epoch read before the ancestry walk
         # must still hold when the lock is taken (see docs/design/metadata.md).
         epoch = (await coord.call(0, m.RenameEpoch())).epoch
+        walked: set[int] = set()
         for ino, _, newp in moved_dirs:
-            await _check_not_ancestor(coord, ino, newp)
-        plan[0].append(A.RenameLock(epoch))
+            walked |= await _check_not_ancestor(coord, ino, newp)
+        plan[0].append(A.RenameLock(epoch, sorted(walked), sorted(reparented)))
     return await coord.execute(rid, caller, coord.clock(), plan)
 
 
-async def _check_not_ancestor(coord, ino: int, start: int) -> None:
-    """EINVAL if directory ``ino`` is ``start`` or one of its ancestors."""
+async def _check_not_ancestor(coord, ino: int, start: int) -> set[int]:
+    """EINVAL if directory ``ino`` is ``start`` or one of its ancestors; else the path from
+    ``start`` up to the root (what a rename must not move before this one is ordered)."""
     p = start
-    seen = 0
+    path = set()
     while True:
         if p == ino:
             raise err.InvalidArgument("a directory cannot move into its own subtree")
+        path.add(p)
         if p == ROOT_INO:
-            return
+            return path
         p = (await coord.call(shard_of(p), m.DirParent(p))).parent
-        seen += 1
-        if seen > ANCESTRY_MAX:
+        if len(path) > ANCESTRY_MAX:
             raise err.DfsError("ancestry loop")
 
 
