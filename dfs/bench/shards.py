@@ -323,9 +323,9 @@ class Bench:
             await self.ops_phase(f"read {a.large // 1024} KiB", large, lambda c, p: c.read_bytes(p), warm)
             await self.ops_phase(f"unlink {a.large // 1024} KiB", large, lambda c, p: c.remove(p), warm)
         mdst = [f"{nxt[d]}/m{j}" for j, d in enumerate(dirs)]
-        # one at a time: concurrent ones contend for the ordering point on shard 0 (each
-        # retries until no other completed between its epoch read and its lock), which
-        # measures the contention, not the cost (16 at a time ran past the client's deadline)
+        # one at a time: concurrent ones contend for the ordering lock on shard 0 (one holds it,
+        # the others back off and retry), which measures the contention, not the cost
+        # (benchmarks/dir_renames.py measures the contention)
         await self.ops_phase("rename dir (cross dir)", list(zip(moving, mdst)),
                              lambda c, pq: c.rename(pq[0], pq[1]), warm + moving, inflight=1)
         await self.ops_phase("rmdir", [mdst, dirs], lambda c, p: c.rmdir(p), warm, groups=True)
