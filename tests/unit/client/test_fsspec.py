@@ -176,3 +176,24 @@ def test_pyarrow_dataset(dfs_fs, top):
     table = pa.table({"a": list(range(100)), "b": [str(i) for i in range(100)]})
     pq.write_table(table, f"{top}/p.parquet", filesystem=pafs)
     assert pq.read_table(f"{top}/p.parquet", filesystem=pafs).equals(table)
+
+
+def test_pyarrow_dataset_over_a_directory(dfs_fs, top):
+    """A hive-partitioned parquet dataset written to a dfs directory, discovered, counted and
+    read back with a partition filter and a column projection by ``pyarrow.dataset``."""
+    pa = pytest.importorskip("pyarrow")
+    ds = pytest.importorskip("pyarrow.dataset")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    pafs = PyFileSystem(FSSpecHandler(dfs_fs))
+    for part in range(4):
+        rows = range(part * 100, part * 100 + 100)
+        pafs.create_dir(f"{top}/ds/part={part}")
+        pq.write_table(pa.table({"x": list(rows), "y": [f"v{i}" for i in rows]}),
+                       f"{top}/ds/part={part}/data.parquet", filesystem=pafs)
+    d = ds.dataset(f"{top}/ds", filesystem=pafs, format="parquet", partitioning="hive")
+    assert len(d.files) == 4 and d.count_rows() == 400
+    t = d.to_table(filter=ds.field("part") == 2, columns=["x"])
+    assert t.column_names == ["x"] and sorted(t.column("x").to_pylist()) == list(range(200, 300))
+    assert d.to_table().num_rows == 400
