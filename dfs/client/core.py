@@ -562,6 +562,8 @@ class Core:
                 raise
         if not plan.server_handle:
             a = await self.getattr(ino, caller=caller, fresh=plan.revalidate)
+            if access:
+                self.mode.check_open(a, access, caller or getattr(self.meta, "caller", None))
             return await self._install(a, None, False, flags, caller=caller, waits=plan.close_waits)
         lease = self.leases.lease
         if writing:

@@ -215,6 +215,11 @@ class Mode:
         May raise (e.g. EROFS for a write open of a read-only view)."""
         return OpenPlan(revalidate=self.revalidate_on_open)
 
+    def check_open(self, attr: Attr, access: int, caller: Caller | None) -> None:
+        """An open without a server handle (``OpenPlan.server_handle`` False), which the
+        service never sees: raise if ``caller`` may not have ``access`` (os.R_OK | os.W_OK,
+        0: the kernel checked). The default checks nothing (the mode's own files)."""
+
     def wrote(self, ino: int) -> None:
         """After a flush, fsync or close published a file's data, size and mtime."""
         self.forget_attr(ino)

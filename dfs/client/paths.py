@@ -652,6 +652,30 @@ class AsyncClient(SnapshotAPI):
             raise ValueError("AsyncClient.open is binary only (use 'b'); Client.open has text mode")
         return AsyncFile(await self.open_handle(path, flags, perm), path, mode, flags)
 
+    async def read_now(self, path: PathLike) -> bytes | None:
+        """``read_bytes`` of ``path`` when the mode has the file's bytes at hand (``read_now``:
+        snapshot mode's packed files in the machine's cache), never waiting: the sync client
+        runs it on the caller's thread. None: read it the usual way (which also names any
+        error: a missing name, a directory, a symlink to follow)."""
+        read = getattr(self.mode, "read_now", None)
+        if read is None:
+            return None
+        step = await self._last_step(path)
+        if step is None:
+            return None
+        parent, last = step
+        try:
+            a = await self.core.lookup(parent.attr.ino, last)
+            if not a.is_reg():
+                return None
+            self.mode.check_open(a, os.R_OK, self.caller)
+        except err.NotFound:
+            return None
+        except err.DfsError as e:
+            e.filename = path
+            raise
+        return read(a)
+
     async def read_bytes(self, path: PathLike) -> bytes:
         f = await self.open(path, "rb")
         try:

@@ -6,7 +6,8 @@ thread (``SyncFacade``, dfs/client/loop.py). It adds ``open`` with
 and ``walk`` iterators, ``chdir``/``getcwd`` and ``read_bytes/write_bytes/
 read_text/write_text``. Its io objects may be used from any thread but the
 loop thread itself. In a mode that answers the namespace from memory (snapshot
-mode's manifest) the stat-like reads run on the caller's thread (``now_or_run``).
+mode's manifest) the stat-like reads run on the caller's thread (``now_or_run``),
+and so does ``read_bytes`` of a file whose bytes are at hand (``AsyncClient.read_now``).
 
 Imports: dfs.common and this package only.
 """
@@ -91,6 +92,10 @@ class Client(SyncFacade):
             raise
 
     def read_bytes(self, path: PathLike) -> bytes:
+        if getattr(self.aio.mode, "in_memory", False) and not self._closed:
+            got = _now(self.aio.read_now(path))  # a packed file at hand: no trip to the loop
+            if got is not None:
+                return got
         return self.run(self.aio.read_bytes(path))
 
     def write_bytes(self, path: PathLike, data: bytes) -> int:
