@@ -287,6 +287,70 @@ class RawFile(io.RawIOBase):
                 self._run(self._c.close())
 
 
+class BytesRaw(io.RawIOBase):
+    """A read-only open over bytes the client already holds (snapshot mode's packed file at
+    hand, ``AsyncClient.read_now``): ``RawFile``'s interface for such an open, no call
+    going to the loop thread (the file cannot change: a snapshot's)."""
+
+    def __init__(self, data: bytes, name, mode: str) -> None:
+        super().__init__()
+        self._b = memoryview(data)
+        self._pos = 0
+        self.name = name
+        self.mode = mode.replace("t", "").replace("b", "") + "b"
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        self._checkClosed()
+        n = max(0, min(len(b), len(self._b) - self._pos))
+        memoryview(b).cast("B")[:n] = self._b[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        self._checkClosed()
+        out = bytes(self._b[self._pos:])
+        self._pos = max(self._pos, len(self._b))
+        return out
+
+    def write(self, b) -> int:
+        raise io.UnsupportedOperation("write")
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._checkClosed()
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._b)}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence ({whence})")
+        if base + offset < 0:
+            raise OSError(E.EINVAL, "negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        self._checkClosed()
+        return self._pos
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a dfs file has no file descriptor")
+
+    def isatty(self) -> bool:
+        return False
+
+    def fsync(self) -> None:
+        self._checkClosed()
+
+    def propagate(self) -> None:
+        self._checkClosed()
+
+    def synchronize(self) -> None:
+        self._checkClosed()
+
+
 class _Fsync:
     """What the io stack of a dfs file adds to the builtin classes: fsync, size."""
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dfs.client.core import Core
-from dfs.client.fileio import Cursor, RawFile, parse_mode, wrap
+from dfs.client.fileio import BytesRaw, Cursor, RawFile, parse_mode, wrap
 from dfs.client.loop import SyncFacade
 from dfs.client.mode import Mode
 from dfs.client.prefetch import DEFAULT_AHEAD, DEFAULT_MAX_BYTES
@@ -82,6 +82,11 @@ class Client(SyncFacade):
             raise ValueError("binary mode doesn't take an encoding, errors or newline argument")
         if buffering == 0 and not binary:
             raise ValueError("can't have unbuffered text I/O")
+        if not plus and flags & (os.O_ACCMODE | os.O_CREAT | os.O_TRUNC) == os.O_RDONLY \
+                and getattr(self.aio.mode, "in_memory", False) and not self._closed:
+            data = _now(self.aio.read_now(path))  # a packed file at hand: no trip to the loop
+            if data is not None:
+                return wrap(BytesRaw(data, path, mode), mode, plus, binary, buffering, encoding, errors, newline)
         ref = self.run(self.aio.open_handle(path, flags, perm))
         later = self.run_later if getattr(self.mode, "read_only", False) else None
         raw = RawFile(self.run, Cursor(ref, path, mode, flags), later)

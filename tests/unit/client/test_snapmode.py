@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import os
 import stat
 
@@ -366,6 +367,19 @@ def test_sync_reads_of_packed_files_at_hand_answer_on_the_callers_thread(tmp_pat
             for i in (5, 9, 30):  # the same pack chunk: from the machine's cache, on this thread
                 assert s.read_bytes(f"/sub/f{i:03d}") == bytes([i]) * (100 * i + 1)
             assert s.read_bytes("/hard") == b"\x02" * 201 and s.read_bytes("/sub/../sub/f011") == b"\x0b" * 1101
+            with s.open("/sub/f012", "rb") as f:  # opens for reading too, every io layer
+                assert f.name == "/sub/f012" and f.read(5) == b"\x0c" * 5 and f.tell() == 5
+                f.seek(-3, os.SEEK_END)
+                assert f.read() == b"\x0c" * 3 and f.read() == b""
+            buf = bytearray(4096)
+            with s.open("/sub/f013", "rb", buffering=0) as f:
+                assert f.readinto(buf) == 1301 and f.readinto(buf) == 0
+                with pytest.raises(io.UnsupportedOperation):
+                    f.write(b"x")
+                with pytest.raises(io.UnsupportedOperation):
+                    f.fileno()
+            with s.open("/sub/f020", "r", encoding="latin-1") as f:
+                assert f.read() == "\x14" * 2001
         finally:
             release.set()
         assert s.read_bytes("/empty") == b""
