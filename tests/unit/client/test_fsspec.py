@@ -197,3 +197,43 @@ def test_pyarrow_dataset_over_a_directory(dfs_fs, top):
     t = d.to_table(filter=ds.field("part") == 2, columns=["x"])
     assert t.column_names == ["x"] and sorted(t.column("x").to_pylist()) == list(range(200, 300))
     assert d.to_table().num_rows == 400
+
+
+def test_hugging_face_datasets_load_parquet_and_webdataset_shards_through_dfs_urls(dfs_fs, data_cluster, top,
+                                                                                  tmp_path, monkeypatch):
+    """Hugging Face ``datasets`` loads parquet shards and WebDataset tar shards from ``dfs://``
+    URLs, with the cluster in ``storage_options``, as it would from s3:// or gs://. (Its offline
+    mode refuses every non-local URL, so the Hub is pointed at a closed loopback port instead:
+    nothing leaves the machine, and a Hub request would fail at once.)"""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    datasets = pytest.importorskip("datasets")
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import io
+    import tarfile
+
+    so = {"mgmt": data_cluster.mgmt_addresses, "uid": 0, "gid": 0}
+    for shard in range(2):
+        rows = range(shard * 100, shard * 100 + 100)
+        with dfs_fs.open(f"{top}/pq/train-{shard:05d}.parquet", "wb") as f:
+            pq.write_table(pa.table({"x": list(rows), "text": [f"row {i}" for i in rows]}), f)
+    ds = datasets.load_dataset("parquet", data_files=f"dfs://{top}/pq/*.parquet", storage_options=so,
+                               cache_dir=str(tmp_path / "hf"), split="train")
+    assert len(ds) == 200 and sorted(ds["x"]) == list(range(200)) and ds[0]["text"].startswith("row ")
+
+    for shard in range(2):  # WebDataset: samples as key.ext members, grouped by key, in tar shards
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for i in range(shard * 10, shard * 10 + 10):
+                for ext, body in (("txt", f"caption {i}".encode()), ("cls", str(i % 3).encode())):
+                    info = tarfile.TarInfo(f"sample{i:05d}.{ext}")
+                    info.size = len(body)
+                    tar.addfile(info, io.BytesIO(body))
+        with dfs_fs.open(f"{top}/wds/shard-{shard:05d}.tar", "wb") as f:
+            f.write(buf.getvalue())
+    wds = datasets.load_dataset("webdataset", data_files=f"dfs://{top}/wds/*.tar", storage_options=so,
+                                cache_dir=str(tmp_path / "hf"), split="train")
+    assert len(wds) == 20 and {"txt", "cls"} <= set(wds.column_names)
+    assert sorted(wds["txt"]) == sorted(f"caption {i}" for i in range(20))
