@@ -9,10 +9,12 @@ processes and the mount."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import os
 import stat
+import threading
 
 import numpy as np
 import pytest
@@ -260,7 +262,9 @@ def test_packed_files_are_read_with_few_data_plane_requests(tmp_path):
     run(t)
 
 
-def test_a_sync_read_of_a_snapshot_file_is_two_trips_to_the_loop_thread(tmp_path):
+def _sync_client(tmp_path):
+    """A sync ``Client`` in snapshot mode over the tree's snapshot (its manifest built into the
+    machine's cache ``tmp_path``; the in-process cluster that made it is closed)."""
     from dfs.client.sync import Client
 
     got = {}
@@ -268,12 +272,33 @@ def test_a_sync_read_of_a_snapshot_file_is_two_trips_to_the_loop_thread(tmp_path
     async def t(c, t, meta, chunks, info):
         got["core"] = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path))
 
-    run(t)  # builds the manifest into the machine's cache, closes its cluster
+    run(t)
 
     async def again():  # a new in-process cluster would be another snapshot: reuse the cached manifest
         return AsyncClient(core=got["core"])
 
-    s = Client(again)
+    return Client(again)
+
+
+@contextlib.contextmanager
+def _loop_held(s):
+    """The client's loop thread blocked for the block: what answers in it answered on this thread."""
+    held, release = threading.Event(), threading.Event()
+
+    async def hold():
+        held.set()
+        release.wait(60)  # blocks the loop thread itself
+
+    s.run_later(hold())
+    assert held.wait(60)
+    try:
+        yield
+    finally:
+        release.set()
+
+
+def test_a_sync_read_of_a_snapshot_file_is_two_trips_to_the_loop_thread(tmp_path):
+    s = _sync_client(tmp_path)
     try:
         trips = []
         real = s.run
@@ -292,30 +317,8 @@ def test_a_sync_read_of_a_snapshot_file_is_two_trips_to_the_loop_thread(tmp_path
 def test_sync_namespace_reads_in_snapshot_mode_answer_on_the_callers_thread(tmp_path):
     """stat and its kin come from the manifest on the calling thread: they answer while the
     client's loop thread is held (a trip to it costs more than the answer)."""
-    import threading
-
-    from dfs.client.sync import Client
-
-    got = {}
-
-    async def t(c, t, meta, chunks, info):
-        got["core"] = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path))
-
-    run(t)
-
-    async def again():
-        return AsyncClient(core=got["core"])
-
-    s = Client(again)
-    held, release = threading.Event(), threading.Event()
-
-    async def hold():
-        held.set()
-        release.wait(60)  # blocks the loop thread itself
-
-    try:
-        s.run_later(hold())
-        assert held.wait(60)
+    s = _sync_client(tmp_path)
+    with _loop_held(s):
         assert s.stat("/sub/f005").st_size == 501
         assert s.lstat("/link").st_mode & 0o170000 == stat.S_IFLNK and s.readlink("/link") == "sub/f001"
         assert s.isdir("/sub") and s.isfile("/hard") and s.islink("/link") and not s.exists("/nope")
@@ -325,8 +328,6 @@ def test_sync_namespace_reads_in_snapshot_mode_answer_on_the_callers_thread(tmp_
             s.stat("/sub/nope")
         with pytest.raises(NotADirectoryError):
             s.stat("/hard/x")
-    finally:
-        release.set()
     assert s.listdir("/sub/deep") == ["mid"]  # listings still page on the loop thread
     s.close()
     with pytest.raises(ValueError):
@@ -337,33 +338,11 @@ def test_sync_reads_of_packed_files_at_hand_answer_on_the_callers_thread(tmp_pat
     """read_bytes of a packed file whose pack chunk is in the machine's cache answers on the
     calling thread (a trip to the loop thread cost 6x the read: 233 -> 35 us a file); any other
     file (not packed, or its chunk not fetched yet) goes to the loop thread as before."""
-    import threading
-
-    from dfs.client.sync import Client
-
-    got = {}
-
-    async def t(c, t, meta, chunks, info):
-        got["core"] = await snapshot_core(meta, chunks, info, cache_dir=str(tmp_path))
-
-    run(t)
-
-    async def again():
-        return AsyncClient(core=got["core"])
-
-    s = Client(again)
+    s = _sync_client(tmp_path)
     try:
         assert s.read_bytes("/sub/f007") == b"\x07" * 701  # its pack chunk, fetched on the loop thread
         assert len(s.read_bytes("/big")) == 300 << 10  # not packed: the loop thread
-        held, release = threading.Event(), threading.Event()
-
-        async def hold():
-            held.set()
-            release.wait(60)
-
-        s.run_later(hold())
-        assert held.wait(60)
-        try:
+        with _loop_held(s):
             for i in (5, 9, 30):  # the same pack chunk: from the machine's cache, on this thread
                 assert s.read_bytes(f"/sub/f{i:03d}") == bytes([i]) * (100 * i + 1)
             assert s.read_bytes("/hard") == b"\x02" * 201 and s.read_bytes("/sub/../sub/f011") == b"\x0b" * 1101
@@ -380,8 +359,6 @@ def test_sync_reads_of_packed_files_at_hand_answer_on_the_callers_thread(tmp_pat
                     f.fileno()
             with s.open("/sub/f020", "r", encoding="latin-1") as f:
                 assert f.read() == "\x14" * 2001
-        finally:
-            release.set()
         assert s.read_bytes("/empty") == b""
         with pytest.raises(IsADirectoryError):
             s.read_bytes("/sub")
