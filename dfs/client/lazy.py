@@ -32,6 +32,10 @@ service checks everything again at flush, and what only it can know (another
 client took the name, removed the parent, changed a permission; ENOSPC) is
 reported at the next barrier.
 
+Beside it: dfs/client/setattr_rules.py (SETATTR as the shard applies it, and two
+queued ones merged) and dfs/client/lazysizes.py (a file's size and inline bytes
+through the same log).
+
 Imports: dfs.common and this package only.
 """
 
@@ -55,13 +59,14 @@ from dfs.common.ops import (
     DEFAULT_DELEGATION_LEASE_S,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
-    SET_SIZE,
 )
 from dfs.common.perm import check_mode
 from dfs.common.records import FLAG_INLINE, FLAG_LAZY, Attr, Caller, DirEntry
 from dfs.client.file import WriteBudget
 from dfs.client.meta import setattr_request
 from dfs.client.mode import Change, KernelCache, Mutation, OpenPlan, StrictMode
+from dfs.client.lazysizes import LazySizes
+from dfs.client.setattr_rules import applied_setattr, merge_setattr
 from dfs.client.writeback import Delegations, Failure, WriteBack, WriteBackError
 
 log = logging.getLogger("dfs.client.lazy")
@@ -813,7 +818,7 @@ class LazyMode(StrictMode):
         eng = self._engine()
         await eng.admit()
         a = await self._inode_attr(ino, caller)
-        new = _applied(a, caller, fields, time.time_ns(), grow)
+        new = applied_setattr(a, caller, fields, time.time_ns(), grow)
         self._put_attr(new)
         self.forget_attr(ino)
         await self._queue_setattr(ino, caller, fields, grow)
@@ -826,7 +831,7 @@ class LazyMode(StrictMode):
         key = ("i", ino)
         last = self.engine.unsent(key, caller) if self.engine is not None else None
         if last is not None and last.merge is not None:
-            merged = _merge_setattr(last.merge, fields, grow)
+            merged = merge_setattr(last.merge, fields, grow)
             if merged is not None:
                 last.merge = merged
                 last.req = setattr_request(ino, grow=merged[1], **merged[0])
@@ -919,185 +924,3 @@ class LazyMode(StrictMode):
             fails = self.engine.take_failures(ino)
             if fails:
                 raise WriteBackError.make(fails)
-
-
-def _applied(a: Attr, caller: Caller, f: dict, now: int, grow: int | None) -> Attr:
-    """``a`` after SETATTR ``f`` by ``caller``, as the shard will apply it (dfs/meta/ops/setattr.py):
-    its permission rules raise here, at the call (the mount relies on EPERM to retry what the
-    kernel meant)."""
-    mode, uid, gid, size = a.mode, a.uid, a.gid, a.size
-    atime, mtime, ctime = a.atime_ns, a.mtime_ns, a.ctime_ns
-    if grow is not None and grow > size:
-        size = grow
-    if grow is not None:
-        mtime = ctime = now
-    root = caller.uid == 0
-    owner = root or caller.uid == a.uid
-    new_uid = f.get("uid") if f.get("uid") not in (None, -1) else None
-    new_gid = f.get("gid") if f.get("gid") not in (None, -1) else None
-    if new_uid is not None or new_gid is not None:
-        nu = uid if new_uid is None else new_uid
-        ng = gid if new_gid is None else new_gid
-        if not root:
-            if (nu != uid or caller.uid != uid) and (nu != uid or not owner):
-                raise err.NotPermitted("chown")
-            if ng != gid and not caller.in_group(ng):
-                raise err.NotPermitted("chgrp to a group the caller is not in")
-        if (nu != uid or ng != gid or not root) and not stat.S_ISDIR(mode):
-            if mode & stat.S_ISUID:
-                mode &= ~stat.S_ISUID
-            if mode & stat.S_ISGID and mode & stat.S_IXGRP:
-                mode &= ~stat.S_ISGID
-        uid, gid = nu, ng
-        ctime = now
-    if f.get("mode") is not None:
-        if not owner:
-            raise err.NotPermitted("chmod")
-        new = f["mode"] & 0o7777
-        if not root and new & stat.S_ISGID and not caller.in_group(gid):
-            new &= ~stat.S_ISGID
-        mode = stat.S_IFMT(mode) | new
-        ctime = now
-    times = [k for k in ("atime_ns", "mtime_ns") if f.get(k) is not None] + [
-        k for k in ("atime_now", "mtime_now") if f.get(k)]
-    if times:
-        explicit = any(k.endswith("_ns") for k in times)
-        if not owner:
-            if explicit:
-                raise err.NotPermitted("utimes")
-            check_mode(a.mode, a.uid, a.gid, caller, os.W_OK)
-        if f.get("atime_now"):
-            atime = now
-        elif f.get("atime_ns") is not None:
-            atime = f["atime_ns"]
-        if f.get("mtime_now"):
-            mtime = now
-        elif f.get("mtime_ns") is not None:
-            mtime = f["mtime_ns"]
-        ctime = now
-    return replace(a, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime, mtime_ns=mtime, ctime_ns=ctime)
-
-
-# SETATTR's parts in the order the shard applies them (dfs/meta/ops/setattr.py)
-_GROW, _OWNER, _MODE, _SIZE, _TIMES = range(5)
-_GROUP = {"uid": _OWNER, "gid": _OWNER, "mode": _MODE, "size": _SIZE, "atime_ns": _TIMES, "mtime_ns": _TIMES,
-          "atime_now": _TIMES, "mtime_now": _TIMES}
-
-
-def _groups(fields: dict, grow: int | None) -> set[int]:
-    g = {_GROUP[k] for k in fields}
-    if grow is not None:
-        g.add(_GROW)
-    return g
-
-
-def _merge_setattr(old: tuple[dict, int | None], fields: dict, grow: int | None) -> tuple[dict, int | None] | None:
-    """SETATTR ``old`` then (``fields``, ``grow``) as one SETATTR, or None when the shard's order
-    of the parts (grow, owner, mode, size, times) would give another result than the two in
-    turn: a later part may come before an earlier one only where they commute (times with
-    owner and mode; owner with a mode that has no set-id bits, which a chown would clear)."""
-    f0, g0 = old
-    a_groups, b_groups = _groups(f0, g0), _groups(fields, grow)
-    for a in a_groups:
-        for b in b_groups:
-            if b < a and not ((a == _TIMES and b in (_OWNER, _MODE)) or
-                              (a == _MODE and b == _OWNER and not f0["mode"] & (stat.S_ISUID | stat.S_ISGID))):
-                return None
-    merged = dict(f0)
-    for t in ("atime", "mtime"):  # an explicit time and "now" of the same one: the later wins
-        if f"{t}_ns" in fields or f"{t}_now" in fields:
-            merged.pop(f"{t}_ns", None)
-            merged.pop(f"{t}_now", None)
-    merged.update(fields)
-    g = g0 if grow is None else (grow if g0 is None else max(g0, grow))
-    return merged, g
-
-
-class LazySizes:
-    """The metadata side of a FileHandle in lazy mode (a ``SizeSink``): a file's published
-    size and bytes, and its truncations, are queued behind the changes they depend on (its
-    create), in the same ordered log; reads of an inline file made here come from the view."""
-
-    def __init__(self, mode: LazyMode, meta) -> None:
-        self.mode = mode
-        self.meta = meta
-
-    def _refused(self, ino: int, change) -> Attr | None:
-        """``ino``'s view after ``change(attr)`` if its create was refused: the change goes
-        nowhere (the file is not on the service; its close and the next barrier say why)."""
-        a = self.mode._refused.get(ino)
-        if a is None:
-            return None
-        self.mode._inline.pop(ino, None)
-        a = self.mode._refused[ino] = change(a)
-        return a
-
-    async def extend(self, ino: int, size: int) -> Attr:
-        mode = self.mode
-        if (a := self._refused(ino, lambda a: replace(a, size=max(a.size, size)))) is not None:
-            return a
-        if not mode._lazy_file(ino):
-            return await self.meta.extend(ino, size)
-        await mode._engine().admit()
-        a = await mode._inode_attr(ino)
-        now = time.time_ns()
-        new = replace(a, size=max(a.size, size), mtime_ns=now, ctime_ns=now)
-        return await mode._size_change(ino, m.Extend(ino, size), new)
-
-    async def setattr(self, ino: int, *, size: int | None = None) -> Attr:
-        mode = self.mode
-        if size is not None and (a := self._refused(ino, lambda a: replace(a, size=size))) is not None:
-            return a
-        if not mode._lazy_file(ino) or size is None:
-            return await self.meta.setattr(ino, size=size)
-        await mode._engine().admit()
-        a = await mode._inode_attr(ino)
-        if a.is_dir():
-            raise err.IsADirectory()
-        now = time.time_ns()
-        new = replace(a, size=size, mtime_ns=now, ctime_ns=now)
-        c = mode._inline.get(ino)
-        if c is not None and len(c) > size:
-            del c[size:]
-        return await mode._size_change(ino, m.Setattr(ino, SET_SIZE, 0, 0, 0, size, 0, 0), new)
-
-    async def read_inline(self, ino: int) -> tuple[bytes, int]:
-        mode = self.mode
-        c = mode._inline.get(ino)
-        if c is not None:
-            return bytes(c), len(c)
-        if mode.engine is not None:
-            await mode.engine.settle([("i", ino)])
-        return await self.meta.read_inline(ino)
-
-    async def write_inline(self, ino: int, runs: list[tuple[int, bytes]], size: int) -> Attr:
-        mode = self.mode
-        if (a := self._refused(ino, lambda a: replace(a, size=max(a.size, size)))) is not None:
-            return a
-        if not mode._lazy_file(ino):
-            return await self.meta.write_inline(ino, runs, size)
-        nbytes = sum(len(b) for _, b in runs)
-        await mode._engine().admit(nbytes)
-        a = await mode._inode_attr(ino)
-        c = mode._inline.get(ino)
-        if c is not None:
-            for off, b in runs:
-                if len(c) < off:
-                    c.extend(bytes(off - len(c)))
-                c[off:off + len(b)] = b
-        now = time.time_ns()
-        new = replace(a, size=max(a.size, size), mtime_ns=now, ctime_ns=now)
-        req = m.WriteInline(ino, [m.InlineRun(off, bytes(b)) for off, b in runs], size)
-        return await mode._size_change(ino, req, new, nbytes)
-
-    async def migrate_inline(self, ino: int, expect: bytes | None) -> Attr:
-        mode = self.mode
-        if (a := self._refused(ino, lambda a: replace(a, flags=a.flags & ~FLAG_INLINE))) is not None:
-            return a
-        if not mode._lazy_file(ino):
-            return await self.meta.migrate_inline(ino, expect)
-        await mode._engine().admit()
-        a = await mode._inode_attr(ino)
-        mode._inline.pop(ino, None)
-        new = replace(a, flags=a.flags & ~FLAG_INLINE)
-        return await mode._size_change(ino, m.Migrate(ino, expect), new)
