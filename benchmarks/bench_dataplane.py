@@ -130,6 +130,7 @@ def data_client(bench_cluster):
     """(loop, DataClient, target id, its address) with one 64 KiB chunk written."""
     from dfs.route.data import DataClient
     from dfs.route.shards import GrpcTransport
+    from dfs.testing.caps import trust
 
     lp = asyncio.new_event_loop()
     tr = dc = None
@@ -137,7 +138,9 @@ def data_client(bench_cluster):
         async def setup():
             t = await GrpcTransport(bench_cluster.mgmt_addresses, deadline=30.0,
                                     auth=bench_cluster.credentials).connect()
-            return t, DataClient(t.map, t.refresh_map, deadline=30.0, attempt_timeout=10.0)
+            dc = DataClient(t.map, t.refresh_map, deadline=30.0, attempt_timeout=10.0)
+            trust(dc, bench_cluster.cfg)  # raw chunk I/O: the benchmark signs its own capabilities
+            return t, dc
 
         tr, dc = lp.run_until_complete(setup())
         lp.run_until_complete(dc.write(INO, 0, 0, os.urandom(64 << 10), LAYOUT))
@@ -154,7 +157,7 @@ def data_client(bench_cluster):
 def test_loopback_ping(benchmark, data_client):
     lp, dc, tid, addr = data_client
     h = dp.Header(dp.PING, target=tid)
-    rh, _ = benchmark(lambda: lp.run_until_complete(dc.pool.call(addr, h)))
+    rh, _ = benchmark(lambda: lp.run_until_complete(dc.call(addr, h)))
     assert rh.status == 0
 
 

@@ -184,9 +184,12 @@ class Bench:
         from dfs.local.cluster import LocalCluster
 
         a, root = self.a, self.root
+        from dfs.common.config import SecurityConfig
+
         cluster = LocalCluster(os.path.join(root, "cluster"), shards=a.shards, replicas=a.replicas,
                                mgmt_replicas=1, data_servers=a.data_servers,
-                               chain_replicas=max(1, min(3, a.data_servers)))
+                               chain_replicas=max(1, min(3, a.data_servers)),
+                               security=SecurityConfig(data_capabilities=not a.no_capabilities))
         self.log(f"starting a cluster: {a.shards} shard(s) x {a.replicas} replica(s), "
                  f"{a.data_servers} data server(s) in {cluster.root}")
         cluster.start(120.0)
@@ -533,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--data-servers", type=int, default=3)
+    ap.add_argument("--no-capabilities", action="store_true",
+                    help="a cluster whose data servers check no capabilities (to measure what they cost)")
     ap.add_argument("--root", default=None, help="folder on the disk to measure: a new folder in it is kept (default: a temp dir, removed)")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("--plot", default=None, metavar="DIR", help="write PNG charts here")

@@ -3,11 +3,10 @@ files opened through the metadata client and the file I/O core."""
 
 from __future__ import annotations
 
+from dfs.client.connect import pair
 from dfs.bench.data_path import Figure, run_dfs
 from dfs.client.file import FileHandle
-from dfs.client.meta import MetaClient
 from dfs.common.ids import ROOT_INO
-from dfs.route.data import DataClient
 from dfs.route.shards import GrpcTransport
 from dfs.local.cluster import LocalCluster
 
@@ -21,8 +20,7 @@ async def run_on_cluster(folder: str, size: int, req: int, parallel: int, log, *
     await asyncio.to_thread(cluster.start, 120.0)
     try:
         t = await GrpcTransport(cluster.mgmt_addresses).connect()
-        meta = MetaClient(t)
-        data = DataClient(t.map, t.refresh_map)
+        meta, data = pair(t)
         d = await meta.mkdir(ROOT_INO, "bench")
         names: dict[str, int] = {}
 

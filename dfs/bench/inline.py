@@ -34,8 +34,8 @@ import statistics
 import tempfile
 import time
 
+from dfs.client.connect import pair
 from dfs.client.file import FileHandle
-from dfs.client.meta import MetaClient
 from dfs.common.ids import ROOT_INO
 from dfs.common.limits import INLINE_MAX
 
@@ -67,7 +67,6 @@ async def _run(workers: int, jobs: list, fn) -> tuple[float, list[float]]:
 
 
 async def bench(folder: str, files: int, parallel: int, sizes_kib: list[int], log=print) -> list[dict]:
-    from dfs.route.data import DataClient
     from dfs.route.shards import GrpcTransport
     from dfs.local.cluster import LocalCluster
 
@@ -76,8 +75,7 @@ async def bench(folder: str, files: int, parallel: int, sizes_kib: list[int], lo
     rows: list[dict] = []
     try:
         t = await GrpcTransport(cluster.mgmt_addresses).connect()
-        meta = MetaClient(t)
-        data = DataClient(t.map, t.refresh_map)
+        meta, data = pair(t)
         root = await meta.getattr(ROOT_INO)
         dirs = {}
         for mode in ("inline", "chunks"):

@@ -18,6 +18,7 @@ def _data_demo(c, fs, parent: int, mib: int) -> None:
     """Write and read a file through the data servers; lose one and read again."""
     from dfs.client.file import FileHandle
     from dfs.common.layout import Layout, chain_of
+    from dfs.client.connect import cap_source
     from dfs.route.data import DataClient
 
     size = mib << 20
@@ -28,6 +29,7 @@ def _data_demo(c, fs, parent: int, mib: int) -> None:
     async def go():
         aio = fs.aio
         data = DataClient(aio.t.map, aio.t.refresh_map)
+        data.set_cap_source(cap_source(aio, data))  # the data servers check capabilities
         try:
             attr, _ = await aio.create(parent, "model.safetensors")
             fh = FileHandle(aio, data, attr)

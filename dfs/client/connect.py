@@ -66,7 +66,6 @@ async def dial(mgmt: list[str], *, auth=None, caller: Caller = ROOT, deadline: f
     """(MetaClient, DataClient) of the cluster whose mgmt replicas are ``mgmt``, showing ``auth``
     (``dfs.wire.auth.Credentials``; None: those known for ``mgmt``). ``caller``: the
     MetaClient's own identity (the one the data path's metadata calls run as)."""
-    from dfs.route.data import DataClient
     from dfs.route.shards import GrpcTransport
 
     t = GrpcTransport(mgmt, deadline=deadline, auth=auth)
@@ -75,7 +74,36 @@ async def dial(mgmt: list[str], *, auth=None, caller: Caller = ROOT, deadline: f
     except BaseException:
         await t.close()
         raise
-    return MetaClient(t, caller), DataClient(t.map, t.refresh_map, auth=auth)
+    return pair(t, caller, auth=auth)
+
+
+def pair(t, caller: Caller = ROOT, **data_kw):
+    """(MetaClient, DataClient) over connected GrpcTransport ``t``, the DataClient asking the
+    MetaClient for the capabilities the data servers want (``cap_source``). ``data_kw``:
+    DataClient's (deadline, attempt_timeout, auth, ...)."""
+    from dfs.route.data import DataClient
+
+    meta, data = MetaClient(t, caller), DataClient(t.map, t.refresh_map, **data_kw)
+    data.set_cap_source(cap_source(meta, data))
+    t.cap_sink = data.add_caps  # capabilities that come with opens
+    return meta, data
+
+
+def cap_source(meta, data):
+    """``DataClient.cap_source`` asking ``meta`` (the plain MetaClient): a snapshot's read
+    capability with the snapshot's directory (from the cluster map's registry); else one for
+    the handle the client core holds for the inode, or its lazy session's delegated ids."""
+    from dfs.common import caps
+
+    async def source(ino: int, rights: int, snap: int) -> bytes | None:
+        if snap:
+            info = data.map.snapshots.get(snap) or (await data.refresh(True)).snapshots.get(snap)
+            if info is None:
+                raise err.Stale(f"snapshot {snap} deleted")
+            return await meta.caps(info.root, caps.READ, snap=snap)
+        return await meta.caps(ino, rights, handle=data.handle_of(ino), session=data.session())
+
+    return source
 
 
 def make_mode(consistency: str = "strict", *, ttl: float = 1.0, lazy_delay: float = 1.0,
@@ -110,9 +138,18 @@ async def open_snapshot(meta, data, spec: str, *, cache_dir: str | None = None, 
     bytes of packed small files kept in memory."""
     from dfs.client.snapmode import default_cache_dir, snapshot_core
 
+    from dfs.common import caps
+
     info = await find_snapshot(meta, data, spec)
-    return await snapshot_core(meta, data, info, cache_dir=cache_dir or default_cache_dir(), stats=stats,
+    core = await snapshot_core(meta, data, info, cache_dir=cache_dir or default_cache_dir(), stats=stats,
                                pack_cache=pack_cache)
+    # Capabilities now, in the round trips of the open, so that reads ask the metadata service
+    # nothing more: the snapshot's, and reading each pack (live files of the manifest's, 0644)
+    packs = sorted({int(i) for i in core.mode.m.packs["ino"]})
+    got = await asyncio.gather(meta.caps(info.root, caps.READ, snap=info.epoch),
+                               *(meta.caps(i, caps.READ) for i in packs))
+    data.add_caps([c for c in got if c is not None])
+    return core
 
 
 def map_registry(data):

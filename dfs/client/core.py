@@ -54,7 +54,10 @@ __all__ = ["Core", "DirStream", "FileRef", "OpenFile", "open_access"]
 
 
 def open_access(flags: int) -> int:
-    """The access (os.R_OK | os.W_OK) an open with os.O_* ``flags`` needs (O_TRUNC writes)."""
+    """The access (os.R_OK | os.W_OK) an open with os.O_* ``flags`` needs (O_TRUNC writes).
+    Server opens always ask the service to check it (the kernel's check through a mount
+    notwithstanding): the handle then records what it may do, and the data-plane
+    capabilities it gets follow the open after a chmod (dfs.common.caps)."""
     acc = flags & os.O_ACCMODE
     return (os.R_OK if acc in (os.O_RDONLY, os.O_RDWR) else 0) | \
         (os.W_OK if acc in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC else 0)
@@ -297,6 +300,15 @@ class Core:
         self.budget = None
         self._statfs: tuple[float, StatFs] | None = None  # (valid until, the answer)
         self.mode.bind(self)
+        hints = getattr(data, "set_cap_hints", None)  # a DataClient (or a wrapper of one)
+        if hints is not None:
+            # a capability a data server asks for is asked with this core's open handle of
+            # the inode, or its lazy session (dfs.common.caps)
+            hints(self._cap_handle, lambda: getattr(self.mode, "session", None))
+
+    def _cap_handle(self, ino: int) -> bytes | None:
+        of = self.files.get(ino)
+        return None if of is None else of.handle
 
     # ------------------------------------------------------------------ what this client sees
     def _seen(self, a: Attr) -> Attr:
@@ -544,7 +556,8 @@ class Core:
 
     async def open(self, ino: int, flags: int, *, caller: Caller | None = None, access: int = 0) -> FileRef:
         """open(2) of regular file ``ino`` with os.O_* ``flags``. ``access`` (os.R_OK | os.W_OK):
-        what the service checks for the caller (0: nothing, the kernel checked). Strict mode:
+        what the service checks for the caller (0: what ``flags`` need, for a server handle;
+        nothing more where the kernel checked). Strict mode:
         the attributes come fresh from the service with the server handle, in one command
         (a read handle for reading only: no Raft round); O_TRUNC truncates."""
         plan = self.mode.open_plan(ino, flags)
@@ -566,6 +579,7 @@ class Core:
                 self.mode.check_open(a, access, caller or getattr(self.meta, "caller", None))
             return await self._install(a, None, False, flags, caller=caller, waits=plan.close_waits)
         lease = self.leases.lease
+        access = access or open_access(flags)
         if writing:
             a, h = await self.meta.open_file(ino, lease, access=access, caller=caller)
             read = False
@@ -608,8 +622,8 @@ class Core:
         except err.NotFound:
             return None
         try:
-            a, h, durable = await self.meta.lookup_open(parent, name, self.leases.lease, access=access,
-                                                        caller=caller)
+            a, h, durable = await self.meta.lookup_open(parent, name, self.leases.lease,
+                                                        access=access or os.R_OK, caller=caller)
         except err.NotFound:
             self.mode.forget_entry(parent, name)
             return None
@@ -628,7 +642,7 @@ class Core:
         m = Mutation(Change.CREATE, caller, parent, name, args={"mode": mode, "flags": flags, "umask": umask})
         a, created, h, _ = await self._change(m, lambda: self.meta.create_open(
             parent, name, mode & 0o7777, excl=bool(flags & os.O_EXCL), umask=umask,
-            lease_s=self.leases.lease, access=access, caller=caller))
+            lease_s=self.leases.lease, access=access or open_access(flags), caller=caller))
         if not a.is_reg():
             return None, a, created
         plan = self.mode.open_plan(a.ino, flags)  # the inode's own (a mode may decide by its directory)

@@ -335,6 +335,16 @@ class MetaClient:
         answered from their idempotency records."""
         return (await self._send(m.Batch(items), None, False, shard=shard)).results
 
+    # ------------------------------------------------------------------ data-plane capabilities
+    async def caps(self, ino: int, rights: int, *, handle: bytes | None = None, session: bytes | None = None,
+                   snap: int = 0, caller: Caller | None = None) -> bytes | None:
+        """A capability for data-plane requests on ``ino`` (``dfs.common.caps``; ``rights``
+        READ | WRITE): for open ``handle``, a delegated id of lazy ``session``, or the
+        caller's access now; ``snap``: reads at that snapshot, ``ino`` its directory.
+        None: the cluster does not check capabilities. EACCES as an open would answer."""
+        r = await self._send(m.Caps(ino, rights, handle, session, snap), caller)
+        return r.caps[0] if r.caps else None
+
     # ------------------------------------------------------------------ open handles
     async def open_handle(self, ino: int, lease_s: float = DEFAULT_LEASE_S, *, handle: bytes | None = None,
                           caller: Caller | None = None) -> bytes:

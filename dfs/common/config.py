@@ -50,6 +50,9 @@
                                    # squash_uid / squash_gid (servers, with the internal token, are not squashed)
     squash_uid = 65534             # nobody
     squash_gid = 65534             # nogroup
+    data_capabilities = true       # data servers serve a client's chunk request only under a
+                                   # capability the metadata service signed (docs/design/security.md)
+    capability_ttl = 600.0         # seconds a capability lasts (clients renew it before)
 
     [tls]                          # optional: gRPC over TLS (the data plane stays plaintext)
     cert = "server.pem"            # this host's certificate chain (servers only)
@@ -202,11 +205,14 @@ NOBODY = 65534  # the default uid and gid a squashed root acts as (nobody / nogr
 
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
-    """``[security]``: root squashing of the clients' requests (docs/design/security.md)."""
+    """``[security]``: root squashing of the clients' requests, data-plane capabilities
+    (docs/design/security.md)."""
 
     root_squash: bool = False
     squash_uid: int = NOBODY
     squash_gid: int = NOBODY
+    data_capabilities: bool = True
+    capability_ttl: float = 600.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_squash, bool):
@@ -215,15 +221,21 @@ class SecurityConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32:
                 raise ValueError(f"[security] {k} must be an integer in 0..2^32-1, not {v!r}")
+        if not isinstance(self.data_capabilities, bool):
+            raise ValueError(f"[security] data_capabilities must be true or false, not {self.data_capabilities!r}")
+        t = self.capability_ttl
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 1 <= t <= 86400:
+            raise ValueError(f"[security] capability_ttl must be 1 to 86400 seconds, not {t!r}")
 
     def to_dict(self) -> dict:
-        return {"root_squash": self.root_squash, "squash_uid": self.squash_uid, "squash_gid": self.squash_gid}
+        return {"root_squash": self.root_squash, "squash_uid": self.squash_uid, "squash_gid": self.squash_gid,
+                "data_capabilities": self.data_capabilities, "capability_ttl": self.capability_ttl}
 
     @classmethod
     def from_dict(cls, d) -> SecurityConfig:
         if not isinstance(d, dict):
             raise ValueError("security must be a table ([security])")
-        unknown = set(d) - {"root_squash", "squash_uid", "squash_gid"}
+        unknown = set(d) - {"root_squash", "squash_uid", "squash_gid", "data_capabilities", "capability_ttl"}
         if unknown:
             raise ValueError(f"[security]: unknown keys {sorted(unknown)}")
         return cls(**d)

@@ -793,6 +793,27 @@ class SnapStatus(Request):
     """This shard's snapshot state (the snapshot coordinator waits on ``prepared``)."""
 
 
+# ------------------------------------------------------------------ data-plane capabilities (dfs.common.caps)
+
+@record
+class CapsReply:
+    caps: list[bytes]  # signed capabilities (none: the cluster does not check them)
+
+
+@request(Op.CAPS, Kind.READ_HANDLE, CapsReply)
+class Caps(Request):
+    """A capability for data-plane requests on ``ino`` (``rights``: dfs.common.caps READ |
+    WRITE), granted for an open ``handle`` of the caller's that allows them, a delegated id
+    of lazy ``session``, or else the caller's access now; with ``snap``: reads at that
+    snapshot of every file, for a caller who may read directory ``ino`` (the snapshot's)."""
+
+    ino: int
+    rights: int
+    handle: bytes | None = None
+    session: bytes | None = None
+    snap: int = 0
+
+
 # ------------------------------------------------------------------ write-back (lazy mode, docs/design/writeback.md)
 
 @record

@@ -77,6 +77,9 @@ class Op(enum.IntEnum):
     SETLAZY = 83
     BATCH = 84
 
+    # data-plane capabilities (dfs.common.caps, docs/design/security.md)
+    CAPS = 90
+
 
 def inline_digest(data: bytes) -> bytes:
     """What MIGRATE compares: the inline bytes a migrating writer copied."""

@@ -21,7 +21,10 @@ and the sender with it. Connections of servers (HELLO with the internal
 token) are not charged: what they forward was charged at the chain's head,
 and charging it twice could stall two chains' heads on each other. Only
 they may send the chain's own requests (``dfs.wire.dataplane.INTERNAL_OPS``,
-forwards); a client's get EPERM.
+forwards); a client's get EPERM. A client's chunk requests need a capability
+(``dfs.common.caps``) shown earlier on the connection in a CAP frame, which is
+checked inline, before the next frame is read (ENOKEY without one; off with
+``[security] data_capabilities = false``).
 Background work per target: a scrub pass (``dfs.data.scrub``) about every
 ``scrub_interval`` seconds at ``scrub_rate`` bytes/s, and an orphan scan
 (``dfs.data.orphans``) about every ``orphan_scan_interval`` seconds that
@@ -65,6 +68,7 @@ from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
 from dfs.common import errors as err
 from dfs.common import logs
+from dfs.common.caps import CapError, CapSet, Signer, cap_key
 from dfs.common.config import ClusterConfig
 from dfs.common.ids import shard_of
 from dfs.common.metrics import Metrics, counter, gauge, task_failures
@@ -153,6 +157,9 @@ class DataServer:
         self.max_preauth = limits.DATA_MAX_PREAUTH
         self.hello_timeout = limits.DATA_HELLO_TIMEOUT
         self.budget = limits.ByteBudget(cfg.max_inflight_bytes)  # client payload bytes in flight
+        # data-plane capabilities (dfs.common.caps): a client's chunk requests need one
+        self.signer = Signer(cap_key(cfg.internal_token)) if cfg.security.data_capabilities else None
+        self.refused_caps = 0              # CAP frames refused (bad signature, expired, garbage)
         self._hb_metadata = ((INTERNAL_HEADER, cfg.internal_token),)
         self._mgmt_leader: str | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -219,6 +226,8 @@ class DataServer:
             counter("dfs_data_store_events", "chunk store events by target (checksum_errors, nospace, "
                     "scrubbed_bytes, preserved, preserved_bytes, dropped, dropped_bytes, version_changes)",
                     labels=["target", "event"], samples=store_events),
+            counter("dfs_data_refused_capabilities", "CAP frames refused: not signed by this cluster, run out, "
+                    "or not a capability", self.refused_caps),
             gauge("dfs_data_epoch", "the data epoch this server tags the mutations it heads with", self.svc.epoch),
             gauge("dfs_data_live_snapshots", "snapshots whose chunk versions this server keeps",
                   len(self.svc.live)),
@@ -498,6 +507,23 @@ class DataServer:
                 n += min(h.arg, dp.MAX_PAYLOAD)
         return n
 
+    def _take_cap(self, h: dp.Header, payload, caps: CapSet | None) -> tuple[dp.Header, bytes]:
+        """A CAP frame: checked and added to the connection's set; the reply to send."""
+        if caps is None:  # a server's connection, or a cluster that does not check them
+            return dp.reply_to(h), b""
+        try:
+            caps.add(self.signer.verify(payload))
+        except CapError as e:
+            self.refused_caps += 1
+            log.debug("capability refused: %s", e)
+            return dp.reply_to(h, status=E.EACCES), str(e).encode()
+        return dp.reply_to(h), b""
+
+    @staticmethod
+    def _cap_allows(h: dp.Header, caps: CapSet) -> bool:
+        need = dp.cap_need(h)
+        return need is None or caps.allows(h.ino, need[0], need[1], time.time_ns())
+
     async def serve_conn(self, sock: socket.socket) -> None:
         conn = next(self._conn_ids)
         reader = dp.FrameReader(sock, PREAUTH_BUFFER, replies=False)
@@ -529,6 +555,8 @@ class DataServer:
         reader.grow()
         if internal:
             budget = None
+        # a client's capabilities (servers need none); None: the cluster does not check them
+        caps = CapSet() if self.signer is not None and not internal else None
 
         async def one(h: dp.Header, payload, charged: int) -> None:
             logs.set_op(f"c{conn}.{h.req_id}")  # this task's log lines name the request
@@ -537,6 +565,8 @@ class DataServer:
                 t0 = time.perf_counter()
                 if not internal and dp.needs_internal(h):
                     rh, rp = dp.reply_to(h, status=E.EPERM), b"data servers only (internal token)"
+                elif caps is not None and not self._cap_allows(h, caps):
+                    rh, rp = dp.reply_to(h, status=E.ENOKEY), b"no capability for this request on this connection"
                 else:
                     rh, rp = await self.svc.handle(h, payload)
                 if self._requests is not None:
@@ -584,6 +614,12 @@ class DataServer:
                         held = 0
                     raise
                 charged, held = held, 0
+                if h.op == dp.CAP:  # inline: the requests after it on this connection may use it
+                    if charged:
+                        budget.release(charged)
+                    sem.release()
+                    await writer.send(*self._take_cap(h, payload, caps))
+                    continue
                 t = asyncio.get_running_loop().create_task(one(h, payload, charged))
                 del payload
                 tasks.add(t)

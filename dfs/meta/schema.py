@@ -18,7 +18,9 @@ holds:
     B <ino:8>                       -> inline data of a FLAG_INLINE file: <high water:4><bytes>; the
                                        file's content is the bytes, then zeros up to its size; high
                                        water = the longest the bytes ever were (absent: never written)
-    H <ino:8> <handle>              -> an open handle of a regular file: msgpack [expiry ns]
+    H <ino:8> <handle>              -> an open handle of a regular file: msgpack [expiry ns, access]
+                                       (access: the R_OK | W_OK the open checked or created with;
+                                       records without it are from before it was kept)
     J <expiry:8> <ino:8> <handle>   -> expiry index of the H records (empty value)
     G <session:16>                  -> a client session's delegation: <expiry ns:8> (DELEGATE)
     G <session:16> <block:8>        -> one delegated block of DELEGATION_BLOCK inode ids (local ids
@@ -222,12 +224,18 @@ def split_handle_key(key: bytes) -> tuple[int, bytes]:
     return _Q.unpack_from(key, 1)[0], key[9:]
 
 
-def handle_value(expiry: int) -> bytes:
-    return msgpack.packb([expiry])
+def handle_value(expiry: int, access: int = 0) -> bytes:
+    return msgpack.packb([expiry, access])
 
 
 def handle_expiry(value: bytes) -> int:
     return _unpackb(value)[0]
+
+
+def handle_access(value: bytes) -> int:
+    """The R_OK | W_OK an open handle was granted (0: unchecked, or a record from before)."""
+    v = _unpackb(value)
+    return v[1] if len(v) > 1 else 0
 
 
 def handle_expiry_key(expiry: int, ino: int, handle: bytes) -> bytes:

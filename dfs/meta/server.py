@@ -50,10 +50,11 @@ from dfs.common import errors as err
 from dfs.common import logs
 from dfs.common.config import ClusterConfig
 from dfs.common.metrics import Metrics, RequestMetrics, counter, gauge, instrument_raft, task_failures
-from dfs.common.messages import Batch, is_internal
+from dfs.common.messages import Batch, is_internal, request_class
 from dfs.common.ops import Op
 from dfs.common.records import Caller, squash_root
 from dfs.consensus.raft import RaftHost
+from dfs.meta.ops.caps import granted_with
 from dfs.meta.service import ShardService
 from dfs.meta.store import MetaStore
 from dfs.wire import limits
@@ -61,6 +62,8 @@ from dfs.wire.auth import INTERNAL_HEADER, ServerAuth, shows
 from dfs.common.clustermap import ClusterMap
 from dfs.route.mgmt import MgmtAdmin
 from dfs.route.shards import CHANNEL_OPTIONS, GrpcTransport
+
+GRANTS_WITH_REPLY = frozenset({Op.OPEN, Op.OPENREAD, Op.LOOKUPOPEN, Op.CREATE})  # opens: their caps ride along
 
 log = logging.getLogger("dfs.meta.server")
 
@@ -200,7 +203,19 @@ class MetaServicer(pbg.MetaServiceServicer):
             if took >= SLOW_OP_S:
                 log.warning("slow %s: %.1f ms, status %d", _op_name(req.op), took * 1e3, status)
             logs.reset_op(token)
-        return pb.OpReply(status=0, body=msgpack.packb(res))
+        rep = pb.OpReply(status=0, body=msgpack.packb(res))
+        if self.svc.signer is not None and req.op in GRANTS_WITH_REPLY:
+            rep.caps.extend(self._granted(req.op, args, res))
+        return rep
+
+    def _granted(self, op: int, args, res) -> list[bytes]:
+        """Capabilities an open's reply carries (dfs.meta.ops.caps.granted_with)."""
+        try:
+            r = request_class(op).from_wire(args)
+            return granted_with(self.svc.signer, r, r.reply_from_wire(res))
+        except Exception:  # noqa: BLE001 - never cost the reply: the client asks CAPS later
+            log.exception("capabilities for %s", _op_name(op))
+            return []
 
     async def Execute(self, request, context):
         t0 = time.perf_counter()
@@ -266,7 +281,8 @@ class MetaServicer(pbg.MetaServiceServicer):
         return pb.ShardStatus(shard=self.shard, replica=self.replica, role=self.host.role,
                               leader=self.leader_address(), term=st.get("term", 0),
                               commit_index=st.get("commit_index", 0),
-                              applied_index=self.svc.store.applied_index(), epoch=self.epoch)
+                              applied_index=self.svc.store.applied_index(), epoch=self.epoch,
+                              leader_ready=self.host.leader_ready())
 
     async def TransferLeader(self, request, context):
         return await transfer_leader(self.host, request, self._is_peer(context), self.leader_address)
@@ -532,6 +548,10 @@ async def serve(cfg: ClusterConfig, shard: int, replica: int, data: str) -> None
     svc = ShardService(store, host, peers, chunk_remover=remover,
                        chain_replicas=cfg.replicas_per_chain if cfg.data else None,
                        snapshot_registry=_MgmtRegistry(admin, peers), snapshot_holds=data if cfg.data else None)
+    if cfg.security.data_capabilities:
+        from dfs.common.caps import Signer, cap_key
+
+        svc.signer = Signer(cap_key(cfg.internal_token), cfg.security.capability_ttl)
     metrics = requests = None
     if me.metrics:
         metrics = Metrics("meta", cluster=cfg.cluster_id, shard=shard, replica=replica)

@@ -131,6 +131,7 @@ class ShardService:
         self._mark_lock = asyncio.Lock()
         self._barrier_term = -1  # the term whose READMARK barrier the orphan task has passed
         self._grant_task: asyncio.Task | None = None
+        self.signer = None  # dfs.common.caps.Signer: CAPS signs with it (None: capabilities are off)
 
     def set_nshards(self, n: int) -> bool:
         """The cluster map names ``n`` shards; counts only grow. Whether it changed."""

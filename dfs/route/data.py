@@ -44,11 +44,13 @@ import itertools
 import logging
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
 
+from dfs.common import caps
 from dfs.common import errors as err
 from dfs.wire import dataplane as dp
 from dfs.wire.auth import Credentials, Unauthenticated
@@ -92,6 +94,7 @@ class Connection:
         self.ids = itertools.count(1)
         self.budget = ByteSemaphore(max_inflight)
         self.closed = False
+        self.caps_shown: set[bytes] = set()  # capabilities sent on this connection (CAP frames)
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
@@ -176,6 +179,38 @@ class Connection:
             self.dests.pop(rid, None)
             await self.budget.release(n)
 
+    async def show_cap(self, token: bytes) -> None:
+        """Send capability ``token`` (a CAP frame) unless this connection showed it already.
+        Its reply is not awaited: the server takes a CAP before it reads the next frame,
+        so a request sent after this returns may use it. A refusal is logged and the
+        token forgotten (the request that needed it is answered ENOKEY)."""
+        if token in self.caps_shown or self.closed:
+            return
+        if len(self.caps_shown) >= caps.CONN_CAPS_MAX // 2:  # the server sheds old ones too
+            self.caps_shown.clear()
+        rid = next(self.ids)
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[rid] = fut
+        self.caps_shown.add(token)
+
+        def answered(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                return
+            h, payload = f.result()
+            if h.status:
+                self.caps_shown.discard(token)
+                log.info("%s refused a capability: %s", self.addr, bytes(payload).decode(errors="replace"))
+
+        fut.add_done_callback(answered)
+        try:
+            await self.writer.send(dp.Header(dp.CAP, req_id=rid), token)
+        except OSError as e:
+            self.pending.pop(rid, None)
+            self.caps_shown.discard(token)
+            if not self.closed:
+                self._task.cancel()
+            raise ConnectionError(f"{self.addr}: {e}") from None
+
     async def close(self) -> None:
         self._task.cancel()
         try:
@@ -250,7 +285,14 @@ class DataClient:
 
     ``cmap``: the current map; ``refresh``: ``async () -> ClusterMap`` (e.g.
     ``GrpcTransport.refresh_map``). ``auth``: the credentials to show the data
-    servers (default: those the map was fetched with, ``cmap.auth``)."""
+    servers (default: those the map was fetched with, ``cmap.auth``).
+
+    Capabilities (``dfs.common.caps``): a request is sent after the CAP frame of a
+    capability that covers it, when ``caps`` holds one (opens bring them); a
+    request answered ENOKEY (none, or one that ran out) gets one from
+    ``cap_source`` (``async (ino, rights, snap) -> token``, e.g. ``MetaClient.caps``
+    with the caller's open handle; see ``set_cap_source``) and is sent once more.
+    Server credentials need none."""
 
     def __init__(self, cmap: ClusterMap, refresh: Callable[[], Awaitable[ClusterMap]] | None = None, *,
                  deadline: float = 30.0, attempt_timeout: float = 10.0, refresh_interval: float = 0.2,
@@ -264,8 +306,82 @@ class DataClient:
         self._last_refresh = -1e9
         self._refreshing: asyncio.Task | None = None
         self._bg: set[asyncio.Task] = set()
+        self.caps = caps.CapBook()
+        self.handle_of: Callable[[int], bytes | None] = lambda ino: None
+        self.session: Callable[[], bytes | None] = lambda: None
+        self.cap_source: Callable[[int, int, int], Awaitable[bytes | None]] | None = None
+        self._cap_fetches: dict[tuple[int, int, int], asyncio.Future] = {}
+
+    def set_cap_source(self, source: Callable[[int, int, int], Awaitable[bytes | None]] | None) -> None:
+        """Where capabilities come from when a data server asks for one (ENOKEY)."""
+        self.cap_source = source
+
+    def set_cap_hints(self, handle_of: Callable[[int], bytes | None],
+                      session: Callable[[], bytes | None]) -> None:
+        """What a ``cap_source`` asks with: the open handle held for an inode, the lazy session
+        (set by the client core that uses this DataClient)."""
+        self.handle_of, self.session = handle_of, session
+
+    def add_caps(self, tokens) -> None:
+        """Capabilities the metadata service handed out (e.g. with an open)."""
+        for t in tokens:
+            try:
+                self.caps.add(t)
+            except caps.CapError as e:
+                log.warning("ignoring a malformed capability from the metadata service: %s", e)
+
+    async def _fetch_cap(self, ino: int, rights: int, snap: int) -> bytes:
+        """A capability for (ino, rights, snap) from ``cap_source`` (one fetch per key at a time)."""
+        key = (ino, rights, snap)
+        fut = self._cap_fetches.get(key)
+        if fut is None and self._cap_fetches:
+            # one in flight may bring a capability that covers this too (a lazy session's
+            # block, a snapshot's): wait for those first rather than ask again
+            await asyncio.wait([asyncio.shield(f) for f in self._cap_fetches.values()])
+            tok = self.caps.find(ino, rights, snap, time.time_ns())
+            if tok is not None:
+                return tok
+            fut = self._cap_fetches.get(key)
+        if fut is None:
+            if self.cap_source is None:
+                raise err.PermissionDenied(f"no capability for inode {ino:#x} (open it through the metadata "
+                                           f"service)")
+            fut = self._cap_fetches[key] = asyncio.ensure_future(self.cap_source(ino, rights, snap))
+            fut.add_done_callback(lambda _f: self._cap_fetches.pop(key, None))
+        tok = await asyncio.shield(fut)
+        if not tok:
+            raise err.PermissionDenied("the metadata service grants no capabilities, the data servers ask "
+                                       "for them: [security] data_capabilities differs between them?")
+        self.caps.add(tok)
+        return tok
+
+    async def call(self, addr: str, h: dp.Header, payload=b"", timeout: float = 10.0, into=None,
+                   crc: int | None = None) -> tuple[dp.Header, memoryview]:
+        """One request to the server at ``addr`` (``Pool.call``), with the capability it needs shown
+        first (see the class). Error statuses are returned, not raised."""
+        conn = await self.pool.get(addr)
+        need = None if self.pool.internal else dp.cap_need(h)
+        if need is not None:
+            tok = self.caps.find(h.ino, need[0], need[1], time.time_ns())
+            if tok is not None:
+                await conn.show_cap(tok)
+        rh, rp = await conn.call(h, payload, timeout, into, crc)
+        if rh.status != E.ENOKEY or need is None:
+            return rh, rp
+        tok = await self._fetch_cap(h.ino, need[0], need[1])
+        if conn.closed:
+            conn = await self.pool.get(addr)
+        conn.caps_shown.discard(tok)  # the server may have shed it: show it again
+        await conn.show_cap(tok)
+        rh, rp = await conn.call(h, payload, timeout, into, crc)
+        if rh.status == E.ENOKEY:
+            return rh._replace(status=E.EACCES), memoryview(f"data server {addr} refused the capability for "
+                                                              f"inode {h.ino:#x}".encode())
+        return rh, rp
 
     async def close(self) -> None:
+        for f in list(self._cap_fetches.values()):
+            f.cancel()
         await self.pool.close()
 
     # ------------------------------------------------------------------ map
@@ -329,8 +445,8 @@ class DataClient:
                     raise err.Unavailable(f"chain {ch.id} has no serving target")
                 head = ch.targets[0]
                 h = make(ch)._replace(chain_id=ch.id, chain_version=ch.version, target=head)
-                rh, rp = await self.pool.call(self._addr(head), h, payload,
-                                              min(self.attempt_timeout, max(0.1, end - loop.time())))
+                rh, rp = await self.call(self._addr(head), h, payload,
+                                          min(self.attempt_timeout, max(0.1, end - loop.time())))
                 if rh.status == 0:
                     return rh, rp
                 if rh.status not in _RETRY_STATUSES:
@@ -433,8 +549,8 @@ class DataClient:
                               target=tid, epoch=at or 0)
                 dst = into if into is not None and offset % dp.BLOCK_SIZE == 0 else None
                 try:
-                    rh, rp = await self.pool.call(self._addr(tid), h, b"",
-                                                  min(self.attempt_timeout, max(0.1, end - loop.time())), dst)
+                    rh, rp = await self.call(self._addr(tid), h, b"",
+                                              min(self.attempt_timeout, max(0.1, end - loop.time())), dst)
                 except (ConnectionError, TimeoutError, err.Unavailable) as e:
                     last = e
                     continue
@@ -469,7 +585,7 @@ class DataClient:
 
         async def go():
             try:
-                await self.pool.call(self._addr(tid), h, b"", self.attempt_timeout)
+                await self.call(self._addr(tid), h, b"", self.attempt_timeout)
             except (ConnectionError, TimeoutError, err.DfsError) as e:
                 log.debug("verification read on target %d: %s", tid, e)
 
@@ -518,14 +634,14 @@ class DataClient:
         ``at``: as of the snapshot of that epoch."""
         h = dp.Header(dp.READ, flags=dp.F_ANY if at is None else dp.F_ANY | dp.F_SNAP, ino=ino, index=index,
                       offset=offset, arg=length, target=tid, epoch=at or 0)
-        rh, rp = await self.pool.call(self._addr(tid), h, b"", self.attempt_timeout)
+        rh, rp = await self.call(self._addr(tid), h, b"", self.attempt_timeout)
         dp.raise_for(rh, rp)
         return rh.version, bytes(rp)
 
     async def stat_target(self, tid: int, ino: int, index: int) -> tuple[int, int, int, bytes] | None:
         """(version, committed, length, crcs) of a chunk on one target, or None."""
         h = dp.Header(dp.STAT, ino=ino, index=index, target=tid)
-        rh, rp = await self.pool.call(self._addr(tid), h, b"", self.attempt_timeout)
+        rh, rp = await self.call(self._addr(tid), h, b"", self.attempt_timeout)
         if rh.status == E.ENOENT:
             return None
         dp.raise_for(rh, rp)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -78,6 +79,8 @@ class GrpcTransport:
         self._leader: dict[int, str] = {}
         self._map_refreshed = 0.0
         self._bg_refresh: asyncio.Task | None = None
+        # where capabilities granted with a reply go (a DataClient's add_caps; dfs.common.caps)
+        self.cap_sink: Callable[[list[bytes]], None] | None = None
 
     @property
     def nshards(self) -> int:
@@ -155,6 +158,8 @@ class GrpcTransport:
                    ts: int | None = None) -> Any:
         req = self._request(shard, op, caller, args, rid, ts)
         rep = await self._send(shard, lambda stub, t: stub.Execute(req, timeout=t, metadata=self.metadata))
+        if rep.caps and self.cap_sink is not None:
+            self.cap_sink(rep.caps)
         return self._result(rep)
 
     @staticmethod

@@ -98,11 +98,19 @@ class InProcessDataServer:
         await send(s, h, p)
         return await recv(s)
 
-    async def client(self, internal: bool = False) -> socket.socket:
-        """A connection past a good HELLO (a server's, with the internal token, if ``internal``)."""
+    async def client(self, internal: bool = False, *, cap: bool = True) -> socket.socket:
+        """A connection past a good HELLO (a server's, with the internal token, if ``internal``);
+        a client's has shown a capability for every inode (``cap``, dfs.common.caps)."""
         s = await self.connect()
         h, _ = await self.hello(s, internal=self.cfg.internal_token if internal else None)
         assert h.status == 0, h
+        if cap and not internal:
+            from dfs.common import caps
+
+            tok = caps.Signer(caps.cap_key(self.cfg.internal_token)).inodes(0, 2**64 - 1, caps.READ | caps.WRITE)
+            await send(s, dp.Header(dp.CAP, req_id=0), tok)
+            h, _ = await recv(s)
+            assert h.op == dp.CAP and h.status == 0, h
         return s
 
     def write_frame(self, ino: int, data: bytes, *, req_id: int = 1, offset: int = 0, **kw) -> tuple:

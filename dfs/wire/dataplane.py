@@ -28,7 +28,7 @@ Per-op use of the fields is in ``docs/design/data.md`` ("Data plane").
 
 Handshake: a client opens every connection with a HELLO frame (``arg`` = the
 handshake version it speaks, ``HELLO_VERSION``; payload = a msgpack map, today
-``{"token": <client token>}``, later capabilities go in the same map). The
+``{"token": <client token>}``). The
 server answers HELLO with status 0 (``arg`` = the version it speaks, payload a
 msgpack map of what it offers) or, when the token is missing or wrong, with
 EACCES and a message, and closes the connection; it reads no request before a
@@ -36,6 +36,10 @@ good HELLO when the cluster has a client token. A server without one also takes
 a connection that starts with a request. Servers add ``"internal": <internal
 token>`` to the map: only such a connection may send the chain's own requests
 (``INTERNAL_OPS`` and anything ``F_FORWARD``); a client's is answered EPERM.
+A client's chunk requests need a capability (``dfs.common.caps``) shown
+earlier on the connection in a CAP frame, which the server takes before it
+reads the next frame (``cap_need``: the rights each op needs); without one
+the answer is ENOKEY.
 
 Hostile input (docs/design/security.md): a HELLO payload is at most
 ``HELLO_MAX`` bytes wherever it arrives (the length is checked before a byte
@@ -95,6 +99,7 @@ PING = 10
 HELLO = 11         # the first frame of a connection: arg = handshake version, payload = msgpack {"token": ...}
 SNAP_HOLD = 12     # version = snapshot S, arg = lease ms: stop admitting client mutations, answer once none is in flight
 SNAP_RESUME = 13   # version = the S whose hold ends (0: none), epoch = data epoch, payload = msgpack [live snapshots]
+CAP = 14           # payload = a capability (dfs.common.caps) the connection's later requests may use
 
 HELLO_VERSION = 1
 HELLO_MAX = 4096   # the largest HELLO payload anyone reads (request or reply)
@@ -105,7 +110,7 @@ INTERNAL_OPS = frozenset({INSTALL, SYNC_LIST, SYNC_FETCH, SNAP_HOLD, SNAP_RESUME
 
 OP_NAMES = {WRITE: "WRITE", READ: "READ", TRUNCATE: "TRUNCATE", REMOVE: "REMOVE", REMOVE_INODE: "REMOVE_INODE",
             STAT: "STAT", SYNC_LIST: "SYNC_LIST", SYNC_FETCH: "SYNC_FETCH", INSTALL: "INSTALL", PING: "PING",
-            HELLO: "HELLO", SNAP_HOLD: "SNAP_HOLD", SNAP_RESUME: "SNAP_RESUME"}
+            HELLO: "HELLO", SNAP_HOLD: "SNAP_HOLD", SNAP_RESUME: "SNAP_RESUME", CAP: "CAP"}
 
 # flags
 F_REPLY = 0x01      # a reply (req_id matches the request)
@@ -232,6 +237,20 @@ def raise_for(h: Header, payload) -> None:
 def needs_internal(h: Header) -> bool:
     """Whether request ``h`` is one only servers may send (an internal connection)."""
     return h.op in INTERNAL_OPS or bool(h.flags & F_FORWARD)
+
+
+_READS = frozenset({READ, STAT})
+_WRITES = frozenset({WRITE, TRUNCATE, REMOVE, REMOVE_INODE})
+
+
+def cap_need(h: Header) -> tuple[int, int] | None:
+    """(rights, snapshot) a client's request needs a capability for (``dfs.common.caps``);
+    None: it needs none (PING, CAP)."""
+    if h.op in _READS:
+        return 1, (h.epoch if h.flags & F_SNAP and h.op == READ else 0)
+    if h.op in _WRITES:
+        return 2, 0
+    return None
 
 
 def hello(token: str | None, internal: str | None = None) -> tuple[Header, bytes]:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dfs.client.connect import pair
 from dfs.client.file import FileHandle, MemoryChunks
 from dfs.client.meta import MetaClient
 from dfs.common.ids import ROOT_INO
@@ -65,12 +66,11 @@ _names = iter(range(10**9))
 @given(script=ops)
 def test_random_io_matches_reference_cluster(data_cluster, script):
     """The same, through a real cluster: 3 data servers, chains of 3 replicas, 2 metadata shards."""
-    from dfs.route.data import DataClient
     from dfs.route.shards import GrpcTransport
 
     async def go():
         t = await GrpcTransport(data_cluster.mgmt_addresses).connect()
-        env = Env(MetaClient(t), DataClient(t.map, t.refresh_map))
+        env = Env(*pair(t))
         try:
             await check(env, script, f"f{next(_names)}")
         finally:
@@ -83,12 +83,11 @@ def test_random_io_matches_reference_cluster(data_cluster, script):
 def test_replicas_hold_identical_chunks(data_cluster):
     """After writes through the client core, every replica of every chunk has the same version and bytes."""
     from dfs.common.layout import chain_of
-    from dfs.route.data import DataClient
     from dfs.route.shards import GrpcTransport
 
     async def go():
         t = await GrpcTransport(data_cluster.mgmt_addresses).connect()
-        meta, data = MetaClient(t), DataClient(t.map, t.refresh_map)
+        meta, data = pair(t)
         try:
             attr, _ = await meta.create(ROOT_INO, f"replicated{next(_names)}")
             fh = FileHandle(meta, data, attr, layout=LAYOUT)

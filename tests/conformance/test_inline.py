@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dfs.client.connect import pair
 from dfs.client.file import FileHandle, MemoryChunks
 from dfs.client.meta import MetaClient
 from dfs.common import errors as err
@@ -392,12 +393,11 @@ _names = iter(range(10**9))
 @pytest.mark.slow
 def test_inline_on_a_real_cluster(data_cluster):
     """Through gRPC, Raft and data servers: inline small files, a migration, reads after reopen."""
-    from dfs.route.data import DataClient
     from dfs.route.shards import GrpcTransport
 
     async def go():
         t = await GrpcTransport(data_cluster.mgmt_addresses).connect()
-        meta, data = MetaClient(t), DataClient(t.map, t.refresh_map)
+        meta, data = pair(t)
         try:
             d = await meta.mkdir(ROOT_INO, f"inl{next(_names)}")
             await meta.setlayout(d.ino, CLUSTER_LAYOUT.pack(), inline=True)
@@ -432,12 +432,11 @@ def test_inline_on_a_real_cluster(data_cluster):
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(script=script_st)
 def test_random_io_mixing_small_and_crossing_sizes_cluster(data_cluster, script):
-    from dfs.route.data import DataClient
     from dfs.route.shards import GrpcTransport
 
     async def go():
         t = await GrpcTransport(data_cluster.mgmt_addresses).connect()
-        meta, data = MetaClient(t), DataClient(t.map, t.refresh_map)
+        meta, data = pair(t)
         try:
             await check_script(meta, data, ROOT_INO, f"p{next(_names)}", script)
         finally:

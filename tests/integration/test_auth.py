@@ -20,6 +20,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 
 import grpc
@@ -29,6 +30,7 @@ import pytest
 import dfs
 from dfs._proto import meta_pb2 as pb
 from dfs._proto import meta_pb2_grpc as pbg
+from dfs.common import caps
 from dfs.common import errors as err
 from dfs.common.config import ClientConfig, ClusterConfig, TlsConfig
 from dfs.common.ids import ROOT_INO
@@ -204,7 +206,7 @@ def _raw_session(addr: str, data: bytes) -> bytes:
 
 def _has_chunk(cluster, m, tid: int, ino: int) -> bool:
     async def go():
-        dc = DataClient(m, auth=cluster.credentials)
+        dc = DataClient(m, auth=cluster.server_credentials)  # an inspection: what the target holds
         try:
             return await dc.stat_target(tid, ino, 0) is not None
         finally:
@@ -233,32 +235,73 @@ def test_data_plane_refuses_and_writes_nothing(cluster, hello):
 
 
 @contextlib.contextmanager
-def _hello_and_write(cluster, ch, t, ino: int):
-    """(the socket, what it received: two headers at least) of a connection to target ``t``
-    that sent a HELLO with the client token and a write of chunk (``ino``, 0)."""
+def _hello_and_write(cluster, ch, t, ino: int, shown: tuple[bytes, ...] = ()):
+    """(the socket, its replies as [(header, payload)]: the HELLO's, each CAP's, the WRITE's) of a
+    connection to target ``t`` that sent a HELLO with the client token, a CAP frame of each
+    of ``shown``, and a write of chunk (``ino``, 0)."""
     h, p = dp.hello(cluster.cfg.client_token)
     host, port = dp.split_address(t.address)
+    frames = dp.encode(h, p) + p
+    for c in shown:
+        frames += dp.encode(dp.Header(dp.CAP), c) + c
     with socket.create_connection((host, port), timeout=10.0) as s:
-        s.sendall(dp.encode(h, p) + p + _write_frame(ch, t.id, ino))
-        buf = b""
-        while len(buf) < 2 * dp.HEADER_SIZE:
-            buf += s.recv(65536)
-        yield s, buf
+        s.sendall(frames + _write_frame(ch, t.id, ino))
+        buf, replies = b"", []
+        while len(replies) < 2 + len(shown):
+            while len(buf) < dp.HEADER_SIZE:
+                buf += s.recv(65536)
+            rh = dp.decode(buf[:dp.HEADER_SIZE])
+            while len(buf) < dp.HEADER_SIZE + rh.length:
+                buf += s.recv(65536)
+            replies.append((rh, buf[dp.HEADER_SIZE:dp.HEADER_SIZE + rh.length]))
+            buf = buf[dp.HEADER_SIZE + rh.length:]
+        yield s, replies
 
 
-def test_data_plane_with_the_token_writes(cluster):
-    """The control: the same frames after a good HELLO are served."""
+def _signer(cluster, key: bytes | None = None, ttl: float = 600.0, clock=None) -> caps.Signer:
+    return caps.Signer(key or caps.cap_key(cluster.cfg.internal_token), ttl, **({"clock": clock} if clock else {}))
+
+
+def test_data_plane_with_the_token_and_a_capability_writes(cluster):
+    """The control: the frames after a good HELLO and a capability for the inode are served."""
     m, ch, t = _chain(cluster)
     ino = (1 << 40) + 9
-    with _hello_and_write(cluster, ch, t, ino) as (s, buf):
-        hello_rep = dp.decode(buf[:dp.HEADER_SIZE])
+    cap = _signer(cluster).inodes(ino, ino + 1, caps.WRITE)
+    with _hello_and_write(cluster, ch, t, ino, (cap,)) as (s, replies):
+        (hello_rep, _), (cap_rep, _), (w, wp) = replies
         assert hello_rep.op == dp.HELLO and hello_rep.status == 0 and hello_rep.arg == dp.HELLO_VERSION
-        rest = buf[dp.HEADER_SIZE + hello_rep.length:]
-        while len(rest) < dp.HEADER_SIZE:
-            rest += s.recv(65536)
-        w = dp.decode(rest[:dp.HEADER_SIZE])
-        assert w.op == dp.WRITE and w.status == 0, rest
+        assert cap_rep.op == dp.CAP and cap_rep.status == 0
+        assert w.op == dp.WRITE and w.status == 0, wp
     assert _has_chunk(cluster, m, t.id, ino)
+
+
+@pytest.mark.parametrize("case", ["none", "forged", "other inode", "read only", "expired", "snapshot", "garbage"])
+def test_data_plane_without_a_capability_writes_nothing(cluster, case):
+    """A client with the token but no capability for the inode it writes (none, one signed with
+    another key, one for another inode, for reading, run out, a snapshot's, bytes that are
+    none) is answered ENOKEY, a CAP it shows that is not good EACCES; nothing is written."""
+    m, ch, t = _chain(cluster)
+    ino = (1 << 40) + 13 + ["none", "forged", "other inode", "read only", "expired", "snapshot",
+                            "garbage"].index(case)
+    good = _signer(cluster)
+    shown = {
+        "none": (),
+        "forged": (_signer(cluster, key=b"k" * 32).inodes(ino, ino + 1, caps.WRITE),),
+        "other inode": (good.inodes(ino + 100, ino + 101, caps.READ | caps.WRITE),),
+        "read only": (good.inodes(ino, ino + 1, caps.READ),),
+        "expired": (_signer(cluster, ttl=1, clock=lambda: time.time_ns() - 3600 * 10**9).inodes(
+            ino, ino + 1, caps.WRITE),),
+        "snapshot": (good.snapshot(5),),
+        "garbage": (b"\x00" * 40,),
+    }[case]
+    with _hello_and_write(cluster, ch, t, ino, shown) as (s, replies):
+        assert replies[0][0].status == 0  # HELLO
+        for rh, _ in replies[1:-1]:
+            assert rh.op == dp.CAP
+            assert rh.status == (E.EACCES if case in ("forged", "expired", "garbage") else 0)
+        w, wp = replies[-1]
+        assert w.op == dp.WRITE and w.status == E.ENOKEY, wp
+    assert not _has_chunk(cluster, m, t.id, ino)
 
 
 def test_server_state_is_its_users_only(cluster):
@@ -267,7 +310,7 @@ def test_server_state_is_its_users_only(cluster):
     local user reads nothing (docs/design/security.md, "Bounds")."""
     m, ch, t = _chain(cluster)
     ino = (1 << 40) + 11
-    with _hello_and_write(cluster, ch, t, ino):
+    with _hello_and_write(cluster, ch, t, ino, (_signer(cluster).inodes(ino, ino + 1, caps.WRITE),)):
         pass
     assert _has_chunk(cluster, m, t.id, ino)
     assert stat.S_IMODE(os.stat(cluster.root).st_mode) == 0o700

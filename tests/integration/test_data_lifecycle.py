@@ -20,6 +20,8 @@ from typing import Self
 
 import pytest
 
+from dfs.client.connect import pair
+from dfs.testing.caps import trust
 from dfs.client.file import FileHandle
 from dfs.client.meta import MetaClient
 from dfs.common import errors as err
@@ -28,7 +30,6 @@ from dfs.common.layout import Layout
 from dfs.common.ops import Op
 from dfs.common.records import Caller
 from dfs.wire.auth import INTERNAL_HEADER
-from dfs.route.data import DataClient
 from dfs.route.shards import GrpcTransport
 from dfs.testing.cluster import LocalCluster
 from dfs.testing.damage import chunk_file, flip_byte, target_path
@@ -46,8 +47,7 @@ class Clients:
 
     async def __aenter__(self) -> Self:
         self.t = await GrpcTransport(self.c.mgmt_addresses).connect()
-        self.meta = MetaClient(self.t)
-        self.data = DataClient(self.t.map, self.t.refresh_map, deadline=30.0, attempt_timeout=5.0)
+        self.meta, self.data = pair(self.t, deadline=30.0, attempt_timeout=5.0)
         # internal ops (ORPHANS) need the cluster-internal token, as shard servers show each other
         self.internal = GrpcTransport(self.c.mgmt_addresses, deadline=10.0,
                                       metadata=((INTERNAL_HEADER, self.c.cfg.internal_token),))
@@ -184,6 +184,7 @@ def test_orphan_scan_frees_unreferenced_chunks(busy_cluster):
             ghost = make_ino(0, 1 << 40)  # shard 0's id space, never allocated
             nowhere = make_ino(7, 5)  # a shard this cluster does not have: unknown, kept
             ghost_data = {}
+            trust(cl.data, c.cfg)  # chunks of inodes no shard has: only a server could write them
             for k in range(3):
                 ghost_data[k] = random.Random(10 + k).randbytes(CS - k)
                 await cl.data.write(ghost, k, 0, ghost_data[k], LAYOUT)
@@ -300,6 +301,7 @@ def test_enospc_through_the_cluster(tiny_cluster):
             assert len(files) >= 3
             for ino, data in files.values():  # everything written completely reads back
                 assert await cl.read_file(ino) == data
+            trust(cl.data, c.cfg)  # a chunk of a new inode, straight to the data plane
             with pytest.raises(OSError) as e:  # still full
                 await cl.data.write(make_ino(0, 1 << 41), 0, 0, bytes(CS), LAYOUT)
             assert e.value.errno == errno.ENOSPC

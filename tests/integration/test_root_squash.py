@@ -94,6 +94,31 @@ def test_the_library_as_root_is_nobody_under_root_squash(squashed):
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1000, 1000, 0o600)
 
 
+def test_the_data_plane_serves_root_nothing_it_could_not_open_under_root_squash(squashed):
+    """The data servers cannot check modes: without capabilities a squashed root that knows
+    (stat) the inode of alice's 0600 file read its chunks, and wrote them, straight from the
+    data plane. Now a chunk request needs a capability the metadata service signs only for
+    what the caller may open (docs/design/security.md, "Data-plane capabilities")."""
+    from dfs.common.layout import Layout
+
+    with _root(squashed) as fs:
+        st = fs.stat("/pub/secret")
+        data = fs.aio.data
+        lay = Layout.unpack(fs.run(fs.aio.meta.getattr(st.st_ino)).layout)
+        with pytest.raises(PermissionError):
+            fs.run(data.read(st.st_ino, 0, 0, 100, lay))
+        with pytest.raises(PermissionError):
+            fs.run(data.write(st.st_ino, 0, 0, b"overwritten", lay))
+        with pytest.raises(PermissionError):
+            fs.run(data.truncate(st.st_ino, 0, 0, lay))
+    with dfs.connect(squashed.config_path, uid=1000, gid=1000, groups=()) as fs:
+        assert fs.read_bytes("/pub/secret") == SECRET  # nothing changed
+        # and the bytes are on the data servers (not inline): alice, who may, reads them there
+        assert bytes(fs.run(fs.aio.data.read(st.st_ino, 0, 0, 100, lay))) == SECRET
+        # and the bytes are on the data servers (not inline): alice, who may, reads them there
+        assert bytes(fs.run(fs.aio.data.read(st.st_ino, 0, 0, 100, lay))) == SECRET
+
+
 def test_the_library_as_root_may_do_anything_without_root_squash(plain):
     with _root(plain) as fs:
         assert fs.read_bytes("/pub/secret") == SECRET

@@ -48,7 +48,8 @@ def create(ctx, req: m.Create) -> m.CreateReply:
             check_open_access(req.access, R_OK | W_OK)
             check_access(ctx.inode(ino), ctx.caller, req.access)
         ctx.check_lock(S.lock_key_inode(ino), S.LockMode.SHARED)
-        set_handle(ctx, ino, req.handle, ctx.ts + lease)
+        # the creator may write what it created, whatever its mode (open(2) with O_CREAT)
+        set_handle(ctx, ino, req.handle, ctx.ts + lease, R_OK | W_OK if created else req.access)
     return m.CreateReply(attr, created, ino, opened, ctx.dir(req.parent))
 
 

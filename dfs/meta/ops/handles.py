@@ -23,17 +23,20 @@ from dfs.meta.ops.base import R_OK, W_OK, apply, check_access, check_handle, che
 EXPIRE_MAX = 10000  # handles one EXPIREHANDLES drops at most
 
 
-def set_handle(ctx, ino: int, handle: bytes, expiry: int) -> None:
-    """Record (or extend: never shorten) a handle's expiry."""
+def set_handle(ctx, ino: int, handle: bytes, expiry: int, access: int = 0) -> None:
+    """Record (or extend: never shorten) a handle's expiry, and add ``access`` (R_OK | W_OK
+    checked at an open of it, or granted by its create) to what it was granted."""
     expiry = max(0, expiry)
+    access &= R_OK | W_OK
     key = S.handle_key(ino, handle)
     v = ctx.ov.get(key)
     if v is not None:
-        old = S.handle_expiry(v)
-        if old >= expiry:
+        old, had = S.handle_expiry(v), S.handle_access(v)
+        if old >= expiry and had | access == had:
             return
         ctx.ov.delete(S.handle_expiry_key(old, ino, handle))
-    ctx.ov.put(key, S.handle_value(expiry))
+        expiry, access = max(old, expiry), had | access
+    ctx.ov.put(key, S.handle_value(expiry, access))
     ctx.ov.put(S.handle_expiry_key(expiry, ino, handle), b"")
 
 
@@ -53,7 +56,7 @@ def open_(ctx, req: m.Open):
     if req.access:
         check_open_access(req.access, R_OK | W_OK)
         check_access(i, ctx.caller, req.access)
-    set_handle(ctx, req.ino, req.handle, ctx.ts + lease)
+    set_handle(ctx, req.ino, req.handle, ctx.ts + lease, req.access)
     return i
 
 
