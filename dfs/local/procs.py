@@ -312,13 +312,17 @@ class ServerGroup:
             time.sleep(self.poll_interval)  # polling interval of a deadline-bounded wait
 
     def wait_converged(self, shard: int, timeout: float | None = None) -> int:
-        """Until every live replica of ``shard`` answers with the same applied index; returns it."""
+        """Until every live replica of ``shard`` answers with the same applied index, one of them
+        a leader that applied its term's no-op; returns the index. (Equal indexes alone are
+        not enough: right after a restart every replica has restored the same state and they
+        agree before the new leader has committed the log's tail.)"""
         timeout = self.converge_timeout if timeout is None else timeout
         end = time.monotonic() + timeout
         while True:
             sts = [s for p, s in zip(self.meta_procs(shard), self.statuses(shard)) if p.alive]
             idx = {self.status_field(s, "applied_index") for s in sts if s is not None}
-            if sts and None not in sts and len(idx) == 1:
+            ready = any(self.status_field(s, "leader_ready") for s in sts if s is not None)
+            if sts and None not in sts and len(idx) == 1 and ready:
                 return idx.pop()
             if time.monotonic() > end:
                 raise TimeoutError(f"shard {shard} replicas did not converge: {sts}")

@@ -316,7 +316,7 @@ def _agent_main() -> int:
     """``python -m dfs.testing.netns agent``: one JSON request per stdin line, one JSON answer per stdout line.
 
     * ``{"op": "status", "addrs": [...]}`` -> ``{"status": [{role, leader, term, commit_index,
-      applied_index} | null, ...]}`` (MetaService.Status of each replica; null: no answer)
+      applied_index, leader_ready} | null, ...]}`` (MetaService.Status of each replica; null: no answer)
     * ``{"op": "map", "mgmt": [...]}`` -> ``{"map": {epoch, shards, mgmt, targets: {id: state}}}``
       or ``{"map": null}`` (the first mgmt replica that answers)
     * ``{"op": "create", "addr": A, "shard": S, "parent": INO, "name": N, "deadline": D}`` -> a
@@ -346,7 +346,8 @@ def _agent_main() -> int:
         except grpc.RpcError:
             return None
         return {"shard": st.shard, "replica": st.replica, "role": st.role, "leader": st.leader, "term": st.term,
-                "commit_index": st.commit_index, "applied_index": st.applied_index}
+                "commit_index": st.commit_index, "applied_index": st.applied_index,
+                "leader_ready": st.leader_ready}
 
     def cluster_map(addrs: list[str]) -> dict | None:
         for addr in addrs:
