@@ -68,6 +68,7 @@ MAGIC = b"dfsraft\x01"
 _REC = struct.Struct("<IIQQ")  # command length, crc32(index, term, command), index, term
 _IT = struct.Struct("<QQ")
 LEGACY_FILE = "raft.journal"  # pysyncobj's FileJournal, imported once
+MEMBERSHIP = bytes([_syncobj._COMMAND_TYPE.MEMBERSHIP])  # the first byte of a membership change's command
 
 
 def _record(command: bytes, idx: int, term: int) -> bytes:
@@ -94,7 +95,7 @@ class DiskJournal(Journal):
         self.sync = sync
         self.failed: BaseException | None = None
         self.fsync = os.fdatasync  # tests replace it (count, block, fail)
-        self.stats = {"syncs": 0, "synced_entries": 0, "rewrites": 0, "kept_tail": 0}
+        self.stats = {"syncs": 0, "synced_entries": 0, "rewrites": 0, "kept_tail": 0, "restored_tail": 0}
         self._dir = os.path.dirname(os.path.abspath(path))
         self._entries: list[tuple[bytes, int, int]] = []
         self._ends: list[int] = []  # file offset after each entry's record
@@ -201,10 +202,35 @@ class DiskJournal(Journal):
             self._buf_entries += 1
 
     def __getitem__(self, item):
+        if self._shadow:
+            self._settle()
         return self._entries[item]
 
     def __len__(self) -> int:
+        if self._shadow:
+            self._settle()
         return len(self._entries)
+
+    def _settle(self) -> None:
+        """After an AppendEntries has truncated and added: a shadow of entries of the current
+        term comes back into the log pysyncobj sees. Only this term's leader made entries of
+        this term, so they are the leader's own: the follower keeps them (Raft truncates only
+        from a conflict), votes with them and may count them in its reply. A shadow of an older
+        term stays out (the file still keeps it): the leader may hold other entries there, and
+        pysyncobj's reply counts the whole log. Called at the first read after the adds
+        (pysyncobj reads the log only after its loop of adds)."""
+        first = self._shadow[0][0]
+        if first[2] != self._term or (self._entries and first[1] != self._entries[-1][1] + 1):
+            return
+        if any(e[0][:1] == MEMBERSHIP for e, _ in self._shadow):
+            return  # pysyncobj rolled their membership changes back with the truncation: let it be
+        shadow, self._shadow = self._shadow, []
+        for entry, end in shadow:
+            self._entries.append(entry)
+            self._ends.append(end)
+        if not self._rewrite:
+            self._on_disk = self._ends[-1]
+        self.stats["restored_tail"] += len(shadow)
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         """Drop the entries from position ``entryFrom`` on, from the log pysyncobj sees. In the

@@ -711,6 +711,8 @@ class RaftHost(Log):
             "journal_synced_entries": journal["synced_entries"],  # entries they covered
             # entries pysyncobj dropped from a follower's log without a conflict, kept on disk
             "journal_kept_tail": journal["kept_tail"],
+            # ... and of those, entries of the current term given back to its log (DiskJournal._settle)
+            "journal_restored_tail": journal["restored_tail"],
             **stats,
         }
 

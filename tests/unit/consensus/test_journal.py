@@ -162,6 +162,49 @@ def test_a_shorter_retransmission_never_drops_what_a_held_reply_counts(tmp_path)
     assert entries(j2) == [E(i) for i in range(1, 6)]
 
 
+def test_a_tail_of_the_current_term_stays_in_the_log_pysyncobj_sees(tmp_path):
+    """pysyncobj truncates a follower's log on every AppendEntries that overlaps it. Entries of
+    the current term that the message does not carry again were made by this term's leader,
+    so they are the leader's own: they come back into the log at the first read after the
+    adds, and the follower votes and answers with them. An older term's tail stays out of
+    it (the leader may hold other entries there), on disk only."""
+    j, _ = open_journal(tmp_path)
+    j.setCurrentTerm(2, None)
+    for i in range(1, 4):
+        j.add(*E(i, 1))
+    for i in range(4, 8):
+        j.add(*E(i, 2))
+    j.flush()
+    # a message of term 2 with prevLogIdx 4 and only entry 5 (a shorter retransmission)
+    j.deleteEntriesFrom(4)
+    j.add(*E(5, 2))
+    assert not j.dirty
+    assert entries(j) == [E(i, 1) for i in range(1, 4)] + [E(i, 2) for i in range(4, 8)]
+    assert j.stats["restored_tail"] == 2
+    # a heartbeat with prevLogIdx 5 and no entries: the same
+    j.deleteEntriesFrom(5)
+    assert len(j) == 7 and j[-1] == E(7, 2)
+    # a new term: a tail of the old one leaves the log at such a message (the file keeps it)
+    j.setCurrentTerm(3, None)
+    j.deleteEntriesFrom(5)
+    assert len(j) == 5 and j[-1] == E(5, 2)
+    j.add(*E(6, 2))  # the same entry again: taken back, no write
+    assert not j.dirty and len(j) == 6
+    # a conflict ends it: the new entry replaces the rest
+    j.add(*E(7, 3, b"new"))
+    j.flush()
+    j._destroy()
+    j2, _ = open_journal(tmp_path)
+    assert entries(j2)[-2:] == [E(6, 2), E(7, 3, b"new")] and len(j2) == 7
+    # a tail with a membership change stays out too: pysyncobj rolled the change back when
+    # it truncated, and would not apply it again for an entry it did not add
+    j2.setCurrentTerm(3, None)
+    j2.add(b"\x02membership", 8, 3)
+    j2.add(*E(9, 3))
+    j2.deleteEntriesFrom(len(j2) - 2)
+    assert len(j2) == 7
+
+
 def test_a_compaction_keeps_the_tail_pysyncobj_dropped(tmp_path):
     j, _ = open_journal(tmp_path)
     for i in range(1, 8):
