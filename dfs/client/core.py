@@ -300,15 +300,20 @@ class Core:
         self.budget = None
         self._statfs: tuple[float, StatFs] | None = None  # (valid until, the answer)
         self.mode.bind(self)
-        hints = getattr(data, "set_cap_hints", None)  # a DataClient (or a wrapper of one)
+        hints = getattr(data, "add_cap_hints", None)  # a DataClient (or a wrapper of one)
         if hints is not None:
             # a capability a data server asks for is asked with this core's open handle of
             # the inode, or its lazy session (dfs.common.caps)
-            hints(self._cap_handle, lambda: getattr(self.mode, "session", None))
+            hints(self)
 
-    def _cap_handle(self, ino: int) -> bytes | None:
+    def cap_handle(self, ino: int) -> bytes | None:
+        """The server handle this core holds for ``ino`` (what a capability is asked with)."""
         of = self.files.get(ino)
         return None if of is None else of.handle
+
+    def cap_session(self) -> bytes | None:
+        """This core's lazy session, if its mode has one (its delegated ids' capabilities)."""
+        return getattr(self.mode, "session", None)
 
     # ------------------------------------------------------------------ what this client sees
     def _seen(self, a: Attr) -> Attr:

@@ -45,6 +45,7 @@ import logging
 import random
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -307,8 +308,7 @@ class DataClient:
         self._refreshing: asyncio.Task | None = None
         self._bg: set[asyncio.Task] = set()
         self.caps = caps.CapBook()
-        self.handle_of: Callable[[int], bytes | None] = lambda ino: None
-        self.session: Callable[[], bytes | None] = lambda: None
+        self._hints: weakref.WeakSet = weakref.WeakSet()  # client cores (add_cap_hints)
         self.cap_source: Callable[[int, int, int], Awaitable[bytes | None]] | None = None
         self._cap_fetches: dict[tuple[int, int, int], asyncio.Future] = {}
 
@@ -316,11 +316,26 @@ class DataClient:
         """Where capabilities come from when a data server asks for one (ENOKEY)."""
         self.cap_source = source
 
-    def set_cap_hints(self, handle_of: Callable[[int], bytes | None],
-                      session: Callable[[], bytes | None]) -> None:
-        """What a ``cap_source`` asks with: the open handle held for an inode, the lazy session
-        (set by the client core that uses this DataClient)."""
-        self.handle_of, self.session = handle_of, session
+    def add_cap_hints(self, core) -> None:
+        """A client core over this DataClient (kept weakly): what a ``cap_source`` asks with
+        comes from it, ``core.cap_handle(ino)`` (the open handle it holds) and
+        ``core.cap_session()`` (its lazy session). A process may run several cores over one
+        DataClient (a manifest builder next to the user's)."""
+        self._hints.add(core)
+
+    def handle_of(self, ino: int) -> bytes | None:
+        for core in list(self._hints):
+            h = core.cap_handle(ino)
+            if h is not None:
+                return h
+        return None
+
+    def session(self) -> bytes | None:
+        for core in list(self._hints):
+            s = core.cap_session()
+            if s is not None:
+                return s
+        return None
 
     def add_caps(self, tokens) -> None:
         """Capabilities the metadata service handed out (e.g. with an open)."""
