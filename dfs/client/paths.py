@@ -627,23 +627,43 @@ class AsyncClient(SnapshotAPI):
         (LOOKUPOPEN on the parent). None when the slow path must decide: the name ends in
         '/', '.' or '..', is missing, or is not a regular file on the directory's shard (a
         symlink to follow, a directory, a hard link elsewhere)."""
+        if not self.mode.open_plan(None, flags).server_handle:
+            # a mode without server handles (snapshot mode): the last step and an open by
+            # inode, both answered by the mode, rather than a second walk
+            a = await self._last_file(path)
+            if a is None:
+                return None
+            try:
+                return await self.core.open(a.ino, flags, access=access)
+            except err.DfsError as e:
+                e.filename = path
+                raise
         step = await self._last_step(path)
         if step is None:
             return None
         parent, last = step
         try:
-            if not self.mode.open_plan(None, flags).server_handle:
-                # a mode without server handles (snapshot mode): the last step and an open by
-                # inode, both answered by the mode, rather than a second walk
-                try:
-                    a = await self.core.lookup(parent.attr.ino, last)
-                except err.NotFound:
-                    return None
-                return await self.core.open(a.ino, flags, access=access) if a.is_reg() else None
             return await self.core.lookup_open(parent.attr.ino, last, flags, access=access)
         except err.DfsError as e:
             e.filename = path
             raise
+
+    async def _last_file(self, path: PathLike) -> Attr | None:
+        """The attributes of regular file ``path`` from the last step of the walk (a lookup in
+        its parent, which a mode may answer itself). None when the slow path must decide, as
+        ``_read_open`` says."""
+        step = await self._last_step(path)
+        if step is None:
+            return None
+        parent, last = step
+        try:
+            a = await self.core.lookup(parent.attr.ino, last)
+        except err.NotFound:
+            return None
+        except err.DfsError as e:
+            e.filename = path
+            raise
+        return a if a.is_reg() else None
 
     async def open(self, path: PathLike, mode: str = "rb", perm: int = 0o666) -> AsyncFile:
         """A binary file object for asyncio code (text mode is the sync Client's)."""
@@ -660,17 +680,11 @@ class AsyncClient(SnapshotAPI):
         read = getattr(self.mode, "read_now", None)
         if read is None:
             return None
-        step = await self._last_step(path)
-        if step is None:
+        a = await self._last_file(path)
+        if a is None:
             return None
-        parent, last = step
         try:
-            a = await self.core.lookup(parent.attr.ino, last)
-            if not a.is_reg():
-                return None
             self.mode.check_open(a, os.R_OK, self.caller)
-        except err.NotFound:
-            return None
         except err.DfsError as e:
             e.filename = path
             raise

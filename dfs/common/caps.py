@@ -204,7 +204,3 @@ class CapBook:
             if c.covers(ino, rights) and c.expiry > fresh_until:
                 return t
         return None
-
-    def forget(self, ino: int) -> None:
-        """Drop the one-file capabilities of ``ino`` (its last open closed)."""
-        self.one.pop(ino, None)
