@@ -127,7 +127,7 @@ class CapSet:
 
     def __init__(self, limit: int = CONN_CAPS_MAX) -> None:
         self.limit = limit
-        self.one: dict[int, tuple[int, int]] = {}          # ino -> (rights, expiry) of one-file caps
+        self.one: dict[int, tuple[int, int]] = {}          # ino -> (READ's expiry, WRITE's) of one-file caps
         self.ranges: dict[tuple[int, int, int], int] = {}  # (lo, hi, rights) -> expiry
         self.snaps: dict[int, int] = {}                    # snapshot -> expiry
 
@@ -140,9 +140,10 @@ class CapSet:
         if cap.kind == SNAPSHOT:
             self.snaps[cap.a] = max(cap.expiry, self.snaps.get(cap.a, 0))
         elif cap.b == cap.a + 1:
-            r, e = self.one.pop(cap.a, (0, 0))
-            # rights from an older capability still count until it runs out
-            self.one[cap.a] = (cap.rights | r, cap.expiry) if e >= cap.expiry else (cap.rights, cap.expiry)
+            r, w = self.one.pop(cap.a, (0, 0))  # (re)inserted last: the oldest go first when shed
+            # each right lasts as long as the latest capability that gave it
+            self.one[cap.a] = (max(r, cap.expiry) if cap.rights & READ else r,
+                               max(w, cap.expiry) if cap.rights & WRITE else w)
         else:
             key = (cap.a, cap.b, cap.rights)
             self.ranges.pop(key, None)
@@ -158,7 +159,7 @@ class CapSet:
         if snap:
             return rights == READ and self.snaps.get(snap, 0) >= limit
         one = self.one.get(ino)
-        if one is not None and one[0] & rights == rights and one[1] >= limit:
+        if one is not None and (not rights & READ or one[0] >= limit) and (not rights & WRITE or one[1] >= limit):
             return True
         return any(lo <= ino < hi and r & rights == rights and e >= limit
                    for (lo, hi, r), e in self.ranges.items())

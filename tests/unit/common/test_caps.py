@@ -61,8 +61,12 @@ def test_a_connection_set_allows_only_what_was_shown_and_is_bounded():
     assert not cs.allows(5, C.READ, 0, now)
     cs.add(s.verify(s.inodes(5, 6, C.READ)))
     assert cs.allows(5, C.READ, 0, now) and not cs.allows(5, C.WRITE, 0, now) and not cs.allows(6, C.READ, 0, now)
-    cs.add(s.verify(s.inodes(5, 6, C.WRITE)))  # rights add up while both last
+    clock.now += 10 * S
+    cs.add(s.verify(s.inodes(5, 6, C.WRITE)))  # rights add up, each until its own capability runs out
     assert cs.allows(5, C.READ | C.WRITE, 0, now)
+    late = now + 60 * S + C.CLOCK_SKEW_NS + 5 * S  # READ's ran out, WRITE's (10 s younger) not
+    assert cs.allows(5, C.WRITE, 0, late) and not cs.allows(5, C.READ, 0, late)
+    clock.now = now
     cs.add(s.verify(s.inodes(1024, 2048, C.READ | C.WRITE)))
     assert cs.allows(1500, C.WRITE, 0, now) and not cs.allows(2048, C.WRITE, 0, now)
     cs.add(s.verify(s.snapshot(7)))
