@@ -137,18 +137,18 @@ async def open_snapshot(meta, data, spec: str, *, cache_dir: str | None = None, 
     machine's cache ``cache_dir``, default ~/.cache/dfs, else dfs, else built). ``pack_cache``:
     bytes of packed small files kept in memory."""
     from dfs.client.snapmode import default_cache_dir, snapshot_core
-
     from dfs.common import caps
 
     info = await find_snapshot(meta, data, spec)
     core = await snapshot_core(meta, data, info, cache_dir=cache_dir or default_cache_dir(), stats=stats,
                                pack_cache=pack_cache)
     # Capabilities now, in the round trips of the open, so that reads ask the metadata service
-    # nothing more: the snapshot's, and reading each pack (live files of the manifest's, 0644)
+    # nothing more: the snapshot's, and reading each pack (live files of the manifest's, 0644).
+    # One refused here is asked again by the read that needs it, which reports the refusal.
     packs = sorted({int(i) for i in core.mode.m.packs["ino"]})
     got = await asyncio.gather(meta.caps(info.root, caps.READ, snap=info.epoch),
-                               *(meta.caps(i, caps.READ) for i in packs))
-    data.add_caps([c for c in got if c is not None])
+                               *(meta.caps(i, caps.READ) for i in packs), return_exceptions=True)
+    data.add_caps([c for c in got if isinstance(c, bytes)])
     return core
 
 

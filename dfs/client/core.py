@@ -76,7 +76,7 @@ def _name(n: str | bytes) -> bytes:
 class OpenFile:
     """An inode open in this core: one FileHandle shared by all its opens."""
 
-    __slots__ = ("ino", "fh", "refs", "lock", "handle", "read", "closed")
+    __slots__ = ("ino", "fh", "refs", "lock", "handle", "read", "closed", "granted")
 
     def __init__(self, ino: int, fh: FileHandle, handle: bytes | None, read: bool) -> None:
         self.ino = ino
@@ -85,6 +85,7 @@ class OpenFile:
         self.lock = asyncio.Lock()  # the FileHandle is not re-entrant
         self.handle = handle  # the service's open handle (None: the mode took none)
         self.read = read  # ... a read handle (open_read) rather than a durable one
+        self.granted = 0  # the os.R_OK | os.W_OK the service checked for that handle (its capabilities')
         self.closed = False
 
     def dirty(self) -> bool:
@@ -572,7 +573,7 @@ class Core:
         if of is not None:
             of.refs += 1  # pinned while its attributes are fetched
             try:
-                a = await self._reopen(of, plan.revalidate, writing, access, caller)
+                a = await self._reopen(of, plan.revalidate, writing, access, open_access(flags), caller)
                 self.mode.remember_attr(a)
                 return await self._ref(of, a, flags, truncate=True, waits=plan.close_waits)
             except BaseException:
@@ -592,25 +593,33 @@ class Core:
             a, h, durable = await self.meta.open_read(ino, lease, access=access, caller=caller)
             read = not durable
         self.mode.remember_attr(a)
-        return await self._install(a, h, read, flags, caller=caller, waits=plan.close_waits)
+        return await self._install(a, h, read, flags, caller=caller, waits=plan.close_waits, granted=access)
 
-    async def _reopen(self, of: OpenFile, revalidate: bool, writing: bool, access: int,
+    async def _reopen(self, of: OpenFile, revalidate: bool, writing: bool, access: int, want: int,
                       caller: Caller | None) -> Attr:
-        """The attributes for another open of an inode open here (one request)."""
+        """The attributes for another open of an inode open here (one request). ``want``:
+        what the open's flags need; asked of the service (the same handle id, extended) when
+        the handle was not granted it yet, so that its capabilities cover this open too."""
         h, lease = of.handle, self.leases.lease
+        ask = access or want
         if h is not None and writing and of.read:
             # a write open of a file held with a read handle: make the handle durable (an
             # OPEN of the same id, which brings the attributes), then drop the read one
-            a, _ = await self.meta.open_file(of.ino, lease, access=access, handle=h, caller=caller)
+            a, _ = await self.meta.open_file(of.ino, lease, access=ask, handle=h, caller=caller)
             if of.handle == h and of.read:
                 of.read = False
                 self.leases.made_durable(of.ino, h)
+            of.granted |= ask
             return a
-        if h is not None and access:
+        if h is not None and (access or want & ~of.granted):
             # the service checks the access; the same handle id only extends the handle
             if of.read:
-                return (await self.meta.open_read(of.ino, lease, access=access, handle=h, caller=caller))[0]
-            return (await self.meta.open_file(of.ino, lease, access=access, handle=h, caller=caller))[0]
+                a = (await self.meta.open_read(of.ino, lease, access=ask, handle=h, caller=caller))[0]
+            else:
+                a = (await self.meta.open_file(of.ino, lease, access=ask, handle=h, caller=caller))[0]
+            if of.handle == h:
+                of.granted |= ask
+            return a
         return await self.getattr(of.ino, caller=caller, fresh=revalidate)
 
     async def lookup_open(self, parent: int, name: bytes, flags: int, *, caller: Caller | None = None,
@@ -635,7 +644,8 @@ class Core:
         self.mode.remember(parent, name, a)
         if h is None:
             return None
-        return await self._install(a, h, not durable, flags, caller=caller, waits=plan.close_waits)
+        return await self._install(a, h, not durable, flags, caller=caller, waits=plan.close_waits,
+                                   granted=access or os.R_OK)
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, *, caller: Caller | None = None,
                      umask: int = 0, access: int = 0) -> tuple[FileRef | None, Attr, bool]:
@@ -651,13 +661,15 @@ class Core:
         if not a.is_reg():
             return None, a, created
         plan = self.mode.open_plan(a.ino, flags)  # the inode's own (a mode may decide by its directory)
+        granted = os.R_OK | os.W_OK if created else access or open_access(flags)  # the creator: both
         ref = await self._install(a, h, False, flags, caller=caller, truncate=not created,
-                                  waits=plan.close_waits)
+                                  waits=plan.close_waits, granted=granted)
         return ref, ref.attr, created
 
     async def _install(self, a: Attr, h: bytes | None, read: bool, flags: int, *, caller: Caller | None,
-                       truncate: bool = True, waits: bool = True) -> FileRef:
-        """A fresh open of ``a.ino`` that brought handle ``h``: into the table."""
+                       truncate: bool = True, waits: bool = True, granted: int = 0) -> FileRef:
+        """A fresh open of ``a.ino`` that brought handle ``h`` (the service checked ``granted``
+        for it): into the table."""
         if a.ino in self._closing:  # its last close is still flushing: see what it publishes
             await self._settled(a.ino)
             a = self.mode.own_attr(a.ino) or await self.meta.getattr(a.ino, caller=caller)
@@ -665,11 +677,12 @@ class Core:
         if of is None:
             of = self.files[a.ino] = OpenFile(a.ino, self._file_handle(a), h, read)
             if h is not None:
+                of.granted = granted
                 self.leases.hold(a.ino, h, read)
         elif h is not None:  # a concurrent open of the same file won: one handle is enough
             if of.handle is None or (of.read and not read):  # keep the durable one
                 old = of.handle
-                of.handle, of.read = h, read
+                of.handle, of.read, of.granted = h, read, granted
                 self.leases.hold(a.ino, h, read)
                 if old is not None:
                     self.leases.release(a.ino, old)

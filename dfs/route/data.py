@@ -352,7 +352,7 @@ class DataClient:
         if fut is None and self._cap_fetches:
             # one in flight may bring a capability that covers this too (a lazy session's
             # block, a snapshot's): wait for those first rather than ask again
-            await asyncio.wait([asyncio.shield(f) for f in self._cap_fetches.values()])
+            await asyncio.wait(list(self._cap_fetches.values()))  # (wait cancels none of them)
             tok = self.caps.find(ino, rights, snap, time.time_ns())
             if tok is not None:
                 return tok

@@ -83,6 +83,23 @@ def test_a_file_created_read_only_is_written_through_its_descriptor_after_a_chmo
             other.read_bytes("/tar/ro")
 
 
+def test_a_second_open_with_other_rights_keeps_them_after_a_chmod(cluster):
+    """Two opens of one file in one client share one server handle: a read open after a
+    write open asks the service for reading on that handle (once), so the read keeps working
+    through a chmod 000 even when its capability is asked for anew."""
+    _shared_dir(cluster, "/two")
+    body = os.urandom(5 * MB)
+    with dfs.connect(cluster.config_path, uid=1000, gid=1000, groups=()) as fs:
+        fs.write_bytes("/two/f", body)
+        with fs.open("/two/f", "ab", buffering=0) as w, fs.open("/two/f", "rb") as r:
+            fs.chmod("/two/f", 0o000)
+            _forget(fs)
+            assert r.read() == body
+            w.write(b"more")
+        fs.chmod("/two/f", 0o600)
+        assert fs.read_bytes("/two/f") == body + b"more"
+
+
 def test_truncate_by_path_asks_for_the_callers_access(cluster):
     _shared_dir(cluster, "/trunc")
     with dfs.connect(cluster.config_path, uid=1000, gid=1000, groups=()) as fs:

@@ -125,6 +125,39 @@ def _handles(eng) -> list:
     return sorted(h for s in eng.services for h in s.store.handles())
 
 
+def _handle_access(eng, ino: int, h: bytes) -> int:
+    from dfs.meta import schema as S_
+
+    for s in eng.services:
+        v = s.store.kv.get(S_.handle_key(ino, h))
+        if v is not None:
+            return S_.handle_access(v)
+    raise AssertionError("no such handle")
+
+
+def test_opens_as_the_mount_makes_them_record_what_they_need_on_the_shared_handle():
+    """The mount opens with access 0 for non-root callers (the kernel checked): the core still
+    asks the service for what the flags need, so the handle records it (the data-plane
+    capabilities of that handle follow it), and a later open of the same file that needs
+    more (reading a file held for writing) asks for that once on the same handle."""
+    async def t(c, t, eng, clock):
+        await c.write_bytes("/d/f", b"x")
+        a = await c.stat("/d/f")
+        await c.sync()  # its close's handle is gone
+        core = c.core
+        w = await core.open(a.st_ino, os.O_WRONLY)
+        (ino, h, _), = _handles(eng)
+        assert _handle_access(eng, ino, h) == os.W_OK
+        t.take()
+        r = await core.open(a.st_ino, os.O_RDONLY)  # reading is new on this handle: asked once
+        assert _handle_access(eng, ino, h) == os.R_OK | os.W_OK and t.take()
+        r2 = await core.open(a.st_ino, os.O_RDONLY)  # nothing new: no OPEN
+        assert t.take().get("OPEN", 0) == 0
+        for ref in (r2, r, w):
+            await ref.close()
+    run(t)
+
+
 def test_a_lost_handle_of_an_existing_file_is_registered_again():
     async def t(c, t, eng, clock):
         f = await c.open("/d/f", "wb")
