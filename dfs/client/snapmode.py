@@ -43,6 +43,7 @@ import logging
 import mmap
 import os
 import re
+import stat
 import tempfile
 import time
 import uuid
@@ -67,6 +68,7 @@ __all__ = ["FOREVER", "SYSTEM_DIR", "PackReader", "SnapshotChunks", "SnapshotMod
            "default_cache_dir", "load_manifest", "manifest_dir", "snapshot_core"]
 
 FOREVER = 365 * 86400.0
+DIR_CACHE = 1 << 16  # directories whose entries / attributes a snapshot-mode client keeps made
 SYSTEM_DIR = b".dfs"  # at the root: dfs's own files (snapshot manifests and packs)
 
 
@@ -102,18 +104,36 @@ class SnapshotMode(Mode):
         self.deleted = False  # a read found the snapshot deleted (ESTALE)
         self.sizes = _ReadOnlySizes(self, meta)
         self.chunks = SnapshotChunks(self, data, pack_cache, pack_dir)
+        # Every path walk goes through the same few directories: their entries and attributes
+        # are kept as made (a snapshot never changes, Attr is frozen), up to DIR_CACHE each;
+        # a file's are made per call (datasets have millions).
+        self._is_dir = (manifest.nodes["mode"] & 0o170000) == stat.S_IFDIR  # S_IFMT, by node
+        self._dir_entries: dict[tuple[int, bytes], int] = {}
+        self._dir_attrs: dict[int, Attr] = {}
 
     def _node(self, ino: int) -> int:
         return self.m.node_of(ino)
 
     def entry(self, parent, name):
+        key = (parent, name)
+        ino = self._dir_entries.get(key)
+        if ino is not None:
+            return ino
         c = self.m.lookup(self._node(parent), name)
         if c is None:
             raise err.NotFound()
+        if self._is_dir[c] and len(self._dir_entries) < DIR_CACHE:
+            self._dir_entries[key] = c + 1
         return c + 1
 
     def attr(self, ino):
-        return self.m.attr(self._node(ino))
+        a = self._dir_attrs.get(ino)
+        if a is None:
+            n = self._node(ino)
+            a = self.m.attr(n)
+            if self._is_dir[n] and len(self._dir_attrs) < DIR_CACHE:
+                self._dir_attrs[ino] = a
+        return a
 
     walk_attr = attr
 

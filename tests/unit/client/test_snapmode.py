@@ -428,3 +428,23 @@ def test_the_builder_numbers_a_tree_the_same_however_its_listings_interleave():
         m = Manifest(built[0], verify=True)
         assert m.attr(m.lookup(m.lookup(0, b"sub"), b"deep")).is_dir()
     run(t)
+
+
+def test_walks_reuse_the_directories_they_went_through():
+    """A snapshot never changes: the directories a walk goes through keep their entry and their
+    attributes as made (a random stat then looks up and builds only its own file's)."""
+    async def t(c, t, meta, chunks, info):
+        m = Manifest(await build(SnapshotSource(meta, chunks, info.epoch, info.root), snap=info.epoch))
+        s = AsyncClient(core=Core(None, chunks, SnapshotMode(m, info.epoch, meta, chunks)))
+        looked, made = [], []
+        lookup, attr = m.lookup, m.attr
+        m.lookup = lambda n, name: (looked.append(name), lookup(n, name))[1]
+        m.attr = lambda n: (made.append(n), attr(n))[1]
+        a = await s.stat("/sub/f001")
+        b = await s.stat("/sub/f002")
+        assert looked == [b"sub", b"f001", b"f002"]  # "sub" once
+        assert len(made) == 4  # the root and /sub once, then each file's
+        assert (a.st_size, b.st_size) == (101, 201) and a.st_ino != b.st_ino
+        assert (await s.stat("/sub")).st_ino == (await s.stat("/sub/.")).st_ino  # the same, made once
+        assert len(made) == 4
+    run(t)
