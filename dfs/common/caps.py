@@ -43,6 +43,7 @@ CAP_MAX = 128                       # the largest capability anyone parses (byte
 CLOCK_SKEW_NS = 30_000_000_000      # signer and data server clocks may differ this much
 DEFAULT_TTL_S = 600.0               # how long a capability lasts ([security] capability_ttl)
 CONN_CAPS_MAX = 65536               # capabilities one data-plane connection holds at most
+CONN_RANGES_MAX = 256               # ... of them for inode ranges (each request scans these)
 
 
 class CapError(ValueError):
@@ -147,6 +148,8 @@ class CapSet:
         else:
             key = (cap.a, cap.b, cap.rights)
             self.ranges.pop(key, None)
+            if len(self.ranges) >= CONN_RANGES_MAX:  # a request scans them: bounded apart
+                del self.ranges[next(iter(self.ranges))]
             self.ranges[key] = cap.expiry
 
     def _shed(self) -> None:
@@ -189,8 +192,8 @@ class CapBook:
         else:
             self.ranges = [(c, t) for c, t in self.ranges if (c.a, c.b, c.rights) != (cap.a, cap.b, cap.rights)]
             self.ranges.append((cap, token))
-            if len(self.ranges) > 256:
-                self.ranges = self.ranges[-256:]
+            if len(self.ranges) > CONN_RANGES_MAX:
+                self.ranges = self.ranges[-CONN_RANGES_MAX:]
         return cap
 
     def find(self, ino: int, rights: int, snap: int, fresh_until: int) -> bytes | None:

@@ -77,6 +77,12 @@ def test_a_connection_set_allows_only_what_was_shown_and_is_bounded():
         cs.add(s.verify(s.inodes(10_000 + i, 10_001 + i, C.READ)))
         assert len(cs) <= 8
     assert cs.allows(10_099, C.READ, 0, now)
+    # ranges, which every request scans, are bounded on their own: the oldest go
+    big = C.CapSet()
+    for i in range(C.CONN_RANGES_MAX + 10):
+        big.add(s.verify(s.inodes(i * 1024, (i + 1) * 1024, C.WRITE)))
+    assert len(big.ranges) == C.CONN_RANGES_MAX
+    assert not big.allows(5, C.WRITE, 0, now) and big.allows((C.CONN_RANGES_MAX + 9) * 1024, C.WRITE, 0, now)
 
 
 def test_the_client_book_finds_a_capability_that_covers_a_request():
