@@ -26,14 +26,15 @@ replaces it (pysyncobj's journal interface, subclassed, not a fork):
   and its compaction (a tick later) leaves the old file: ``align_to_dump``
   completes that compaction at the next start instead of letting pysyncobj
   clear the journal (which dropped the entries after the dump).
-* **Only a conflict cuts the file** (Raft's rule): pysyncobj truncates a
+* **Only a conflict cuts the log** (Raft's rule): pysyncobj truncates a
   follower's log from ``prevLogIdx`` on every AppendEntries that overlaps it,
   and a message with fewer entries than the follower holds removes acknowledged
   ones. Removed entries leave pysyncobj's view but stay in the file (the
   shadow; buffered ones are written first, a held reply may count them); the
   same entry added again is taken back without a write, a differing one drops
-  the rest of the shadow and the next flush cuts the file there
-  (docs/design/durability.md).
+  the rest of the shadow and the next flush cuts the file there. What is left
+  of the shadow when the message is handled comes back into the log
+  (``restore_tail``, called by ``dfs.consensus.raft``; docs/design/durability.md).
 * **State file** (``raft.state``): term, vote and commit index as JSON with a
   CRC, replaced atomically (temp file, fsync, rename, directory fsync) and
   always synced; term and vote before pysyncobj sends anything that reflects
@@ -68,7 +69,6 @@ MAGIC = b"dfsraft\x01"
 _REC = struct.Struct("<IIQQ")  # command length, crc32(index, term, command), index, term
 _IT = struct.Struct("<QQ")
 LEGACY_FILE = "raft.journal"  # pysyncobj's FileJournal, imported once
-MEMBERSHIP = bytes([_syncobj._COMMAND_TYPE.MEMBERSHIP])  # the first byte of a membership change's command
 
 
 def _record(command: bytes, idx: int, term: int) -> bytes:
@@ -202,28 +202,25 @@ class DiskJournal(Journal):
             self._buf_entries += 1
 
     def __getitem__(self, item):
-        if self._shadow:
-            self._settle()
         return self._entries[item]
 
     def __len__(self) -> int:
-        if self._shadow:
-            self._settle()
         return len(self._entries)
 
-    def _settle(self) -> None:
-        """After an AppendEntries has truncated and added: a shadow of entries of the current
-        term comes back into the log pysyncobj sees. Only this term's leader made entries of
-        this term, so they are the leader's own: the follower keeps them (Raft truncates only
-        from a conflict), votes with them and may count them in its reply. A shadow of an older
-        term stays out (the file still keeps it): the leader may hold other entries there, and
-        pysyncobj's reply counts the whole log. Called at the first read after the adds
-        (pysyncobj reads the log only after its loop of adds)."""
+    def restore_tail(self) -> list[tuple[bytes, int, int]]:
+        """After an AppendEntries was handled: give back the tail it truncated and did not
+        replace (Raft keeps a follower's entries past the message's last one unless one of
+        the message's entries conflicts; pysyncobj truncates on every overlapping message).
+        Any term: they are this follower's own log, which it votes with. Safe because
+        pysyncobj computed the commit index and its reply before this, from the shorter log
+        (the message's last entry, Raft's rule), so nothing counts or applies them until a
+        leader sends them again. Returns the entries given back (``_Node`` applies their
+        membership changes again: pysyncobj rolled them back when it truncated)."""
+        if not self._shadow:
+            return []
         first = self._shadow[0][0]
-        if first[2] != self._term or (self._entries and first[1] != self._entries[-1][1] + 1):
-            return
-        if any(e[0][:1] == MEMBERSHIP for e, _ in self._shadow):
-            return  # pysyncobj rolled their membership changes back with the truncation: let it be
+        if self._entries and first[1] != self._entries[-1][1] + 1:
+            return []  # not right after the log (cannot happen after a truncation): leave it on disk
         shadow, self._shadow = self._shadow, []
         for entry, end in shadow:
             self._entries.append(entry)
@@ -231,6 +228,7 @@ class DiskJournal(Journal):
         if not self._rewrite:
             self._on_disk = self._ends[-1]
         self.stats["restored_tail"] += len(shadow)
+        return [entry for entry, _ in shadow]
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         """Drop the entries from position ``entryFrom`` on, from the log pysyncobj sees. In the

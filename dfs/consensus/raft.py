@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import struct
@@ -117,10 +118,17 @@ class _Transport(TCPTransport):
 
     def __init__(self, syncObj: _Node, selfNode, otherNodes) -> None:
         self._journal = syncObj._dfs_journal
+        self._node = syncObj
         self._held: list[tuple[Any, dict]] = []
         self._auth_logged: dict[str, float] = {}  # peer -> when its failed authentication was last logged
         syncObj._dfs_transport = self
         super().__init__(syncObj, selfNode, otherNodes)
+
+    def setOnMessageReceivedCallback(self, callback) -> None:
+        # every message pysyncobj handles goes through _Node._dfs_on_message
+        if callback is not None:
+            callback = functools.partial(self._node._dfs_on_message, callback)
+        super().setOnMessageReceivedCallback(callback)
 
     # Before an incoming connection names a member of the group (with a password: after
     # the key exchange), pysyncobj buffers whatever length its 4-byte prefix claims (up to
@@ -197,6 +205,35 @@ class _Node(SyncObj):
         self._dfs_transport: _Transport | None = None
         self._dfs_halted = False
         super().__init__(self_address, peers, conf, transportClass=_Transport)
+
+    def _dfs_on_message(self, receive: Callable[[Any, dict], None], node, message: dict) -> None:
+        """pysyncobj's message handler, then Raft's rule for a follower's tail: an
+        AppendEntries cuts only from a conflicting entry. pysyncobj cuts the log after
+        ``prevLogIdx`` on every message that overlaps it, so a heartbeat or a shorter batch
+        dropped entries this follower had acknowledged, and until the leader sent them again
+        it voted as if it never had them: with the leader gone in that window it could elect
+        a peer lacking entries committed with its help (docs/design/durability.md). The
+        journal keeps what was cut (its shadow) and gives it back here, after pysyncobj
+        computed its reply and commit index from the message's last entry, as Raft has it."""
+        commit = self._SyncObj__raftCommitIndex
+        try:
+            receive(node, message)
+        finally:
+            restored = self._dfs_journal.restore_tail()
+            if restored:
+                self._dfs_restored(restored, commit)
+
+    def _dfs_restored(self, restored: list[tuple[bytes, int, int]], commit: int) -> None:
+        # pysyncobj rolled back the membership changes it cut: they are in the log again
+        for command, _, _ in restored:
+            change = self._SyncObj__parseChangeClusterRequest(command)
+            if change is not None:
+                self._SyncObj__doChangeCluster(change)
+        # a commit index pysyncobj lowered to the shorter log: committed entries never
+        # conflict, and they are back
+        if self._SyncObj__raftCommitIndex < commit <= self._SyncObj__getCurrentLogIndex():
+            self._SyncObj__raftCommitIndex = commit
+            self._dfs_journal.setRaftCommitIndex(commit)
 
     @replicated
     def _apply_entry(self, payload: bytes) -> list[bytes] | None:
@@ -711,7 +748,7 @@ class RaftHost(Log):
             "journal_synced_entries": journal["synced_entries"],  # entries they covered
             # entries pysyncobj dropped from a follower's log without a conflict, kept on disk
             "journal_kept_tail": journal["kept_tail"],
-            # ... and of those, entries of the current term given back to its log (DiskJournal._settle)
+            # ... and of those, entries given back to its log after the message (Raft's rule)
             "journal_restored_tail": journal["restored_tail"],
             **stats,
         }

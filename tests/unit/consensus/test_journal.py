@@ -162,12 +162,11 @@ def test_a_shorter_retransmission_never_drops_what_a_held_reply_counts(tmp_path)
     assert entries(j2) == [E(i) for i in range(1, 6)]
 
 
-def test_a_tail_of_the_current_term_stays_in_the_log_pysyncobj_sees(tmp_path):
-    """pysyncobj truncates a follower's log on every AppendEntries that overlaps it. Entries of
-    the current term that the message does not carry again were made by this term's leader,
-    so they are the leader's own: they come back into the log at the first read after the
-    adds, and the follower votes and answers with them. An older term's tail stays out of
-    it (the leader may hold other entries there), on disk only."""
+def test_the_tail_a_message_cut_without_a_conflict_comes_back(tmp_path):
+    """pysyncobj truncates a follower's log on every AppendEntries that overlaps it. After the
+    message, ``restore_tail`` gives back what no entry of it conflicted with, of any term
+    (Raft cuts only from a conflict; ``dfs.consensus.raft`` calls it, see
+    test_raft_host.py::test_a_follower_keeps_the_tail_no_entry_of_a_message_conflicts_with)."""
     j, _ = open_journal(tmp_path)
     j.setCurrentTerm(2, None)
     for i in range(1, 4):
@@ -175,34 +174,36 @@ def test_a_tail_of_the_current_term_stays_in_the_log_pysyncobj_sees(tmp_path):
     for i in range(4, 8):
         j.add(*E(i, 2))
     j.flush()
-    # a message of term 2 with prevLogIdx 4 and only entry 5 (a shorter retransmission)
+    # a message with prevLogIdx 4 and only entry 5 (a shorter retransmission): while it is
+    # handled, pysyncobj sees the log end at 5; afterwards, the tail is back
     j.deleteEntriesFrom(4)
     j.add(*E(5, 2))
-    assert not j.dirty
+    assert not j.dirty and len(j) == 5
+    assert j.restore_tail() == [E(6, 2), E(7, 2)]
     assert entries(j) == [E(i, 1) for i in range(1, 4)] + [E(i, 2) for i in range(4, 8)]
-    assert j.stats["restored_tail"] == 2
-    # a heartbeat with prevLogIdx 5 and no entries: the same
-    j.deleteEntriesFrom(5)
-    assert len(j) == 7 and j[-1] == E(7, 2)
-    # a new term: a tail of the old one leaves the log at such a message (the file keeps it)
+    assert j.stats["restored_tail"] == 2 and not j.dirty and j.restore_tail() == []
+    # a later term's heartbeat with prevLogIdx 5: the older term's tail comes back as well
     j.setCurrentTerm(3, None)
     j.deleteEntriesFrom(5)
-    assert len(j) == 5 and j[-1] == E(5, 2)
+    assert len(j) == 5 and j.restore_tail() == [E(6, 2), E(7, 2)] and len(j) == 7
+    j.deleteEntriesFrom(5)
     j.add(*E(6, 2))  # the same entry again: taken back, no write
     assert not j.dirty and len(j) == 6
-    # a conflict ends it: the new entry replaces the rest
+    # a conflict ends it: the new entry replaces the rest, nothing comes back
     j.add(*E(7, 3, b"new"))
+    assert j.restore_tail() == []
     j.flush()
     j._destroy()
     j2, _ = open_journal(tmp_path)
     assert entries(j2)[-2:] == [E(6, 2), E(7, 3, b"new")] and len(j2) == 7
-    # a tail with a membership change stays out too: pysyncobj rolled the change back when
-    # it truncated, and would not apply it again for an entry it did not add
-    j2.setCurrentTerm(3, None)
-    j2.add(b"\x02membership", 8, 3)
-    j2.add(*E(9, 3))
-    j2.deleteEntriesFrom(len(j2) - 2)
-    assert len(j2) == 7
+    # restored, then reopened: the file held it all along
+    j2.deleteEntriesFrom(3)
+    assert j2.restore_tail() == entries(j2)[3:] and len(j2) == 7
+    j2.flush()
+    j2._destroy()
+    j3, _ = open_journal(tmp_path)
+    assert len(j3) == 7
+    j3._destroy()
 
 
 def test_a_compaction_keeps_the_tail_pysyncobj_dropped(tmp_path):

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from dfs.common.errors import NotLeader, Unavailable
-from dfs.consensus.raft import RaftHost, decode_entry, encode_entry
+from dfs.consensus.journal import DiskJournal
+from dfs.consensus.raft import DUMP_FILE, LOG_FILE, STATE_FILE, RaftHost, decode_entry, encode_entry
 from dfs.consensus.testing import CounterSM, add_cmd, put_cmd
 from dfs.testing.cluster import free_ports
 from dfs.testing.wait import until_async
@@ -349,3 +350,84 @@ def test_a_raft_port_in_use_halts_the_replica_saying_so(tmp_path, caplog, monkey
 
     with caplog.at_level(logging.CRITICAL, logger="dfs.consensus.raft"):
         asyncio.run(main())
+
+
+def test_a_follower_keeps_the_tail_no_entry_of_a_message_conflicts_with(tmp_path):
+    """Raft cuts a follower's log only from an entry that conflicts with the leader's;
+    pysyncobj cuts it after ``prevLogIdx`` on every AppendEntries that overlaps it. A
+    heartbeat of a new leader whose view of this follower lags then dropped entries the
+    follower had acknowledged, and the follower voted as if it never had them: it could
+    elect a peer lacking entries committed with its help (a lost committed write). Here one
+    replica (its peers never answer) gets the messages of such leaders on pysyncobj's
+    thread: the tail stays, votes count it, the commit index follows only the message's
+    last entry, a membership change in the tail stays applied, and a conflict still cuts."""
+    from pysyncobj import pickle as spickle
+    from pysyncobj.syncobj import _COMMAND_TYPE
+
+    noop = bytes([_COMMAND_TYPE.NO_OP])
+    a, b, c, extra = (f"127.0.0.1:{p}" for p in free_ports(4))
+    member = bytes([_COMMAND_TYPE.MEMBERSHIP]) + spickle.dumps(["add", extra])
+
+    async def main():
+        sm = CounterSM(str(tmp_path / "sm"))
+        h = RaftHost(sm, a, [a, b, c], str(tmp_path / "raft"))
+        try:
+            def run():
+                node = h._node
+                t = node._dfs_transport
+                peer = {str(n.id): n for n in node._SyncObj__otherNodes}[b]
+                sent: list[dict] = []
+                t.send = lambda n, m: sent.append(m) or True  # the replies, seen instead of sent
+
+                def log():
+                    return node._SyncObj__getCurrentLogIndex(), node._SyncObj__getCurrentLogTerm()
+
+                def deliver(**m):
+                    t._onMessageReceived(peer, {"type": "append_entries", **m})
+                    return sent[-1]
+
+                i0, t0 = log()
+                commit0 = node.raftCommitIndex
+                tail = [(noop, i0 + 1, 1000), (noop, i0 + 2, 1000), (member, i0 + 3, 1000),
+                        (noop, i0 + 4, 1000), (noop, i0 + 5, 1000), (noop, i0 + 6, 1000)]
+                deliver(term=1000, prevLogIdx=i0, prevLogTerm=t0, entries=tail, commit_index=commit0)
+                out = {"after_first": log(), "members": {str(n.id) for n in node._SyncObj__otherNodes}}
+                # a later leader's heartbeat, its view of this follower two entries in, saying
+                # everything is committed: the tail stays, the commit index stops at the message
+                reply = deliver(term=2000, prevLogIdx=i0 + 2, prevLogTerm=1000, entries=[], commit_index=i0 + 6)
+                out["heartbeat"] = (log(), reply["next_node_idx"], reply["success"], node.raftCommitIndex)
+                out["members_after"] = {str(n.id) for n in node._SyncObj__otherNodes}
+                # a candidate lacking the tail gets no vote
+                t._onMessageReceived(peer, {"type": "request_vote", "term": 3000,
+                                            "last_log_index": i0 + 2, "last_log_term": 1000})
+                out["voted"] = node._SyncObj__votedForNodeId
+                # a shorter batch of a later leader: the same
+                reply = deliver(term=4000, prevLogIdx=i0 + 3, prevLogTerm=1000, entries=[(noop, i0 + 4, 1000)],
+                                commit_index=i0 + 6)
+                out["batch"] = (log(), reply["next_node_idx"], node.raftCommitIndex)
+                # a conflicting entry cuts from there
+                deliver(term=5000, prevLogIdx=i0 + 4, prevLogTerm=1000, entries=[(noop, i0 + 5, 5000)],
+                        commit_index=i0 + 4)
+                out["conflict"] = (log(), node.raftCommitIndex)
+                return out
+
+            out = await h._on_tick_call(run)
+        finally:
+            h.close()
+            sm.close()
+        i0 = out["after_first"][0] - 6
+        assert out["after_first"] == (i0 + 6, 1000) and extra in out["members"]
+        assert out["heartbeat"] == ((i0 + 6, 1000), i0 + 3, True, i0 + 2)
+        assert extra in out["members_after"]
+        assert out["voted"] is None
+        assert out["batch"] == ((i0 + 6, 1000), i0 + 5, i0 + 4)
+        assert out["conflict"] == ((i0 + 5, 5000), i0 + 4)
+        # the file says the same
+        d = tmp_path / "raft"
+        j = DiskJournal(str(d / LOG_FILE), str(d / STATE_FILE), str(d / DUMP_FILE))
+        try:
+            assert (j[-1][1], j[-1][2]) == (i0 + 5, 5000)
+        finally:
+            j._destroy()
+
+    asyncio.run(main())
