@@ -672,7 +672,7 @@ class AsyncClient(SnapshotAPI):
             raise ValueError("AsyncClient.open is binary only (use 'b'); Client.open has text mode")
         return AsyncFile(await self.open_handle(path, flags, perm), path, mode, flags)
 
-    async def read_now(self, path: PathLike) -> bytes | None:
+    async def read_now(self, path: PathLike) -> bytearray | None:
         """``read_bytes`` of ``path`` when the mode has the file's bytes at hand (``read_now``:
         snapshot mode's packed files in the machine's cache), never waiting: the sync client
         runs it on the caller's thread. None: read it the usual way (which also names any

@@ -26,13 +26,13 @@ from typing import Any
 
 from dfs.common import errors as err
 
-__all__ = ["read_many", "DEFAULT_AHEAD", "DEFAULT_MAX_BYTES"]
+__all__ = ["read_many", "fetch", "check_window", "Budget", "DEFAULT_AHEAD", "DEFAULT_MAX_BYTES"]
 
 DEFAULT_AHEAD = 32
 DEFAULT_MAX_BYTES = 256 << 20
 
 
-class _Budget:
+class Budget:
     """Bytes in flight or waiting to be consumed. The file at the consumer's turn may always
     take what it needs: it is the one everyone waits for, so holding it back would deadlock."""
 
@@ -55,7 +55,7 @@ class _Budget:
             self.cond.notify_all()
 
 
-async def _fetch(client: Any, path: Any, seq: int, budget: _Budget) -> tuple[bytes, int]:
+async def fetch(client: Any, path: Any, seq: int, budget: Budget) -> tuple[bytes, int]:
     """(the whole file as of its open, the budget it holds). A bytearray, not bytes: the
     buffer the data plane received into, handed over without a copy (and writable, which
     ``torch.frombuffer`` and ``numpy.frombuffer(...).copy()``-free decoders want)."""
@@ -76,16 +76,20 @@ async def _fetch(client: Any, path: Any, seq: int, budget: _Budget) -> tuple[byt
         await ref.close()
 
 
+def check_window(ahead: Any, max_bytes: Any) -> None:
+    if not isinstance(ahead, int) or ahead < 1:
+        raise err.InvalidArgument(f"read_many: ahead must be a positive integer, not {ahead!r}")
+    if not isinstance(max_bytes, int) or max_bytes < 1:
+        raise err.InvalidArgument(f"read_many: max_bytes must be a positive integer, not {max_bytes!r}")
+
+
 async def read_many(client: Any, paths: Iterable[Any], *, ahead: int = DEFAULT_AHEAD,
                     max_bytes: int = DEFAULT_MAX_BYTES) -> AsyncIterator[tuple[Any, bytearray]]:
     """Yield ``(path, contents)`` for every path of ``paths``, in that order, with up to ``ahead``
     files and ``max_bytes`` of contents fetched ahead. ``paths`` may be any iterable (a
     sampler's indices mapped to names): it is consumed only as far as the window reaches."""
-    if not isinstance(ahead, int) or ahead < 1:
-        raise err.InvalidArgument(f"read_many: ahead must be a positive integer, not {ahead!r}")
-    if not isinstance(max_bytes, int) or max_bytes < 1:
-        raise err.InvalidArgument(f"read_many: max_bytes must be a positive integer, not {max_bytes!r}")
-    budget = _Budget(max_bytes)
+    check_window(ahead, max_bytes)
+    budget = Budget(max_bytes)
     source = iter(paths)
     window: deque[tuple[Any, asyncio.Task]] = deque()
     seq = 0
@@ -99,7 +103,7 @@ async def read_many(client: Any, paths: Iterable[Any], *, ahead: int = DEFAULT_A
             except StopIteration:
                 exhausted = True
                 return
-            window.append((p, asyncio.ensure_future(_fetch(client, p, seq, budget))))
+            window.append((p, asyncio.ensure_future(fetch(client, p, seq, budget))))
             seq += 1
 
     try:

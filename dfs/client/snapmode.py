@@ -168,15 +168,14 @@ class SnapshotMode(Mode):
         if caller is not None:
             check_access(attr, caller, access)
 
-    def read_now(self, a: Attr) -> bytes | None:
+    def read_now(self, a: Attr) -> bytearray | None:
         """The bytes of regular file ``a`` without waiting, on the calling thread: a packed
         file whose pack chunks are in the machine's cache (``PackReader.read_now``); None
         for any other (the caller reads it the usual way)."""
-        n = self.m.node_of(a.ino)
-        p = self.m.packed(n)
+        p = self.m.packed(self.m.node_of(a.ino))
         if p is None:
             return None
-        return self.chunks.packs.read_now(p[0], p[1], int(self.m.nodes["size"][n]))
+        return self.chunks.packs.read_now(p[0], p[1], a.size)
 
     def file_io(self, meta, data):
         return self.sizes, self.chunks
@@ -295,6 +294,7 @@ class PackReader:
         self.next: dict[int, int] = {}  # pack -> where a reader in pack order reads next
         self.requests = 0
         self._fds: OrderedDict[tuple[int, int], int] = OrderedDict()  # open chunk files of ``disk``
+        self._chunk_sizes: dict[int, int] = {}  # pack -> its layout's chunk size (read_now's)
         # every pack fits the cache: a whole chunk fetched for one file serves its neighbours
         # later, whatever the order (a shuffled epoch then reads each pack chunk once)
         self.fits = cache > 0 and int(manifest.packs["size"].sum()) <= cache
@@ -307,6 +307,12 @@ class PackReader:
     def _spec(self, p: int) -> tuple[PackSpec, Layout]:
         spec = self.m.pack(p)
         return spec, _layout(spec.layout)
+
+    def _chunk_size(self, p: int) -> int:
+        cs = self._chunk_sizes.get(p)
+        if cs is None:
+            cs = self._chunk_sizes[p] = self._spec(p)[1].chunk_size
+        return cs
 
     def _path(self, p: int, i: int) -> str:
         return os.path.join(self.disk, f"p{p}-c{i}")
@@ -380,21 +386,20 @@ class PackReader:
             t = self.inflight[(p, j)] = asyncio.ensure_future(self._fetch(p, j))
             t.add_done_callback(lambda _t, key=(p, j): self.inflight.pop(key, None))
 
-    def read_now(self, p: int, off: int, n: int) -> bytes | None:
-        """``n`` bytes of pack ``p`` at ``off`` if every chunk they span is in the machine's
-        cache, else None. Any thread (the sync client's caller: no trip to the loop thread):
+    def read_now(self, p: int, off: int, n: int) -> bytearray | None:
+        """``n`` bytes of pack ``p`` at ``off`` (a buffer of their own) if every chunk they
+        span is in the machine's cache, else None. Any thread (the sync client's caller: no trip to the loop thread):
         the chunk files are opened and closed here, never the loop's descriptors."""
         disk = self.disk
         if disk is None:
             return None
         if n == 0:
-            return b""
-        _, layout = self._spec(p)
+            return bytearray()
         out = bytearray(n)
         view = memoryview(out)
-        for i, coff, ln, boff in pieces(off, n, layout.chunk_size):
+        for i, coff, ln, boff in pieces(off, n, self._chunk_size(p)):
             try:
-                fd = os.open(os.path.join(disk, f"p{p}-c{i}"), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(f"{disk}/p{p}-c{i}", os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
             try:
@@ -402,7 +407,7 @@ class PackReader:
                     return None  # short: the usual read names what is wrong
             finally:
                 os.close(fd)
-        return bytes(out)
+        return out
 
     async def read_into(self, p: int, off: int, buf: memoryview) -> None:
         spec, layout = self._spec(p)

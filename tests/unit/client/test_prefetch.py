@@ -145,13 +145,13 @@ def test_the_window_is_bounded_in_files_and_bytes(monkeypatch):
     from dfs.meta.local import LocalEngine
 
     used_max = []
-    take = prefetch._Budget.take
+    take = prefetch.Budget.take
 
     async def recording_take(self, seq, n):
         await take(self, seq, n)
         used_max.append(self.used)
 
-    monkeypatch.setattr(prefetch._Budget, "take", recording_take)
+    monkeypatch.setattr(prefetch.Budget, "take", recording_take)
     _CountingClient.open_now = _CountingClient.open_max = 0
     with Client(lambda: _CountingClient(MetaClient(LocalEngine(2), ROOT), MemoryChunks())) as c:
         c.mkdir("/w")

@@ -368,6 +368,45 @@ def test_sync_reads_of_packed_files_at_hand_answer_on_the_callers_thread(tmp_pat
         s.close()
 
 
+def test_read_many_in_snapshot_mode_reads_files_at_hand_on_the_callers_thread(tmp_path):
+    """Client.read_many (the DataLoader's batch read): packed files whose pack chunk is in the
+    machine's cache are read on the calling thread (a trip to the loop thread and back for
+    each file cost 6x the file: 3,300 -> 22,000 files/s in a warm epoch); the others are
+    fetched ahead on the loop thread; all come in the order given, errors at their turn."""
+    s = _sync_client(tmp_path)
+    try:
+        s.read_bytes("/sub/f007")  # the pack chunk in the machine's cache
+        warm = [f"/sub/f{i:03d}" for i in (9, 3, 30, 12)]
+        with _loop_held(s):
+            assert [(p, bytes(d)) for p, d in s.read_many(warm, ahead=2)] == \
+                [(p, bytes([int(p[-3:])]) * (100 * int(p[-3:]) + 1)) for p in warm]
+        # files at hand and others (not packed: the loop), interleaved, in order
+        mixed = ["/sub/f001", "/big", "/sub/f002", "/sub/deep/mid", "/empty", "/hard", "/big"]
+        got = list(s.read_many(mixed, ahead=3))
+        assert [p for p, _ in got] == mixed
+        assert [bytes(d) for _, d in got] == [s.read_bytes(p) for p in mixed]
+        assert all(isinstance(d, bytearray) for _, d in got)  # writable, as from the loop
+        # an error at its turn, with its path; what came before it is handed over
+        it = s.read_many(["/sub/f005", "/sub/nope", "/big"], ahead=3)
+        assert next(it)[0] == "/sub/f005"
+        with pytest.raises(FileNotFoundError) as e:
+            next(it)
+        assert e.value.filename == "/sub/nope"
+        it = s.read_many(["/big", "/sub", "/sub/f005"], ahead=3)
+        assert len(next(it)[1]) == 300 << 10
+        with pytest.raises(IsADirectoryError):
+            next(it)
+        # closing early cancels what was fetched ahead; the client goes on
+        it = s.read_many(["/sub/f005", "/big", "/sub/deep/mid"] * 4, ahead=6, max_bytes=1 << 20)
+        assert next(it)[0] == "/sub/f005"
+        it.close()
+        assert len(s.read_bytes("/big")) == 300 << 10
+        with pytest.raises(err.InvalidArgument):
+            s.read_many(warm, ahead=0)
+    finally:
+        s.close()
+
+
 def test_a_snapshot_mode_open_checks_the_callers_access(tmp_path):
     """A file another user may not read (0600) is refused with EACCES in snapshot mode, on the
     caller's thread and through the loop alike; its owner and root read it."""
