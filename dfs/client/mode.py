@@ -130,6 +130,8 @@ class Mode:
 
     name = "uncached"
     revalidate_on_open = True
+    # the namespace never changes under this mode (a snapshot): a path walked once is walked
+    immutable = False
 
     # ------------------------------------------------------------ (a) metadata reads
     def entry(self, parent: int, name: bytes) -> int | None:

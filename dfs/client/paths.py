@@ -41,6 +41,9 @@ MAXSYMLINKS = 40
 PathLike = str | bytes | os.PathLike
 
 
+WALKED_DIRS = 4096  # directory paths whose walk an immutable mode keeps (AsyncClient._last_step)
+
+
 def _oserror(code: int, path: Any = None) -> err.DfsError:
     e = err.error_for(code)
     e.filename = path
@@ -160,6 +163,8 @@ class AsyncClient(SnapshotAPI):
         self.umask = umask
         self.cwd = b"/"
         self._on_close = on_close
+        # under an immutable mode (a snapshot), the walks of directory paths, as made (_last_step)
+        self._walked: tuple[Mode | None, dict[bytes, _Resolved]] = (None, {})
 
     @property
     def mode(self) -> Mode:
@@ -286,7 +291,20 @@ class AsyncClient(SnapshotAPI):
         head, _, last = self._abs(path).rpartition(b"/")
         if not last or last in (b".", b".."):
             return None
-        parent = await self._namei(head or b"/", follow=True)
+        head = head or b"/"
+        mode = self.mode
+        if mode.immutable:  # a shuffled epoch walks the same few directories every time
+            of, walked = self._walked
+            if of is not mode:
+                walked = {}
+                self._walked = (mode, walked)
+            parent = walked.get(head)
+            if parent is None:
+                parent = await self._namei(head, follow=True)
+                if len(walked) < WALKED_DIRS:
+                    walked[head] = parent
+        else:
+            parent = await self._namei(head, follow=True)
         if parent.attr is None or not parent.attr.is_dir():
             return None
         return parent, last
