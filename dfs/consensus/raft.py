@@ -64,6 +64,7 @@ from typing import Any
 import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as _pysyncobj_clock
+from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
@@ -92,6 +93,7 @@ BIND_RETRIES = 30    # tries to bind the Raft port before the replica halts, say
 BIND_RETRY_S = 1.0
 
 _ROLE = {0: "follower", 1: "candidate", 2: "leader"}
+_FOLLOWER = _RAFT_STATE.FOLLOWER
 _LEADER_STATE = 2
 
 LOG_FILE = "raft.log"
@@ -183,15 +185,30 @@ class _Transport(TCPTransport):
         conn._TcpConnection__processParseMessage = logged_parse
 
     def send(self, node, message) -> bool:
-        if message.get("type") != "append_entries" and (self._held or self._journal.dirty):
+        kind = message.get("type")
+        if kind == "request_vote" and self._node._dfs_transfer_until > _pysyncobj_clock():
+            message = {**message, "transfer": True}  # asked by the leader: see _Node._dfs_on_message
+        if kind != "append_entries" and (self._held or self._journal.dirty):
             self._held.append((node, message))
             return True  # as pysyncobj's own send: "thought to be sent"
-        return super().send(node, message)
+        return self._forward(node, message)
 
     def release(self) -> None:
         held, self._held = self._held, []
         for node, message in held:
-            super().send(node, message)
+            self._forward(node, message)
+
+    def _forward(self, node, message) -> bool:
+        if message.get("type") == "next_node_idx":
+            self._node._dfs_answered = _pysyncobj_clock()  # an answer to the leader leaves now
+        return super().send(node, message)
+
+
+def _not_routine(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("truncating already-applied log entries")
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(_not_routine)  # _Node._dfs_applied_terms says why
 
 
 class _Node(SyncObj):
@@ -204,6 +221,9 @@ class _Node(SyncObj):
         self._dfs_journal = journal
         self._dfs_transport: _Transport | None = None
         self._dfs_halted = False
+        self._dfs_answered = -1e18  # when this follower last sent a leader an answer (pysyncobj's clock)
+        self._dfs_transfer_until = -1e18  # until when its vote requests carry a leader's transfer
+        self._dfs_sticky = conf.raftMinTimeout
         super().__init__(self_address, peers, conf, transportClass=_Transport)
 
     def _dfs_on_message(self, receive: Callable[[Any, dict], None], node, message: dict) -> None:
@@ -215,13 +235,57 @@ class _Node(SyncObj):
         a peer lacking entries committed with its help (docs/design/durability.md). The
         journal keeps what was cut (its shadow) and gives it back here, after pysyncobj
         computed its reply and commit index from the message's last entry, as Raft has it."""
+        kind = message.get("type")
+        if kind == "request_vote" and self._dfs_ignore_vote(message):
+            return
+        if kind == "timeout_now" and node == self._SyncObj__raftLeader:
+            self._dfs_transfer_until = _pysyncobj_clock() + self._dfs_sticky
         commit = self._SyncObj__raftCommitIndex
+        applied = self._dfs_applied_terms(message) if kind == "append_entries" else None
         try:
             receive(node, message)
         finally:
             restored = self._dfs_journal.restore_tail()
             if restored:
                 self._dfs_restored(restored, commit)
+            if applied:
+                self._dfs_check_applied(*applied)
+
+    def _dfs_applied_terms(self, message: dict) -> tuple[int, list[int]] | None:
+        """(first index, terms) of the applied entries this AppendEntries overlaps. pysyncobj
+        logs every such overlap as CRITICAL "truncating already-applied log entries" (silenced
+        below): a leader resending what a follower has is routine under load, thousands of
+        lines a run. Only a change of an applied entry is worth that word: _dfs_check_applied."""
+        lo = message.get("prevLogIdx", -1) + 1
+        last = self._SyncObj__raftLastApplied
+        if lo <= 0 or lo > last or not len(self._dfs_journal):
+            return None
+        return lo, [e[2] for e in self._SyncObj__getEntries(lo, last - lo + 1)]
+
+    def _dfs_check_applied(self, lo: int, terms: list[int]) -> None:
+        now = [e[2] for e in self._SyncObj__getEntries(lo, len(terms))] if len(self._dfs_journal) else []
+        if now != terms:  # same index and term: the same entry (Raft's log matching)
+            log.critical("%s: an AppendEntries replaced applied log entries from index %d (terms %s -> %s): "
+                         "the state machine may have diverged from the other replicas", self._dfs_host.self_address,
+                         lo, terms[:8], now[:8])
+
+    def _dfs_ignore_vote(self, message: dict) -> bool:
+        """Leader stickiness (Raft thesis 4.2.3): a follower that answered its leader less
+        than the shortest election timeout ago neither votes nor takes the candidate's term.
+        ``RaftHost.read_lease`` rests on it: the leader serves reads while a majority
+        answered it within half that time, which is only safe if none of them can help
+        elect another leader meanwhile; pysyncobj granted any higher term's vote at once.
+        The timer runs from when the answer left (held answers wait for the journal's sync),
+        so the leader's lease, counted from when it received one, ends first. Exempt: a
+        vote asked for by the leader itself (a leadership transfer's ``timeout_now``;
+        the candidate marks its requests). A leader or candidate is not sticky: a replica
+        that raised its term alone, cut off, rejoins by asking the leader for a vote, which
+        makes the leader step down (it then serves no more reads)."""
+        if message.get("transfer") or self._SyncObj__raftState != _FOLLOWER:
+            return False
+        if self._SyncObj__raftLeader is None or message.get("term", 0) <= self._SyncObj__raftCurrentTerm:
+            return False
+        return _pysyncobj_clock() - self._dfs_answered < self._dfs_sticky
 
     def _dfs_restored(self, restored: list[tuple[bytes, int, int]], commit: int) -> None:
         # pysyncobj rolled back the membership changes it cut: they are in the log again
@@ -664,18 +728,16 @@ class RaftHost(Log):
         * it applied its term's first entry (pysyncobj's no-op), so every entry committed
           by an earlier leader is in the state it reads;
         * a majority (itself included) answered its AppendEntries within ``read_lease_s``
-          (half the shortest election timeout): a follower only votes for someone else after
-          an election timeout without hearing from this leader, so no new leader can have
-          been elected and have committed since those answers.
+          (half the shortest election timeout): a follower votes for no one within the
+          shortest election timeout of its last answer to its leader (leader stickiness,
+          ``_Node._dfs_ignore_vote``), so no new leader can have been elected and have
+          committed since those answers (message delays under half that timeout assumed).
 
         ``is_leader`` alone is pysyncobj's view, updated on its tick thread: a leader cut off
         from the others (paused, partitioned, starved of CPU) keeps it until its next tick
         past ``leader_fallback_timeout`` (1 s) while a new leader already commits, and reads
         it served meanwhile were stale (a listing missed entries acknowledged to another
-        client: seen in ``dfs bench client`` on a loaded machine). pysyncobj grants votes to
-        a higher term without the Raft thesis's "leader stickiness", so the second point
-        assumes a candidate's election timeout ran out too; the window left is at most
-        ``read_lease_s`` after a follower's last answer. Reads here are never answered from
+        client: seen in ``dfs bench client`` on a loaded machine). Reads here are never answered from
         pysyncobj's state while a tick holds it: the dicts are read as they are (a change of
         membership meanwhile answers False, and the caller tries again)."""
         node = self._node

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import time
 
@@ -11,7 +12,14 @@ import pytest
 
 from dfs.common.errors import NotLeader, Unavailable
 from dfs.consensus.journal import DiskJournal
-from dfs.consensus.raft import DUMP_FILE, LOG_FILE, STATE_FILE, RaftHost, decode_entry, encode_entry
+from dfs.consensus.raft import (
+    DUMP_FILE,
+    LOG_FILE,
+    STATE_FILE,
+    RaftHost,
+    decode_entry,
+    encode_entry,
+)
 from dfs.consensus.testing import CounterSM, add_cmd, put_cmd
 from dfs.testing.cluster import free_ports
 from dfs.testing.wait import until_async
@@ -429,5 +437,113 @@ def test_a_follower_keeps_the_tail_no_entry_of_a_message_conflicts_with(tmp_path
             assert (j[-1][1], j[-1][2]) == (i0 + 5, 5000)
         finally:
             j._destroy()
+
+    asyncio.run(main())
+
+
+def test_a_follower_that_just_answered_its_leader_votes_for_no_one_else(tmp_path, monkeypatch):
+    """Leader stickiness (Raft thesis 4.2.3), which lease reads rest on: within the shortest
+    election timeout of its last answer to the leader, a follower ignores a candidate's vote
+    request (its term too). Afterwards it votes; and a vote the leader asked for (a
+    leadership transfer's timeout_now, the candidate marks its requests) is granted at once.
+    One replica (its peers never answer) gets the messages on pysyncobj's thread."""
+    from pysyncobj.monotonic import monotonic as clock
+    from pysyncobj.transport import TCPTransport
+
+    sent: list[tuple[str, dict]] = []
+    monkeypatch.setattr(TCPTransport, "send", lambda self, n, m: sent.append((str(n.id), m)) or True)
+    a, b, c = (f"127.0.0.1:{p}" for p in free_ports(3))
+
+    async def main():
+        sm = CounterSM(str(tmp_path / "sm"))
+        h = RaftHost(sm, a, [a, b, c], str(tmp_path / "raft"))
+        try:
+            def run():
+                node = h._node
+                t = node._dfs_transport
+                peers = {str(n.id): n for n in node._SyncObj__otherNodes}
+                i, term = node._SyncObj__getCurrentLogIndex(), node._SyncObj__getCurrentLogTerm()
+
+                def heartbeat(leader_term):
+                    t._onMessageReceived(peers[b], {"type": "append_entries", "term": leader_term, "prevLogIdx": i,
+                                                    "prevLogTerm": term, "entries": [], "commit_index": 0})
+
+                def ask(vote_term, **kw):
+                    del sent[:]
+                    t._onMessageReceived(peers[c], {"type": "request_vote", "term": vote_term,
+                                                    "last_log_index": i + 100, "last_log_term": vote_term - 1, **kw})
+                    return node._SyncObj__raftCurrentTerm, [m["type"] for to, m in sent if to == c]
+
+                out = {}
+                heartbeat(1000)
+                out["answered"] = clock() - node._dfs_answered < 1
+                out["sticky"] = ask(2000)
+                node._dfs_answered -= node._dfs_sticky  # as if the shortest election timeout had passed
+                out["later"] = ask(2000)
+                heartbeat(3000)
+                out["transfer"] = ask(4000, transfer=True)
+                # the leader's timeout_now: this replica's own vote requests then say so
+                heartbeat(5000)
+                t._onMessageReceived(peers[b], {"type": "timeout_now", "term": 5000})
+                del sent[:]
+                t.send(peers[c], {"type": "request_vote", "term": 5001, "last_log_index": i, "last_log_term": term})
+                out["marked"] = [m.get("transfer") for _, m in sent]
+                return out
+
+            out = await h._on_tick_call(run)
+        finally:
+            h.close()
+            sm.close()
+        assert out["answered"]
+        assert out["sticky"] == (1000, [])
+        assert out["later"] == (2000, ["response_vote"])
+        assert out["transfer"] == (4000, ["response_vote"])
+        assert out["marked"] == [True]
+
+    asyncio.run(main())
+
+
+def test_only_a_change_of_an_applied_entry_is_logged_critical(tmp_path, caplog):
+    """pysyncobj logs CRITICAL "truncating already-applied log entries" for every AppendEntries
+    overlapping applied entries: a leader resending what a follower has, thousands of lines a
+    loaded run. That line is silenced; dfs logs CRITICAL only when an applied entry was
+    replaced by another (a diverged state machine)."""
+    from pysyncobj.syncobj import _COMMAND_TYPE
+
+    noop = bytes([_COMMAND_TYPE.NO_OP])
+    a, b, c = (f"127.0.0.1:{p}" for p in free_ports(3))
+
+    async def main():
+        sm = CounterSM(str(tmp_path / "sm"))
+        h = RaftHost(sm, a, [a, b, c], str(tmp_path / "raft"))
+        try:
+            node = h._node
+            t = node._dfs_transport
+
+            def deliver(**m):
+                peer = {str(n.id): n for n in node._SyncObj__otherNodes}[b]
+                t._onMessageReceived(peer, {"type": "append_entries", **m})
+
+            def first():
+                i0, t0 = node._SyncObj__getCurrentLogIndex(), node._SyncObj__getCurrentLogTerm()
+                deliver(term=1000, prevLogIdx=i0, prevLogTerm=t0,
+                        entries=[(noop, i0 + k, 1000) for k in range(1, 5)], commit_index=i0 + 4)
+                return i0
+
+            i0 = await h._on_tick_call(first)
+            await until(lambda: node.raftLastApplied >= i0 + 4, 10, "the entries applied")
+            with caplog.at_level(logging.DEBUG):
+                # the same entries again, and fewer of them: routine, nothing logged
+                await h._on_tick_call(lambda: deliver(term=1000, prevLogIdx=i0 + 1, prevLogTerm=1000,
+                                                      entries=[(noop, i0 + 2, 1000)], commit_index=i0 + 4))
+                assert not [r for r in caplog.records if r.levelno >= logging.CRITICAL]
+                # another entry in an applied one's place
+                await h._on_tick_call(lambda: deliver(term=2000, prevLogIdx=i0 + 2, prevLogTerm=1000,
+                                                      entries=[(noop, i0 + 3, 2000)], commit_index=i0 + 2))
+            crit = [r.getMessage() for r in caplog.records if r.levelno >= logging.CRITICAL]
+            assert len(crit) == 1 and f"replaced applied log entries from index {i0 + 3}" in crit[0], crit
+        finally:
+            h.close()
+            sm.close()
 
     asyncio.run(main())
