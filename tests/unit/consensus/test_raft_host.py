@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -360,6 +361,31 @@ def test_a_raft_port_in_use_halts_the_replica_saying_so(tmp_path, caplog, monkey
         asyncio.run(main())
 
 
+@contextlib.asynccontextmanager
+async def _lone_replica(tmp_path):
+    """(a RaftHost, its two peers' addresses): a replica whose peers never answer (nothing
+    listens on their ports), for tests that hand it messages on pysyncobj's thread."""
+    a, b, c = (f"127.0.0.1:{p}" for p in free_ports(3))
+    sm = CounterSM(str(tmp_path / "sm"))
+    h = RaftHost(sm, a, [a, b, c], str(tmp_path / "raft"))
+    try:
+        yield h, b, c
+    finally:
+        h.close()
+        sm.close()
+
+
+def _receive(h: RaftHost, sender: str, message: dict) -> None:
+    """``message`` from peer ``sender``, as the transport hands it over (pysyncobj's thread)."""
+    node = h._node
+    peer = next(n for n in node._SyncObj__otherNodes if str(n.id) == sender)
+    node._dfs_transport._onMessageReceived(peer, message)
+
+
+def _last(h: RaftHost) -> tuple[int, int]:
+    return h._node._SyncObj__getCurrentLogIndex(), h._node._SyncObj__getCurrentLogTerm()
+
+
 def test_a_follower_keeps_the_tail_no_entry_of_a_message_conflicts_with(tmp_path):
     """Raft cuts a follower's log only from an entry that conflicts with the leader's;
     pysyncobj cuts it after ``prevLogIdx`` on every AppendEntries that overlaps it. A
@@ -373,56 +399,45 @@ def test_a_follower_keeps_the_tail_no_entry_of_a_message_conflicts_with(tmp_path
     from pysyncobj.syncobj import _COMMAND_TYPE
 
     noop = bytes([_COMMAND_TYPE.NO_OP])
-    a, b, c, extra = (f"127.0.0.1:{p}" for p in free_ports(4))
+    extra = f"127.0.0.1:{free_ports(1)[0]}"
     member = bytes([_COMMAND_TYPE.MEMBERSHIP]) + spickle.dumps(["add", extra])
 
     async def main():
-        sm = CounterSM(str(tmp_path / "sm"))
-        h = RaftHost(sm, a, [a, b, c], str(tmp_path / "raft"))
-        try:
+        async with _lone_replica(tmp_path) as (h, b, _):
             def run():
                 node = h._node
-                t = node._dfs_transport
-                peer = {str(n.id): n for n in node._SyncObj__otherNodes}[b]
                 sent: list[dict] = []
-                t.send = lambda n, m: sent.append(m) or True  # the replies, seen instead of sent
-
-                def log():
-                    return node._SyncObj__getCurrentLogIndex(), node._SyncObj__getCurrentLogTerm()
+                node._dfs_transport.send = lambda n, m: sent.append(m) or True  # the replies, seen instead of sent
 
                 def deliver(**m):
-                    t._onMessageReceived(peer, {"type": "append_entries", **m})
+                    _receive(h, b, {"type": "append_entries", **m})
                     return sent[-1]
 
-                i0, t0 = log()
+                i0, t0 = _last(h)
                 commit0 = node.raftCommitIndex
                 tail = [(noop, i0 + 1, 1000), (noop, i0 + 2, 1000), (member, i0 + 3, 1000),
                         (noop, i0 + 4, 1000), (noop, i0 + 5, 1000), (noop, i0 + 6, 1000)]
                 deliver(term=1000, prevLogIdx=i0, prevLogTerm=t0, entries=tail, commit_index=commit0)
-                out = {"after_first": log(), "members": {str(n.id) for n in node._SyncObj__otherNodes}}
+                out = {"after_first": _last(h), "members": {str(n.id) for n in node._SyncObj__otherNodes}}
                 # a later leader's heartbeat, its view of this follower two entries in, saying
                 # everything is committed: the tail stays, the commit index stops at the message
                 reply = deliver(term=2000, prevLogIdx=i0 + 2, prevLogTerm=1000, entries=[], commit_index=i0 + 6)
-                out["heartbeat"] = (log(), reply["next_node_idx"], reply["success"], node.raftCommitIndex)
+                out["heartbeat"] = (_last(h), reply["next_node_idx"], reply["success"], node.raftCommitIndex)
                 out["members_after"] = {str(n.id) for n in node._SyncObj__otherNodes}
                 # a candidate lacking the tail gets no vote
-                t._onMessageReceived(peer, {"type": "request_vote", "term": 3000,
-                                            "last_log_index": i0 + 2, "last_log_term": 1000})
+                _receive(h, b, {"type": "request_vote", "term": 3000, "last_log_index": i0 + 2, "last_log_term": 1000})
                 out["voted"] = node._SyncObj__votedForNodeId
                 # a shorter batch of a later leader: the same
                 reply = deliver(term=4000, prevLogIdx=i0 + 3, prevLogTerm=1000, entries=[(noop, i0 + 4, 1000)],
                                 commit_index=i0 + 6)
-                out["batch"] = (log(), reply["next_node_idx"], node.raftCommitIndex)
+                out["batch"] = (_last(h), reply["next_node_idx"], node.raftCommitIndex)
                 # a conflicting entry cuts from there
                 deliver(term=5000, prevLogIdx=i0 + 4, prevLogTerm=1000, entries=[(noop, i0 + 5, 5000)],
                         commit_index=i0 + 4)
-                out["conflict"] = (log(), node.raftCommitIndex)
+                out["conflict"] = (_last(h), node.raftCommitIndex)
                 return out
 
             out = await h._on_tick_call(run)
-        finally:
-            h.close()
-            sm.close()
         i0 = out["after_first"][0] - 6
         assert out["after_first"] == (i0 + 6, 1000) and extra in out["members"]
         assert out["heartbeat"] == ((i0 + 6, 1000), i0 + 3, True, i0 + 2)
@@ -452,26 +467,21 @@ def test_a_follower_that_just_answered_its_leader_votes_for_no_one_else(tmp_path
 
     sent: list[tuple[str, dict]] = []
     monkeypatch.setattr(TCPTransport, "send", lambda self, n, m: sent.append((str(n.id), m)) or True)
-    a, b, c = (f"127.0.0.1:{p}" for p in free_ports(3))
 
     async def main():
-        sm = CounterSM(str(tmp_path / "sm"))
-        h = RaftHost(sm, a, [a, b, c], str(tmp_path / "raft"))
-        try:
+        async with _lone_replica(tmp_path) as (h, b, c):
             def run():
                 node = h._node
-                t = node._dfs_transport
-                peers = {str(n.id): n for n in node._SyncObj__otherNodes}
-                i, term = node._SyncObj__getCurrentLogIndex(), node._SyncObj__getCurrentLogTerm()
+                i, term = _last(h)
 
                 def heartbeat(leader_term):
-                    t._onMessageReceived(peers[b], {"type": "append_entries", "term": leader_term, "prevLogIdx": i,
-                                                    "prevLogTerm": term, "entries": [], "commit_index": 0})
+                    _receive(h, b, {"type": "append_entries", "term": leader_term, "prevLogIdx": i,
+                                    "prevLogTerm": term, "entries": [], "commit_index": 0})
 
                 def ask(vote_term, **kw):
                     del sent[:]
-                    t._onMessageReceived(peers[c], {"type": "request_vote", "term": vote_term,
-                                                    "last_log_index": i + 100, "last_log_term": vote_term - 1, **kw})
+                    _receive(h, c, {"type": "request_vote", "term": vote_term, "last_log_index": i + 100,
+                                    "last_log_term": vote_term - 1, **kw})
                     return node._SyncObj__raftCurrentTerm, [m["type"] for to, m in sent if to == c]
 
                 out = {}
@@ -484,16 +494,15 @@ def test_a_follower_that_just_answered_its_leader_votes_for_no_one_else(tmp_path
                 out["transfer"] = ask(4000, transfer=True)
                 # the leader's timeout_now: this replica's own vote requests then say so
                 heartbeat(5000)
-                t._onMessageReceived(peers[b], {"type": "timeout_now", "term": 5000})
+                _receive(h, b, {"type": "timeout_now", "term": 5000})
                 del sent[:]
-                t.send(peers[c], {"type": "request_vote", "term": 5001, "last_log_index": i, "last_log_term": term})
+                peer_c = next(n for n in node._SyncObj__otherNodes if str(n.id) == c)
+                node._dfs_transport.send(peer_c, {"type": "request_vote", "term": 5001, "last_log_index": i,
+                                                  "last_log_term": term})
                 out["marked"] = [m.get("transfer") for _, m in sent]
                 return out
 
             out = await h._on_tick_call(run)
-        finally:
-            h.close()
-            sm.close()
         assert out["answered"]
         assert out["sticky"] == (1000, [])
         assert out["later"] == (2000, ["response_vote"])
@@ -511,27 +520,20 @@ def test_only_a_change_of_an_applied_entry_is_logged_critical(tmp_path, caplog):
     from pysyncobj.syncobj import _COMMAND_TYPE
 
     noop = bytes([_COMMAND_TYPE.NO_OP])
-    a, b, c = (f"127.0.0.1:{p}" for p in free_ports(3))
 
     async def main():
-        sm = CounterSM(str(tmp_path / "sm"))
-        h = RaftHost(sm, a, [a, b, c], str(tmp_path / "raft"))
-        try:
-            node = h._node
-            t = node._dfs_transport
-
+        async with _lone_replica(tmp_path) as (h, b, _):
             def deliver(**m):
-                peer = {str(n.id): n for n in node._SyncObj__otherNodes}[b]
-                t._onMessageReceived(peer, {"type": "append_entries", **m})
+                _receive(h, b, {"type": "append_entries", **m})
 
             def first():
-                i0, t0 = node._SyncObj__getCurrentLogIndex(), node._SyncObj__getCurrentLogTerm()
+                i0, t0 = _last(h)
                 deliver(term=1000, prevLogIdx=i0, prevLogTerm=t0,
                         entries=[(noop, i0 + k, 1000) for k in range(1, 5)], commit_index=i0 + 4)
                 return i0
 
             i0 = await h._on_tick_call(first)
-            await until(lambda: node.raftLastApplied >= i0 + 4, 10, "the entries applied")
+            await until(lambda: h._node.raftLastApplied >= i0 + 4, 10, "the entries applied")
             with caplog.at_level(logging.DEBUG):
                 # the same entries again, and fewer of them: routine, nothing logged
                 await h._on_tick_call(lambda: deliver(term=1000, prevLogIdx=i0 + 1, prevLogTerm=1000,
@@ -542,8 +544,5 @@ def test_only_a_change_of_an_applied_entry_is_logged_critical(tmp_path, caplog):
                                                       entries=[(noop, i0 + 3, 2000)], commit_index=i0 + 2))
             crit = [r.getMessage() for r in caplog.records if r.levelno >= logging.CRITICAL]
             assert len(crit) == 1 and f"replaced applied log entries from index {i0 + 3}" in crit[0], crit
-        finally:
-            h.close()
-            sm.close()
 
     asyncio.run(main())
