@@ -217,6 +217,14 @@ class Mode:
         May raise (e.g. EROFS for a write open of a read-only view)."""
         return OpenPlan(revalidate=self.revalidate_on_open)
 
+    def check_walk(self, dir_attr: Attr, caller: Caller | None) -> None:
+        """A path walk is about to look a name up in directory ``dir_attr`` on ``caller``'s
+        behalf: raise if it may not search it, where the service never sees the lookup. The
+        default checks nothing (the service checks its lookups)."""
+
+    def check_list(self, dir_attr: Attr, caller: Caller | None) -> None:
+        """A listing of directory ``dir_attr`` for ``caller`` (as ``check_walk``: read)."""
+
     def check_open(self, attr: Attr, access: int, caller: Caller | None) -> None:
         """An open without a server handle (``OpenPlan.server_handle`` False), which the
         service never sees: raise if ``caller`` may not have ``access`` (os.R_OK | os.W_OK,

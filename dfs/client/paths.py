@@ -226,6 +226,7 @@ class AsyncClient(SnapshotAPI):
         intermediate component, ELOOP after MAXSYMLINKS symlinks. A missing last
         component is not an error (attr None: the caller may create it)."""
         core = self.core
+        mode, caller = self.mode, getattr(self.meta, "caller", None)
         p = self._abs(path)
         trailing = p.endswith(b"/") or p.endswith(b"/.")
         root = await core.getattr(ROOT_INO)
@@ -243,6 +244,7 @@ class AsyncClient(SnapshotAPI):
             parent = dirs[-1]
             last = not todo
             try:
+                mode.check_walk(parent, caller)
                 a = await core.lookup(parent.ino, c, fresh=last and fresh_last, walk=not last)
             except err.NotFound:
                 if last:
@@ -293,20 +295,25 @@ class AsyncClient(SnapshotAPI):
             return None
         head = head or b"/"
         mode = self.mode
-        if mode.immutable:  # a shuffled epoch walks the same few directories every time
-            of, walked = self._walked
-            if of is not mode:
-                walked = {}
-                self._walked = (mode, walked)
-            parent = walked.get(head)
-            if parent is None:
+        try:
+            if mode.immutable:  # a shuffled epoch walks the same few directories every time
+                of, walked = self._walked
+                if of is not mode:
+                    walked = {}
+                    self._walked = (mode, walked)
+                parent = walked.get(head)
+                if parent is None:
+                    parent = await self._namei(head, follow=True)
+                    if len(walked) < WALKED_DIRS:
+                        walked[head] = parent
+            else:
                 parent = await self._namei(head, follow=True)
-                if len(walked) < WALKED_DIRS:
-                    walked[head] = parent
-        else:
-            parent = await self._namei(head, follow=True)
-        if parent.attr is None or not parent.attr.is_dir():
-            return None
+            if parent.attr is None or not parent.attr.is_dir():
+                return None
+            mode.check_walk(parent.attr, getattr(self.meta, "caller", None))
+        except err.DfsError as e:
+            e.filename = path  # the caller's path, not its directory's
+            raise
         return parent, last
 
     # ------------------------------------------------------------------ reads
@@ -366,6 +373,11 @@ class AsyncClient(SnapshotAPI):
     async def readdir(self, path: PathLike = ".", *, plus: bool = True) -> list[DirEntry]:
         """The raw entries of a directory (one readdirplus per page, the next prefetched)."""
         d = await self._dir(path)
+        try:
+            self.mode.check_list(d, getattr(self.meta, "caller", None))
+        except err.DfsError as e:
+            e.filename = path
+            raise
         return await self.core.listdir(d.ino, plus=plus)
 
     async def listdir(self, path: PathLike = ".") -> list:

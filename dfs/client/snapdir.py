@@ -63,7 +63,8 @@ def readonly(what: str = "a snapshot is read-only") -> err.DfsError:
 
 
 def check_access(a: Attr, caller: Caller | None, access: int) -> None:
-    """The mode-bit check the service would do at an open (``access``: os.R_OK | os.W_OK)."""
+    """The mode-bit check the service would do (``access``: os.R_OK | os.W_OK | os.X_OK; X on
+    a directory: searching it)."""
     if not access or caller is None or caller.uid == 0:
         return
     if a.uid == caller.uid:
@@ -72,7 +73,7 @@ def check_access(a: Attr, caller: Caller | None, access: int) -> None:
         bits = (a.mode >> 3) & 7
     else:
         bits = a.mode & 7
-    need = (4 if access & os.R_OK else 0) | (2 if access & os.W_OK else 0)
+    need = (4 if access & os.R_OK else 0) | (2 if access & os.W_OK else 0) | (1 if access & os.X_OK else 0)
     if bits & need != need:
         raise err.PermissionDenied("permission denied")
 

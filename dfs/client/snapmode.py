@@ -169,6 +169,16 @@ class SnapshotMode(Mode):
         if caller is not None:
             check_access(attr, caller, access)
 
+    # the service sees no lookup and no listing of a snapshot-mode client: the mode checks
+    # them (a file under a 0700 directory was readable by anyone who knew its path)
+    def check_walk(self, dir_attr, caller):
+        if caller is not None:
+            check_access(dir_attr, caller, os.X_OK)
+
+    def check_list(self, dir_attr, caller):
+        if caller is not None:
+            check_access(dir_attr, caller, os.R_OK)
+
     def read_now(self, a: Attr) -> bytearray | None:
         """The bytes of regular file ``a`` without waiting, on the calling thread: a packed
         file whose pack chunks are in the machine's cache (``PackReader.read_now``); None

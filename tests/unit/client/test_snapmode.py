@@ -47,6 +47,9 @@ async def _tree(c: AsyncClient) -> None:
     await c.setxattr("/d/sub/f003", "user.k", b"v")
     await c.chmod("/d/sub/f004", 0o600)
     await c.mkdir("/d/emptydir")
+    await c.makedirs("/d/priv/in")
+    await c.write_bytes("/d/priv/in/f", b"secret")  # 0644, under a 0700 directory
+    await c.chmod("/d/priv", 0o700)
     await c.sync()
 
 
@@ -441,6 +444,15 @@ def test_a_snapshot_mode_open_checks_the_callers_access(tmp_path):
         with pytest.raises(PermissionError):
             alice.open("/sub/f004", "rb")
         assert alice.read_bytes("/sub/f005") == b"\x05" * 501  # 0644: readable
+        # a directory she may not search or list (0700): nothing under it, on either thread
+        assert root.read_bytes("/priv/in/f") == b"secret"  # its pack chunk at hand
+        for read in (alice.read_bytes, alice.stat, alice.listdir, lambda p: list(alice.read_many([p]))):
+            with pytest.raises(PermissionError) as e:
+                read("/priv/in/f")
+            assert e.value.filename == "/priv/in/f"
+        with pytest.raises(PermissionError):
+            alice.listdir("/priv")
+        assert "priv" in alice.listdir("/")  # the name itself is in a directory she may list
     finally:
         alice.close()
         root.close()
