@@ -164,7 +164,7 @@ class AsyncClient(SnapshotAPI):
         self.cwd = b"/"
         self._on_close = on_close
         # under an immutable mode (a snapshot), the walks of directory paths, as made (_last_step)
-        self._walked: tuple[Mode | None, dict[bytes, _Resolved]] = (None, {})
+        self._walked: tuple[tuple | None, dict[bytes, _Resolved]] = (None, {})  # ((mode, caller), walks)
 
     @property
     def mode(self) -> Mode:
@@ -294,13 +294,13 @@ class AsyncClient(SnapshotAPI):
         if not last or last in (b".", b".."):
             return None
         head = head or b"/"
-        mode = self.mode
+        mode, caller = self.mode, getattr(self.meta, "caller", None)
         try:
             if mode.immutable:  # a shuffled epoch walks the same few directories every time
                 of, walked = self._walked
-                if of is not mode:
+                if of != (mode, caller):  # the walk checked this caller's permissions
                     walked = {}
-                    self._walked = (mode, walked)
+                    self._walked = ((mode, caller), walked)
                 parent = walked.get(head)
                 if parent is None:
                     parent = await self._namei(head, follow=True)
@@ -310,7 +310,7 @@ class AsyncClient(SnapshotAPI):
                 parent = await self._namei(head, follow=True)
             if parent.attr is None or not parent.attr.is_dir():
                 return None
-            mode.check_walk(parent.attr, getattr(self.meta, "caller", None))
+            mode.check_walk(parent.attr, caller)
         except err.DfsError as e:
             e.filename = path  # the caller's path, not its directory's
             raise
