@@ -124,7 +124,8 @@ class Client(SyncFacade):
         In a mode with files' bytes at hand (snapshot mode: packed files in the machine's
         cache) those are read on this thread, and only the others go to the loop."""
         check_window(ahead, max_bytes)
-        if getattr(self.aio.mode, "in_memory", False) and getattr(self.aio.mode, "read_now", None) is not None:
+        mode = self.aio.mode
+        if getattr(mode, "in_memory", False) and getattr(mode, "read_now", None) is not None and not self._closed:
             return self._read_many_at_hand(paths, ahead, max_bytes)
         return self._read_many_on_loop(paths, ahead, max_bytes)
 
