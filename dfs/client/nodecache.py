@@ -482,6 +482,7 @@ class CachedChunks:
         self.cache = cache
         self._created = created
         self._inflight: dict[CacheKey, asyncio.Future] = {}
+        self._fetched = 0  # fetches finished: a miss seen before the last one may be stale
         self._warned = False
 
     def __getattr__(self, name: str) -> Any:
@@ -505,9 +506,10 @@ class CachedChunks:
         key = self.key(ino, index, at)
         if key is None:
             return await self.inner.read(ino, index, offset, length, layout, at=at)
+        seen = self._fetched
         got = await asyncio.to_thread(self.cache.get, key, offset, length)
         if got is None:
-            chunk = await self.fill(key, layout)
+            chunk = await self.fill(key, layout, seen)
             got = chunk[offset:offset + length]
         return memoryview(got)
 
@@ -520,24 +522,38 @@ class CachedChunks:
             got = await self.inner.read(ino, index, offset, len(buf), layout, **kw)
             buf[:len(got)] = got
             return len(got)
+        seen = self._fetched
         n = await asyncio.to_thread(self.cache.get_into, key, offset, buf)
         if n is not None:
             return n
-        got = memoryview(await self.fill(key, layout))[offset:offset + len(buf)]
+        got = memoryview(await self.fill(key, layout, seen))[offset:offset + len(buf)]
         buf[:len(got)] = got
         return len(got)
 
-    async def fill(self, key: CacheKey, layout) -> bytes:
+    async def fill(self, key: CacheKey, layout, seen: int | None = None) -> bytes:
         """Chunk ``key`` fetched whole from the data servers and stored (one fetch for
-        concurrent readers of this process). Its bytes."""
+        concurrent readers of this process). Its bytes.
+
+        ``seen`` is ``_fetched`` when the caller found the chunk missing: if a fetch ended
+        since, it may have been this chunk's (stored, and out of ``_inflight`` already),
+        so the cache is asked again before fetching twice."""
         fut = self._inflight.get(key)
+        if fut is None and seen is not None and seen != self._fetched:
+            got = await asyncio.to_thread(self.cache.get, key)
+            if got is not None:
+                return got
+            fut = self._inflight.get(key)
         if fut is None:
             fut = self._inflight[key] = asyncio.ensure_future(self._fetch(key, layout))
-            fut.add_done_callback(lambda _f, key=key: self._inflight.pop(key, None))
+            fut.add_done_callback(lambda _f, key=key: self._fetch_done(key))
         data, store_error = await asyncio.shield(fut)
         if store_error is not None and warming.get():
             raise store_error
         return data
+
+    def _fetch_done(self, key: CacheKey) -> None:
+        self._fetched += 1
+        self._inflight.pop(key, None)
 
     async def _fetch(self, key: CacheKey, layout) -> tuple[bytes, BaseException | None]:
         data = bytes(await self.inner.read(key.ino, key.index, 0, layout.chunk_size, layout, at=key.snap))

@@ -7,6 +7,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import threading
 
 import pytest
 
@@ -248,3 +249,34 @@ def test_a_gone_snapshot_is_pruned_and_the_others_stay(tmp_path):
         [False, True, False, True]
     assert nc.usage()[0] == 2 and nc.used == nc.usage()[1]
     assert nc.prune(cmap.snapshot_gone) == 0
+
+
+def test_a_miss_seen_before_a_fetch_ended_looks_again_instead_of_fetching_twice(tmp_path):
+    """Reader B looks in the cache and misses; reader A's fetch of the same chunk then
+    ends (stored, and out of the in-flight table) before B asks for one. B must find the
+    stored chunk, not fetch it again (the interleaving is forced: B's lookup is held)."""
+    async def go():
+        inner = _FakeData()
+        nc = NodeCache(str(tmp_path), "c1@a:1", 1 << 30)
+        cc = CachedChunks(inner, nc, created=lambda at: 99)
+        real_get = nc.get
+        held, release = threading.Event(), threading.Event()
+
+        def get(key, offset=0, length=None):
+            if not held.is_set():  # B's lookup: a miss, returned only after A is done
+                held.set()
+                release.wait(10)
+                return None
+            return real_get(key, offset, length)
+
+        nc.get = get
+        b = asyncio.ensure_future(cc.read(7, 0, 10, 20, LAYOUT, at=3))
+        await asyncio.to_thread(held.wait, 10)
+        a = await cc.read(7, 0, 0, 20, LAYOUT, at=3)  # misses, fetches, stores
+        assert inner.reads == 1
+        release.set()
+        want = inner.chunks[(7, 0)]
+        assert bytes(await b) == want[10:30] and bytes(a) == want[:20]
+        assert inner.reads == 1
+
+    asyncio.run(go())
