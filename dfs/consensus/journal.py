@@ -34,7 +34,7 @@ replaces it (pysyncobj's journal interface, subclassed, not a fork):
   same entry added again is taken back without a write, a differing one drops
   the rest of the shadow and the next flush cuts the file there. What is left
   of the shadow when the message is handled comes back into the log
-  (``restore_tail``, called by ``dfs.consensus.raft``; docs/design/durability.md).
+  (``restore_tail``, called by ``dfs.consensus.node``; docs/design/durability.md).
 * **State file** (``raft.state``): term, vote and commit index as JSON with a
   CRC, replaced atomically (temp file, fsync, rename, directory fsync) and
   always synced; term and vote before pysyncobj sends anything that reflects

@@ -264,7 +264,7 @@ def test_a_stranger_cannot_make_a_raft_port_buffer_much(tmp_path):
     import socket
     import struct
 
-    from dfs.consensus.raft import _Transport
+    from dfs.consensus.node import _Transport
 
     async def main():
         sm = CounterSM(str(tmp_path / "sm"))
