@@ -464,6 +464,7 @@ def _count_sync(c) -> Counter:
 # ---------------------------------------------------------------------- one cluster
 
 def measure(shards: int, a, root: str, log=print) -> dict:
+    """One shard count on a fresh cluster of this machine's loopback."""
     from dfs.local.cluster import LocalCluster
 
     folder = os.path.join(root, f"s{shards}")
@@ -472,36 +473,85 @@ def measure(shards: int, a, root: str, log=print) -> dict:
     log(f"-- {shards} shard(s) x {a.replicas} replicas, 1 mgmt, {a.data_servers} data server(s): starting")
     with cluster:
         cluster.wait_all_converged(120.0)
-        procs = Procs(cluster)
-        s0 = procs.sample()
-        t0 = time.monotonic()
-        time.sleep(a.idle)  # the measurement window of the idle cost, not a synchronisation
-        s1 = procs.sample()
-        dt = time.monotonic() - t0
-        idle = {k: (s1[k] - s0[k]) / dt for k in s0}
-        idle["client"] = 0.0  # this process is idle by construction (it only sleeps)
-        log(f"   idle CPU: {sum(idle.values()):.3f} s/s over all processes "
-            f"({', '.join(f'{r} {v:.3f}' for r, v in procs.by_role(idle).items() if r in ROLES)})")
-        meter = Meter(procs, idle, log)
-        bench = Bench(cluster.config_path, a, meter)
-        tmp = tempfile.mkdtemp(prefix="tar-", dir=folder)
+        return measure_on(cluster, cluster.config_path, folder, a, log)
 
-        async def go():
-            try:
-                await bench.operations()
-            except _Stop:
-                pass
-            if bench.wanted("workload: mdtest tree"):
-                await bench.mdtest_tree()
-            if bench.wanted("workload: untar"):
-                await bench.untar_and_shuffle(tmp)
-            if bench.wanted("workload: checkpoint"):
-                await bench.checkpoints()
 
-        asyncio.run(go())
-        stable = procs.same_leaders()
+def measure_on(cluster, cluster_file: str, folder: str, a, log=print) -> dict:
+    """The idle cost, then every wanted phase, on a running cluster (this process is the client)."""
+    shards = cluster.cfg.nshards
+    procs = Procs(cluster)
+    s0 = procs.sample()
+    t0 = time.monotonic()
+    time.sleep(a.idle)  # the measurement window of the idle cost, not a synchronisation
+    s1 = procs.sample()
+    dt = time.monotonic() - t0
+    idle = {k: (s1[k] - s0[k]) / dt for k in s0}
+    idle["client"] = 0.0  # this process is idle by construction (it only sleeps)
+    log(f"   idle CPU: {sum(idle.values()):.3f} s/s over all processes "
+        f"({', '.join(f'{r} {v:.3f}' for r, v in procs.by_role(idle).items() if r in ROLES)})")
+    meter = Meter(procs, idle, log)
+    bench = Bench(cluster_file, a, meter)
+    tmp = tempfile.mkdtemp(prefix="tar-", dir=folder)
+
+    async def go():
+        try:
+            await bench.operations()
+        except _Stop:
+            pass
+        if bench.wanted("workload: mdtest tree"):
+            await bench.mdtest_tree()
+        if bench.wanted("workload: untar"):
+            await bench.untar_and_shuffle(tmp)
+        if bench.wanted("workload: checkpoint"):
+            await bench.checkpoints()
+
+    asyncio.run(go())
+    shutil.rmtree(tmp, ignore_errors=True)
     return {"shards": shards, "replicas": a.replicas, "idle_cpu_per_s": procs.by_role(idle),
-            "idle_cpu_per_s_by_process": idle, "leaders_stable": stable, "phases": meter.rows}
+            "idle_cpu_per_s_by_process": idle, "leaders_stable": procs.same_leaders(), "phases": meter.rows}
+
+
+# ---------------------------------------------------------------------- attached
+
+class Attached:
+    """A cluster another process started (benchmarks/shards_netns.py), as this client sees it:
+    the processes by PID and role (from the spec), leaders from the replicas' Status answers.
+
+    The spec (JSON): ``config`` (the cluster file), ``folder`` (scratch space), ``out`` (where
+    the result goes), ``args`` (this module's parsed arguments), ``procs`` (``name``, ``pid``,
+    ``role``, ``shard``, ``address``, ``metrics`` of each server process)."""
+
+    def __init__(self, spec: dict) -> None:
+        from types import SimpleNamespace
+
+        from dfs.common.config import ClusterConfig
+        from dfs.wire import auth as wire_auth
+
+        self.cfg = ClusterConfig.load(spec["config"])
+        self.credentials = wire_auth.remember_config(self.cfg)
+        self.procs = [SimpleNamespace(**p) for p in spec["procs"]]
+
+    def meta_procs(self, shard: int | None = None) -> list:
+        return [p for p in self.procs if p.role == "meta" and (shard is None or p.shard == shard)]
+
+    def leader_of(self, shard: int):
+        from dfs.local import probe
+
+        procs = self.meta_procs(shard)
+        sts = asyncio.run(probe.replica_statuses(self.credentials, [p.address for p in procs]))
+        return next((p for p, st in zip(procs, sts) if st is not None and st.role == "leader"), None)
+
+
+def attached_main(path: str) -> int:
+    """``--attach SPEC``: measure the cluster a spec describes (the client part of a run whose
+    cluster another process started, e.g. in network namespaces)."""
+    with open(path) as f:
+        spec = json.load(f)
+    a = argparse.Namespace(**spec["args"])
+    res = measure_on(Attached(spec), spec["config"], spec["folder"], a)
+    with open(spec["out"], "w") as f:
+        json.dump(res, f)
+    return 0
 
 
 # ---------------------------------------------------------------------- output
@@ -555,7 +605,9 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.gmtime())}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, measure=measure, extra_args=()) -> int:
+    """``measure(shards, args, root)`` runs one shard count (another cluster launcher's, e.g.
+    benchmarks/shards_netns.py's); ``extra_args``: functions adding its options to the parser."""
     ap = argparse.ArgumentParser(prog="dfs bench shards", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", default="1,2,4,8", help="shard counts, one cluster each")
     ap.add_argument("--replicas", type=int, default=3)
@@ -579,7 +631,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--phases", default="", help="only these phases (comma-separated names), e.g. create,stat")
     ap.add_argument("--report", default=None, metavar="JSON", help="print the tables of an earlier run's JSON")
+    ap.add_argument("--attach", default=None, metavar="SPEC", help=argparse.SUPPRESS)  # see Attached
+    for add in extra_args:
+        add(ap)
     a = ap.parse_args(argv)
+    if a.attach:
+        return attached_main(a.attach)
     if a.report:
         with open(a.report) as f:
             results = json.load(f)["results"]

@@ -431,7 +431,8 @@ class NetnsCluster(ServerGroup, ReplicaFiles):
 
     def __init__(self, root: str, hosts: list[Host], client: Host, *, shards: int = 2, replicas: int = 3,
                  mgmt_replicas: int = 3, data_servers: int = 3, chain_replicas: int = 3,
-                 target_timeout: float = 3.0, raft: RaftOptions | None = None) -> None:
+                 target_timeout: float = 3.0, raft: RaftOptions | None = None, metrics: bool = False) -> None:
+        """``metrics``: give mgmt and metadata replicas a Prometheus endpoint on their host."""
         if not hosts:
             raise ValueError("at least one host")
         self.root = os.path.abspath(root)
@@ -443,7 +444,8 @@ class NetnsCluster(ServerGroup, ReplicaFiles):
         port = iter(range(7000, 8000))
 
         def rep(i: int, h: Host) -> ReplicaAddr:
-            return ReplicaAddr(i, f"{h.addr}:{next(port)}", f"{h.addr}:{next(port)}")
+            return ReplicaAddr(i, f"{h.addr}:{next(port)}", f"{h.addr}:{next(port)}",
+                               f"{h.addr}:{next(port)}" if metrics else None)
 
         mgmt = tuple(rep(i, self.hosts[i % n]) for i in range(mgmt_replicas))
         shard_cfgs = tuple(ShardConfig(s, tuple(rep(r, self.hosts[r % n]) for r in range(replicas)))
@@ -460,11 +462,13 @@ class NetnsCluster(ServerGroup, ReplicaFiles):
         self.procs: list[NetProc] = []
         for m in self.cfg.mgmt:
             d = os.path.join(self.root, f"mgmt{m.id}")
-            self.procs.append(NetProc("mgmt", -1, m.id, m.address, d, d + ".log", host=self.hosts[m.id % n]))
+            self.procs.append(NetProc("mgmt", -1, m.id, m.address, d, d + ".log", metrics=m.metrics,
+                                      host=self.hosts[m.id % n]))
         for s in self.cfg.shards:
             for r in s.replicas:
                 d = os.path.join(self.root, f"shard{s.id}", f"r{r.id}")
-                self.procs.append(NetProc("meta", s.id, r.id, r.address, d, d + ".log", host=self.hosts[r.id % n]))
+                self.procs.append(NetProc("meta", s.id, r.id, r.address, d, d + ".log", metrics=r.metrics,
+                                          host=self.hosts[r.id % n]))
         for ds in self.cfg.data:
             d = os.path.join(self.root, f"data{ds.id}")
             self.procs.append(NetProc("data", -1, ds.id, ds.address, d, d + ".log", host=self.hosts[ds.id % n]))
