@@ -143,11 +143,13 @@ async def open_snapshot(meta, data, spec: str, *, cache_dir: str | None = None, 
     core = await snapshot_core(meta, data, info, cache_dir=cache_dir or default_cache_dir(), stats=stats,
                                pack_cache=pack_cache)
     # Capabilities now, in the round trips of the open, so that reads ask the metadata service
-    # nothing more: the snapshot's, and reading each pack (live files of the manifest's, 0644).
-    # One refused here is asked again by the read that needs it, which reports the refusal.
+    # nothing more: the snapshot's, and reading each pack (live files of the manifest's, 0644),
+    # all the packs' in one request per shard. One refused here is asked again by the read
+    # that needs it, which reports the refusal.
     packs = sorted({int(i) for i in core.mode.m.packs["ino"]})
-    got = await asyncio.gather(meta.caps(info.root, caps.READ, snap=info.epoch),
-                               *(meta.caps(i, caps.READ) for i in packs), return_exceptions=True)
+    snap, of_packs = await asyncio.gather(meta.caps(info.root, caps.READ, snap=info.epoch),
+                                          meta.caps_many(packs, caps.READ), return_exceptions=True)
+    got = [snap] + (of_packs if isinstance(of_packs, list) else [])
     data.add_caps([c for c in got if isinstance(c, bytes)])
     return core
 

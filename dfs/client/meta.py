@@ -48,6 +48,7 @@ T = TypeVar("T")
 # inode); a rename or unlink may delete that inode in between. The name was then changed
 # meanwhile, never missing: it is read again, this many times at most.
 NAME_RACES = 8
+CAPS_BATCH = 512  # files per ExecuteBatch of caps_many (a reply of ~100 bytes each)
 
 
 def _rid() -> bytes:
@@ -344,6 +345,31 @@ class MetaClient:
         None: the cluster does not check capabilities. EACCES as an open would answer."""
         r = await self._send(m.Caps(ino, rights, handle, session, snap), caller)
         return r.caps[0] if r.caps else None
+
+    async def caps_many(self, inos: list[int], rights: int, *, caller: Caller | None = None
+                        ) -> list[bytes | None | err.DfsError]:
+        """``caps(ino, rights)`` of each of ``inos`` (the caller's access now), in one
+        ExecuteBatch per shard and CAPS_BATCH files: a capability, None (the cluster does
+        not check them) or the DfsError of each, in order."""
+        out: list[bytes | None | err.DfsError] = [None] * len(inos)
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for i, ino in enumerate(inos):
+            by_shard[shard_of(ino)].append(i)
+        c = caller or self.caller
+
+        async def batch(shard: int, idx: list[int]) -> None:
+            reqs = [m.Caps(inos[i], rights) for i in idx]
+            res = await self.t.call_many(shard, [(r.OP, c, r.to_wire(), b"") for r in reqs])
+            for i, r, x in zip(idx, reqs, res):
+                if isinstance(x, err.DfsError):
+                    out[i] = x
+                else:
+                    rep = r.reply_from_wire(x)
+                    out[i] = rep.caps[0] if rep.caps else None
+
+        await asyncio.gather(*(batch(s, idx[k:k + CAPS_BATCH]) for s, idx in by_shard.items()
+                               for k in range(0, len(idx), CAPS_BATCH)))
+        return out
 
     # ------------------------------------------------------------------ open handles
     async def open_handle(self, ino: int, lease_s: float = DEFAULT_LEASE_S, *, handle: bytes | None = None,

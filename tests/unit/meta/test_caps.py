@@ -17,7 +17,7 @@ import pytest
 
 from dfs.client.meta import MetaClient
 from dfs.common import caps as C
-from dfs.common.ids import ROOT_INO
+from dfs.common.ids import ROOT_INO, shard_of
 from dfs.common.records import ROOT, Caller
 from dfs.meta.local import LocalEngine
 from dfs.meta.ops.caps import granted_with
@@ -166,3 +166,46 @@ def test_opens_carry_what_they_checked():
     assert covers(create, m.CreateReply(attr, True, 7, True, attr), 7, C.READ | C.WRITE)
     assert granted_with(signer, create, m.CreateReply(attr, False, 7, True, attr)) == []  # existing, unchecked
     assert granted_with(signer, m.Getattr(5), attr) == []
+
+
+def test_caps_many_asks_one_batch_per_shard_and_answers_each_file_in_order():
+    """Snapshot mode's open asks every pack's capability at once (MetaClient.caps_many): one
+    ExecuteBatch per shard, and per file what CAPS alone would answer (a refusal is that
+    file's error, the others are granted)."""
+    async def main():
+        eng = LocalEngine(2)
+        signer = C.Signer(KEY)
+        for svc in eng.services:
+            svc.signer = signer
+        root = MetaClient(eng, ROOT)
+        inos = []
+        for s in range(2):  # files on both shards: a directory homed on each
+            j = 0
+            while True:
+                d = await root.mkdir(ROOT_INO, f"d{s}.{j}", 0o777)
+                j += 1
+                if shard_of(d.ino) == s:
+                    break
+            for k in range(3):
+                a, _, _, _ = await root.create_open(d.ino, f"f{k}", 0o600 if k == 1 else 0o644)
+                inos.append(a.ino)
+        assert {shard_of(i) for i in inos} == {0, 1}
+        bob = MetaClient(eng, BOB)
+        batches = []
+        call_many = eng.call_many
+
+        async def counted(shard, ops):
+            batches.append((shard, len(ops)))
+            return await call_many(shard, ops)
+
+        eng.call_many = counted
+        got = await bob.caps_many(inos, C.READ)
+        assert sorted(batches) == [(0, 3), (1, 3)]
+        for ino, g in zip(inos, got):
+            if ino in (inos[1], inos[4]):  # the 0600 files
+                assert isinstance(g, PermissionError)
+            else:
+                assert _cap(signer, g).covers(ino, C.READ) and not _cap(signer, g).covers(ino, C.WRITE)
+        assert await bob.caps_many([], C.READ) == []
+
+    run(main())
