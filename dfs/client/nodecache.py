@@ -537,11 +537,16 @@ class CachedChunks:
         ``seen`` is ``_fetched`` when the caller found the chunk missing: if a fetch ended
         since, it may have been this chunk's (stored, and out of ``_inflight`` already),
         so the cache is asked again before fetching twice."""
+        return (await self._fill(key, layout, seen))[0]
+
+    async def _fill(self, key: CacheKey, layout, seen: int | None) -> tuple[bytes, bool]:
+        """``fill``'s bytes, and whether they came from the data servers (False: the cache
+        had them after all)."""
         fut = self._inflight.get(key)
         if fut is None and seen is not None and seen != self._fetched:
             got = await asyncio.to_thread(self.cache.get, key)
             if got is not None:
-                return got
+                return got, False
             fut = self._inflight.get(key)
         if fut is None:
             fut = self._inflight[key] = asyncio.ensure_future(self._fetch(key, layout))
@@ -549,7 +554,7 @@ class CachedChunks:
         data, store_error = await asyncio.shield(fut)
         if store_error is not None and warming.get():
             raise store_error
-        return data
+        return data, True
 
     def _fetch_done(self, key: CacheKey) -> None:
         self._fetched += 1
@@ -574,11 +579,13 @@ class CachedChunks:
         key = self.key(ino, index, at)
         if key is None:
             raise err.Stale(f"snapshot {at} is not in the cluster map")
+        seen = self._fetched
         if await asyncio.to_thread(self.cache.contains, key):
             return 0
         token = warming.set(True)
         try:
-            return len(await self.fill(key, layout))
+            data, fetched = await self._fill(key, layout, seen)
+            return len(data) if fetched else 0
         finally:
             warming.reset(token)
 

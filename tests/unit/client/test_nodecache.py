@@ -280,3 +280,28 @@ def test_a_miss_seen_before_a_fetch_ended_looks_again_instead_of_fetching_twice(
         assert inner.reads == 1
 
     asyncio.run(go())
+
+
+def test_a_warmup_whose_miss_raced_a_read_counts_nothing_fetched(tmp_path):
+    """As above for ``warm``: its look in the cache misses, a reader's fetch of the chunk
+    ends, then the warm-up finds the chunk stored: 0 bytes fetched, one fetch in all."""
+    async def main():
+        inner = _FakeData()
+        nc = NodeCache(str(tmp_path), "c1@a:1", 1 << 30)
+        cc = CachedChunks(inner, nc, created=lambda at: 99)
+        held, release = threading.Event(), threading.Event()
+
+        def contains(key):
+            held.set()
+            release.wait(10)
+            return False  # what it saw before the reader's fetch ended
+
+        nc.contains = contains
+        w = asyncio.ensure_future(cc.warm(7, 0, LAYOUT, 3))
+        await asyncio.to_thread(held.wait, 10)
+        await cc.read(7, 0, 0, 20, LAYOUT, at=3)
+        release.set()
+        assert await w == 0
+        assert inner.reads == 1
+
+    asyncio.run(main())
