@@ -37,6 +37,10 @@ one_phase or two_phase) before and after.
 Wall-clock figures (ops/s, latency) depend on what else runs on the machine;
 CPU seconds per operation much less (cache and scheduler effects remain).
 
+The same on a cluster in network namespaces (every process on a host of its own
+network stack): benchmarks/shards_netns.py, which starts the cluster and runs this
+module's phases inside the client's namespace (``--attach SPEC``, see ``Attached``).
+
 May import dfs (the library), dfs.local (the launcher) and dfs.bench.
 """
 
