@@ -132,6 +132,9 @@ class Mode:
     revalidate_on_open = True
     # the namespace never changes under this mode (a snapshot): a path walked once is walked
     immutable = False
+    # check_walk checks permissions on the client (the service never sees the walk's lookups):
+    # a walk then needs every directory's attributes as fresh as the mode keeps them
+    checks_walks = False
 
     # ------------------------------------------------------------ (a) metadata reads
     def entry(self, parent: int, name: bytes) -> int | None:

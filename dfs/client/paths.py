@@ -165,6 +165,7 @@ class AsyncClient(SnapshotAPI):
         self._on_close = on_close
         # under an immutable mode (a snapshot), the walks of directory paths, as made (_last_step)
         self._walked: tuple[tuple | None, dict[bytes, _Resolved]] = (None, {})  # ((mode, caller), walks)
+        self._root: Attr | None = None  # the root's attributes as last fetched (_walk_root)
 
     @property
     def mode(self) -> Mode:
@@ -219,17 +220,32 @@ class AsyncClient(SnapshotAPI):
             raise ValueError("embedded null byte")
         return p if p.startswith(b"/") else self.cwd.rstrip(b"/") + b"/" + p
 
-    async def _namei(self, path: PathLike, *, follow: bool = True, fresh_last: bool = False) -> _Resolved:
+    async def _walk_root(self) -> tuple[Attr, bool]:
+        """The root to start a walk from, and whether its attributes may be older than the
+        mode keeps them. A walk needs only the root's number (the shard that holds a name
+        checks search permission on its lookup), so a mode that does not check walks itself
+        is not sent to shard 0, every client's common point, each TTL to refresh them: the
+        root's GETATTR was half of a strict client's load on shard 0."""
+        mode = self.mode
+        if (self._root is not None and not mode.checks_walks and mode.own_attr(ROOT_INO) is None
+                and mode.attr(ROOT_INO) is None):
+            return self._root, True
+        self._root = await self.core.getattr(ROOT_INO)
+        return self._root, False
+
+    async def _namei(self, path: PathLike, *, follow: bool = True, fresh_last: bool = False,
+                     through: bool = False) -> _Resolved:
         """Walk ``path`` from the root. Intermediate symlinks are always followed,
         the last one if ``follow`` (or the path ends in '/'); '..' goes back along
         the walk (the physical parent); ENOENT/ENOTDIR for a missing or non-directory
         intermediate component, ELOOP after MAXSYMLINKS symlinks. A missing last
-        component is not an error (attr None: the caller may create it)."""
+        component is not an error (attr None: the caller may create it). ``through``: the
+        caller only goes through the result, a directory (its number and type suffice)."""
         core = self.core
         mode, caller = self.mode, getattr(self.meta, "caller", None)
         p = self._abs(path)
         trailing = p.endswith(b"/") or p.endswith(b"/.")
-        root = await core.getattr(ROOT_INO)
+        root, old_root = await self._walk_root()
         dirs: list[Attr] = [root]
         todo = deque(c for c in p.split(b"/") if c and c != b".")
         links = 0
@@ -271,6 +287,9 @@ class AsyncClient(SnapshotAPI):
                 raise _oserror(E.ENOTDIR, path)
         if trailing and res.attr is not None and not res.attr.is_dir():
             raise _oserror(E.ENOTDIR, path)
+        if old_root and res.attr is root and not through:  # the root itself: fresh attributes
+            self._root = await core.getattr(ROOT_INO)
+            res = _Resolved(res.parent, res.name, self._root)
         return res
 
     async def _existing(self, path: PathLike, follow: bool = True) -> Attr:
@@ -303,11 +322,11 @@ class AsyncClient(SnapshotAPI):
                     self._walked = ((mode, caller), walked)
                 parent = walked.get(head)
                 if parent is None:
-                    parent = await self._namei(head, follow=True)
+                    parent = await self._namei(head, follow=True, through=True)
                     if len(walked) < WALKED_DIRS:
                         walked[head] = parent
             else:
-                parent = await self._namei(head, follow=True)
+                parent = await self._namei(head, follow=True, through=True)
             if parent.attr is None or not parent.attr.is_dir():
                 return None
             mode.check_walk(parent.attr, caller)
@@ -478,7 +497,7 @@ class AsyncClient(SnapshotAPI):
         head, _, last = p.rpartition(b"/")
         if last and last not in (b".", b".."):
             # One round trip: UNLINK by name (EISDIR for a directory, ENOENT for none).
-            parent = await self._namei(head or b"/", follow=True)
+            parent = await self._namei(head or b"/", follow=True, through=True)
             if parent.attr is not None and parent.attr.is_dir():
                 try:
                     await self.core.unlink(parent.attr.ino, last)

@@ -97,6 +97,7 @@ class SnapshotMode(Mode):
     read_only = True  # nothing to flush, ever (the mount stops the kernel's FLUSHes)
     in_memory = True  # every namespace read is answered from the manifest, never waits (Client.now_or_run)
     immutable = True  # a snapshot: AsyncClient keeps the walks of directory paths
+    checks_walks = True  # the service answers no lookup of the walk: check_walk checks
 
     def __init__(self, manifest: Manifest, snap: int, meta=None, data=None, *, pack_cache: int = 256 << 20,
                  pack_dir: str | None = None) -> None:

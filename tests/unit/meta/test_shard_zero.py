@@ -150,3 +150,39 @@ def test_the_coordinator_counts_its_commits_by_protocol():
 
     run(body)
 
+
+
+def test_a_walk_after_the_ttl_asks_shard_zero_only_for_the_name_in_the_root():
+    """Every TTL a strict client's walk revalidates the top-level name, on shard 0 (the root's
+    entries are there). The root's attributes it does not: a walk needs only the root's number
+    (the shard of each name checks search permission on its lookup). A path that is the root
+    itself still gets fresh attributes."""
+    async def go():
+        eng = LocalEngine(NSHARDS)
+        counted = Counted(eng)
+        now = [1000.0]
+        c = AsyncClient(MetaClient(eng, ROOT), MemoryChunks(), mode=StrictMode(1.0, clock=lambda: now[0]))
+        try:
+            a, _ = name_off_zero(ROOT_INO, "a")
+            await c.mkdir(f"/{a}")
+            await c.write_bytes(f"/{a}/f", b"x")
+            await c.stat(f"/{a}/f")
+            await c.sync()
+            counted.take()
+            for _ in range(3):
+                now[0] += 10  # every entry and attribute the client keeps has expired
+                assert (await c.stat(f"/{a}/f")).st_size == 1
+                got = counted.take()
+                assert got[(0, "LOOKUP")] == 1 and got[(0, "GETATTR")] == 0, sorted(got.items())
+            await c.chmod("/", 0o711)
+            now[0] += 10
+            counted.take()
+            assert (await c.stat("/")).st_mode & 0o777 == 0o711  # the root itself: fresh
+            assert counted.take()[(0, "GETATTR")] == 1
+            now[0] += 10
+            assert (await c.stat("/.")).st_mode & 0o777 == 0o711
+            assert (await c.stat(f"/{a}/..")).st_mode & 0o777 == 0o711
+        finally:
+            await c.close()
+
+    asyncio.run(go())
