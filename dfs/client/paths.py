@@ -174,6 +174,7 @@ class AsyncClient(SnapshotAPI):
     @mode.setter
     def mode(self, mode: Mode) -> None:
         self.core.mode = mode
+        self._root = None  # another mode's root (a snapshot's is its directory)
 
     @property
     def leases(self) -> Leases:
