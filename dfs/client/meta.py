@@ -78,10 +78,12 @@ class MetaClient:
         raw = await self.t.call(s, req.OP, caller or self.caller, req.to_wire(), _rid() if mutating else b"")
         return req.reply_from_wire(raw)
 
-    async def _many(self, shard: int, reqs: list[m.Request], caller: Caller | None) -> list[Any]:
-        """Several mutations in one request to ``shard``: a typed reply or a DfsError each."""
+    async def _many(self, shard: int, reqs: list[m.Request], caller: Caller | None,
+                    mutating: bool = True) -> list[Any]:
+        """Several requests in one to ``shard`` (ExecuteBatch): a typed reply or a DfsError
+        each. Mutations get a new request id each."""
         c = caller or self.caller
-        res = await self.t.call_many(shard, [(r.OP, c, r.to_wire(), _rid()) for r in reqs])
+        res = await self.t.call_many(shard, [(r.OP, c, r.to_wire(), _rid() if mutating else b"") for r in reqs])
         return [x if isinstance(x, err.DfsError) else r.reply_from_wire(x) for r, x in zip(reqs, res)]
 
     async def _attr_of(self, ino: int, attr: Attr | None, caller: Caller | None, snap: int = 0) -> Attr:
@@ -355,17 +357,11 @@ class MetaClient:
         by_shard: dict[int, list[int]] = defaultdict(list)
         for i, ino in enumerate(inos):
             by_shard[shard_of(ino)].append(i)
-        c = caller or self.caller
 
         async def batch(shard: int, idx: list[int]) -> None:
-            reqs = [m.Caps(inos[i], rights) for i in idx]
-            res = await self.t.call_many(shard, [(r.OP, c, r.to_wire(), b"") for r in reqs])
-            for i, r, x in zip(idx, reqs, res):
-                if isinstance(x, err.DfsError):
-                    out[i] = x
-                else:
-                    rep = r.reply_from_wire(x)
-                    out[i] = rep.caps[0] if rep.caps else None
+            res = await self._many(shard, [m.Caps(inos[i], rights) for i in idx], caller, mutating=False)
+            for i, x in zip(idx, res):
+                out[i] = x if isinstance(x, err.DfsError) else (x.caps[0] if x.caps else None)
 
         await asyncio.gather(*(batch(s, idx[k:k + CAPS_BATCH]) for s, idx in by_shard.items()
                                for k in range(0, len(idx), CAPS_BATCH)))
