@@ -8,6 +8,7 @@ from dfs.cli import admin as admin_cmd
 from dfs.cli import bench as bench_cmd
 from dfs.cli import cluster as cluster_cmd
 from dfs.cli import demo as demo_cmd
+from dfs.cli import layout as layout_cmd
 from dfs.cli import mount as mount_cmd
 from dfs.cli import servers as servers_cmd
 from dfs.cli import snapshot as snapshot_cmd
@@ -33,6 +34,7 @@ cli.add_command(mount_cmd.mount)
 cli.add_command(mount_cmd.umount)
 cli.add_command(snapshot_cmd.snapshot)
 cli.add_command(warmup_cmd.warmup)
+cli.add_command(layout_cmd.layout)
 
 
 def main(argv: list[str] | None = None) -> int:

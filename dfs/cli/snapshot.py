@@ -19,24 +19,25 @@ import json
 import click
 
 
-def _connect(ctx: click.Context):
+def run_connected(o: dict, fn):
+    """``fn(client)`` on a client connected by ``o``'s cluster, mgmt and token_file options;
+    an OSError (the library's refusal) becomes the command's error message."""
     import dfs
 
-    o = ctx.obj
     try:
-        return dfs.connect(o["cluster"], mgmt=o["mgmt"] or None, token_file=o["token_file"])
+        c = dfs.connect(o["cluster"], mgmt=o["mgmt"] or None, token_file=o["token_file"])
     except (OSError, ValueError) as e:
         raise click.ClickException(str(e)) from None
-
-
-def _run(ctx: click.Context, fn):
-    c = _connect(ctx)
     try:
         return fn(c)
     except OSError as e:
         raise click.ClickException(str(e)) from None
     finally:
         c.close()
+
+
+def _run(ctx: click.Context, fn):
+    return run_connected(ctx.obj, fn)
 
 
 def _size(n: int) -> str:

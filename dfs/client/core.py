@@ -40,7 +40,7 @@ from typing import TypeVar
 
 from dfs.client.file import ChunkIO, FileHandle
 from dfs.client.leases import Leases
-from dfs.client.mode import Change, Mode, Mutation, StrictMode
+from dfs.client.mode import Change, Mode, Mutation, OpenPlan, StrictMode
 from dfs.common import errors as err
 from dfs.common.ops import DEFAULT_LEASE_S
 from dfs.common.records import Attr, Caller, DirEntry, StatFs
@@ -573,9 +573,9 @@ class Core:
         if of is not None:
             of.refs += 1  # pinned while its attributes are fetched
             try:
-                a = await self._reopen(of, plan.revalidate, writing, access, open_access(flags), caller)
+                a, data = await self._reopen(of, plan, writing, access, open_access(flags), caller)
                 self.mode.remember_attr(a)
-                return await self._ref(of, a, flags, truncate=True, waits=plan.close_waits)
+                return await self._ref(of, a, flags, truncate=True, waits=plan.close_waits, inline=data)
             except BaseException:
                 await self._unref(of)
                 raise
@@ -586,22 +586,36 @@ class Core:
             return await self._install(a, None, False, flags, caller=caller, waits=plan.close_waits)
         lease = self.leases.lease
         access = access or open_access(flags)
+        data = None
         if writing:
             a, h = await self.meta.open_file(ino, lease, access=access, caller=caller)
             read = False
         else:
-            a, h, durable = await self.meta.open_read(ino, lease, access=access, caller=caller)
+            a, h, durable, data = await self.meta.open_read(ino, lease, access=access, caller=caller, inline=True)
             read = not durable
         self.mode.remember_attr(a)
-        return await self._install(a, h, read, flags, caller=caller, waits=plan.close_waits, granted=access)
+        return await self._install(a, h, read, flags, caller=caller, waits=plan.close_waits, granted=access,
+                                   inline=data)
 
-    async def _reopen(self, of: OpenFile, revalidate: bool, writing: bool, access: int, want: int,
-                      caller: Caller | None) -> Attr:
-        """The attributes for another open of an inode open here (one request). ``want``:
-        what the open's flags need; asked of the service (the same handle id, extended) when
-        the handle was not granted it yet, so that its capabilities cover this open too."""
+    async def _reopen(self, of: OpenFile, plan: OpenPlan, writing: bool, access: int, want: int,
+                      caller: Caller | None) -> tuple[Attr, bytes | None]:
+        """The attributes for another open of an inode open here (one request), and an inline
+        file's bytes if they came with them. ``want``: what the open's flags need; asked of
+        the service (the same handle id, extended) when the handle was not granted it yet,
+        so that its capabilities cover this open too. An inode held without a handle (an
+        inline file read whole at its open) gets one for a write open (OPEN) and is opened
+        for reading again as at a first open (its bytes, or a handle)."""
         h, lease = of.handle, self.leases.lease
         ask = access or want
+        if h is None and plan.server_handle and not of.fh.failed():
+            if writing:
+                a, h = await self.meta.open_file(of.ino, lease, access=ask, caller=caller)
+                self._adopt(of, h, False, ask)
+                return a, None
+            a, h, durable, data = await self.meta.open_read(of.ino, lease, access=ask, caller=caller, inline=True)
+            if h is not None:
+                self._adopt(of, h, not durable, ask)
+            return a, data
         if h is not None and writing and of.read:
             # a write open of a file held with a read handle: make the handle durable (an
             # OPEN of the same id, which brings the attributes), then drop the read one
@@ -610,7 +624,7 @@ class Core:
                 of.read = False
                 self.leases.made_durable(of.ino, h)
             of.granted |= ask
-            return a
+            return a, None
         if h is not None and (access or want & ~of.granted):
             # the service checks the access; the same handle id only extends the handle
             if of.read:
@@ -619,8 +633,17 @@ class Core:
                 a = (await self.meta.open_file(of.ino, lease, access=ask, handle=h, caller=caller))[0]
             if of.handle == h:
                 of.granted |= ask
-            return a
-        return await self.getattr(of.ino, caller=caller, fresh=revalidate)
+            return a, None
+        return await self.getattr(of.ino, caller=caller, fresh=plan.revalidate), None
+
+    def _adopt(self, of: OpenFile, h: bytes, read: bool, granted: int) -> None:
+        """Handle ``h`` of an inode open here without one: its handle from now on (a handle
+        another open installed meanwhile stays, and ``h`` is released)."""
+        if of.handle is None and not of.closed:
+            of.handle, of.read, of.granted = h, read, granted
+            self.leases.hold(of.ino, h, read)
+        else:
+            self.leases.release(of.ino, h, read)
 
     async def lookup_open(self, parent: int, name: bytes, flags: int, *, caller: Caller | None = None,
                           access: int = 0) -> FileRef | None:
@@ -636,16 +659,16 @@ class Core:
         except err.NotFound:
             return None
         try:
-            a, h, durable = await self.meta.lookup_open(parent, name, self.leases.lease,
-                                                        access=access or os.R_OK, caller=caller)
+            a, h, durable, data = await self.meta.lookup_open(parent, name, self.leases.lease,
+                                                              access=access or os.R_OK, caller=caller, inline=True)
         except err.NotFound:
             self.mode.forget_entry(parent, name)
             return None
         self.mode.remember(parent, name, a)
-        if h is None:
+        if h is None and data is None:
             return None
         return await self._install(a, h, not durable, flags, caller=caller, waits=plan.close_waits,
-                                   granted=access or os.R_OK)
+                                   granted=access or os.R_OK, inline=data)
 
     async def create(self, parent: int, name: bytes, mode: int, flags: int, *, caller: Caller | None = None,
                      umask: int = 0, access: int = 0) -> tuple[FileRef | None, Attr, bool]:
@@ -667,12 +690,14 @@ class Core:
         return ref, ref.attr, created
 
     async def _install(self, a: Attr, h: bytes | None, read: bool, flags: int, *, caller: Caller | None,
-                       truncate: bool = True, waits: bool = True, granted: int = 0) -> FileRef:
+                       truncate: bool = True, waits: bool = True, granted: int = 0,
+                       inline: bytes | None = None) -> FileRef:
         """A fresh open of ``a.ino`` that brought handle ``h`` (the service checked ``granted``
-        for it): into the table."""
+        for it), or the bytes of an inline file (``inline``, no handle): into the table."""
         if a.ino in self._closing:  # its last close is still flushing: see what it publishes
             await self._settled(a.ino)
             a = self.mode.own_attr(a.ino) or await self.meta.getattr(a.ino, caller=caller)
+            inline = None
         of = self.files.get(a.ino)
         if of is None:
             of = self.files[a.ino] = OpenFile(a.ino, self._file_handle(a), h, read)
@@ -690,14 +715,16 @@ class Core:
                 self.leases.release(a.ino, h, read)
         of.refs += 1
         try:
-            return await self._ref(of, a, flags, truncate=truncate, waits=waits)
+            return await self._ref(of, a, flags, truncate=truncate, waits=waits, inline=inline)
         except BaseException:
             await self._unref(of)
             raise
 
-    async def _ref(self, of: OpenFile, a: Attr, flags: int, *, truncate: bool, waits: bool) -> FileRef:
-        """The FileRef of an open that already holds one reference to ``of``."""
-        of.fh.refresh(a)  # close-to-open: a file changed elsewhere drops what was read of it
+    async def _ref(self, of: OpenFile, a: Attr, flags: int, *, truncate: bool, waits: bool,
+                   inline: bytes | None = None) -> FileRef:
+        """The FileRef of an open that already holds one reference to ``of``; ``inline``: the
+        file's bytes as of ``a`` (an inline file opened without a handle)."""
+        of.fh.refresh(a, inline)  # close-to-open: a file changed elsewhere drops what was read of it
         ref = FileRef(self, of, flags, self._seen(a), waits)
         if truncate and flags & os.O_TRUNC:
             await ref.truncate(0)

@@ -182,17 +182,25 @@ class FileHandle:
         """Nothing to send and no error to report: ``flush`` would do nothing."""
         return not (self._bufs or self._tasks or self._dirty_size) and self._error is None
 
-    def refresh(self, attr: Attr) -> None:
+    def refresh(self, attr: Attr, inline: bytes | None = None) -> None:
         """Another open found the file as ``attr`` (fresh: close-to-open). Unless this handle
-        has unpublished writes, take its size and drop what was read of an older version."""
+        has unpublished writes, take its size and drop what was read of an older version.
+        ``inline``: the bytes of the (inline) file as of ``attr``, which the open brought."""
         version = (attr.size, attr.mtime_ns, attr.ctime_ns)
-        if version == self._version or self.dirty():
+        if self.dirty():
             return
-        self._version = version
-        self.size = attr.size
-        self._inline_cache = None
-        self._cancel_readahead()
-        self.inline = bool(getattr(attr, "flags", 0) & FLAG_INLINE)
+        if version != self._version:
+            self._version = version
+            self.size = attr.size
+            self._inline_cache = None
+            self._cancel_readahead()
+            self.inline = bool(getattr(attr, "flags", 0) & FLAG_INLINE)
+        if inline is not None and self.inline:
+            self._inline_cache = inline
+
+    def failed(self) -> bool:
+        """Whether every later call raises (``fail``, or a write error not reported yet)."""
+        return self._error is not None
 
     def fail(self, error: BaseException) -> None:
         """Make every later call raise ``error`` (the open was lost, see dfs.client.leases)."""

@@ -387,33 +387,47 @@ class MetaClient:
         return await self._send(m.Open(ino, h, float(lease_s), int(access)), caller, True), h
 
     async def open_read(self, ino: int, lease_s: float = DEFAULT_LEASE_S, *, access: int = 0,
-                        handle: bytes | None = None, caller: Caller | None = None) -> tuple[Attr, bytes, bool]:
+                        handle: bytes | None = None, caller: Caller | None = None, inline: bool = False):
         """``open_file`` for reading only: a read handle, kept in the shard leader's memory
         (no Raft round; see dfs.meta.readhandles). Returns (attributes, handle, durable):
         durable handles (the leader logged an OPEN: inline files) are renewed and
         closed with ``renew_handles`` / ``close_handles``, read handles with
-        ``renew_read_handles`` / ``close_read_handles``. ``access``: 0 or os.R_OK."""
+        ``renew_read_handles`` / ``close_read_handles``. ``access``: 0 or os.R_OK.
+
+        ``inline``: an inline file comes with its bytes instead of a handle (no Raft round,
+        nothing to renew or close: the caller holds all of the file); the answer is then
+        (attributes, handle or None, durable, the bytes or None)."""
         h = handle if handle is not None else os.urandom(16)
-        r = await self._send(m.OpenRead(ino, h, float(lease_s), int(access)), caller, True)
-        return r.attr, h, bool(r.durable)
+        r = await self._send(m.OpenRead(ino, h, float(lease_s), int(access), inline), caller, True)
+        if not inline:
+            return r.attr, h, bool(r.durable)
+        if r.data is not None:
+            return r.attr, None, False, r.data
+        return r.attr, h, bool(r.durable), None
 
     async def lookup_open(self, parent: int, name: str | bytes, lease_s: float = DEFAULT_LEASE_S, *,
                           access: int = 0, handle: bytes | None = None,
-                          caller: Caller | None = None) -> tuple[Attr, bytes | None, bool]:
+                          caller: Caller | None = None, inline: bool = False):
         """``lookup`` and ``open_read`` of what it finds in one round trip: (attributes,
         handle, durable). The handle is None when nothing was opened (not a regular file,
-        or an inode on another shard than the directory's: the caller opens it itself)."""
+        or an inode on another shard than the directory's: the caller opens it itself).
+        ``inline``: as for ``open_read`` (a fourth item, the bytes of an inline file
+        opened without a handle, or None)."""
         h = handle if handle is not None else os.urandom(16)
         for attempt in range(NAME_RACES):
-            r = await self._send(m.LookupOpen(parent, _enc(name), h, float(lease_s), int(access)), caller, True)
-            opened = r.opened != m.Opened.NO
+            r = await self._send(m.LookupOpen(parent, _enc(name), h, float(lease_s), int(access), inline),
+                                 caller, True)
+            opened = r.opened in (m.Opened.READ, m.Opened.DURABLE)
             try:
                 attr = await self._attr_of(r.ino, r.attr, caller)
             except err.NotFound:  # not opened (another shard's inode), and gone meanwhile (NAME_RACES)
                 if attempt == NAME_RACES - 1:
                     raise
                 continue
-            return attr, (h if opened else None), r.opened == m.Opened.DURABLE
+            durable = r.opened == m.Opened.DURABLE
+            if not inline:
+                return attr, (h if opened else None), durable
+            return attr, (h if opened else None), durable, r.data
         raise AssertionError("unreachable")
 
     async def renew_read_handles(self, pairs: list[tuple[int, bytes]], lease_s: float = DEFAULT_LEASE_S, *,

@@ -19,6 +19,7 @@ import os
 import stat as S
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from dfs.client.core import Core, FileRef, open_access
@@ -32,9 +33,10 @@ from dfs.client.snapshots import SnapshotAPI
 from dfs.client.warmup import DEFAULT_PARALLEL as DEFAULT_PARALLEL_WARMUP
 from dfs.common import errors as err
 from dfs.common.ids import ROOT_INO
-from dfs.common.records import Attr, Caller, DirEntry
+from dfs.common.layout import Layout
+from dfs.common.records import FLAG_INLINE, Attr, Caller, DirEntry
 
-__all__ = ["AsyncClient", "ScandirEntry", "MAXSYMLINKS", "PathLike"]
+__all__ = ["AsyncClient", "DirLayout", "ScandirEntry", "MAXSYMLINKS", "PathLike"]
 
 MAXSYMLINKS = 40
 
@@ -144,6 +146,23 @@ class _SyncView:
         if a is None:
             raise _oserror(E.ENOENT, path)
         return stat_result(a)
+
+
+@dataclass(frozen=True)
+class DirLayout:
+    """A directory's layout for new files (a file's own, for a file) and its inline policy."""
+
+    layout: Layout
+    inline: bool
+
+    @classmethod
+    def of(cls, a: Attr) -> DirLayout:
+        return cls(Layout.unpack(a.layout), bool(a.flags & FLAG_INLINE))
+
+    def __str__(self) -> str:
+        lay = self.layout
+        return (f"chunk_size={lay.chunk_size} stripe={lay.stripe} replicas={lay.replicas} "
+                f"inline={'on' if self.inline else 'off'}")
 
 
 class AsyncClient(SnapshotAPI):
@@ -389,6 +408,33 @@ class AsyncClient(SnapshotAPI):
         else:
             await self.core.meta.setlazy(d.ino, lazy)
             mode.forget_attr(d.ino)
+
+    async def layout(self, path: PathLike) -> DirLayout:
+        """What new files in directory ``path`` get (``set_layout``), or a file's own layout."""
+        a = await self._existing(path)
+        return DirLayout.of(a)
+
+    async def set_layout(self, path: PathLike, *, chunk_size: int | None = None, stripe: int | None = None,
+                         replicas: int | None = None, inline: bool | None = None) -> DirLayout:
+        """Change what new regular files in directory ``path`` (and its new subdirectories,
+        which inherit it) get: chunk size (a power of two, 64 KiB-64 MiB), stripe width
+        (chains a file spreads over), replicas per chunk, and whether small files keep their
+        bytes in the metadata shard (``inline``: one metadata request opens and reads such a
+        file in strict mode). Fields left None keep their value; existing files keep theirs.
+        The directory's owner or root; EINVAL for a bad value, ENOTDIR for a file; the
+        result as ``layout`` reads it."""
+        d = await self._dir(path)
+        old = DirLayout.of(d).layout
+        try:
+            new = Layout(chunk_size if chunk_size is not None else old.chunk_size,
+                         stripe if stripe is not None else old.stripe,
+                         replicas if replicas is not None else old.replicas)
+        except err.DfsError as e:
+            e.filename = path
+            raise
+        a = await self.core.meta.setlayout(d.ino, new.pack(), inline=inline)
+        self.core.mode.forget_attr(d.ino)
+        return DirLayout.of(a)
 
     async def readdir(self, path: PathLike = ".", *, plus: bool = True) -> list[DirEntry]:
         """The raw entries of a directory (one readdirplus per page, the next prefetched)."""

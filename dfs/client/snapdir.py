@@ -294,12 +294,13 @@ class SnapMeta:
 
     # ------------------------------------------------------------------ opens
     async def open_read(self, ino: int, lease_s: float = 0, *, access: int = 0, handle: bytes | None = None,
-                        caller: Caller | None = None):
+                        caller: Caller | None = None, inline: bool = False):
         if not ino & SNAP_BIT:
-            return await self.inner.open_read(ino, lease_s, access=access, handle=handle, caller=caller)
+            return await self.inner.open_read(ino, lease_s, access=access, handle=handle, caller=caller,
+                                              inline=inline)
         a = await self.getattr(ino, caller=caller)
         check_access(a, caller or self.inner.caller, access)
-        return a, None, True  # no server handle: the data never changes
+        return (a, None, True, None) if inline else (a, None, True)  # no server handle: the data never changes
 
     async def open_file(self, ino: int, lease_s: float = 0, *, access: int = 0, handle: bytes | None = None,
                         caller: Caller | None = None):
@@ -308,14 +309,14 @@ class SnapMeta:
         return await self.inner.open_file(ino, lease_s, access=access, handle=handle, caller=caller)
 
     async def lookup_open(self, parent: int, name: str | bytes, lease_s: float = 0, *, access: int = 0,
-                          caller: Caller | None = None):
+                          caller: Caller | None = None, inline: bool = False):
         name = os.fsencode(name)
         if parent & SNAP_BIT or name == self.snapdir:
             a = await self.lookup(parent, name, caller=caller)
             if a.is_reg():
                 check_access(a, caller or self.inner.caller, access)
-            return a, None, True  # the core then opens it by inode, with no handle
-        return await self.inner.lookup_open(parent, name, lease_s, access=access, caller=caller)
+            return (a, None, True, None) if inline else (a, None, True)  # the core then opens it by inode
+        return await self.inner.lookup_open(parent, name, lease_s, access=access, caller=caller, inline=inline)
 
     # ------------------------------------------------------------------ changes: none in a snapshot
     def _refuse(self, *inos: int, names: tuple[bytes, ...] = ()) -> None:

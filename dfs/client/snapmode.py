@@ -512,14 +512,14 @@ class ManifestMeta:
     async def read_inline(self, ino, *, caller=None):
         return await self.mode.sizes.read_inline(ino)
 
-    async def open_read(self, ino, lease_s=0, *, access=0, handle=None, caller=None):
+    async def open_read(self, ino, lease_s=0, *, access=0, handle=None, caller=None, inline=False):
         a = self.mode.attr(ino)
         check_access(a, caller or self.caller, access)
-        return a, None, True
+        return (a, None, True, None) if inline else (a, None, True)
 
-    async def lookup_open(self, parent, name, lease_s=0, *, access=0, caller=None):
+    async def lookup_open(self, parent, name, lease_s=0, *, access=0, caller=None, inline=False):
         a = await self.lookup(parent, name)
-        return a, None, True
+        return (a, None, True, None) if inline else (a, None, True)
 
     async def close_handles(self, pairs, **kw):
         return None

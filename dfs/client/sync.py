@@ -271,7 +271,7 @@ def _sync(name: str, in_memory: bool = False):
 _READS = ("stat", "lstat", "getattr", "exists", "isdir", "isfile", "islink", "readlink", "statfs", "statvfs",
           "getxattr", "listxattr")
 for _n in (*_READS, "readdir", "listdir", "setxattr", "removexattr", "mkdir", "makedirs", "remove", "unlink", "rmdir", "rename",
-           "replace", "link", "symlink", "chmod", "chown", "utime", "truncate", "set_lazy", "snapshot_create",
+           "replace", "link", "symlink", "chmod", "chown", "utime", "truncate", "set_lazy", "layout", "set_layout", "snapshot_create",
            "snapshot_list", "snapshot_info", "snapshot_delete", "snapshot_diff"):
     setattr(Client, _n, _sync(_n, _n in _READS))
 

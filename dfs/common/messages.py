@@ -147,6 +147,7 @@ class Opened(enum.IntEnum):
     NO = 0  # not opened: not a regular file, or an inode on another shard
     READ = 1  # a read handle (leader memory)
     DURABLE = 2  # a logged OPEN (an inline file): renew and close it as an open handle
+    INLINE = 3  # no handle: the reply holds the whole of the (inline) file's bytes
 
 
 # ------------------------------------------------------------------ reads
@@ -350,6 +351,7 @@ class ReadInline(Request):
 class OpenReadReply:
     attr: Attr
     durable: bool  # the leader logged an OPEN instead (inline files): RENEW / CLOSE it
+    data: bytes | None = None  # OpenRead.inline and an inline file: its bytes, and no handle
 
 
 @request(Op.OPENREAD, Kind.READ_HANDLE, OpenReadReply)
@@ -360,6 +362,7 @@ class OpenRead(Request):
     handle: bytes
     lease_s: float
     access: int = 0  # 0 or R_OK
+    inline: bool = False  # an inline file: answer its bytes and take no handle (Opened.INLINE)
 
 
 @request(Op.RENEWREAD, Kind.READ_HANDLE, Errnos)
@@ -389,6 +392,7 @@ class LookupOpenReply:
     mode: int
     attr: Attr | None
     opened: int  # Opened
+    data: bytes | None = None  # Opened.INLINE: the file's bytes
 
 
 @request(Op.LOOKUPOPEN, Kind.READ_HANDLE, LookupOpenReply)
@@ -400,6 +404,7 @@ class LookupOpen(Request):
     handle: bytes
     lease_s: float
     access: int = 0
+    inline: bool = False  # as OpenRead.inline
 
     def shard(self, nshards: int) -> int:
         return shard_of(self.parent)

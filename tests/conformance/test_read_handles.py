@@ -128,6 +128,49 @@ def test_inline_files_get_durable_handles():
     run(t)
 
 
+def test_inline_files_opened_with_their_bytes_take_no_handle():
+    async def t(eng, c, top, clock, freed):
+        inl, _ = await c.create(top, "inl", 0o640, inline=True)
+        await c.write_inline(inl.ino, [(0, b"abc")], 5)  # 3 bytes, then zeros up to the size
+        svc = svc_of(eng, inl.ino)
+        before = svc.store.applied_index()
+        attr, h, durable, data = await c.open_read(inl.ino, access=os.R_OK, inline=True)
+        assert (h, durable, data, attr.size) == (None, False, b"abc", 5)
+        assert svc.store.handles() == [] and len(svc.reads) == 0  # nothing to renew or close
+        assert svc.store.applied_index() == before  # no Raft round
+        attr, h, durable, data = await c.lookup_open(top, "inl", inline=True)
+        assert (attr.ino, h, data) == (inl.ino, None, b"abc")
+        # an empty inline file: no bytes stored, an empty answer
+        e, _ = await c.create(top, "e", inline=True)
+        assert (await c.open_read(e.ino, inline=True))[3] == b""
+        # a file on the data servers: a read handle as before, no bytes
+        f = await file_of(c, top, "g")
+        _, h, durable, data = await c.open_read(f.ino, inline=True)
+        assert h is not None and data is None and not durable
+        # without ``inline`` the answer is the handle, as for older clients
+        assert (await c.open_read(inl.ino))[2] is True
+    run(t)
+
+
+def test_an_inline_open_refused_by_the_read_rule_gets_a_handle():
+    """READINLINE's rule (owner, root, or the mode's read bit) decides whether the bytes come
+    with the open; where it refuses, the open (which the kernel checked: access 0) gets its
+    durable handle and the refusal comes at the read, as before."""
+    async def t(eng, c, top, clock, freed):
+        await c.setattr(top, mode=0o755)
+        inl, _ = await c.create(top, "secret", 0o600, inline=True)
+        await c.write_inline(inl.ino, [(0, b"key")], 3)
+        _, h, durable, data = await c.open_read(inl.ino, inline=True, caller=ALICE)
+        assert data is None and durable and h is not None
+        with pytest.raises(OSError) as ei:
+            await c.read_inline(inl.ino, caller=ALICE)
+        assert ei.value.errno == errno.EACCES
+        with pytest.raises(OSError) as ei:
+            await c.open_read(inl.ino, access=os.R_OK, inline=True, caller=ALICE)
+        assert ei.value.errno == errno.EACCES
+    run(t)
+
+
 def test_unlinked_while_read_keeps_chunks_and_attributes():
     async def t(eng, c, top, clock, freed):
         a = await file_of(c, top, size=5000)

@@ -5,11 +5,13 @@ The handles live in the leader's table (``dfs.meta.readhandles``, where the
 design is explained); a READMARK committed before a handle is handed out
 bounds how long handles of a leader's term may live, so a later leader frees
 no orphan a reader may still hold. An inline file, and any open when the table
-is full, gets a logged OPEN instead (``durable``).
+is full, gets a logged OPEN instead (``durable``), except where the caller takes
+an inline file's bytes in the reply (``inline``): it then holds all of the file,
+needs no handle, and the open costs no Raft round (``Opened.INLINE``).
 
 The ``serve`` handlers get the ShardService (``svc``): its store, its table
 (``svc.reads``), its clock and ``svc.ensure_mark``. May import dfs.common,
-dfs.meta.schema, dfs.meta.readhandles and dfs.meta.ops.base, .lookup only.
+dfs.meta.schema, dfs.meta.readhandles and dfs.meta.ops.base, .inline, .lookup only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dfs.common import messages as m
 from dfs.common.records import Caller
 from dfs.meta import schema as S
 from dfs.meta.ops.base import R_OK, apply, check_access, check_handle, check_open_access, lease_ns, serve
+from dfs.meta.ops.inline import inline_access
 from dfs.meta.ops.lookup import lookup
 from dfs.meta.readhandles import MAX_READ_HANDLES
 
@@ -40,11 +43,28 @@ def open_for_read(ctx, ino: int, access: int) -> S.Inode:
     return i
 
 
+def inline_bytes(ctx, i: S.Inode) -> bytes | None:
+    """An inline file's bytes for a reader that takes them instead of a handle (it then holds
+    all of the file: an unlink cannot take anything from it), under READINLINE's access rule;
+    None where that rule refuses (the caller gets a handle, and the refusal at its read)."""
+    try:
+        inline_access(i, ctx.caller, R_OK)
+    except err.DfsError:
+        return None
+    v = ctx.ov.get(S.inline_key(i.ino))
+    return b"" if v is None else S.split_inline_value(v)[0][:i.size]
+
+
 @serve(m.OpenRead)
 async def open_read(svc, rid: bytes, caller: Caller, req: m.OpenRead) -> m.OpenReadReply:
     check_handle(req.handle)
     lease = lease_ns(req.lease_s)
-    i = open_for_read(svc.store.reader(caller), req.ino, req.access)
+    ctx = svc.store.reader(caller)
+    i = open_for_read(ctx, req.ino, req.access)
+    if req.inline and i.flags & S.FLAG_INLINE:
+        data = inline_bytes(ctx, i)
+        if data is not None:
+            return m.OpenReadReply(i, False, data)
     if i.flags & S.FLAG_INLINE or len(svc.reads) >= MAX_READ_HANDLES:
         opened = m.Open(req.ino, req.handle, req.lease_s, req.access)
         attr = await svc.request(opened, rid, caller)
@@ -68,7 +88,9 @@ async def lookup_open(svc, rid: bytes, caller: Caller, req: m.LookupOpen) -> m.L
     found = lookup(svc.store.reader(caller), m.Lookup(req.parent, req.name))
     if found.attr is None or not stat.S_ISREG(found.mode):
         return m.LookupOpenReply(found.ino, found.mode, found.attr, m.Opened.NO)  # another shard's, or not a file
-    r = await open_read(svc, rid, caller, m.OpenRead(found.ino, req.handle, req.lease_s, req.access))
+    r = await open_read(svc, rid, caller, m.OpenRead(found.ino, req.handle, req.lease_s, req.access, req.inline))
+    if r.data is not None:
+        return m.LookupOpenReply(found.ino, found.mode, r.attr, m.Opened.INLINE, r.data)
     return m.LookupOpenReply(found.ino, found.mode, r.attr, m.Opened.DURABLE if r.durable else m.Opened.READ)
 
 

@@ -120,6 +120,90 @@ def test_a_write_open_of_a_read_held_file_makes_its_handle_durable():
     run(t)
 
 
+# ---------------------------------------------------------------- inline files: read whole at the open
+def test_an_inline_file_is_opened_and_read_with_one_request_and_no_handle():
+    async def t(c, t, eng, clock):
+        got = await c.set_layout("/d", inline=True)
+        assert got.inline and (await c.layout("/d")).inline
+        await c.write_bytes("/d/small", b"tiny file")
+        await c.sync()
+        t.take()
+        assert await c.read_bytes("/d/small") == b"tiny file"
+        await c.sync()
+        assert t.take() == {"LOOKUPOPEN": 1}  # no READINLINE, no OPEN, no CLOSE
+        f = await c.open("/d/small", "rb")
+        of = c.core.files[f.handle.ino]
+        assert of.handle is None and t.take() == {"LOOKUPOPEN": 1}
+        await c.remove("/d/small")  # the reader holds all of the file
+        assert await f.read() == b"tiny file"
+        await f.close()
+        await c.sync()
+        assert _handles(eng) == [] and t.take() == {"UNLINK": 1}
+    run(t)
+
+
+def test_a_write_open_of_an_inline_file_held_without_a_handle_takes_one():
+    async def t(c, t, eng, clock):
+        await c.set_layout("/d", inline=True)
+        await c.write_bytes("/d/f", b"abc")
+        await c.sync()
+        r = await c.open("/d/f", "rb")
+        of = c.core.files[r.handle.ino]
+        assert of.handle is None
+        w = await c.open("/d/f", "r+b")
+        assert of.handle is not None and not of.read  # a durable handle: the file outlives its name
+        await c.remove("/d/f")
+        await w.write(b"XY")
+        await w.flush()
+        assert await r.read() == b"XYc"
+        await w.close()
+        await r.close()
+        await c.sync()
+        assert _handles(eng) == []
+    run(t)
+
+
+def test_a_reopen_of_an_inline_file_held_without_a_handle_sees_its_new_bytes():
+    async def t(c, t, eng, clock):
+        await c.set_layout("/d", inline=True)
+        await c.write_bytes("/d/f", b"old")
+        r = await c.open("/d/f", "rb")
+        assert await r.read() == b"old"
+        other = AsyncClient(MetaClient(t, ROOT), MemoryChunks(), mode=StrictMode(3600))
+        try:
+            await other.write_bytes("/d/f", b"newer")
+        finally:
+            await other.close()
+        r2 = await c.open("/d/f", "rb")  # close-to-open: the bytes of the new version, in the open
+        t.take()
+        assert await r2.read() == b"newer" and t.take() == {}
+        await r.close()
+        await r2.close()
+    run(t)
+
+
+def test_set_layout_refuses_bad_input_and_changes_nothing():
+    async def t(c, t, eng, clock):
+        before = await c.layout("/d")
+        await c.write_bytes("/d/f", b"x")
+        for kw, code in (({"chunk_size": 1000}, errno.EINVAL), ({"stripe": 0}, errno.EINVAL),
+                         ({"replicas": 0}, errno.EINVAL)):
+            with pytest.raises(OSError) as ei:
+                await c.set_layout("/d", **kw)
+            assert ei.value.errno == code, kw
+        with pytest.raises(NotADirectoryError):
+            await c.set_layout("/d/f", stripe=2)
+        with pytest.raises(FileNotFoundError):
+            await c.set_layout("/nope", stripe=2)
+        assert await c.layout("/d") == before
+        got = await c.set_layout("/d", chunk_size=1 << 20, stripe=2)
+        assert (got.layout.chunk_size, got.layout.stripe, got.layout.replicas) == (1 << 20, 2, before.layout.replicas)
+        await c.write_bytes("/d/g", b"y")
+        assert (await c.layout("/d/g")).layout == got.layout  # new files inherit it
+        assert (await c.layout("/d/f")).layout == before.layout  # existing ones keep theirs
+    run(t)
+
+
 # ---------------------------------------------------------------- leases
 def _handles(eng) -> list:
     return sorted(h for s in eng.services for h in s.store.handles())
