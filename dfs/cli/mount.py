@@ -153,7 +153,8 @@ def _tail(path: str, n: int = 20) -> str:
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="where this machine caches snapshot manifests and data [default: ~/.cache/dfs]")
 @click.option("--cache-size", default=None, metavar="SIZE",
-              help="keep up to SIZE (e.g. 50G) of the snapshots' data read in the node-local cache "
+              help="keep up to SIZE (e.g. 50G) of the data read (snapshots, and files by data version) "
+                   "in the node-local cache "
                    "under --cache-dir, shared with this machine's other dfs clients [default: off]")
 @click.option("--snapdir", default=".snap", show_default=True,
               help="the name of the virtual directory of each directory's snapshots")

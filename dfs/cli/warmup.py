@@ -1,4 +1,4 @@
-"""`dfs warmup PATH...`: snapshot data fetched into this machine's node-local cache ahead of a job.
+"""`dfs warmup PATH...`: files (of snapshots, or live at their data version) fetched into this machine's node-local cache ahead of a job.
 
 A thin layer over ``Client.warmup`` (dfs/client/warmup.py): it connects as
 ``dfs.connect()`` does (--cluster, --mgmt, $DFS_MGMT, $DFS_CLUSTER, `dfs

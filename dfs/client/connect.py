@@ -244,8 +244,8 @@ def connect(cluster: str | os.PathLike | None = None, *, data: str | None = None
     served from its manifest (dfs/client/snapmode.py), cached under ``cache_dir`` (default
     ~/.cache/dfs); ``pack_cache``: bytes of its packed small files kept in memory (when the
     packs fit, each of their 4 MiB chunks is read once whatever the order). ``cache_size``
-    (bytes, or "50G"; default None: off): keep the chunks of immutable data (snapshots)
-    this client reads in the machine's node-local cache under ``cache_dir``, shared by
+    (bytes, or "50G"; default None: off): keep the chunks this client reads (of snapshots,
+    and of live files by their data version) in the machine's node-local cache under ``cache_dir``, shared by
     its processes and bounded to that size (dfs/client/nodecache.py; ``warmup`` fills it)."""
     if cache_size is not None and cache_size != "auto":
         parse_size(cache_size)  # a bad size fails here, in the calling thread

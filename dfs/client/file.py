@@ -168,7 +168,13 @@ class FileHandle:
         self.inline = bool(getattr(attr, "flags", 0) & FLAG_INLINE)
         self._inline_cache: bytes | None = None  # the stored bytes, as read_inline returned them
         self._inline_written = attr.size > 0  # the file may have a B record (see _migrate)
-        self._version = (attr.size, attr.mtime_ns, attr.ctime_ns)  # the file as its last open saw it
+        self._version = (attr.size, attr.mtime_ns, attr.ctime_ns, attr.dver)  # the file as its last open saw it
+        # reads of data version ``dver`` go through a cache in front of the data servers (the
+        # node cache: ``data.versioned``) until this handle writes: its own writes are not
+        # that version's bytes
+        self.dver = attr.dver
+        self._versioned = bool(getattr(data, "versioned", False))
+        self._wrote = False
 
     def dirty(self) -> bool:
         """Whether writes or a size change of this handle are not published yet."""
@@ -186,11 +192,13 @@ class FileHandle:
         """Another open found the file as ``attr`` (fresh: close-to-open). Unless this handle
         has unpublished writes, take its size and drop what was read of an older version.
         ``inline``: the bytes of the (inline) file as of ``attr``, which the open brought."""
-        version = (attr.size, attr.mtime_ns, attr.ctime_ns)
+        version = (attr.size, attr.mtime_ns, attr.ctime_ns, attr.dver)
         if self.dirty():
             return
         if version != self._version:
             self._version = version
+            self.dver = attr.dver
+            self._wrote = False
             self.size = attr.size
             self._inline_cache = None
             self._cancel_readahead()
@@ -223,6 +231,7 @@ class FileHandle:
         mv = memoryview(data).cast("B")
         if self.inline and offset + n > self.inline_max:
             await self._migrate()
+        self._wrote = True
         self._drop_readahead(offset, n)
         for index, coff, length, boff in pieces(offset, n, self.cs):
             self._buffer(index, coff, mv[boff:boff + length])
@@ -357,6 +366,7 @@ class FileHandle:
         self._check_open()
         if size < 0:
             raise err.InvalidArgument("negative size")
+        self._wrote = True
         if self.inline:
             # Unsent writes below the new size survive it; the shard cuts its stored bytes.
             self._trim_buffers(size)
@@ -472,6 +482,11 @@ class FileHandle:
                 if len(got) < n:
                     dst[len(got):] = bytes(n - len(got))  # a hole or the chunk's end
                 return
+        if self._cached():
+            got_n = await self.data.read_versioned_into(self.ino, index, coff, dst, self.layout, self.dver)
+            if got_n < n:
+                dst[got_n:] = bytes(n - got_n)
+            return
         read_into = getattr(self.data, "read_into", None)
         if read_into is not None:
             got_n = await read_into(self.ino, index, coff, dst, self.layout)
@@ -496,7 +511,17 @@ class FileHandle:
                 self._ra.pop(done).cancel()
             for i in range(first, last + 1):
                 if i not in self._ra:
-                    self._ra[i] = asyncio.ensure_future(self.data.read(self.ino, i, 0, self.cs, self.layout))
+                    if self._cached():
+                        rd = self.data.read_versioned(self.ino, i, 0, self.cs, self.layout, self.dver)
+                    else:
+                        rd = self.data.read(self.ino, i, 0, self.cs, self.layout)
+                    self._ra[i] = asyncio.ensure_future(rd)
+
+    def _cached(self) -> bool:
+        """Whether reads go through the cache of data version ``dver``: there is one, the file
+        has a version (0: never written since versions exist) and this handle has not written
+        since its open saw that version."""
+        return self._versioned and self.dver > 0 and not self._wrote and not self.inline
 
     def _drop_readahead(self, offset: int, n: int) -> None:
         for i in range(offset // self.cs, (offset + n - 1) // self.cs + 1):

@@ -4,7 +4,13 @@ Immutable data is what a snapshot holds: a chunk read at a snapshot's epoch
 (``read(..., at=S)``: snapshot-mode clients and ``PATH/.snap/NAME``) never
 changes, so it is kept here without revalidation, keyed by (snapshot epoch,
 the snapshot's creation time, inode, chunk index) under a directory of the
-cluster (its id and mgmt addresses). Every process of the machine that uses
+cluster (its id and mgmt addresses). A live file's bytes are immutable too
+once named by their data version (``Attr.dver``, which the metadata service
+changes whenever they may change: a write open, a published write, a size
+change, a vanished writer): its chunks are kept under ``live/`` keyed by
+(inode, data version, chunk index), and a strict-mode open, which fetches the
+attributes afresh anyway (close-to-open), revalidates them at no cost; an old
+version's entries are never read again and age out. Every process of the machine that uses
 dfs (mounts, library clients, `dfs warmup`) with the same ``cache_dir`` shares
 it through the file system only:
 
@@ -24,8 +30,9 @@ it through the file system only:
   emptied and rebuilt before anything is read from it.
 
 ``CachedChunks`` puts the cache in front of a ``ChunkIO`` (the data client):
-reads with ``at`` go through it, a missing chunk is fetched whole (one
-data-plane read) and stored; everything else is passed through.
+reads with ``at`` and ``read_versioned*`` go through it, a missing chunk is
+fetched whole (one data-plane read) and stored; everything else is passed
+through.
 
 Imports: dfs.common and the standard library only.
 """
@@ -63,6 +70,7 @@ MAGIC = b"DFC1"
 # magic, data length, block size, CRC32C of those 16 bytes and of the block CRCs that follow
 _HEAD = struct.Struct("<4sQII")
 _IDENTITY = "IDENTITY"
+LIVE_DIR = "live"  # the chunks of live files, by data version (CacheKey.live)
 _STALE_TMP_S = 3600.0
 
 # set by a warm-up: a chunk that cannot be stored fails the read (and is reported by the
@@ -93,18 +101,25 @@ def cache_identity(data: Any) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CacheKey:
-    """One chunk of a snapshot: epoch and creation time (ns) of the snapshot, inode, chunk index."""
+    """One chunk of a snapshot: epoch and creation time (ns) of the snapshot, inode, chunk
+    index; or (``ver``, with snap and created 0) one chunk of a live file at that data
+    version (``Attr.dver``)."""
 
     snap: int
     created: int
     ino: int
     index: int
+    ver: int = 0
+
+    @classmethod
+    def live(cls, ino: int, index: int, ver: int) -> CacheKey:
+        return cls(0, 0, ino, index, ver)
 
     def dirname(self) -> str:
-        return f"s{self.snap}-{self.created}"
+        return LIVE_DIR if self.ver else f"s{self.snap}-{self.created}"
 
     def filename(self) -> str:
-        return f"{self.ino}.{self.index}"
+        return f"{self.ino}-{self.ver}.{self.index}" if self.ver else f"{self.ino}.{self.index}"
 
 
 @dataclasses.dataclass(slots=True)
@@ -485,6 +500,8 @@ class CachedChunks:
         self._fetched = 0  # fetches finished: a miss seen before the last one may be stale
         self._warned = False
 
+    versioned = True  # FileHandle reads live files through read_versioned*
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
@@ -506,6 +523,18 @@ class CachedChunks:
         key = self.key(ino, index, at)
         if key is None:
             return await self.inner.read(ino, index, offset, length, layout, at=at)
+        return await self._read_key(key, offset, length, layout)
+
+    async def read_versioned(self, ino, index, offset, length, layout, ver: int):
+        """``read`` of a live file's chunk as its data version ``ver`` has it: the same bytes
+        for every reader who opened that version, so they are kept (``CacheKey.live``)."""
+        return await self._read_key(CacheKey.live(ino, index, ver), offset, length, layout)
+
+    async def read_versioned_into(self, ino, index, offset, buf, layout, ver: int) -> int:
+        """``read_versioned`` into ``buf``; the byte count."""
+        return await self._read_key_into(CacheKey.live(ino, index, ver), offset, buf, layout)
+
+    async def _read_key(self, key: CacheKey, offset, length, layout):
         seen = self._fetched
         got = await asyncio.to_thread(self.cache.get, key, offset, length)
         if got is None:
@@ -522,6 +551,9 @@ class CachedChunks:
             got = await self.inner.read(ino, index, offset, len(buf), layout, **kw)
             buf[:len(got)] = got
             return len(got)
+        return await self._read_key_into(key, offset, buf, layout)
+
+    async def _read_key_into(self, key: CacheKey, offset, buf, layout) -> int:
         seen = self._fetched
         n = await asyncio.to_thread(self.cache.get_into, key, offset, buf)
         if n is not None:
@@ -561,7 +593,8 @@ class CachedChunks:
         self._inflight.pop(key, None)
 
     async def _fetch(self, key: CacheKey, layout) -> tuple[bytes, BaseException | None]:
-        data = bytes(await self.inner.read(key.ino, key.index, 0, layout.chunk_size, layout, at=key.snap))
+        at = {} if key.ver else {"at": key.snap}
+        data = bytes(await self.inner.read(key.ino, key.index, 0, layout.chunk_size, layout, **at))
         try:
             await asyncio.to_thread(self.cache.put, key, data)
         except OSError as e:
@@ -573,10 +606,10 @@ class CachedChunks:
             return data, err.DfsError(f"node cache {self.cache.dir}: {e.strerror or e}", code=code)
         return data, None
 
-    async def warm(self, ino: int, index: int, layout, at: int) -> int:
-        """Chunk ``index`` of ``ino`` at snapshot ``at`` into the cache unless it is there;
-        the bytes fetched (0 if it was cached)."""
-        key = self.key(ino, index, at)
+    async def warm(self, ino: int, index: int, layout, at: int, ver: int = 0) -> int:
+        """Chunk ``index`` of ``ino`` at snapshot ``at`` (``ver``: of live file ``ino`` at that
+        data version) into the cache unless it is there; the bytes fetched (0 if it was cached)."""
+        key = CacheKey.live(ino, index, ver) if ver else self.key(ino, index, at)
         if key is None:
             raise err.Stale(f"snapshot {at} is not in the cluster map")
         seen = self._fetched
@@ -589,6 +622,6 @@ class CachedChunks:
         finally:
             warming.reset(token)
 
-    async def forget(self, ino: int, index: int, at: int) -> bool:
-        key = self.key(ino, index, at)
+    async def forget(self, ino: int, index: int, at: int, ver: int = 0) -> bool:
+        key = CacheKey.live(ino, index, ver) if ver else self.key(ino, index, at)
         return key is not None and await asyncio.to_thread(self.cache.remove, key)

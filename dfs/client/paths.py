@@ -813,8 +813,9 @@ class AsyncClient(SnapshotAPI):
                      parallel: int = DEFAULT_PARALLEL_WARMUP, progress=None):
         """Fetch every regular file under ``paths`` into the node-local cache (``evict``: drop
         them from it) ahead of a job; a ``WarmupResult`` (dfs/client/warmup.py). The paths are
-        of immutable data: inside a snapshot-mode client, under ``PATH/.snap/NAME/``, or
-        each ``PATH``'s snapshot ``snapshot`` (``PATH/.snap/NAME``). Errors are per path
+        inside a snapshot-mode client, under ``PATH/.snap/NAME/``, each ``PATH``'s snapshot
+        ``snapshot`` (``PATH/.snap/NAME``), or live files (cached under their data version:
+        strict-mode reads of that version hit them). Errors are per path
         (``result.errors``), the rest goes on."""
         from dfs.client.warmup import warmup
 

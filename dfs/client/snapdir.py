@@ -427,6 +427,16 @@ class SnapChunks:
         buf[:len(got)] = got
         return len(got)
 
+    async def read_versioned(self, ino, index, offset, length, layout, ver):
+        if ino & SNAP_BIT:  # cached by its snapshot's key instead
+            return await self.read(ino, index, offset, length, layout)
+        return await self.inner.read_versioned(ino, index, offset, length, layout, ver)
+
+    async def read_versioned_into(self, ino, index, offset, buf, layout, ver):
+        if ino & SNAP_BIT:
+            return await self.read_into(ino, index, offset, buf, layout)
+        return await self.inner.read_versioned_into(ino, index, offset, buf, layout, ver)
+
     async def write(self, ino, index, offset, data, layout):
         if ino & SNAP_BIT:
             raise readonly()

@@ -1,17 +1,19 @@
 """Warm-up: snapshot files fetched into the node-local cache ahead of a job (``Client.warmup``, `dfs warmup`).
 
-Given paths of immutable data (inside a snapshot-mode client, or under
-``PATH/.snap/NAME/``), every regular file below them is opened (the access
-check a read would have), and each of its chunks that the node cache
+Given paths (inside a snapshot-mode client, under ``PATH/.snap/NAME/``, or
+live files), every regular file below them is opened (the access check a
+read would have), and each of its chunks that the node cache
 (dfs/client/nodecache.py) does not hold yet is fetched whole over the data
-plane and stored, up to ``parallel`` chunks at once. A snapshot-mode client's
+plane and stored, up to ``parallel`` chunks at once. A live file's chunks are
+kept under its data version at the open (``Attr.dver``): a strict-mode read
+of that version hits them, a later change of the file makes them unused. A snapshot-mode client's
 packed small files are read through the pack reader instead (it keeps them in
 the machine's pack cache). Running it again fetches nothing: each chunk is
 looked up in the cache first.
 
 Errors are per path: a missing path, a file that cannot be read, a chunk that
-cannot be stored (a full cache disk) or live data (which the cache never
-holds) is reported with its name and the rest goes on. ``evict=True`` drops
+cannot be stored (a full cache disk), or a live file written before data
+versions existed, is reported with its name and the rest goes on. ``evict=True`` drops
 the files' chunks from the cache instead.
 
 Imports: dfs.common and this package only; tqdm inside ``TqdmProgress``.
@@ -192,13 +194,13 @@ async def warmup(client: Any, paths, *, parallel: int = DEFAULT_PARALLEL, evict:
         progress.start(len(files), sum(a.size for _, a in files))
         slots = asyncio.Semaphore(parallel)
 
-        async def one_chunk(snap: int, real: int, index: int, layout: Layout, n: int) -> None:
+        async def one_chunk(snap: int, real: int, index: int, layout: Layout, n: int, ver: int = 0) -> None:
             async with slots:
                 if evict:
-                    if await cache.forget(real, index, snap):
+                    if await cache.forget(real, index, snap, ver):
                         res.chunks += 1
                 else:
-                    got = await cache.warm(real, index, layout, snap)
+                    got = await cache.warm(real, index, layout, snap, ver)
                     if got:
                         res.chunks += 1
                         res.fetched += got
@@ -219,13 +221,31 @@ async def warmup(client: Any, paths, *, parallel: int = DEFAULT_PARALLEL, evict:
             finally:
                 await ref.close()
 
+        async def live(path: str, a: Attr) -> None:
+            """A live file at its data version now: its chunks fetched under that version while
+            an open holds the file (the reads a strict-mode open of that version makes hit them)."""
+            ref = None if evict else await client.open_handle(path, os.O_RDONLY)
+            try:
+                if ref is not None:
+                    a = ref.attr
+                if not a.dver:
+                    if a.size:
+                        raise err.InvalidArgument("written before data versions: not cached until written again")
+                    return
+                layout = Layout.unpack(a.layout) if a.layout else DEFAULT_LAYOUT
+                cs = layout.chunk_size
+                await asyncio.gather(*(one_chunk(0, a.ino, i, layout, min(cs, a.size - i * cs), a.dver)
+                                       for i in range(-(-a.size // cs))))
+            finally:
+                if ref is not None:
+                    await ref.close()
+
         async def one_file(path: str, a: Attr) -> None:
             try:
                 kind, snap, real = _where(client, a)
                 if kind == "live":
-                    raise err.InvalidArgument("live data is not cached: give a snapshot's path "
-                                              "(PATH/.snap/NAME/..., --snapshot NAME) or a snapshot-mode client")
-                if kind == "packed":
+                    await live(path, a)
+                elif kind == "packed":
                     if not evict:  # the machine's pack cache keeps it
                         await packed(path, a.size)
                 elif kind == "chunks":

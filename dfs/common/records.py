@@ -24,6 +24,7 @@ class Attr:
     ctime_ns: int
     layout: int = 0  # the packed dfs.common.layout.Layout (0 = the default)
     flags: int = 0  # FLAG_* bits (FLAG_INLINE)
+    dver: int = 0  # regular files: the data version (changes whenever the bytes may; 0: never written)
 
     @classmethod
     def from_wire(cls, w: list) -> Attr:

@@ -418,13 +418,15 @@ class Inode:
     """A mutable inode record, used inside the state machine only."""
 
     __slots__ = ("ino", "mode", "nlink", "uid", "gid", "rdev", "size",
-                 "atime", "mtime", "ctime", "parent", "flags", "layout")
+                 "atime", "mtime", "ctime", "parent", "flags", "layout", "dver")
 
-    _S = struct.Struct(">QIIIIQQqqqQII")
+    _S = struct.Struct(">QIIIIQQqqqQIIQ")
+    _S_V2 = struct.Struct(">QIIIIQQqqqQII")  # before the data version (read as 0)
     _S_V1 = struct.Struct(">QIIIIQQqqqQI")  # before the layout field (read as layout 0)
 
     def __init__(self, ino: int, mode: int, nlink: int, uid: int, gid: int, rdev: int, size: int,
-                 atime: int, mtime: int, ctime: int, parent: int = 0, flags: int = 0, layout: int = 0) -> None:
+                 atime: int, mtime: int, ctime: int, parent: int = 0, flags: int = 0, layout: int = 0,
+                 dver: int = 0) -> None:
         self.ino = ino
         self.mode = mode
         self.nlink = nlink
@@ -440,21 +442,36 @@ class Inode:
         # The packed dfs.common.layout.Layout (0 = the default). Files: fixed at
         # create (the parent's); directories: the default their new children inherit.
         self.layout = layout
+        # Regular files: the data version, bumped by everything that may change the bytes
+        # (a write open, EXTEND, a size change, inline writes, a write handle's expiry):
+        # bytes read at one version may be cached under it (docs/design/data.md).
+        self.dver = dver
+
+    def bump_data(self) -> None:
+        """The bytes may change: a new data version."""
+        self.dver += 1
 
     def pack(self) -> bytes:
         return self._S.pack(self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev,
-                            self.size, self.atime, self.mtime, self.ctime, self.parent, self.flags, self.layout)
+                            self.size, self.atime, self.mtime, self.ctime, self.parent, self.flags, self.layout,
+                            self.dver)
 
     @classmethod
     def unpack(cls, b: bytes) -> Inode:
+        if len(b) == cls._S_V2.size:
+            return cls(*cls._S_V2.unpack(b))
         if len(b) == cls._S_V1.size:
             return cls(*cls._S_V1.unpack(b))
         return cls(*cls._S.unpack(b))
 
     def wire(self) -> list:
-        """The client-visible attributes: the fields of ``Attr``, in order."""
-        return [self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size,
-                self.atime, self.mtime, self.ctime, self.layout, self.flags & CLIENT_FLAGS]
+        """The client-visible attributes: the fields of ``Attr``, in order (the data version
+        only where there is one)."""
+        w = [self.ino, self.mode, self.nlink, self.uid, self.gid, self.rdev, self.size,
+             self.atime, self.mtime, self.ctime, self.layout, self.flags & CLIENT_FLAGS]
+        if self.dver:
+            w.append(self.dver)
+        return w
 
     # what a reply's Attr field may hold on the shard: encoded as Attr, without building one
     __wire__ = wire

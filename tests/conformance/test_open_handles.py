@@ -18,7 +18,7 @@ import pytest
 
 from dfs.client.meta import MetaClient
 from dfs.common.ids import ROOT_INO, shard_of
-from dfs.common.ops import Op
+from dfs.common.ops import Op, inline_digest
 from dfs.common.records import ROOT, Caller
 from dfs.meta.local import LocalEngine
 from dfs.testing.wait import until_async
@@ -464,4 +464,55 @@ def test_hard_link_unlink_leaves_no_orphan():
         assert (await c.getattr(a.ino)).nlink == 1
         await c.unlink(top, "g")  # no handle: deleted at once, as before
         assert orphans(eng) == [(a.ino, a.layout, 1)]
+    run(t)
+
+
+# ---------------------------------------------------------------- the data version (Attr.dver)
+def test_the_data_version_moves_whenever_the_bytes_may(ns):
+    """What a reader may cache under (ino, dver): every command that may change a file's bytes
+    gives it a new data version (a write open, a published write, a size change, inline
+    writes and migration); reads, read opens and metadata changes keep it."""
+    c, top = ns.c, ns.top
+    a, created, h, _ = c.create_open(top, "f", 0o644)  # the creator's open may write
+    v = a.dver
+    assert created and v > 0
+
+    def moved(attr) -> bool:
+        nonlocal v
+        was, v = v, attr.dver
+        return v > was
+
+    assert moved(c.extend(a.ino, 100))  # a writer publishes
+    assert not moved(c.getattr(a.ino))
+    assert not moved(c.open_read(a.ino, access=os.R_OK)[0])  # a read open
+    assert not moved(c.setattr(a.ino, mode=0o600))  # chmod: the bytes are the same
+    c.rename(top, "f", top, "g")
+    assert not moved(c.getattr(a.ino))
+    assert moved(c.open_file(a.ino, access=os.W_OK)[0])  # a write open: bytes may change from now
+    assert not moved(c.open_file(a.ino, access=os.R_OK)[0])
+    assert moved(c.setattr(a.ino, size=10))  # truncate
+    b, _ = c.create(top, "inl", inline=True)
+    v = b.dver
+    assert moved(c.write_inline(b.ino, [(0, b"abc")], 3))
+    assert moved(c.migrate_inline(b.ino, inline_digest(b"abc")))
+    d = c.mkdir(top, "d")
+    assert d.dver == 0  # directories have none
+    c.close_handle(a.ino, h)
+
+
+def test_a_write_handle_that_expires_moves_the_data_version():
+    """A writer that vanished may have sent bytes it never published: readers must not keep
+    what they cached under the version its open made."""
+    async def t(eng, c, top, clock):
+        a, _ = await c.create(top, "f")
+        r, _ = await c.open_file(a.ino, 30, access=os.R_OK)
+        w, _ = await c.open_file(a.ino, 30, access=os.W_OK)
+        assert w.dver > r.dver
+        clock.now += 31 * S
+        assert await eng.expire_handles() == 2
+        assert (await c.getattr(a.ino)).dver == w.dver + 1
+        r2, h = await c.open_file(a.ino, 30, access=os.R_OK)
+        clock.now += 31 * S
+        assert await eng.expire_handles() == 1
+        assert (await c.getattr(a.ino)).dver == r2.dver  # a reader's expiry changes nothing
     run(t)

@@ -51,11 +51,16 @@ def test_warmup_then_read_with_every_data_server_down(make_cluster, tmp_path):
         warmed = r.chunks
         again = w.warmup(["/ds"], snapshot="s1")  # idempotent: nothing fetched again
         assert again.ok and again.fetched == 0 and again.files == len(want)
-        # a missing path and live data are reported by name; the rest is warmed
+        # a missing path is reported by name; the rest is warmed, live files at their data
+        # version (what a strict-mode open of that version then reads from the cache)
         mixed = w.warmup(["/ds/.snap/s1/nope", "/ds/big1", "/ds/.snap/s1/big2"])
-        assert sorted(p for p, _ in mixed.errors) == ["/ds/.snap/s1/nope", "/ds/big1"]
-        assert "live data is not cached" in dict(mixed.errors)["/ds/big1"]
-        assert mixed.files == 1
+        assert [p for p, _ in mixed.errors] == ["/ds/.snap/s1/nope"]
+        assert mixed.files == 2 and mixed.fetched >= (5 << 20)
+        hits = w.cache_stats()["hits"]
+        assert w.read_bytes("/ds/big1") == want["big1"]
+        assert w.cache_stats()["hits"] > hits
+        w.write_bytes("/ds/big1", b"new")  # a new version: the warmed one is not read again
+        assert w.read_bytes("/ds/big1") == b"new"
         with pytest.raises(dfs.errors.InvalidArgument):
             w.warmup("/ds", parallel=0)
 

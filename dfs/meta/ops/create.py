@@ -29,7 +29,7 @@ from dfs.meta import schema as S
 from dfs.meta.ops.base import R_OK, W_OK, X_OK, apply, check_access, check_handle, check_name, \
     check_open_access, lease_ns
 from dfs.meta.ops.delegate import check_delegated, use_delegated
-from dfs.meta.ops.handles import set_handle
+from dfs.meta.ops.handles import set_handle, write_opened
 from dfs.meta.schema import Inode
 
 _TYPES = (stat.S_IFREG, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
@@ -50,6 +50,8 @@ def create(ctx, req: m.Create) -> m.CreateReply:
         ctx.check_lock(S.lock_key_inode(ino), S.LockMode.SHARED)
         # the creator may write what it created, whatever its mode (open(2) with O_CREAT)
         set_handle(ctx, ino, req.handle, ctx.ts + lease, R_OK | W_OK if created else req.access)
+        if created or req.access & W_OK:
+            attr = write_opened(ctx, ino)
     return m.CreateReply(attr, created, ino, opened, ctx.dir(req.parent))
 
 

@@ -40,6 +40,16 @@ def set_handle(ctx, ino: int, handle: bytes, expiry: int, access: int = 0) -> No
     ctx.ov.put(S.handle_expiry_key(expiry, ino, handle), b"")
 
 
+def write_opened(ctx, ino: int):
+    """A handle that may write ``ino`` was granted (or its writer vanished): its bytes may
+    change from now on, so they get a new data version (a reader who cached them under the
+    old one reads them afresh). The inode, as stored."""
+    i = ctx.inode(ino)
+    i.bump_data()
+    ctx.put(i)
+    return i
+
+
 @apply(m.Open)
 def open_(ctx, req: m.Open):
     """A client opened regular file ``ino``: keep it alive until ts + lease (renewable),
@@ -57,6 +67,8 @@ def open_(ctx, req: m.Open):
         check_open_access(req.access, R_OK | W_OK)
         check_access(i, ctx.caller, req.access)
     set_handle(ctx, req.ino, req.handle, ctx.ts + lease, req.access)
+    if req.access & W_OK:
+        return write_opened(ctx, req.ino)
     return i
 
 
@@ -99,19 +111,25 @@ def expire_handles(ctx, req: m.ExpireHandles) -> m.Expired:
     before this command's ts, then delete the link-less files left without a handle."""
     limit = max(1, min(req.limit, EXPIRE_MAX))
     expired = 0
-    inos: dict[int, None] = {}
+    inos: dict[int, bool] = {}  # ino -> a handle that could write it expired
     for k, _ in list(ctx.ov.scan(S.P_HANDLE_EXPIRY, S.handle_expiry_end(ctx.ts), limit)):
         expiry, ino, handle = S.split_handle_expiry_key(k)
         ctx.ov.delete(k)
         hk = S.handle_key(ino, handle)
         v = ctx.ov.get(hk)
+        wrote = False
         if v is not None and S.handle_expiry(v) == expiry:
             ctx.ov.delete(hk)
+            wrote = bool(S.handle_access(v) & W_OK)
         expired += 1
-        inos[ino] = None
+        inos[ino] = inos.get(ino, False) or wrote
     freed = 0
-    for ino in inos:
+    for ino, wrote in inos.items():
         i = ctx.maybe_inode(ino)
         if i is not None and ctx.reap_unlinked(i):
             freed += 1
+        elif i is not None and wrote:
+            # its writer vanished mid-write: what it sent to the data servers (and never
+            # published) may differ from what a reader cached under the current version
+            write_opened(ctx, ino)
     return m.Expired(expired, freed)

@@ -105,6 +105,7 @@ def write_inline(ctx, req: m.WriteInline):
     if size > i.size:
         i.size = size
     i.mtime = i.ctime = ctx.ts
+    i.bump_data()
     clear_setid_on_write(ctx, i)
     ctx.put(i)
     return i
@@ -133,5 +134,6 @@ def migrate(ctx, req: m.Migrate):
         ctx.ov.delete(key)
     i.flags &= ~S.FLAG_INLINE
     i.ctime = ctx.ts
+    i.bump_data()
     ctx.put(i)
     return i

@@ -40,6 +40,7 @@ def extend(ctx, ino: int, size: int):
     if size > i.size:
         i.size = size
     i.mtime = i.ctime = ctx.ts
+    i.bump_data()
     clear_setid_on_write(ctx, i)
     ctx.put(i)
     return i
@@ -101,6 +102,7 @@ def setattr_(ctx, req: m.Setattr):
             cut_inline(ctx, ino, size)
         i.size = size
         i.mtime = ctx.ts
+        i.bump_data()
         if not root:
             i.mode &= ~stat.S_ISUID
             if i.mode & stat.S_IXGRP:

@@ -406,3 +406,57 @@ def test_a_close_that_does_not_wait_is_covered_by_the_next_barrier():
         await lazy.sync()  # each error once
         await lazy.core.close()
     run(t)
+
+
+# ---------------------------------------------------------------- strict-mode files in the node cache
+class _CountingChunks(MemoryChunks):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def read(self, ino, index, offset, length, layout):
+        self.reads += 1
+        return await super().read(ino, index, offset, length, layout)
+
+
+def test_strict_files_are_read_from_the_node_cache_while_their_data_version_holds(tmp_path):
+    """Two clients of one machine share a node cache (two processes in real life): a file read
+    once is read again from it while its data version holds; a change made elsewhere is seen
+    at the next open (close-to-open), and a handle's own writes never come from the cache."""
+    from dfs.client.nodecache import CachedChunks, NodeCache
+
+    async def go():
+        eng = LocalEngine(2, clock=Clock())
+        chunks = _CountingChunks()  # the data servers, shared
+
+        def client() -> AsyncClient:
+            cache = CachedChunks(chunks, NodeCache(str(tmp_path / "cache"), "c@x", 1 << 30))
+            return AsyncClient(MetaClient(eng, ROOT), cache, mode=StrictMode(3600))
+
+        a, b = client(), client()
+        try:
+            await a.makedirs("/d")
+            await a.write_bytes("/d/f", b"1" * 5000)
+            chunks.reads = 0
+            assert await a.read_bytes("/d/f") == b"1" * 5000
+            assert chunks.reads == 1
+            assert await b.read_bytes("/d/f") == b"1" * 5000  # the other process: a hit
+            assert await a.read_bytes("/d/f") == b"1" * 5000
+            assert chunks.reads == 1
+            async with await b.open("/d/f", "r+b") as w:  # overwritten in place, same size
+                await w.write(b"2" * 100)
+                assert await w.pread(0, 3) == b"222"  # its own writes, not the cache
+            assert await a.read_bytes("/d/f") == b"2" * 100 + b"1" * 4900
+            assert chunks.reads >= 2
+            n = chunks.reads
+            assert await b.read_bytes("/d/f") == b"2" * 100 + b"1" * 4900
+            assert chunks.reads == n
+            r = await a.open("/d/f", "rb")  # held open across another's change: its version
+            assert await r.read(3) == b"222"
+            await b.write_bytes("/d/f", b"3" * 10)  # O_TRUNC and a write: new versions
+            assert await a.read_bytes("/d/f") == b"3" * 10
+            await r.close()
+        finally:
+            await a.close()
+            await b.close()
+    asyncio.run(go())

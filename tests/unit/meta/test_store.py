@@ -100,3 +100,18 @@ def test_idempotency_pruning_resumes_where_it_stopped_and_stays_deterministic(tm
     left = [k for k, _ in a.kv.scan_prefix(S.P_EXPIRY)]
     assert len(left) < n and S.P_EXPIRY + S.u64(1010) + (10**7).to_bytes(16, "big") not in left
     b.close()
+
+
+def test_inode_records_of_every_format_read_back():
+    """Records written before the layout field and before the data version read as 0 there."""
+    from dfs.meta.schema import Inode
+
+    i = Inode(7, 0o100644, 1, 1000, 1000, 0, 5, 1, 2, 3, 0, 2, 0x16000403, dver=9)
+    back = Inode.unpack(i.pack())
+    assert (back.layout, back.dver, back.flags) == (0x16000403, 9, 2)
+    assert back.wire()[-1] == 9 and len(back.wire()) == 13
+    v2 = Inode._S_V2.pack(7, 0o100644, 1, 1000, 1000, 0, 5, 1, 2, 3, 0, 2, 0x16000403)
+    assert (Inode.unpack(v2).layout, Inode.unpack(v2).dver) == (0x16000403, 0)
+    assert len(Inode.unpack(v2).wire()) == 12  # no version: the Attr on the wire as before
+    v1 = Inode._S_V1.pack(7, 0o100644, 1, 1000, 1000, 0, 5, 1, 2, 3, 0, 2)
+    assert (Inode.unpack(v1).layout, Inode.unpack(v1).dver) == (0, 0)
