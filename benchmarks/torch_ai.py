@@ -11,13 +11,16 @@ servers' targets) before every "cold" figure.
 * ``loader``: ``--files`` files of ``--file-kib`` KiB; a DataLoader (``--workers`` fork
   workers, batches of 64, shuffled, persistent workers) over ``dfs.torch.DfsDataset`` (a
   batch's files fetched together by read_many), over the same dataset with one read per
-  file (``__getitems__`` off: what prefetch buys), over a snapshot of it in snapshot mode
+  file (``__getitems__`` off: what prefetch buys), over the same dataset with the node-local
+  cache (strict mode: files revalidated by their data version at open, epoch 2 reads the
+  bytes from the cache), over a snapshot of it in snapshot mode
   (``DfsDataset`` with ``snapshot=``, the manifest and the node-local cache in the run's
   folder: epoch 2 reads from that cache), and over a local map-style dataset; epoch 1
   (cold, worker start and the manifest's load included) and epoch 2; files/s.
 * ``safetensors``: one ``--st-mib`` MiB file of 64 MiB tensors; ``dfs.torch.load_safetensors``
   against ``safetensors.torch.load_file`` on the local copy, cold and warm, every tensor
-  summed after the load on both (load_file maps the file, so its bytes are read then); MB/s.
+  summed after the load on both (load_file maps the file, so its bytes are read then); then
+  ``Client.warmup`` of the file into the node-local cache and a load after it; MB/s.
 * ``dcp``: ``--ranks`` processes (gloo) each hold ``--dcp-mib``/ranks MiB; ``dcp.save``
   through ``DfsStorageWriter`` (atomic commit) and torch's ``FileSystemWriter`` (local),
   then ``dcp.load`` of it, caches dropped between; MB/s over the whole state.
@@ -191,8 +194,10 @@ def main():
                 fs.snapshot_create("/ds", "bench")
             snap = dict(conn, snapshot="/ds@bench", cache_dir=os.path.join(root, "cache"),
                         cache_size=f"{max(1, 2 * a.files * a.file_kib // (1 << 20))}G")
+            cached = dict(conn, cache_dir=os.path.join(root, "cache"), cache_size=snap["cache_size"])
             for name, ds in (("local", LocalFiles(lf)),
                              ("dfs read_many", DfsDataset("/ds", raw_len, connect=conn)),
+                             ("dfs read_many, node cache", DfsDataset("/ds", raw_len, connect=cached)),
                              ("dfs per file", DfsDataset("/ds", raw_len, connect=conn)),
                              ("dfs snapshot", DfsDataset("/", raw_len, connect=snap))):
                 if name == "dfs per file":
@@ -225,6 +230,17 @@ def main():
                     row("safetensors", temp, "dfs", round(size / (time.monotonic() - t) / MB), "MB/s")
                     assert torch.equal(got["t0"], tensors["t0"])
                     del got
+            # a strict-mode file warmed up into the node-local cache (by its data version)
+            with dfs.connect(**conn, cache_dir=os.path.join(root, "cache"), cache_size=f"{2 * size // MiB + 64}M") as fc:
+                t = time.monotonic()
+                r = fc.warmup("/m.safetensors")
+                assert r.ok, r.errors
+                row("safetensors", "warmup", "dfs", round(size / (time.monotonic() - t) / MB), "MB/s")
+                t = time.monotonic()
+                got = load_safetensors("/m.safetensors", client=fc)
+                touch(got)
+                row("safetensors", "after warmup", "dfs", round(size / (time.monotonic() - t) / MB), "MB/s")
+                del got
         if "dcp" in only:
             for mode, where in (("local", os.path.join(local, "dcp")), ("dfs", "/dcp")):
                 r = run_dcp(mode, dict(conn, _targets=targets) if mode == "dfs" else conn, where, a.dcp_mib,
