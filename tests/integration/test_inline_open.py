@@ -5,19 +5,14 @@ unlink under an open reader, a writer of a file read-held without a handle)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 import dfs
+from dfs.testing.mount import dfs_cli as _dfs
+from dfs.testing.mount import mounted
 
 pytestmark = pytest.mark.integration
-
-
-def _dfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dfs.cli", *args], check=False, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +50,7 @@ def test_through_the_mount(cluster, tmp_path):
             c.write_bytes(f"/mnt/small/f{i}", bytes([i]) * (100 * i + 1))
     mp = str(tmp_path / "m")
     os.mkdir(mp)
-    r = _dfs("mount", mp, "--cluster", cluster.config_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    try:
+    with mounted(cluster.config_path, mp, str(tmp_path / "mount.log")):
         d = f"{mp}/mnt/small"
         for i in range(20):
             with open(f"{d}/f{i}", "rb") as f:
@@ -76,5 +69,3 @@ def test_through_the_mount(cluster, tmp_path):
             os.close(w_fd)
             os.close(r_fd)
         assert sorted(os.listdir(d)) == sorted(f"f{i}" for i in range(20) if i not in (3, 4))
-    finally:
-        _dfs("umount", mp)

@@ -124,18 +124,26 @@ def test_mount_with_the_cache_shares_it_and_reports_counters(make_cluster, tmp_p
     p = _dfs("warmup", "--cluster", cl.config_path, "--cache-dir", cache, "--cache-size", "64M",
              "--snapshot", "s1", "--no-progress", "/m")
     assert p.returncode == 0, p.stdout + p.stderr
+    with dfs.connect(cl.config_path) as c:
+        c.write_bytes("/m/live", data[:5 << 20])
+    p = _dfs("warmup", "--cluster", cl.config_path, "--cache-dir", cache, "--no-progress", "/m/live")
+    assert p.returncode == 0 and "warmed 1 files" in p.stdout, p.stdout + p.stderr
     mp_ = str(tmp_path / "mnt")
     os.mkdir(mp_)
     r = _dfs("mount", mp_, "--cluster", cl.config_path, "--cache-dir", cache, "--cache-size", "64M")
     assert r.returncode == 0, r.stdout + r.stderr
     try:
-        with open(f"{mp_}/m/.snap/s1/big", "rb") as f:
-            assert f.read() == data
-
         def counters():
             return (_read_state(mp_) or {}).get("cache") or {}
 
+        with open(f"{mp_}/m/live", "rb") as f:  # a live file, warmed at its data version
+            assert f.read() == data[:5 << 20]
         until(lambda: counters().get("hits", 0) > 0, 30, "the mount's state file showing cache hits")
+        assert counters()["misses"] == 0
+        with open(f"{mp_}/m/.snap/s1/big", "rb") as f:
+            assert f.read() == data
+        hits = counters()["hits"]
+        until(lambda: counters().get("hits", 0) > hits, 30, "the mount's state file showing more cache hits")
         assert counters()["misses"] == 0
         s = _dfs("status", "--cluster", cl.config_path)
         assert "node cache: hits" in s.stdout, s.stdout + s.stderr

@@ -50,7 +50,7 @@ def create(ctx, req: m.Create) -> m.CreateReply:
         ctx.check_lock(S.lock_key_inode(ino), S.LockMode.SHARED)
         # the creator may write what it created, whatever its mode (open(2) with O_CREAT)
         set_handle(ctx, ino, req.handle, ctx.ts + lease, R_OK | W_OK if created else req.access)
-        if created or req.access & W_OK:
+        if not created and req.access & W_OK:
             attr = write_opened(ctx, ino)
     return m.CreateReply(attr, created, ino, opened, ctx.dir(req.parent))
 
@@ -107,7 +107,10 @@ def _create_entry(ctx, req: m.Create):
         inline = bool(p.flags & S.FLAG_INLINE)
     flags = S.FLAG_INLINE if fmt == stat.S_IFREG and inline else 0
     rdev = req.rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0
-    i = Inode(ino, fmt | perm, 1, ctx.caller.uid, gid, rdev, size, ctx.ts, ctx.ts, ctx.ts, flags=flags, layout=layout)
+    # a regular file created open (for its creator, who may write it) starts at data version 1
+    dver = 1 if fmt == stat.S_IFREG and req.handle is not None else 0
+    i = Inode(ino, fmt | perm, 1, ctx.caller.uid, gid, rdev, size, ctx.ts, ctx.ts, ctx.ts, flags=flags, layout=layout,
+              dver=dver)
     ctx.put(i)
     if fmt == stat.S_IFLNK:
         ctx.ov.put(S.symlink_key(ino), target)
