@@ -45,6 +45,7 @@ class ActionKind(enum.StrEnum):
     REPARENT = "reparent"
     TOUCH = "touch"
     RENLOCK = "renlock"
+    ENTRY = "entry"
 
 
 @dataclass(slots=True)
@@ -229,6 +230,24 @@ class DeleteEntry(Action):
         p = ctx.inode(self.parent)
         ctx.touch_dir(p)
         touched.add(p)
+
+
+@action(ActionKind.ENTRY)
+class EntryIs(Action):
+    """Entry ``parent/name`` maps to ``expect``, and keeps mapping to it until the operation
+    ends: a check, nothing is changed (a rename between two names of one inode)."""
+
+    parent: int
+    name: bytes
+    expect: int
+
+    def validate(self, ctx, state):
+        ctx.dir(self.parent)
+        cur = ctx.dentry(self.parent, self.name)
+        if cur is None or cur[0] != self.expect:
+            raise err.Locked("entry changed")
+        return [(S.lock_key_dentry(self.parent, self.name), LockMode.SHARED),
+                (S.lock_key_inode(self.parent), LockMode.SHARED)]
 
 
 @action(ActionKind.NLINK)

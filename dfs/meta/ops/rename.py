@@ -48,10 +48,14 @@ async def rename(coord, rid: bytes, caller: Caller, req: m.Rename) -> m.ActionRe
     if not stat.S_ISDIR(dattr.mode):
         raise err.NotADirectory()
     if dst is not None and dst[0] == sino:
-        # the same inode under both names: POSIX says do nothing
-        for d in {sp, dp}:
-            check_access_wire(await coord.getattr(d), caller, W_OK | X_OK)
-        return None
+        # The same inode under both names: POSIX says do nothing. The two lookups were
+        # made one after the other: that both names map to it at one moment is checked
+        # where they live, under locks (a rename between the lookups moving the source to
+        # the target, e.g., must not make this one succeed as well).
+        plan = coord.plan()
+        plan[shard_of(sp)] += [A.DirUsable(sp, W_OK | X_OK), A.EntryIs(sp, sname, sino)]
+        plan[shard_of(dp)] += [A.DirUsable(dp, W_OK | X_OK), A.EntryIs(dp, dname, sino)]
+        return await coord.execute(rid, caller, coord.clock(), plan)
     if flags & RENAME_NOREPLACE and dst is not None:
         raise err.Exists()
     if exchange and dst is None:

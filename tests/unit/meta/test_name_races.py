@@ -12,6 +12,12 @@ operation at exactly that point.
   its plan executes: the plan's "must be absent" fails with EEXIST, but rename
   replaces its target: it reads again and replaces it (RENAME_NOREPLACE still
   answers EEXIST).
+* A rename whose lookups of its source and its target were split by another
+  rename moving the source onto the target: both names then read as one inode,
+  which is POSIX's "do nothing, successfully", although at no moment did both
+  names map to it (the other rename made the source vanish). Found by the netns
+  linearizability check: two renames of one name both succeeded. The same-inode
+  case is now a plan that checks both entries where they live, under locks.
 * A rename across shards, between the commit on its coordinator (the source
   name is gone there) and the commit on the target's shard: a readdir of the
   target directory showed the old state (no new name) while a lookup of the
@@ -204,6 +210,46 @@ def test_readdir_waits_for_a_rename_half_committed():
         assert seen == {"between": True}
         entries, _ = await c.readdir(b.ino)
         assert [(e.name, e.ino) for e in entries if e.name not in (b".", b"..")] == [(b"g", f.ino)]
+        await engine.close()
+
+    run(go())
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["one-shard", "two-shards"])
+def test_rename_whose_source_moved_onto_its_target_between_its_lookups_fails(cross):
+    async def go():
+        engine = LocalEngine(NSHARDS)
+        c = MetaClient(engine)
+        a = await mkdir_on(c, ROOT_INO, 1, "a")
+        d = await mkdir_on(c, ROOT_INO, 2, "d") if cross else a
+        f, _ = await c.create(a.ino, "n")
+        coord = engine.services[shard_of(a.ino)].coordinator
+        # the other rename runs after this one looked its source up, before its target
+        t = Interpose(coord.shards, lambda shard, op, args: op == Op.LOOKUP and args[1] == b"t",
+                      lambda: c.rename(a.ino, "n", d.ino, "t"))
+        coord.shards = t
+        with pytest.raises(err.NotFound):  # its source is gone: it cannot have moved it too
+            await c.rename(a.ino, "n", d.ino, "t")
+        assert t.fired
+        assert (await c.lookup(d.ino, "t")).ino == f.ino
+        with pytest.raises(err.NotFound):
+            await c.lookup(a.ino, "n")
+        await engine.close()
+
+    run(go())
+
+
+def test_rename_between_two_names_of_one_inode_still_does_nothing():
+    async def go():
+        engine = LocalEngine(NSHARDS)
+        c = MetaClient(engine)
+        a = await mkdir_on(c, ROOT_INO, 1, "a")
+        d = await mkdir_on(c, ROOT_INO, 2, "d")
+        f, _ = await c.create(a.ino, "n")
+        await c.link(f.ino, d.ino, "t")
+        await c.rename(a.ino, "n", d.ino, "t")  # POSIX: both names stay
+        assert (await c.lookup(a.ino, "n")).ino == (await c.lookup(d.ino, "t")).ino == f.ino
+        assert (await c.getattr(f.ino)).nlink == 2
         await engine.close()
 
     run(go())
