@@ -4,7 +4,8 @@ A handle registered with the metadata service (``MetaClient.open_file``,
 ``open_read``, ``lookup_open``, ``create_open``) keeps a file whose last name
 goes while it is open here alive for this client, in every other client too.
 Opens for reading take read handles (kept in the shard leader's memory, no
-Raft round); the others, and reads of inline files, durable ones.
+Raft round), except those of inline files, which come with the file's bytes
+and need none; the others take durable ones.
 
 * Renewal: every third of the lease, one request per shard for all handles of
   each kind (``renew_handles``, ``renew_read_handles``). The renewer and the
