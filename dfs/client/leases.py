@@ -22,11 +22,7 @@ and need none; the others take durable ones.
   logged. (Before, the mount re-registered and the library silently dropped.)
 * Closes do not hold up the caller: ``release`` queues the handle and one
   background task sends the queue, batched per shard (``close_handles``,
-  ``close_read_handles``). It lets the queue gather for up to ``CLOSE_WINDOW``
-  (or ``CLOSE_BATCH`` handles) first: a reader going through files one at a
-  time then closes them a few dozen per request instead of one request per
-  file (the service's cost of a close is mostly the request). ``drain`` sends
-  what is queued at once and waits for it (``Client.sync()``, ``close``).
+  ``close_read_handles``). ``drain`` waits for it (``Client.sync()``).
 
 Imports: dfs.common and this package only.
 """
@@ -42,9 +38,6 @@ from dfs.common.ops import DEFAULT_LEASE_S
 from dfs.common.tasks import Supervisor
 
 log = logging.getLogger("dfs.client")
-
-CLOSE_WINDOW = 0.02  # seconds a queued close waits for others to share its request
-CLOSE_BATCH = 256  # ... unless this many are queued
 
 __all__ = ["Leases"]
 
@@ -64,8 +57,6 @@ class Leases:
         self._renewer: asyncio.Task | None = None
         self._closing: list[tuple[int, bytes, bool]] = []
         self._closer: asyncio.Task | None = None
-        self._send_now = asyncio.Event()  # a full batch, or a drain: stop gathering
-        self._draining = 0
 
     def hold(self, ino: int, h: bytes, read: bool = False) -> None:
         """Renew (and later close) ``h``, a handle of ``ino`` registered with the service."""
@@ -89,19 +80,11 @@ class Leases:
 
     def _queue(self, ino: int, h: bytes, read: bool) -> None:
         self._closing.append((ino, h, read))
-        if len(self._closing) >= CLOSE_BATCH:
-            self._send_now.set()
         if self._closer is None or self._closer.done():
             self._closer = self.tasks.spawn("handle-close", self._close_pending, forever=False)
 
     async def _close_pending(self) -> None:
         while self._closing:
-            if not self._draining and len(self._closing) < CLOSE_BATCH:
-                self._send_now.clear()
-                try:  # let the closes of the next files join this request
-                    await asyncio.wait_for(self._send_now.wait(), CLOSE_WINDOW)
-                except asyncio.TimeoutError:
-                    pass
             batch, self._closing = self._closing, []
             reads = [(ino, h) for ino, h, r in batch if r]
             durable = [(ino, h) for ino, h, r in batch if not r]
@@ -112,14 +95,9 @@ class Leases:
                 log.warning("closing %d open handles: %s", len(batch), e)
 
     async def drain(self) -> None:
-        """Wait until every released handle is closed on the service (sent at once)."""
-        self._draining += 1
-        self._send_now.set()
-        try:
-            while self._closer is not None and not self._closer.done():
-                await asyncio.shield(self._closer)
-        finally:
-            self._draining -= 1
+        """Wait until every released handle is closed on the service."""
+        while self._closer is not None and not self._closer.done():
+            await asyncio.shield(self._closer)
 
     async def _renew(self) -> None:
         while self.held:

@@ -205,40 +205,6 @@ def test_set_layout_refuses_bad_input_and_changes_nothing():
 
 
 # ---------------------------------------------------------------- leases
-def test_closes_gather_into_one_request_until_a_drain_or_a_full_batch(monkeypatch):
-    from dfs.client import leases as L
-
-    class Meta:
-        def __init__(self) -> None:
-            self.calls: list[list] = []
-            self.sent = asyncio.Event()
-
-        async def close_read_handles(self, pairs):
-            self.calls.append(list(pairs))
-            self.sent.set()
-
-        close_handles = close_read_handles
-
-    async def go():
-        meta = Meta()
-        ls = L.Leases(meta)
-        for i in range(5):  # a reader's files, one after the other
-            ls.release(i, bytes([i]) * 16, read=True)
-        await ls.drain()  # sends what gathered at once
-        assert meta.calls == [[(i, bytes([i]) * 16) for i in range(5)]]
-        monkeypatch.setattr(L, "CLOSE_WINDOW", 3600.0)  # only a full batch goes without a drain
-        meta.calls.clear()
-        meta.sent.clear()
-        for i in range(L.CLOSE_BATCH):
-            ls.release(i, i.to_bytes(16, "big"), read=True)
-        await asyncio.wait_for(meta.sent.wait(), 60)
-        assert len(meta.calls) == 1 and len(meta.calls[0]) == L.CLOSE_BATCH
-        ls.release(1, b"x" * 16, read=True)
-        await ls.close()
-        assert meta.calls[-1] == [(1, b"x" * 16)]
-    asyncio.run(go())
-
-
 def _handles(eng) -> list:
     return sorted(h for s in eng.services for h in s.store.handles())
 
