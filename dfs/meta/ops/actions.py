@@ -209,6 +209,16 @@ class PutEntry(Action):
 register(PutEntry, trim=True)  # replace=False is left off: the format records were first written in
 
 
+def _entry_is(ctx, parent: int, name: bytes, expect: int, mode: LockMode) -> list:
+    """Entry ``parent/name`` maps to ``expect`` (else Locked: the coordinator reads again);
+    the locks that keep it so: the entry's (``mode``), the directory's (shared)."""
+    ctx.dir(parent)
+    cur = ctx.dentry(parent, name)
+    if cur is None or cur[0] != expect:
+        raise err.Locked("entry changed")
+    return [(S.lock_key_dentry(parent, name), mode), (S.lock_key_inode(parent), LockMode.SHARED)]
+
+
 @action(ActionKind.DDEL)
 class DeleteEntry(Action):
     """Remove entry ``parent/name``, which must map to ``expect``."""
@@ -218,12 +228,7 @@ class DeleteEntry(Action):
     expect: int
 
     def validate(self, ctx, state):
-        ctx.dir(self.parent)
-        cur = ctx.dentry(self.parent, self.name)
-        if cur is None or cur[0] != self.expect:
-            raise err.Locked("entry changed")
-        return [(S.lock_key_dentry(self.parent, self.name), LockMode.EXCLUSIVE),
-                (S.lock_key_inode(self.parent), LockMode.SHARED)]
+        return _entry_is(ctx, self.parent, self.name, self.expect, LockMode.EXCLUSIVE)
 
     def commit(self, ctx, state, touched):
         ctx.delete_dentry(self.parent, self.name)
@@ -242,12 +247,7 @@ class EntryIs(Action):
     expect: int
 
     def validate(self, ctx, state):
-        ctx.dir(self.parent)
-        cur = ctx.dentry(self.parent, self.name)
-        if cur is None or cur[0] != self.expect:
-            raise err.Locked("entry changed")
-        return [(S.lock_key_dentry(self.parent, self.name), LockMode.SHARED),
-                (S.lock_key_inode(self.parent), LockMode.SHARED)]
+        return _entry_is(ctx, self.parent, self.name, self.expect, LockMode.SHARED)
 
 
 @action(ActionKind.NLINK)
