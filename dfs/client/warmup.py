@@ -221,6 +221,12 @@ async def warmup(client: Any, paths, *, parallel: int = DEFAULT_PARALLEL, evict:
             finally:
                 await ref.close()
 
+        async def every_chunk(snap: int, real: int, a: Attr, ver: int = 0) -> None:
+            layout = Layout.unpack(a.layout) if a.layout else DEFAULT_LAYOUT
+            cs = layout.chunk_size
+            await asyncio.gather(*(one_chunk(snap, real, i, layout, min(cs, a.size - i * cs), ver)
+                                   for i in range(-(-a.size // cs))))
+
         async def live(path: str, a: Attr) -> None:
             """A live file at its data version now: its chunks fetched under that version while
             an open holds the file (the reads a strict-mode open of that version makes hit them)."""
@@ -232,10 +238,7 @@ async def warmup(client: Any, paths, *, parallel: int = DEFAULT_PARALLEL, evict:
                     if a.size:
                         raise err.InvalidArgument("written before data versions: not cached until written again")
                     return
-                layout = Layout.unpack(a.layout) if a.layout else DEFAULT_LAYOUT
-                cs = layout.chunk_size
-                await asyncio.gather(*(one_chunk(0, a.ino, i, layout, min(cs, a.size - i * cs), a.dver)
-                                       for i in range(-(-a.size // cs))))
+                await every_chunk(0, a.ino, a, a.dver)
             finally:
                 if ref is not None:
                     await ref.close()
@@ -252,10 +255,7 @@ async def warmup(client: Any, paths, *, parallel: int = DEFAULT_PARALLEL, evict:
                     if not evict:  # the access check a read of the file would have
                         ref = await client.open_handle(path, os.O_RDONLY)
                         await ref.close()
-                    layout = Layout.unpack(a.layout) if a.layout else DEFAULT_LAYOUT
-                    cs = layout.chunk_size
-                    await asyncio.gather(*(one_chunk(snap, real, i, layout, min(cs, a.size - i * cs))
-                                           for i in range(-(-a.size // cs))))
+                    await every_chunk(snap, real, a)
                 res.files += 1
                 res.bytes += a.size
                 progress.file_done()

@@ -46,12 +46,12 @@ def create(ctx, req: m.Create) -> m.CreateReply:
     if opened:
         if not created and req.access:
             check_open_access(req.access, R_OK | W_OK)
-            check_access(ctx.inode(ino), ctx.caller, req.access)
+            check_access(attr, ctx.caller, req.access)
         ctx.check_lock(S.lock_key_inode(ino), S.LockMode.SHARED)
         # the creator may write what it created, whatever its mode (open(2) with O_CREAT)
         set_handle(ctx, ino, req.handle, ctx.ts + lease, R_OK | W_OK if created else req.access)
         if not created and req.access & W_OK:
-            attr = write_opened(ctx, ino)
+            attr = write_opened(ctx, attr)
     return m.CreateReply(attr, created, ino, opened, ctx.dir(req.parent))
 
 

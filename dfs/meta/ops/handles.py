@@ -40,11 +40,10 @@ def set_handle(ctx, ino: int, handle: bytes, expiry: int, access: int = 0) -> No
     ctx.ov.put(S.handle_expiry_key(expiry, ino, handle), b"")
 
 
-def write_opened(ctx, ino: int):
-    """A handle that may write ``ino`` was granted (or its writer vanished): its bytes may
+def write_opened(ctx, i):
+    """A handle that may write inode ``i`` was granted (or its writer vanished): its bytes may
     change from now on, so they get a new data version (a reader who cached them under the
-    old one reads them afresh). The inode, as stored."""
-    i = ctx.inode(ino)
+    old one reads them afresh). ``i``, as stored."""
     i.bump_data()
     ctx.put(i)
     return i
@@ -68,7 +67,7 @@ def open_(ctx, req: m.Open):
         check_access(i, ctx.caller, req.access)
     set_handle(ctx, req.ino, req.handle, ctx.ts + lease, req.access)
     if req.access & W_OK:
-        return write_opened(ctx, req.ino)
+        return write_opened(ctx, i)
     return i
 
 
@@ -131,5 +130,5 @@ def expire_handles(ctx, req: m.ExpireHandles) -> m.Expired:
         elif i is not None and wrote:
             # its writer vanished mid-write: what it sent to the data servers (and never
             # published) may differ from what a reader cached under the current version
-            write_opened(ctx, ino)
+            write_opened(ctx, i)
     return m.Expired(expired, freed)
