@@ -13,6 +13,7 @@ Imports: dfs.common only (and a transport given to it).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import dataclasses
 import errno as E
 import os
@@ -50,9 +51,27 @@ T = TypeVar("T")
 NAME_RACES = 8
 CAPS_BATCH = 512  # files per ExecuteBatch of caps_many (a reply of ~100 bytes each)
 
+# The requests that concurrent callers send to one shard together: one ExecuteBatch for all
+# of them that the loop's tasks asked for before it next ran its callbacks (no timer: a lone
+# request leaves at once, as before). These are what a training loop's readers ask by the
+# thousand: a file's open by name or inode, a name, attributes, a read handle's close.
+GATHERED = frozenset({Op.LOOKUP, Op.GETATTR, Op.LOOKUPOPEN, Op.OPENREAD, Op.CLOSEREAD})
+GATHER_MAX = 256  # requests per ExecuteBatch of gathered requests
+
 
 def _rid() -> bytes:
     return uuid.uuid4().bytes
+
+
+def _own_copy(e: BaseException) -> BaseException:
+    """A copy of exception ``e`` (its class, arguments and attributes), or ``e`` itself."""
+    try:
+        c = type(e).__new__(type(e))
+        c.args = e.args
+        c.__dict__.update(e.__dict__)
+        return c
+    except Exception:  # noqa: BLE001 - an exception that cannot be copied is shared
+        return e
 
 
 def _enc(name: str | bytes) -> bytes:
@@ -60,9 +79,13 @@ def _enc(name: str | bytes) -> bytes:
 
 
 class MetaClient:
-    def __init__(self, transport: ShardCalls, caller: Caller = ROOT) -> None:
+    def __init__(self, transport: ShardCalls, caller: Caller = ROOT, *, gather: bool = True) -> None:
         self.t = transport
         self.caller = caller
+        self.gather = gather  # send concurrent GATHERED requests to a shard together
+        # (shard, caller) -> requests waiting for this loop iteration's end: (op, args, rid, future)
+        self._gathering: dict[tuple[int, Caller], list[tuple[Op, list, bytes, asyncio.Future]]] = {}
+        self._groups: set[asyncio.Task] = set()  # gathered requests on their way (held: the loop keeps weak refs)
 
     @property
     def nshards(self) -> int:
@@ -75,8 +98,54 @@ class MetaClient:
                     shard: int | None = None) -> Any:
         """``req`` to its shard (or ``shard``): its typed reply. A mutation gets a new request id."""
         s = req.shard(self.nshards) if shard is None else shard
-        raw = await self.t.call(s, req.OP, caller or self.caller, req.to_wire(), _rid() if mutating else b"")
+        rid = _rid() if mutating else b""
+        if self.gather and req.OP in GATHERED:
+            raw = await self._gathered(s, req.OP, caller or self.caller, req.to_wire(), rid)
+        else:
+            raw = await self.t.call(s, req.OP, caller or self.caller, req.to_wire(), rid)
         return req.reply_from_wire(raw)
+
+    def _gathered(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes) -> asyncio.Future:
+        """The wire reply of one GATHERED request, sent with the others that tasks of this
+        loop ask of the same shard, as the same caller, before the loop runs its callbacks."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        key = (shard, caller)
+        waiting = self._gathering.get(key)
+        if waiting is None:
+            waiting = self._gathering[key] = []
+            loop.call_soon(self._send_gathered, key)
+        waiting.append((op, args, rid, fut))
+        return fut
+
+    def _send_gathered(self, key: tuple[int, Caller]) -> None:
+        waiting = [w for w in self._gathering.pop(key) if not w[3].done()]  # not the cancelled
+        shard, caller = key
+        for i in range(0, len(waiting), GATHER_MAX):
+            task = asyncio.ensure_future(self._send_group(shard, caller, waiting[i:i + GATHER_MAX]))
+            self._groups.add(task)
+            task.add_done_callback(self._groups.discard)
+
+    async def _send_group(self, shard: int, caller: Caller, group: list) -> None:
+        res: list[Any] = []
+        try:
+            if len(group) == 1:
+                op, args, rid, _ = group[0]
+                res = [await self.t.call(shard, op, caller, args, rid)]
+            else:
+                res = await self.t.call_many(shard, [(op, caller, args, rid) for op, args, rid, _ in group])
+        except BaseException as e:  # noqa: BLE001 - the whole request failed: each waiter's error
+            res = [e] + [_own_copy(e) for _ in group[1:]]  # its own: a caller names its path on it
+        finally:
+            for (_, _, _, fut), r in itertools.zip_longest(group, res[:len(group)]):
+                if fut.done():  # its waiter was cancelled
+                    continue
+                if isinstance(r, asyncio.CancelledError) or r is None and not res:
+                    fut.cancel()
+                elif isinstance(r, BaseException):
+                    fut.set_exception(r)
+                else:
+                    fut.set_result(r)
 
     async def _many(self, shard: int, reqs: list[m.Request], caller: Caller | None,
                     mutating: bool = True) -> list[Any]:

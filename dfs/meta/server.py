@@ -267,13 +267,15 @@ class MetaServicer(pbg.MetaServiceServicer):
                 results = await self.svc.execute_batch(items)
             except err.NotLeader:
                 results = [err.NotLeader()] * len(items)
-            for i, res in zip(where, results):
+            for (op, _, _, args), i, res in zip(items, where, results):
                 if isinstance(res, err.NotLeader):
                     replies[i] = pb.OpReply(status=err.NOT_LEADER, leader=self.leader_address())
                 elif isinstance(res, err.DfsError):
                     replies[i] = pb.OpReply(status=res.errno, message=res.detail or "")
                 else:
-                    replies[i] = pb.OpReply(status=0, body=msgpack.packb(res))
+                    rep = replies[i] = pb.OpReply(status=0, body=msgpack.packb(res))
+                    if self.svc.signer is not None and op in GRANTS_WITH_REPLY:
+                        rep.caps.extend(self._granted(op, args, res))  # as a lone request's reply
         return pb.BatchReply(replies=replies)
 
     async def Status(self, request, context):

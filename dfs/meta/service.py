@@ -164,15 +164,7 @@ class ShardService:
         self._check_leader()
         kind = h.kind
         if kind is Kind.READ:
-            self._check_read()
-            req = h.decode(args)
-            try:
-                return to_wire(self.store.read_request(h, caller, req))
-            except err.NotFound:
-                attr = None if getattr(req, "snap", 0) else self._held_orphan_attr(req)
-                if attr is None:
-                    raise
-                return to_wire(attr)
+            return self._read(h, caller, args)
         if kind is Kind.LOGGED:
             # decoded here too: a malformed request is EINVAL before it costs a Raft entry
             # and leaves an idempotency record (bad input changes nothing)
@@ -189,6 +181,18 @@ class ShardService:
             self._check_read()
             return to_wire(await h.fn(self, rid, caller, h.decode(args)))
         return to_wire(await self.coordinator.run(h, rid, caller, h.decode(args)))
+
+    def _read(self, h, caller: Caller, args: list) -> Any:
+        """A read op's wire reply, from this leader's applied state."""
+        self._check_read()
+        req = h.decode(args)
+        try:
+            return to_wire(self.store.read_request(h, caller, req))
+        except err.NotFound:
+            attr = None if getattr(req, "snap", 0) else self._held_orphan_attr(req)
+            if attr is None:
+                raise
+            return to_wire(attr)
 
     async def request(self, req: m.Request, rid: bytes = b"", caller: Caller = INTERNAL,
                       ts: int | None = None) -> Any:
@@ -213,8 +217,7 @@ class ShardService:
                 if not isinstance(args, list):
                     raise err.InvalidArgument("arguments must be a list")
                 if h.kind is Kind.READ:
-                    self._check_read()
-                    out[i] = to_wire(self.store.read_request(h, caller, h.decode(args)))
+                    out[i] = self._read(h, caller, args)
                 elif h.kind is Kind.LOGGED:
                     req = h.decode(args)  # malformed: EINVAL, nothing logged (as execute)
                     if h.admit is not None:
@@ -235,6 +238,9 @@ class ShardService:
                 out[i] = await self.execute(op, rid, caller, args)
             except err.DfsError as e:
                 out[i] = e
+            except Exception as e:  # a bug in one op: its EIO, as in a request of its own
+                log.exception("op %s of a batch failed", op)
+                out[i] = err.DfsError(repr(e))
 
         tasks = [asyncio.ensure_future(one(i)) for i in others]
         if cmds:

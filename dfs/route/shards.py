@@ -178,6 +178,8 @@ class GrpcTransport:
             rep = await self._send(shard, lambda stub, t, req=req: stub.ExecuteBatch(req, timeout=t, metadata=self.metadata))
             again = []
             for i, r in zip(todo, rep.replies):
+                if r.caps and self.cap_sink is not None:
+                    self.cap_sink(r.caps)
                 try:
                     results[i] = self._result(r)
                 except err.Retryable as e:

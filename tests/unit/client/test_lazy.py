@@ -425,9 +425,11 @@ def test_the_default_mode_is_strict_except_under_directories_marked_lazy():
         await lazy.makedirs("/out/sub")  # inherits the lazy flag
         for i in range(10):
             await lazy.write_bytes(f"/out/sub/f{i}", b"l")
-        assert "CREATE" not in t.take()
-        assert not await strict.exists("/out/sub")
+        assert "CREATE" not in t.take()  # lazy: batches in the background
+        # its own view answers: no request (whether the background mkdir has reached the
+        # service yet is up to the loop's scheduling, so the test does not look there)
         assert (await lazy.stat("/out/sub")).st_ino
+        assert not {"LOOKUP", "GETATTR"} & set(t.take())
         await lazy.rename("/out/sub/f1", "/strictdir/moved")  # strict: waits for the create first
         assert await strict.read_bytes("/strictdir/moved") == b"l"
         await lazy.sync()
@@ -486,7 +488,8 @@ def test_set_lazy_marks_a_tree_lazy_for_clients_in_the_default_mode():
         t.take()
         await lazy.makedirs("/out/a")
         await lazy.write_bytes("/out/a/f", b"lazy")
-        assert "CREATE" not in t.take() and not await strict.exists("/out/a")
+        assert "CREATE" not in t.take()  # batched in the background (when they reach the
+        # service is up to the loop's scheduling: the test does not look there before sync)
         await lazy.sync()
         assert await strict.read_bytes("/out/a/f") == b"lazy"
         assert (await strict.getattr("/out/a")).flags & FLAG_LAZY  # inherited

@@ -145,6 +145,7 @@ def test_pages_are_kept_only_for_an_unchanged_file(kernel):
 def test_a_file_unlinked_while_open_stays_readable(kernel):
     async def t(ops, t, d):
         ino = await _create(ops, d, data=b"still here")
+        await ops.core.sync()  # the creating handle's CLOSE, sent off the release path
         t.take()
         fi = await ops.open(ino, os.O_RDONLY, CTX)
         await ops.unlink(d, b"f", CTX)
