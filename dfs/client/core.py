@@ -626,15 +626,21 @@ class Core:
             of.granted |= ask
             return a, None
         if h is not None and (access or want & ~of.granted):
-            # the service checks the access; the same handle id only extends the handle
-            if of.read:
-                a = (await self.meta.open_read(of.ino, lease, access=ask, handle=h, caller=caller))[0]
-            else:
-                a = (await self.meta.open_file(of.ino, lease, access=ask, handle=h, caller=caller))[0]
-            if of.handle == h:
-                of.granted |= ask
-            return a, None
+            return await self._extend(of, h, ask, caller), None
         return await self.getattr(of.ino, caller=caller, fresh=plan.revalidate), None
+
+    async def _extend(self, of: OpenFile, h: bytes, ask: int, caller: Caller | None) -> Attr:
+        """Ask the service for ``ask`` on ``of``'s handle ``h`` (the same handle id: it only
+        extends the handle, after checking the access), so that the capabilities asked
+        with the handle cover it. The attributes as of that open."""
+        lease = self.leases.lease
+        if of.read:
+            a = (await self.meta.open_read(of.ino, lease, access=ask, handle=h, caller=caller))[0]
+        else:
+            a = (await self.meta.open_file(of.ino, lease, access=ask, handle=h, caller=caller))[0]
+        if of.handle == h:
+            of.granted |= ask
+        return a
 
     def _adopt(self, of: OpenFile, h: bytes, read: bool, granted: int) -> None:
         """Handle ``h`` of an inode open here without one: its handle from now on (a handle
@@ -715,6 +721,10 @@ class Core:
                 self.leases.release(a.ino, h, read)
         of.refs += 1
         try:
+            if h is not None and of.handle is not None and of.handle != h and granted & ~of.granted:
+                # the kept handle must carry what this open was granted (a read by path while
+                # a write open holds the file): capabilities are asked with it
+                await self._extend(of, of.handle, granted, caller)
             return await self._ref(of, a, flags, truncate=truncate, waits=waits, inline=inline)
         except BaseException:
             await self._unref(of)

@@ -242,6 +242,27 @@ def test_opens_as_the_mount_makes_them_record_what_they_need_on_the_shared_handl
     run(t)
 
 
+def test_a_read_open_by_path_of_a_file_held_for_writing_adds_reading_to_the_kept_handle():
+    """open("rb") by path (LOOKUPOPEN: a read handle of its own) while this client holds the
+    file for writing: one handle is kept, the durable one, and it must now carry reading too,
+    since the data-plane capabilities of both opens are asked with it."""
+    async def t(c, t, eng, clock):
+        await c.write_bytes("/d/f", b"x")
+        await c.sync()
+        w = await c.open("/d/f", "ab")
+        (ino, h, _), = _handles(eng)
+        assert _handle_access(eng, ino, h) == os.W_OK
+        t.take()
+        r = await c.open("/d/f", "rb")
+        assert c.core.files[ino].handle == h and _handle_access(eng, ino, h) == os.R_OK | os.W_OK
+        assert t.take() == {"LOOKUPOPEN": 1, "OPEN": 1}
+        r2 = await c.open("/d/f", "rb")  # nothing new: the LOOKUPOPEN's read handle goes, no OPEN
+        assert t.take() == {"LOOKUPOPEN": 1}
+        for ref in (r2, r, w):
+            await ref.close()
+    run(t)
+
+
 def test_a_lost_handle_of_an_existing_file_is_registered_again():
     async def t(c, t, eng, clock):
         f = await c.open("/d/f", "wb")
