@@ -8,8 +8,8 @@ concurrently on the client's loop while the caller consumes the earlier ones;
 files are still handed over strictly in the order given, and a file's error is
 raised at its turn, carrying its path, never earlier.
 
-Memory: the bytes of fetched-but-not-consumed files plus those being read stay
-under ``max_bytes``, except that the file the caller waits for is always let
+Memory: the bytes of fetched-but-not-consumed files (those of a list handed over
+count until the consumer asks for the next) plus those being read stay under ``max_bytes``, except that the file the caller waits for is always let
 through (a single file larger than the budget must still be readable).
 
 Imports: dfs.common and this package only (no path resolution of its own: it
@@ -26,7 +26,7 @@ from typing import Any
 
 from dfs.common import errors as err
 
-__all__ = ["read_many", "fetch", "check_window", "Budget", "DEFAULT_AHEAD", "DEFAULT_MAX_BYTES"]
+__all__ = ["read_many", "read_batches", "fetch", "check_window", "Budget", "DEFAULT_AHEAD", "DEFAULT_MAX_BYTES"]
 
 DEFAULT_AHEAD = 32
 DEFAULT_MAX_BYTES = 256 << 20
@@ -47,11 +47,11 @@ class Budget:
             await self.cond.wait_for(lambda: self.used + n <= self.limit or seq <= self.turn)
             self.used += n
 
-    async def give(self, n: int, *, advance: bool) -> None:
+    async def give(self, n: int, *, advance: bool | int) -> None:
+        """Return ``n`` bytes; ``advance``: the consumer took that many files (True: one)."""
         async with self.cond:
             self.used -= n
-            if advance:
-                self.turn += 1
+            self.turn += int(advance)
             self.cond.notify_all()
 
 
@@ -88,6 +88,17 @@ async def read_many(client: Any, paths: Iterable[Any], *, ahead: int = DEFAULT_A
     """Yield ``(path, contents)`` for every path of ``paths``, in that order, with up to ``ahead``
     files and ``max_bytes`` of contents fetched ahead. ``paths`` may be any iterable (a
     sampler's indices mapped to names): it is consumed only as far as the window reaches."""
+    async for batch in read_batches(client, paths, ahead=ahead, max_bytes=max_bytes):
+        for item in batch:
+            yield item
+
+
+async def read_batches(client: Any, paths: Iterable[Any], *, ahead: int = DEFAULT_AHEAD,
+                       max_bytes: int = DEFAULT_MAX_BYTES) -> AsyncIterator[list[tuple[Any, bytearray]]]:
+    """``read_many``'s files as lists, in order: each holds the next file (waited for) and
+    the files after it that are already fetched. A consumer on another thread (the sync
+    Client) then makes one trip to the loop per list rather than per file. A file's error
+    is raised at its turn: the list before it comes first."""
     check_window(ahead, max_bytes)
     budget = Budget(max_bytes)
     source = iter(paths)
@@ -96,7 +107,12 @@ async def read_many(client: Any, paths: Iterable[Any], *, ahead: int = DEFAULT_A
     exhausted = False
 
     def fill() -> None:
+        # Refilled once half the window is consumed, not file by file: the opens it starts
+        # together leave for the shard as one request (MetaClient gathers the requests of
+        # one loop iteration), where one at a time each paid a round trip of its own.
         nonlocal seq, exhausted
+        if len(window) > ahead // 2:
+            return
         while not exhausted and len(window) < ahead:
             try:
                 p = next(source)
@@ -109,15 +125,25 @@ async def read_many(client: Any, paths: Iterable[Any], *, ahead: int = DEFAULT_A
     try:
         fill()
         while window:
-            path, task = window.popleft()
-            try:
-                data, held = await task
-            except BaseException:
-                await budget.give(0, advance=True)
-                raise
-            await budget.give(held, advance=True)
-            fill()
-            yield path, data
+            batch: list[tuple[Any, bytearray]] = []
+            held = 0
+            while window:
+                path, task = window[0]
+                if batch and (not task.done() or task.cancelled() or task.exception() is not None):
+                    break  # not fetched yet, or its error: at its turn, after this list
+                try:
+                    data, n = await task
+                except BaseException:
+                    window.popleft()
+                    await budget.give(held, advance=len(batch) + 1)
+                    raise
+                window.popleft()
+                held += n
+                batch.append((path, data))
+                fill()
+            yield batch
+            # the consumer is back for more: it is done with this list (its bytes leave the budget)
+            await budget.give(held, advance=len(batch))
     finally:
         for _, t in window:
             t.cancel()

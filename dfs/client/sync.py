@@ -33,6 +33,7 @@ from dfs.client.prefetch import (
     Budget,
     check_window,
     fetch,
+    read_batches,
 )
 from dfs.common import errors as err
 from dfs.common.records import Caller
@@ -130,14 +131,14 @@ class Client(SyncFacade):
         return self._read_many_on_loop(paths, ahead, max_bytes)
 
     def _read_many_on_loop(self, paths, ahead: int, max_bytes: int) -> Iterator[tuple[Any, bytearray]]:
-        agen = self.aio.read_many(paths, ahead=ahead, max_bytes=max_bytes)
+        agen = read_batches(self.aio, paths, ahead=ahead, max_bytes=max_bytes)  # a trip per list, not per file
         try:
             while True:
                 try:
-                    item = self.run(_anext(agen))
+                    batch = self.run(_anext(agen))
                 except StopAsyncIteration:
                     return
-                yield item
+                yield from batch
         finally:
             if not self._closed:
                 self.run(agen.aclose())

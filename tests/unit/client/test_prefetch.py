@@ -160,3 +160,56 @@ def test_the_window_is_bounded_in_files_and_bytes(monkeypatch):
         assert got == paths
         assert _CountingClient.open_max <= 6
         assert max(used_max) <= 3500
+
+
+def test_lists_hold_what_is_fetched_and_stop_before_an_error(memory_client):
+    """``read_batches`` (what the sync Client reads through: one trip to the loop per list):
+    each list starts with the file waited for and holds the files after it that are already
+    fetched; a failing file ends the list before it and raises on the next step."""
+    c = memory_client
+    c.mkdir("/lists")
+    paths = _files(c, "/lists", 12)
+    order = paths[:5] + ["/lists/missing"] + paths[5:]
+
+    async def collect():
+        got, error = [], None
+        agen = prefetch.read_batches(c.aio, order, ahead=4)
+        try:
+            async for batch in agen:
+                got.append([p for p, _ in batch])
+        except FileNotFoundError as e:
+            error = e
+        finally:
+            await agen.aclose()
+        return got, error
+
+    got, error = c.run(collect())
+    flat = [p for b in got for p in b]
+    assert flat == paths[:5] and error.filename == "/lists/missing"
+    assert all(b for b in got) and max(map(len, got)) <= 4
+    assert c.core.files == {}
+    assert [p for p, _ in c.read_many(paths, ahead=4)] == paths
+
+
+def test_a_list_handed_over_counts_against_the_budget_until_the_next_is_asked(memory_client, monkeypatch):
+    budgets = []
+
+    class Recorded(prefetch.Budget):
+        def __init__(self, limit: int) -> None:
+            super().__init__(limit)
+            budgets.append(self)
+
+    monkeypatch.setattr(prefetch, "Budget", Recorded)
+    c = memory_client
+    c.mkdir("/budget")
+    paths = _files(c, "/budget", 12, size=lambda i: 1000)
+
+    async def go():
+        got = []
+        async for batch in prefetch.read_batches(c.aio, paths, ahead=8, max_bytes=3000):
+            held = sum(len(d) for _, d in batch)
+            assert held <= budgets[0].used <= 3000  # the consumer's list is still counted
+            got += [p for p, _ in batch]
+        return got
+
+    assert c.run(go()) == paths
