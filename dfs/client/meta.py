@@ -83,8 +83,9 @@ class MetaClient:
         self.t = transport
         self.caller = caller
         self.gather = gather  # send concurrent GATHERED requests to a shard together
-        # (shard, caller) -> requests waiting for this loop iteration's end: (op, args, rid, future)
-        self._gathering: dict[tuple[int, Caller], list[tuple[Op, list, bytes, asyncio.Future]]] = {}
+        # (shard, caller) -> the requests gathering in this loop iteration: (op, args, rid, the
+        # waiter's future; None for the first, which leads and sends)
+        self._gathering: dict[tuple[int, Caller], list[tuple[Op, list, bytes, asyncio.Future | None]]] = {}
         self._groups: set[asyncio.Task] = set()  # gathered requests on their way (held: the loop keeps weak refs)
 
     @property
@@ -105,47 +106,72 @@ class MetaClient:
             raw = await self.t.call(s, req.OP, caller or self.caller, req.to_wire(), rid)
         return req.reply_from_wire(raw)
 
-    def _gathered(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes) -> asyncio.Future:
-        """The wire reply of one GATHERED request, sent with the others that tasks of this
-        loop ask of the same shard, as the same caller, before the loop runs its callbacks."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+    async def _gathered(self, shard: int, op: Op, caller: Caller, args: list, rid: bytes) -> Any:
+        """The wire reply of one GATHERED request, sent with the others that tasks of this loop
+        ask of the same shard, as the same caller, in the same iteration. The first of them
+        leads: it lets the loop run the others once (they join), then sends alone, as it
+        always did, or for all of them in one request."""
         key = (shard, caller)
-        waiting = self._gathering.get(key)
-        if waiting is None:
-            waiting = self._gathering[key] = []
-            loop.call_soon(self._send_gathered, key)
-        waiting.append((op, args, rid, fut))
-        return fut
+        group = self._gathering.get(key)
+        if group is not None:  # another task's request leads: join it
+            fut = asyncio.get_running_loop().create_future()
+            group.append((op, args, rid, fut))
+            return await fut
+        group = self._gathering[key] = [(op, args, rid, None)]
+        try:
+            await asyncio.sleep(0)
+        except BaseException:  # cancelled: those who joined are still sent
+            self._close_gathering(key, group)
+            if len(group) > 1:
+                self._send_later(shard, caller, group[1:])
+            raise
+        self._close_gathering(key, group)
+        if len(group) == 1:
+            return await self.t.call(shard, op, caller, args, rid)
+        r = await asyncio.shield(self._send_later(shard, caller, group))  # a cancelled leader: the rest go on
+        if isinstance(r, BaseException):
+            raise r
+        return r
 
-    def _send_gathered(self, key: tuple[int, Caller]) -> None:
-        waiting = [w for w in self._gathering.pop(key) if not w[3].done()]  # not the cancelled
-        shard, caller = key
-        for i in range(0, len(waiting), GATHER_MAX):
-            task = asyncio.ensure_future(self._send_group(shard, caller, waiting[i:i + GATHER_MAX]))
-            self._groups.add(task)
-            task.add_done_callback(self._groups.discard)
+    def _close_gathering(self, key: tuple[int, Caller], group: list) -> None:
+        if self._gathering.get(key) is group:
+            del self._gathering[key]
 
-    async def _send_group(self, shard: int, caller: Caller, group: list) -> None:
+    def _send_later(self, shard: int, caller: Caller, group: list) -> asyncio.Task:
+        task = asyncio.ensure_future(self._send_group(shard, caller, group))
+        self._groups.add(task)
+        task.add_done_callback(self._groups.discard)
+        return task
+
+    async def _send_group(self, shard: int, caller: Caller, group: list) -> Any:
+        """Send ``group`` (GATHER_MAX requests per ExecuteBatch) and answer the futures of its
+        waiters; the reply (or the exception) of its first request when that one has no
+        future (the leader's)."""
+        parts = [group[i:i + GATHER_MAX] for i in range(0, len(group), GATHER_MAX)]
+        return (await asyncio.gather(*(self._send_part(shard, caller, p) for p in parts)))[0]
+
+    async def _send_part(self, shard: int, caller: Caller, part: list) -> Any:
+        part = [w for w in part if w[3] is None or not w[3].done()]  # not those cancelled meanwhile
         res: list[Any] = []
         try:
-            if len(group) == 1:
-                op, args, rid, _ = group[0]
+            if len(part) == 1:
+                op, args, rid, _ = part[0]
                 res = [await self.t.call(shard, op, caller, args, rid)]
-            else:
-                res = await self.t.call_many(shard, [(op, caller, args, rid) for op, args, rid, _ in group])
+            elif part:
+                res = await self.t.call_many(shard, [(op, caller, args, rid) for op, args, rid, _ in part])
         except BaseException as e:  # noqa: BLE001 - the whole request failed: each waiter's error
-            res = [e] + [_own_copy(e) for _ in group[1:]]  # its own: a caller names its path on it
-        finally:
-            for (_, _, _, fut), r in itertools.zip_longest(group, res[:len(group)]):
-                if fut.done():  # its waiter was cancelled
-                    continue
-                if isinstance(r, asyncio.CancelledError) or r is None and not res:
-                    fut.cancel()
-                elif isinstance(r, BaseException):
-                    fut.set_exception(r)
-                else:
-                    fut.set_result(r)
+            res = [e] + [_own_copy(e) for _ in part[1:]]  # its own: a caller names its path on it
+        first = res[0] if res else None
+        for (_, _, _, fut), r in itertools.zip_longest(part, res[:len(part)]):
+            if fut is None or fut.done():  # the leader's (returned), or a cancelled waiter's
+                continue
+            if r is None or isinstance(r, asyncio.CancelledError):
+                fut.cancel()
+            elif isinstance(r, BaseException):
+                fut.set_exception(r)
+            else:
+                fut.set_result(r)
+        return first
 
     async def _many(self, shard: int, reqs: list[m.Request], caller: Caller | None,
                     mutating: bool = True) -> list[Any]:

@@ -97,6 +97,15 @@ def test_a_cancelled_caller_leaves_the_others_their_answers():
         assert (await meta.getattr(inos[3])).ino == inos[3]
         assert t.sent == [("call", "GETATTR")]  # nothing was sent for the cancelled one
         t.sent.clear()
+        lead = asyncio.ensure_future(meta.getattr(inos[4]))
+        joined = asyncio.ensure_future(meta.getattr(inos[5]))
+        await asyncio.sleep(0)  # both asked: the first leads, the second joined it
+        lead.cancel()
+        assert (await joined).ino == inos[5]  # the leader's cancel does not strand it
+        with pytest.raises(asyncio.CancelledError):
+            await lead
+        assert t.sent == [("call", "GETATTR")]
+        t.sent.clear()
         t.held.clear()
         first = asyncio.ensure_future(meta.getattr(inos[0]))
         second = asyncio.ensure_future(meta.getattr(inos[1]))
@@ -139,3 +148,9 @@ def test_the_whole_request_failing_fails_each_caller_with_its_own_error():
         got = await asyncio.gather(meta.getattr(inos[0]), meta.getattr(inos[1]), return_exceptions=True)
         assert all(isinstance(g, err.Unavailable) for g in got) and got[0] is not got[1]
     run(t)
+
+
+def test_only_reads_are_gathered():
+    from dfs.common.messages import REQUESTS, Kind
+
+    assert all(REQUESTS[op].KIND in (Kind.READ, Kind.READ_HANDLE) for op in M.GATHERED)

@@ -159,7 +159,9 @@ def test_the_window_is_bounded_in_files_and_bytes(monkeypatch):
         got = [p for p, _ in c.read_many(paths, ahead=6, max_bytes=3500)]
         assert got == paths
         assert _CountingClient.open_max <= 6
-        assert max(used_max) <= 3500
+        # max_bytes, plus the file at the consumer's turn, which may always go (prefetch.Budget):
+        # which file that is when the budget is full depends on the order opens complete in
+        assert max(used_max) <= 3500 + 1000
 
 
 def test_lists_hold_what_is_fetched_and_stop_before_an_error(memory_client):
@@ -208,7 +210,9 @@ def test_a_list_handed_over_counts_against_the_budget_until_the_next_is_asked(me
         got = []
         async for batch in prefetch.read_batches(c.aio, paths, ahead=8, max_bytes=3000):
             held = sum(len(d) for _, d in batch)
-            assert held <= budgets[0].used <= 3000  # the consumer's list is still counted
+            # the consumer's list is still counted; the bound is max_bytes plus the file at the
+            # consumer's turn (prefetch.Budget)
+            assert held <= budgets[0].used <= 3000 + 1000
             got += [p for p, _ in batch]
         return got
 
