@@ -13,9 +13,9 @@ Imports: dfs.common only (and a transport given to it).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import dataclasses
 import errno as E
+import itertools
 import os
 import stat
 import uuid
@@ -57,6 +57,7 @@ CAPS_BATCH = 512  # files per ExecuteBatch of caps_many (a reply of ~100 bytes e
 # thousand: a file's open by name or inode, a name, attributes, a read handle's close.
 GATHERED = frozenset({Op.LOOKUP, Op.GETATTR, Op.LOOKUPOPEN, Op.OPENREAD, Op.CLOSEREAD})
 GATHER_MAX = 256  # requests per ExecuteBatch of gathered requests
+_NO_REPLY = object()
 
 
 def _rid() -> bytes:
@@ -162,10 +163,10 @@ class MetaClient:
         except BaseException as e:  # noqa: BLE001 - the whole request failed: each waiter's error
             res = [e] + [_own_copy(e) for _ in part[1:]]  # its own: a caller names its path on it
         first = res[0] if res else None
-        for (_, _, _, fut), r in itertools.zip_longest(part, res[:len(part)]):
+        for (_, _, _, fut), r in itertools.zip_longest(part, res[:len(part)], fillvalue=_NO_REPLY):
             if fut is None or fut.done():  # the leader's (returned), or a cancelled waiter's
                 continue
-            if r is None or isinstance(r, asyncio.CancelledError):
+            if r is _NO_REPLY or isinstance(r, asyncio.CancelledError):  # (None is a reply: Done's)
                 fut.cancel()
             elif isinstance(r, BaseException):
                 fut.set_exception(r)

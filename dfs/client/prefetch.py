@@ -9,8 +9,9 @@ files are still handed over strictly in the order given, and a file's error is
 raised at its turn, carrying its path, never earlier.
 
 Memory: the bytes of fetched-but-not-consumed files (those of a list handed over
-count until the consumer asks for the next) plus those being read stay under ``max_bytes``, except that the file the caller waits for is always let
-through (a single file larger than the budget must still be readable).
+count until the consumer asks for the next) plus those being read stay under
+``max_bytes``, except that the file the caller waits for is always let through
+(a single file larger than the budget must still be readable).
 
 Imports: dfs.common and this package only (no path resolution of its own: it
 opens through the ``AsyncClient`` it is given).

@@ -154,3 +154,13 @@ def test_only_reads_are_gathered():
     from dfs.common.messages import REQUESTS, Kind
 
     assert all(REQUESTS[op].KIND in (Kind.READ, Kind.READ_HANDLE) for op in M.GATHERED)
+
+
+def test_a_reply_of_nil_is_an_answer():
+    """CLOSEREAD answers nil (Done has no fields): its callers get that answer, gathered or not."""
+    async def t(meta, t, inos):
+        opened = [await meta.open_read(i) for i in inos[:2]]
+        t.sent.clear()
+        await asyncio.gather(*(meta.close_read_handles([(i, h)]) for i, (_, h, _) in zip(inos, opened)))
+        assert t.sent == [("many", ["CLOSEREAD", "CLOSEREAD"])]
+    run(t)
